@@ -1,0 +1,95 @@
+"""Masking schedules alpha(t) for absorbing-state (masked) diffusion.
+
+In continuous time t in [0, 1] each token of x_0 is kept with probability alpha(t) and replaced by the mask token with
+probability 1 - alpha(t) (MD4, Shi et al. 2024, eq. 3; MDLM, Sahoo et al. 2024, eq. 2). A schedule is a decreasing
+function with alpha(0) = 1 (clean) and alpha(1) = 0 (or a tiny epsilon: fully masked).
+
+The continuous-time negative ELBO (MD4 eq. 5, MDLM eq. 10) weights the cross-entropy of the masked tokens by
+
+    w(t) = -alpha'(t) / (1 - alpha(t))  >= 0.
+
+Schedules implemented (mask rate m(t) = 1 - alpha(t)):
+
+| name        | alpha(t)                   | w(t)                          | source |
+|-------------|----------------------------|-------------------------------|--------|
+| linear      | 1 - t                      | 1 / t                         | MD4, LLaDA |
+| cosine      | 1 - cos(pi/2 (1 - t))      | (pi/2) cot(pi t / 2)          | MD4; MaskGIT's cosine mask rate sin(pi t/2) (seed 001 §3 default) |
+| polynomial  | 1 - t^p                    | p / t                         | MD4 |
+| loglinear   | 1 - (1 - eps) t            | 1 / t                         | MDLM (sigma(t) = -log(1 - (1-eps) t)) |
+
+All functions are pure jnp functions of an array t and are safe under jit/vmap/grad.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+SCHEDULES = ("linear", "cosine", "polynomial", "loglinear")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSchedule:
+  """alpha(t), alpha'(t) and the ELBO weight for one named schedule.
+
+  Attributes:
+    name: one of SCHEDULES.
+    exponent: p of the polynomial schedule alpha = 1 - t^p (ignored by the others).
+    eps: alpha(1) = eps for the log-linear schedule (MDLM uses 1e-3); ignored by the others.
+  """
+  name: str = "cosine"
+  exponent: float = 2.0
+  eps: float = 1e-3
+
+  def __post_init__(self):
+    if self.name not in SCHEDULES:
+      raise ValueError(f"Unknown masking schedule {self.name!r}; choose one of {SCHEDULES} "
+                       "(config field diffusion.schedule).")
+    if self.name == "polynomial" and self.exponent <= 0:
+      raise ValueError(f"diffusion.schedule_exponent must be > 0, got {self.exponent}.")
+    if self.name == "loglinear" and not 0.0 <= self.eps < 1.0:
+      raise ValueError(f"diffusion.schedule_eps must be in [0, 1), got {self.eps}.")
+
+  def alpha(self, t):
+    """Probability that a token is still visible at time t."""
+    t = jnp.asarray(t, jnp.float32)
+    if self.name == "linear":
+      return 1.0 - t
+    if self.name == "cosine":
+      return 1.0 - jnp.cos(0.5 * math.pi * (1.0 - t))
+    if self.name == "polynomial":
+      return 1.0 - t**self.exponent
+    return 1.0 - (1.0 - self.eps) * t  # loglinear
+
+  def dalpha(self, t):
+    """d alpha / dt (<= 0)."""
+    t = jnp.asarray(t, jnp.float32)
+    if self.name == "linear":
+      return -jnp.ones_like(t)
+    if self.name == "cosine":
+      return -0.5 * math.pi * jnp.sin(0.5 * math.pi * (1.0 - t))
+    if self.name == "polynomial":
+      return -self.exponent * t**(self.exponent - 1.0)
+    return -(1.0 - self.eps) * jnp.ones_like(t)
+
+  def mask_rate(self, t):
+    """1 - alpha(t): probability that a token is masked at time t."""
+    return 1.0 - self.alpha(t)
+
+  def weight(self, t):
+    """ELBO weight w(t) = -alpha'(t) / (1 - alpha(t)), written in closed form so it is exact near t = 0."""
+    t = jnp.asarray(t, jnp.float32)
+    if self.name in ("linear", "loglinear"):
+      return 1.0 / t
+    if self.name == "cosine":
+      return 0.5 * math.pi / jnp.tan(0.5 * math.pi * t)
+    return self.exponent / t
+
+
+def from_config(diffusion_config) -> MaskingSchedule:
+  """Builds the schedule named by `config.diffusion` (fields schedule, schedule_exponent, schedule_eps)."""
+  return MaskingSchedule(
+      name=diffusion_config.schedule,
+      exponent=float(diffusion_config.get("schedule_exponent", 2.0)),
+      eps=float(diffusion_config.get("schedule_eps", 1e-3)))

@@ -1,0 +1,178 @@
+"""Schedules, the forward process, SUBS and the ELBO: exact values where the math gives them."""
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm_jax.diffusion import forward, losses
+from dlm_jax.diffusion.objectives import DiffusionObjective
+from dlm_jax.diffusion.schedules import SCHEDULES, MaskingSchedule
+
+ALL_SCHEDULES = [MaskingSchedule(name) for name in SCHEDULES] + [MaskingSchedule("polynomial", exponent=0.5)]
+
+
+@pytest.mark.parametrize("schedule", ALL_SCHEDULES, ids=lambda s: f"{s.name}{s.exponent}")
+def test_schedule_boundaries_monotone_and_weight(schedule):
+  t = jnp.linspace(0.0, 1.0, 1001)
+  alpha = schedule.alpha(t)
+  np.testing.assert_allclose(alpha[0], 1.0, atol=1e-6)
+  expected_end = schedule.eps if schedule.name == "loglinear" else 0.0
+  np.testing.assert_allclose(alpha[-1], expected_end, atol=1e-6)
+  assert np.all(np.diff(np.asarray(alpha)) < 0), "alpha must decrease strictly"
+  # dalpha is the derivative of alpha, and the weight is -alpha'/(1 - alpha) > 0.
+  t_inner = jnp.linspace(0.01, 0.99, 99)
+  autodiff = jax.vmap(jax.grad(schedule.alpha))(t_inner)
+  np.testing.assert_allclose(schedule.dalpha(t_inner), autodiff, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(schedule.weight(t_inner), -autodiff / (1 - schedule.alpha(t_inner)), rtol=1e-3)
+  assert np.all(schedule.weight(t_inner) > 0)
+
+
+def test_schedule_rejects_unknown_name():
+  with pytest.raises(ValueError, match="diffusion.schedule"):
+    MaskingSchedule("sqrt")
+
+
+def test_antithetic_times_cover_unit_interval():
+  t = np.asarray(forward.antithetic_times(jax.random.key(0), 8))
+  gaps = np.diff(np.sort(t))
+  np.testing.assert_allclose(gaps, 1 / 8, atol=1e-6)
+  assert np.all((t >= 1e-5) & (t < 1))
+
+
+def test_forward_process_statistics_and_fixed_positions():
+  schedule = MaskingSchedule("cosine")
+  x0 = jnp.tile(jnp.arange(10, 74, dtype=jnp.int32), (512, 1))  # B=512, L=64
+  t = jnp.full((512,), 0.3)
+  fixed = jnp.zeros_like(x0, bool).at[:, :8].set(True)
+  xt, masked = forward.corrupt(jax.random.key(1), x0, t, schedule, mask_id=3, fixed_BxL=fixed)
+  assert not bool(jnp.any(masked[:, :8])), "fixed positions must never be masked"
+  chex.assert_trees_all_equal(xt[:, :8], x0[:, :8])
+  chex.assert_trees_all_equal(xt == 3, masked)
+  chex.assert_trees_all_equal(jnp.where(masked, x0, xt), x0)
+  rate = float(jnp.mean(masked[:, 8:]))
+  expected = float(schedule.mask_rate(0.3))
+  n = masked[:, 8:].size
+  assert abs(rate - expected) < 5 * math.sqrt(expected * (1 - expected) / n)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The continuous-time NELBO equals -log p(x_0) when the denoiser is the exact conditional of a joint distribution.
+# Toy: vocabulary {0, 1, 2} (+ mask id 3), length 3, a random joint p over all 27 sequences.
+V, L, MASK = 3, 3, 3
+
+
+def _exact_conditional_table(joint):
+  """logits[code(x_t), i, v] = log p(x_0^i = v | visible tokens of x_t), for every x_t in {0..3}^3."""
+  table = np.full((4**L, L, V + 1), -1e9, np.float64)
+  for xt in itertools.product(range(V + 1), repeat=L):
+    code = sum(tok * 4**(L - 1 - i) for i, tok in enumerate(xt))
+    consistent = np.ones((V,) * L, bool)
+    for i, tok in enumerate(xt):
+      if tok != MASK:
+        index = [slice(None)] * L
+        keep = np.zeros(V, bool)
+        keep[tok] = True
+        index[i] = ~keep
+        consistent[tuple(index)] = False
+    posterior = np.where(consistent, joint, 0.0)
+    posterior /= posterior.sum()
+    for i in range(L):
+      marginal = posterior.sum(axis=tuple(j for j in range(L) if j != i))
+      table[code, i, :V] = np.log(np.maximum(marginal, 1e-300))
+  return jnp.asarray(table, jnp.float32)
+
+
+def _table_denoiser(table):
+  powers = jnp.asarray([4**(L - 1 - i) for i in range(L)], jnp.int32)
+
+  def denoise(xt_BxL, t_B):
+    del t_B
+    return table[jnp.sum(xt_BxL * powers[None, :], axis=-1)]
+
+  return denoise
+
+
+@pytest.fixture(scope="module")
+def toy():
+  rng = np.random.default_rng(0)
+  joint = rng.dirichlet(np.full(V**L, 0.5)).reshape((V,) * L)
+  return joint, _exact_conditional_table(joint)
+
+
+@pytest.mark.parametrize("schedule", [MaskingSchedule("linear"), MaskingSchedule("cosine"),
+                                      MaskingSchedule("polynomial", exponent=3.0)], ids=lambda s: s.name)
+def test_nelbo_equals_exact_nll_by_enumeration(toy, schedule):
+  """sum over all 2^L mask patterns of int_0^1 w(t) q(m | t) sum_{i in m} -log p(x0_i | x_m) dt == -log p(x0)."""
+  joint, table = toy
+  denoise = _table_denoiser(table)
+  nodes, weights = np.polynomial.legendre.leggauss(64)
+  t_Q = jnp.asarray(0.5 * (nodes + 1), jnp.float32)
+  w_Q = jnp.asarray(0.5 * weights, jnp.float32)
+  patterns_MxL = jnp.asarray(list(itertools.product([False, True], repeat=L)))  # all 8 mask patterns
+  for x0 in itertools.product(range(V), repeat=L):
+    x0_L = jnp.asarray(x0, jnp.int32)
+    xt_MxL = jnp.where(patterns_MxL, MASK, x0_L[None, :])
+    logits_MxLxV = losses.subs_logits(denoise(xt_MxL, None), MASK)
+    nll_MxL = losses.token_nll(logits_MxLxV, jnp.broadcast_to(x0_L, xt_MxL.shape))
+
+    def expected_integrand(t):
+      t_M = jnp.full((patterns_MxL.shape[0],), t)
+      prob_M = jnp.exp(forward.masked_log_prob(patterns_MxL, t_M, schedule))
+      return jnp.sum(prob_M * losses.nelbo_per_sequence(nll_MxL, patterns_MxL, t_M, schedule))
+
+    nelbo = float(jnp.sum(w_Q * jax.vmap(expected_integrand)(t_Q)))
+    np.testing.assert_allclose(nelbo, -math.log(joint[x0]), rtol=2e-4)
+
+
+def test_monte_carlo_objective_is_unbiased_and_bounds_a_wrong_model(toy):
+  """The jitted training objective (antithetic t, sampled masks) averages to -log p(x0) for the exact model and to
+  more than -log p(x0) for a model that ignores context (a bound never beats the truth)."""
+  joint, table = toy
+  objective = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK)
+  x0 = (2, 0, 1)
+  x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
+  marginal_table = jnp.broadcast_to(table[4**L - 1], table.shape)  # p(x_i) regardless of context
+
+  @jax.jit
+  def per_token_losses(rng):
+    exact, _ = objective(_table_denoiser(table), x0_BxL, rng)
+    context_free, _ = objective(_table_denoiser(marginal_table), x0_BxL, rng)
+    return exact, context_free
+
+  exact, context_free = jax.vmap(per_token_losses)(jax.random.split(jax.random.key(0), 16))
+  truth = -math.log(joint[x0])
+  estimate = float(jnp.mean(exact)) * L
+  stderr = float(jnp.std(exact)) * L / math.sqrt(16)
+  assert abs(estimate - truth) < 5 * stderr + 1e-3, (estimate, truth, stderr)
+  assert float(jnp.mean(context_free)) * L > truth
+
+
+def test_subs_never_predicts_mask_and_ignores_visible_positions():
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
+  probs = jax.nn.softmax(losses.subs_logits(logits, mask_id=3))
+  np.testing.assert_allclose(probs[..., 3], 0.0, atol=0)
+  x0 = jnp.asarray([[5, 6, 4, 5, 0], [1, 2, 4, 5, 6]])
+  masked = jnp.asarray([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], bool)
+  t = jnp.asarray([0.5, 0.5])
+  schedule = MaskingSchedule("linear")
+  nll = losses.token_nll(losses.subs_logits(logits, 3), x0)
+  changed = logits.at[:, 1].add(100.0).at[:, 3:].add(-50.0)  # only visible positions change
+  nll_changed = losses.token_nll(losses.subs_logits(changed, 3), x0)
+  chex.assert_trees_all_close(losses.nelbo_per_sequence(nll, masked, t, schedule),
+                              losses.nelbo_per_sequence(nll_changed, masked, t, schedule))
+  # w(0.5) = 2 for the linear schedule; the second sequence has nothing masked.
+  np.testing.assert_allclose(losses.nelbo_per_sequence(nll, masked, t, schedule),
+                             [2 * (nll[0, 0] + nll[0, 2]), 0.0], rtol=1e-6)
+  np.testing.assert_allclose(losses.masked_mean_per_sequence(nll, masked), [(nll[0, 0] + nll[0, 2]) / 2, 0.0],
+                             rtol=1e-6)
+
+
+def test_next_token_nll_aligns_targets():
+  logits = jax.random.normal(jax.random.key(1), (1, 4, 6))
+  tokens = jnp.asarray([[5, 1, 2, 4]])
+  expected = [-jax.nn.log_softmax(logits[0, i])[tokens[0, i + 1]] for i in range(3)]
+  np.testing.assert_allclose(losses.next_token_nll(logits, tokens)[0], expected, rtol=1e-6)
