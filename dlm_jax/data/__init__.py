@@ -1,0 +1,1 @@
+"""Tokenizers, corpus resolution and the Grain input pipeline."""

@@ -1,0 +1,116 @@
+"""Text -> token ids (cached once as a memory-mapped .npy next to the run) -> Grain batches.
+
+* Training: every start offset of the train token stream is an example; `grain.MapDataset.range(N - L + 1)
+  .seed(s).shuffle().repeat().map(crop).batch(B)` gives uniformly random crops of `seq_len` (MD4's text8 recipe)
+  in a seeded order whose position is the iterator state (saved in every checkpoint: a resumed run sees exactly the
+  batches it would have seen).
+* Evaluation: the first `eval_windows` non-overlapping windows of the valid stream, in order.
+* Split: `data.valid_path` if set, else the last `valid_fraction` of the token stream (nanoGPT's 90/10 split).
+Documents are joined with EOS between them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+
+import grain
+import jax
+import numpy as np
+
+from dlm_jax import special_tokens
+from dlm_jax.data import corpus, tokenizers
+
+
+@dataclasses.dataclass
+class TokenStreams:
+  train: np.ndarray  # int32, memory-mapped
+  valid: np.ndarray
+  tokenizer: object
+
+
+def _encode_documents(docs, tokenizer, source):
+  pieces = []
+  for i, doc in enumerate(docs):
+    if i:
+      pieces.append(np.asarray([special_tokens.EOS], np.int32))
+    pieces.append(tokenizer.encode(doc, source=f"{source} (document {i})"))
+  return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
+
+
+def _cached(cache_dir: pathlib.Path, key: str, build):
+  """np.load(mmap) of cache_dir/<sha(key)>.npy, building it first (atomically: temp file + rename) if absent."""
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  path = cache_dir / f"tokens_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
+  if not path.exists():
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, build())
+    os.replace(tmp, path)
+  return np.load(path, mmap_mode="r")
+
+
+def build_tokenizer(data_config, train_docs=None):
+  """The tokenizer named by data.tokenizer: 'char' (alphabet from the train+valid text) or 'sentencepiece'."""
+  if data_config.tokenizer == "char":
+    return tokenizers.CharTokenizer.from_texts(train_docs)
+  if data_config.tokenizer == "sentencepiece":
+    return tokenizers.SentencePieceTokenizer.from_file(data_config.tokenizer_path)
+  raise corpus.DataError(f"data.tokenizer must be 'char' or 'sentencepiece', got {data_config.tokenizer!r}.")
+
+
+def load_token_streams(data_config, cache_dir, tokenizer=None) -> TokenStreams:
+  """Reads, tokenizes (once; cached) and splits the corpus. `tokenizer=None` builds one (a resumed run passes the
+  tokenizer saved in its checkpoint, so the ids never change under it)."""
+  docs, key = corpus.load_documents(data_config.path, "data.path")
+  valid_docs, valid_key = (corpus.load_documents(data_config.valid_path, "data.valid_path")
+                           if data_config.get("valid_path") else (None, None))
+  if tokenizer is None:
+    tokenizer = build_tokenizer(data_config, docs + (valid_docs or []))
+  tok_key = tokenizers.fingerprint(tokenizer)
+  cache_dir = pathlib.Path(cache_dir)
+  stream = _cached(cache_dir, f"{key}|{tok_key}", lambda: _encode_documents(docs, tokenizer, data_config.path))
+  if valid_docs is not None:
+    train = stream
+    valid = _cached(cache_dir, f"{valid_key}|{tok_key}",
+                    lambda: _encode_documents(valid_docs, tokenizer, data_config.valid_path))
+  else:
+    fraction = float(data_config.valid_fraction)
+    if not 0.0 < fraction < 1.0:
+      raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
+    split = int(round(len(stream) * (1.0 - fraction)))
+    train, valid = stream[:split], stream[split:]
+  seq_len = int(data_config.seq_len)
+  for name, tokens, flag in (("train", train, "data.path"), ("valid", valid, "data.valid_path/valid_fraction")):
+    if len(tokens) < seq_len:
+      raise corpus.DataError(
+          f"The {name} split of {data_config.path!r} has {len(tokens)} tokens, fewer than data.seq_len={seq_len}. "
+          f"Use a larger corpus ({flag}) or a smaller data.seq_len.")
+  return TokenStreams(train=train, valid=valid, tokenizer=tokenizer)
+
+
+class _Crop(grain.transforms.Map):
+
+  def __init__(self, tokens, seq_len):
+    self.tokens, self.seq_len = tokens, seq_len
+
+  def map(self, offset):
+    return np.asarray(self.tokens[offset:offset + self.seq_len], np.int32)
+
+
+def train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+  """A checkpointable grain DatasetIterator over [batch_size, seq_len] int32 random crops, forever."""
+  dataset = (grain.MapDataset.range(len(tokens) - seq_len + 1).seed(seed).shuffle().repeat()
+             .map(_Crop(tokens, seq_len)).batch(batch_size, drop_remainder=True))
+  return iter(dataset.to_iter_dataset())
+
+
+def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> np.ndarray:
+  """The first min(max_windows, len // seq_len) non-overlapping windows, [N, seq_len] int32."""
+  n = min(int(max_windows), len(tokens) // seq_len)
+  return np.asarray(tokens[:n * seq_len], np.int32).reshape(n, seq_len)
+
+
+def shard_batch(batch_BxL: np.ndarray, sharding: jax.sharding.NamedSharding):
+  """Places a host batch on the mesh, split along the batch axis over all local devices."""
+  return jax.make_array_from_process_local_data(sharding, batch_BxL)

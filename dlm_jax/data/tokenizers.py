@@ -1,0 +1,154 @@
+"""Character and SentencePiece tokenizers with the reserved ids of `dlm_jax.special_tokens`.
+
+Both serialize to a small JSON-able dict (`to_dict` / `from_dict`) that every checkpoint carries, so a run can always
+be sampled with exactly the tokenizer it was trained with.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from dlm_jax import special_tokens
+
+MASK_GLYPH = "\u2591"  # how the streaming view and notebooks draw a masked position
+
+
+class TokenizerError(ValueError):
+  """A text or checkpoint that does not fit the tokenizer; the message says which and what to do."""
+
+
+class CharTokenizer:
+  """One id per Unicode code point of an alphabet built from the corpus; ids NUM_SPECIAL.. in sorted order."""
+  kind = "char"
+
+  def __init__(self, alphabet: str):
+    if len(set(alphabet)) != len(alphabet):
+      raise TokenizerError("Character alphabet has duplicates.")
+    self.alphabet = "".join(sorted(alphabet))
+    self._lookup = np.full(max(map(ord, self.alphabet), default=0) + 1, -1, np.int32)
+    for i, ch in enumerate(self.alphabet):
+      self._lookup[ord(ch)] = special_tokens.NUM_SPECIAL + i
+
+  @classmethod
+  def from_texts(cls, texts) -> "CharTokenizer":
+    chars = set()
+    for text in texts:
+      chars.update(text)
+    return cls("".join(chars))
+
+  @property
+  def vocab_size(self) -> int:
+    return special_tokens.NUM_SPECIAL + len(self.alphabet)
+
+  def encode(self, text: str, source: str = "text") -> np.ndarray:
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+    ids = np.where(codes < len(self._lookup), self._lookup[np.minimum(codes, len(self._lookup) - 1)], -1)
+    if np.any(ids < 0):
+      first = int(np.argmax(ids < 0))
+      raise TokenizerError(
+          f"{source}: character {text[first]!r} (U+{ord(text[first]):04X}) at character offset {first} is not in the "
+          f"character tokenizer's alphabet of {len(self.alphabet)} characters (built from the training corpus). "
+          "Remove it, or train on a corpus that contains it.")
+    return ids.astype(np.int32)
+
+  def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
+    out = []
+    for i in np.asarray(ids).tolist():
+      if i >= special_tokens.NUM_SPECIAL:
+        out.append(self.alphabet[i - special_tokens.NUM_SPECIAL])
+      elif i == special_tokens.MASK:
+        out.append(mask_glyph)
+      elif i == special_tokens.EOS:
+        out.append("\n")
+    return "".join(out)
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "alphabet": self.alphabet}
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model (trained by `python -m launch.tokenizer`) held as its serialized proto."""
+  kind = "sentencepiece"
+
+  def __init__(self, model_proto: bytes):
+    import sentencepiece as spm
+    self.model_proto = model_proto
+    self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+    expected = {special_tokens.PAD: "pad", special_tokens.BOS: "bos", special_tokens.EOS: "eos",
+                special_tokens.UNK: "unk"}
+    actual = {self.processor.pad_id(): "pad", self.processor.bos_id(): "bos", self.processor.eos_id(): "eos",
+              self.processor.unk_id(): "unk"}
+    if actual != expected or self.processor.id_to_piece(special_tokens.MASK) != special_tokens.NAMES[
+        special_tokens.MASK]:
+      raise TokenizerError(
+          "This SentencePiece model does not use dlm_jax's reserved ids (pad 0, bos 1, eos 2, <mask> 3, unk 4); "
+          "train it with `python -m launch.tokenizer`.")
+
+  @classmethod
+  def from_file(cls, path: str) -> "SentencePieceTokenizer":
+    if not os.path.isfile(path):
+      raise TokenizerError(f"SentencePiece model {path!r} does not exist (config data.tokenizer_path); "
+                           "train one with `python -m launch.tokenizer --input=... --output=...`.")
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+  @property
+  def vocab_size(self) -> int:
+    return self.processor.get_piece_size()
+
+  def encode(self, text: str, source: str = "text") -> np.ndarray:
+    del source
+    return np.asarray(self.processor.encode(text, out_type=int), np.int32)
+
+  def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
+    """Decodes runs of ordinary ids with SentencePiece; a mask id is drawn as `mask_glyph`, EOS as a newline."""
+    out, run = [], []
+    for i in np.asarray(ids).tolist():
+      if i in (special_tokens.MASK, special_tokens.EOS):
+        out.append(self.processor.decode(run))
+        run = []
+        out.append(mask_glyph if i == special_tokens.MASK else "\n")
+      elif i not in (special_tokens.PAD, special_tokens.BOS):
+        run.append(i)
+    out.append(self.processor.decode(run))
+    return "".join(out)
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "model_proto_b64": base64.b64encode(self.model_proto).decode("ascii")}
+
+
+def from_dict(spec: dict):
+  if spec["kind"] == CharTokenizer.kind:
+    return CharTokenizer(spec["alphabet"])
+  if spec["kind"] == SentencePieceTokenizer.kind:
+    return SentencePieceTokenizer(base64.b64decode(spec["model_proto_b64"]))
+  raise TokenizerError(f"Unknown tokenizer kind {spec['kind']!r} in checkpoint.")
+
+
+def fingerprint(tokenizer) -> str:
+  return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_sentencepiece(input_files, vocab_size: int, model_type: str = "bpe", character_coverage: float = 1.0,
+                        max_sentence_length: int = 16384, input_sentence_size: int = 2_000_000,
+                        seed_sentencepiece_size: int = 1_000_000) -> bytes:
+  """Trains SentencePiece with byte fallback and identity normalization (exact round trip for English, Devanagari
+  with nukta forms, and romanized Hinglish: nmt_nfkc would rewrite some of them) and dlm_jax's reserved ids."""
+  import sentencepiece as spm
+  with tempfile.TemporaryDirectory() as tmp:
+    prefix = os.path.join(tmp, "spm")
+    spm.SentencePieceTrainer.train(
+        input=",".join(input_files), model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=character_coverage, byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, hard_vocab_limit=False,
+        pad_id=special_tokens.PAD, bos_id=special_tokens.BOS, eos_id=special_tokens.EOS, unk_id=special_tokens.UNK,
+        control_symbols=[special_tokens.NAMES[special_tokens.MASK]], max_sentence_length=max_sentence_length,
+        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+        seed_sentencepiece_size=seed_sentencepiece_size, minloglevel=2, num_threads=os.cpu_count() or 1)
+    with open(prefix + ".model", "rb") as f:
+      return f.read()

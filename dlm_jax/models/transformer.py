@@ -1,0 +1,128 @@
+"""The baseline denoiser (seed 001 §5): a bidirectional pre-norm transformer with a tied output head.
+
+    h_0   = E[x] (+ P_pos if learned positions) (+ TimeMLP(t) if time conditioning)
+    h_l+1 = h_l + Attn(RMSNorm(h_l)) ; h_l+1 = h_l+1 + SwiGLU(RMSNorm(h_l+1))     (RoPE inside Attn if enabled)
+    logits = RMSNorm(h_L) E^T                                                        (tied head)
+
+Attention is bidirectional for diffusion; `causal=True` gives the autoregressive control arm of seed 001 §5.2 on the
+same code. Layers are created with `nnx.vmap` (one stacked parameter tree) and run with `lax.scan` over that tree
+(compile time flat in depth), each optionally wrapped in `jax.checkpoint` (remat). Time conditioning is off by default: for masked diffusion the
+number of masks already reveals t and MD4/MDLM find the conditioning unnecessary; it is a config switch.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm_jax.models import layers
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int
+  max_len: int
+  num_layers: int = 6
+  num_heads: int = 6
+  width: int = 384
+  mlp_dim: int = 1024
+  dropout: float = 0.0
+  position: str = "rope"  # "rope" or "learned"
+  rope_base: float = 10000.0
+  time_conditioning: bool = False
+  causal: bool = False
+  remat: str = "none"  # "none", "full" or "dots"
+  dtype: str = "auto"  # "auto", "float32" or "bfloat16" (activations; parameters are always float32)
+  attention: str = "auto"  # "auto", "xla" or "cudnn"
+  embed_one_hot: bool = True  # E[x] as one_hot(x) @ E: its backward is a matmul, not a scatter (GUIDE §4)
+
+  def __post_init__(self):
+    if self.position not in ("rope", "learned"):
+      raise ValueError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    dtype = layers.compute_dtype(cfg.dtype)
+    self.attn_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.attn = layers.SelfAttention(cfg.width, cfg.num_heads, causal=cfg.causal,
+                                     implementation=layers.attention_implementation(cfg.attention, dtype),
+                                     dtype=dtype, rngs=rngs)
+    self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool):
+    attn_key, mlp_key = jax.random.split(dropout_key)
+    h_BxLxD = h_BxLxD + self.dropout(self.attn(self.attn_norm(h_BxLxD), rope), deterministic=deterministic,
+                                     rngs=attn_key)
+    return h_BxLxD + self.dropout(self.mlp(self.mlp_norm(h_BxLxD)), deterministic=deterministic, rngs=mlp_key)
+
+
+class Transformer(nnx.Module):
+  """Baseline denoiser. Call: logits_BxLxV = model(tokens_BxL, t_B, deterministic=..., dropout_key=...)."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32))
+    if cfg.position == "learned":
+      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
+    self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
+                           if cfg.time_conditioning else None)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_blocks(rngs):
+      return Block(cfg, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = nnx.RMSNorm(cfg.width, dtype=self.dtype, rngs=rngs)
+
+  def embed(self, tokens_BxL):
+    table_VxD = self.embedding[...].astype(self.dtype)
+    if self.cfg.embed_one_hot:
+      return jax.nn.one_hot(tokens_BxL, self.cfg.vocab_size, dtype=self.dtype) @ table_VxD
+    return table_VxD[tokens_BxL]
+
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
+    cfg = self.cfg
+    length = tokens_BxL.shape[1]
+    if length > cfg.max_len:
+      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
+    h_BxLxD = self.embed(tokens_BxL)
+    rope = None
+    if cfg.position == "learned":
+      h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
+    else:
+      rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
+    if self.time_embedding is not None:
+      if t_B is None:
+        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
+      h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
+    keys_Lx = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), cfg.num_layers)
+
+    # Layers run as a plain lax.scan over the stacked block state, merged inside the body. (nnx.scan refuses modules
+    # whose values were traced at an outer level, which happens when the model runs inside the sampler's scan.)
+    block_def, block_state = nnx.split(self.blocks)
+
+    def run_block(h, layer):
+      state_l, key = layer
+      return nnx.merge(block_def, state_l)(h, rope, key, deterministic), None
+
+    if cfg.remat != "none":
+      run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[cfg.remat])
+    h_BxLxD, _ = jax.lax.scan(run_block, h_BxLxD, (block_state, keys_Lx))
+    h_BxLxD = self.final_norm(h_BxLxD)
+    return h_BxLxD @ self.embedding[...].astype(self.dtype).T

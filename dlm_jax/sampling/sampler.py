@@ -1,0 +1,180 @@
+"""The reverse process as one jitted `lax.scan`: no host round trip per step, a whole batch at a time.
+
+Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two policies (`SamplerConfig.method`):
+
+* "confidence" (seed 001 §4, MaskGIT, LLaDA's low-confidence remasking): at each step predict every masked position
+  (greedy argmax, or a sample at `temperature` after top-k/top-p filtering), score each candidate by its probability
+  (or the top-1 minus top-2 margin), and reveal the k_s most confident, where k_s brings the number of masked
+  positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule follows the masking schedule), at least
+  one per step. alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass fills any mask still
+  left (argmax of one more forward pass, only run if needed).
+* "ancestral" (MD4 / MDLM ancestral sampler): each masked position is revealed independently with probability
+  (alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s)), with a token drawn from p_theta(x_0 | x_t) — the exact reverse
+  process of the forward chain given the model.
+
+Positions with `fixed_BxL` (a prompt, an infilling context) start unmasked and are never changed. With
+`record_trajectory`, the output also holds the tokens after every step `[S+1, B, L]`; `reveal_step_BxL` (the step at
+which each position was revealed, -1 for fixed positions) and `confidence_BxL` (the score at reveal) are always kept.
+The optional `priority_BxL` (e.g. an H-module's strategic score, seed 000 §5) is added to the confidence.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from dlm_jax import special_tokens
+from dlm_jax.diffusion import losses
+from dlm_jax.diffusion.schedules import MaskingSchedule
+
+METHODS = ("confidence", "ancestral")
+CONFIDENCES = ("prob", "margin")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  steps: int = 64
+  method: str = "confidence"
+  greedy: bool = False
+  temperature: float = 1.0
+  top_k: int = 0  # 0: no top-k filtering
+  top_p: float = 1.0  # 1.0: no nucleus filtering
+  confidence: str = "prob"
+  schedule: MaskingSchedule = MaskingSchedule("cosine")
+  record_trajectory: bool = False
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"sampler method must be one of {METHODS}, got {self.method!r}.")
+    if self.confidence not in CONFIDENCES:
+      raise ValueError(f"sampler confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
+    if self.steps < 1:
+      raise ValueError(f"sampler steps must be >= 1, got {self.steps}.")
+    if self.temperature <= 0 and not self.greedy:
+      raise ValueError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  tokens_BxL: jax.Array
+  reveal_step_BxL: jax.Array  # int32; -1 for fixed positions
+  confidence_BxL: jax.Array  # float32 score when revealed; 0 for fixed positions
+  trajectory_SxBxL: jax.Array | None = None  # [steps + 1, B, L] when recorded
+
+
+def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
+  """Temperature, then top-k, then nucleus (top-p) filtering; filtered entries get a large negative logit."""
+  logits_BxLxV = logits_BxLxV / temperature
+  if top_k and top_k < logits_BxLxV.shape[-1]:
+    kth_BxLx1 = jax.lax.top_k(logits_BxLxV, top_k)[0][..., -1:]
+    logits_BxLxV = jnp.where(logits_BxLxV < kth_BxLx1, losses.NEG_INF, logits_BxLxV)
+  if top_p < 1.0:
+    sorted_desc = jnp.sort(logits_BxLxV, axis=-1)[..., ::-1]
+    probs_sorted = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
+    keep = mass_before < top_p  # always keeps the top token
+    threshold_BxLx1 = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    logits_BxLxV = jnp.where(logits_BxLxV < threshold_BxLx1, losses.NEG_INF, logits_BxLxV)
+  return logits_BxLxV
+
+
+def _reveal_top_k(score_BxL, masked_BxL, k_B):
+  """True at the k_B highest-scoring masked positions of each row."""
+  ranked = jnp.where(masked_BxL, score_BxL, -jnp.inf)
+  order_BxL = jnp.argsort(-ranked, axis=-1)
+  rank_BxL = jnp.argsort(order_BxL, axis=-1)
+  return masked_BxL & (rank_BxL < k_B[:, None])
+
+
+def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None) -> SampleOutput:
+  """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable."""
+  mask_id = special_tokens.MASK
+  x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
+  n_gen_B = jnp.sum(~fixed_BxL, axis=-1)
+  batch = x_BxL.shape[0]
+  schedule = cfg.schedule
+
+  def step(carry, s):
+    x_BxL, reveal_step_BxL, conf_BxL, key = carry
+    key, sample_key, reveal_key = jax.random.split(key, 3)
+    t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
+    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.full((batch,), t, jnp.float32)), mask_id)
+    masked_BxL = x_BxL == mask_id
+    if cfg.greedy:
+      probs_BxLxV = jax.nn.softmax(logits, axis=-1)
+      cand_BxL = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      filtered = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+      probs_BxLxV = jax.nn.softmax(filtered, axis=-1)
+      cand_BxL = jax.random.categorical(sample_key, filtered, axis=-1).astype(jnp.int32)
+    cand_prob_BxL = jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
+    if cfg.confidence == "margin":
+      top2 = jax.lax.top_k(probs_BxLxV, 2)[0]
+      score_BxL = top2[..., 0] - top2[..., 1]
+    else:
+      score_BxL = cand_prob_BxL
+    if priority_BxL is not None:
+      score_BxL = score_BxL + priority_BxL
+    if cfg.method == "confidence":
+      n_masked_B = jnp.sum(masked_BxL, axis=-1)
+      n_target_B = jnp.floor(n_gen_B * schedule.mask_rate(t_next) + 1e-4).astype(jnp.int32)
+      k_B = jnp.maximum(n_masked_B - n_target_B, jnp.minimum(n_masked_B, 1))
+      reveal_BxL = _reveal_top_k(score_BxL, masked_BxL, k_B)
+    else:
+      alpha_t, alpha_next = schedule.alpha(t), schedule.alpha(t_next)
+      p_unmask = jnp.where(s == cfg.steps - 1, 1.0, (alpha_next - alpha_t) / jnp.maximum(1.0 - alpha_t, 1e-12))
+      reveal_BxL = masked_BxL & (jax.random.uniform(reveal_key, x_BxL.shape) < p_unmask)
+    x_BxL = jnp.where(reveal_BxL, cand_BxL, x_BxL)
+    reveal_step_BxL = jnp.where(reveal_BxL, s, reveal_step_BxL)
+    conf_BxL = jnp.where(reveal_BxL, score_BxL, conf_BxL)
+    return (x_BxL, reveal_step_BxL, conf_BxL, key), (x_BxL if cfg.record_trajectory else None)
+
+  init = (x_BxL, jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32), jnp.zeros(x_BxL.shape, jnp.float32), rng)
+  (x_BxL, reveal_step_BxL, conf_BxL, _), steps_SxBxL = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+
+  def fallback_fill(x_BxL):
+    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.zeros((batch,), jnp.float32)), mask_id)
+    return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
+
+  x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
+  trajectory = None
+  if cfg.record_trajectory:
+    trajectory = jnp.concatenate([jnp.where(fixed_BxL, tokens_BxL, mask_id)[None].astype(jnp.int32), steps_SxBxL])
+    trajectory = trajectory.at[-1].set(x_BxL)
+  return SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=reveal_step_BxL, confidence_BxL=conf_BxL,
+                      trajectory_SxBxL=trajectory)
+
+
+def make_sampler(graphdef, other, cfg: SamplerConfig):
+  """jit(sample) over (params, rng, tokens_BxL, fixed_BxL) for a split NNX denoiser."""
+  from flax import nnx
+
+  @jax.jit
+  def run(params, rng, tokens_BxL, fixed_BxL):
+    # Merged at each call site: an NNX module must not cross into the scan's trace level.
+    denoise = lambda x, t: nnx.merge(graphdef, params, other)(x, t, deterministic=True)
+    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg)
+
+  return run
+
+
+def autoregressive_sample(denoise_fn: Callable, rng, tokens_BxL, prompt_len: int, temperature: float = 1.0,
+                          top_k: int = 0, top_p: float = 1.0, greedy: bool = False):
+  """Left-to-right sampling for the causal control arm: positions >= prompt_len are generated one at a time, each
+  from the full-length forward pass (no KV cache: this is the control arm's reference decoder, not a fast one)."""
+  length = tokens_BxL.shape[1]
+
+  def step(x_BxL, i):
+    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.zeros((x_BxL.shape[0],), jnp.float32)),
+                                special_tokens.MASK)[:, i - 1]
+    if greedy:
+      nxt = jnp.argmax(logits, axis=-1)
+    else:
+      nxt = jax.random.categorical(jax.random.fold_in(rng, i), filter_logits(logits, temperature, top_k, top_p))
+    return x_BxL.at[:, i].set(nxt.astype(jnp.int32)), None
+
+  x_BxL, _ = jax.lax.scan(step, tokens_BxL.astype(jnp.int32), jnp.arange(max(prompt_len, 1), length))
+  return x_BxL

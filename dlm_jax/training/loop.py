@@ -1,0 +1,232 @@
+"""The trainer: data, model, optimizer, jitted step, evaluation, samples, metrics, Orbax checkpoints, resume.
+
+Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init.
+SIGTERM/SIGINT finish the step in flight, write a checkpoint and return; a non-finite loss stops the run with an error
+naming the step (the last good checkpoint stays). Metrics of step k are read after step k+1 is dispatched (nanodo).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dlm_jax import models
+from dlm_jax.data import pipeline, tokenizers
+from dlm_jax.diffusion import objectives, schedules
+from dlm_jax.evaluation import throughput
+from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, state as state_lib, step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def make_mesh():
+  """A 1-D data-parallel mesh over all local devices (Auto axis type: Explicit breaks nnx.Embed, GUIDE §3)."""
+  return jax.make_mesh((jax.local_device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@contextlib.contextmanager
+def stop_on_signals(flag: dict):
+  """While active, SIGTERM/SIGINT set flag['stop'] instead of killing the process (restored afterwards)."""
+  def handler(signum, _):
+    logging.warning("Received signal %d: checkpointing after the current step, then stopping.", signum)
+    flag["stop"] = True
+
+  previous = {}
+  try:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      previous[sig] = signal.signal(sig, handler)
+  except ValueError:  # not the main thread: signals cannot be caught here
+    previous = {}
+  try:
+    yield flag
+  finally:
+    for sig, h in previous.items():
+      signal.signal(sig, h)
+
+
+def sampler_config(config, **overrides) -> sampler_lib.SamplerConfig:
+  fields = dict(config.sample)
+  fields.update(overrides)
+  fields.pop("num_samples", None)
+  fields.pop("reveal_schedule", None)
+  name = config.sample.get("reveal_schedule", "") or config.diffusion.schedule
+  reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
+  return sampler_lib.SamplerConfig(schedule=reveal, **fields)
+
+
+def generate_text(config, graphdef, other, params, tokenizer, rng, num_samples: int, length: int):
+  """A few unconditional samples for the training log (diffusion sampler, or left-to-right for the AR arm)."""
+  tokens = jnp.zeros((num_samples, length), jnp.int32)
+  if config.model.get("causal", False):
+    from flax import nnx
+    tokens = tokens.at[:, 0].set(jnp.int32(2))  # EOS: "a document starts here"
+    out = jax.jit(lambda p, r, x: sampler_lib.autoregressive_sample(
+        lambda x_, t_: nnx.merge(graphdef, p, other)(x_, t_), r, x, 1))(params, rng, tokens)
+    return [tokenizer.decode(row) for row in np.asarray(out)]
+  run = sampler_lib.make_sampler(graphdef, other, sampler_config(config))
+  out = run(params, rng, tokens, jnp.zeros(tokens.shape, bool))
+  return [tokenizer.decode(row) for row in np.asarray(out.tokens_BxL)]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict:
+  """Trains to config.train.num_steps (or `stop_at_step`, then checkpoints as on SIGTERM). Returns a summary."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tcfg = config.train
+  num_steps = int(tcfg.num_steps)
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  global_batch = int(tcfg.batch_size)
+  accum = int(tcfg.grad_accum_steps)
+  if global_batch % (accum * jax.device_count()):
+    raise ValueError(f"train.batch_size={global_batch} must be divisible by train.grad_accum_steps={accum} x "
+                     f"{jax.device_count()} device(s).")
+
+  mngr = checkpoint.manager(workdir, max_to_keep=int(tcfg.max_to_keep))
+  resumed_step = mngr.latest_step()
+  saved_tokenizer = None
+  if resumed_step is not None:
+    meta = checkpoint.restore_meta(mngr, resumed_step)
+    saved_tokenizer = tokenizers.from_dict(meta["tokenizer"])
+    if config.data.tokenizer != saved_tokenizer.kind:
+      raise checkpoint.CheckpointError(
+          f"{workdir} holds a checkpoint trained with a {saved_tokenizer.kind!r} tokenizer but data.tokenizer="
+          f"{config.data.tokenizer!r}. Use the same tokenizer, or a new --workdir.")
+    if config.data.tokenizer == "sentencepiece":
+      current = pipeline.build_tokenizer(config.data)
+      if tokenizers.fingerprint(current) != tokenizers.fingerprint(saved_tokenizer):
+        raise checkpoint.CheckpointError(
+            f"data.tokenizer_path={config.data.tokenizer_path!r} is not the SentencePiece model the checkpoint in "
+            f"{workdir} was trained with (vocab {current.vocab_size} vs {saved_tokenizer.vocab_size}). Point it at "
+            "the original model, or use a new --workdir.")
+  streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
+  tokenizer = streams.tokenizer
+  vocab_size = tokenizer.vocab_size
+  seq_len = int(config.data.seq_len)
+
+  objective = objectives.from_config(config)
+  tx = optimizer.make_optimizer(config.optimizer, num_steps)
+  lr_schedule = optimizer.learning_rate_schedule(config.optimizer, num_steps)
+  graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx)
+  data_iter = pipeline.train_iterator(streams.train, seq_len, global_batch, int(config.data.seed))
+  meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
+  if resumed_step is not None:
+    abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), replicated)
+    state = checkpoint.restore(mngr, abstract, data_iter, resumed_step)
+    print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
+  state = jax.device_put(state, replicated)
+  start_step = int(state.step)
+
+  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay), lr_schedule,
+                                        state_sharding=replicated, batch_sharding=batch_sharding)
+  eval_step = step_lib.make_eval_step(graphdef, other, objective)
+  eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows))
+  eval_sharding = NamedSharding(mesh, P("data"))
+  place_eval = lambda b: pipeline.shard_batch(b, eval_sharding)
+  writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)))
+  model_cfg = models.model_config(config, vocab_size)
+  flops_per_token = (throughput.flops_per_token(model_cfg, seq_len)
+                     if isinstance(model_cfg, models.TransformerConfig) else None)
+  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
+        f"{jax.local_device_count()} {jax.default_backend()} device(s); train {len(streams.train):,} tokens, "
+        f"valid {len(streams.valid):,} tokens.", flush=True)
+
+  def run_eval(step):
+    params = state.ema_params if state.ema_params is not None else state.params
+    value = step_lib.evaluate(eval_step, params, eval_windows, int(config.eval.batch_size), int(config.eval.seed),
+                              int(config.eval.time_samples), place_eval)
+    per_token = {"nll_per_token": value, "bits_per_token": value / np.log(2.0)}
+    writer.scalars(step, "eval", per_token)
+    print(f"step {step} eval: {value:.4f} nats/token ({value / np.log(2.0):.4f} bits/token)", flush=True)
+    return value
+
+  def save(step, force=False):
+    checkpoint.save(mngr, step, state, data_iter, meta, force=force)
+
+  flag = {"stop": False}
+  last_eval = None
+  history = []
+  final_step = start_step
+  tokens_per_step = global_batch * seq_len
+  with stop_on_signals(flag):
+    pending = None  # (step, metrics) of the step dispatched last
+    t_last, steps_since = time.perf_counter(), 0
+    t_start = t_last
+    step = start_step
+    while step < num_steps:
+      batch = next(data_iter).reshape(accum, global_batch // accum, seq_len)
+      state, step_metrics = train_step(state, pipeline.shard_batch(batch, batch_sharding))
+      step += 1
+      if pending is not None:
+        history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
+                                      flops_per_token, peak, t_start, start_step))
+      pending = (step, step_metrics)
+      steps_since += 1
+      if step % int(tcfg.log_every) == 0 or step == num_steps:
+        history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
+                                      flops_per_token, peak, t_start, start_step, log_console=True))
+        pending = None
+        t_last, steps_since = time.perf_counter(), 0
+      if int(config.eval.every) and (step % int(config.eval.every) == 0 or step == num_steps):
+        last_eval = run_eval(step)
+      if int(config.sample.num_samples) and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
+        params = state.ema_params if state.ema_params is not None else state.params
+        texts = generate_text(config, graphdef, other, params, tokenizer, jax.random.key(step),
+                              int(config.sample.num_samples), seq_len)
+        writer.text(step, "samples", "\n---\n".join(texts))
+      if step % int(tcfg.checkpoint_every) == 0:
+        save(step)
+      if flag["stop"] or (stop_at_step is not None and step >= stop_at_step):
+        break
+    if pending is not None:
+      history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
+                                    flops_per_token, peak, t_start, start_step))
+    final_step = step
+    if mngr.latest_step() != final_step:
+      save(final_step, force=True)
+    mngr.wait_until_finished()
+  writer.close()
+  mngr.close()
+  return {"step": final_step, "eval_nll_per_token": last_eval, "history": history, "stopped": final_step < num_steps,
+          "tokenizer": tokenizer, "vocab_size": vocab_size}
+
+
+def _check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step, flops_per_token, peak,
+                   t_start, start_step, log_console=False):
+  step, step_metrics = pending
+  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  if not np.isfinite(values["loss"]):
+    raise NonFiniteLossError(
+        f"The training loss became non-finite ({values['loss']}) at step {step}; the last checkpoint is kept. "
+        "Lower optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then resume.")
+  record = {"step": step, **values}
+  if log_console:
+    elapsed = time.perf_counter() - t_last
+    tokens_per_s = steps_since * tokens_per_step / max(elapsed, 1e-9)
+    mfu = flops_per_token * tokens_per_s / peak if (peak and flops_per_token) else None
+    rate = (step - start_step) / max(time.perf_counter() - t_start, 1e-9)
+    eta = (num_steps - step) / max(rate, 1e-9)
+    values.update(tokens_per_s=tokens_per_s)
+    if mfu is not None:
+      values.update(mfu=mfu)
+    metrics_lib.console_line(step, num_steps, values, tokens_per_s, mfu, eta)
+    record.update(tokens_per_s=tokens_per_s)
+  writer.scalars(step, "train", values)
+  return record

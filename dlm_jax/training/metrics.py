@@ -1,0 +1,54 @@
+"""Metric writers: JSONL (one object per line: step + scalars), TensorBoard event files, and the console line."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from absl import logging
+
+
+class MetricWriter:
+
+  def __init__(self, workdir, use_tensorboard: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._tb = None
+    if use_tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def scalars(self, step: int, prefix: str, values: dict):
+    record = {"step": int(step), "time": time.time()}
+    record.update({f"{prefix}/{k}": float(v) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+
+  def text(self, step: int, tag: str, text: str):
+    if self._tb is not None:
+      self._tb.add_text(tag, text, int(step))
+    with open(self.workdir / "samples.txt", "a", encoding="utf-8") as f:
+      f.write(f"=== step {step} {tag} ===\n{text}\n")
+
+  def close(self):
+    self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_jsonl(path) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def console_line(step, num_steps, metrics, tokens_per_s, mfu, eta_s) -> str:
+  mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+  eta = f"{int(eta_s // 3600)}:{int(eta_s % 3600 // 60):02d}:{int(eta_s % 60):02d}"
+  line = (f"step {step}/{num_steps} loss {metrics['loss']:.4f} tok/s {tokens_per_s:,.0f} MFU {mfu_text} "
+          f"grad_norm {metrics['grad_norm']:.3f} lr {metrics['learning_rate']:.2e} ETA {eta}")
+  print(line, flush=True)
+  return line
