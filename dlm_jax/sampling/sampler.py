@@ -3,8 +3,8 @@
 Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two policies (`SamplerConfig.method`):
 
 * "confidence" (seed 001 §4, MaskGIT, LLaDA's low-confidence remasking): at each step predict every masked position
-  (greedy argmax, or a sample at `temperature` after top-k/top-p filtering), score each candidate by its probability
-  (or the top-1 minus top-2 margin), and reveal the k_s most confident, where k_s brings the number of masked
+  (greedy argmax, or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's
+  probability of it, p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident, where k_s brings the number of masked
   positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule follows the masking schedule), at least
   one per step. alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass fills any mask still
   left (argmax of one more forward pass, only run if needed).
@@ -103,19 +103,19 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
     logits = losses.subs_logits(denoise_fn(x_BxL, jnp.full((batch,), t, jnp.float32)), mask_id)
     masked_BxL = x_BxL == mask_id
+    # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
+    # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
+    probs_BxLxV = jax.nn.softmax(logits, axis=-1)
     if cfg.greedy:
-      probs_BxLxV = jax.nn.softmax(logits, axis=-1)
       cand_BxL = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
       filtered = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-      probs_BxLxV = jax.nn.softmax(filtered, axis=-1)
       cand_BxL = jax.random.categorical(sample_key, filtered, axis=-1).astype(jnp.int32)
-    cand_prob_BxL = jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
     if cfg.confidence == "margin":
       top2 = jax.lax.top_k(probs_BxLxV, 2)[0]
       score_BxL = top2[..., 0] - top2[..., 1]
     else:
-      score_BxL = cand_prob_BxL
+      score_BxL = jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
     if priority_BxL is not None:
       score_BxL = score_BxL + priority_BxL
     if cfg.method == "confidence":

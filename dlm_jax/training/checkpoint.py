@@ -53,3 +53,37 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
 
 def with_sharding(abstract_tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree)
+
+
+def load_for_inference(workdir, step: int | None = None, use_ema: bool = True):
+  """(config, tokenizer, graphdef, other, params) of the latest (or given) checkpoint of a run, on the default device.
+
+  The model is rebuilt from the config saved in the checkpoint; the EMA parameters are returned when the run kept
+  them and `use_ema`. Raises CheckpointError naming the directory when there is nothing to load.
+  """
+  import ml_collections
+  from flax import nnx
+
+  from dlm_jax import models
+  from dlm_jax.data import tokenizers
+  from dlm_jax.training import optimizer, state as state_lib
+
+  mngr = manager(workdir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"No checkpoint in {mngr.directory}. Train first: python -m launch.train --workdir={workdir}")
+  meta = restore_meta(mngr, step)
+  config = ml_collections.ConfigDict(meta["config"])
+  tokenizer = tokenizers.from_dict(meta["tokenizer"])
+  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
+  abstract = jax.eval_shape(lambda: state_lib.init_model_and_state(config, tokenizer.vocab_size, tx)[2])
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  state = restore(mngr, with_sharding(abstract, device), None, step)
+  mngr.close()
+  # The graph structure only: parameters come from the checkpoint. Our models keep no non-Param state.
+  model = nnx.eval_shape(lambda: models.get_model(config, tokenizer.vocab_size, nnx.Rngs(0)))
+  graphdef, _, other = nnx.split(model, nnx.Param, ...)
+  if jax.tree.leaves(other):
+    raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state, which checkpoints do not carry.")
+  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+  return config, tokenizer, graphdef, other, params

@@ -1,0 +1,123 @@
+"""Sampler invariants: fixed positions never change, no mask survives, greedy is deterministic, the trajectory agrees
+with the final sample, the reveal count follows the schedule."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm_jax import special_tokens
+from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.sampling import sampler as sampler_lib
+
+V, L, B = 12, 24, 4
+MASK = special_tokens.MASK
+
+
+def toy_denoiser():
+  """Context-dependent random logits: each position's logits depend on its own and its neighbours' tokens."""
+  keys = jax.random.split(jax.random.key(42), 3)
+  own, left, pos = (jax.random.normal(keys[0], (V, V)), jax.random.normal(keys[1], (V, V)),
+                    jax.random.normal(keys[2], (L, V)))
+
+  def denoise(x_BxL, t_B):
+    del t_B
+    return 2.0 * (own[x_BxL] + left[jnp.roll(x_BxL, 1, axis=1)] + pos[None, :x_BxL.shape[1]])
+
+  return denoise
+
+
+def run(cfg, seed=0, fixed=None, tokens=None):
+  tokens = tokens if tokens is not None else jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
+  fixed = fixed if fixed is not None else jnp.zeros((B, L), bool).at[:, :5].set(True).at[:, -3:].set(True)
+  out = jax.jit(lambda r, x, f: sampler_lib.sample(toy_denoiser(), r, x, f, cfg))(jax.random.key(seed), tokens, fixed)
+  return tokens, fixed, out
+
+
+CONFIGS = {
+    "confidence_sampled": sampler_lib.SamplerConfig(steps=8, record_trajectory=True),
+    "confidence_greedy_margin": sampler_lib.SamplerConfig(steps=5, greedy=True, confidence="margin",
+                                                          record_trajectory=True),
+    "ancestral": sampler_lib.SamplerConfig(steps=6, method="ancestral", top_p=0.9, record_trajectory=True,
+                                           schedule=MaskingSchedule("linear")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fixed_positions_kept_no_mask_left_and_trajectory_consistent(name):
+  cfg = CONFIGS[name]
+  tokens, fixed, out = run(cfg)
+  final = np.asarray(out.tokens_BxL)
+  traj = np.asarray(out.trajectory_SxBxL)
+  fixed = np.asarray(fixed)
+  assert traj.shape == (cfg.steps + 1, B, L)
+  assert not np.any(final == MASK)
+  np.testing.assert_array_equal(final[fixed], np.asarray(tokens)[fixed])
+  np.testing.assert_array_equal(traj[:, fixed], np.broadcast_to(np.asarray(tokens)[fixed], traj[:, fixed].shape))
+  assert np.all(traj[0][~fixed] == MASK)
+  np.testing.assert_array_equal(traj[-1], final)
+  # Once revealed, a position never changes; reveal_step is the step at which it stopped being masked.
+  revealed = traj != MASK
+  assert np.all(revealed[1:] >= revealed[:-1])
+  for s in range(cfg.steps):
+    newly = revealed[s + 1] & ~revealed[s]
+    np.testing.assert_array_equal(np.asarray(out.reveal_step_BxL)[newly], s)
+    np.testing.assert_array_equal(traj[s + 1][revealed[s]], traj[s][revealed[s]])
+  np.testing.assert_array_equal(np.asarray(out.reveal_step_BxL)[fixed], -1)
+
+
+def test_reveal_count_follows_schedule_and_last_step_reveals_all():
+  cfg = sampler_lib.SamplerConfig(steps=4, schedule=MaskingSchedule("linear"), record_trajectory=True)
+  _, fixed, out = run(cfg)
+  n_gen = int(np.sum(~np.asarray(fixed[0])))  # 16
+  masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)  # [S+1, B]
+  expected = [n_gen] + [int(np.floor(n_gen * (1 - (s + 1) / 4) + 1e-4)) for s in range(4)]  # 16, 12, 8, 4, 0
+  np.testing.assert_array_equal(masked_after, np.tile(np.asarray(expected)[:, None], (1, B)))
+
+
+def test_one_token_per_step_mode():
+  """steps == number of masked positions with the linear reveal schedule: seed 002's one-token-per-step demo."""
+  cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, schedule=MaskingSchedule("linear"), record_trajectory=True)
+  _, _, out = run(cfg)
+  masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)
+  np.testing.assert_array_equal(np.diff(masked_after, axis=0), -1)
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1():
+  greedy = sampler_lib.SamplerConfig(steps=6, greedy=True)
+  _, _, a = run(greedy, seed=0)
+  _, _, b = run(greedy, seed=123)
+  chex.assert_trees_all_equal(a.tokens_BxL, b.tokens_BxL)
+  _, _, c = run(sampler_lib.SamplerConfig(steps=6, top_k=1), seed=5)
+  chex.assert_trees_all_equal(a.tokens_BxL, c.tokens_BxL)
+  _, _, d = run(sampler_lib.SamplerConfig(steps=6), seed=0)
+  _, _, e = run(sampler_lib.SamplerConfig(steps=6), seed=0)
+  chex.assert_trees_all_equal(d.tokens_BxL, e.tokens_BxL)
+
+
+def test_greedy_reveals_most_confident_first():
+  """With one reveal per step, the first revealed position is the argmax of the first step's confidence."""
+  cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, schedule=MaskingSchedule("linear"))
+  tokens, fixed, out = run(cfg)
+  x0 = jnp.where(fixed, tokens, MASK)
+  probs = jax.nn.softmax(toy_denoiser()(x0, None).at[..., MASK].set(-1e9), axis=-1)
+  conf = np.where(np.asarray(fixed), -np.inf, np.asarray(jnp.max(probs, -1)))
+  first = np.asarray(out.reveal_step_BxL) == 0
+  np.testing.assert_array_equal(np.argmax(first, axis=-1), np.argmax(conf, axis=-1))
+
+
+def test_filter_logits_top_p_keeps_smallest_nucleus():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  kept = sampler_lib.filter_logits(logits, 1.0, 0, 0.7) > -1e8
+  np.testing.assert_array_equal(kept, [[True, True, False, False]])
+  kept = sampler_lib.filter_logits(logits, 1.0, 3, 1.0) > -1e8
+  np.testing.assert_array_equal(kept, [[True, True, True, False]])
+
+
+def test_autoregressive_sampler_keeps_prompt_and_fills_rest():
+  denoise = toy_denoiser()
+  tokens = jnp.full((B, L), MASK, jnp.int32).at[:, :3].set(7)
+  out = np.asarray(jax.jit(lambda r, x: sampler_lib.autoregressive_sample(denoise, r, x, 3, greedy=True))(
+      jax.random.key(0), tokens))
+  np.testing.assert_array_equal(out[:, :3], 7)
+  assert not np.any(out == MASK)
