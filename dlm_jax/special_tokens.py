@@ -18,3 +18,5 @@ MASK = 3
 UNK = 4
 NUM_SPECIAL = 5
 NAMES = ("<pad>", "<s>", "</s>", "<mask>", "<unk>")
+# Never data tokens, so never sampled (the samplers remove their logits); EOS may be generated (document boundary).
+NEVER_SAMPLED = (PAD, BOS, MASK, UNK)

@@ -24,3 +24,36 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def repo_root():
   return REPO
+
+
+def tiny_config(**overrides):
+  """configs/default.py shrunk to compile and run in seconds on CPU (same code paths)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.tensorboard = True
+  c.data.seq_len = 32
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 2, 2, 32, 64
+  c.train.num_steps, c.train.batch_size = 12, 8
+  c.train.log_every, c.train.checkpoint_every, c.train.sample_every = 4, 6, 0
+  c.optimizer.warmup_steps = 2
+  c.eval.every, c.eval.num_windows, c.eval.batch_size, c.eval.time_samples = 12, 16, 8, 1
+  c.sample.num_samples, c.sample.steps = 2, 8
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A tiny diffusion model trained for 12 steps on the embedded corpus, with EMA: (workdir, summary)."""
+  from dlm_jax.training import loop
+  workdir = tmp_path_factory.mktemp("trained_run")
+  summary = loop.train(tiny_config(**{"train.ema_decay": 0.9}), str(workdir))
+  return workdir, summary

@@ -100,7 +100,7 @@ def test_greedy_reveals_most_confident_first():
   cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, schedule=MaskingSchedule("linear"))
   tokens, fixed, out = run(cfg)
   x0 = jnp.where(fixed, tokens, MASK)
-  probs = jax.nn.softmax(toy_denoiser()(x0, None).at[..., MASK].set(-1e9), axis=-1)
+  probs = jax.nn.softmax(sampler_lib.sampling_logits(toy_denoiser()(x0, None)), axis=-1)
   conf = np.where(np.asarray(fixed), -np.inf, np.asarray(jnp.max(probs, -1)))
   first = np.asarray(out.reveal_step_BxL) == 0
   np.testing.assert_array_equal(np.argmax(first, axis=-1), np.argmax(conf, axis=-1))
@@ -121,3 +121,9 @@ def test_autoregressive_sampler_keeps_prompt_and_fills_rest():
       jax.random.key(0), tokens))
   np.testing.assert_array_equal(out[:, :3], 7)
   assert not np.any(out == MASK)
+
+
+def test_special_ids_are_never_sampled():
+  _, fixed, out = run(sampler_lib.SamplerConfig(steps=4, temperature=5.0))
+  generated = np.asarray(out.tokens_BxL)[~np.asarray(fixed)]
+  assert not np.isin(generated, special_tokens.NEVER_SAMPLED).any()

@@ -81,6 +81,12 @@ def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
   return logits_BxLxV
 
 
+def sampling_logits(logits_BxLxV):
+  """Float32 logits with the ids that are never data tokens (special_tokens.NEVER_SAMPLED: pad, bos, mask, unk)
+  removed; mask removal is SUBS, the others only matter for an undertrained model."""
+  return logits_BxLxV.astype(jnp.float32).at[..., jnp.asarray(special_tokens.NEVER_SAMPLED)].set(losses.NEG_INF)
+
+
 def _reveal_top_k(score_BxL, masked_BxL, k_B):
   """True at the k_B highest-scoring masked positions of each row."""
   ranked = jnp.where(masked_BxL, score_BxL, -jnp.inf)
@@ -101,7 +107,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     x_BxL, reveal_step_BxL, conf_BxL, key = carry
     key, sample_key, reveal_key = jax.random.split(key, 3)
     t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
-    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.full((batch,), t, jnp.float32)), mask_id)
+    logits = sampling_logits(denoise_fn(x_BxL, jnp.full((batch,), t, jnp.float32)))
     masked_BxL = x_BxL == mask_id
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
@@ -136,7 +142,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
   (x_BxL, reveal_step_BxL, conf_BxL, _), steps_SxBxL = jax.lax.scan(step, init, jnp.arange(cfg.steps))
 
   def fallback_fill(x_BxL):
-    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.zeros((batch,), jnp.float32)), mask_id)
+    logits = sampling_logits(denoise_fn(x_BxL, jnp.zeros((batch,), jnp.float32)))
     return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
 
   x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
@@ -168,8 +174,7 @@ def autoregressive_sample(denoise_fn: Callable, rng, tokens_BxL, prompt_len: int
   length = tokens_BxL.shape[1]
 
   def step(x_BxL, i):
-    logits = losses.subs_logits(denoise_fn(x_BxL, jnp.zeros((x_BxL.shape[0],), jnp.float32)),
-                                special_tokens.MASK)[:, i - 1]
+    logits = sampling_logits(denoise_fn(x_BxL, jnp.zeros((x_BxL.shape[0],), jnp.float32)))[:, i - 1]
     if greedy:
       nxt = jnp.argmax(logits, axis=-1)
     else:

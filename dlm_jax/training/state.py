@@ -24,7 +24,7 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
   """Returns (graphdef, other_state, TrainState). `other_state` holds non-Param variables (empty for our models)."""
   model = models.get_model(config, vocab_size, nnx.Rngs(params=int(config.seed)))
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
-  ema = jax.tree.map(lambda p: p, params) if float(config.train.ema_decay) > 0 else None
+  ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
   state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
                      ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)))
   return graphdef, other, state

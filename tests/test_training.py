@@ -1,0 +1,90 @@
+"""The trainer: exact resume, checkpoint round trip, metrics files, clear stops, and the CLI entry points."""
+import json
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from dlm_jax.training import checkpoint, loop, metrics
+
+
+def train_losses(workdir):
+  return {r["step"]: r["train/loss"] for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "train/loss" in r}
+
+
+def test_run_writes_metrics_checkpoint_and_loss_falls(trained_run):
+  workdir, summary = trained_run
+  assert summary["step"] == 12 and not summary["stopped"]
+  losses = train_losses(workdir)
+  assert sorted(losses) == list(range(1, 13))
+  assert np.mean([losses[s] for s in (10, 11, 12)]) < np.mean([losses[s] for s in (1, 2, 3)])
+  assert np.isfinite(summary["eval_nll_per_token"])
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(trained_run, tmp_path):
+  """Stop at step 5 (as SIGTERM does: checkpoint, return), resume: steps 6..12 have the same losses and the final
+  parameters are identical to the uninterrupted run's."""
+  workdir, _ = trained_run
+  config = tiny_config(**{"train.ema_decay": 0.9})
+  first = loop.train(config, str(tmp_path), stop_at_step=5)
+  assert first["stopped"] and first["step"] == 5
+  second = loop.train(config, str(tmp_path))
+  assert second["step"] == 12
+  reference, resumed = train_losses(workdir), train_losses(tmp_path)
+  for step in range(6, 13):
+    np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-6, err_msg=f"step {step}")
+  _, _, _, _, params_ref = checkpoint.load_for_inference(workdir, use_ema=False)
+  _, _, _, _, params_resumed = checkpoint.load_for_inference(tmp_path, use_ema=False)
+  chex.assert_trees_all_close(params_ref, params_resumed, rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
+  workdir, summary = trained_run
+  config, tokenizer, graphdef, other, ema = checkpoint.load_for_inference(workdir)
+  _, _, _, _, raw = checkpoint.load_for_inference(workdir, use_ema=False)
+  assert config.data.seq_len == 32 and config.train.ema_decay == 0.9
+  assert tokenizer.to_dict() == summary["tokenizer"].to_dict()
+  assert jax.tree.structure(ema) == jax.tree.structure(raw)
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(raw)))
+
+
+def test_tokenizer_mismatch_with_checkpoint_is_refused(trained_run):
+  workdir, _ = trained_run
+  config = tiny_config(**{"data.tokenizer": "sentencepiece", "data.tokenizer_path": "x.model"})
+  with pytest.raises(checkpoint.CheckpointError, match="'char' tokenizer but data.tokenizer='sentencepiece'"):
+    loop.train(config, str(workdir))
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+  config = tiny_config(**{"optimizer.learning_rate": 1e30, "optimizer.grad_clip": 0.0, "eval.every": 0})
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite .* at step \d+"):
+    loop.train(config, str(tmp_path))
+
+
+def test_stop_on_signals_sets_flag():
+  import os
+  import signal
+  flag = {"stop": False}
+  with loop.stop_on_signals(flag):
+    os.kill(os.getpid(), signal.SIGTERM)
+  assert flag["stop"]
+
+
+def test_sample_cli_prompt_and_suffix_are_kept(trained_run):
+  workdir, _ = trained_run
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.sample", f"--workdir={workdir}", "--prompt=The ", "--suffix=.",
+       "--length=10", "--num_samples=2", "--steps=5", "--stream", "--stream_delay=0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = result.stdout.split("--- sample ")[1:]
+  assert len(samples) == 2
+  for s in samples:
+    text = s.split("\n", 1)[1].split("\n[")[0].rstrip("\n")
+    assert text.startswith("The ") and text.endswith(".") and len(text) == 4 + 10 + 1, repr(text)
