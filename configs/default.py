@@ -88,4 +88,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.top_p = 1.0
   c.sample.confidence = "prob"  # "prob" or "margin"
   c.sample.reveal_schedule = ""  # empty: follow diffusion.schedule
+
+  c.bench = bench_config(vocab_size=0)
   return c
+
+
+def bench_config(vocab_size: int) -> ml_collections.ConfigDict:
+  """Settings of `python -m launch.bench` (synthetic tokens: throughput does not depend on the text)."""
+  b = ml_collections.ConfigDict()
+  b.vocab_size = vocab_size  # 0: a character-sized vocabulary (128)
+  b.train_steps = 20  # timed training steps after warm-up
+  b.warmup_steps = 3
+  b.sample_batch = 64  # sampler: B sequences, `sample_new_tokens` generated in `sample_steps` steps
+  b.sample_new_tokens = 256
+  b.sample_steps = 64
+  b.write = True  # append a row to BENCHMARKS.md
+  return b

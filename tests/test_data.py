@@ -90,7 +90,7 @@ def test_relative_paths_resolve_under_dlm_data_dir(tmp_path, monkeypatch):
   streams = pipeline.load_token_streams(data_config("sub", seq_len=8), tmp_path / "cache")
   # Documents are joined with EOS, and the split is the last 10% of the stream.
   total = len(streams.train) + len(streams.valid)
-  assert total == 120 + 120 + 1 and len(streams.valid) == round(total * 0.1)
+  assert total == 120 + 120 + 1 and len(streams.train) == int(total * 0.9)
   assert special_tokens.EOS in np.asarray(streams.train).tolist()
 
 

@@ -78,7 +78,7 @@ def load_token_streams(data_config, cache_dir, tokenizer=None) -> TokenStreams:
     fraction = float(data_config.valid_fraction)
     if not 0.0 < fraction < 1.0:
       raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
-    split = int(round(len(stream) * (1.0 - fraction)))
+    split = int(len(stream) * (1.0 - fraction))  # nanoGPT: data[:int(n * 0.9)]
     train, valid = stream[:split], stream[split:]
   seq_len = int(data_config.seq_len)
   for name, tokens, flag in (("train", train, "data.path"), ("valid", valid, "data.valid_path/valid_fraction")):

@@ -1,0 +1,43 @@
+"""The benchmark model: a 12-layer, 768-wide bidirectional transformer, SentencePiece 32k vocabulary, T = 1024.
+
+Benchmark (GPU; writes a row to BENCHMARKS.md):
+  python -m launch.bench --config=configs/base_110m.py
+Training on real text first needs the tokenizer:
+  python -m launch.tokenizer --input=en,hi/dakshina_wiki.txt,hinglish --vocab_size=32000 --output=runs/spm32k/spm.model
+  python -m launch.train --config=configs/base_110m.py --workdir=runs/base_110m
+Hardware: one H100 (bf16 activations, cuDNN attention, fp32 parameters and loss).
+Target (issue #2): >= 55% MFU training at B=32, T=1024 (PyTorch peer: 29.7%); sampler step <= 1.15x a forward pass.
+Measured figures are in BENCHMARKS.md.
+"""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.path = "en,hi/dakshina_wiki.txt,hinglish"
+  c.data.valid_path = "hi/valid_flores_ntrex.txt"
+  c.data.tokenizer = "sentencepiece"
+  c.data.tokenizer_path = "runs/spm32k/spm.model"
+  c.data.seq_len = 1024
+
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 2048
+  c.model.dropout = 0.0
+  c.model.remat = "none"
+
+  c.optimizer.learning_rate = 6e-4
+  c.optimizer.warmup_steps = 1000
+  c.optimizer.b2 = 0.95
+
+  c.train.batch_size = 32
+  c.train.num_steps = 50_000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2000
+  c.train.sample_every = 2000
+  c.train.ema_decay = 0.9999
+
+  c.eval.every = 2000
+  c.eval.num_windows = 256
+  c.eval.batch_size = 32
+
+  c.bench = default.bench_config(vocab_size=32000)
+  return c

@@ -1,0 +1,98 @@
+"""Throughput measurement for `python -m launch.bench`: training tokens/s and MFU, compile time, peak memory, and the
+sampler's tokens/s and step time relative to one forward pass. Synthetic uniform tokens (speed does not depend on the
+text). Timing follows the device method: warm up, block on results, time each repetition, report the median.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dlm_jax import models, special_tokens
+from dlm_jax.diffusion import objectives
+from dlm_jax.evaluation import throughput
+from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.training import loop, optimizer, state as state_lib, step as step_lib
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def peak_memory_bytes():
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def run(config) -> dict:
+  b = config.bench
+  vocab = int(b.vocab_size) or 128
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  objective = objectives.from_config(config)
+  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
+  graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
+  mesh = loop.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
+                                        optimizer.learning_rate_schedule(config.optimizer, 10), replicated,
+                                        batch_sharding)
+  rng = np.random.default_rng(0)
+  accum = int(config.train.grad_accum_steps)
+  tokens = jax.device_put(
+      rng.integers(special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32),
+      batch_sharding)
+  state = jax.device_put(state, replicated)
+
+  start = time.perf_counter()
+  compiled = train_step.lower(state, tokens).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(int(b.warmup_steps)):
+    state, metrics = compiled(state, tokens)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(int(b.train_steps)):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, tokens)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  tokens_per_s = batch * seq_len / step_s
+  model_cfg = models.model_config(config, vocab)
+  flops = throughput.flops_per_token(model_cfg, seq_len)
+  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  result = {
+      "device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
+      "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, "batch": batch, "seq_len": seq_len,
+      "vocab": vocab, "train_step_ms": 1e3 * step_s, "train_tokens_per_s": tokens_per_s,
+      "mfu": flops * tokens_per_s / peak if peak else None, "flops_per_token": flops,
+      "compile_s": compile_s, "train_peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
+      "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+  }
+
+  # Sampler: B sequences, all positions new, S steps; compared with one forward pass of the same batch.
+  sb, sl, ss = int(b.sample_batch), int(b.sample_new_tokens), int(b.sample_steps)
+  params = state.params
+  scfg = loop.sampler_config(config, steps=ss)
+  sample_fn = sampler_lib.make_sampler(graphdef, other, scfg)
+  x = jnp.full((sb, sl), special_tokens.MASK, jnp.int32)
+  fixed = jnp.zeros((sb, sl), bool)
+  forward = jax.jit(lambda p, x_: nnx.merge(graphdef, p, other)(x_, jnp.ones((sb,), jnp.float32)))
+  jax.block_until_ready(forward(params, x))
+  jax.block_until_ready(sample_fn(params, jax.random.key(0), x, fixed))
+  forward_s = _median_time(lambda: forward(params, x), 10)
+  keys = iter(jax.random.split(jax.random.key(1), 8))
+  sample_s = _median_time(lambda: sample_fn(params, next(keys), x, fixed), 5)
+  result.update(sample_batch=sb, sample_new_tokens=sl, sample_steps=ss, forward_ms=1e3 * forward_s,
+                sample_ms=1e3 * sample_s, sample_tokens_per_s=sb * sl / sample_s,
+                sample_step_over_forward=(sample_s / ss) / forward_s)
+  return result

@@ -1,0 +1,66 @@
+"""Training and sampling throughput of a config; prints a table and appends a row to BENCHMARKS.md.
+
+  python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (H100 target: >= 55% MFU)
+  python -m launch.bench                                        # CPU-sized: configs/default.py
+
+MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
+n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
+forward pass of the same batch.
+"""
+import datetime
+import pathlib
+import subprocess
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dlm_jax.evaluation import benchmark
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
+                                lock_config=True)
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file the result row is appended to.")
+FLAGS = flags.FLAGS
+
+HEADER = ("| date | commit | device | command | params (M) | B x T | train tok/s | MFU | step ms | compile s | "
+          "peak GiB | sampler tok/s (B, new, steps) | sampler step / forward |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def commit() -> str:
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  r = benchmark.run(FLAGS.config)
+  command = "python -m launch.bench " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  row = (f"| {datetime.date.today().isoformat()} | {commit()} | {r['device']} ({r['backend']}, jax {r['jax']}) | "
+         f"`{command.strip()}` | {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | "
+         f"{r['train_tokens_per_s']:,.0f} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
+         f"{r['train_step_ms']:.1f} | {r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
+         f"{r['sample_tokens_per_s']:,.0f} ({r['sample_batch']}, {r['sample_new_tokens']}, {r['sample_steps']}) | "
+         f"{r['sample_step_over_forward']:.2f} |\n")
+  for key, value in r.items():
+    print(f"{key:>26}: {value}")
+  if FLAGS.config.bench.write:
+    out = pathlib.Path(FLAGS.output)
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    if HEADER not in text:
+      text += ("\n" if text else "") + HEADER
+    out.write_text(text + row, encoding="utf-8")
+    print(f"Appended to {out}:\n{row}")
+
+
+if __name__ == "__main__":
+  app.run(main)
