@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.valid_fraction = 0.1
   c.data.tokenizer = "char"  # "char" (alphabet built from the corpus) or "sentencepiece"
   c.data.tokenizer_path = ""  # .model file from `python -m launch.tokenizer` when tokenizer="sentencepiece"
-  c.data.seq_len = 128
+  c.data.seq_len = 64
   c.data.seed = 0  # shuffling of the training crops
 
   c.diffusion = ml_collections.ConfigDict()
@@ -62,18 +62,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip = 1.0
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 600
-  c.train.batch_size = 16  # global batch (sequences per optimizer step)
+  c.train.num_steps = 900
+  c.train.batch_size = 32  # global batch (sequences per optimizer step)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
   c.train.log_every = 50
-  c.train.checkpoint_every = 200
+  c.train.checkpoint_every = 300
   c.train.max_to_keep = 2
   c.train.sample_every = 300
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 300
-  c.eval.num_windows = 64  # fixed non-overlapping validation windows
+  c.eval.num_windows = 128  # fixed non-overlapping validation windows
   c.eval.batch_size = 32
   c.eval.time_samples = 2  # antithetic time draws per window
   c.eval.seed = 1234
@@ -87,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.top_k = 0
   c.sample.top_p = 1.0
   c.sample.confidence = "prob"  # "prob" or "margin"
+  # MaskGIT choice temperature: Gumbel noise on the log-confidence ranking, annealed to 0 (0 = pure seed 001 §4).
+  # Without it the small default model fills samples with spaces, its most predictable character.
+  c.sample.reveal_noise = 4.5
   c.sample.reveal_schedule = ""  # empty: follow diffusion.schedule
 
   c.bench = bench_config(vocab_size=0)

@@ -36,6 +36,7 @@ def run(cfg, seed=0, fixed=None, tokens=None):
 
 CONFIGS = {
     "confidence_sampled": sampler_lib.SamplerConfig(steps=8, record_trajectory=True),
+    "confidence_reveal_noise": sampler_lib.SamplerConfig(steps=7, reveal_noise=4.5, top_k=5, record_trajectory=True),
     "confidence_greedy_margin": sampler_lib.SamplerConfig(steps=5, greedy=True, confidence="margin",
                                                           record_trajectory=True),
     "ancestral": sampler_lib.SamplerConfig(steps=6, method="ancestral", top_p=0.9, record_trajectory=True,

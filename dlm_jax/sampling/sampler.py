@@ -6,7 +6,10 @@ Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two polic
   (greedy argmax, or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's
   probability of it, p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident, where k_s brings the number of masked
   positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule follows the masking schedule), at least
-  one per step. alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass fills any mask still
+  one per step. With `reveal_noise` = tau > 0 the ranking score is log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel
+  (MaskGIT's "choice temperature", Chang et al. 2022): early steps reveal a noisy top-k instead of always the most
+  predictable symbol, which keeps an undertrained model from filling a sequence with its most frequent token
+  (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass fills any mask still
   left (argmax of one more forward pass, only run if needed).
 * "ancestral" (MD4 / MDLM ancestral sampler): each masked position is revealed independently with probability
   (alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s)), with a token drawn from p_theta(x_0 | x_t) — the exact reverse
@@ -43,6 +46,7 @@ class SamplerConfig:
   top_k: int = 0  # 0: no top-k filtering
   top_p: float = 1.0  # 1.0: no nucleus filtering
   confidence: str = "prob"
+  reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
 
@@ -125,6 +129,10 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     if priority_BxL is not None:
       score_BxL = score_BxL + priority_BxL
     if cfg.method == "confidence":
+      if cfg.reveal_noise > 0:
+        gumbel_BxL = jax.random.gumbel(reveal_key, score_BxL.shape)
+        anneal = cfg.reveal_noise * (1.0 - (s + 1) / cfg.steps)
+        score_BxL = jnp.log(jnp.maximum(score_BxL, 1e-20)) + anneal * gumbel_BxL
       n_masked_B = jnp.sum(masked_BxL, axis=-1)
       n_target_B = jnp.floor(n_gen_B * schedule.mask_rate(t_next) + 1e-4).astype(jnp.int32)
       k_B = jnp.maximum(n_masked_B - n_target_B, jnp.minimum(n_masked_B, 1))
