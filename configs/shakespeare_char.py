@@ -6,10 +6,14 @@ Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/
        RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP).
 Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (cosine schedule).
        "ar": causal control arm, next-token loss (seed 001 §5.2).
+       "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
+              slot attentions (8 d^2) where the baseline has one self-attention (4 d^2), so its SwiGLU is narrower:
+              8 d^2 + 3 d f' = 4 d^2 + 3 d f  ->  f' = f - 4d/3 = 512.
 
 Commands:
   python -m launch.train --config=configs/shakespeare_char.py:ar --workdir=runs/shakespeare_ar
   python -m launch.train --config=configs/shakespeare_char.py --workdir=runs/shakespeare_diffusion
+  python -m launch.train --config=configs/shakespeare_char.py:eco --workdir=runs/shakespeare_eco
 Hardware and expected result: one H100. nanoGPT (unmodified) reaches its best validation loss 1.4688 nats/char at
 iteration 1750 in about 1.5 minutes there; the AR arm must reach <= 1.47 nats/char in no more wall time. The measured
 figures (or that they are still to be measured) are in BENCHMARKS.md.
@@ -18,8 +22,8 @@ from configs import default
 
 
 def get_config(arm: str = "diffusion"):
-  if arm not in ("diffusion", "ar"):
-    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion' or 'ar', got {arm!r}.")
+  if arm not in ("diffusion", "ar", "eco"):
+    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar' or 'eco', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
   c.data.valid_fraction = 0.1
@@ -45,6 +49,17 @@ def get_config(arm: str = "diffusion"):
   c.eval.batch_size = 64
   c.eval.time_samples = 4
 
+  if arm == "eco":
+    c.model.name = "eco_hybrid"
+    c.model.position = "learned"
+    c.model.mlp_dim = 512
+    c.model.memory_slots = 16
+    c.model.conv_kernel = 7
+    c.model.memory_order = "write_read"
+    c.model.route_top_k = 0
+    c.model.balance_weight = 0.01
+    c.model.slow_slots = 0
+    c.model.slow_every = 2
   if arm == "ar":
     c.model.causal = True
     c.diffusion.objective = "autoregressive"

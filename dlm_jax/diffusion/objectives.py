@@ -1,8 +1,9 @@
 """The training objective as one callable: corrupt x_0, run the denoiser, score it.
 
 `DiffusionObjective(denoise_fn, x0_BxL, rng)` returns (scalar loss in nats per token, metrics). `denoise_fn(x_BxL,
-t_B) -> logits_BxLxV` is any pure function (a merged NNX model in the trainer, a lookup table in the tests), so the
-same code serves training, evaluation and the exact-likelihood tests.
+t_B)` is any pure function (a merged NNX model in the trainer, a lookup table in the tests) returning logits_BxLxV, or
+(logits_BxLxV, aux) where aux maps names to already-weighted auxiliary losses (e.g. EcoHybrid's slot load balancing):
+they are added to the loss and logged as `aux/NAME`; `nll_per_token` stays the pure likelihood term.
 
 kinds (config `diffusion.objective`):
   * "elbo": continuous-time NELBO with antithetic t (MD4/MDLM); loss = sum_b NELBO_b / (B L). Unbiased per-token NELBO.
@@ -49,14 +50,14 @@ class DiffusionObjective:
   def __call__(self, denoise_fn: Callable, x0_BxL, rng):
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
-      logits_BxLxV = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
+      logits_BxLxV, aux = _split_aux(denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32)))
       nll_BxLm1 = losses.next_token_nll(losses.subs_logits(logits_BxLxV, self.mask_id), x0_BxL)
-      loss = jnp.mean(nll_BxLm1)
-      return loss, {"loss": loss, "nll_per_token": loss}
+      return _with_aux(jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}, aux)
     t_rng, mask_rng = jax.random.split(rng)
     t_B = self.sample_times(t_rng, batch_size)
     xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id)
-    logits_BxLxV = losses.subs_logits(denoise_fn(xt_BxL, t_B), self.mask_id)
+    logits_BxLxV, aux = _split_aux(denoise_fn(xt_BxL, t_B))
+    logits_BxLxV = losses.subs_logits(logits_BxLxV, self.mask_id)
     nll_BxL = losses.token_nll(logits_BxLxV, x0_BxL)
     metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
     if self.kind == "elbo":
@@ -65,8 +66,19 @@ class DiffusionObjective:
       metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
     else:
       loss = jnp.mean(losses.masked_mean_per_sequence(nll_BxL, masked_BxL))
-    metrics["loss"] = loss
-    return loss, metrics
+    return _with_aux(loss, metrics, aux)
+
+
+def _split_aux(output):
+  return output if isinstance(output, tuple) else (output, {})
+
+
+def _with_aux(loss, metrics, aux):
+  for name, value in aux.items():
+    metrics[f"aux/{name}"] = value
+    loss = loss + value
+  metrics["loss"] = loss
+  return loss, metrics
 
 
 def from_config(config) -> DiffusionObjective:

@@ -17,8 +17,20 @@ def transformer_matmul_params(cfg) -> int:
   return cfg.num_layers * per_layer + cfg.vocab_size * cfg.width
 
 
+def eco_hybrid_flops_per_token(cfg, seq_len: int) -> float:
+  """EcoHybrid, same convention: per layer and token, the token-side matmuls (write kv 2d^2, read q + out 2d^2,
+  SwiGLU 3 d d_ff, router d M), the slot-side ones amortized over the sequence (write q + out and read kv: 4 d^2 M / T),
+  the depthwise conv (k d), and the two slot attentions (4 M d multiply-adds: 24 L M d FLOPs)."""
+  d, m = cfg.width, cfg.memory_slots
+  per_layer = 4 * d * d + 3 * d * cfg.mlp_dim + (d * m if cfg.route_top_k else 0) + 4 * d * d * m / seq_len
+  per_layer += cfg.conv_kernel * d
+  return 6.0 * (cfg.num_layers * per_layer + cfg.vocab_size * d) + 24.0 * cfg.num_layers * m * d
+
+
 def flops_per_token(cfg, seq_len: int) -> float:
-  """Training FLOPs per token (forward + backward) of the baseline transformer."""
+  """Training FLOPs per token (forward + backward) of a denoiser config."""
+  if hasattr(cfg, "memory_slots"):
+    return eco_hybrid_flops_per_token(cfg, seq_len)
   return 6.0 * transformer_matmul_params(cfg) + 12.0 * cfg.num_layers * seq_len * cfg.width
 
 

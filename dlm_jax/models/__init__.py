@@ -1,11 +1,14 @@
 """NNX denoisers and the registry `get_model(config, vocab_size, rngs)`."""
 from __future__ import annotations
 
+import dataclasses
+
 from flax import nnx
 
+from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 
-MODELS = {"transformer": (Transformer, TransformerConfig)}
+MODELS = {"transformer": (Transformer, TransformerConfig), "eco_hybrid": (EcoHybrid, EcoHybridConfig)}
 
 
 def model_config(config, vocab_size: int):
@@ -15,6 +18,10 @@ def model_config(config, vocab_size: int):
     raise ValueError(f"Unknown model {name!r} (config model.name); choose one of {sorted(MODELS)}.")
   _, config_cls = MODELS[name]
   fields = {k: v for k, v in config.model.items() if k != "name"}
+  known = {f.name for f in dataclasses.fields(config_cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"config.model has fields {unknown} that model {name!r} does not take.")
   return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, **fields)
 
 

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlm_jax import models
+from dlm_jax import models, special_tokens
 from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.diffusion import objectives, schedules
 from dlm_jax.evaluation import throughput
@@ -66,20 +66,6 @@ def sampler_config(config, **overrides) -> sampler_lib.SamplerConfig:
   name = config.sample.get("reveal_schedule", "") or config.diffusion.schedule
   reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
   return sampler_lib.SamplerConfig(schedule=reveal, **fields)
-
-
-def generate_text(config, graphdef, other, params, tokenizer, rng, num_samples: int, length: int):
-  """A few unconditional samples for the training log (diffusion sampler, or left-to-right for the AR arm)."""
-  tokens = jnp.zeros((num_samples, length), jnp.int32)
-  if config.model.get("causal", False):
-    from flax import nnx
-    tokens = tokens.at[:, 0].set(jnp.int32(2))  # EOS: "a document starts here"
-    out = jax.jit(lambda p, r, x: sampler_lib.autoregressive_sample(
-        lambda x_, t_: nnx.merge(graphdef, p, other)(x_, t_), r, x, 1))(params, rng, tokens)
-    return [tokenizer.decode(row) for row in np.asarray(out)]
-  run = sampler_lib.make_sampler(graphdef, other, sampler_config(config))
-  out = run(params, rng, tokens, jnp.zeros(tokens.shape, bool))
-  return [tokenizer.decode(row) for row in np.asarray(out.tokens_BxL)]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict:
@@ -140,8 +126,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
   place_eval = lambda b: pipeline.shard_batch(b, eval_sharding)
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)))
   model_cfg = models.model_config(config, vocab_size)
-  flops_per_token = (throughput.flops_per_token(model_cfg, seq_len)
-                     if isinstance(model_cfg, models.TransformerConfig) else None)
+  flops_per_token = throughput.flops_per_token(model_cfg, seq_len)
   peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
@@ -157,76 +142,96 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
     print(f"step {step} eval: {value:.4f} nats/token ({value / np.log(2.0):.4f} bits/token)", flush=True)
     return value
 
-  def save(step, force=False):
-    checkpoint.save(mngr, step, state, data_iter, meta, force=force)
-
+  progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token, peak)
+  sample_texts = _sample_texts_fn(config, graphdef, other, tokenizer, int(config.sample.num_samples), seq_len)
   flag = {"stop": False}
   last_eval = None
-  history = []
-  final_step = start_step
-  tokens_per_step = global_batch * seq_len
   with stop_on_signals(flag):
-    pending = None  # (step, metrics) of the step dispatched last
-    t_last, steps_since = time.perf_counter(), 0
-    t_start = t_last
     step = start_step
     while step < num_steps:
       batch = next(data_iter).reshape(accum, global_batch // accum, seq_len)
       state, step_metrics = train_step(state, pipeline.shard_batch(batch, batch_sharding))
       step += 1
-      if pending is not None:
-        history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
-                                      flops_per_token, peak, t_start, start_step))
-      pending = (step, step_metrics)
-      steps_since += 1
+      progress.dispatched(step, step_metrics)  # checks and logs the previous step's metrics: no stall
       if step % int(tcfg.log_every) == 0 or step == num_steps:
-        history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
-                                      flops_per_token, peak, t_start, start_step, log_console=True))
-        pending = None
-        t_last, steps_since = time.perf_counter(), 0
+        progress.flush(console=True)
       if int(config.eval.every) and (step % int(config.eval.every) == 0 or step == num_steps):
         last_eval = run_eval(step)
-      if int(config.sample.num_samples) and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
+      if sample_texts is not None and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
         params = state.ema_params if state.ema_params is not None else state.params
-        texts = generate_text(config, graphdef, other, params, tokenizer, jax.random.key(step),
-                              int(config.sample.num_samples), seq_len)
-        writer.text(step, "samples", "\n---\n".join(texts))
-      if step % int(tcfg.checkpoint_every) == 0:
-        save(step)
-      if flag["stop"] or (stop_at_step is not None and step >= stop_at_step):
+        writer.text(step, "samples", "\n---\n".join(sample_texts(params, jax.random.key(step))))
+      stopping = flag["stop"] or (stop_at_step is not None and step >= stop_at_step)
+      if step % int(tcfg.checkpoint_every) == 0 or stopping:
+        progress.flush()  # never checkpoint a state whose loss has not been checked
+        checkpoint.save(mngr, step, state, data_iter, meta)
+      if stopping:
         break
-    if pending is not None:
-      history.append(_check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step,
-                                    flops_per_token, peak, t_start, start_step))
-    final_step = step
-    if mngr.latest_step() != final_step:
-      save(final_step, force=True)
+    progress.flush()
+    if mngr.latest_step() != step:
+      checkpoint.save(mngr, step, state, data_iter, meta, force=True)
     mngr.wait_until_finished()
   writer.close()
   mngr.close()
-  return {"step": final_step, "eval_nll_per_token": last_eval, "history": history, "stopped": final_step < num_steps,
+  return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
           "tokenizer": tokenizer, "vocab_size": vocab_size}
 
 
-def _check_and_log(pending, writer, tcfg, num_steps, t_last, steps_since, tokens_per_step, flops_per_token, peak,
-                   t_start, start_step, log_console=False):
-  step, step_metrics = pending
-  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-  if not np.isfinite(values["loss"]):
-    raise NonFiniteLossError(
-        f"The training loss became non-finite ({values['loss']}) at step {step}; the last checkpoint is kept. "
-        "Lower optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then resume.")
-  record = {"step": step, **values}
-  if log_console:
-    elapsed = time.perf_counter() - t_last
-    tokens_per_s = steps_since * tokens_per_step / max(elapsed, 1e-9)
-    mfu = flops_per_token * tokens_per_s / peak if (peak and flops_per_token) else None
-    rate = (step - start_step) / max(time.perf_counter() - t_start, 1e-9)
-    eta = (num_steps - step) / max(rate, 1e-9)
-    values.update(tokens_per_s=tokens_per_s)
-    if mfu is not None:
-      values.update(mfu=mfu)
-    metrics_lib.console_line(step, num_steps, values, tokens_per_s, mfu, eta)
-    record.update(tokens_per_s=tokens_per_s)
-  writer.scalars(step, "train", values)
-  return record
+def _sample_texts_fn(config, graphdef, other, tokenizer, num_samples: int, length: int):
+  """`(params, rng) -> list[str]`: unconditional samples for the training log, compiled once (None if disabled).
+  The diffusion sampler for diffusion runs; left-to-right decoding after an EOS for the causal control arm."""
+  if not num_samples:
+    return None
+  tokens = jnp.zeros((num_samples, length), jnp.int32)
+  if config.model.get("causal", False):
+    from flax import nnx
+    tokens = tokens.at[:, 0].set(special_tokens.EOS)  # "a document starts here"
+    run = jax.jit(lambda p, r: sampler_lib.autoregressive_sample(
+        lambda x, t: nnx.merge(graphdef, p, other)(x, t), r, tokens, 1))
+  else:
+    sample = sampler_lib.make_sampler(graphdef, other, sampler_config(config))
+    fixed = jnp.zeros(tokens.shape, bool)
+    run = lambda p, r: sample(p, r, tokens, fixed).tokens_BxL
+  return lambda params, rng: [tokenizer.decode(row) for row in np.asarray(run(params, rng))]
+
+
+class _Progress:
+  """Reads each step's metrics one step late (after the next step is dispatched, so the device never waits on the
+  host), stops on a non-finite loss naming the step, and writes JSONL/TensorBoard scalars and the console line."""
+
+  def __init__(self, writer, num_steps, start_step, tokens_per_step, flops_per_token, peak):
+    self.writer, self.num_steps, self.start_step = writer, num_steps, start_step
+    self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
+    self.pending = None
+    self.history = []
+    self.t_start = self.t_last = time.perf_counter()
+    self.steps_since_console = 0
+
+  def dispatched(self, step, metrics):
+    if self.pending is not None:
+      self._record(*self.pending)
+    self.pending = (step, metrics)
+    self.steps_since_console += 1
+
+  def flush(self, console: bool = False):
+    if self.pending is not None:
+      self._record(*self.pending, console=console)
+      self.pending = None
+
+  def _record(self, step, metrics, console=False):
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not np.isfinite(values["loss"]):
+      raise NonFiniteLossError(
+          f"The training loss became non-finite ({values['loss']}) at step {step}; the last checkpoint is kept. "
+          "Lower optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then resume.")
+    if console:
+      now = time.perf_counter()
+      tokens_per_s = self.steps_since_console * self.tokens_per_step / max(now - self.t_last, 1e-9)
+      mfu = self.flops_per_token * tokens_per_s / self.peak if (self.peak and self.flops_per_token) else None
+      eta = (self.num_steps - step) * (now - self.t_start) / max(step - self.start_step, 1)
+      values["tokens_per_s"] = tokens_per_s
+      if mfu is not None:
+        values["mfu"] = mfu
+      metrics_lib.console_line(step, self.num_steps, values, tokens_per_s, mfu, eta)
+      self.t_last, self.steps_since_console = now, 0
+    self.writer.scalars(step, "train", values)
+    self.history.append({"step": step, **values})

@@ -18,11 +18,17 @@ from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.training.state import TrainState
 
 
-def denoise_fn(graphdef, params, other, *, deterministic: bool, dropout_key=None):
-  """The (x_BxL, t_B) -> logits callable of a split NNX model, as DiffusionObjective expects."""
-  # Merged per call (trace-time only): a module merged outside a lax.scan must not be used inside it.
-  return lambda x_BxL, t_B: nnx.merge(graphdef, params, other)(x_BxL, t_B, deterministic=deterministic,
-                                                                 dropout_key=dropout_key)
+def denoise_fn(graphdef, params, other, *, deterministic: bool, dropout_key=None, with_aux: bool = False):
+  """The (x_BxL, t_B) -> logits callable of a split NNX model, as DiffusionObjective expects. With `with_aux`, a model
+  that has `forward_with_aux` returns (logits, auxiliary losses) instead (training adds them; evaluation does not)."""
+
+  def fn(x_BxL, t_B):
+    # Merged per call (trace-time only): a module merged outside a lax.scan must not be used inside it.
+    model = nnx.merge(graphdef, params, other)
+    forward = model.forward_with_aux if (with_aux and hasattr(model, "forward_with_aux")) else model
+    return forward(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)
+
+  return fn
 
 
 def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.GradientTransformation,
@@ -31,7 +37,7 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
 
   def loss_fn(params, x0_BxL, key):
     loss_key, dropout_key = jax.random.split(key)
-    fn = denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key)
+    fn = denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key, with_aux=True)
     return objective(fn, x0_BxL, loss_key)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

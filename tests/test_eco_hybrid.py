@@ -1,0 +1,110 @@
+"""EcoHybrid: shapes, linear cost in T (compiled FLOP counts), routing and load balancing, slow memory slots, and the
+trainer + sampler on the embedded default."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig, route_top_k
+from dlm_jax.models.transformer import Transformer, TransformerConfig
+from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.training import checkpoint, loop
+
+SMALL = dict(vocab_size=20, max_len=1024, num_layers=2, num_heads=2, width=32, mlp_dim=64, memory_slots=4)
+
+
+def build(**overrides):
+  return EcoHybrid(EcoHybridConfig(**{**SMALL, **overrides}), rngs=nnx.Rngs(0))
+
+
+def test_shapes_and_aux_losses():
+  tokens = jax.random.randint(jax.random.key(0), (3, 40), 0, 20)
+  logits, aux = build().forward_with_aux(tokens)
+  assert logits.shape == (3, 40, 20) and aux == {}
+  logits, aux = build(route_top_k=2, balance_weight=0.5).forward_with_aux(tokens)
+  assert set(aux) == {"eco_balance"} and np.isfinite(float(aux["eco_balance"]))
+  assert float(aux["eco_balance"]) >= 0.5 * 1.0 - 1e-5  # balance >= 1 (Cauchy-Schwarz), times the weight
+
+
+def _forward_flops(model, length):
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  cost = fn.lower(state, jnp.zeros((2, length), jnp.int32)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+def test_cost_is_linear_in_sequence_length():
+  """Doubling T doubles EcoHybrid's compiled FLOPs; the baseline's attention makes its count grow faster."""
+  eco = build(route_top_k=2)
+  ratio = _forward_flops(eco, 1024) / _forward_flops(eco, 512)
+  assert 1.9 < ratio < 2.05, ratio
+  baseline = Transformer(TransformerConfig(vocab_size=20, max_len=1024, num_layers=2, num_heads=2, width=32,
+                                           mlp_dim=64), rngs=nnx.Rngs(0))
+  assert _forward_flops(baseline, 1024) / _forward_flops(baseline, 512) > 2.5
+
+
+def test_routing_picks_exactly_k_and_balance_loss_extremes():
+  logits = jax.random.normal(jax.random.key(1), (2, 50, 8))
+  chosen, gate, balance = route_top_k(logits, 3)
+  np.testing.assert_array_equal(np.sum(chosen, axis=-1), 3)
+  assert np.all((gate > 0) & (gate <= 1))
+  # Uniform router, every slot used equally (token i picks slots i, i+1 mod 8 at k=2 after a tiny tilt).
+  tilt = jax.nn.one_hot(jnp.arange(64) % 8, 8) * 1e-6 + jax.nn.one_hot((jnp.arange(64) + 1) % 8, 8) * 5e-7
+  _, _, uniform = route_top_k(tilt[None], 2)
+  np.testing.assert_allclose(uniform, 1.0, rtol=1e-5)
+  # Collapse: every token puts all mass on slots 0 and 1: balance = M * (1/2 * 1/2 + 1/2 * 1/2) = M / k.
+  collapsed = jnp.broadcast_to(jnp.asarray([50.0, 50.0, 0, 0, 0, 0, 0, 0]), (1, 10, 8))
+  _, _, worst = route_top_k(collapsed, 2)
+  np.testing.assert_allclose(worst, 8 / 2, rtol=1e-5)
+
+
+def test_slow_slots_are_written_only_every_slow_every_blocks():
+  model = build(slow_slots=2, slow_every=2)
+  graphdef, state = nnx.split(model.blocks)  # stacked over layers; take layer 0's parameters
+  block = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], state))
+  h = jax.random.normal(jax.random.key(2), (2, 16, 32))
+  mem = jax.random.normal(jax.random.key(3), (2, 4, 32))
+  early = block.write_memory(h, mem, jnp.asarray(0))
+  np.testing.assert_array_equal(early[:, 2:], mem[:, 2:])  # slow slots untouched in block 0
+  assert not np.allclose(early[:, :2], mem[:, :2])  # fast slots written
+  late = block.write_memory(h, mem, jnp.asarray(1))
+  assert not np.allclose(late[:, 2:], mem[:, 2:])  # block 1 = slow_every - 1: slow slots written
+
+
+@pytest.mark.parametrize("order", ["write_read", "read_write"])
+def test_information_flows_globally_through_memory(order):
+  """A token far outside the conv window still changes position 0's logits (through the slots)."""
+  model = build(memory_order=order, conv_kernel=3)
+  tokens = jax.random.randint(jax.random.key(4), (1, 64), 0, 20)
+  changed = tokens.at[0, 63].set((tokens[0, 63] + 1) % 20)
+  assert not np.allclose(model(tokens)[0, 0], model(changed)[0, 0])
+
+
+def test_rejects_bad_config():
+  with pytest.raises(ValueError, match="route_top_k"):
+    build(route_top_k=5)
+  with pytest.raises(ValueError, match="conv_kernel"):
+    build(conv_kernel=4)
+  with pytest.raises(ValueError, match="causal"):
+    build(causal=True)
+
+
+def test_trains_on_embedded_default_and_samples(tmp_path):
+  config = tiny_config(**{"model.name": "eco_hybrid", "model.position": "learned", "train.num_steps": 16,
+                          "eval.every": 0})
+  with config.unlocked():
+    config.model.memory_slots, config.model.conv_kernel, config.model.route_top_k = 4, 5, 2
+  summary = loop.train(config, str(tmp_path))
+  losses = [r["loss"] for r in summary["history"]]
+  assert np.mean(losses[-4:]) < np.mean(losses[:4])
+  assert all("aux/eco_balance" in r for r in summary["history"])
+  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(tmp_path)
+  fixed = jnp.zeros((2, 32), bool).at[:, :4].set(True)
+  tokens = jnp.full((2, 32), 7, jnp.int32)
+  out = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig(steps=8))(
+      params, jax.random.key(0), tokens, fixed)
+  assert not np.any(np.asarray(out.tokens_BxL) == 3)
+  np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[:, :4], 7)
