@@ -38,21 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 32  # discrete timesteps of the masked_mean objective
   c.diffusion.t_min = 1e-5
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "transformer"
+  c.model = model_config("transformer")
   c.model.num_layers = 4
   c.model.num_heads = 4
   c.model.width = 128
   c.model.mlp_dim = 352
-  c.model.dropout = 0.0
-  c.model.position = "rope"  # "rope" or "learned"
-  c.model.rope_base = 10000.0
-  c.model.time_conditioning = False
-  c.model.causal = False  # True (with diffusion.objective="autoregressive") is the AR control arm
-  c.model.remat = "none"  # "none", "full", "dots"
-  c.model.dtype = "auto"  # activations: "auto" = bf16 on GPU, fp32 on CPU; parameters always fp32
-  c.model.attention = "auto"  # "auto" = cuDNN on GPU, XLA on CPU
-  c.model.embed_one_hot = True
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 2e-3
@@ -92,10 +82,65 @@ def get_config() -> ml_collections.ConfigDict:
   # MaskGIT choice temperature: Gumbel noise on the log-confidence ranking, annealed to 0 (0 = pure seed 001 §4).
   # Without it the small default model fills samples with spaces, its most predictable character.
   c.sample.reveal_noise = 4.5
+  c.sample.strategic_weight = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
   c.sample.reveal_schedule = ""  # empty: follow diffusion.schedule
 
   c.bench = bench_config(vocab_size=0, sample_batch=16, sample_new_tokens=64, sample_steps=32)
   return c
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """The fields of one denoiser (config.model), with their defaults: "transformer", "eco_hybrid" or "hrm".
+  Swap a config's denoiser with `c.model = default.model_config("hrm")` and then set sizes."""
+  m = ml_collections.ConfigDict()
+  m.name = name
+  m.num_heads = 6
+  m.width = 384
+  m.mlp_dim = 1024  # SwiGLU hidden width
+  m.dropout = 0.0
+  m.time_conditioning = False
+  m.causal = False  # True (with diffusion.objective="autoregressive") is the AR control arm (transformer only)
+  m.remat = "none"  # "none", "full", "dots"
+  m.dtype = "auto"  # activations: "auto" = bf16 on GPU, fp32 on CPU; parameters always fp32
+  m.attention = "auto"  # "auto" = cuDNN on GPU, XLA on CPU
+  m.embed_one_hot = True
+  m.rope_base = 10000.0
+  if name == "transformer":
+    m.num_layers = 6
+    m.position = "rope"  # "rope" or "learned"
+  elif name == "eco_hybrid":  # seed 001 §6, §9.2, §9.3 (dlm_jax/models/eco_hybrid.py)
+    m.num_layers = 6
+    m.position = "learned"  # "learned" or "none"
+    m.memory_slots = 16
+    m.conv_kernel = 7
+    m.memory_order = "write_read"  # or "read_write" (the design document's literal order)
+    m.route_top_k = 0  # > 0: each token reads only its top-k slots (§9.2)
+    m.balance_weight = 0.01  # load-balancing loss weight when routing
+    m.slow_slots = 0  # how many slots are slow (§9.3)
+    m.slow_every = 2  # slow slots are written every slow_every blocks
+  elif name == "hrm":  # seed 000 (dlm_jax/models/hrm.py)
+    m.position = "rope"
+    m.l_layers = 2
+    m.h_layers = 2
+    m.h_cycles = 2  # H updates per forward pass
+    m.l_steps = 4  # maximum L-iterations per H update
+    m.use_h_module = True  # False: weight-tied recurrent L-module only (ablation)
+    m.use_memory = True  # False: no memory cells (ablation)
+    m.memory_cells = 16
+    m.memory_content = 4
+    m.memory_top_k = 4
+    m.memory_weight = 0.01  # lambda_1: load balancing over cells
+    m.act = True  # False: always l_steps iterations (ablation)
+    m.act_granularity = "token"  # or "sequence"
+    m.act_g = "exp"  # g in tau = g(d logits) / (|CLS . CLS'| + eps): "exp" or "inverse"
+    m.act_g_scale = 1.0
+    m.act_eps = 1e-3
+    m.act_weight = 0.1  # lambda_2: alignment of the subjective score o with the observed contribution
+    m.priority_weight = 0.1  # strategic-priority head (sampler.strategic_weight uses it)
+    m.use_while_loop = False  # inference-only early exit; the sampler always uses it
+  else:
+    raise ValueError(f"Unknown model {name!r}: 'transformer', 'eco_hybrid' or 'hrm'.")
+  return m
 
 
 def bench_config(vocab_size: int, sample_batch: int = 64, sample_new_tokens: int = 256,

@@ -50,16 +50,9 @@ def get_config(arm: str = "diffusion"):
   c.eval.time_samples = 4
 
   if arm == "eco":
-    c.model.name = "eco_hybrid"
-    c.model.position = "learned"
-    c.model.mlp_dim = 512
-    c.model.memory_slots = 16
-    c.model.conv_kernel = 7
-    c.model.memory_order = "write_read"
-    c.model.route_top_k = 0
-    c.model.balance_weight = 0.01
-    c.model.slow_slots = 0
-    c.model.slow_every = 2
+    c.model = default.model_config("eco_hybrid")
+    c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 6, 6, 384, 512
+    c.model.dropout = 0.2
   if arm == "ar":
     c.model.causal = True
     c.diffusion.objective = "autoregressive"

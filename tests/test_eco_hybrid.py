@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import default as default_config
 from conftest import tiny_config
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig, route_top_k
 from dlm_jax.models.transformer import Transformer, TransformerConfig
@@ -93,10 +94,10 @@ def test_rejects_bad_config():
 
 
 def test_trains_on_embedded_default_and_samples(tmp_path):
-  config = tiny_config(**{"model.name": "eco_hybrid", "model.position": "learned", "train.num_steps": 16,
-                          "eval.every": 0})
-  with config.unlocked():
-    config.model.memory_slots, config.model.conv_kernel, config.model.route_top_k = 4, 5, 2
+  config = tiny_config(**{"train.num_steps": 16, "eval.every": 0})
+  config.model = default_config.model_config("eco_hybrid")
+  config.model.update(dict(num_layers=2, num_heads=2, width=32, mlp_dim=64, memory_slots=4, conv_kernel=5,
+                           route_top_k=2))
   summary = loop.train(config, str(tmp_path))
   losses = [r["loss"] for r in summary["history"]]
   assert np.mean(losses[-4:]) < np.mean(losses[:4])

@@ -2,8 +2,10 @@
 
 `DiffusionObjective(denoise_fn, x0_BxL, rng)` returns (scalar loss in nats per token, metrics). `denoise_fn(x_BxL,
 t_B)` is any pure function (a merged NNX model in the trainer, a lookup table in the tests) returning logits_BxLxV, or
-(logits_BxLxV, aux) where aux maps names to already-weighted auxiliary losses (e.g. EcoHybrid's slot load balancing):
-they are added to the loss and logged as `aux/NAME`; `nll_per_token` stays the pure likelihood term.
+(logits_BxLxV, aux_losses) or (logits_BxLxV, aux_losses, aux_metrics): aux_losses maps names to already-weighted
+auxiliary losses (EcoHybrid's slot load balancing, HRM's memory and ACT terms), added to the loss and logged as
+`aux/NAME`; aux_metrics (e.g. HRM's mean number of L-iterations) are only logged, as `metric/NAME`.
+`nll_per_token` stays the pure likelihood term.
 
 kinds (config `diffusion.objective`):
   * "elbo": continuous-time NELBO with antithetic t (MD4/MDLM); loss = sum_b NELBO_b / (B L). Unbiased per-token NELBO.
@@ -50,13 +52,13 @@ class DiffusionObjective:
   def __call__(self, denoise_fn: Callable, x0_BxL, rng):
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
-      logits_BxLxV, aux = _split_aux(denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32)))
+      logits_BxLxV, aux, extra = _split_aux(denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32)))
       nll_BxLm1 = losses.next_token_nll(losses.subs_logits(logits_BxLxV, self.mask_id), x0_BxL)
-      return _with_aux(jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}, aux)
+      return _with_aux(jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}, aux, extra)
     t_rng, mask_rng = jax.random.split(rng)
     t_B = self.sample_times(t_rng, batch_size)
     xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id)
-    logits_BxLxV, aux = _split_aux(denoise_fn(xt_BxL, t_B))
+    logits_BxLxV, aux, extra = _split_aux(denoise_fn(xt_BxL, t_B))
     logits_BxLxV = losses.subs_logits(logits_BxLxV, self.mask_id)
     nll_BxL = losses.token_nll(logits_BxLxV, x0_BxL)
     metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
@@ -66,17 +68,22 @@ class DiffusionObjective:
       metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
     else:
       loss = jnp.mean(losses.masked_mean_per_sequence(nll_BxL, masked_BxL))
-    return _with_aux(loss, metrics, aux)
+    return _with_aux(loss, metrics, aux, extra)
 
 
 def _split_aux(output):
-  return output if isinstance(output, tuple) else (output, {})
+  """logits | (logits, aux_losses) | (logits, aux_losses, aux_metrics) -> the triple."""
+  if not isinstance(output, tuple):
+    return output, {}, {}
+  return output if len(output) == 3 else (output[0], output[1], {})
 
 
-def _with_aux(loss, metrics, aux):
-  for name, value in aux.items():
+def _with_aux(loss, metrics, aux_losses, aux_metrics):
+  for name, value in aux_losses.items():
     metrics[f"aux/{name}"] = value
     loss = loss + value
+  for name, value in aux_metrics.items():
+    metrics[f"metric/{name}"] = value
   metrics["loss"] = loss
   return loss, metrics
 

@@ -74,7 +74,7 @@ def run(config) -> dict:
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
       "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, "batch": batch, "seq_len": seq_len,
       "vocab": vocab, "train_step_ms": 1e3 * step_s, "train_tokens_per_s": tokens_per_s,
-      "mfu": flops * tokens_per_s / peak if peak else None, "flops_per_token": flops,
+      "mfu": flops * tokens_per_s / peak if (peak and flops) else None, "flops_per_token": flops,
       "compile_s": compile_s, "train_peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
       "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
   }

@@ -27,11 +27,14 @@ def eco_hybrid_flops_per_token(cfg, seq_len: int) -> float:
   return 6.0 * (cfg.num_layers * per_layer + cfg.vocab_size * d) + 24.0 * cfg.num_layers * m * d
 
 
-def flops_per_token(cfg, seq_len: int) -> float:
-  """Training FLOPs per token (forward + backward) of a denoiser config."""
+def flops_per_token(cfg, seq_len: int) -> float | None:
+  """Training FLOPs per token (forward + backward) of a denoiser config; None for the HRM denoiser, whose work per
+  token depends on how many L-iterations ACT runs (its MFU is not reported)."""
   if hasattr(cfg, "memory_slots"):
     return eco_hybrid_flops_per_token(cfg, seq_len)
-  return 6.0 * transformer_matmul_params(cfg) + 12.0 * cfg.num_layers * seq_len * cfg.width
+  if hasattr(cfg, "num_layers"):
+    return 6.0 * transformer_matmul_params(cfg) + 12.0 * cfg.num_layers * seq_len * cfg.width
+  return None
 
 
 def device_peak_flops(override: float = 0.0):

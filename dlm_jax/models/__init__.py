@@ -6,9 +6,14 @@ import dataclasses
 from flax import nnx
 
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
+from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 
-MODELS = {"transformer": (Transformer, TransformerConfig), "eco_hybrid": (EcoHybrid, EcoHybridConfig)}
+MODELS = {
+    "transformer": (Transformer, TransformerConfig),
+    "eco_hybrid": (EcoHybrid, EcoHybridConfig),
+    "hrm": (HRMDenoiser, HRMConfig),
+}
 
 
 def model_config(config, vocab_size: int):

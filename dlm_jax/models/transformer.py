@@ -70,6 +70,35 @@ class Block(nnx.Module):
     return h_BxLxD + self.dropout(self.mlp(self.mlp_norm(h_BxLxD)), deterministic=deterministic, rngs=mlp_key)
 
 
+def run_stack(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, remat: str = "none"):
+  """Runs `nnx.vmap`-stacked Blocks as a plain lax.scan over their stacked state, merged inside the body.
+
+  (nnx.scan refuses modules whose values were traced at an outer level, which happens when a model runs inside the
+  sampler's scan or an HRM iteration loop; split/merge around lax.scan has no such restriction.)"""
+  block_def, block_state = nnx.split(blocks)
+  num_layers = jax.tree.leaves(block_state)[0].shape[0]
+  keys_Lx = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), num_layers)
+
+  def run_block(h, layer):
+    state_l, key = layer
+    return nnx.merge(block_def, state_l)(h, rope, key, deterministic), None
+
+  if remat != "none":
+    run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[remat])
+  return jax.lax.scan(run_block, h_BxLxD, (block_state, keys_Lx))[0]
+
+
+def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
+  """cfg.num_layers Blocks with their parameters stacked on a leading axis (nnx.vmap over split rngs)."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return Block(cfg, rngs=rngs)
+
+  return make(rngs)
+
+
 class Transformer(nnx.Module):
   """Baseline denoiser. Call: logits_BxLxV = model(tokens_BxL, t_B, deterministic=..., dropout_key=...)."""
 
@@ -81,13 +110,7 @@ class Transformer(nnx.Module):
       self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
                            if cfg.time_conditioning else None)
-
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make_blocks(rngs):
-      return Block(cfg, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
+    self.blocks = make_blocks(cfg, rngs)
     self.final_norm = nnx.RMSNorm(cfg.width, dtype=self.dtype, rngs=rngs)
 
   def embed(self, tokens_BxL):
@@ -111,18 +134,6 @@ class Transformer(nnx.Module):
       if t_B is None:
         raise ValueError("This model was built with model.time_conditioning=True and needs t.")
       h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
-    keys_Lx = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), cfg.num_layers)
-
-    # Layers run as a plain lax.scan over the stacked block state, merged inside the body. (nnx.scan refuses modules
-    # whose values were traced at an outer level, which happens when the model runs inside the sampler's scan.)
-    block_def, block_state = nnx.split(self.blocks)
-
-    def run_block(h, layer):
-      state_l, key = layer
-      return nnx.merge(block_def, state_l)(h, rope, key, deterministic), None
-
-    if cfg.remat != "none":
-      run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[cfg.remat])
-    h_BxLxD, _ = jax.lax.scan(run_block, h_BxLxD, (block_state, keys_Lx))
+    h_BxLxD = run_stack(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg.remat)
     h_BxLxD = self.final_norm(h_BxLxD)
     return h_BxLxD @ self.embedding[...].astype(self.dtype).T

@@ -18,7 +18,10 @@ Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two polic
 Positions with `fixed_BxL` (a prompt, an infilling context) start unmasked and are never changed. With
 `record_trajectory`, the output also holds the tokens after every step `[S+1, B, L]`; `reveal_step_BxL` (the step at
 which each position was revealed, -1 for fixed positions) and `confidence_BxL` (the score at reveal) are always kept.
-The optional `priority_BxL` (e.g. an H-module's strategic score, seed 000 §5) is added to the confidence.
+The optional `priority_BxL` is added to the confidence. A stateful denoiser (the HRM denoiser, seed 000 §3 and §5)
+is driven through `init_carry`: then `denoise_fn(x_BxL, t_B, carry) -> (logits, priority_BxL, carry)`; the carry (its
+memory cells) persists across the reverse steps inside the scan, and `strategic_weight` x priority (the H-module's
+strategic score) is added to the confidence ("strategic unmasking"; 0 switches it off).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class SamplerConfig:
   top_p: float = 1.0  # 1.0: no nucleus filtering
   confidence: str = "prob"
   reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
+  strategic_weight: float = 0.0  # weight of a stateful denoiser's priority score in the reveal ranking
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
 
@@ -99,8 +103,10 @@ def _reveal_top_k(score_BxL, masked_BxL, k_B):
   return masked_BxL & (rank_BxL < k_B[:, None])
 
 
-def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None) -> SampleOutput:
-  """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable."""
+def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None,
+           init_carry=None) -> SampleOutput:
+  """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
+  With `init_carry`, `denoise_fn` is stateful: (x, t, carry) -> (logits, step_priority_BxL, carry)."""
   mask_id = special_tokens.MASK
   x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
   n_gen_B = jnp.sum(~fixed_BxL, axis=-1)
@@ -108,10 +114,19 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
   schedule = cfg.schedule
 
   def step(carry, s):
-    x_BxL, reveal_step_BxL, conf_BxL, key = carry
+    x_BxL, reveal_step_BxL, conf_BxL, key, model_carry = carry
     key, sample_key, reveal_key = jax.random.split(key, 3)
     t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
-    logits = sampling_logits(denoise_fn(x_BxL, jnp.full((batch,), t, jnp.float32)))
+    t_B = jnp.full((batch,), t, jnp.float32)
+    step_priority_BxL = priority_BxL
+    if init_carry is None:
+      logits = sampling_logits(denoise_fn(x_BxL, t_B))
+    else:
+      logits, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
+      logits = sampling_logits(logits)
+      if cfg.strategic_weight:
+        weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
+        step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
     masked_BxL = x_BxL == mask_id
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
@@ -126,8 +141,8 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
       score_BxL = top2[..., 0] - top2[..., 1]
     else:
       score_BxL = jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
-    if priority_BxL is not None:
-      score_BxL = score_BxL + priority_BxL
+    if step_priority_BxL is not None:
+      score_BxL = score_BxL + step_priority_BxL
     if cfg.method == "confidence":
       if cfg.reveal_noise > 0:
         gumbel_BxL = jax.random.gumbel(reveal_key, score_BxL.shape)
@@ -144,13 +159,16 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     x_BxL = jnp.where(reveal_BxL, cand_BxL, x_BxL)
     reveal_step_BxL = jnp.where(reveal_BxL, s, reveal_step_BxL)
     conf_BxL = jnp.where(reveal_BxL, score_BxL, conf_BxL)
-    return (x_BxL, reveal_step_BxL, conf_BxL, key), (x_BxL if cfg.record_trajectory else None)
+    return (x_BxL, reveal_step_BxL, conf_BxL, key, model_carry), (x_BxL if cfg.record_trajectory else None)
 
-  init = (x_BxL, jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32), jnp.zeros(x_BxL.shape, jnp.float32), rng)
-  (x_BxL, reveal_step_BxL, conf_BxL, _), steps_SxBxL = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+  init = (x_BxL, jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32), jnp.zeros(x_BxL.shape, jnp.float32), rng,
+          init_carry)
+  (x_BxL, reveal_step_BxL, conf_BxL, _, model_carry), steps_SxBxL = jax.lax.scan(step, init, jnp.arange(cfg.steps))
 
   def fallback_fill(x_BxL):
-    logits = sampling_logits(denoise_fn(x_BxL, jnp.zeros((batch,), jnp.float32)))
+    t0_B = jnp.zeros((batch,), jnp.float32)
+    out = denoise_fn(x_BxL, t0_B) if init_carry is None else denoise_fn(x_BxL, t0_B, model_carry)[0]
+    logits = sampling_logits(out)
     return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
 
   x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
@@ -169,7 +187,12 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
     # Merged at each call site: an NNX module must not cross into the scan's trace level.
-    denoise = lambda x, t: nnx.merge(graphdef, params, other)(x, t, deterministic=True)
+    model = lambda: nnx.merge(graphdef, params, other)
+    if hasattr(model(), "sample_step"):  # stateful denoiser (HRM): memory carried across reverse steps
+      denoise = lambda x, t, carry: model().sample_step(x, t, carry)
+      return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(
+          tokens_BxL.shape[0]))
+    denoise = lambda x, t: model()(x, t, deterministic=True)
     return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg)
 
   return run

@@ -1,0 +1,336 @@
+"""HRM denoiser (seed 000): H/L modules, memory cells with top-k selection, ACT over L-iterations.
+
+A masked-diffusion denoiser built on the Hierarchical Reasoning Model (Wang et al. 2025, "HRM"): a fast L-module
+refines token predictions while a slow H-module holds a strategic state, read from and written to a bank of memory
+cells. Every module is a stack of bidirectional pre-norm transformer blocks (`transformer.Block`).
+
+Forward pass for x_t (all states [B, L, d]; e = embedding of x_t, where the mask token marks mask_t, + time if enabled):
+
+    z_H, z_L <- learned initial states
+    for c in 1..h_cycles:                                   (H-module: updated once every l_steps L-iterations)
+        mem      <- mem + Write(q = mem content, kv = z_H)           memory written from the strategic state
+        A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells  (seed 000 §3)
+        z_H      <- f_H(z_H + z_L + Read(q = z_H, kv = content of the cells in A))
+        repeat up to l_steps times, with ACT:                 (L-module: z_H fixed)
+            z_L  <- f_L(z_L + z_H + e)
+    logits = head(z_L)
+
+where f(.) = RMSNorm(blocks(.)): the normalized output (HRM's post-norm) keeps the recurrence bounded, so iterating
+f_L can converge to a fixed point, which is what ACT detects.
+
+Gradient (HRM's one-step approximation): every iteration runs under `stop_gradient` except the last memory write, the
+last H update and one final L update f_L(sg(z_L*) + z_H + e) applied to the halted L-state z_L* -- so activation memory
+does not grow with the number of iterations. (The final differentiable L update is one step beyond halting, in
+training and in inference alike, so both compute the same function.)
+
+ACT over L-iterations (seed 000 §4), per L-iteration i (z^i -> z^{i+1}, logits_i = head(z^i)):
+
+    tau_i = g(logits_{i+1} - logits_i) / (|CLS(z^i) . CLS(z^{i+1})| + eps)
+    o(z)  = sigmoid(SwiGLU(RMSNorm(z)))                                  subjective score in [0, 1]
+    halt after iteration i when  sum_{j <= i} tau_j > o(z^{i+1}).
+
+Choices the document leaves open (config fields):
+  * g (`act_g`): "exp": g(D) = exp(-rms(D) / act_g_scale); "inverse": g(D) = 1 / (1 + rms(D) / act_g_scale), with
+    rms over the vocabulary. Both are large when the logits stop moving, so a state that has converged accumulates
+    contribution quickly and halts, and one whose predictions keep changing runs to `l_steps`. (A g that grows with the
+    change would halt the unconverged inputs first, the opposite of adaptive computation.)
+  * CLS(z) = unit-normalized linear projection of z (per token), so the denominator lies in [eps, 1 + eps].
+  * granularity (`act_granularity`): "token" (each position halts on its own; halted positions keep their state while
+    the others continue, and stay visible to them as context) or "sequence" (tau and o averaged over positions).
+  * L_ACT (`act_weight`, lambda_2): mean of (o(sg(z*)) - sg(min(sum tau, 1)))^2 over positions and cycles: the
+    subjective score is trained toward the contribution actually observed when the loop stopped.
+  * L_memory (`memory_weight`, lambda_1): Switch-style load balancing over cells, N sum_j f_j P_j (1 when uniform).
+  * Strategic unmasking (§5): a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
+    to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
+    from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
+  * Memory persistence: the cell contents are a per-sequence state [B, N, c, d]; within a forward pass each cycle writes
+    them; during sampling the written contents are carried from one reverse step to the next (`sample_step`), so the
+    memory persists across the whole generation. Training starts every example from the learned contents.
+
+Training uses a static number of iterations with halting masks (lax.scan, differentiable); inference (`use_while_loop`)
+exits early with lax.while_loop. Both give the same outputs. Ablations: `use_h_module=False` (a weight-tied recurrent
+L-module of the same depth, no H state), `use_memory=False`, `act=False` (always l_steps iterations).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm_jax import special_tokens
+from dlm_jax.models import layers
+from dlm_jax.models.eco_hybrid import CrossAttention, route_top_k
+from dlm_jax.models.transformer import REMAT_POLICIES, TransformerConfig, make_blocks, run_stack
+
+
+@dataclasses.dataclass(frozen=True)
+class HRMConfig:
+  vocab_size: int
+  max_len: int
+  num_heads: int = 4
+  width: int = 256
+  mlp_dim: int = 704
+  dropout: float = 0.0
+  l_layers: int = 2  # depth of f_L
+  h_layers: int = 2  # depth of f_H
+  h_cycles: int = 2  # H updates per forward pass
+  l_steps: int = 4  # maximum L-iterations per H update (HRM's T)
+  use_h_module: bool = True
+  use_memory: bool = True
+  memory_cells: int = 16  # N
+  memory_content: int = 4  # c: content vectors per cell
+  memory_top_k: int = 4  # k
+  memory_weight: float = 0.01  # lambda_1
+  act: bool = True
+  act_granularity: str = "token"  # "token" or "sequence"
+  act_g: str = "exp"  # "exp" or "inverse"
+  act_g_scale: float = 1.0
+  act_eps: float = 1e-3
+  act_weight: float = 0.1  # lambda_2
+  priority_weight: float = 0.1
+  use_while_loop: bool = False  # inference: exit the L-loop early; training needs the static loop
+  position: str = "rope"
+  rope_base: float = 10000.0
+  time_conditioning: bool = False
+  causal: bool = False
+  remat: str = "none"
+  dtype: str = "auto"
+  attention: str = "auto"
+  embed_one_hot: bool = True
+
+  def __post_init__(self):
+    if self.causal:
+      raise ValueError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
+    if self.position != "rope":
+      raise ValueError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
+    if self.act_granularity not in ("token", "sequence"):
+      raise ValueError(f"model.act_granularity must be 'token' or 'sequence', got {self.act_granularity!r}.")
+    if self.act_g not in ("exp", "inverse"):
+      raise ValueError(f"model.act_g must be 'exp' or 'inverse', got {self.act_g!r}.")
+    if not 1 <= self.memory_top_k <= self.memory_cells:
+      raise ValueError(f"model.memory_top_k={self.memory_top_k} must be in [1, memory_cells={self.memory_cells}].")
+    if self.l_steps < 1 or self.h_cycles < 1:
+      raise ValueError("model.l_steps and model.h_cycles must be >= 1.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
+
+  def block_config(self, num_layers: int) -> TransformerConfig:
+    return TransformerConfig(vocab_size=self.vocab_size, max_len=self.max_len, num_layers=num_layers,
+                             num_heads=self.num_heads, width=self.width, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                             dtype=self.dtype, attention=self.attention)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ActStats:
+  """Per cycle: L-iterations used per position [B, L], final cumulative contribution, o at the halted state."""
+  iterations_BxL: jax.Array
+  contribution_BxL: jax.Array
+
+
+def act_g(delta_logits_BxLxV, kind: str, scale: float):
+  rms_BxL = jnp.sqrt(jnp.mean(jnp.square(delta_logits_BxLxV.astype(jnp.float32)), axis=-1))
+  return jnp.exp(-rms_BxL / scale) if kind == "exp" else 1.0 / (1.0 + rms_BxL / scale)
+
+
+class HRMDenoiser(nnx.Module):
+  """`model(x, t)` -> logits; `forward_with_aux` -> (logits, losses, metrics); `sample_step` for the sampler."""
+
+  def __init__(self, cfg: HRMConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d = cfg.width
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, d), jnp.float32))
+    self.time_embedding = layers.TimeEmbedding(d, dtype=self.dtype, rngs=rngs) if cfg.time_conditioning else None
+    self.z_l_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
+    self.l_blocks = make_blocks(cfg.block_config(cfg.l_layers), rngs)
+    self.l_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+    self.final_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+    if cfg.use_h_module:
+      self.z_h_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
+      self.h_blocks = make_blocks(cfg.block_config(cfg.h_layers), rngs)
+      self.h_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+      self.priority = nnx.Linear(d, 1, dtype=jnp.float32, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+      if cfg.use_memory:
+        self.cell_cls = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, d)))
+        self.cell_content = nnx.Param(
+            nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, cfg.memory_content, d)))
+        self.select = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
+                                 rngs=rngs)
+        self.read_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+        self.read = CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
+        self.write_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+        self.write = CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
+    if cfg.act:
+      self.cls_proj = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
+                                 rngs=rngs)
+      self.score_norm = nnx.RMSNorm(d, dtype=jnp.float32, rngs=rngs)
+      self.score = layers.SwiGLU(d, d, dtype=jnp.float32, rngs=rngs, out_features=1)
+
+  # -- pieces ----------------------------------------------------------------------------------------------------------
+  def head(self, z_BxLxD):
+    return (self.final_norm(z_BxLxD) @ self.embedding[...].astype(self.dtype).T).astype(jnp.float32)
+
+  def cls(self, z_BxLxD):
+    c = self.cls_proj(z_BxLxD.astype(jnp.float32))
+    if self.cfg.act_granularity == "sequence":
+      c = jnp.broadcast_to(jnp.mean(c, axis=1, keepdims=True), c.shape)
+    return c / (jnp.linalg.norm(c, axis=-1, keepdims=True) + 1e-6)
+
+  def subjective_score(self, z_BxLxD):
+    """o(z) = sigmoid(SwiGLU(RMSNorm(z))) per position ([B, L]); averaged over positions for 'sequence'."""
+    o_BxL = jax.nn.sigmoid(self.score(self.score_norm(z_BxLxD.astype(jnp.float32)))[..., 0])
+    if self.cfg.act_granularity == "sequence":
+      o_BxL = jnp.broadcast_to(jnp.mean(o_BxL, axis=1, keepdims=True), o_BxL.shape)
+    return o_BxL
+
+  def f_l(self, z_l, injection, rope, key, deterministic):
+    """z_L <- RMSNorm(blocks_L(z_L + z_H + e)): normalized output (HRM's post-norm) keeps the iteration bounded."""
+    return self.l_out_norm(run_stack(self.l_blocks, z_l + injection, rope, key, deterministic, self.cfg.remat))
+
+  def f_h(self, z_h, z_l, read, rope, key, deterministic):
+    return self.h_out_norm(run_stack(self.h_blocks, z_h + z_l + read, rope, key, deterministic, self.cfg.remat))
+
+  def select_cells(self, z_h_BxLxD):
+    """Top-k cells by CLS_i^T W mean(z_H). Returns (chosen_BxN: exactly k True, load-balancing loss)."""
+    query_BxD = self.select(jnp.mean(z_h_BxLxD.astype(jnp.float32), axis=1))
+    scores_BxN = query_BxD @ self.cell_cls[...].T
+    chosen_Bx1xN, _, balance = route_top_k(scores_BxN[:, None, :], self.cfg.memory_top_k)
+    return chosen_Bx1xN[:, 0], balance
+
+  def read_memory(self, z_h, content_BxNxCxD, chosen_BxN):
+    b, n, c, d = content_BxNxCxD.shape
+    keys = self.read_norm(content_BxNxCxD.reshape(b, n * c, d).astype(self.dtype))
+    bias = jnp.where(jnp.repeat(chosen_BxN, c, axis=1), 0.0, -1e9)[:, None, None, :].astype(self.dtype)
+    return self.read(z_h, keys, bias)
+
+  def write_memory(self, z_h, content_BxNxCxD):
+    b, n, c, d = content_BxNxCxD.shape
+    flat = content_BxNxCxD.reshape(b, n * c, d)
+    return (flat + self.write(self.write_norm(flat.astype(self.dtype)), z_h).astype(flat.dtype)).reshape(b, n, c, d)
+
+  def init_sample_carry(self, batch: int):
+    """The sampler's persistent state: the memory cell contents, [B, N, c, d] (a dummy when memory is off)."""
+    if self.cfg.use_h_module and self.cfg.use_memory:
+      return jnp.broadcast_to(self.cell_content[...][None], (batch,) + self.cell_content.shape)
+    return jnp.zeros((batch, 1, 1, 1), jnp.float32)
+
+  # -- the L-loop with ACT ------------------------------------------------------------------------------------------------
+  def l_loop(self, z_l, injection, rope, deterministic, use_while_loop: bool):
+    """Up to l_steps L-iterations with ACT halting (no gradient). Returns (halted z_L, ActStats)."""
+    cfg = self.cfg
+    sg = jax.lax.stop_gradient
+    batch, length, _ = z_l.shape
+    step = lambda z: sg(self.f_l(z, injection, rope, None, True))
+    if not cfg.act:
+      z_l = jax.lax.fori_loop(0, cfg.l_steps, lambda _, z: step(z), z_l)
+      full = jnp.full((batch, length), float(cfg.l_steps))
+      return z_l, ActStats(full, jnp.zeros((batch, length)))
+
+    def body(state):
+      i, z, logits, cls, total, halted, used = state
+      z_new = step(z)
+      logits_new, cls_new = sg(self.head(z_new)), sg(self.cls(z_new))
+      tau = act_g(logits_new - logits, cfg.act_g, cfg.act_g_scale)
+      if cfg.act_granularity == "sequence":
+        tau = jnp.broadcast_to(jnp.mean(tau, axis=1, keepdims=True), tau.shape)
+      tau = tau / (jnp.abs(jnp.sum(cls * cls_new, axis=-1)) + cfg.act_eps)
+      active = ~halted
+      z = jnp.where(active[..., None], z_new, z)
+      logits = jnp.where(active[..., None], logits_new, logits)
+      cls = jnp.where(active[..., None], cls_new, cls)
+      total = jnp.where(active, total + tau, total)
+      used = used + active.astype(jnp.float32)
+      halted = halted | (active & (total > sg(self.subjective_score(z))))
+      return i + 1, z, logits, cls, total, halted, used
+
+    init = (jnp.asarray(0), z_l, sg(self.head(z_l)), sg(self.cls(z_l)), jnp.zeros((batch, length)),
+            jnp.zeros((batch, length), bool), jnp.zeros((batch, length)))
+    if use_while_loop:
+      state = jax.lax.while_loop(lambda s: (s[0] < cfg.l_steps) & ~jnp.all(s[5]), body, init)
+    else:
+      state = jax.lax.fori_loop(0, cfg.l_steps, lambda _, s: body(s), init)
+    _, z_l, _, _, total, _, used = state
+    return z_l, ActStats(used, total)
+
+  # -- the forward pass -------------------------------------------------------------------------------------------------
+  def _forward(self, tokens_BxL, t_B, content, deterministic, dropout_key, use_while_loop, learned_content=None):
+    cfg = self.cfg
+    sg = jax.lax.stop_gradient
+    batch, length = tokens_BxL.shape
+    if length > cfg.max_len:
+      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
+    table = self.embedding[...].astype(self.dtype)
+    e = (jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table if cfg.embed_one_hot
+         else table[tokens_BxL])
+    if self.time_embedding is not None:
+      if t_B is None:
+        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
+      e = e + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
+    rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
+    keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
+    z_l = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e.shape)
+    losses, stats = {}, []
+    zero = jnp.zeros(e.shape, self.dtype)
+    z_h = jnp.broadcast_to(self.z_h_init[...].astype(self.dtype), e.shape) if cfg.use_h_module else zero
+    use_mem = cfg.use_h_module and cfg.use_memory
+    for cycle in range(cfg.h_cycles):
+      last = cycle == cfg.h_cycles - 1
+      if cfg.use_h_module:
+        # The last cycle's write, selection, read and H update are differentiated (inputs under stop_gradient).
+        z_h_in, z_l_in = sg(z_h), sg(z_l)
+        read = zero
+        if use_mem:
+          if last and learned_content is not None:
+            # Straight-through: the contents' value after earlier (stop-gradient) cycles, with the gradient of the
+            # learned initial contents passed through as if those cycles were the identity (one-step gradient).
+            content = sg(content) + (learned_content - sg(learned_content))
+          content = self.write_memory(z_h_in, content if last else sg(content))
+          content = content if last else sg(content)
+          chosen, balance = self.select_cells(z_h_in)
+          read = self.read_memory(z_h_in, content, chosen)
+          if last:
+            losses["hrm_memory"] = cfg.memory_weight * balance
+        z_h = self.f_h(z_h_in, z_l_in, read, rope, keys[0], deterministic)
+        z_h = z_h if last else sg(z_h)
+      injection = (z_h + e) if last else sg(z_h + e)
+      z_l, act_stats = self.l_loop(sg(z_l), sg(injection), rope, deterministic, use_while_loop)
+      stats.append(act_stats)
+    # One differentiable L update on the halted state (HRM one-step gradient).
+    z_star = sg(z_l)
+    z_l = self.f_l(z_star, injection, rope, keys[1], deterministic)
+    logits = self.head(z_l)
+    priority = self.priority(z_h.astype(jnp.float32))[..., 0] if cfg.use_h_module else jnp.zeros((batch, length))
+    metrics = {"hrm_l_iterations": jnp.mean(jnp.stack([s.iterations_BxL for s in stats]))}
+    if cfg.act:
+      o = self.subjective_score(z_star)
+      target = sg(jnp.minimum(stats[-1].contribution_BxL, 1.0))
+      losses["hrm_act"] = cfg.act_weight * jnp.mean(jnp.square(o - target))
+    return logits, priority, content if use_mem else None, losses, metrics
+
+  def forward_with_aux(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
+    """(logits, weighted auxiliary losses, metrics) for the trainer. Training starts from the learned memory contents.
+    The strategic-priority head regresses, at masked positions, sg(max_v p_theta(v | x_t)): the L-module's confidence,
+    forecast from the H-state alone, which the sampler adds (weighted) to the per-token confidence."""
+    content = self.init_sample_carry(tokens_BxL.shape[0]) if (self.cfg.use_h_module and self.cfg.use_memory) else None
+    logits, priority, _, losses, metrics = self._forward(tokens_BxL, t_B, content, deterministic, dropout_key,
+                                                          self.cfg.use_while_loop, learned_content=content)
+    if self.cfg.use_h_module and self.cfg.priority_weight:
+      masked = tokens_BxL == special_tokens.MASK
+      confidence = jax.lax.stop_gradient(jnp.max(jax.nn.softmax(logits.at[..., special_tokens.MASK].set(-1e9)), -1))
+      err = jnp.where(masked, jnp.square(priority - confidence), 0.0)
+      losses["hrm_priority"] = self.cfg.priority_weight * jnp.sum(err) / jnp.maximum(jnp.sum(masked), 1)
+    return logits, losses, metrics
+
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
+    return self.forward_with_aux(tokens_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)[0]
+
+  def sample_step(self, tokens_BxL, t_B, content):
+    """One reverse step for the sampler: (logits, strategic priority, memory contents carried to the next step).
+    Uses the early-exit while loop for the L-iterations."""
+    use_mem = self.cfg.use_h_module and self.cfg.use_memory
+    logits, priority, new_content, _, _ = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
+                                                        use_while_loop=True)
+    return logits, priority, (new_content if use_mem else content)
