@@ -8,11 +8,16 @@ Training on real text first needs the tokenizer:
 Hardware: one H100 (bf16 activations, cuDNN attention, fp32 parameters and loss).
 Target (issue #2): >= 55% MFU training at B=32, T=1024 (PyTorch peer: 29.7%); sampler step <= 1.15x a forward pass.
 Measured figures are in BENCHMARKS.md.
+
+Arms at matched parameter count (issue #3): "diffusion" (baseline, 109.5M), "eco" (EcoHybrid, SwiGLU 1024: 110.4M with its learned positions),
+"hrm" (6 L + 6 H layers, SwiGLU 1792: 109.6M), e.g. `--config=configs/base_110m.py:eco`.
 """
 from configs import default
 
 
-def get_config():
+def get_config(arm: str = "diffusion"):
+  if arm not in ("diffusion", "eco", "hrm"):
+    raise ValueError(f"configs/base_110m.py takes 'diffusion', 'eco' or 'hrm', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en,hi/dakshina_wiki.txt,hinglish"
   c.data.valid_path = "hi/valid_flores_ntrex.txt"
@@ -40,4 +45,10 @@ def get_config():
   c.eval.batch_size = 32
 
   c.bench = default.bench_config(vocab_size=32000)
+  if arm == "eco":
+    c.model = default.model_config("eco_hybrid")
+    c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 1024
+  elif arm == "hrm":
+    c.model = default.model_config("hrm")
+    c.model.num_heads, c.model.width, c.model.mlp_dim, c.model.l_layers, c.model.h_layers = 12, 768, 1792, 6, 6
   return c

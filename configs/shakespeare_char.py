@@ -8,12 +8,15 @@ Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (cosine sched
        "ar": causal control arm, next-token loss (seed 001 §5.2).
        "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
               slot attentions (8 d^2) where the baseline has one self-attention (4 d^2), so its SwiGLU is narrower:
-              8 d^2 + 3 d f' = 4 d^2 + 3 d f  ->  f' = f - 4d/3 = 512.
+              8 d^2 + 3 d f' = 4 d^2 + 3 d f  ->  f' = f - 4d/3 = 512  (10.78M vs 10.65M parameters).
+       "hrm":  the HRM denoiser: 3 L-layers + 3 H-layers (the baseline's 6 blocks), 2 H-cycles x up to 4 L-steps,
+              16 memory cells; SwiGLU 768 pays for the memory, ACT and priority heads (10.68M parameters).
 
 Commands:
   python -m launch.train --config=configs/shakespeare_char.py:ar --workdir=runs/shakespeare_ar
   python -m launch.train --config=configs/shakespeare_char.py --workdir=runs/shakespeare_diffusion
   python -m launch.train --config=configs/shakespeare_char.py:eco --workdir=runs/shakespeare_eco
+  python -m launch.train --config=configs/shakespeare_char.py:hrm --workdir=runs/shakespeare_hrm
 Hardware and expected result: one H100. nanoGPT (unmodified) reaches its best validation loss 1.4688 nats/char at
 iteration 1750 in about 1.5 minutes there; the AR arm must reach <= 1.47 nats/char in no more wall time. The measured
 figures (or that they are still to be measured) are in BENCHMARKS.md.
@@ -22,8 +25,8 @@ from configs import default
 
 
 def get_config(arm: str = "diffusion"):
-  if arm not in ("diffusion", "ar", "eco"):
-    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar' or 'eco', got {arm!r}.")
+  if arm not in ("diffusion", "ar", "eco", "hrm"):
+    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar', 'eco' or 'hrm', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
   c.data.valid_fraction = 0.1
@@ -52,6 +55,10 @@ def get_config(arm: str = "diffusion"):
   if arm == "eco":
     c.model = default.model_config("eco_hybrid")
     c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 6, 6, 384, 512
+    c.model.dropout = 0.2
+  if arm == "hrm":
+    c.model = default.model_config("hrm")
+    c.model.num_heads, c.model.width, c.model.mlp_dim, c.model.l_layers, c.model.h_layers = 6, 384, 768, 3, 3
     c.model.dropout = 0.2
   if arm == "ar":
     c.model.causal = True

@@ -1,0 +1,37 @@
+"""Every shipped config builds its model (shapes only, no compile), and the arms compared in issue #3 have matched
+parameter counts."""
+import jax
+import pytest
+from flax import nnx
+
+from configs import base_110m, default, shakespeare_char
+from dlm_jax import models
+from dlm_jax.diffusion import objectives
+
+
+def num_params(config, vocab_size):
+  model = nnx.eval_shape(lambda: models.get_model(config, vocab_size, nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm"), 70),
+                                                 (base_110m, ("diffusion", "eco", "hrm"), 32000)],
+                         ids=["shakespeare_char", "base_110m"])
+def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
+  counts = {}
+  for arm in arms:
+    config = module.get_config(arm)
+    objectives.from_config(config)  # causal/objective agree
+    counts[arm] = num_params(config, vocab)
+  for arm, count in counts.items():
+    assert abs(count / counts["diffusion"] - 1) < 0.02, (arm, counts)
+
+
+def test_default_config_model_and_unknown_fields():
+  config = default.get_config()
+  assert num_params(config, 108) < 1_000_000
+  config.model.memory_slots = 8  # a field the transformer does not take
+  with pytest.raises(ValueError, match="memory_slots"):
+    models.model_config(config, 108)
+  with pytest.raises(ValueError, match="Unknown model"):
+    default.model_config("rnn")

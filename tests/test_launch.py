@@ -1,0 +1,56 @@
+"""The thin entry points that other tests do not already run: tokenizer, evaluate, bench."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import REPO, tiny_config
+from dlm_jax.data import tokenizers
+from dlm_jax.evaluation import benchmark
+
+
+def run(*args, timeout=300):
+  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_tokenizer_cli_writes_a_model_with_reserved_ids(tmp_path):
+  corpus = tmp_path / "mixed.txt"
+  corpus.write_text("The quick brown fox. यह एक वाक्य है। kya scene hai bhai?\n" * 200, encoding="utf-8")
+  out = tmp_path / "spm" / "t.model"
+  stdout = run("launch.tokenizer", f"--input={corpus}", "--vocab_size=300", f"--output={out}")
+  assert "vocab" in stdout
+  tok = tokenizers.SentencePieceTokenizer.from_file(str(out))
+  text = "नया text 😀"
+  assert tok.decode(tok.encode(text)) == text
+
+
+def test_tokenizer_cli_reports_invalid_utf8(tmp_path):
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"ok\xff\xfe")
+  result = subprocess.run([sys.executable, "-m", "launch.tokenizer", f"--input={bad}", f"--output={tmp_path}/x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "invalid UTF-8 at byte offset 2" in result.stderr
+
+
+def test_evaluate_cli_reports_nelbo_in_all_units(trained_run):
+  workdir, _ = trained_run
+  report = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--num_windows=16", "--time_samples=2",
+                          "--batch_size=8"))
+  assert report["windows"] == 16 and report["objective"] == "elbo"
+  np.testing.assert_allclose(report["bits_per_token"], report["nats_per_token"] / np.log(2), rtol=1e-9)
+  np.testing.assert_allclose(report["bits_per_char"], report["bits_per_token"], rtol=1e-9)  # char tokenizer
+  np.testing.assert_allclose(report["perplexity"], np.exp(report["nats_per_token"]), rtol=1e-9)
+
+
+def test_benchmark_runs_end_to_end_on_cpu():
+  config = tiny_config()
+  config.bench.update(dict(train_steps=2, warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4,
+                           write=False))
+  result = benchmark.run(config)
+  assert result["loss_finite"] and result["train_tokens_per_s"] > 0 and result["sample_tokens_per_s"] > 0
+  assert result["mfu"] is None  # no known peak on CPU
+  assert result["flops_per_token"] > 0 and result["sample_step_over_forward"] > 0
