@@ -2,6 +2,8 @@
 
   python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (H100 target: >= 55% MFU)
   python -m launch.bench                                        # CPU-sized: configs/default.py
+  python -m launch.bench --config=configs/base_110m.py:eco --seq_lens=1024,2048,4096,8192,16384,32768 --batch=1
+                                                                # sequence-length scaling (issue #3)
 
 MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
 n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
@@ -21,8 +23,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file the result row is appended to.")
+flags.DEFINE_list("seq_lens", [], "Sequence-length scaling mode: training step time and peak memory at these lengths.")
+flags.DEFINE_integer("batch", 1, "Batch size of the scaling mode.")
 FLAGS = flags.FLAGS
 
+SCALING_HEADER = ("| date | commit | device | command | model | B x T | train step ms | peak GiB |\n"
+                  "|---|---|---|---|---|---|---|---|\n")
 HEADER = ("| date | commit | device | command | params (M) | B x T | train tok/s | MFU | step ms | compile s | "
           "peak GiB | sampler tok/s (B, new, steps) | sampler step / forward |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -39,12 +45,33 @@ def commit() -> str:
     return "unknown"
 
 
+def append(header: str, rows: str):
+  out = pathlib.Path(FLAGS.output)
+  text = out.read_text(encoding="utf-8") if out.exists() else ""
+  if header not in text:
+    text += ("\n" if text else "") + header
+  out.write_text(text + rows, encoding="utf-8")
+  print(f"Appended to {out}:\n{rows}")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  r = benchmark.run(FLAGS.config)
   command = "python -m launch.bench " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  if FLAGS.seq_lens:
+    rows = benchmark.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
+    import jax
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
+    lines = "".join(f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | "
+                    f"{r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
+                    f"{fmt(r['peak_memory_GiB'], '.2f')} |\n" for r in rows)
+    for r in rows:
+      print(r)
+    if FLAGS.config.bench.write:
+      append(SCALING_HEADER, lines)
+    return
+  r = benchmark.run(FLAGS.config)
   row = (f"| {datetime.date.today().isoformat()} | {commit()} | {r['device']} ({r['backend']}, jax {r['jax']}) | "
          f"`{command.strip()}` | {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | "
          f"{r['train_tokens_per_s']:,.0f} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
@@ -54,12 +81,7 @@ def main(argv):
   for key, value in r.items():
     print(f"{key:>26}: {value}")
   if FLAGS.config.bench.write:
-    out = pathlib.Path(FLAGS.output)
-    text = out.read_text(encoding="utf-8") if out.exists() else ""
-    if HEADER not in text:
-      text += ("\n" if text else "") + HEADER
-    out.write_text(text + row, encoding="utf-8")
-    print(f"Appended to {out}:\n{row}")
+    append(HEADER, row)
 
 
 if __name__ == "__main__":

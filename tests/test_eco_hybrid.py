@@ -29,6 +29,16 @@ def test_shapes_and_aux_losses():
   assert float(aux["eco_balance"]) >= 0.5 * 1.0 - 1e-5  # balance >= 1 (Cauchy-Schwarz), times the weight
 
 
+def test_depthwise_conv_matches_lax_conv():
+  from dlm_jax.models.eco_hybrid import DepthwiseConv
+  conv = DepthwiseConv(8, 5, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  conv.bias[...] = jax.random.normal(jax.random.key(5), (8,))
+  x = jax.random.normal(jax.random.key(6), (2, 19, 8))
+  reference = jax.lax.conv_general_dilated(x, conv.kernel[...][:, None, :], window_strides=(1,), padding="SAME",
+                                           dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=8)
+  np.testing.assert_allclose(conv(x), reference + conv.bias[...][None, None], rtol=1e-5, atol=1e-5)
+
+
 def _forward_flops(model, length):
   graphdef, state = nnx.split(model)
   fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))

@@ -33,10 +33,10 @@ def peak_memory_bytes():
   return stats.get("peak_bytes_in_use")
 
 
-def run(config) -> dict:
-  b = config.bench
-  vocab = int(b.vocab_size) or 128
-  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+def _train_step_and_inputs(config, vocab, seq_len, batch):
+  """A compiled train step of `config`'s model at (batch, seq_len) with its state and synthetic tokens."""
+  config = config.copy_and_resolve_references()
+  config.data.seq_len = seq_len  # the model's max_len
   objective = objectives.from_config(config)
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
   graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
@@ -46,26 +46,51 @@ def run(config) -> dict:
   train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
                                         optimizer.learning_rate_schedule(config.optimizer, 10), replicated,
                                         batch_sharding)
-  rng = np.random.default_rng(0)
   accum = int(config.train.grad_accum_steps)
-  tokens = jax.device_put(
-      rng.integers(special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32),
-      batch_sharding)
+  tokens = jax.device_put(np.random.default_rng(0).integers(
+      special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), batch_sharding)
   state = jax.device_put(state, replicated)
-
   start = time.perf_counter()
   compiled = train_step.lower(state, tokens).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(int(b.warmup_steps)):
+  return compiled, state, tokens, time.perf_counter() - start, graphdef, other
+
+
+def _time_train_steps(compiled, state, tokens, warmup: int, repeats: int):
+  for _ in range(warmup):
     state, metrics = compiled(state, tokens)
   jax.block_until_ready(state)
   times = []
-  for _ in range(int(b.train_steps)):
+  for _ in range(repeats):
     t0 = time.perf_counter()
     state, metrics = compiled(state, tokens)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+  return statistics.median(times), state, metrics
+
+
+def scaling(config, seq_lens, batch: int) -> list[dict]:
+  """Training step time and peak memory of `config`'s model at each sequence length, batch fixed (issue #3's
+  sequence-length scaling: the baseline's attention is O(T^2), EcoHybrid's memory mixing O(T M)). Lengths run in
+  increasing order, so the device's peak-memory counter (a running maximum) is each row's own peak."""
+  vocab = int(config.bench.vocab_size) or 128
+  rows = []
+  for seq_len in sorted(seq_lens):
+    compiled, state, tokens, compile_s, _, _ = _train_step_and_inputs(config, vocab, seq_len, batch)
+    step_s, _, metrics = _time_train_steps(compiled, state, tokens, int(config.bench.warmup_steps),
+                                           int(config.bench.train_steps))
+    rows.append({"model": config.model.name, "seq_len": seq_len, "batch": batch, "train_step_ms": 1e3 * step_s,
+                 "compile_s": compile_s, "peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
+                 "loss_finite": bool(np.isfinite(float(metrics["loss"])))})
+    del compiled, state, tokens
+  return rows
+
+
+def run(config) -> dict:
+  b = config.bench
+  vocab = int(b.vocab_size) or 128
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  compiled, state, tokens, compile_s, graphdef, other = _train_step_and_inputs(config, vocab, seq_len, batch)
+  step_s, state, metrics = _time_train_steps(compiled, state, tokens, int(b.warmup_steps), int(b.train_steps))
   tokens_per_s = batch * seq_len / step_s
   model_cfg = models.model_config(config, vocab)
   flops = throughput.flops_per_token(model_cfg, seq_len)
