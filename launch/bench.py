@@ -46,11 +46,15 @@ def commit() -> str:
 
 
 def append(header: str, rows: str):
+  """Adds rows at the end of the table that starts with `header` (a new table at the end of the file if none)."""
   out = pathlib.Path(FLAGS.output)
   text = out.read_text(encoding="utf-8") if out.exists() else ""
   if header not in text:
-    text += ("\n" if text else "") + header
-  out.write_text(text + rows, encoding="utf-8")
+    text += ("\n" if text and not text.endswith("\n\n") else "") + header
+  start = text.index(header) + len(header)
+  end = text.find("\n\n", start - 1)
+  end = len(text) if end < 0 else end + 1
+  out.write_text(text[:end] + rows + text[end:], encoding="utf-8")
   print(f"Appended to {out}:\n{rows}")
 
 

@@ -33,6 +33,7 @@ flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).")
 flags.DEFINE_float("top_p", None, "Nucleus filtering (1.0 = off).")
 flags.DEFINE_string("reveal_schedule", None, "Reveal schedule (linear, cosine, ...; default: the training schedule).")
 flags.DEFINE_float("reveal_noise", None, "MaskGIT choice temperature on the reveal ranking (0 = pure confidence).")
+flags.DEFINE_float("strategic_weight", None, "HRM denoiser: weight of the H-module's priority in the reveal ranking.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_bool("stream", False, "Show the first sample filling in, step by step.")
 flags.DEFINE_float("stream_delay", 0.05, "Seconds between frames of --stream.")
@@ -75,7 +76,8 @@ def main(argv):
     texts = [tokenizer.decode(r) for r in out]
   else:
     overrides = {k: getattr(FLAGS, k) for k in ("steps", "method", "greedy", "temperature", "top_k", "top_p",
-                                                "reveal_schedule", "reveal_noise") if getattr(FLAGS, k) is not None}
+                                                "reveal_schedule", "reveal_noise", "strategic_weight")
+                 if getattr(FLAGS, k) is not None}
     with config.unlocked():
       config.sample.update(overrides)
     cfg = loop.sampler_config(config, record_trajectory=FLAGS.stream)
