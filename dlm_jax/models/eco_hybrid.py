@@ -31,18 +31,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models import layers
-from dlm_jax.models.transformer import REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
-class EcoHybridConfig:
-  vocab_size: int
-  max_len: int
+class EcoHybridConfig(layers.DenoiserConfig):
   num_layers: int = 6
-  num_heads: int = 6
-  width: int = 384
-  mlp_dim: int = 1024
-  dropout: float = 0.0
   memory_slots: int = 16
   conv_kernel: int = 7
   memory_order: str = "write_read"  # or "read_write" (seed 001 §6.1's literal order)
@@ -51,15 +44,10 @@ class EcoHybridConfig:
   slow_slots: int = 0  # how many of the memory_slots are slow (§9.3)
   slow_every: int = 2  # slow slots are written every slow_every blocks
   position: str = "learned"  # "learned" absolute positions, or "none" (the convolution alone gives order)
-  time_conditioning: bool = False
-  causal: bool = False  # EcoHybrid is a bidirectional denoiser; kept so configs validate alike
-  remat: str = "none"
-  dtype: str = "auto"
-  attention: str = "auto"  # unused: slot attention is short (M keys); the XLA path is used
-  embed_one_hot: bool = True
-  rope_base: float = 10000.0  # unused
+  # `attention` and `rope_base` are unused: slot attention is short (M keys) and takes the XLA path; no RoPE.
 
   def __post_init__(self):
+    super().__post_init__()
     if self.causal:
       raise ValueError("model.causal=True is not supported by eco_hybrid (memory slots see the whole sequence).")
     if self.memory_order not in ("write_read", "read_write"):
@@ -72,8 +60,6 @@ class EcoHybridConfig:
       raise ValueError(f"model.conv_kernel must be odd and >= 1 (centred window), got {self.conv_kernel}.")
     if self.position not in ("learned", "none"):
       raise ValueError(f"model.position must be 'learned' or 'none' for eco_hybrid, got {self.position!r}.")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
 
 
 def route_top_k(router_logits_BxTxM, k: int):
@@ -215,15 +201,9 @@ class EcoHybrid(nnx.Module):
     batch, length = tokens_BxL.shape
     if length > cfg.max_len and cfg.position == "learned":
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    table_VxD = self.embedding[...].astype(self.dtype)
-    h = (jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table_VxD if cfg.embed_one_hot
-         else table_VxD[tokens_BxL])
+    h = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
     if cfg.position == "learned":
       h = h + self.positions[:length].astype(self.dtype)[None]
-    if self.time_embedding is not None:
-      if t_B is None:
-        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
-      h = h + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
     mem = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None], (batch, cfg.memory_slots, cfg.width))
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), cfg.num_layers)
     block_def, block_state = nnx.split(self.blocks)
@@ -235,7 +215,7 @@ class EcoHybrid(nnx.Module):
       return (h, mem), balance
 
     if cfg.remat != "none":
-      run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[cfg.remat])
+      run_block = jax.checkpoint(run_block, policy=layers.REMAT_POLICIES[cfg.remat])
     (h, _), balance_L = jax.lax.scan(run_block, (h, mem), (block_state, keys, jnp.arange(cfg.num_layers)))
     logits = self.final_norm(h) @ self.embedding[...].astype(self.dtype).T
     aux = {}

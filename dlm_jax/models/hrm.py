@@ -62,17 +62,11 @@ from flax import nnx
 from dlm_jax import special_tokens
 from dlm_jax.models import layers
 from dlm_jax.models.eco_hybrid import CrossAttention, route_top_k
-from dlm_jax.models.transformer import REMAT_POLICIES, TransformerConfig, make_blocks, run_stack
+from dlm_jax.models.transformer import TransformerConfig, make_blocks, run_stack
 
 
 @dataclasses.dataclass(frozen=True)
-class HRMConfig:
-  vocab_size: int
-  max_len: int
-  num_heads: int = 4
-  width: int = 256
-  mlp_dim: int = 704
-  dropout: float = 0.0
+class HRMConfig(layers.DenoiserConfig):
   l_layers: int = 2  # depth of f_L
   h_layers: int = 2  # depth of f_H
   h_cycles: int = 2  # H updates per forward pass
@@ -92,15 +86,9 @@ class HRMConfig:
   priority_weight: float = 0.1
   use_while_loop: bool = False  # inference: exit the L-loop early; training needs the static loop
   position: str = "rope"
-  rope_base: float = 10000.0
-  time_conditioning: bool = False
-  causal: bool = False
-  remat: str = "none"
-  dtype: str = "auto"
-  attention: str = "auto"
-  embed_one_hot: bool = True
 
   def __post_init__(self):
+    super().__post_init__()
     if self.causal:
       raise ValueError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
     if self.position != "rope":
@@ -113,8 +101,6 @@ class HRMConfig:
       raise ValueError(f"model.memory_top_k={self.memory_top_k} must be in [1, memory_cells={self.memory_cells}].")
     if self.l_steps < 1 or self.h_cycles < 1:
       raise ValueError("model.l_steps and model.h_cycles must be >= 1.")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
 
   def block_config(self, num_layers: int) -> TransformerConfig:
     return TransformerConfig(vocab_size=self.vocab_size, max_len=self.max_len, num_layers=num_layers,
@@ -262,13 +248,7 @@ class HRMDenoiser(nnx.Module):
     batch, length = tokens_BxL.shape
     if length > cfg.max_len:
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    table = self.embedding[...].astype(self.dtype)
-    e = (jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table if cfg.embed_one_hot
-         else table[tokens_BxL])
-    if self.time_embedding is not None:
-      if t_B is None:
-        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
-      e = e + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
+    e = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
     rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
     z_l = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e.shape)

@@ -1,6 +1,7 @@
 """Building blocks shared by the denoisers: dtype/attention selection, RoPE, attention, SwiGLU, time embedding."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -8,6 +9,48 @@ import jax.numpy as jnp
 from flax import nnx
 
 DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig:
+  """The fields every denoiser takes (config.model, less `name`); each model's config adds its own."""
+  vocab_size: int
+  max_len: int
+  num_heads: int = 6
+  width: int = 384
+  mlp_dim: int = 1024  # SwiGLU hidden width
+  dropout: float = 0.0
+  time_conditioning: bool = False
+  causal: bool = False
+  remat: str = "none"  # "none", "full" or "dots"
+  dtype: str = "auto"  # "auto", "float32" or "bfloat16" (activations; parameters are always float32)
+  attention: str = "auto"  # "auto", "xla" or "cudnn"
+  embed_one_hot: bool = True  # E[x] as one_hot(x) @ E: its backward is a matmul, not a scatter (GUIDE §4)
+  rope_base: float = 10000.0
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
+
+
+def embed_inputs(table_VxD, tokens_BxL, t_B, cfg: DenoiserConfig, dtype, time_embedding=None):
+  """E[x] (as one_hot(x) @ E when cfg.embed_one_hot) plus, with time conditioning, TimeMLP(t) at every position."""
+  table_VxD = table_VxD.astype(dtype)
+  if cfg.embed_one_hot:
+    h_BxLxD = jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=dtype) @ table_VxD
+  else:
+    h_BxLxD = table_VxD[tokens_BxL]
+  if time_embedding is not None:
+    if t_B is None:
+      raise ValueError("This model was built with model.time_conditioning=True and needs t.")
+    h_BxLxD = h_BxLxD + time_embedding(t_B)[:, None, :].astype(dtype)
+  return h_BxLxD
 
 
 def compute_dtype(name: str):

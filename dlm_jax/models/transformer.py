@@ -19,36 +19,16 @@ from flax import nnx
 
 from dlm_jax.models import layers
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
-  vocab_size: int
-  max_len: int
+class TransformerConfig(layers.DenoiserConfig):
   num_layers: int = 6
-  num_heads: int = 6
-  width: int = 384
-  mlp_dim: int = 1024
-  dropout: float = 0.0
   position: str = "rope"  # "rope" or "learned"
-  rope_base: float = 10000.0
-  time_conditioning: bool = False
-  causal: bool = False
-  remat: str = "none"  # "none", "full" or "dots"
-  dtype: str = "auto"  # "auto", "float32" or "bfloat16" (activations; parameters are always float32)
-  attention: str = "auto"  # "auto", "xla" or "cudnn"
-  embed_one_hot: bool = True  # E[x] as one_hot(x) @ E: its backward is a matmul, not a scatter (GUIDE §4)
 
   def __post_init__(self):
+    super().__post_init__()
     if self.position not in ("rope", "learned"):
       raise ValueError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
 
 
 class Block(nnx.Module):
@@ -84,7 +64,7 @@ def run_stack(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, remat: st
     return nnx.merge(block_def, state_l)(h, rope, key, deterministic), None
 
   if remat != "none":
-    run_block = jax.checkpoint(run_block, policy=REMAT_POLICIES[remat])
+    run_block = jax.checkpoint(run_block, policy=layers.REMAT_POLICIES[remat])
   return jax.lax.scan(run_block, h_BxLxD, (block_state, keys_Lx))[0]
 
 
@@ -113,27 +93,17 @@ class Transformer(nnx.Module):
     self.blocks = make_blocks(cfg, rngs)
     self.final_norm = nnx.RMSNorm(cfg.width, dtype=self.dtype, rngs=rngs)
 
-  def embed(self, tokens_BxL):
-    table_VxD = self.embedding[...].astype(self.dtype)
-    if self.cfg.embed_one_hot:
-      return jax.nn.one_hot(tokens_BxL, self.cfg.vocab_size, dtype=self.dtype) @ table_VxD
-    return table_VxD[tokens_BxL]
-
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    h_BxLxD = self.embed(tokens_BxL)
+    h_BxLxD = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
     rope = None
     if cfg.position == "learned":
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
     else:
       rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
-    if self.time_embedding is not None:
-      if t_B is None:
-        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
-      h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
     h_BxLxD = run_stack(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg.remat)
     h_BxLxD = self.final_norm(h_BxLxD)
     return h_BxLxD @ self.embedding[...].astype(self.dtype).T
