@@ -30,7 +30,7 @@ from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, stat
 
 
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """The training loss became NaN or infinite; the message names the step."""
 
 
 def make_mesh():
