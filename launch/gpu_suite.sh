@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues #2 and #3, in stages that each fit one 10-minute device call.
+#   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler row + sequence-length scaling (baseline, eco)
+#   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
+# On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
+# BENCHMARKS.md and run logs to ${OUT:-runs}/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-runs}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+case "${1:-}" in
+  bench)
+    python -m launch.bench --config=configs/base_110m.py 2>&1 | tee "$out/bench_110m.log"
+    for arm in diffusion eco; do
+      python -m launch.bench --config=configs/base_110m.py:$arm --seq_lens=1024,2048,4096,8192,16384,32768 \
+        --batch=1 --config.model.remat=full 2>&1 | tee "$out/scaling_$arm.log"
+    done
+    cp BENCHMARKS.md "$out/" ;;
+  anchor)
+    for arm in ar diffusion; do
+      /usr/bin/time -f "wall %e s" python -m launch.train --config=configs/shakespeare_char.py:$arm \
+        --workdir="$out/shakespeare_$arm" --config.tensorboard=false 2>&1 | tee "$out/shakespeare_$arm.log"
+    done ;;
+  *)
+    echo "usage: bash launch/gpu_suite.sh bench|anchor" >&2; exit 2 ;;
+esac
