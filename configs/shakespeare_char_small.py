@@ -1,0 +1,52 @@
+"""CPU-scale comparison of the three denoisers (issue #3) on Tiny Shakespeare: ~0.8M parameters each, 500 steps.
+
+The same data and split as configs/shakespeare_char.py, shrunk so that every arm trains in a few minutes on 2 CPU
+cores: width 128, 4 heads, context 128, batch 16, 500 steps (1.02M training characters), no dropout.
+Arms (matched parameter counts, checked by tests/test_configs.py):
+  "diffusion": baseline transformer, 4 layers, SwiGLU 352.
+  "ar":        the same transformer, causal, next-token loss.
+  "eco":       EcoHybrid, 4 layers, 16 slots, kernel 7, SwiGLU 172 (352 - 4*128/3, less its learned positions).
+  "hrm":       HRM denoiser, 2 L + 2 H layers, 2 H-cycles x up to 2 L-steps, 16 cells x 4, top-4, SwiGLU 224.
+Commands (all of them, and a summary table: `bash launch/compare_small.sh`):
+  python -m launch.train --config=configs/shakespeare_char_small.py:eco --workdir=runs/small_eco
+  python -m launch.train --config=configs/shakespeare_char_small.py:eco --workdir=runs/small_eco_m8 \
+      --config.model.memory_slots=8
+  python -m launch.train --config=configs/shakespeare_char_small.py:hrm --workdir=runs/small_hrm_no_h \
+      --config.model.use_h_module=false
+Results: BENCHMARKS.md, "Denoiser comparison (CPU scale)".
+"""
+from configs import default
+
+
+def get_config(arm: str = "diffusion"):
+  if arm not in ("diffusion", "ar", "eco", "hrm"):
+    raise ValueError(f"configs/shakespeare_char_small.py takes 'diffusion', 'ar', 'eco' or 'hrm', got {arm!r}.")
+  c = default.get_config()
+  c.data.path = "en/tinyshakespeare.txt"
+  c.data.valid_fraction = 0.1
+  c.data.seq_len = 128
+  c.train.batch_size = 16
+  c.train.num_steps = 500
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.sample_every = 0
+  c.eval.every = 250
+  c.eval.num_windows = 128
+  c.eval.batch_size = 32
+  c.eval.time_samples = 4
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.warmup_steps = 50
+  if arm == "eco":
+    c.model = default.model_config("eco_hybrid")
+    c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 128, 172
+  elif arm == "hrm":
+    c.model = default.model_config("hrm")
+    c.model.update(dict(num_heads=4, width=128, mlp_dim=224, l_layers=2, h_layers=2, h_cycles=2, l_steps=2,
+                        memory_cells=16, memory_content=4, memory_top_k=4))
+  else:
+    c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 128, 352
+  if arm == "ar":
+    c.model.causal = True
+    c.diffusion.objective = "autoregressive"
+    c.eval.time_samples = 1
+  return c

@@ -1,0 +1,32 @@
+"""A markdown table of finished runs: final validation NELBO, median training tokens/s, mean HRM L-iterations.
+
+  python -m launch.summarize runs/small_*
+"""
+import json
+import pathlib
+import statistics
+
+from absl import app
+
+
+def summarize(workdir: pathlib.Path) -> str:
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  evals = [r for r in records if "eval/nll_per_token" in r]
+  speeds = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # first includes compile
+  iters = [r["train/metric/hrm_l_iterations"] for r in records if "train/metric/hrm_l_iterations" in r]
+  last = evals[-1] if evals else {}
+  return (f"| {workdir.name} | {last.get('step', 'n/a')} | {last.get('eval/nll_per_token', float('nan')):.4f} | "
+          f"{last.get('eval/bits_per_token', float('nan')):.4f} | "
+          f"{statistics.median(speeds) if speeds else float('nan'):,.0f} | "
+          f"{statistics.mean(iters) if iters else float('nan'):.2f} |")
+
+
+def main(argv):
+  print("| run | step | valid nats/token | bits/token | train tokens/s (median) | mean L-iterations (HRM) |")
+  print("|---|---|---|---|---|---|")
+  for path in argv[1:]:
+    print(summarize(pathlib.Path(path)))
+
+
+if __name__ == "__main__":
+  app.run(main)
