@@ -4,7 +4,7 @@ A masked-diffusion denoiser built on the Hierarchical Reasoning Model (Wang et a
 refines token predictions while a slow H-module holds a strategic state, read from and written to a bank of memory
 cells. Every module is a stack of bidirectional pre-norm transformer blocks (`transformer.Block`).
 
-Forward pass for x_t (all states [B, L, d]; e = embedding of x_t, where the mask token marks mask_t, + time if enabled):
+Forward pass for x_t (all states [B, L, d]; e = RMSNorm(embedding of x_t (+ time)), the mask token marking mask_t):
 
     z_H, z_L <- learned initial states
     for c in 1..h_cycles:                                   (H-module: updated once every l_steps L-iterations)
@@ -130,6 +130,7 @@ class HRMDenoiser(nnx.Module):
     self.dtype = layers.compute_dtype(cfg.dtype)
     self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, d), jnp.float32))
     self.time_embedding = layers.TimeEmbedding(d, dtype=self.dtype, rngs=rngs) if cfg.time_conditioning else None
+    self.input_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
     self.z_l_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
     self.l_blocks = make_blocks(cfg.block_config(cfg.l_layers), rngs)
     self.l_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
@@ -248,7 +249,10 @@ class HRMDenoiser(nnx.Module):
     batch, length = tokens_BxL.shape
     if length > cfg.max_len:
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    e = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
+    # Normalized so the token input is as large as the unit-RMS states it is added to (HRM scales its embeddings by
+    # sqrt(d) for the same reason); at the 0.02 init scale of the tied embedding it would be drowned by z_L + z_H.
+    e = self.input_norm(layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype,
+                                            self.time_embedding))
     rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
     z_l = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e.shape)
