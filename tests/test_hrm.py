@@ -40,7 +40,7 @@ def test_one_step_gradient_is_autodiff_through_the_final_step_only(tokens):
     return loss(nnx.merge(graphdef, s)(tokens))
 
   def embed(m):
-    return jax.nn.one_hot(tokens, 24, dtype=jnp.float32) @ m.embedding[...]
+    return m.input_norm(jax.nn.one_hot(tokens, 24, dtype=jnp.float32) @ m.embedding[...])
 
   rope = layers.rope_tables(32, 16)
   z0 = jnp.broadcast_to(model.z_l_init[...], (2, 32, 32))
