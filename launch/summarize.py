@@ -18,7 +18,7 @@ def summarize(workdir: pathlib.Path) -> str:
   return (f"| {workdir.name} | {last.get('step', 'n/a')} | {last.get('eval/nll_per_token', float('nan')):.4f} | "
           f"{last.get('eval/bits_per_token', float('nan')):.4f} | "
           f"{statistics.median(speeds) if speeds else float('nan'):,.0f} | "
-          f"{statistics.mean(iters) if iters else float('nan'):.2f} |")
+          f"{f'{statistics.mean(iters):.2f}' if iters else 'n/a'} |")
 
 
 def main(argv):
