@@ -7,7 +7,6 @@ with K antithetic time draws, seeded, so the figure is reproducible.
 """
 import json
 
-import numpy as np
 from absl import app, flags, logging
 
 from dlm_jax.data import pipeline

@@ -1,6 +1,4 @@
 """Tokenizers and the Grain pipeline: round trips, determinism, exact resume, and one clear error per bad input."""
-import os
-import pathlib
 
 import ml_collections
 import numpy as np

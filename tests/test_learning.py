@@ -3,7 +3,6 @@ true negative log-likelihood (a bound never beats the truth) and close to it."""
 import math
 
 import numpy as np
-import pytest
 
 from conftest import tiny_config
 from dlm_jax.data import pipeline

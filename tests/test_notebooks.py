@@ -1,5 +1,4 @@
 """The trajectory notebook runs top to bottom on a trained embedded-default run and draws its figures."""
-import os
 
 import nbformat
 import pytest

@@ -1,5 +1,4 @@
 """The trainer: exact resume, checkpoint round trip, metrics files, clear stops, and the CLI entry points."""
-import json
 import subprocess
 import sys
 

@@ -5,7 +5,6 @@ import json
 import pathlib
 import time
 
-from absl import logging
 
 
 class MetricWriter:

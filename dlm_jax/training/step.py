@@ -7,7 +7,6 @@ donated; step k's randomness is fold_in(rng, k) (big_vision).
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
