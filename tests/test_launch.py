@@ -54,3 +54,22 @@ def test_benchmark_runs_end_to_end_on_cpu():
   assert result["loss_finite"] and result["train_tokens_per_s"] > 0 and result["sample_tokens_per_s"] > 0
   assert result["mfu"] is None  # no known peak on CPU
   assert result["flops_per_token"] > 0 and result["sample_step_over_forward"] > 0
+
+
+def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
+  from dlm_jax.training import loop
+  workdir, _ = trained_run
+  judge = tmp_path / "judge"
+  loop.train(tiny_config(**{"model.causal": True, "diffusion.objective": "autoregressive"}), str(judge))
+  stdout = run("launch.gen_eval", f"--workdir={workdir}", f"--judge={judge}", "--num_samples=4", "--prompt_len=8",
+               "--steps=4,24", "--json")
+  rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+  assert [r["steps"] for r in rows] == ["n/a", 4, 24]
+  assert rows[0]["sample_s"] is None and all(r["sample_s"] > 0 for r in rows[1:])
+  for r in rows:
+    assert 0 < r["judge_nll"] < 20 and 0 < r["entropy"] and r["words"] > 0
+    assert 0 <= r["script_error_rate"] == r["mixed_word_rate"] + r["off_script_rate"] <= 1
+  # The judge must be a causal run: a diffusion run in its place is refused with one clear message.
+  result = subprocess.run([sys.executable, "-m", "launch.gen_eval", f"--workdir={workdir}", f"--judge={workdir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "is not a causal (AR) run" in result.stderr

@@ -1,0 +1,82 @@
+"""Generation-quality measures: script classification and rates, unigram entropy, the AR judge's NLL, prompt windows."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm_jax import special_tokens
+from dlm_jax.data import tokenizers
+from dlm_jax.evaluation import generation, script
+
+
+@pytest.mark.parametrize("ch, expected", [
+    ("क", "deva"), ("\u093e", "deva"), ("\u094d", "deva"), ("\u0901", "deva"),  # letter, vowel sign, virama, candrabindu
+    ("a", "latn"), ("Z", "latn"), ("é", "latn"), ("ṭ", "latn"),
+    ("ب", "other"), ("ক", "other"),  # Arabic, Bengali
+    ("1", None), ("\u0967", None), ("।", None), (",", None), ("\u200d", None), (" ", None)])  # digits, danda, ZWJ
+def test_char_script(ch, expected):
+  assert script.char_script(ch) == expected
+
+
+def test_script_errors_counts_mixed_and_off_script_words():
+  text = "मैं ghar जा रहा hoon, घरghar 42 !"
+  assert script.word_scripts(text)[4] == {"latn"}  # "hoon," - punctuation carries no script
+  assert script.script_errors(text, "deva") == {"words": 6, "mixed": 1, "off_script": 2}
+  assert script.script_errors(text, "latn") == {"words": 6, "mixed": 1, "off_script": 3}
+  assert script.majority_script(text) == "deva"
+  assert script.script_errors(text) == script.script_errors(text, "deva")
+  assert script.script_errors("123 ...", "deva") == {"words": 0, "mixed": 0, "off_script": 0}
+
+
+def test_script_report_rates():
+  report = script.script_report(["मैं ghar", "kya हाल hai"], ["deva", None])  # None: the text's own majority (latn)
+  assert report["words"] == 5
+  assert report["off_script_rate"] == pytest.approx(2 / 5)
+  assert report["mixed_word_rate"] == 0.0
+  assert report["script_error_rate"] == pytest.approx(2 / 5)
+  with pytest.raises(ValueError):
+    script.script_report(["a", "b"], ["latn"])
+
+
+def test_unigram_entropy_of_scored_positions():
+  tokens = np.array([[5, 5, 6, 6], [7, 7, 7, 9]])
+  scored = np.array([[True, True, True, True], [True, True, True, False]])
+  np.testing.assert_allclose(generation.unigram_entropy(tokens, scored), [np.log(2), 0.0], atol=1e-12)
+
+
+def test_judge_nll_scores_positions_one_on_with_the_next_token_rule():
+  vocab = 8
+  probs_V = np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.2, 0.3, 0.4])  # every position predicts this next-token law
+
+  def judge_forward(tokens_BxL, t_B):
+    del t_B
+    return jnp.broadcast_to(jnp.log(jnp.asarray(probs_V) + 1e-30), tokens_BxL.shape + (vocab,))
+
+  tokens = np.array([[5, 6, 7, 2], [7, 7, 5, 6]], np.int32)
+  scored = np.array([[True, True, True, True], [True, False, True, True]])
+  nll_sum, count = generation.judge_nll_fn(judge_forward)(jnp.asarray(tokens), jnp.asarray(scored))
+  np.testing.assert_array_equal(count, [3, 2])  # position 0 is never scored
+  np.testing.assert_allclose(nll_sum, [-np.log(0.3 * 0.4 * 0.1), -np.log(0.2 * 0.3)], rtol=1e-5)
+
+
+def test_spread_windows_cover_the_stream():
+  stream = np.arange(1000, dtype=np.int32)
+  windows = generation.spread_windows(stream, 10, 5)
+  np.testing.assert_array_equal(windows[:, 0], [0, 247, 495, 742, 990])
+  np.testing.assert_array_equal(windows[-1], np.arange(990, 1000))
+  with pytest.raises(ValueError, match="no window"):
+    generation.spread_windows(stream[:5], 10, 2)
+
+
+def test_quality_expects_the_prompts_script():
+  tok = tokenizers.CharTokenizer.from_texts(["घर ghar जा hoon "])
+  prompt = tok.encode("घर जा ")
+  good = np.concatenate([prompt, tok.encode("घर जा")])[None]
+  bad = np.concatenate([prompt, tok.encode("ghar ")])[None]
+  generated = np.arange(good.shape[1])[None] >= len(prompt)
+  judge = generation.judge_nll_fn(lambda x, t: jnp.zeros(x.shape + (tok.vocab_size,)))
+  for tokens, error in ((good, 0.0), (bad, 1.0)):
+    report = generation.quality(tokens, generated[:, :tokens.shape[1]], tok, judge, len(prompt))
+    assert report["script_error_rate"] == error
+    np.testing.assert_allclose(report["judge_nll"], np.log(tok.vocab_size), rtol=1e-6)  # uniform judge
+  tokens, fixed = generation.prompts_from_windows(good, len(prompt))
+  assert np.all(tokens[:, len(prompt):] == special_tokens.MASK) and fixed.sum() == len(prompt)
