@@ -4,6 +4,8 @@
   python -m launch.bench                                        # CPU-sized: configs/default.py
   python -m launch.bench --config=configs/base_110m.py:eco --seq_lens=1024,2048,4096,8192,16384,32768 --batch=1
                                                                 # sequence-length scaling (issue #3)
+  python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384 --batch=1
+                                                                # is EcoHybrid's conv + memory path memory-bound?
 
 MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
 n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
@@ -17,16 +19,22 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlm_jax.evaluation import benchmark
+from dlm_jax.evaluation import benchmark, throughput
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file the result row is appended to.")
 flags.DEFINE_list("seq_lens", [], "Sequence-length scaling mode: training step time and peak memory at these lengths.")
-flags.DEFINE_integer("batch", 1, "Batch size of the scaling mode.")
+flags.DEFINE_integer("batch", 1, "Batch size of the scaling and hot-path modes.")
+flags.DEFINE_bool("hot_path", False, "Hot-path mode (EcoHybrid configs): kernels, bytes, time and roofline of one "
+                  "block's conv + memory attentions, forward and forward+backward, at each of --seq_lens "
+                  "(default data.seq_len); see dlm_jax/evaluation/hot_path.py for the decision rule.")
 FLAGS = flags.FLAGS
 
+HOT_PATH_HEADER = ("| date | commit | device | command | mode | B x T x d, M | kernels | ms | TFLOP/s | XLA bytes "
+                   "(MB) | GB/s (copy GB/s) | FLOP/byte | memory-bound | fused-kernel gain bound | write kernel |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 SCALING_HEADER = ("| date | commit | device | command | model | B x T | train step ms | peak GiB |\n"
                   "|---|---|---|---|---|---|---|---|\n")
 HEADER = ("| date | commit | device | command | params (M) | B x T | train tok/s | MFU | step ms | compile s | "
@@ -63,10 +71,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   command = "python -m launch.bench " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  import jax
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
+  if FLAGS.hot_path:
+    hot_path_mode(command, device, fmt)
+    return
   if FLAGS.seq_lens:
     rows = benchmark.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
-    import jax
-    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
     lines = "".join(f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | "
                     f"{r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
                     f"{fmt(r['peak_memory_GiB'], '.2f')} |\n" for r in rows)
@@ -86,6 +97,28 @@ def main(argv):
     print(f"{key:>26}: {value}")
   if FLAGS.config.bench.write:
     append(HEADER, row)
+
+
+def hot_path_mode(command, device, fmt):
+  from dlm_jax import models
+  from dlm_jax.evaluation import hot_path
+  config = FLAGS.config
+  if config.model.name != "eco_hybrid":
+    raise app.UsageError(f"--hot_path measures EcoHybrid's conv + memory path; --config has model.name="
+                         f"{config.model.name!r}. Use an ':eco' arm, e.g. --config=configs/base_110m.py:eco.")
+  lines = ""
+  for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:
+    cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
+    for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=throughput.device_peak_flops(
+        float(config.get("peak_flops", 0.0)))):
+      print(r)
+      lines += (f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | {r['mode']} | "
+                f"{r['batch']} x {r['seq_len']} x {r['width']}, {r['slots']} ({r['dtype']}) | {r['kernels']} | "
+                f"{r['ms']:.3f} | {r['tflops_per_s']:.2f} | {r['xla_bytes'] / 1e6:,.1f} | "
+                f"{r['bandwidth_gb_s']:,.0f} ({r['copy_bandwidth_gb_s']:,.0f}) | {r['intensity']:.1f} | "
+                f"{fmt(r['memory_bound'], '')} | {r['fused_kernel_gain']:.2f}x | {fmt(r['write_kernel'], '')} |\n")
+  if config.bench.write:
+    append(HOT_PATH_HEADER, lines)
 
 
 if __name__ == "__main__":

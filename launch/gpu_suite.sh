@@ -2,6 +2,7 @@
 # The GPU measurements of issues #2 and #3, in stages that each fit one 10-minute device call.
 #   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler row + sequence-length scaling (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
+#   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width: kernels, bytes, roofline verdict
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -22,6 +23,12 @@ case "${1:-}" in
       /usr/bin/time -f "wall %e s" python -m launch.train --config=configs/shakespeare_char.py:$arm \
         --workdir="$out/shakespeare_$arm" --config.tensorboard=false 2>&1 | tee "$out/shakespeare_$arm.log"
     done ;;
+  hot_path)
+    python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=1024 --batch=32 2>&1 \
+      | tee "$out/hot_path.log"
+    python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 --batch=1 2>&1 \
+      | tee -a "$out/hot_path.log"
+    cp BENCHMARKS.md "$out/" ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|anchor" >&2; exit 2 ;;
+    echo "usage: bash launch/gpu_suite.sh bench|anchor|hot_path" >&2; exit 2 ;;
 esac

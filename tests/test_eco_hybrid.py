@@ -8,7 +8,8 @@ from flax import nnx
 
 from configs import default as default_config
 from conftest import tiny_config
-from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig, route_top_k
+from dlm_jax.evaluation import hot_path
+from dlm_jax.models.eco_hybrid import EcoBlock, EcoHybrid, EcoHybridConfig, route_top_k
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint, loop
@@ -119,3 +120,57 @@ def test_trains_on_embedded_default_and_samples(tmp_path):
       params, jax.random.key(0), tokens, fixed)
   assert not np.any(np.asarray(out.tokens_BxL) == 3)
   np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[:, :4], 7)
+
+
+HLO_WITH_LOOP = """HloModule m
+
+%fused_computation (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %e = f32[4]{0} exponential(%p)
+}
+
+%body (t: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %t = (s32[], f32[4]{0}) parameter(0)
+  %x = f32[4]{0} get-tuple-element(%t), index=1
+  %f = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_computation
+  %g = f32[4]{0} custom-call(%f), custom_call_target="__cublas$gemm"
+  ROOT %r = (s32[], f32[4]{0}) tuple(%x, %g)
+}
+
+%cond (t: (s32[], f32[4])) -> pred[] {
+  %t = (s32[], f32[4]{0}) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %f0 = f32[4]{0} fusion(%a), kind=kInput, calls=%fused_computation
+  %w = (s32[], f32[4]{0}) while(%i), condition=%cond, body=%body
+  ROOT %o = f32[4]{0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_kernel_census_walks_loop_bodies_but_not_fused_computations():
+  assert hot_path.kernel_census(HLO_WITH_LOOP) == {"fusion:kInput": 1, "fusion:kLoop": 1,
+                                                    "custom-call:__cublas$gemm": 1}
+
+
+def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs():
+  cfg = EcoHybridConfig(**{**SMALL, "conv_kernel": 5, "dtype": "float32"})
+  block = EcoBlock(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(block)
+  h, mem = jnp.ones((2, 64, 32)), jnp.ones((2, 4, 32))
+  compiled = jax.jit(lambda s, h, m: hot_path.hot_path(nnx.merge(graphdef, s), h, m)).lower(state, h, mem).compile()
+  xla_flops = compiled.cost_analysis()["flops"]
+  # XLA also counts the norms' and softmaxes' elementwise FLOPs: a few percent above the matmul/conv count.
+  assert 1.0 <= xla_flops / hot_path.hot_path_flops(2, 64, 32, 4, 5) <= 1.15
+  census = hot_path.kernel_census(compiled.as_text())
+  assert sum(census.values()) >= 1 and all(not k.startswith(("parameter", "tuple")) for k in census)
+  rows = hot_path.analyze(cfg, batch=2, seq_len=64, repeats=2, bandwidth=1e10, peak_flops=1e12)
+  assert [r["mode"] for r in rows] == ["forward", "forward+backward"]
+  fwd, both = rows
+  assert both["flops"] == 3 * fwd["flops"] and both["ideal_bytes"] > fwd["ideal_bytes"]
+  for r in rows:
+    assert r["xla_bytes"] >= r["ideal_bytes"] > 0 and r["ms"] > 0 and r["fused_kernel_gain"] > 0
+    assert isinstance(r["memory_bound"], bool) and isinstance(r["write_kernel"], bool)
