@@ -4,7 +4,7 @@ import jax
 import pytest
 from flax import nnx
 
-from configs import base_110m, default, shakespeare_char, shakespeare_char_small
+from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small
 from dlm_jax import models
 from dlm_jax.diffusion import objectives
 
@@ -16,8 +16,9 @@ def num_params(config, vocab_size):
 
 @pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm"), 70),
                                                  (shakespeare_char_small, ("diffusion", "ar", "eco", "hrm"), 70),
+                                                 (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),
                                                  (base_110m, ("diffusion", "eco", "hrm"), 32000)],
-                         ids=["shakespeare_char", "shakespeare_char_small", "base_110m"])
+                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "base_110m"])
 def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   counts = {}
   for arm in arms:

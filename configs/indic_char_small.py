@@ -1,0 +1,33 @@
+"""Seed 001 §10-11's script-aware comparison at CPU scale: one character model per denoiser on Hindi + Hinglish.
+
+Each arm trains on Hindi in Devanagari and Hinglish in Roman script mixed in one stream, so the same model must keep
+to the script it is prompted in: the Hindi/Hinglish quality that seed 001 §11's decision rule asks about.
+  train: hi/dakshina_wiki.txt (2.37M characters of Hindi Wikipedia) + the four Hinglish training files (1.95M:
+         PHINC, LinCE MT train, Hinglish-TOP, CM-Dialog train), as the data README suggests for each language;
+  valid: hi/valid_flores_ntrex.txt + hinglish/lince_mt_dev.txt + hinglish/cmdialog_dev.txt (scored per language with
+         `python -m launch.evaluate --path=...`; the in-training eval windows are the first ones, i.e. Hindi).
+Models: configs/shakespeare_char_small.py's arms (width 128, 4 layers or 2 L + 2 H, matched parameters), context 128,
+batch 16, 1000 steps (2.05M training characters, about half an epoch). The character alphabet (~400 characters:
+Devanagari, Latin, punctuation, a few others) comes from the train + valid text, as in every dlm_jax char run.
+Arms: "diffusion", "ar" (causal; the judge of generation quality), "eco", "hrm". All of it, then the tables:
+  bash launch/compare_indic.sh
+Results: BENCHMARKS.md, "Hindi and Hinglish (CPU scale)".
+"""
+from configs import shakespeare_char_small
+
+TRAIN_PATHS = ("hi/dakshina_wiki.txt,hinglish/phinc.txt,hinglish/lince_mt_train.txt,"
+               "hinglish/hinglish_top_train_valid.txt,hinglish/cmdialog_train.txt")
+HINDI_VALID = "hi/valid_flores_ntrex.txt"
+HINGLISH_VALID = "hinglish/lince_mt_dev.txt,hinglish/cmdialog_dev.txt"
+
+
+def get_config(arm: str = "diffusion"):
+  if arm not in ("diffusion", "ar", "eco", "hrm"):
+    raise ValueError(f"configs/indic_char_small.py takes 'diffusion', 'ar', 'eco' or 'hrm', got {arm!r}.")
+  c = shakespeare_char_small.get_config(arm)
+  c.data.path = TRAIN_PATHS
+  c.data.valid_path = f"{HINDI_VALID},{HINGLISH_VALID}"
+  c.train.num_steps = 1000
+  c.train.checkpoint_every = 500
+  c.eval.every = 500
+  return c
