@@ -155,7 +155,8 @@ def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float |
     # Unavoidable traffic: read inputs and parameters once, write outputs once (the backward writes gradients the size
     # of its inputs and also re-reads the forward's inputs: counted as `factor` passes over them).
     ideal_bytes = float(factor * (_nbytes(state) + _nbytes((h, mem))) + _nbytes((h, mem)))
-    seconds = _median_seconds(jax.jit(fn), (state, h, mem), repeats)
+    seconds = _median_seconds(compiled, (state, h, mem), repeats)
+    census = kernel_census(compiled.as_text())
     flop_time = flops / peak if peak else 0.0
     roof_xla = max(flop_time, xla_bytes / bandwidth)
     roof_ideal = max(flop_time, ideal_bytes / bandwidth)
@@ -163,8 +164,7 @@ def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float |
     gain = seconds / roof_ideal
     rows.append(dict(
         mode=mode, batch=batch, seq_len=seq_len, width=cfg.width, slots=cfg.memory_slots, dtype=str(np.dtype(dtype)),
-        kernels=sum(kernel_census(compiled.as_text()).values()),
-        census=dict(sorted(kernel_census(compiled.as_text()).items())),
+        kernels=sum(census.values()), census=dict(sorted(census.items())),
         ms=seconds * 1e3, flops=flops, xla_bytes=xla_bytes, ideal_bytes=ideal_bytes,
         intensity=flops / xla_bytes, tflops_per_s=flops / seconds / 1e12,
         bandwidth_gb_s=xla_bytes / seconds / 1e9, copy_bandwidth_gb_s=bandwidth / 1e9,
