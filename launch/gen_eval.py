@@ -1,11 +1,12 @@
 """Generation quality of a diffusion run, judged by an AR run on the same data (dlm_jax/evaluation/generation.py).
 
   python -m launch.gen_eval --workdir=DIFFUSION_RUN --judge=AR_RUN [--path=FILES] [--prompt_len=32]
-                            [--num_samples=64] [--steps=16,32,96] [--seed=0]
+                            [--num_samples=64] [--steps=16,32,96] [--prompt_scripts=any|deva|latn|mixed] [--seed=0]
 
 Prompts are the first `--prompt_len` tokens of `--num_samples` windows spread evenly over `--path` (default: the run's
-validation split); the model fills in the rest of each window (prompt_len = 0: unconditional samples). For every
-entry of `--steps` (the decode-step sweep of seed 001 §10), and for the real continuations of the same prompts, it
+validation split); the model fills in the rest of each window (prompt_len = 0: unconditional samples).
+`--prompt_scripts=deva|latn|mixed` keeps only windows whose prompt is in that script (mixed: Devanagari and Latin
+words). For every entry of `--steps` (the decode-step sweep of seed 001 §10), and for the real continuations of the same prompts, it
 prints one markdown row: judge NLL of the generated tokens (nats/token; exp = generative perplexity), mean unigram
 entropy of a sample (nats), script error rate (mixed-script words + words off the prompt's script, per word; the two
 parts in brackets) and the seconds one batch took to sample (after compilation). `--json` also prints each row as JSON.
@@ -30,6 +31,8 @@ flags.DEFINE_string("path", "", "Text whose windows give the prompts (files/fold
 flags.DEFINE_string("label", "", "Name of the prompt set in the table (default: --path or 'valid').")
 flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window (0: unconditional).")
 flags.DEFINE_integer("num_samples", 64, "Prompts (windows), sampled as one batch.")
+flags.DEFINE_enum("prompt_scripts", "any", ["any", "deva", "latn", "mixed"],
+                  "Only windows whose prompt is all Devanagari, all Latin, or uses both scripts ('mixed').")
 flags.DEFINE_list("steps", ["16", "32", "96"], "Reverse-step counts to sweep.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default: the run's config).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -44,7 +47,11 @@ def _windows(config, tokenizer, workdir):
     data.unlock()
     data.path, data.valid_path = FLAGS.path, FLAGS.path
   streams = pipeline.load_token_streams(data, f"{workdir}/data_cache", tokenizer=tokenizer)
-  return generation.spread_windows(streams.valid, int(data.seq_len), FLAGS.num_samples)
+  try:
+    return generation.select_windows(streams.valid, int(data.seq_len), FLAGS.num_samples, FLAGS.prompt_len,
+                                     tokenizer, FLAGS.prompt_scripts)
+  except ValueError as e:
+    raise app.UsageError(f"--prompt_scripts={FLAGS.prompt_scripts}: {e}") from e
 
 
 def main(argv):

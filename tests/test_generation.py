@@ -80,3 +80,21 @@ def test_quality_expects_the_prompts_script():
     np.testing.assert_allclose(report["judge_nll"], np.log(tok.vocab_size), rtol=1e-6)  # uniform judge
   tokens, fixed = generation.prompts_from_windows(good, len(prompt))
   assert np.all(tokens[:, len(prompt):] == special_tokens.MASK) and fixed.sum() == len(prompt)
+
+
+def test_prompt_scripts_and_window_selection():
+  assert generation.prompt_scripts("मैं घर") == "deva"
+  assert generation.prompt_scripts("main ghar, 42") == "latn"
+  assert generation.prompt_scripts("मैं ghar") == "mixed" and generation.prompt_scripts("घरghar") == "mixed"
+  assert generation.prompt_scripts("42 !") == "none" and generation.prompt_scripts("بيت") == "none"
+  text = "घर घर घर घर " * 8 + "ab ab ab ab " * 8 + "घर ab घर ab " * 8
+  tok = tokenizers.CharTokenizer.from_texts([text])
+  stream = tok.encode(text)
+  for scripts in ("deva", "latn", "mixed"):
+    windows = generation.select_windows(stream, 16, 3, 8, tok, scripts)
+    assert windows.shape == (3, 16)
+    assert all(generation.prompt_scripts(tok.decode(w[:8])) == scripts for w in windows)
+  np.testing.assert_array_equal(generation.select_windows(stream, 16, 3, 8, tok, "any"),
+                                generation.spread_windows(stream, 16, 3))
+  with pytest.raises(ValueError, match="Only .* windows"):
+    generation.select_windows(stream, 16, 500, 8, tok, "mixed")

@@ -60,6 +60,35 @@ def spread_windows(tokens: np.ndarray, seq_len: int, num: int) -> np.ndarray:
   return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in offsets])
 
 
+PROMPT_SCRIPTS = ("any", "deva", "latn", "mixed")
+
+
+def prompt_scripts(text: str) -> str:
+  """'deva' or 'latn' when every word of `text` with letters is in that one script, 'mixed' when its words use both
+  (within a word or across words), 'none' otherwise (no letters, or another script)."""
+  used = frozenset().union(*script.word_scripts(text))
+  if used == {script.DEVANAGARI, script.LATIN}:
+    return "mixed"
+  return next(iter(used)) if len(used) == 1 and next(iter(used)) != script.OTHER else "none"
+
+
+def select_windows(tokens: np.ndarray, seq_len: int, num: int, prompt_len: int, tokenizer, scripts: str = "any"):
+  """`num` windows spread over the stream whose first `prompt_len` tokens are in `scripts` (PROMPT_SCRIPTS; seed
+  001 §10's script-aware eval: Hindi native script, Hinglish Roman, mixed-script prompts). Candidates start every
+  seq_len // 4 tokens; the matching ones are thinned evenly to `num`. Raises ValueError when fewer than `num` match."""
+  if scripts == "any":
+    return spread_windows(tokens, seq_len, num)
+  if scripts not in PROMPT_SCRIPTS:
+    raise ValueError(f"Prompt scripts must be one of {PROMPT_SCRIPTS}, got {scripts!r}.")
+  starts = range(0, len(tokens) - seq_len + 1, max(seq_len // 4, 1))
+  matching = [o for o in starts if prompt_scripts(tokenizer.decode(np.asarray(tokens[o:o + prompt_len]))) == scripts]
+  if len(matching) < num:
+    raise ValueError(f"Only {len(matching)} windows of this text have a {scripts!r} prompt of {prompt_len} tokens; "
+                     f"{num} were asked for. Ask for fewer samples, or use text with more such passages.")
+  chosen = [matching[i] for i in np.linspace(0, len(matching) - 1, num).astype(np.int64)]
+  return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in chosen])
+
+
 def prompts_from_windows(windows_NxL: np.ndarray, prompt_len: int):
   """Tokens with the first `prompt_len` positions of each window kept and the rest masked, and the fixed mask."""
   tokens = np.array(windows_NxL, np.int32)
