@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 300
   c.eval.num_windows = 128  # fixed non-overlapping validation windows
+  c.eval.windows = "first"  # "first": the first num_windows of the valid stream; "spread": evenly over all of it
   c.eval.batch_size = 32
   c.eval.time_samples = 2  # antithetic time draws per window
   c.eval.seed = 1234

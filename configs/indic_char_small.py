@@ -5,7 +5,7 @@ to the script it is prompted in: the Hindi/Hinglish quality that seed 001 §11's
   train: hi/dakshina_wiki.txt (2.37M characters of Hindi Wikipedia) + the four Hinglish training files (1.95M:
          PHINC, LinCE MT train, Hinglish-TOP, CM-Dialog train), as the data README suggests for each language;
   valid: hi/valid_flores_ntrex.txt + hinglish/lince_mt_dev.txt + hinglish/cmdialog_dev.txt (scored per language with
-         `python -m launch.evaluate --path=...`; the in-training eval windows are the first ones, i.e. Hindi).
+         `python -m launch.evaluate --path=...`; the in-training eval spreads its windows over all three files).
 Models: configs/shakespeare_char_small.py's arms (width 128, 4 layers or 2 L + 2 H, matched parameters), context 128,
 batch 16, 1000 steps (2.05M training characters, about half an epoch). The character alphabet (~400 characters:
 Devanagari, Latin, punctuation, a few others) comes from the train + valid text, as in every dlm_jax char run.
@@ -33,4 +33,5 @@ def get_config(arm: str = "diffusion"):
   c.train.num_steps = 1000
   c.train.checkpoint_every = 500
   c.eval.every = 500
+  c.eval.windows = "spread"
   return c

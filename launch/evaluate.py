@@ -1,8 +1,9 @@
 """Validation NELBO of a trained run (AR arm: exact NLL) in nats/token, bits/token, bits/char and perplexity.
 
-  python -m launch.evaluate --workdir=DIR [--path=FILES] [--num_windows=N] [--time_samples=K]
+  python -m launch.evaluate --workdir=DIR [--path=FILES] [--num_windows=N] [--windows=first|spread] [--time_samples=K]
 
-Windows are the first N non-overlapping `seq_len` windows of the run's validation split (or of --path); each is scored
+Windows are the first N non-overlapping `seq_len` windows of the run's validation split (or of --path; with
+--windows=spread, N non-overlapping windows spread evenly over all of it); each is scored
 with K antithetic time draws, seeded, so the figure is reproducible.
 """
 import json
@@ -17,6 +18,7 @@ from dlm_jax.training import checkpoint, step as step_lib
 flags.DEFINE_string("workdir", "runs/default", "Training run to evaluate.")
 flags.DEFINE_string("path", "", "Text to score instead of the run's validation split (files/folders).")
 flags.DEFINE_integer("num_windows", 1000, "Maximum number of windows.")
+flags.DEFINE_enum("windows", "first", ["first", "spread"], "The first windows, or windows spread over the whole text.")
 flags.DEFINE_integer("time_samples", 8, "Antithetic time draws per window (diffusion).")
 flags.DEFINE_integer("batch_size", 32, "Windows per batch.")
 flags.DEFINE_integer("seed", 1234, "Evaluation seed.")
@@ -33,7 +35,7 @@ def main(argv):
     data.unlock()
     data.path, data.valid_path = FLAGS.path, FLAGS.path
   streams = pipeline.load_token_streams(data, f"{FLAGS.workdir}/data_cache", tokenizer=tokenizer)
-  windows = pipeline.eval_windows(streams.valid, int(data.seq_len), FLAGS.num_windows)
+  windows = pipeline.eval_windows(streams.valid, int(data.seq_len), FLAGS.num_windows, FLAGS.windows)
   objective = objectives.from_config(config)
   time_samples = 1 if objective.is_autoregressive else FLAGS.time_samples
   nats = step_lib.evaluate(step_lib.make_eval_step(graphdef, other, objective), params, windows,

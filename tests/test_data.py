@@ -127,3 +127,16 @@ def test_eval_windows_are_consecutive_and_non_overlapping(pydoc_streams):
   windows = pipeline.eval_windows(pydoc_streams.valid, 64, 10)
   assert windows.shape == (10, 64)
   np.testing.assert_array_equal(windows.reshape(-1), np.asarray(pydoc_streams.valid[:640]))
+
+
+def test_spread_eval_windows_cover_the_stream_without_overlap():
+  stream = np.arange(1000, dtype=np.int32)
+  windows = pipeline.eval_windows(stream, 10, 5, placement="spread")
+  np.testing.assert_array_equal(windows[:, 0], [0, 247, 495, 742, 990])
+  np.testing.assert_array_equal(windows[-1], np.arange(990, 1000))
+  dense = pipeline.eval_windows(stream, 10, 10_000, placement="spread")  # as many as fit: back to back
+  np.testing.assert_array_equal(dense, pipeline.eval_windows(stream, 10, 10_000))
+  with pytest.raises(ValueError, match="no window"):
+    pipeline.eval_windows(stream[:5], 10, 2, placement="spread")
+  with pytest.raises(ValueError, match="'first' or 'spread'"):
+    pipeline.eval_windows(stream, 10, 2, placement="random")

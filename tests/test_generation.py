@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dlm_jax import special_tokens
-from dlm_jax.data import tokenizers
+from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.evaluation import generation, script
 
 
@@ -58,15 +58,6 @@ def test_judge_nll_scores_positions_one_on_with_the_next_token_rule():
   np.testing.assert_allclose(nll_sum, [-np.log(0.3 * 0.4 * 0.1), -np.log(0.2 * 0.3)], rtol=1e-5)
 
 
-def test_spread_windows_cover_the_stream():
-  stream = np.arange(1000, dtype=np.int32)
-  windows = generation.spread_windows(stream, 10, 5)
-  np.testing.assert_array_equal(windows[:, 0], [0, 247, 495, 742, 990])
-  np.testing.assert_array_equal(windows[-1], np.arange(990, 1000))
-  with pytest.raises(ValueError, match="no window"):
-    generation.spread_windows(stream[:5], 10, 2)
-
-
 def test_quality_expects_the_prompts_script():
   tok = tokenizers.CharTokenizer.from_texts(["घर ghar जा hoon "])
   prompt = tok.encode("घर जा ")
@@ -95,6 +86,6 @@ def test_prompt_scripts_and_window_selection():
     assert windows.shape == (3, 16)
     assert all(generation.prompt_scripts(tok.decode(w[:8])) == scripts for w in windows)
   np.testing.assert_array_equal(generation.select_windows(stream, 16, 3, 8, tok, "any"),
-                                generation.spread_windows(stream, 16, 3))
+                                pipeline.eval_windows(stream, 16, 3, placement="spread"))
   with pytest.raises(ValueError, match="Only .* windows"):
     generation.select_windows(stream, 16, 500, 8, tok, "mixed")

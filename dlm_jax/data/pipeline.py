@@ -4,7 +4,9 @@
   .seed(s).shuffle().repeat().map(crop).batch(B)` gives uniformly random crops of `seq_len` (MD4's text8 recipe)
   in a seeded order whose position is the iterator state (saved in every checkpoint: a resumed run sees exactly the
   batches it would have seen).
-* Evaluation: the first `eval_windows` non-overlapping windows of the valid stream, in order.
+* Evaluation: `eval.num_windows` non-overlapping windows of the valid stream: the first ones, in order (default), or
+  spread evenly over the whole stream (`eval.windows = "spread"`: a multi-file validation set is then scored on all
+  of its files).
 * Split: `data.valid_path` if set, else the last `valid_fraction` of the token stream (nanoGPT's 90/10 split).
 Documents are joined with EOS between them.
 """
@@ -105,10 +107,19 @@ def train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int)
   return iter(dataset.to_iter_dataset())
 
 
-def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> np.ndarray:
-  """The first min(max_windows, len // seq_len) non-overlapping windows, [N, seq_len] int32."""
+def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int, placement: str = "first") -> np.ndarray:
+  """N = min(max_windows, len // seq_len) non-overlapping windows, [N, seq_len] int32: the first N ("first"), or N at
+  evenly spaced offsets over the whole stream ("spread"; offsets linspace(0, len - seq_len, N), at least seq_len
+  apart because N * seq_len <= len)."""
   n = min(int(max_windows), len(tokens) // seq_len)
-  return np.asarray(tokens[:n * seq_len], np.int32).reshape(n, seq_len)
+  if placement == "first":
+    return np.asarray(tokens[:n * seq_len], np.int32).reshape(n, seq_len)
+  if placement == "spread":
+    if n < 1:
+      raise ValueError(f"A stream of {len(tokens)} tokens has no window of {seq_len}.")
+    offsets = np.linspace(0, len(tokens) - seq_len, n).astype(np.int64)
+    return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in offsets])
+  raise ValueError(f"eval.windows must be 'first' or 'spread', got {placement!r}.")
 
 
 def shard_batch(batch_BxL: np.ndarray, sharding: jax.sharding.NamedSharding):

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import special_tokens
+from dlm_jax.data import pipeline
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
 
@@ -51,15 +52,6 @@ def unigram_entropy(tokens_BxL: np.ndarray, scored_BxL: np.ndarray) -> np.ndarra
   return out
 
 
-def spread_windows(tokens: np.ndarray, seq_len: int, num: int) -> np.ndarray:
-  """`num` windows of `seq_len` tokens at evenly spaced offsets over the whole stream, [num, seq_len] (deterministic,
-  and unlike the first `num` windows they reach every file of a multi-file validation set)."""
-  if len(tokens) < seq_len:
-    raise ValueError(f"A stream of {len(tokens)} tokens has no window of {seq_len}.")
-  offsets = np.linspace(0, len(tokens) - seq_len, num).astype(np.int64)
-  return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in offsets])
-
-
 PROMPT_SCRIPTS = ("any", "deva", "latn", "mixed")
 
 
@@ -77,7 +69,7 @@ def select_windows(tokens: np.ndarray, seq_len: int, num: int, prompt_len: int, 
   001 §10's script-aware eval: Hindi native script, Hinglish Roman, mixed-script prompts). Candidates start every
   seq_len // 4 tokens; the matching ones are thinned evenly to `num`. Raises ValueError when fewer than `num` match."""
   if scripts == "any":
-    return spread_windows(tokens, seq_len, num)
+    return pipeline.eval_windows(tokens, seq_len, num, placement="spread")
   if scripts not in PROMPT_SCRIPTS:
     raise ValueError(f"Prompt scripts must be one of {PROMPT_SCRIPTS}, got {scripts!r}.")
   starts = range(0, len(tokens) - seq_len + 1, max(seq_len // 4, 1))

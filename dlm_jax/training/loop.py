@@ -121,7 +121,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
   train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay), lr_schedule,
                                         state_sharding=replicated, batch_sharding=batch_sharding)
   eval_step = step_lib.make_eval_step(graphdef, other, objective)
-  eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows))
+  eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
+                                       config.eval.get("windows", "first"))
   eval_sharding = NamedSharding(mesh, P("data"))
   place_eval = lambda b: pipeline.shard_batch(b, eval_sharding)
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)))
