@@ -61,3 +61,16 @@ def trained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained_run")
   summary = loop.train(tiny_config(**{"train.ema_decay": 0.9}), str(workdir))
   return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def trained_hrm_run(tmp_path_factory):
+  """A tiny HRM denoiser (memory cells, ACT) trained for 16 steps on the embedded corpus: (workdir, summary)."""
+  from configs import default
+  from dlm_jax.training import loop
+  config = tiny_config(**{"train.num_steps": 16, "eval.every": 16, "eval.num_windows": 8})
+  config.model = default.model_config("hrm")
+  config.model.update(dict(num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2, l_steps=3,
+                           memory_cells=4, memory_content=2, memory_top_k=2))
+  workdir = tmp_path_factory.mktemp("trained_hrm_run")
+  return workdir, loop.train(config, str(workdir))

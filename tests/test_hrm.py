@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default as default_config
-from conftest import tiny_config
 from dlm_jax import special_tokens
 from dlm_jax.models import layers
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
 from dlm_jax.sampling import sampler as sampler_lib
-from dlm_jax.training import checkpoint, loop
+from dlm_jax.training import checkpoint
 
 SMALL = dict(vocab_size=24, max_len=32, num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2,
              l_steps=4, memory_cells=6, memory_content=2, memory_top_k=2)
@@ -137,19 +135,46 @@ def test_strategic_priority_changes_reveal_order():
   np.testing.assert_array_equal(out.reveal_step_BxL[0], np.arange(8)[::-1])
 
 
-def test_trains_on_embedded_default_and_samples(tmp_path):
-  config = tiny_config(**{"train.num_steps": 16, "eval.every": 16, "eval.num_windows": 8})
-  config.model = default_config.model_config("hrm")
-  config.model.update(dict(num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2, l_steps=3,
-                           memory_cells=4, memory_content=2, memory_top_k=2))
-  summary = loop.train(config, str(tmp_path))
+def test_trains_on_embedded_default_and_samples(trained_hrm_run):
+  workdir, summary = trained_hrm_run
   history = summary["history"]
   assert np.mean([r["loss"] for r in history[-4:]]) < np.mean([r["loss"] for r in history[:4]])
   for key in ("aux/hrm_memory", "aux/hrm_act", "aux/hrm_priority", "metric/hrm_l_iterations"):
     assert all(np.isfinite(r[key]) for r in history), key
-  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(tmp_path)
+  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(workdir)
   fixed = jnp.zeros((2, 32), bool).at[:, :4].set(True)
   out = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig(steps=6, strategic_weight=0.5))(
       params, jax.random.key(0), jnp.full((2, 32), 9, jnp.int32), fixed)
   assert not np.any(np.asarray(out.tokens_BxL) == special_tokens.MASK)
   np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[:, :4], 9)
+
+
+def test_inspect_replays_the_samplers_model_calls_and_reports_act_and_memory():
+  model = build()
+  graphdef, params, other = nnx.split(model, nnx.Param, ...)
+  steps = 4
+  cfg = sampler_lib.SamplerConfig(steps=steps, greedy=True, record_trajectory=True,
+                                  schedule=sampler_lib.MaskingSchedule("linear"))
+  fixed = jnp.zeros((2, 32), bool).at[:, :3].set(True)
+  out = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), jnp.full((2, 32), 7, jnp.int32),
+                                                       fixed)
+  trajectory = np.asarray(out.trajectory_SxBxL)
+  content = model.init_sample_carry(2)
+  for s in range(steps):
+    logits, trace, content = model.inspect(jnp.asarray(trajectory[s]), jnp.full((2,), 1.0 - s / steps), content)
+    # Greedy: every position revealed at step s got the argmax of the replayed logits -- the replay (with the memory
+    # carried from step to step) is the sampler's own computation.
+    revealed = (trajectory[s] == special_tokens.MASK) & (trajectory[s + 1] != special_tokens.MASK)
+    assert revealed.any()
+    candidates = np.asarray(jnp.argmax(sampler_lib.sampling_logits(logits), axis=-1))
+    np.testing.assert_array_equal(candidates[revealed], trajectory[s + 1][revealed])
+    iterations = np.asarray(trace["l_iterations_CxBxL"])
+    assert iterations.shape == (2, 2, 32)
+    np.testing.assert_array_equal(iterations, np.round(iterations))
+    assert iterations.min() >= 1 and iterations.max() <= SMALL["l_steps"]
+    assert np.all(np.asarray(trace["chosen_cells_CxBxN"]).sum(-1) == SMALL["memory_top_k"])
+    assert trace["act_score_BxL"].shape == trace["act_contribution_BxL"].shape == (2, 32)
+  no_act = build(act=False, use_memory=False)
+  _, trace, _ = no_act.inspect(jnp.asarray(trajectory[0]), jnp.ones((2,)), no_act.init_sample_carry(2))
+  np.testing.assert_array_equal(trace["l_iterations_CxBxL"], SMALL["l_steps"])
+  assert "chosen_cells_CxBxN" not in trace and "act_score_BxL" not in trace

@@ -1,4 +1,4 @@
-"""The trajectory notebook runs top to bottom on a trained embedded-default run and draws its figures."""
+"""The notebooks run top to bottom on tiny trained runs and draw their figures."""
 
 import nbformat
 import pytest
@@ -8,16 +8,27 @@ from conftest import REPO
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the [test] extra")
 
 
-def test_denoising_trajectories_notebook_executes(trained_run, monkeypatch):
-  workdir, _ = trained_run
+def execute(name, workdir, monkeypatch):
+  """Runs notebooks/<name> on `workdir`; returns (number of figures, all printed text). Fails on any cell error."""
   monkeypatch.setenv("DLM_WORKDIR", str(workdir))
   monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-  notebook = nbformat.read(REPO / "notebooks" / "denoising_trajectories.ipynb", as_version=4)
+  notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
   nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": str(REPO)}}).execute()
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
   assert not errors, errors
-  assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  return sum("image/png" in o.get("data", {}) for o in outputs), text
+
+
+def test_denoising_trajectories_notebook_executes(trained_run, monkeypatch):
+  figures, text = execute("denoising_trajectories.ipynb", trained_run[0], monkeypatch)
+  assert figures == 2
   assert "step   0 |" in text and "mean confidence at reveal" in text
+
+
+def test_inside_hrm_notebook_executes(trained_hrm_run, monkeypatch):
+  figures, text = execute("inside_hrm.ipynb", trained_hrm_run[0], monkeypatch)
+  assert figures == 2
+  assert "mean L-iterations: masked" in text and "H-cycle 1:" in text

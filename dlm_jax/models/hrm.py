@@ -256,7 +256,7 @@ class HRMDenoiser(nnx.Module):
     rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
     z_l = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e.shape)
-    losses, stats = {}, []
+    losses, stats, chosen_cells = {}, [], []
     zero = jnp.zeros(e.shape, self.dtype)
     z_h = jnp.broadcast_to(self.z_h_init[...].astype(self.dtype), e.shape) if cfg.use_h_module else zero
     use_mem = cfg.use_h_module and cfg.use_memory
@@ -274,6 +274,7 @@ class HRMDenoiser(nnx.Module):
           content = self.write_memory(z_h_in, content if last else sg(content))
           content = content if last else sg(content)
           chosen, balance = self.select_cells(z_h_in)
+          chosen_cells.append(chosen)
           read = self.read_memory(z_h_in, content, chosen)
           if last:
             losses["hrm_memory"] = cfg.memory_weight * balance
@@ -292,15 +293,21 @@ class HRMDenoiser(nnx.Module):
       o = self.subjective_score(z_star)
       target = sg(jnp.minimum(stats[-1].contribution_BxL, 1.0))
       losses["hrm_act"] = cfg.act_weight * jnp.mean(jnp.square(o - target))
-    return logits, priority, content if use_mem else None, losses, metrics
+    trace = {"l_iterations_CxBxL": jnp.stack([s.iterations_BxL for s in stats]),
+             "act_contribution_BxL": stats[-1].contribution_BxL, "priority_BxL": priority}
+    if cfg.act:
+      trace["act_score_BxL"] = o
+    if use_mem:
+      trace["chosen_cells_CxBxN"] = jnp.stack(chosen_cells)
+    return logits, priority, content if use_mem else None, losses, metrics, trace
 
   def forward_with_aux(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
     """(logits, weighted auxiliary losses, metrics) for the trainer. Training starts from the learned memory contents.
     The strategic-priority head regresses, at masked positions, sg(max_v p_theta(v | x_t)): the L-module's confidence,
     forecast from the H-state alone, which the sampler adds (weighted) to the per-token confidence."""
     content = self.init_sample_carry(tokens_BxL.shape[0]) if (self.cfg.use_h_module and self.cfg.use_memory) else None
-    logits, priority, _, losses, metrics = self._forward(tokens_BxL, t_B, content, deterministic, dropout_key,
-                                                          self.cfg.use_while_loop, learned_content=content)
+    logits, priority, _, losses, metrics, _ = self._forward(tokens_BxL, t_B, content, deterministic, dropout_key,
+                                                             self.cfg.use_while_loop, learned_content=content)
     if self.cfg.use_h_module and self.cfg.priority_weight:
       masked = tokens_BxL == special_tokens.MASK
       confidence = jax.lax.stop_gradient(jnp.max(jax.nn.softmax(logits.at[..., special_tokens.MASK].set(-1e9)), -1))
@@ -315,6 +322,18 @@ class HRMDenoiser(nnx.Module):
     """One reverse step for the sampler: (logits, strategic priority, memory contents carried to the next step).
     Uses the early-exit while loop for the L-iterations."""
     use_mem = self.cfg.use_h_module and self.cfg.use_memory
-    logits, priority, new_content, _, _ = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
-                                                        use_while_loop=True)
+    logits, priority, new_content, _, _, _ = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
+                                                           use_while_loop=True)
     return logits, priority, (new_content if use_mem else content)
+
+  def inspect(self, tokens_BxL, t_B, content):
+    """`sample_step` with its insides: (logits, trace, memory contents for the next step). The trace holds, per
+    H-cycle C, the L-iterations ACT used at every position (`l_iterations_CxBxL`) and the memory cells selected
+    (`chosen_cells_CxBxN`, when memory is on), and for the last cycle the cumulative objective contribution
+    sum_i tau_i and the subjective score o at the halted state (`act_contribution_BxL`, `act_score_BxL`, when ACT is
+    on), and the strategic priority. Feeding a recorded trajectory's states through it step by step, carrying the
+    contents, replays exactly the model calls of the sampler (notebooks/inside_hrm.ipynb)."""
+    use_mem = self.cfg.use_h_module and self.cfg.use_memory
+    logits, _, new_content, _, _, trace = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
+                                                        use_while_loop=True)
+    return logits, trace, (new_content if use_mem else content)
