@@ -93,11 +93,31 @@ def test_static_loop_with_masks_equals_while_loop(tokens, granularity):
   chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_memory_top_k_selects_exactly_k_cells():
-  model = build(memory_cells=9, memory_top_k=3)
-  chosen, balance = model.select_cells(jax.random.normal(jax.random.key(4), (5, 32, 32)))
+@pytest.mark.parametrize("selection, shape", [("pooled", (5, 9)), ("position", (5, 32, 9))])
+def test_memory_top_k_selects_exactly_k_cells(selection, shape):
+  model = build(memory_cells=9, memory_top_k=3, memory_selection=selection)
+  z_h = jax.random.normal(jax.random.key(4), (5, 32, 32))
+  chosen, balance = model.select_cells(z_h)
+  assert chosen.shape == shape
   np.testing.assert_array_equal(np.sum(chosen, axis=-1), 3)
   assert float(balance) >= 1.0 - 1e-5
+
+
+def test_memory_read_attends_only_to_each_positions_chosen_cells():
+  model = build(memory_cells=6, memory_top_k=3, memory_selection="position")
+  z_h = jax.random.normal(jax.random.key(4), (1, 32, 32))
+  content = jax.random.normal(jax.random.key(5), (1, 6, 2, 32))
+  chosen = np.zeros((1, 32, 6), bool)
+  chosen[:, 0, :3] = True  # position 0 reads cells 0-2, every other position cells 3-5
+  chosen[:, 1:, 3:] = True
+  base = model.read_memory(z_h, content, jnp.asarray(chosen))
+  changed = model.read_memory(z_h, content.at[:, 0].add(5.0), jnp.asarray(chosen))
+  assert not np.allclose(base[:, 0], changed[:, 0])
+  np.testing.assert_allclose(base[:, 1:], changed[:, 1:], atol=1e-6)
+  pooled = build(memory_cells=6, memory_top_k=3)  # [B, N]: the same cells for every position
+  base = pooled.read_memory(z_h, content, jnp.asarray(chosen[:, 0]))
+  np.testing.assert_allclose(base, pooled.read_memory(z_h, content.at[:, 4].add(5.0), jnp.asarray(chosen[:, 0])),
+                             atol=1e-6)
 
 
 def test_composite_loss_terms_finite_and_scale_with_lambda(tokens):

@@ -9,7 +9,8 @@ Forward pass for x_t (all states [B, L, d]; e = RMSNorm(embedding of x_t (+ time
     z_H, z_L <- learned initial states
     for c in 1..h_cycles:                                   (H-module: updated once every l_steps L-iterations)
         mem      <- mem + Write(q = mem content, kv = z_H)           memory written from the strategic state
-        A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells  (seed 000 §3)
+        A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells  (seed 000 §3;
+                                                                 per position with memory_selection="position")
         z_H      <- f_H(z_H + z_L + Read(q = z_H, kv = content of the cells in A))
         repeat up to l_steps times, with ACT:                 (L-module: z_H fixed)
             z_L  <- f_L(z_L + z_H + e)
@@ -40,6 +41,10 @@ Choices the document leaves open (config fields):
   * L_ACT (`act_weight`, lambda_2): mean of (o(sg(z*)) - sg(min(sum tau, 1)))^2 over positions and cycles: the
     subjective score is trained toward the contribution actually observed when the loop stopped.
   * L_memory (`memory_weight`, lambda_1): Switch-style load balancing over cells, N sum_j f_j P_j (1 when uniform).
+  * What z_H selects with (`memory_selection`): "pooled" (default; seed 000 read literally): one query W mean_L(z_H)
+    per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
+    its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing). In the small runs of
+    BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle (notebooks/inside_hrm.ipynb).
   * Strategic unmasking (§5): a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
     to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
     from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
@@ -77,6 +82,7 @@ class HRMConfig(layers.DenoiserConfig):
   memory_content: int = 4  # c: content vectors per cell
   memory_top_k: int = 4  # k
   memory_weight: float = 0.01  # lambda_1
+  memory_selection: str = "pooled"  # "pooled" (one top-k per sequence) or "position" (one per position)
   act: bool = True
   act_granularity: str = "token"  # "token" or "sequence"
   act_g: str = "exp"  # "exp" or "inverse"
@@ -95,6 +101,8 @@ class HRMConfig(layers.DenoiserConfig):
       raise ValueError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
     if self.act_granularity not in ("token", "sequence"):
       raise ValueError(f"model.act_granularity must be 'token' or 'sequence', got {self.act_granularity!r}.")
+    if self.memory_selection not in ("pooled", "position"):
+      raise ValueError(f"model.memory_selection must be 'pooled' or 'position', got {self.memory_selection!r}.")
     if self.act_g not in ("exp", "inverse"):
       raise ValueError(f"model.act_g must be 'exp' or 'inverse', got {self.act_g!r}.")
     if not 1 <= self.memory_top_k <= self.memory_cells:
@@ -181,16 +189,21 @@ class HRMDenoiser(nnx.Module):
     return self.h_out_norm(run_stack(self.h_blocks, z_h + z_l + read, rope, key, deterministic, self.cfg.remat))
 
   def select_cells(self, z_h_BxLxD):
-    """Top-k cells by CLS_i^T W mean(z_H). Returns (chosen_BxN: exactly k True, load-balancing loss)."""
-    query_BxD = self.select(jnp.mean(z_h_BxLxD.astype(jnp.float32), axis=1))
-    scores_BxN = query_BxD @ self.cell_cls[...].T
-    chosen_Bx1xN, _, balance = route_top_k(scores_BxN[:, None, :], self.cfg.memory_top_k)
-    return chosen_Bx1xN[:, 0], balance
+    """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled") or per position ("position").
+    Returns (chosen: exactly k True per row, [B, N] pooled or [B, L, N] per position; load-balancing loss)."""
+    z = z_h_BxLxD.astype(jnp.float32)
+    if self.cfg.memory_selection == "pooled":
+      z = jnp.mean(z, axis=1, keepdims=True)
+    scores_BxQxN = self.select(z) @ self.cell_cls[...].T
+    chosen_BxQxN, _, balance = route_top_k(scores_BxQxN, self.cfg.memory_top_k)
+    return (chosen_BxQxN[:, 0] if self.cfg.memory_selection == "pooled" else chosen_BxQxN), balance
 
-  def read_memory(self, z_h, content_BxNxCxD, chosen_BxN):
+  def read_memory(self, z_h, content_BxNxCxD, chosen):
+    """Cross-attention of z_H over the content vectors of the chosen cells ([B, N] or [B, L, N])."""
     b, n, c, d = content_BxNxCxD.shape
     keys = self.read_norm(content_BxNxCxD.reshape(b, n * c, d).astype(self.dtype))
-    bias = jnp.where(jnp.repeat(chosen_BxN, c, axis=1), 0.0, -1e9)[:, None, None, :].astype(self.dtype)
+    chosen_BxQxN = chosen[:, None] if chosen.ndim == 2 else chosen
+    bias = jnp.where(jnp.repeat(chosen_BxQxN, c, axis=-1), 0.0, -1e9)[:, None].astype(self.dtype)  # [B,1,Q,N c]
     return self.read(z_h, keys, bias)
 
   def write_memory(self, z_h, content_BxNxCxD):
@@ -329,7 +342,7 @@ class HRMDenoiser(nnx.Module):
   def inspect(self, tokens_BxL, t_B, content):
     """`sample_step` with its insides: (logits, trace, memory contents for the next step). The trace holds, per
     H-cycle C, the L-iterations ACT used at every position (`l_iterations_CxBxL`) and the memory cells selected
-    (`chosen_cells_CxBxN`, when memory is on), and for the last cycle the cumulative objective contribution
+    (`chosen_cells_CxBxN`, or [C, B, L, N] with memory_selection="position"; when memory is on), and for the last cycle the cumulative objective contribution
     sum_i tau_i and the subjective score o at the halted state (`act_contribution_BxL`, `act_score_BxL`, when ACT is
     on), and the strategic priority. Feeding a recorded trajectory's states through it step by step, carrying the
     contents, replays exactly the model calls of the sampler (notebooks/inside_hrm.ipynb)."""
