@@ -97,8 +97,10 @@ def test_static_loop_with_masks_equals_while_loop(tokens, granularity):
 def test_memory_top_k_selects_exactly_k_cells(selection, shape):
   model = build(memory_cells=9, memory_top_k=3, memory_selection=selection)
   z_h = jax.random.normal(jax.random.key(4), (5, 32, 32))
-  chosen, balance = model.select_cells(z_h)
+  chosen, gate, balance = model.select_cells(z_h)
   assert chosen.shape == shape
+  assert gate.shape == ((5, 32, 1) if selection == "position" else (5, 1, 1))
+  assert np.all((np.asarray(gate) > 0) & (np.asarray(gate) <= 1))
   np.testing.assert_array_equal(np.sum(chosen, axis=-1), 3)
   assert float(balance) >= 1.0 - 1e-5
 
@@ -198,3 +200,19 @@ def test_inspect_replays_the_samplers_model_calls_and_reports_act_and_memory():
   _, trace, _ = no_act.inspect(jnp.asarray(trajectory[0]), jnp.ones((2,)), no_act.init_sample_carry(2))
   np.testing.assert_array_equal(trace["l_iterations_CxBxL"], SMALL["l_steps"])
   assert "chosen_cells_CxBxN" not in trace and "act_score_BxL" not in trace
+
+
+def test_memory_gate_gives_the_selection_a_gradient_from_the_denoising_loss(tokens):
+  """Without the gate, the hard top-k leaves the selection weights W (`select`) with a zero gradient from the main
+  loss; with it, they get one."""
+  def grad_norm_of_select(model):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+      logits, _, _ = nnx.merge(graphdef, p, rest).forward_with_aux(tokens, jnp.ones((2,)))
+      return jnp.mean(logits ** 2)  # any function of the logits alone (no auxiliary loss)
+
+    return float(jnp.linalg.norm(jax.grad(loss)(params)["select"]["kernel"][...]))
+
+  assert grad_norm_of_select(build(memory_gate=False)) == 0.0
+  assert grad_norm_of_select(build(memory_gate=True)) > 0.0

@@ -11,7 +11,8 @@ Forward pass for x_t (all states [B, L, d]; e = RMSNorm(embedding of x_t (+ time
         mem      <- mem + Write(q = mem content, kv = z_H)           memory written from the strategic state
         A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells  (seed 000 §3;
                                                                  per position with memory_selection="position")
-        z_H      <- f_H(z_H + z_L + Read(q = z_H, kv = content of the cells in A))
+        z_H      <- f_H(z_H + z_L + g_A * Read(q = z_H, kv = content of the cells in A))
+                    g_A = softmax(CLS^T W z_H) mass on A (the Switch gate; memory_gate=False: g_A = 1)
         repeat up to l_steps times, with ACT:                 (L-module: z_H fixed)
             z_L  <- f_L(z_L + z_H + e)
     logits = head(z_L)
@@ -45,6 +46,11 @@ Choices the document leaves open (config fields):
     per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
     its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing). In the small runs of
     BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle (notebooks/inside_hrm.ipynb).
+  * The gate (`memory_gate`, default on): a hard top-k has no derivative, so without a gate the selection scores learn
+    only from lambda_1's balance term -- in the small runs they never left their initialization (balance at its
+    maximum N / k, one cell set for every input). Scaling the read by the probability mass the selection softmax puts
+    on the chosen cells (as the Switch Transformer scales expert outputs, and EcoHybrid's routing does) lets the
+    denoising loss train the selection. memory_gate=False reproduces the ungated model (commits up to a8a36ac).
   * Strategic unmasking (§5): a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
     to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
     from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
@@ -83,6 +89,7 @@ class HRMConfig(layers.DenoiserConfig):
   memory_top_k: int = 4  # k
   memory_weight: float = 0.01  # lambda_1
   memory_selection: str = "pooled"  # "pooled" (one top-k per sequence) or "position" (one per position)
+  memory_gate: bool = True  # scale the read by the selection's probability mass on the chosen cells
   act: bool = True
   act_granularity: str = "token"  # "token" or "sequence"
   act_g: str = "exp"  # "exp" or "inverse"
@@ -190,21 +197,23 @@ class HRMDenoiser(nnx.Module):
 
   def select_cells(self, z_h_BxLxD):
     """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled") or per position ("position").
-    Returns (chosen: exactly k True per row, [B, N] pooled or [B, L, N] per position; load-balancing loss)."""
+    Returns (chosen: exactly k True per row, [B, N] pooled or [B, L, N] per position; gate: selection probability
+    on the chosen cells, [B, 1, 1] or [B, L, 1]; load-balancing loss)."""
     z = z_h_BxLxD.astype(jnp.float32)
     if self.cfg.memory_selection == "pooled":
       z = jnp.mean(z, axis=1, keepdims=True)
     scores_BxQxN = self.select(z) @ self.cell_cls[...].T
-    chosen_BxQxN, _, balance = route_top_k(scores_BxQxN, self.cfg.memory_top_k)
-    return (chosen_BxQxN[:, 0] if self.cfg.memory_selection == "pooled" else chosen_BxQxN), balance
+    chosen_BxQxN, gate_BxQx1, balance = route_top_k(scores_BxQxN, self.cfg.memory_top_k)
+    return (chosen_BxQxN[:, 0] if self.cfg.memory_selection == "pooled" else chosen_BxQxN), gate_BxQx1, balance
 
-  def read_memory(self, z_h, content_BxNxCxD, chosen):
-    """Cross-attention of z_H over the content vectors of the chosen cells ([B, N] or [B, L, N])."""
+  def read_memory(self, z_h, content_BxNxCxD, chosen, gate=None):
+    """Cross-attention of z_H over the content vectors of the chosen cells ([B, N] or [B, L, N]), times `gate`."""
     b, n, c, d = content_BxNxCxD.shape
     keys = self.read_norm(content_BxNxCxD.reshape(b, n * c, d).astype(self.dtype))
     chosen_BxQxN = chosen[:, None] if chosen.ndim == 2 else chosen
     bias = jnp.where(jnp.repeat(chosen_BxQxN, c, axis=-1), 0.0, -1e9)[:, None].astype(self.dtype)  # [B,1,Q,N c]
-    return self.read(z_h, keys, bias)
+    out = self.read(z_h, keys, bias)
+    return out if gate is None else out * gate.astype(out.dtype)
 
   def write_memory(self, z_h, content_BxNxCxD):
     b, n, c, d = content_BxNxCxD.shape
@@ -286,9 +295,9 @@ class HRMDenoiser(nnx.Module):
             content = sg(content) + (learned_content - sg(learned_content))
           content = self.write_memory(z_h_in, content if last else sg(content))
           content = content if last else sg(content)
-          chosen, balance = self.select_cells(z_h_in)
+          chosen, gate, balance = self.select_cells(z_h_in)
           chosen_cells.append(chosen)
-          read = self.read_memory(z_h_in, content, chosen)
+          read = self.read_memory(z_h_in, content, chosen, gate if cfg.memory_gate else None)
           if last:
             losses["hrm_memory"] = cfg.memory_weight * balance
         z_h = self.f_h(z_h_in, z_l_in, read, rope, keys[0], deterministic)
