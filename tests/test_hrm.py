@@ -216,3 +216,16 @@ def test_memory_gate_gives_the_selection_a_gradient_from_the_denoising_loss(toke
 
   assert grad_norm_of_select(build(memory_gate=False)) == 0.0
   assert grad_norm_of_select(build(memory_gate=True)) > 0.0
+
+
+def test_new_configs_gate_the_read_and_configs_saved_before_the_gate_load_ungated():
+  from configs import default
+  from conftest import tiny_config
+  from dlm_jax import models
+  config = tiny_config()
+  config.model = default.model_config("hrm")
+  assert models.model_config(config, 24).memory_gate is True
+  saved = config.model.to_dict()
+  del saved["memory_gate"]  # a checkpoint written before the field existed
+  config.model = type(config.model)(saved)
+  assert models.model_config(config, 24).memory_gate is False

@@ -46,7 +46,7 @@ Choices the document leaves open (config fields):
     per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
     its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing). In the small runs of
     BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle (notebooks/inside_hrm.ipynb).
-  * The gate (`memory_gate`, default on): a hard top-k has no derivative, so without a gate the selection scores learn
+  * The gate (`memory_gate`, on in configs/default.py): a hard top-k has no derivative, so without a gate the selection scores learn
     only from lambda_1's balance term -- in the small runs they never left their initialization (balance at its
     maximum N / k, one cell set for every input). Scaling the read by the probability mass the selection softmax puts
     on the chosen cells (as the Switch Transformer scales expert outputs, and EcoHybrid's routing does) lets the
@@ -89,7 +89,10 @@ class HRMConfig(layers.DenoiserConfig):
   memory_top_k: int = 4  # k
   memory_weight: float = 0.01  # lambda_1
   memory_selection: str = "pooled"  # "pooled" (one top-k per sequence) or "position" (one per position)
-  memory_gate: bool = True  # scale the read by the selection's probability mass on the chosen cells
+  # Scale the read by the selection's probability mass on the chosen cells. configs/default.py turns it on for every
+  # new run; the dataclass default stays False so that checkpoints written before the field existed (their saved
+  # config lacks it) load as the model they were trained as.
+  memory_gate: bool = False
   act: bool = True
   act_granularity: str = "token"  # "token" or "sequence"
   act_g: str = "exp"  # "exp" or "inverse"
