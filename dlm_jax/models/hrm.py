@@ -44,7 +44,8 @@ Choices the document leaves open (config fields):
   * L_memory (`memory_weight`, lambda_1): Switch-style load balancing over cells, N sum_j f_j P_j (1 when uniform).
   * What z_H selects with (`memory_selection`): "pooled" (default; seed 000 read literally): one query W mean_L(z_H)
     per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
-    its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing). In the small runs of
+    its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing); "centered": per
+    position, with the query built from z_H minus its mean over positions (removes the component all positions share). In the small runs of
     BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle (notebooks/inside_hrm.ipynb).
   * The gate (`memory_gate`, on in configs/default.py): a hard top-k has no derivative, so without a gate the selection scores learn
     only from lambda_1's balance term -- in the small runs they never left their initialization (balance at its
@@ -88,7 +89,7 @@ class HRMConfig(layers.DenoiserConfig):
   memory_content: int = 4  # c: content vectors per cell
   memory_top_k: int = 4  # k
   memory_weight: float = 0.01  # lambda_1
-  memory_selection: str = "pooled"  # "pooled" (one top-k per sequence) or "position" (one per position)
+  memory_selection: str = "pooled"  # "pooled" (one top-k per sequence), "position" or "centered" (per position)
   # Scale the read by the selection's probability mass on the chosen cells. configs/default.py turns it on for every
   # new run; the dataclass default stays False so that checkpoints written before the field existed (their saved
   # config lacks it) load as the model they were trained as.
@@ -111,8 +112,9 @@ class HRMConfig(layers.DenoiserConfig):
       raise ValueError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
     if self.act_granularity not in ("token", "sequence"):
       raise ValueError(f"model.act_granularity must be 'token' or 'sequence', got {self.act_granularity!r}.")
-    if self.memory_selection not in ("pooled", "position"):
-      raise ValueError(f"model.memory_selection must be 'pooled' or 'position', got {self.memory_selection!r}.")
+    if self.memory_selection not in ("pooled", "position", "centered"):
+      raise ValueError(f"model.memory_selection must be 'pooled', 'position' or 'centered', got "
+                       f"{self.memory_selection!r}.")
     if self.act_g not in ("exp", "inverse"):
       raise ValueError(f"model.act_g must be 'exp' or 'inverse', got {self.act_g!r}.")
     if not 1 <= self.memory_top_k <= self.memory_cells:
@@ -205,6 +207,8 @@ class HRMDenoiser(nnx.Module):
     z = z_h_BxLxD.astype(jnp.float32)
     if self.cfg.memory_selection == "pooled":
       z = jnp.mean(z, axis=1, keepdims=True)
+    elif self.cfg.memory_selection == "centered":
+      z = z - jnp.mean(z, axis=1, keepdims=True)
     scores_BxQxN = self.select(z) @ self.cell_cls[...].T
     chosen_BxQxN, gate_BxQx1, balance = route_top_k(scores_BxQxN, self.cfg.memory_top_k)
     return (chosen_BxQxN[:, 0] if self.cfg.memory_selection == "pooled" else chosen_BxQxN), gate_BxQx1, balance
