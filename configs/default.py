@@ -131,7 +131,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     m.memory_content = 4
     m.memory_top_k = 4
     m.memory_weight = 0.01  # lambda_1: load balancing over cells
-    m.memory_selection = "pooled"  # top-k cells per sequence (seed 000), or "position": per position
+    m.memory_selection = "pooled"  # top-k cells per sequence (seed 000); "position"/"centered": per position
     m.memory_gate = True  # scale the read by the selection probability of the chosen cells (trains the selection)
     m.act = True  # False: always l_steps iterations (ablation)
     m.act_granularity = "token"  # or "sequence"

@@ -93,13 +93,14 @@ def test_static_loop_with_masks_equals_while_loop(tokens, granularity):
   chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("selection, shape", [("pooled", (5, 9)), ("position", (5, 32, 9))])
+@pytest.mark.parametrize("selection, shape", [("pooled", (5, 9)), ("position", (5, 32, 9)),
+                                              ("centered", (5, 32, 9))])
 def test_memory_top_k_selects_exactly_k_cells(selection, shape):
   model = build(memory_cells=9, memory_top_k=3, memory_selection=selection)
   z_h = jax.random.normal(jax.random.key(4), (5, 32, 32))
   chosen, gate, balance = model.select_cells(z_h)
   assert chosen.shape == shape
-  assert gate.shape == ((5, 32, 1) if selection == "position" else (5, 1, 1))
+  assert gate.shape == ((5, 1, 1) if selection == "pooled" else (5, 32, 1))
   assert np.all((np.asarray(gate) > 0) & (np.asarray(gate) <= 1))
   np.testing.assert_array_equal(np.sum(chosen, axis=-1), 3)
   assert float(balance) >= 1.0 - 1e-5
