@@ -106,13 +106,14 @@ def hot_path_mode(command, device, fmt):
   if config.model.name != "eco_hybrid":
     raise app.UsageError(f"--hot_path measures EcoHybrid's conv + memory path; --config has model.name="
                          f"{config.model.name!r}. Use an ':eco' arm, e.g. --config=configs/base_110m.py:eco.")
+  cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
+  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  prefix = f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` |"
   lines = ""
   for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:
-    cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
-    for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=throughput.device_peak_flops(
-        float(config.get("peak_flops", 0.0)))):
+    for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=peak):
       print(r)
-      lines += (f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | {r['mode']} | "
+      lines += (f"{prefix} {r['mode']} | "
                 f"{r['batch']} x {r['seq_len']} x {r['width']}, {r['slots']} ({r['dtype']}) | {r['kernels']} | "
                 f"{r['ms']:.3f} | {r['tflops_per_s']:.2f} | {r['xla_bytes'] / 1e6:,.1f} | "
                 f"{r['bandwidth_gb_s']:,.0f} ({r['copy_bandwidth_gb_s']:,.0f}) | {r['intensity']:.1f} | "

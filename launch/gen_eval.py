@@ -6,10 +6,11 @@
 Prompts are the first `--prompt_len` tokens of `--num_samples` windows spread evenly over `--path` (default: the run's
 validation split); the model fills in the rest of each window (prompt_len = 0: unconditional samples).
 `--prompt_scripts=deva|latn|mixed` keeps only windows whose prompt is in that script (mixed: Devanagari and Latin
-words). For every entry of `--steps` (the decode-step sweep of seed 001 §10), and for the real continuations of the same prompts, it
-prints one markdown row: judge NLL of the generated tokens (nats/token; exp = generative perplexity), mean unigram
-entropy of a sample (nats), script error rate (mixed-script words + words off the prompt's script, per word; the two
-parts in brackets) and the seconds one batch took to sample (after compilation). `--json` also prints each row as JSON.
+words). For every entry of `--steps` (the decode-step sweep of seed 001 §10), and for the real continuations of the
+same prompts, it prints one markdown row: judge NLL of the generated tokens (nats/token; exp = generative
+perplexity), mean unigram entropy of a sample (nats), script error rate (mixed-script words + words off the prompt's
+script, per word; the two parts in brackets) and the seconds one batch took to sample (after compilation). `--json`
+also prints each row as JSON.
 """
 import json
 import time

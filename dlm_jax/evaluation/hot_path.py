@@ -1,4 +1,4 @@
-"""Does XLA leave EcoHybrid's hot path memory-bound? The measurement that decides whether a fused kernel pays (issue #3).
+"""Does XLA leave EcoHybrid's hot path memory-bound? The measurement that decides whether a fused kernel pays (#3).
 
 The hot path of an EcoBlock (dlm_jax/models/eco_hybrid.py) is everything but its FFN:
   h <- h + DWConv(RMSNorm(h));  mem <- mem + Attn(RMSNorm(mem), RMSNorm(h));  h <- h + Attn(RMSNorm(h), RMSNorm(mem)).

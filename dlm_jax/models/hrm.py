@@ -45,13 +45,15 @@ Choices the document leaves open (config fields):
   * What z_H selects with (`memory_selection`): "pooled" (default; seed 000 read literally): one query W mean_L(z_H)
     per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
     its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing); "centered": per
-    position, with the query built from z_H minus its mean over positions (removes the component all positions share). In the small runs of
-    BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle (notebooks/inside_hrm.ipynb).
-  * The gate (`memory_gate`, on in configs/default.py): a hard top-k has no derivative, so without a gate the selection scores learn
-    only from lambda_1's balance term -- in the small runs they never left their initialization (balance at its
-    maximum N / k, one cell set for every input). Scaling the read by the probability mass the selection softmax puts
-    on the chosen cells (as the Switch Transformer scales expert outputs, and EcoHybrid's routing does) lets the
-    denoising loss train the selection. memory_gate=False reproduces the ungated model (commits up to a8a36ac).
+    position, with the query built from z_H minus its mean over positions (removes the component all positions
+    share). In the small runs of BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle
+    (notebooks/inside_hrm.ipynb); only "centered" undid that.
+  * The gate (`memory_gate`, on in configs/default.py): a hard top-k has no derivative, so without a gate the
+    selection scores learn only from lambda_1's balance term -- in the small runs they never left their
+    initialization (balance at its maximum N / k, one cell set for every input). Scaling the read by the probability
+    mass the selection softmax puts on the chosen cells (as the Switch Transformer scales expert outputs, and
+    EcoHybrid's routing does) lets the denoising loss train the selection. memory_gate=False reproduces the ungated
+    model (commits up to a8a36ac).
   * Strategic unmasking (§5): a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
     to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
     from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
@@ -201,7 +203,8 @@ class HRMDenoiser(nnx.Module):
     return self.h_out_norm(run_stack(self.h_blocks, z_h + z_l + read, rope, key, deterministic, self.cfg.remat))
 
   def select_cells(self, z_h_BxLxD):
-    """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled") or per position ("position").
+    """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled"), per position ("position") or per
+    position less its positional mean ("centered").
     Returns (chosen: exactly k True per row, [B, N] pooled or [B, L, N] per position; gate: selection probability
     on the chosen cells, [B, 1, 1] or [B, L, 1]; load-balancing loss)."""
     z = z_h_BxLxD.astype(jnp.float32)
@@ -349,19 +352,18 @@ class HRMDenoiser(nnx.Module):
 
   def sample_step(self, tokens_BxL, t_B, content):
     """One reverse step for the sampler: (logits, strategic priority, memory contents carried to the next step).
-    Uses the early-exit while loop for the L-iterations."""
-    use_mem = self.cfg.use_h_module and self.cfg.use_memory
-    logits, priority, new_content, _, _, _ = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
-                                                           use_while_loop=True)
-    return logits, priority, (new_content if use_mem else content)
+    Uses the early-exit while loop for the L-iterations (the rest of `inspect`'s trace is dead code under jit)."""
+    logits, trace, content = self.inspect(tokens_BxL, t_B, content)
+    return logits, trace["priority_BxL"], content
 
   def inspect(self, tokens_BxL, t_B, content):
     """`sample_step` with its insides: (logits, trace, memory contents for the next step). The trace holds, per
     H-cycle C, the L-iterations ACT used at every position (`l_iterations_CxBxL`) and the memory cells selected
-    (`chosen_cells_CxBxN`, or [C, B, L, N] with memory_selection="position"; when memory is on), and for the last cycle the cumulative objective contribution
-    sum_i tau_i and the subjective score o at the halted state (`act_contribution_BxL`, `act_score_BxL`, when ACT is
-    on), and the strategic priority. Feeding a recorded trajectory's states through it step by step, carrying the
-    contents, replays exactly the model calls of the sampler (notebooks/inside_hrm.ipynb)."""
+    (`chosen_cells_CxBxN`, or [C, B, L, N] with a per-position memory_selection; when memory is on), and for the last
+    cycle the cumulative objective contribution sum_i tau_i and the subjective score o at the halted state
+    (`act_contribution_BxL`, `act_score_BxL`, when ACT is on), and the strategic priority. Feeding a recorded
+    trajectory's states through it step by step, carrying the contents, replays exactly the model calls of the sampler
+    (notebooks/inside_hrm.ipynb)."""
     use_mem = self.cfg.use_h_module and self.cfg.use_memory
     logits, _, new_content, _, _, trace = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
                                                         use_while_loop=True)
