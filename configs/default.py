@@ -10,9 +10,11 @@ Expected:  validation NELBO about 3.6 bits/char at step 900 (3.62 measured, READ
            (--config.model.causal=true --config.diffusion.objective=autoregressive) gets much lower in the same
            time: diffusion LMs learn more slowly per step, the price of any-order generation.
 
-Every other config starts from this one and overrides fields; every field is documented here.
+Every other config starts from this one and overrides fields; every field is documented here (the model fields in their config dataclasses, see model_config).
 """
 import ml_collections
+
+from dlm_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -91,59 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
-  """The fields of one denoiser (config.model), with their defaults: "transformer", "eco_hybrid" or "hrm".
+  """The fields of one denoiser (config.model) with their defaults: "transformer", "eco_hybrid" or "hrm".
+
+  Generated from the model's config dataclass, where every field is declared and documented once
+  (dlm_jax/models/base.py for the shared fields; transformer.py, eco_hybrid.py, hrm.py for each model's own).
   Swap a config's denoiser with `c.model = default.model_config("hrm")` and then set sizes."""
-  m = ml_collections.ConfigDict()
-  m.name = name
-  m.num_heads = 6
-  m.width = 384
-  m.mlp_dim = 1024  # SwiGLU hidden width
-  m.dropout = 0.0
-  m.time_conditioning = False
-  m.causal = False  # True (with diffusion.objective="autoregressive") is the AR control arm (transformer only)
-  m.remat = "none"  # "none", "full", "dots"
-  m.dtype = "auto"  # activations: "auto" = bf16 on GPU, fp32 on CPU; parameters always fp32
-  m.attention = "auto"  # "auto" = cuDNN on GPU, XLA on CPU
-  m.embed_one_hot = True
-  m.rope_base = 10000.0
-  if name == "transformer":
-    m.num_layers = 6
-    m.position = "rope"  # "rope" or "learned"
-  elif name == "eco_hybrid":  # seed 001 §6, §9.2, §9.3 (dlm_jax/models/eco_hybrid.py)
-    m.num_layers = 6
-    m.position = "learned"  # "learned" or "none"
-    m.memory_slots = 16
-    m.conv_kernel = 7
-    m.memory_order = "write_read"  # or "read_write" (the design document's literal order)
-    m.route_top_k = 0  # > 0: each token reads only its top-k slots (§9.2)
-    m.balance_weight = 0.01  # load-balancing loss weight when routing
-    m.slow_slots = 0  # how many slots are slow (§9.3)
-    m.slow_every = 2  # slow slots are written every slow_every blocks
-  elif name == "hrm":  # seed 000 (dlm_jax/models/hrm.py)
-    m.position = "rope"
-    m.l_layers = 2
-    m.h_layers = 2
-    m.h_cycles = 2  # H updates per forward pass
-    m.l_steps = 4  # maximum L-iterations per H update
-    m.use_h_module = True  # False: weight-tied recurrent L-module only (ablation)
-    m.use_memory = True  # False: no memory cells (ablation)
-    m.memory_cells = 16
-    m.memory_content = 4
-    m.memory_top_k = 4
-    m.memory_weight = 0.01  # lambda_1: load balancing over cells
-    m.memory_selection = "pooled"  # top-k cells per sequence (seed 000); "position"/"centered": per position
-    m.memory_gate = True  # scale the read by the selection probability of the chosen cells (trains the selection)
-    m.act = True  # False: always l_steps iterations (ablation)
-    m.act_granularity = "token"  # or "sequence"
-    m.act_g = "exp"  # g in tau = g(d logits) / (|CLS . CLS'| + eps): "exp" or "inverse"
-    m.act_g_scale = 1.0
-    m.act_eps = 1e-3
-    m.act_weight = 0.1  # lambda_2: alignment of the subjective score o with the observed contribution
-    m.priority_weight = 0.1  # strategic-priority head (sampler.strategic_weight uses it)
-    m.use_while_loop = False  # inference-only early exit; the sampler always uses it
-  else:
-    raise ValueError(f"Unknown model {name!r}: 'transformer', 'eco_hybrid' or 'hrm'.")
-  return m
+  return ml_collections.ConfigDict({"name": name, **models.config_defaults(name)})
 
 
 def bench_config(vocab_size: int, sample_batch: int = 64, sample_new_tokens: int = 256,

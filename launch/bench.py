@@ -3,7 +3,7 @@
   python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (H100 target: >= 55% MFU)
   python -m launch.bench                                        # CPU-sized: configs/default.py
   python -m launch.bench --config=configs/base_110m.py:eco --seq_lens=1024,2048,4096,8192,16384,32768 --batch=1
-                                                                # sequence-length scaling (issue #3)
+                                                                # sequence-length scaling
   python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384 --batch=1
                                                                 # is EcoHybrid's conv + memory path memory-bound?
 
@@ -19,7 +19,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlm_jax.evaluation import benchmark, throughput
+from dlm_jax import models
+from dlm_jax.benchmarks import hot_path, throughput
+from dlm_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
@@ -29,7 +31,7 @@ flags.DEFINE_list("seq_lens", [], "Sequence-length scaling mode: training step t
 flags.DEFINE_integer("batch", 1, "Batch size of the scaling and hot-path modes.")
 flags.DEFINE_bool("hot_path", False, "Hot-path mode (EcoHybrid configs): kernels, bytes, time and roofline of one "
                   "block's conv + memory attentions, forward and forward+backward, at each of --seq_lens "
-                  "(default data.seq_len); see dlm_jax/evaluation/hot_path.py for the decision rule.")
+                  "(default data.seq_len); see dlm_jax/benchmarks/hot_path.py for the decision rule.")
 FLAGS = flags.FLAGS
 
 HOT_PATH_HEADER = ("| date | commit | device | command | mode | B x T x d, M | kernels | ms | TFLOP/s | XLA bytes "
@@ -77,7 +79,7 @@ def main(argv):
     hot_path_mode(command, device, fmt)
     return
   if FLAGS.seq_lens:
-    rows = benchmark.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
+    rows = throughput.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
     lines = "".join(f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | "
                     f"{r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
                     f"{fmt(r['peak_memory_GiB'], '.2f')} |\n" for r in rows)
@@ -86,7 +88,7 @@ def main(argv):
     if FLAGS.config.bench.write:
       append(SCALING_HEADER, lines)
     return
-  r = benchmark.run(FLAGS.config)
+  r = throughput.run(FLAGS.config)
   row = (f"| {datetime.date.today().isoformat()} | {commit()} | {r['device']} ({r['backend']}, jax {r['jax']}) | "
          f"`{command.strip()}` | {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | "
          f"{r['train_tokens_per_s']:,.0f} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
@@ -100,14 +102,12 @@ def main(argv):
 
 
 def hot_path_mode(command, device, fmt):
-  from dlm_jax import models
-  from dlm_jax.evaluation import hot_path
   config = FLAGS.config
   if config.model.name != "eco_hybrid":
     raise app.UsageError(f"--hot_path measures EcoHybrid's conv + memory path; --config has model.name="
                          f"{config.model.name!r}. Use an ':eco' arm, e.g. --config=configs/base_110m.py:eco.")
   cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
-  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  peak = metrics.device_peak_flops(float(config.get("peak_flops", 0.0)))
   prefix = f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` |"
   lines = ""
   for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:

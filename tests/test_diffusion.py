@@ -11,6 +11,7 @@ import pytest
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.diffusion.schedules import SCHEDULES, MaskingSchedule
+from dlm_jax.models import DenoiserOutput
 
 ALL_SCHEDULES = [MaskingSchedule(name) for name in SCHEDULES] + [MaskingSchedule("polynomial", exponent=0.5)]
 
@@ -91,7 +92,7 @@ def _table_denoiser(table):
 
   def denoise(xt_BxL, t_B):
     del t_B
-    return table[jnp.sum(xt_BxL * powers[None, :], axis=-1)]
+    return DenoiserOutput(table[jnp.sum(xt_BxL * powers[None, :], axis=-1)])
 
   return denoise
 
@@ -116,7 +117,7 @@ def test_nelbo_equals_exact_nll_by_enumeration(toy, schedule):
   for x0 in itertools.product(range(V), repeat=L):
     x0_L = jnp.asarray(x0, jnp.int32)
     xt_MxL = jnp.where(patterns_MxL, MASK, x0_L[None, :])
-    logits_MxLxV = losses.subs_logits(denoise(xt_MxL, None), MASK)
+    logits_MxLxV = losses.subs_logits(denoise(xt_MxL, None).logits_BxLxV, MASK)
     nll_MxL = losses.token_nll(logits_MxLxV, jnp.broadcast_to(x0_L, xt_MxL.shape))
 
     def expected_integrand(t):

@@ -8,8 +8,9 @@ from flax import nnx
 
 from configs import default as default_config
 from conftest import tiny_config
-from dlm_jax.evaluation import hot_path
-from dlm_jax.models.eco_hybrid import EcoBlock, EcoHybrid, EcoHybridConfig, route_top_k
+from dlm_jax.benchmarks import hot_path
+from dlm_jax.models.eco_hybrid import EcoBlock, EcoHybrid, EcoHybridConfig
+from dlm_jax.models.layers import route_top_k
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint, loop
@@ -23,9 +24,9 @@ def build(**overrides):
 
 def test_shapes_and_aux_losses():
   tokens = jax.random.randint(jax.random.key(0), (3, 40), 0, 20)
-  logits, aux = build().forward_with_aux(tokens)
-  assert logits.shape == (3, 40, 20) and aux == {}
-  logits, aux = build(route_top_k=2, balance_weight=0.5).forward_with_aux(tokens)
+  out = build()(tokens)
+  assert out.logits_BxLxV.shape == (3, 40, 20) and out.aux_losses == {} and out.aux_metrics == {}
+  aux = build(route_top_k=2, balance_weight=0.5)(tokens).aux_losses
   assert set(aux) == {"eco_balance"} and np.isfinite(float(aux["eco_balance"]))
   assert float(aux["eco_balance"]) >= 0.5 * 1.0 - 1e-5  # balance >= 1 (Cauchy-Schwarz), times the weight
 
@@ -42,7 +43,7 @@ def test_depthwise_conv_matches_lax_conv():
 
 def _forward_flops(model, length):
   graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).logits_BxLxV)
   cost = fn.lower(state, jnp.zeros((2, length), jnp.int32)).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])
@@ -92,7 +93,7 @@ def test_information_flows_globally_through_memory(order):
   model = build(memory_order=order, conv_kernel=3)
   tokens = jax.random.randint(jax.random.key(4), (1, 64), 0, 20)
   changed = tokens.at[0, 63].set((tokens[0, 63] + 1) % 20)
-  assert not np.allclose(model(tokens)[0, 0], model(changed)[0, 0])
+  assert not np.allclose(model(tokens).logits_BxLxV[0, 0], model(changed).logits_BxLxV[0, 0])
 
 
 def test_rejects_bad_config():
@@ -113,11 +114,11 @@ def test_trains_on_embedded_default_and_samples(tmp_path):
   losses = [r["loss"] for r in summary["history"]]
   assert np.mean(losses[-4:]) < np.mean(losses[:4])
   assert all("aux/eco_balance" in r for r in summary["history"])
-  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(tmp_path)
+  run = checkpoint.load_for_inference(tmp_path)
   fixed = jnp.zeros((2, 32), bool).at[:, :4].set(True)
   tokens = jnp.full((2, 32), 7, jnp.int32)
-  out = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig(steps=8))(
-      params, jax.random.key(0), tokens, fixed)
+  out = sampler_lib.make_sampler(run.graphdef, run.other, sampler_lib.SamplerConfig(steps=8))(
+      run.params, jax.random.key(0), tokens, fixed)
   assert not np.any(np.asarray(out.tokens_BxL) == 3)
   np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[:, :4], 7)
 

@@ -35,7 +35,7 @@ def test_one_step_gradient_is_autodiff_through_the_final_step_only(tokens):
   loss = lambda logits: jnp.sum(jax.nn.log_softmax(logits)[..., 5])
 
   def model_loss(s):
-    return loss(nnx.merge(graphdef, s)(tokens))
+    return loss(nnx.merge(graphdef, s)(tokens).logits_BxLxV)
 
   def embed(m):
     return m.input_norm(jax.nn.one_hot(tokens, 24, dtype=jnp.float32) @ m.embedding[...])
@@ -88,8 +88,8 @@ def test_static_loop_with_masks_equals_while_loop(tokens, granularity):
   graphdef, state = nnx.split(train_mode)
   infer_mode = nnx.merge(graphdef, state)
   infer_mode.cfg = dataclasses.replace(train_mode.cfg, use_while_loop=True)
-  a = train_mode.forward_with_aux(tokens)
-  b = infer_mode.forward_with_aux(tokens)
+  a = train_mode(tokens)
+  b = infer_mode(tokens)
   chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -126,15 +126,14 @@ def test_memory_read_attends_only_to_each_positions_chosen_cells():
 def test_composite_loss_terms_finite_and_scale_with_lambda(tokens):
   base = build(memory_weight=0.01, act_weight=0.1, priority_weight=0.1)
   doubled = build(memory_weight=0.02, act_weight=0.2, priority_weight=0.2)
-  _, losses, metrics = base.forward_with_aux(tokens)
-  _, losses2, _ = doubled.forward_with_aux(tokens)
+  out, out2 = base(tokens), doubled(tokens)
+  losses, metrics, losses2 = out.aux_losses, out.aux_metrics, out2.aux_losses
   assert set(losses) == {"hrm_memory", "hrm_act", "hrm_priority"}
   for name in losses:
     assert np.isfinite(float(losses[name])) and float(losses[name]) > 0
     np.testing.assert_allclose(losses2[name], 2 * losses[name], rtol=1e-5)
   assert 1.0 <= float(metrics["hrm_l_iterations"]) <= SMALL["l_steps"]
-  _, off, _ = build(use_memory=False, act=False, priority_weight=0.0).forward_with_aux(tokens)
-  assert off == {}
+  assert build(use_memory=False, act=False, priority_weight=0.0)(tokens).aux_losses == {}
 
 
 def test_memory_persists_across_sampler_steps(tokens):
@@ -164,10 +163,10 @@ def test_trains_on_embedded_default_and_samples(trained_hrm_run):
   assert np.mean([r["loss"] for r in history[-4:]]) < np.mean([r["loss"] for r in history[:4]])
   for key in ("aux/hrm_memory", "aux/hrm_act", "aux/hrm_priority", "metric/hrm_l_iterations"):
     assert all(np.isfinite(r[key]) for r in history), key
-  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(workdir)
+  run = checkpoint.load_for_inference(workdir)
   fixed = jnp.zeros((2, 32), bool).at[:, :4].set(True)
-  out = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig(steps=6, strategic_weight=0.5))(
-      params, jax.random.key(0), jnp.full((2, 32), 9, jnp.int32), fixed)
+  out = sampler_lib.make_sampler(run.graphdef, run.other, sampler_lib.SamplerConfig(steps=6, strategic_weight=0.5))(
+      run.params, jax.random.key(0), jnp.full((2, 32), 9, jnp.int32), fixed)
   assert not np.any(np.asarray(out.tokens_BxL) == special_tokens.MASK)
   np.testing.assert_array_equal(np.asarray(out.tokens_BxL)[:, :4], 9)
 
@@ -210,7 +209,7 @@ def test_memory_gate_gives_the_selection_a_gradient_from_the_denoising_loss(toke
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(p):
-      logits, _, _ = nnx.merge(graphdef, p, rest).forward_with_aux(tokens, jnp.ones((2,)))
+      logits = nnx.merge(graphdef, p, rest)(tokens, jnp.ones((2,))).logits_BxLxV
       return jnp.mean(logits ** 2)  # any function of the logits alone (no auxiliary loss)
 
     return float(jnp.linalg.norm(jax.grad(loss)(params)["select"]["kernel"][...]))

@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import REPO, tiny_config
 from dlm_jax.data import tokenizers
-from dlm_jax.evaluation import benchmark
+from dlm_jax.benchmarks import throughput
 
 
 def run(*args, timeout=300):
@@ -50,7 +50,7 @@ def test_benchmark_runs_end_to_end_on_cpu():
   config = tiny_config()
   config.bench.update(dict(train_steps=2, warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4,
                            write=False))
-  result = benchmark.run(config)
+  result = throughput.run(config)
   assert result["loss_finite"] and result["train_tokens_per_s"] > 0 and result["sample_tokens_per_s"] > 0
   assert result["mfu"] is None  # no known peak on CPU
   assert result["flops_per_token"] > 0 and result["sample_step_over_forward"] > 0

@@ -7,7 +7,8 @@ import numpy as np
 from conftest import tiny_config
 from dlm_jax.data import pipeline
 from dlm_jax.diffusion import objectives
-from dlm_jax.training import checkpoint, loop, step as step_lib
+from dlm_jax.evaluation import likelihood
+from dlm_jax.training import checkpoint, loop
 
 ALPHABET = "abcdef"
 
@@ -37,11 +38,13 @@ def test_nelbo_bounds_and_approaches_the_true_likelihood(tmp_path):
   summary = loop.train(config, str(tmp_path / "run"))
   assert summary["step"] == 400
 
-  _, tokenizer, graphdef, other, params = checkpoint.load_for_inference(tmp_path / "run")
+  run = checkpoint.load_for_inference(tmp_path / "run")
+  tokenizer = run.tokenizer
   streams = pipeline.load_token_streams(config.data, tmp_path / "run" / "data_cache", tokenizer=tokenizer)
   windows = pipeline.eval_windows(streams.valid, 32, 256)
-  eval_step = step_lib.make_eval_step(graphdef, other, objectives.from_config(config))
-  per_draw = [step_lib.evaluate(eval_step, params, windows, 256, seed, 1) for seed in range(8)]
+  eval_step = likelihood.make_eval_step(run.graphdef, run.other, objectives.from_config(config))
+  per_draw = [likelihood.evaluate(eval_step, run.params, windows, tokenizer, batch_size=256, seed=seed,
+                                  time_samples=1)["nats_per_token"] for seed in range(8)]
   nelbo, stderr = float(np.mean(per_draw)), float(np.std(per_draw) / math.sqrt(len(per_draw)))
 
   # Exact -log p of each window under the chain (stationary start), per token.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dlm_jax.models import DenoiserOutput
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 
 SMALL = dict(vocab_size=20, max_len=16, num_layers=2, num_heads=2, width=16, mlp_dim=32)
@@ -15,6 +16,12 @@ def build(**overrides):
   return Transformer(TransformerConfig(**{**SMALL, **overrides}), rngs=nnx.Rngs(0))
 
 
+def logits(model, *args, **kwargs):
+  output = model(*args, **kwargs)
+  assert isinstance(output, DenoiserOutput) and output.aux_losses == {} and output.aux_metrics == {}
+  return output.logits_BxLxV
+
+
 @pytest.fixture(scope="module")
 def tokens():
   return jax.random.randint(jax.random.key(0), (3, 16), 0, 20)
@@ -22,9 +29,9 @@ def tokens():
 
 def test_shapes_dtypes_and_stacked_layers(tokens):
   model = build()
-  logits = model(tokens)
-  chex.assert_shape(logits, (3, 16, 20))
-  assert logits.dtype == jnp.float32  # CPU: fp32 activations under dtype="auto"
+  out = logits(model, tokens)
+  chex.assert_shape(out, (3, 16, 20))
+  assert out.dtype == jnp.float32  # CPU: fp32 activations under dtype="auto"
   for leaf in jax.tree.leaves(nnx.state(model.blocks, nnx.Param)):
     assert leaf.shape[0] == 2, "blocks are stacked with nnx.vmap: leading axis = num_layers"
 
@@ -33,20 +40,20 @@ def test_shapes_dtypes_and_stacked_layers(tokens):
 def test_bidirectional_sees_the_future_causal_does_not(tokens, position):
   changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 20)
   bidir = build(position=position)
-  assert not np.allclose(bidir(tokens)[:, 0], bidir(changed)[:, 0])
+  assert not np.allclose(logits(bidir, tokens)[:, 0], logits(bidir, changed)[:, 0])
   causal = build(position=position, causal=True)
-  np.testing.assert_allclose(causal(tokens)[:, :-1], causal(changed)[:, :-1], atol=1e-5)
+  np.testing.assert_allclose(logits(causal, tokens)[:, :-1], logits(causal, changed)[:, :-1], atol=1e-5)
 
 
 def test_one_hot_embedding_equals_gather(tokens):
   one_hot, gather = build(embed_one_hot=True), build(embed_one_hot=False)
-  np.testing.assert_allclose(one_hot(tokens), gather(tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits(one_hot, tokens), logits(gather, tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_remat_changes_nothing_but_memory(tokens):
   def loss_and_grads(model):
     graphdef, params = nnx.split(model)
-    f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens) ** 2)
+    f = lambda p: jnp.sum(logits(nnx.merge(graphdef, p), tokens) ** 2)
     return jax.value_and_grad(f)(params)
 
   plain, remat = loss_and_grads(build()), loss_and_grads(build(remat="full"))
@@ -56,16 +63,22 @@ def test_remat_changes_nothing_but_memory(tokens):
 def test_time_conditioning_and_dropout(tokens):
   model = build(time_conditioning=True)
   # The output layer of the time MLP starts at zero (adaLN-zero style): t has no effect until trained.
-  np.testing.assert_allclose(model(tokens, jnp.full((3,), 0.1)), model(tokens, jnp.full((3,), 0.9)), atol=1e-6)
+  early, late = jnp.full((3,), 0.1), jnp.full((3,), 0.9)
+  np.testing.assert_allclose(logits(model, tokens, early), logits(model, tokens, late), atol=1e-6)
   model.time_embedding.out.kernel[...] = jnp.ones_like(model.time_embedding.out.kernel[...])
-  assert not np.allclose(model(tokens, jnp.full((3,), 0.1)), model(tokens, jnp.full((3,), 0.9)))
+  assert not np.allclose(logits(model, tokens, early), logits(model, tokens, late))
   with pytest.raises(ValueError, match="time_conditioning"):
     model(tokens)
   dropped = build(dropout=0.5)
-  a = dropped(tokens, deterministic=False, dropout_key=jax.random.key(1))
-  b = dropped(tokens, deterministic=False, dropout_key=jax.random.key(2))
+  a = logits(dropped, tokens, deterministic=False, dropout_key=jax.random.key(1))
+  b = logits(dropped, tokens, deterministic=False, dropout_key=jax.random.key(2))
   assert not np.allclose(a, b)
-  np.testing.assert_allclose(dropped(tokens), dropped(tokens, deterministic=True))
+  np.testing.assert_allclose(logits(dropped, tokens), logits(dropped, tokens, deterministic=True))
+
+
+def test_rejects_sequences_longer_than_max_len(tokens):
+  with pytest.raises(ValueError, match="exceeds model.max_len=16"):
+    build()(jnp.concatenate([tokens, tokens], axis=1))
 
 
 def test_rejects_bad_config():

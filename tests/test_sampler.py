@@ -30,7 +30,8 @@ def toy_denoiser():
 def run(cfg, seed=0, fixed=None, tokens=None):
   tokens = tokens if tokens is not None else jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
   fixed = fixed if fixed is not None else jnp.zeros((B, L), bool).at[:, :5].set(True).at[:, -3:].set(True)
-  out = jax.jit(lambda r, x, f: sampler_lib.sample(toy_denoiser(), r, x, f, cfg))(jax.random.key(seed), tokens, fixed)
+  denoise = sampler_lib.stateless(toy_denoiser())
+  out = jax.jit(lambda r, x, f: sampler_lib.sample(denoise, r, x, f, cfg))(jax.random.key(seed), tokens, fixed)
   return tokens, fixed, out
 
 
@@ -115,13 +116,23 @@ def test_filter_logits_top_p_keeps_smallest_nucleus():
   np.testing.assert_array_equal(kept, [[True, True, True, False]])
 
 
-def test_autoregressive_sampler_keeps_prompt_and_fills_rest():
+def test_autoregressive_sampler_keeps_prompt_and_fills_rest_left_to_right():
   denoise = toy_denoiser()
   tokens = jnp.full((B, L), MASK, jnp.int32).at[:, :3].set(7)
-  out = np.asarray(jax.jit(lambda r, x: sampler_lib.autoregressive_sample(denoise, r, x, 3, greedy=True))(
-      jax.random.key(0), tokens))
-  np.testing.assert_array_equal(out[:, :3], 7)
-  assert not np.any(out == MASK)
+  fixed = jnp.zeros((B, L), bool).at[:, :3].set(True)
+  cfg = sampler_lib.SamplerConfig(greedy=True, record_trajectory=True)
+  out = jax.jit(lambda r, x, f: sampler_lib.autoregressive_sample(denoise, r, x, f, cfg))(jax.random.key(0), tokens,
+                                                                                          fixed)
+  final = np.asarray(out.tokens_BxL)
+  np.testing.assert_array_equal(final[:, :3], 7)
+  assert not np.any(final == MASK)
+  np.testing.assert_array_equal(np.asarray(out.reveal_step_BxL)[0], [-1, -1, -1] + list(range(2, L - 1)))
+  # Greedy: position i is the argmax of the prediction at i - 1 given everything before it.
+  logits = np.asarray(sampler_lib.sampling_logits(denoise(jnp.asarray(final), None)))
+  np.testing.assert_array_equal(final[:, 3:], np.argmax(logits[:, 2:-1], axis=-1))
+  trajectory = np.asarray(out.trajectory_SxBxL)  # one position more after every step
+  assert trajectory.shape == (L, B, L)
+  np.testing.assert_array_equal((trajectory != MASK).sum(-1)[:, 0], [3] * 3 + list(range(4, L + 1)))
 
 
 def test_special_ids_are_never_sampled():

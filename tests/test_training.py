@@ -38,17 +38,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained_run, tmp_path):
   reference, resumed = train_losses(workdir), train_losses(tmp_path)
   for step in range(6, 13):
     np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-6, err_msg=f"step {step}")
-  _, _, _, _, params_ref = checkpoint.load_for_inference(workdir, use_ema=False)
-  _, _, _, _, params_resumed = checkpoint.load_for_inference(tmp_path, use_ema=False)
+  params_ref = checkpoint.load_for_inference(workdir, use_ema=False).params
+  params_resumed = checkpoint.load_for_inference(tmp_path, use_ema=False).params
   chex.assert_trees_all_close(params_ref, params_resumed, rtol=1e-6, atol=1e-7)
 
 
 def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
   workdir, summary = trained_run
-  config, tokenizer, graphdef, other, ema = checkpoint.load_for_inference(workdir)
-  _, _, _, _, raw = checkpoint.load_for_inference(workdir, use_ema=False)
-  assert config.data.seq_len == 32 and config.train.ema_decay == 0.9
-  assert tokenizer.to_dict() == summary["tokenizer"].to_dict()
+  run = checkpoint.load_for_inference(workdir)
+  ema, raw = run.params, checkpoint.load_for_inference(workdir, use_ema=False).params
+  assert run.config.data.seq_len == 32 and run.config.train.ema_decay == 0.9 and run.step == 12
+  assert run.tokenizer.to_dict() == summary["tokenizer"].to_dict()
+  assert not run.objective.is_autoregressive
   assert jax.tree.structure(ema) == jax.tree.structure(raw)
   assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(raw)))
 

@@ -19,6 +19,7 @@ import pathlib
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 
 from dlm_jax import special_tokens
@@ -89,6 +90,14 @@ def load_token_streams(data_config, cache_dir, tokenizer=None) -> TokenStreams:
           f"The {name} split of {data_config.path!r} has {len(tokens)} tokens, fewer than data.seq_len={seq_len}. "
           f"Use a larger corpus ({flag}) or a smaller data.seq_len.")
   return TokenStreams(train=train, valid=valid, tokenizer=tokenizer)
+
+
+def validation_stream(data_config, cache_dir, tokenizer, path: str = "") -> np.ndarray:
+  """The validation token stream of a run's data config, or the whole of `path` (files/folders) when given."""
+  data_config = ml_collections.ConfigDict(data_config.to_dict())
+  if path:
+    data_config.path, data_config.valid_path = path, path
+  return load_token_streams(data_config, cache_dir, tokenizer=tokenizer).valid
 
 
 class _Crop(grain.transforms.Map):

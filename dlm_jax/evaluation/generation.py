@@ -9,22 +9,25 @@ The standard measures of MDLM (Sahoo et al. 2024, §4) and Duo (Sahoo et al. 202
   same tokenizer. Low judge NLL alone is gamed by repetitive text, hence
 * **unigram entropy**: H = -sum_v p_v log p_v of each sample's own token histogram over its generated positions, in
   nats, averaged over samples (MDLM/Duo report it to expose low-entropy, repetitive samples);
-* **script error rate** (seed 001 §10, `dlm_jax.evaluation.script`): words spelled in two scripts or in a script other
-  than the prompt's.
+* **script error rate** (`dlm_jax.evaluation.script`): words spelled in two scripts or in a script other than the
+  prompt's.
 
 Every figure is reported next to the same figure for the real continuation of the same prompts, so "what does real
-text score" is always on the table.
+text score" is always on the table (`compare`, behind `python -m launch.gen_eval`).
 """
 from __future__ import annotations
 
-import numpy as np
+import time
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from dlm_jax import special_tokens
-from dlm_jax.data import pipeline
+from dlm_jax import models, special_tokens
+from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
+from dlm_jax.sampling import SamplerConfig, make_sampler
 
 
 def judge_nll_fn(judge_forward):
@@ -65,9 +68,10 @@ def prompt_scripts(text: str) -> str:
 
 
 def select_windows(tokens: np.ndarray, seq_len: int, num: int, prompt_len: int, tokenizer, scripts: str = "any"):
-  """`num` windows spread over the stream whose first `prompt_len` tokens are in `scripts` (PROMPT_SCRIPTS; seed
-  001 §10's script-aware eval: Hindi native script, Hinglish Roman, mixed-script prompts). Candidates start every
-  seq_len // 4 tokens; the matching ones are thinned evenly to `num`. Raises ValueError when fewer than `num` match."""
+  """`num` windows spread over the stream whose first `prompt_len` tokens are in `scripts` (PROMPT_SCRIPTS: a
+  script-aware evaluation prompts Hindi in its native script, Hinglish in Roman letters, and both mixed). Candidates
+  start every seq_len // 4 tokens; the matching ones are thinned evenly to `num`. Raises ValueError when fewer than
+  `num` match."""
   if scripts == "any":
     return pipeline.eval_windows(tokens, seq_len, num, placement="spread")
   if scripts not in PROMPT_SCRIPTS:
@@ -105,3 +109,40 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
             "entropy": float(np.mean(unigram_entropy(tokens_BxL, scored)))}
   report.update(script.script_report(texts, expected))
   return report
+
+
+def check_judge(run, judge):
+  """Raises ValueError unless `run` is a diffusion run and `judge` a causal run with its tokenizer and a context at
+  least as long (run, judge: `training.checkpoint.LoadedRun`s)."""
+  if run.objective.is_autoregressive:
+    raise ValueError("--workdir is a causal (AR) run; gen_eval judges diffusion runs.")
+  if not judge.objective.is_autoregressive:
+    raise ValueError("--judge is not a causal (AR) run: train one with the config's ':ar' arm.")
+  if tokenizers.fingerprint(judge.tokenizer) != tokenizers.fingerprint(run.tokenizer):
+    raise ValueError("--judge was trained with a different tokenizer than --workdir; train the judge on the same "
+                     "corpus (same config, ':ar' arm).")
+  if int(judge.config.data.seq_len) < int(run.config.data.seq_len):
+    raise ValueError(f"--judge's context ({judge.config.data.seq_len}) is shorter than the run's "
+                     f"({run.config.data.seq_len}).")
+
+
+def compare(run, judge, windows_NxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
+            temperature: float | None = None) -> list[dict]:
+  """Generation quality of `run` prompted with the first `prompt_len` tokens of each window, one row per reverse-step
+  count in `steps_list` (each with `sample_s`, the seconds one batch took after compilation), after the row of the real
+  continuations (`steps` "n/a")."""
+  tokens, fixed = prompts_from_windows(windows_NxL, prompt_len)
+  generated = ~fixed
+  judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
+  rows = [dict(steps="n/a", sample_s=None, **quality(windows_NxL, generated, run.tokenizer, judge_nll, prompt_len))]
+  for steps in steps_list:
+    overrides = {"steps": int(steps)} if temperature is None else {"steps": int(steps), "temperature": temperature}
+    sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides))
+    rng = jax.random.key(seed)
+    jax.block_until_ready(sample(run.params, rng, jnp.asarray(tokens), jnp.asarray(fixed)))  # compile
+    start = time.perf_counter()
+    out = np.asarray(jax.block_until_ready(sample(run.params, rng, jnp.asarray(tokens), jnp.asarray(fixed)).tokens_BxL))
+    seconds = time.perf_counter() - start
+    rows.append(dict(steps=int(steps), sample_s=seconds,
+                     **quality(out, generated, run.tokenizer, judge_nll, prompt_len)))
+  return rows

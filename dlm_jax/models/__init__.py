@@ -1,10 +1,11 @@
-"""NNX denoisers and the registry `get_model(config, vocab_size, rngs)`."""
+"""NNX denoisers and their registry: `get_model(config, vocab_size, rngs)`, `model_config`, `config_defaults`."""
 from __future__ import annotations
 
 import dataclasses
 
 from flax import nnx
 
+from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput, denoise_fn
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
 from dlm_jax.models.transformer import Transformer, TransformerConfig
@@ -14,22 +15,38 @@ MODELS = {
     "eco_hybrid": (EcoHybrid, EcoHybridConfig),
     "hrm": (HRMDenoiser, HRMConfig),
 }
+# Given by the data, not by config.model: the tokenizer's vocabulary and data.seq_len.
+DATA_FIELDS = ("vocab_size", "max_len")
 
 
-def model_config(config, vocab_size: int):
-  """The frozen dataclass config of the model named by config.model.name, from the ml_collections config."""
-  name = config.model.name
+def _config_class(name: str):
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r} (config model.name); choose one of {sorted(MODELS)}.")
-  _, config_cls = MODELS[name]
+  return MODELS[name][1]
+
+
+def config_defaults(name: str) -> dict:
+  """The config.model fields of denoiser `name` with their defaults, read off its config dataclass (the one place they
+  are declared)."""
+  return {f.name: f.default for f in dataclasses.fields(_config_class(name)) if f.name not in DATA_FIELDS}
+
+
+def model_config(config, vocab_size: int) -> DenoiserConfig:
+  """The frozen dataclass config of the model named by config.model.name, from the ml_collections config.
+
+  A field missing from config.model (a config saved in a checkpoint before the field existed) takes the value in the
+  dataclass's FIELDS_ADDED_LATER, so the model is rebuilt as it was trained; an unknown field is an error."""
+  name = config.model.name
+  config_cls = _config_class(name)
   fields = {k: v for k, v in config.model.items() if k != "name"}
   known = {f.name for f in dataclasses.fields(config_cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(f"config.model has fields {unknown} that model {name!r} does not take.")
+  fields = {**{k: v for k, v in config_cls.FIELDS_ADDED_LATER.items() if k not in fields}, **fields}
   return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, **fields)
 
 
-def get_model(config, vocab_size: int, rngs: nnx.Rngs):
+def get_model(config, vocab_size: int, rngs: nnx.Rngs) -> Denoiser:
   model_cls, _ = MODELS[config.model.name]
   return model_cls(model_config(config, vocab_size), rngs=rngs)

@@ -1,26 +1,27 @@
-"""EcoHybrid denoiser (seed 001 §6, §9.2, §9.3): local depthwise convolution + a few global memory slots.
+"""EcoHybrid denoiser: local depthwise convolution + a few global memory slots instead of self-attention.
 
-Every block mixes information in O(T k d + T M d), never O(T^2 d):
+Every block mixes information in O(L k D + L M D), never O(L^2 D):
 
     h   <- h + DWConv_k(RMSNorm(h))                                    local mixing, kernel k, per channel
     mem <- mem + Attn(q = RMSNorm(mem), kv = RMSNorm(h))               memory -> tokens: slots read the token stream
     h   <- h + Attn(q = RMSNorm(h), kv = RMSNorm(mem) [top-k routed])  tokens -> memory: tokens read the slots
     h   <- h + SwiGLU(RMSNorm(h))                                      token FFN
 
-The memory state `mem` [B, M, d] starts from M learned slots and is carried from block to block (the scan carry).
-Choices the design document leaves open, made here and exposed in the config:
+The first three lines are the block's mixing path (`EcoBlock.mix`, the hot path that dlm_jax/benchmarks/hot_path.py
+measures); the FFN follows. The memory state `mem` [B, M, D] starts from M learned slots and is carried from block to
+block (the scan carry). Choices, each exposed in the config:
 
 * Order (`memory_order`): "write_read" (default) updates the slots from the tokens before the tokens read them, so
-  block 0 already mixes globally; "read_write" is the document's literal order (tokens read, then slots update), in
-  which block 0's tokens read only the learned initial slots.
-* Routing (§9.2, `route_top_k` > 0): a router W_r h gives each token logits over the M slots; the token attends only
-  to its top-k slots (the other attention logits are masked). Load balancing (Switch Transformer, Fedus et al. 2022):
-  L_balance = M * sum_j f_j P_j, with f_j the fraction of (token, choice) assignments to slot j and P_j the mean
-  router probability of slot j; it is 1 under uniform use and grows with collapse. Added to the loss with weight
-  `balance_weight` and logged as `aux/eco_balance`.
-* Multi-timescale banks (§9.3, `slow_slots` > 0): the last `slow_slots` of the M slots are "slow": they are written only
-  in every `slow_every`-th block (blocks slow_every-1, 2 slow_every-1, ...), fast slots in every block. The document's
-  "lower learning rate" for slow slots is not implemented: the slower update schedule is the whole mechanism here.
+  block 0 already mixes globally; "read_write" (tokens read, then slots update: the order of the original EcoHybrid
+  sketch) has block 0's tokens read only the learned initial slots.
+* Routing (`route_top_k` > 0): a router W_r h gives each token logits over the M slots; the token attends only to its
+  top-k slots (the other attention logits are masked), and the read is scaled by the router mass on them. Load
+  balancing (Switch Transformer, Fedus et al. 2022): L_balance = M * sum_j f_j P_j, with f_j the fraction of (token,
+  choice) assignments to slot j and P_j the mean router probability of slot j; it is 1 under uniform use and grows
+  with collapse. Added to the loss with weight `balance_weight` and logged as `aux/eco_balance`.
+* Multi-timescale memory banks (`slow_slots` > 0): the last `slow_slots` of the M slots are "slow": they are written
+  only in every `slow_every`-th block (blocks slow_every-1, 2 slow_every-1, ...), fast slots in every block. A separate
+  (lower) learning rate for the slow slots is not implemented: the slower update schedule is the whole mechanism here.
 """
 from __future__ import annotations
 
@@ -31,17 +32,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models import layers
+from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
 @dataclasses.dataclass(frozen=True)
-class EcoHybridConfig(layers.DenoiserConfig):
+class EcoHybridConfig(DenoiserConfig):
   num_layers: int = 6
-  memory_slots: int = 16
-  conv_kernel: int = 7
-  memory_order: str = "write_read"  # or "read_write" (seed 001 §6.1's literal order)
-  route_top_k: int = 0  # 0: every token reads every slot; k > 0: top-k routing (§9.2)
+  memory_slots: int = 16  # M
+  conv_kernel: int = 7  # odd: a centred window
+  memory_order: str = "write_read"  # or "read_write" (tokens read the slots before the slots are written)
+  route_top_k: int = 0  # 0: every token reads every slot; k > 0: each token reads only its top-k slots
   balance_weight: float = 0.01  # weight of the load-balancing loss when routing
-  slow_slots: int = 0  # how many of the memory_slots are slow (§9.3)
+  slow_slots: int = 0  # how many of the memory_slots are slow (multi-timescale memory)
   slow_every: int = 2  # slow slots are written every slow_every blocks
   position: str = "learned"  # "learned" absolute positions, or "none" (the convolution alone gives order)
   # `attention` and `rope_base` are unused: slot attention is short (M keys) and takes the XLA path; no RoPE.
@@ -61,21 +63,15 @@ class EcoHybridConfig(layers.DenoiserConfig):
     if self.position not in ("learned", "none"):
       raise ValueError(f"model.position must be 'learned' or 'none' for eco_hybrid, got {self.position!r}.")
 
-
-def route_top_k(router_logits_BxTxM, k: int):
-  """Top-k slot routing (seed 001 §9.2) with the Switch Transformer load-balancing loss.
-
-  Returns (chosen_BxTxM: exactly k True per token, gate_BxTx1: router probability mass of the chosen slots,
-  balance: M * sum_j f_j P_j with f_j = share of the B T k assignments that went to slot j and P_j = mean router
-  probability of slot j; 1 for perfectly uniform use, up to M / k when every token picks the same slots)."""
-  num_slots = router_logits_BxTxM.shape[-1]
-  _, index_BxTxK = jax.lax.top_k(router_logits_BxTxM, k)
-  chosen_BxTxM = jnp.sum(jax.nn.one_hot(index_BxTxK, num_slots, dtype=jnp.float32), axis=-2) > 0
-  probs_BxTxM = jax.nn.softmax(router_logits_BxTxM.astype(jnp.float32), axis=-1)
-  fraction_M = jnp.mean(chosen_BxTxM.astype(jnp.float32), axis=(0, 1)) / k
-  balance = num_slots * jnp.sum(fraction_M * jnp.mean(probs_BxTxM, axis=(0, 1)))
-  gate_BxTx1 = jnp.sum(jnp.where(chosen_BxTxM, probs_BxTxM, 0.0), axis=-1, keepdims=True)
-  return chosen_BxTxM, gate_BxTx1, balance
+  def flops_per_token(self, seq_len: int) -> float:
+    """The transformer's convention (6 N_matmul + the attentions' score and value products): per layer and token the
+    token-side matmuls (write kv 2 D^2, read q + out 2 D^2, SwiGLU 3 D mlp_dim, router D M), the slot-side ones
+    amortized over the sequence (write q + out and read kv: 4 D^2 M / L), the depthwise conv (k D), and the two slot
+    attentions (4 M D multiply-adds per token and layer: 24 n_layers M D FLOPs)."""
+    d, m = self.width, self.memory_slots
+    per_layer = 4 * d * d + 3 * d * self.mlp_dim + (d * m if self.route_top_k else 0) + 4 * d * d * m / seq_len
+    per_layer += self.conv_kernel * d
+    return 6.0 * (self.num_layers * per_layer + self.vocab_size * d) + 24.0 * self.num_layers * m * d
 
 
 class DepthwiseConv(nnx.Module):
@@ -90,36 +86,15 @@ class DepthwiseConv(nnx.Module):
     self.kernel = nnx.Param(nnx.initializers.normal(1.0 / kernel_size)(rngs.params(), (kernel_size, width)))
     self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
 
-  def __call__(self, x_BxTxD):
+  def __call__(self, x_BxLxD):
     half = self.kernel_size // 2
-    length = x_BxTxD.shape[1]
-    padded = jnp.pad(x_BxTxD, ((0, 0), (half, half), (0, 0)))
+    length = x_BxLxD.shape[1]
+    padded = jnp.pad(x_BxLxD, ((0, 0), (half, half), (0, 0)))
     kernel = self.kernel[...].astype(self.dtype)
     out = self.bias[...].astype(self.dtype)[None, None]
     for j in range(self.kernel_size):
       out = out + padded[:, j:j + length] * kernel[j][None, None]
     return out
-
-
-class CrossAttention(nnx.Module):
-  """Multi-head attention of queries x [B, Q, d] over a context c [B, K, d] (K = M slots or T tokens)."""
-
-  def __init__(self, width: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
-    if width % num_heads:
-      raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
-    self.num_heads, self.head_dim = num_heads, width // num_heads
-    init = layers.DEFAULT_INIT
-    self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
-    self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
-    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
-
-  def __call__(self, x_BxQxD, c_BxKxD, bias_BxHxQxK=None):
-    b, q_len, _ = x_BxQxD.shape
-    k_len = c_BxKxD.shape[1]
-    q = self.q(x_BxQxD).reshape(b, q_len, self.num_heads, self.head_dim)
-    k, v = jnp.split(self.kv(c_BxKxD).reshape(b, k_len, 2 * self.num_heads, self.head_dim), 2, axis=2)
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias_BxHxQxK, implementation="xla")
-    return self.out(out.reshape(b, q_len, -1))
 
 
 class EcoBlock(nnx.Module):
@@ -131,97 +106,76 @@ class EcoBlock(nnx.Module):
     self.conv = DepthwiseConv(cfg.width, cfg.conv_kernel, dtype=dtype, rngs=rngs)
     self.write_mem_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.write_tok_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
-    self.write = CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
+    self.write = layers.CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
     self.read_tok_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.read_mem_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
-    self.read = CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
+    self.read = layers.CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
     self.router = (nnx.Linear(cfg.width, cfg.memory_slots, use_bias=False, dtype=jnp.float32,
                               kernel_init=layers.DEFAULT_INIT, rngs=rngs) if cfg.route_top_k else None)
     self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def write_memory(self, h_BxTxD, mem_BxMxD, layer_index):
-    update = self.write(self.write_mem_norm(mem_BxMxD), self.write_tok_norm(h_BxTxD))
+  def write_memory(self, h_BxLxD, mem_BxMxD, layer_index):
+    update_BxMxD = self.write(self.write_mem_norm(mem_BxMxD), self.write_tok_norm(h_BxLxD))
     cfg = self.cfg
     if cfg.slow_slots:
       is_slow_Mx1 = (jnp.arange(cfg.memory_slots) >= cfg.memory_slots - cfg.slow_slots)[:, None]
       slow_turn = (layer_index % cfg.slow_every) == cfg.slow_every - 1
-      update = jnp.where(is_slow_Mx1[None] & ~slow_turn, 0.0, update)
-    return mem_BxMxD + update
+      update_BxMxD = jnp.where(is_slow_Mx1[None] & ~slow_turn, 0.0, update_BxMxD)
+    return mem_BxMxD + update_BxMxD
 
-  def read_memory(self, h_BxTxD, mem_BxMxD):
+  def read_memory(self, h_BxLxD, mem_BxMxD):
     """Returns (update to h, load-balancing loss of this block or 0)."""
-    bias, balance = None, jnp.zeros((), jnp.float32)
-    x = self.read_tok_norm(h_BxTxD)
+    balance = jnp.zeros((), jnp.float32)
+    x_BxLxD = self.read_tok_norm(h_BxLxD)
     if self.router is not None:
-      chosen_BxTxM, gate_BxTx1, balance = route_top_k(self.router(x.astype(jnp.float32)), self.cfg.route_top_k)
-      bias = jnp.where(chosen_BxTxM, 0.0, -1e9)[:, None].astype(x.dtype)  # [B, 1, T, M]: same for every head
+      chosen_BxLxM, gate_BxLx1, balance = layers.route_top_k(self.router(x_BxLxD.astype(jnp.float32)),
+                                                               self.cfg.route_top_k)
+      bias = layers.attention_bias(chosen_BxLxM, x_BxLxD.dtype)
       # Scaling by the gate keeps the router trained by the main loss too (as Switch scales expert outputs).
-      return self.read(x, self.read_mem_norm(mem_BxMxD), bias) * gate_BxTx1.astype(x.dtype), balance
-    return self.read(x, self.read_mem_norm(mem_BxMxD)), balance
+      return self.read(x_BxLxD, self.read_mem_norm(mem_BxMxD), bias) * gate_BxLx1.astype(x_BxLxD.dtype), balance
+    return self.read(x_BxLxD, self.read_mem_norm(mem_BxMxD)), balance
 
-  def __call__(self, h_BxTxD, mem_BxMxD, layer_index, dropout_key, deterministic: bool):
-    keys = jax.random.split(dropout_key, 3)
+  def mix(self, h_BxLxD, mem_BxMxD, layer_index, dropout_keys=(None, None), deterministic: bool = True):
+    """The mixing path: conv, then the memory write and read in `memory_order`. Returns (h, mem, balance loss)."""
     drop = lambda x, key: self.dropout(x, deterministic=deterministic, rngs=key)
-    h_BxTxD = h_BxTxD + drop(self.conv(self.conv_norm(h_BxTxD)), keys[0])
+    h_BxLxD = h_BxLxD + drop(self.conv(self.conv_norm(h_BxLxD)), dropout_keys[0])
     if self.cfg.memory_order == "write_read":
-      mem_BxMxD = self.write_memory(h_BxTxD, mem_BxMxD, layer_index)
-    read, balance = self.read_memory(h_BxTxD, mem_BxMxD)
-    h_BxTxD = h_BxTxD + drop(read, keys[1])
+      mem_BxMxD = self.write_memory(h_BxLxD, mem_BxMxD, layer_index)
+    read_BxLxD, balance = self.read_memory(h_BxLxD, mem_BxMxD)
+    h_BxLxD = h_BxLxD + drop(read_BxLxD, dropout_keys[1])
     if self.cfg.memory_order == "read_write":
-      mem_BxMxD = self.write_memory(h_BxTxD, mem_BxMxD, layer_index)
-    h_BxTxD = h_BxTxD + drop(self.mlp(self.mlp_norm(h_BxTxD)), keys[2])
-    return h_BxTxD, mem_BxMxD, balance
+      mem_BxMxD = self.write_memory(h_BxLxD, mem_BxMxD, layer_index)
+    return h_BxLxD, mem_BxMxD, balance
+
+  def __call__(self, h_BxLxD, mem_BxMxD, layer_index, dropout_key, deterministic: bool):
+    keys = jax.random.split(dropout_key, 3)
+    h_BxLxD, mem_BxMxD, balance = self.mix(h_BxLxD, mem_BxMxD, layer_index, keys[:2], deterministic)
+    mlp_BxLxD = self.mlp(self.mlp_norm(h_BxLxD))
+    return h_BxLxD + self.dropout(mlp_BxLxD, deterministic=deterministic, rngs=keys[2]), mem_BxMxD, balance
 
 
-class EcoHybrid(nnx.Module):
-  """EcoHybrid denoiser. `model(tokens_BxL, t_B)` -> logits; `model.forward_with_aux(...)` -> (logits, aux losses)."""
+class EcoHybrid(Denoiser):
+  """EcoHybrid denoiser: `model(tokens_BxL, t_B)` -> DenoiserOutput (with `eco_balance` when routing)."""
 
   def __init__(self, cfg: EcoHybridConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.dtype = layers.compute_dtype(cfg.dtype)
-    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32))
-    if cfg.position == "learned":
-      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
+    self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
     self.memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_slots, cfg.width)))
-    self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
-                           if cfg.time_conditioning else None)
+    self.blocks = layers.stack_blocks(cfg.num_layers, lambda r: EcoBlock(cfg, rngs=r), rngs)
+    self.init_head(rngs)
 
-    @nnx.split_rngs(splits=cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make_blocks(rngs):
-      return EcoBlock(cfg, rngs=rngs)
-
-    self.blocks = make_blocks(rngs)
-    self.final_norm = nnx.RMSNorm(cfg.width, dtype=self.dtype, rngs=rngs)
-
-  def forward_with_aux(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
     cfg = self.cfg
-    batch, length = tokens_BxL.shape
-    if length > cfg.max_len and cfg.position == "learned":
-      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    h = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
-    if cfg.position == "learned":
-      h = h + self.positions[:length].astype(self.dtype)[None]
-    mem = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None], (batch, cfg.memory_slots, cfg.width))
-    keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), cfg.num_layers)
-    block_def, block_state = nnx.split(self.blocks)
+    h_BxLxD = self.embed(tokens_BxL, t_B)
+    mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
+                                 (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
 
-    def run_block(carry, layer):
-      h, mem = carry
-      state_l, key, index = layer
-      h, mem, balance = nnx.merge(block_def, state_l)(h, mem, index, key, deterministic)
+    def apply(block, carry, index, key):
+      h, mem, balance = block(*carry, index, key, deterministic)
       return (h, mem), balance
 
-    if cfg.remat != "none":
-      run_block = jax.checkpoint(run_block, policy=layers.REMAT_POLICIES[cfg.remat])
-    (h, _), balance_L = jax.lax.scan(run_block, (h, mem), (block_state, keys, jnp.arange(cfg.num_layers)))
-    logits = self.final_norm(h) @ self.embedding[...].astype(self.dtype).T
-    aux = {}
-    if cfg.route_top_k:
-      aux["eco_balance"] = cfg.balance_weight * jnp.mean(balance_L)
-    return logits, aux
-
-  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
-    return self.forward_with_aux(tokens_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)[0]
+    (h_BxLxD, _), balance_per_layer = layers.run_stack(self.blocks, (h_BxLxD, mem_BxMxD), apply, dropout_key,
+                                                        cfg.remat)
+    aux = {"eco_balance": cfg.balance_weight * jnp.mean(balance_per_layer)} if cfg.route_top_k else {}
+    return DenoiserOutput(self.head(h_BxLxD), aux)

@@ -1,16 +1,16 @@
-"""HRM denoiser (seed 000): H/L modules, memory cells with top-k selection, ACT over L-iterations.
+"""HRM denoiser: H/L modules, memory cells with top-k selection, ACT over L-iterations.
 
 A masked-diffusion denoiser built on the Hierarchical Reasoning Model (Wang et al. 2025, "HRM"): a fast L-module
 refines token predictions while a slow H-module holds a strategic state, read from and written to a bank of memory
 cells. Every module is a stack of bidirectional pre-norm transformer blocks (`transformer.Block`).
 
-Forward pass for x_t (all states [B, L, d]; e = RMSNorm(embedding of x_t (+ time)), the mask token marking mask_t):
+Forward pass for x_t (all states [B, L, D]; e = RMSNorm(embedding of x_t (+ time)), the mask token marking mask_t):
 
     z_H, z_L <- learned initial states
     for c in 1..h_cycles:                                   (H-module: updated once every l_steps L-iterations)
         mem      <- mem + Write(q = mem content, kv = z_H)           memory written from the strategic state
-        A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells  (seed 000 §3;
-                                                                 per position with memory_selection="position")
+        A        <- TopK_k( CLS_i^T W mean_L(z_H) )                  select k of the N cells, each with a learned
+                                                                 key CLS_i (per position: memory_selection)
         z_H      <- f_H(z_H + z_L + g_A * Read(q = z_H, kv = content of the cells in A))
                     g_A = softmax(CLS^T W z_H) mass on A (the Switch gate; memory_gate=False: g_A = 1)
         repeat up to l_steps times, with ACT:                 (L-module: z_H fixed)
@@ -25,13 +25,15 @@ last H update and one final L update f_L(sg(z_L*) + z_H + e) applied to the halt
 does not grow with the number of iterations. (The final differentiable L update is one step beyond halting, in
 training and in inference alike, so both compute the same function.)
 
-ACT over L-iterations (seed 000 §4), per L-iteration i (z^i -> z^{i+1}, logits_i = head(z^i)):
+ACT over L-iterations, per L-iteration i (z^i -> z^{i+1}, logits_i = head(z^i)): halting compares an "objective
+contribution" tau accumulated over iterations (large when the predictions stop changing) with a learned "subjective
+score" o of the current state,
 
     tau_i = g(logits_{i+1} - logits_i) / (|CLS(z^i) . CLS(z^{i+1})| + eps)
     o(z)  = sigmoid(SwiGLU(RMSNorm(z)))                                  subjective score in [0, 1]
     halt after iteration i when  sum_{j <= i} tau_j > o(z^{i+1}).
 
-Choices the document leaves open (config fields):
+Choices made here (config fields):
   * g (`act_g`): "exp": g(D) = exp(-rms(D) / act_g_scale); "inverse": g(D) = 1 / (1 + rms(D) / act_g_scale), with
     rms over the vocabulary. Both are large when the logits stop moving, so a state that has converged accumulates
     contribution quickly and halts, and one whose predictions keep changing runs to `l_steps`. (A g that grows with the
@@ -42,7 +44,7 @@ Choices the document leaves open (config fields):
   * L_ACT (`act_weight`, lambda_2): mean of (o(sg(z*)) - sg(min(sum tau, 1)))^2 over positions and cycles: the
     subjective score is trained toward the contribution actually observed when the loop stopped.
   * L_memory (`memory_weight`, lambda_1): Switch-style load balancing over cells, N sum_j f_j P_j (1 when uniform).
-  * What z_H selects with (`memory_selection`): "pooled" (default; seed 000 read literally): one query W mean_L(z_H)
+  * What z_H selects with (`memory_selection`): "pooled" (default; the original HRM-diffusion sketch): one query W mean_L(z_H)
     per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
     its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing); "centered": per
     position, with the query built from z_H minus its mean over positions (removes the component all positions
@@ -54,10 +56,10 @@ Choices the document leaves open (config fields):
     mass the selection softmax puts on the chosen cells (as the Switch Transformer scales expert outputs, and
     EcoHybrid's routing does) lets the denoising loss train the selection. memory_gate=False reproduces the ungated
     model (commits up to a8a36ac).
-  * Strategic unmasking (§5): a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
+  * Strategic unmasking: a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
     to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
     from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
-  * Memory persistence: the cell contents are a per-sequence state [B, N, c, d]; within a forward pass each cycle writes
+  * Memory persistence: the cell contents are a per-sequence state [B, N, P, D] (P content vectors per cell); within a forward pass each cycle writes
     them; during sampling the written contents are carried from one reverse step to the next (`sample_step`), so the
     memory persists across the whole generation. Training starts every example from the learned contents.
 
@@ -68,43 +70,45 @@ L-module of the same depth, no H state), `use_memory=False`, `act=False` (always
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax import special_tokens
+from dlm_jax.diffusion import losses
 from dlm_jax.models import layers
-from dlm_jax.models.eco_hybrid import CrossAttention, route_top_k
-from dlm_jax.models.transformer import TransformerConfig, make_blocks, run_stack
+from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
+from dlm_jax.models.transformer import TransformerConfig, make_blocks, run_blocks
 
 
 @dataclasses.dataclass(frozen=True)
-class HRMConfig(layers.DenoiserConfig):
+class HRMConfig(DenoiserConfig):
   l_layers: int = 2  # depth of f_L
   h_layers: int = 2  # depth of f_H
-  h_cycles: int = 2  # H updates per forward pass
+  h_cycles: int = 2  # H updates per forward pass (C)
   l_steps: int = 4  # maximum L-iterations per H update (HRM's T)
-  use_h_module: bool = True
-  use_memory: bool = True
+  use_h_module: bool = True  # False: weight-tied recurrent L-module only, no H state (ablation)
+  use_memory: bool = True  # False: no memory cells (ablation)
   memory_cells: int = 16  # N
-  memory_content: int = 4  # c: content vectors per cell
+  memory_content: int = 4  # P: content vectors per cell
   memory_top_k: int = 4  # k
-  memory_weight: float = 0.01  # lambda_1
+  memory_weight: float = 0.01  # lambda_1: load balancing over cells
   memory_selection: str = "pooled"  # "pooled" (one top-k per sequence), "position" or "centered" (per position)
-  # Scale the read by the selection's probability mass on the chosen cells. configs/default.py turns it on for every
-  # new run; the dataclass default stays False so that checkpoints written before the field existed (their saved
-  # config lacks it) load as the model they were trained as.
-  memory_gate: bool = False
-  act: bool = True
+  memory_gate: bool = True  # scale the read by the selection probability of the chosen cells (trains the selection)
+  act: bool = True  # False: always l_steps iterations (ablation)
   act_granularity: str = "token"  # "token" or "sequence"
-  act_g: str = "exp"  # "exp" or "inverse"
+  act_g: str = "exp"  # g in tau = g(d logits) / (|CLS . CLS'| + eps): "exp" or "inverse"
   act_g_scale: float = 1.0
   act_eps: float = 1e-3
-  act_weight: float = 0.1  # lambda_2
-  priority_weight: float = 0.1
-  use_while_loop: bool = False  # inference: exit the L-loop early; training needs the static loop
+  act_weight: float = 0.1  # lambda_2: alignment of the subjective score o with the observed contribution
+  priority_weight: float = 0.1  # strategic-priority head (the sampler's strategic_weight uses it)
+  use_while_loop: bool = False  # inference-only early exit of the L-loop (the sampler always uses it)
   position: str = "rope"
+
+  # Checkpoints written before the memory gate existed (commits up to a8a36ac) hold an ungated model.
+  FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {"memory_gate": False}
 
   def __post_init__(self):
     super().__post_init__()
@@ -133,9 +137,19 @@ class HRMConfig(layers.DenoiserConfig):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class ActStats:
-  """Per cycle: L-iterations used per position [B, L], final cumulative contribution, o at the halted state."""
+  """Per cycle: L-iterations used per position [B, L], final cumulative contribution."""
   iterations_BxL: jax.Array
   contribution_BxL: jax.Array
+
+
+@dataclasses.dataclass
+class HRMPass:
+  """One forward pass: the denoiser's output, the strategic priority, the memory contents after it (None without
+  memory) and the trace that `inspect` reports."""
+  output: DenoiserOutput
+  priority_BxL: jax.Array
+  content_BxNxPxD: Any
+  trace: dict
 
 
 def act_g(delta_logits_BxLxV, kind: str, scale: float):
@@ -143,20 +157,18 @@ def act_g(delta_logits_BxLxV, kind: str, scale: float):
   return jnp.exp(-rms_BxL / scale) if kind == "exp" else 1.0 / (1.0 + rms_BxL / scale)
 
 
-class HRMDenoiser(nnx.Module):
-  """`model(x, t)` -> logits; `forward_with_aux` -> (logits, losses, metrics); `sample_step` for the sampler."""
+class HRMDenoiser(Denoiser):
+  """`model(x, t)` -> DenoiserOutput (losses and metrics included); `sample_step` and `inspect` for the sampler and
+  notebooks, with the memory contents carried across reverse steps."""
 
   def __init__(self, cfg: HRMConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
+    self.init_embedding(cfg, rngs, learned_positions=False)
     d = cfg.width
-    self.dtype = layers.compute_dtype(cfg.dtype)
-    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, d), jnp.float32))
-    self.time_embedding = layers.TimeEmbedding(d, dtype=self.dtype, rngs=rngs) if cfg.time_conditioning else None
     self.input_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
     self.z_l_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
     self.l_blocks = make_blocks(cfg.block_config(cfg.l_layers), rngs)
     self.l_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
-    self.final_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+    self.init_head(rngs)
     if cfg.use_h_module:
       self.z_h_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
       self.h_blocks = make_blocks(cfg.block_config(cfg.h_layers), rngs)
@@ -169,24 +181,28 @@ class HRMDenoiser(nnx.Module):
         self.select = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
                                  rngs=rngs)
         self.read_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
-        self.read = CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
+        self.read = layers.CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
         self.write_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
-        self.write = CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
+        self.write = layers.CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
     if cfg.act:
       self.cls_proj = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
                                  rngs=rngs)
       self.score_norm = nnx.RMSNorm(d, dtype=jnp.float32, rngs=rngs)
       self.score = layers.SwiGLU(d, d, dtype=jnp.float32, rngs=rngs, out_features=1)
 
+  @property
+  def uses_memory(self) -> bool:
+    return self.cfg.use_h_module and self.cfg.use_memory
+
   # -- pieces ----------------------------------------------------------------------------------------------------------
   def head(self, z_BxLxD):
-    return (self.final_norm(z_BxLxD) @ self.embedding[...].astype(self.dtype).T).astype(jnp.float32)
+    return super().head(z_BxLxD).astype(jnp.float32)
 
   def cls(self, z_BxLxD):
-    c = self.cls_proj(z_BxLxD.astype(jnp.float32))
+    c_BxLxD = self.cls_proj(z_BxLxD.astype(jnp.float32))
     if self.cfg.act_granularity == "sequence":
-      c = jnp.broadcast_to(jnp.mean(c, axis=1, keepdims=True), c.shape)
-    return c / (jnp.linalg.norm(c, axis=-1, keepdims=True) + 1e-6)
+      c_BxLxD = jnp.broadcast_to(jnp.mean(c_BxLxD, axis=1, keepdims=True), c_BxLxD.shape)
+    return c_BxLxD / (jnp.linalg.norm(c_BxLxD, axis=-1, keepdims=True) + 1e-6)
 
   def subjective_score(self, z_BxLxD):
     """o(z) = sigmoid(SwiGLU(RMSNorm(z))) per position ([B, L]); averaged over positions for 'sequence'."""
@@ -195,166 +211,171 @@ class HRMDenoiser(nnx.Module):
       o_BxL = jnp.broadcast_to(jnp.mean(o_BxL, axis=1, keepdims=True), o_BxL.shape)
     return o_BxL
 
-  def f_l(self, z_l, injection, rope, key, deterministic):
+  def f_l(self, z_l_BxLxD, injection_BxLxD, rope, key, deterministic):
     """z_L <- RMSNorm(blocks_L(z_L + z_H + e)): normalized output (HRM's post-norm) keeps the iteration bounded."""
-    return self.l_out_norm(run_stack(self.l_blocks, z_l + injection, rope, key, deterministic, self.cfg.remat))
+    return self.l_out_norm(run_blocks(self.l_blocks, z_l_BxLxD + injection_BxLxD, rope, key, deterministic,
+                                      self.cfg.remat))
 
-  def f_h(self, z_h, z_l, read, rope, key, deterministic):
-    return self.h_out_norm(run_stack(self.h_blocks, z_h + z_l + read, rope, key, deterministic, self.cfg.remat))
+  def f_h(self, z_h_BxLxD, z_l_BxLxD, read_BxLxD, rope, key, deterministic):
+    return self.h_out_norm(run_blocks(self.h_blocks, z_h_BxLxD + z_l_BxLxD + read_BxLxD, rope, key, deterministic,
+                                      self.cfg.remat))
 
   def select_cells(self, z_h_BxLxD):
     """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled"), per position ("position") or per
     position less its positional mean ("centered").
     Returns (chosen: exactly k True per row, [B, N] pooled or [B, L, N] per position; gate: selection probability
     on the chosen cells, [B, 1, 1] or [B, L, 1]; load-balancing loss)."""
-    z = z_h_BxLxD.astype(jnp.float32)
+    z_BxQxD = z_h_BxLxD.astype(jnp.float32)  # Q = 1 (pooled) or L
     if self.cfg.memory_selection == "pooled":
-      z = jnp.mean(z, axis=1, keepdims=True)
+      z_BxQxD = jnp.mean(z_BxQxD, axis=1, keepdims=True)
     elif self.cfg.memory_selection == "centered":
-      z = z - jnp.mean(z, axis=1, keepdims=True)
-    scores_BxQxN = self.select(z) @ self.cell_cls[...].T
-    chosen_BxQxN, gate_BxQx1, balance = route_top_k(scores_BxQxN, self.cfg.memory_top_k)
+      z_BxQxD = z_BxQxD - jnp.mean(z_BxQxD, axis=1, keepdims=True)
+    scores_BxQxN = self.select(z_BxQxD) @ self.cell_cls[...].T
+    chosen_BxQxN, gate_BxQx1, balance = layers.route_top_k(scores_BxQxN, self.cfg.memory_top_k)
     return (chosen_BxQxN[:, 0] if self.cfg.memory_selection == "pooled" else chosen_BxQxN), gate_BxQx1, balance
 
-  def read_memory(self, z_h, content_BxNxCxD, chosen, gate=None):
+  def read_memory(self, z_h_BxLxD, content_BxNxPxD, chosen, gate=None):
     """Cross-attention of z_H over the content vectors of the chosen cells ([B, N] or [B, L, N]), times `gate`."""
-    b, n, c, d = content_BxNxCxD.shape
-    keys = self.read_norm(content_BxNxCxD.reshape(b, n * c, d).astype(self.dtype))
+    b, n, p, d = content_BxNxPxD.shape
+    keys_BxJxD = self.read_norm(content_BxNxPxD.reshape(b, n * p, d).astype(self.dtype))  # J = N P
     chosen_BxQxN = chosen[:, None] if chosen.ndim == 2 else chosen
-    bias = jnp.where(jnp.repeat(chosen_BxQxN, c, axis=-1), 0.0, -1e9)[:, None].astype(self.dtype)  # [B,1,Q,N c]
-    out = self.read(z_h, keys, bias)
-    return out if gate is None else out * gate.astype(out.dtype)
+    bias = layers.attention_bias(jnp.repeat(chosen_BxQxN, p, axis=-1), self.dtype)
+    out_BxLxD = self.read(z_h_BxLxD, keys_BxJxD, bias)
+    return out_BxLxD if gate is None else out_BxLxD * gate.astype(out_BxLxD.dtype)
 
-  def write_memory(self, z_h, content_BxNxCxD):
-    b, n, c, d = content_BxNxCxD.shape
-    flat = content_BxNxCxD.reshape(b, n * c, d)
-    return (flat + self.write(self.write_norm(flat.astype(self.dtype)), z_h).astype(flat.dtype)).reshape(b, n, c, d)
+  def write_memory(self, z_h_BxLxD, content_BxNxPxD):
+    b, n, p, d = content_BxNxPxD.shape
+    flat_BxJxD = content_BxNxPxD.reshape(b, n * p, d)
+    update_BxJxD = self.write(self.write_norm(flat_BxJxD.astype(self.dtype)), z_h_BxLxD).astype(flat_BxJxD.dtype)
+    return (flat_BxJxD + update_BxJxD).reshape(b, n, p, d)
 
   def init_sample_carry(self, batch: int):
-    """The sampler's persistent state: the memory cell contents, [B, N, c, d] (a dummy when memory is off)."""
-    if self.cfg.use_h_module and self.cfg.use_memory:
+    """The sampler's persistent state: the memory cell contents, [B, N, P, D] (a dummy when memory is off)."""
+    if self.uses_memory:
       return jnp.broadcast_to(self.cell_content[...][None], (batch,) + self.cell_content.shape)
     return jnp.zeros((batch, 1, 1, 1), jnp.float32)
 
   # -- the L-loop with ACT ------------------------------------------------------------------------------------------------
-  def l_loop(self, z_l, injection, rope, deterministic, use_while_loop: bool):
+  def l_loop(self, z_l_BxLxD, injection_BxLxD, rope, deterministic, use_while_loop: bool):
     """Up to l_steps L-iterations with ACT halting (no gradient). Returns (halted z_L, ActStats)."""
     cfg = self.cfg
     sg = jax.lax.stop_gradient
-    batch, length, _ = z_l.shape
-    step = lambda z: sg(self.f_l(z, injection, rope, None, True))
+    batch, length, _ = z_l_BxLxD.shape
+    step = lambda z: sg(self.f_l(z, injection_BxLxD, rope, None, True))
     if not cfg.act:
-      z_l = jax.lax.fori_loop(0, cfg.l_steps, lambda _, z: step(z), z_l)
-      full = jnp.full((batch, length), float(cfg.l_steps))
-      return z_l, ActStats(full, jnp.zeros((batch, length)))
+      z_l_BxLxD = jax.lax.fori_loop(0, cfg.l_steps, lambda _, z: step(z), z_l_BxLxD)
+      full_BxL = jnp.full((batch, length), float(cfg.l_steps))
+      return z_l_BxLxD, ActStats(full_BxL, jnp.zeros((batch, length)))
 
     def body(state):
-      i, z, logits, cls, total, halted, used = state
-      z_new = step(z)
+      i, z_BxLxD, logits_BxLxV, cls_BxLxD, total_BxL, halted_BxL, used_BxL = state
+      z_new = step(z_BxLxD)
       logits_new, cls_new = sg(self.head(z_new)), sg(self.cls(z_new))
-      tau = act_g(logits_new - logits, cfg.act_g, cfg.act_g_scale)
+      tau_BxL = act_g(logits_new - logits_BxLxV, cfg.act_g, cfg.act_g_scale)
       if cfg.act_granularity == "sequence":
-        tau = jnp.broadcast_to(jnp.mean(tau, axis=1, keepdims=True), tau.shape)
-      tau = tau / (jnp.abs(jnp.sum(cls * cls_new, axis=-1)) + cfg.act_eps)
-      active = ~halted
-      z = jnp.where(active[..., None], z_new, z)
-      logits = jnp.where(active[..., None], logits_new, logits)
-      cls = jnp.where(active[..., None], cls_new, cls)
-      total = jnp.where(active, total + tau, total)
-      used = used + active.astype(jnp.float32)
-      halted = halted | (active & (total > sg(self.subjective_score(z))))
-      return i + 1, z, logits, cls, total, halted, used
+        tau_BxL = jnp.broadcast_to(jnp.mean(tau_BxL, axis=1, keepdims=True), tau_BxL.shape)
+      tau_BxL = tau_BxL / (jnp.abs(jnp.sum(cls_BxLxD * cls_new, axis=-1)) + cfg.act_eps)
+      active_BxL = ~halted_BxL
+      z_BxLxD = jnp.where(active_BxL[..., None], z_new, z_BxLxD)
+      logits_BxLxV = jnp.where(active_BxL[..., None], logits_new, logits_BxLxV)
+      cls_BxLxD = jnp.where(active_BxL[..., None], cls_new, cls_BxLxD)
+      total_BxL = jnp.where(active_BxL, total_BxL + tau_BxL, total_BxL)
+      used_BxL = used_BxL + active_BxL.astype(jnp.float32)
+      halted_BxL = halted_BxL | (active_BxL & (total_BxL > sg(self.subjective_score(z_BxLxD))))
+      return i + 1, z_BxLxD, logits_BxLxV, cls_BxLxD, total_BxL, halted_BxL, used_BxL
 
-    init = (jnp.asarray(0), z_l, sg(self.head(z_l)), sg(self.cls(z_l)), jnp.zeros((batch, length)),
+    init = (jnp.asarray(0), z_l_BxLxD, sg(self.head(z_l_BxLxD)), sg(self.cls(z_l_BxLxD)), jnp.zeros((batch, length)),
             jnp.zeros((batch, length), bool), jnp.zeros((batch, length)))
     if use_while_loop:
       state = jax.lax.while_loop(lambda s: (s[0] < cfg.l_steps) & ~jnp.all(s[5]), body, init)
     else:
       state = jax.lax.fori_loop(0, cfg.l_steps, lambda _, s: body(s), init)
-    _, z_l, _, _, total, _, used = state
-    return z_l, ActStats(used, total)
+    _, z_l_BxLxD, _, _, total_BxL, _, used_BxL = state
+    return z_l_BxLxD, ActStats(used_BxL, total_BxL)
 
   # -- the forward pass -------------------------------------------------------------------------------------------------
-  def _forward(self, tokens_BxL, t_B, content, deterministic, dropout_key, use_while_loop, learned_content=None):
+  def forward(self, tokens_BxL, t_B, content_BxNxPxD, deterministic, dropout_key, use_while_loop,
+              learned_content=None) -> HRMPass:
+    """The forward pass of the module docstring, starting from the memory contents `content_BxNxPxD` (None without
+    memory). `learned_content`: the learned initial contents, through which the one-step gradient flows (training)."""
     cfg = self.cfg
     sg = jax.lax.stop_gradient
     batch, length = tokens_BxL.shape
-    if length > cfg.max_len:
-      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
     # Normalized so the token input is as large as the unit-RMS states it is added to (HRM scales its embeddings by
-    # sqrt(d) for the same reason); at the 0.02 init scale of the tied embedding it would be drowned by z_L + z_H.
-    e = self.input_norm(layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype,
-                                            self.time_embedding))
+    # sqrt(D) for the same reason); at the 0.02 init scale of the tied embedding it would be drowned by z_L + z_H.
+    e_BxLxD = self.input_norm(self.embed(tokens_BxL, t_B))
     rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
-    z_l = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e.shape)
-    losses, stats, chosen_cells = {}, [], []
-    zero = jnp.zeros(e.shape, self.dtype)
-    z_h = jnp.broadcast_to(self.z_h_init[...].astype(self.dtype), e.shape) if cfg.use_h_module else zero
-    use_mem = cfg.use_h_module and cfg.use_memory
+    z_l_BxLxD = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e_BxLxD.shape)
+    aux_losses, stats, chosen_per_cycle = {}, [], []
+    zero_BxLxD = jnp.zeros(e_BxLxD.shape, self.dtype)
+    z_h_BxLxD = (jnp.broadcast_to(self.z_h_init[...].astype(self.dtype), e_BxLxD.shape) if cfg.use_h_module
+                 else zero_BxLxD)
     for cycle in range(cfg.h_cycles):
       last = cycle == cfg.h_cycles - 1
       if cfg.use_h_module:
         # The last cycle's write, selection, read and H update are differentiated (inputs under stop_gradient).
-        z_h_in, z_l_in = sg(z_h), sg(z_l)
-        read = zero
-        if use_mem:
+        z_h_in, z_l_in = sg(z_h_BxLxD), sg(z_l_BxLxD)
+        read_BxLxD = zero_BxLxD
+        if self.uses_memory:
           if last and learned_content is not None:
             # Straight-through: the contents' value after earlier (stop-gradient) cycles, with the gradient of the
             # learned initial contents passed through as if those cycles were the identity (one-step gradient).
-            content = sg(content) + (learned_content - sg(learned_content))
-          content = self.write_memory(z_h_in, content if last else sg(content))
-          content = content if last else sg(content)
+            content_BxNxPxD = sg(content_BxNxPxD) + (learned_content - sg(learned_content))
+          content_BxNxPxD = self.write_memory(z_h_in, content_BxNxPxD if last else sg(content_BxNxPxD))
+          content_BxNxPxD = content_BxNxPxD if last else sg(content_BxNxPxD)
           chosen, gate, balance = self.select_cells(z_h_in)
-          chosen_cells.append(chosen)
-          read = self.read_memory(z_h_in, content, chosen, gate if cfg.memory_gate else None)
+          chosen_per_cycle.append(chosen)
+          read_BxLxD = self.read_memory(z_h_in, content_BxNxPxD, chosen, gate if cfg.memory_gate else None)
           if last:
-            losses["hrm_memory"] = cfg.memory_weight * balance
-        z_h = self.f_h(z_h_in, z_l_in, read, rope, keys[0], deterministic)
-        z_h = z_h if last else sg(z_h)
-      injection = (z_h + e) if last else sg(z_h + e)
-      z_l, act_stats = self.l_loop(sg(z_l), sg(injection), rope, deterministic, use_while_loop)
+            aux_losses["hrm_memory"] = cfg.memory_weight * balance
+        z_h_BxLxD = self.f_h(z_h_in, z_l_in, read_BxLxD, rope, keys[0], deterministic)
+        z_h_BxLxD = z_h_BxLxD if last else sg(z_h_BxLxD)
+      injection_BxLxD = (z_h_BxLxD + e_BxLxD) if last else sg(z_h_BxLxD + e_BxLxD)
+      z_l_BxLxD, act_stats = self.l_loop(sg(z_l_BxLxD), sg(injection_BxLxD), rope, deterministic, use_while_loop)
       stats.append(act_stats)
     # One differentiable L update on the halted state (HRM one-step gradient).
-    z_star = sg(z_l)
-    z_l = self.f_l(z_star, injection, rope, keys[1], deterministic)
-    logits = self.head(z_l)
-    priority = self.priority(z_h.astype(jnp.float32))[..., 0] if cfg.use_h_module else jnp.zeros((batch, length))
-    metrics = {"hrm_l_iterations": jnp.mean(jnp.stack([s.iterations_BxL for s in stats]))}
+    z_star_BxLxD = sg(z_l_BxLxD)
+    z_l_BxLxD = self.f_l(z_star_BxLxD, injection_BxLxD, rope, keys[1], deterministic)
+    logits_BxLxV = self.head(z_l_BxLxD)
+    priority_BxL = (self.priority(z_h_BxLxD.astype(jnp.float32))[..., 0] if cfg.use_h_module
+                    else jnp.zeros((batch, length)))
+    iterations_CxBxL = jnp.stack([s.iterations_BxL for s in stats])
+    aux_metrics = {"hrm_l_iterations": jnp.mean(iterations_CxBxL)}
+    trace = {"l_iterations_CxBxL": iterations_CxBxL, "act_contribution_BxL": stats[-1].contribution_BxL,
+             "priority_BxL": priority_BxL}
     if cfg.act:
-      o = self.subjective_score(z_star)
-      target = sg(jnp.minimum(stats[-1].contribution_BxL, 1.0))
-      losses["hrm_act"] = cfg.act_weight * jnp.mean(jnp.square(o - target))
-    trace = {"l_iterations_CxBxL": jnp.stack([s.iterations_BxL for s in stats]),
-             "act_contribution_BxL": stats[-1].contribution_BxL, "priority_BxL": priority}
-    if cfg.act:
-      trace["act_score_BxL"] = o
-    if use_mem:
-      trace["chosen_cells_CxBxN"] = jnp.stack(chosen_cells)
-    return logits, priority, content if use_mem else None, losses, metrics, trace
+      o_BxL = self.subjective_score(z_star_BxLxD)
+      target_BxL = sg(jnp.minimum(stats[-1].contribution_BxL, 1.0))
+      aux_losses["hrm_act"] = cfg.act_weight * jnp.mean(jnp.square(o_BxL - target_BxL))
+      trace["act_score_BxL"] = o_BxL
+    if self.uses_memory:
+      trace["chosen_cells_CxBxN"] = jnp.stack(chosen_per_cycle)
+    return HRMPass(DenoiserOutput(logits_BxLxV, aux_losses, aux_metrics), priority_BxL,
+                   content_BxNxPxD if self.uses_memory else None, trace)
 
-  def forward_with_aux(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
-    """(logits, weighted auxiliary losses, metrics) for the trainer. Training starts from the learned memory contents.
-    The strategic-priority head regresses, at masked positions, sg(max_v p_theta(v | x_t)): the L-module's confidence,
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
+    """The training/evaluation call: starts from the learned memory contents. Its auxiliary losses include the
+    strategic-priority head's regression, at masked positions, on sg(max_v p_theta(v | x_t)): the L-module's confidence
     forecast from the H-state alone, which the sampler adds (weighted) to the per-token confidence."""
-    content = self.init_sample_carry(tokens_BxL.shape[0]) if (self.cfg.use_h_module and self.cfg.use_memory) else None
-    logits, priority, _, losses, metrics, _ = self._forward(tokens_BxL, t_B, content, deterministic, dropout_key,
-                                                             self.cfg.use_while_loop, learned_content=content)
+    content = self.init_sample_carry(tokens_BxL.shape[0]) if self.uses_memory else None
+    hrm_pass = self.forward(tokens_BxL, t_B, content, deterministic, dropout_key, self.cfg.use_while_loop,
+                            learned_content=content)
+    output = hrm_pass.output
     if self.cfg.use_h_module and self.cfg.priority_weight:
-      masked = tokens_BxL == special_tokens.MASK
-      confidence = jax.lax.stop_gradient(jnp.max(jax.nn.softmax(logits.at[..., special_tokens.MASK].set(-1e9)), -1))
-      err = jnp.where(masked, jnp.square(priority - confidence), 0.0)
-      losses["hrm_priority"] = self.cfg.priority_weight * jnp.sum(err) / jnp.maximum(jnp.sum(masked), 1)
-    return logits, losses, metrics
+      masked_BxL = tokens_BxL == special_tokens.MASK
+      probs_BxLxV = jax.nn.softmax(losses.subs_logits(output.logits_BxLxV, special_tokens.MASK))
+      confidence_BxL = jax.lax.stop_gradient(jnp.max(probs_BxLxV, -1))
+      err_BxL = jnp.where(masked_BxL, jnp.square(hrm_pass.priority_BxL - confidence_BxL), 0.0)
+      priority_loss = self.cfg.priority_weight * jnp.sum(err_BxL) / jnp.maximum(jnp.sum(masked_BxL), 1)
+      output = output.replace(aux_losses={**output.aux_losses, "hrm_priority": priority_loss})
+    return output
 
-  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
-    return self.forward_with_aux(tokens_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)[0]
-
-  def sample_step(self, tokens_BxL, t_B, content):
+  def sample_step(self, tokens_BxL, t_B, carry):
     """One reverse step for the sampler: (logits, strategic priority, memory contents carried to the next step).
     Uses the early-exit while loop for the L-iterations (the rest of `inspect`'s trace is dead code under jit)."""
-    logits, trace, content = self.inspect(tokens_BxL, t_B, content)
-    return logits, trace["priority_BxL"], content
+    logits_BxLxV, trace, carry = self.inspect(tokens_BxL, t_B, carry)
+    return logits_BxLxV, trace["priority_BxL"], carry
 
   def inspect(self, tokens_BxL, t_B, content):
     """`sample_step` with its insides: (logits, trace, memory contents for the next step). The trace holds, per
@@ -364,7 +385,6 @@ class HRMDenoiser(nnx.Module):
     (`act_contribution_BxL`, `act_score_BxL`, when ACT is on), and the strategic priority. Feeding a recorded
     trajectory's states through it step by step, carrying the contents, replays exactly the model calls of the sampler
     (notebooks/inside_hrm.ipynb)."""
-    use_mem = self.cfg.use_h_module and self.cfg.use_memory
-    logits, _, new_content, _, _, trace = self._forward(tokens_BxL, t_B, content if use_mem else None, True, None,
-                                                        use_while_loop=True)
-    return logits, trace, (new_content if use_mem else content)
+    hrm_pass = self.forward(tokens_BxL, t_B, content if self.uses_memory else None, True, None,
+                            use_while_loop=True)
+    return hrm_pass.output.logits_BxLxV, hrm_pass.trace, (hrm_pass.content_BxNxPxD if self.uses_memory else content)

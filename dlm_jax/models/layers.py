@@ -1,12 +1,15 @@
-"""Building blocks shared by the denoisers: dtype/attention selection, RoPE, attention, SwiGLU, time embedding."""
+"""Building blocks shared by the denoisers: dtype/attention selection, RoPE, self- and cross-attention, top-k routing,
+SwiGLU, time embedding, and the stacked-layer scan (`stack_blocks`, `run_stack`)."""
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from dlm_jax.diffusion.losses import NEG_INF
 
 DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -17,42 +20,6 @@ REMAT_POLICIES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class DenoiserConfig:
-  """The fields every denoiser takes (config.model, less `name`); each model's config adds its own."""
-  vocab_size: int
-  max_len: int
-  num_heads: int = 6
-  width: int = 384
-  mlp_dim: int = 1024  # SwiGLU hidden width
-  dropout: float = 0.0
-  time_conditioning: bool = False
-  causal: bool = False
-  remat: str = "none"  # "none", "full" or "dots"
-  dtype: str = "auto"  # "auto", "float32" or "bfloat16" (activations; parameters are always float32)
-  attention: str = "auto"  # "auto", "xla" or "cudnn"
-  embed_one_hot: bool = True  # E[x] as one_hot(x) @ E: its backward is a matmul, not a scatter (GUIDE §4)
-  rope_base: float = 10000.0
-
-  def __post_init__(self):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}.")
-
-
-def embed_inputs(table_VxD, tokens_BxL, t_B, cfg: DenoiserConfig, dtype, time_embedding=None):
-  """E[x] (as one_hot(x) @ E when cfg.embed_one_hot) plus, with time conditioning, TimeMLP(t) at every position."""
-  table_VxD = table_VxD.astype(dtype)
-  if cfg.embed_one_hot:
-    h_BxLxD = jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=dtype) @ table_VxD
-  else:
-    h_BxLxD = table_VxD[tokens_BxL]
-  if time_embedding is not None:
-    if t_B is None:
-      raise ValueError("This model was built with model.time_conditioning=True and needs t.")
-    h_BxLxD = h_BxLxD + time_embedding(t_B)[:, None, :].astype(dtype)
-  return h_BxLxD
-
-
 def compute_dtype(name: str):
   """'auto' -> bfloat16 on GPU/TPU, float32 on CPU (CPU bf16 matmuls are slow and gain nothing)."""
   if name == "auto":
@@ -61,7 +28,8 @@ def compute_dtype(name: str):
 
 
 def attention_implementation(name: str, dtype) -> str | None:
-  """'auto' -> cuDNN flash attention on GPU with 16-bit activations (7.5x the XLA path on an H100, GUIDE §4), else XLA."""
+  """'auto' -> cuDNN flash attention on GPU with 16-bit activations, else XLA. (On an H100 at B=8, L=4096, H=16, K=64
+  in bf16, `implementation="cudnn"` took 1.17 ms against 8.9 ms for the XLA path.)"""
   if name == "auto":
     on_gpu = jax.default_backend() == "gpu"
     return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
@@ -71,18 +39,18 @@ def attention_implementation(name: str, dtype) -> str | None:
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0):
-  """cos/sin tables [L, head_dim/2] of rotary position embeddings (Su et al. 2021)."""
-  inv_freq = 1.0 / (base**(jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles_LxH2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-  return jnp.cos(angles_LxH2), jnp.sin(angles_LxH2)
+  """cos/sin tables [L, K/2] of rotary position embeddings (Su et al. 2021), K = head_dim."""
+  inv_freq_K2 = 1.0 / (base**(jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_LxK2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_K2[None, :]
+  return jnp.cos(angles_LxK2), jnp.sin(angles_LxK2)
 
 
-def apply_rope(x_BxLxNxH, cos_LxH2, sin_LxH2):
+def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
   """Rotates channel pairs (x1, x2) = (first half, second half) of each head by the position angle."""
-  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
-  cos, sin = cos_LxH2[None, :, None, :], sin_LxH2[None, :, None, :]
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos_LxK2[None, :, None, :], sin_LxK2[None, :, None, :]
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x_BxLxNxH.dtype)
+  return rotated.astype(x_BxLxHxK.dtype)
 
 
 class SelfAttention(nnx.Module):
@@ -98,12 +66,59 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x_BxLxD, rope=None):
     batch, length, _ = x_BxLxD.shape
-    qkv_BxLx3xNxH = self.qkv(x_BxLxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
-    q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
+    qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
+    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    out_BxLxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
-    return self.out(out_BxLxNxH.reshape(batch, length, -1))
+    out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
+    return self.out(out_BxLxHxK.reshape(batch, length, -1))
+
+
+class CrossAttention(nnx.Module):
+  """Multi-head attention of queries x [B, Q, D] over a context c [B, J, D] (J = memory slots, cells or tokens).
+
+  Always the XLA path: the contexts are short (a few memory slots or cells) or the queries are (slots reading tokens).
+  `bias_BxHxQxJ` (broadcastable) is added to the attention logits; NEG_INF there removes a key."""
+
+  def __init__(self, width: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
+    self.num_heads, self.head_dim = num_heads, width // num_heads
+    self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+    self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+
+  def __call__(self, x_BxQxD, c_BxJxD, bias_BxHxQxJ=None):
+    batch, q_len, _ = x_BxQxD.shape
+    c_len = c_BxJxD.shape[1]
+    q_BxQxHxK = self.q(x_BxQxD).reshape(batch, q_len, self.num_heads, self.head_dim)
+    k_BxJxHxK, v_BxJxHxK = jnp.split(self.kv(c_BxJxD).reshape(batch, c_len, 2 * self.num_heads, self.head_dim), 2,
+                                     axis=2)
+    out_BxQxHxK = jax.nn.dot_product_attention(q_BxQxHxK, k_BxJxHxK, v_BxJxHxK, bias=bias_BxHxQxJ,
+                                               implementation="xla")
+    return self.out(out_BxQxHxK.reshape(batch, q_len, -1))
+
+
+def route_top_k(router_logits_BxQxJ, k: int):
+  """Top-k routing of each query over J choices (EcoHybrid's slot routing, HRM's cell selection) with the Switch
+  Transformer load-balancing loss (Fedus et al. 2022).
+
+  Returns (chosen_BxQxJ: exactly k True per query; gate_BxQx1: router probability mass of the chosen choices;
+  balance = J * sum_j f_j P_j with f_j the share of the B Q k assignments that went to choice j and P_j the mean router
+  probability of choice j: 1 for perfectly uniform use, up to J / k when every query picks the same k)."""
+  num_choices = router_logits_BxQxJ.shape[-1]
+  _, top_index = jax.lax.top_k(router_logits_BxQxJ, k)  # [B, Q, k]
+  chosen_BxQxJ = jnp.sum(jax.nn.one_hot(top_index, num_choices, dtype=jnp.float32), axis=-2) > 0
+  probs_BxQxJ = jax.nn.softmax(router_logits_BxQxJ.astype(jnp.float32), axis=-1)
+  fraction_J = jnp.mean(chosen_BxQxJ.astype(jnp.float32), axis=(0, 1)) / k
+  balance = num_choices * jnp.sum(fraction_J * jnp.mean(probs_BxQxJ, axis=(0, 1)))
+  gate_BxQx1 = jnp.sum(jnp.where(chosen_BxQxJ, probs_BxQxJ, 0.0), axis=-1, keepdims=True)
+  return chosen_BxQxJ, gate_BxQx1, balance
+
+
+def attention_bias(chosen_BxQxJ, dtype):
+  """Additive attention bias [B, 1, Q, J] (the same for every head): 0 on chosen keys, NEG_INF elsewhere."""
+  return jnp.where(chosen_BxQxJ, 0.0, NEG_INF)[:, None].astype(dtype)
 
 
 class SwiGLU(nnx.Module):
@@ -137,3 +152,35 @@ class TimeEmbedding(nnx.Module):
 
   def __call__(self, t_B):
     return self.out(jax.nn.silu(self.hidden(sinusoidal_embedding(t_B, self.width))))
+
+
+def stack_blocks(num_layers: int, make_block: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs):
+  """`num_layers` blocks with their parameters stacked on a leading axis (nnx.vmap over split rngs), for `run_stack`."""
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return make_block(rngs)
+
+  return make(rngs)
+
+
+def run_stack(blocks, carry, apply_block: Callable, dropout_key, remat: str = "none"):
+  """Runs `stack_blocks`-stacked blocks as one lax.scan over their stacked state (compile time flat in depth).
+
+  `apply_block(block, carry, layer_index, dropout_key) -> (carry, per_layer_output)`; returns (carry, outputs stacked
+  over layers). Layer i gets the i-th of split(dropout_key, num_layers). With remat ("full" or "dots") each layer's body
+  is wrapped in `jax.checkpoint` under that policy. (Not `nnx.scan`: it refuses modules whose values were traced at an
+  outer level, which happens when a model runs inside the sampler's scan or an HRM iteration loop; split/merge around
+  lax.scan has no such restriction.)"""
+  block_def, block_state = nnx.split(blocks)
+  num_layers = jax.tree.leaves(block_state)[0].shape[0]
+  layer_keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), num_layers)
+
+  def body(carry, layer):
+    state, key, index = layer
+    return apply_block(nnx.merge(block_def, state), carry, index, key)
+
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+  return jax.lax.scan(body, carry, (block_state, layer_keys, jnp.arange(num_layers)))

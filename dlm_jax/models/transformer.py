@@ -1,27 +1,28 @@
-"""The baseline denoiser (seed 001 §5): a bidirectional pre-norm transformer with a tied output head.
+"""The baseline denoiser: a bidirectional pre-norm transformer with a tied output head.
 
     h_0   = E[x] (+ P_pos if learned positions) (+ TimeMLP(t) if time conditioning)
     h_l+1 = h_l + Attn(RMSNorm(h_l)) ; h_l+1 = h_l+1 + SwiGLU(RMSNorm(h_l+1))     (RoPE inside Attn if enabled)
     logits = RMSNorm(h_L) E^T                                                        (tied head)
 
-Attention is bidirectional for diffusion; `causal=True` gives the autoregressive control arm of seed 001 §5.2 on the
-same code. Layers are created with `nnx.vmap` (one stacked parameter tree) and run with `lax.scan` over that tree
-(compile time flat in depth), each optionally wrapped in `jax.checkpoint` (remat). Time conditioning is off by default: for masked diffusion the
-number of masks already reveals t and MD4/MDLM find the conditioning unnecessary; it is a config switch.
+Attention is bidirectional for diffusion; `causal=True` gives the autoregressive control arm (next-token prediction
+with the same blocks, parameters and data) on the same code. Layers are created with `nnx.vmap` (one stacked parameter
+tree) and run with `lax.scan` over that tree (`layers.run_stack`: compile time flat in depth), each optionally wrapped
+in `jax.checkpoint` (remat). Time conditioning is off by default: for masked diffusion the number of masks already
+reveals t and MD4/MDLM find the conditioning unnecessary; it is a config switch.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models import layers
+from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig(layers.DenoiserConfig):
+class TransformerConfig(DenoiserConfig):
   num_layers: int = 6
   position: str = "rope"  # "rope" or "learned"
 
@@ -29,6 +30,14 @@ class TransformerConfig(layers.DenoiserConfig):
     super().__post_init__()
     if self.position not in ("rope", "learned"):
       raise ValueError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """6 N_matmul + 12 n_layers L D (Kaplan et al. 2020; PaLM's MFU convention), N_matmul = the weights that multiply
+    activations: per layer 4 D^2 (qkv + out) + 3 D mlp_dim (SwiGLU), plus the V x D head. The one-hot embedding
+    product is not counted (a lookup in the usual convention)."""
+    d = self.width
+    matmul_params = self.num_layers * (4 * d * d + 3 * d * self.mlp_dim) + self.vocab_size * d
+    return 6.0 * matmul_params + 12.0 * self.num_layers * seq_len * d
 
 
 class Block(nnx.Module):
@@ -50,60 +59,29 @@ class Block(nnx.Module):
     return h_BxLxD + self.dropout(self.mlp(self.mlp_norm(h_BxLxD)), deterministic=deterministic, rngs=mlp_key)
 
 
-def run_stack(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, remat: str = "none"):
-  """Runs `nnx.vmap`-stacked Blocks as a plain lax.scan over their stacked state, merged inside the body.
-
-  (nnx.scan refuses modules whose values were traced at an outer level, which happens when a model runs inside the
-  sampler's scan or an HRM iteration loop; split/merge around lax.scan has no such restriction.)"""
-  block_def, block_state = nnx.split(blocks)
-  num_layers = jax.tree.leaves(block_state)[0].shape[0]
-  keys_Lx = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), num_layers)
-
-  def run_block(h, layer):
-    state_l, key = layer
-    return nnx.merge(block_def, state_l)(h, rope, key, deterministic), None
-
-  if remat != "none":
-    run_block = jax.checkpoint(run_block, policy=layers.REMAT_POLICIES[remat])
-  return jax.lax.scan(run_block, h_BxLxD, (block_state, keys_Lx))[0]
-
-
 def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
-  """cfg.num_layers Blocks with their parameters stacked on a leading axis (nnx.vmap over split rngs)."""
-
-  @nnx.split_rngs(splits=cfg.num_layers)
-  @nnx.vmap(in_axes=(0,), out_axes=0)
-  def make(rngs):
-    return Block(cfg, rngs=rngs)
-
-  return make(rngs)
+  """cfg.num_layers Blocks with their parameters stacked on a leading axis."""
+  return layers.stack_blocks(cfg.num_layers, lambda r: Block(cfg, rngs=r), rngs)
 
 
-class Transformer(nnx.Module):
-  """Baseline denoiser. Call: logits_BxLxV = model(tokens_BxL, t_B, deterministic=..., dropout_key=...)."""
+def run_blocks(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, remat: str = "none"):
+  """h through every stacked Block in turn."""
+  apply = lambda block, h, _, key: (block(h, rope, key, deterministic), None)
+  return layers.run_stack(blocks, h_BxLxD, apply, dropout_key, remat)[0]
+
+
+class Transformer(Denoiser):
+  """Baseline denoiser: `model(tokens_BxL, t_B, deterministic=..., dropout_key=...)` -> DenoiserOutput."""
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.dtype = layers.compute_dtype(cfg.dtype)
-    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32))
-    if cfg.position == "learned":
-      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
-    self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
-                           if cfg.time_conditioning else None)
+    self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
     self.blocks = make_blocks(cfg, rngs)
-    self.final_norm = nnx.RMSNorm(cfg.width, dtype=self.dtype, rngs=rngs)
+    self.init_head(rngs)
 
-  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None):
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
     cfg = self.cfg
-    length = tokens_BxL.shape[1]
-    if length > cfg.max_len:
-      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len}.")
-    h_BxLxD = layers.embed_inputs(self.embedding[...], tokens_BxL, t_B, cfg, self.dtype, self.time_embedding)
-    rope = None
-    if cfg.position == "learned":
-      h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
-    else:
-      rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
-    h_BxLxD = run_stack(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg.remat)
-    h_BxLxD = self.final_norm(h_BxLxD)
-    return h_BxLxD @ self.embedding[...].astype(self.dtype).T
+    h_BxLxD = self.embed(tokens_BxL, t_B)
+    rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
+                                                                     cfg.rope_base)
+    h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg.remat)
+    return DenoiserOutput(self.head(h_BxLxD))

@@ -2,15 +2,15 @@
 
 Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two policies (`SamplerConfig.method`):
 
-* "confidence" (seed 001 §4, MaskGIT, LLaDA's low-confidence remasking): at each step predict every masked position
-  (greedy argmax, or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's
-  probability of it, p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident, where k_s brings the number of masked
-  positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule follows the masking schedule), at least
-  one per step. With `reveal_noise` = tau > 0 the ranking score is log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel
+* "confidence" (MaskGIT, LLaDA's low-confidence remasking): at each step predict every masked position (greedy argmax,
+  or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's probability of it,
+  p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident,
+  where k_s brings the number of masked positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule
+  follows the masking schedule), at least one per step. With `reveal_noise` = tau > 0 the ranking score is log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel
   (MaskGIT's "choice temperature", Chang et al. 2022): early steps reveal a noisy top-k instead of always the most
   predictable symbol, which keeps an undertrained model from filling a sequence with its most frequent token
-  (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass fills any mask still
-  left (argmax of one more forward pass, only run if needed).
+  (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass
+  fills any mask still left (argmax of one more forward pass, only run if needed).
 * "ancestral" (MD4 / MDLM ancestral sampler): each masked position is revealed independently with probability
   (alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s)), with a token drawn from p_theta(x_0 | x_t) — the exact reverse
   process of the forward chain given the model.
@@ -18,10 +18,14 @@ Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two polic
 Positions with `fixed_BxL` (a prompt, an infilling context) start unmasked and are never changed. With
 `record_trajectory`, the output also holds the tokens after every step `[S+1, B, L]`; `reveal_step_BxL` (the step at
 which each position was revealed, -1 for fixed positions) and `confidence_BxL` (the score at reveal) are always kept.
-The optional `priority_BxL` is added to the confidence. A stateful denoiser (the HRM denoiser, seed 000 §3 and §5)
-is driven through `init_carry`: then `denoise_fn(x_BxL, t_B, carry) -> (logits, priority_BxL, carry)`; the carry (its
-memory cells) persists across the reverse steps inside the scan, and `strategic_weight` x priority (the H-module's
-strategic score) is added to the confidence ("strategic unmasking"; 0 switches it off).
+The optional `priority_BxL` is added to the confidence.
+
+Every denoiser is driven through one interface (`dlm_jax.models.Denoiser.sample_step`):
+`denoise_fn(x_BxL, t_B, carry) -> (logits_BxLxV, priority_BxL or None, carry)`, starting from `init_carry`. A stateless
+denoiser passes its carry (None) through and reports no priority (`stateless` wraps a plain `(x, t) -> logits`
+function). The HRM denoiser carries its memory cells across the reverse steps inside the scan and reports the
+H-module's strategic priority, of which `strategic_weight` x priority is added to the confidence ("strategic
+unmasking"; 0 switches it off).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import special_tokens
-from dlm_jax.diffusion import losses
+from dlm_jax.diffusion import losses, schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 
 METHODS = ("confidence", "ancestral")
@@ -53,6 +57,18 @@ class SamplerConfig:
   strategic_weight: float = 0.0  # weight of a stateful denoiser's priority score in the reveal ranking
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
+
+  @classmethod
+  def from_config(cls, config, **overrides) -> "SamplerConfig":
+    """The sampler settings of a run's ml_collections config (`config.sample`, less `num_samples`), with `overrides`.
+    The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule `diffusion.schedule` (with its
+    exponent and eps)."""
+    fields = dict(config.sample)
+    fields.update(overrides)
+    fields.pop("num_samples", None)
+    name = fields.pop("reveal_schedule", "") or config.diffusion.schedule
+    reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
+    return cls(schedule=reveal, **fields)
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -103,10 +119,15 @@ def _reveal_top_k(score_BxL, masked_BxL, k_B):
   return masked_BxL & (rank_BxL < k_B[:, None])
 
 
+def stateless(logits_fn: Callable) -> Callable:
+  """`(x, t) -> logits` as the sampler's `(x, t, carry) -> (logits, None, carry)`."""
+  return lambda x_BxL, t_B, carry: (logits_fn(x_BxL, t_B), None, carry)
+
+
 def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None,
            init_carry=None) -> SampleOutput:
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
-  With `init_carry`, `denoise_fn` is stateful: (x, t, carry) -> (logits, step_priority_BxL, carry)."""
+  `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`."""
   mask_id = special_tokens.MASK
   x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
   n_gen_B = jnp.sum(~fixed_BxL, axis=-1)
@@ -119,14 +140,11 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
     t_B = jnp.full((batch,), t, jnp.float32)
     step_priority_BxL = priority_BxL
-    if init_carry is None:
-      logits = sampling_logits(denoise_fn(x_BxL, t_B))
-    else:
-      logits, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
-      logits = sampling_logits(logits)
-      if cfg.strategic_weight:
-        weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
-        step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
+    logits, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
+    logits = sampling_logits(logits)
+    if cfg.strategic_weight and model_priority_BxL is not None:
+      weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
+      step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
     masked_BxL = x_BxL == mask_id
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
@@ -167,8 +185,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
 
   def fallback_fill(x_BxL):
     t0_B = jnp.zeros((batch,), jnp.float32)
-    out = denoise_fn(x_BxL, t0_B) if init_carry is None else denoise_fn(x_BxL, t0_B, model_carry)[0]
-    logits = sampling_logits(out)
+    logits = sampling_logits(denoise_fn(x_BxL, t0_B, model_carry)[0])
     return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
 
   x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
@@ -181,36 +198,46 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
 
 
 def make_sampler(graphdef, other, cfg: SamplerConfig):
-  """jit(sample) over (params, rng, tokens_BxL, fixed_BxL) for a split NNX denoiser."""
+  """jit(sample) over (params, rng, tokens_BxL, fixed_BxL) for a split NNX denoiser, through its `sample_step` and
+  `init_sample_carry`."""
   from flax import nnx
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
     # Merged at each call site: an NNX module must not cross into the scan's trace level.
     model = lambda: nnx.merge(graphdef, params, other)
-    if hasattr(model(), "sample_step"):  # stateful denoiser (HRM): memory carried across reverse steps
-      denoise = lambda x, t, carry: model().sample_step(x, t, carry)
-      return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(
-          tokens_BxL.shape[0]))
-    denoise = lambda x, t: model()(x, t, deterministic=True)
-    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg)
+    denoise = lambda x, t, carry: model().sample_step(x, t, carry)
+    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(tokens_BxL.shape[0]))
 
   return run
 
 
-def autoregressive_sample(denoise_fn: Callable, rng, tokens_BxL, prompt_len: int, temperature: float = 1.0,
-                          top_k: int = 0, top_p: float = 1.0, greedy: bool = False):
-  """Left-to-right sampling for the causal control arm: positions >= prompt_len are generated one at a time, each
-  from the full-length forward pass (no KV cache: this is the control arm's reference decoder, not a fast one)."""
-  length = tokens_BxL.shape[1]
+def autoregressive_sample(logits_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig) -> SampleOutput:
+  """Left-to-right sampling for the causal control arm: every position i >= 1 that is not fixed gets a token drawn from
+  the full-length forward pass's prediction at i - 1 (no KV cache: the control arm's reference decoder, not a fast
+  one), with cfg's greedy / temperature / top-k / top-p; the reveal step of position i is i - 1 and its confidence the
+  model's probability of the token. Position 0 must be fixed (a prompt, or EOS: "a document starts here").
+  `cfg.record_trajectory` keeps the tokens after every position ([L, B, L])."""
+  batch, length = tokens_BxL.shape
+  x_BxL = jnp.where(fixed_BxL, tokens_BxL, special_tokens.MASK).astype(jnp.int32)
 
-  def step(x_BxL, i):
-    logits = sampling_logits(denoise_fn(x_BxL, jnp.zeros((x_BxL.shape[0],), jnp.float32)))[:, i - 1]
-    if greedy:
-      nxt = jnp.argmax(logits, axis=-1)
+  def step(carry, i):
+    x_BxL, reveal_step_BxL, conf_BxL = carry
+    logits = sampling_logits(logits_fn(x_BxL, jnp.zeros((batch,), jnp.float32)))[:, i - 1]
+    if cfg.greedy:
+      nxt_B = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
-      nxt = jax.random.categorical(jax.random.fold_in(rng, i), filter_logits(logits, temperature, top_k, top_p))
-    return x_BxL.at[:, i].set(nxt.astype(jnp.int32)), None
+      filtered = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+      nxt_B = jax.random.categorical(jax.random.fold_in(rng, i), filtered).astype(jnp.int32)
+    prob_B = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), nxt_B[:, None], axis=-1)[:, 0]
+    new_B = ~fixed_BxL[:, i]
+    x_BxL = x_BxL.at[:, i].set(jnp.where(new_B, nxt_B, x_BxL[:, i]))
+    reveal_step_BxL = reveal_step_BxL.at[:, i].set(jnp.where(new_B, i - 1, -1))
+    conf_BxL = conf_BxL.at[:, i].set(jnp.where(new_B, prob_B, 0.0))
+    return (x_BxL, reveal_step_BxL, conf_BxL), (x_BxL if cfg.record_trajectory else None)
 
-  x_BxL, _ = jax.lax.scan(step, tokens_BxL.astype(jnp.int32), jnp.arange(max(prompt_len, 1), length))
-  return x_BxL
+  init = (x_BxL, jnp.full((batch, length), -1, jnp.int32), jnp.zeros((batch, length), jnp.float32))
+  (x_BxL, reveal_step_BxL, conf_BxL), steps = jax.lax.scan(step, init, jnp.arange(1, length))
+  trajectory = jnp.concatenate([init[0][None], steps]) if cfg.record_trajectory else None
+  return SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=reveal_step_BxL, confidence_BxL=conf_BxL,
+                      trajectory_SxBxL=trajectory)

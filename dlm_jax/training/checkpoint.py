@@ -5,11 +5,20 @@ when complete, so an interrupted save never leaves a half checkpoint that a resu
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from dlm_jax import models
+from dlm_jax.data import pipeline, tokenizers
+from dlm_jax.diffusion import objectives
+from dlm_jax.training import optimizer, state as state_lib
 
 
 class CheckpointError(ValueError):
@@ -51,23 +60,55 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
   return restored["state"]
 
 
+def saved_tokenizer(mngr: ocp.CheckpointManager, step: int, data_config):
+  """The tokenizer stored with checkpoint `step`, after checking that `data_config` asks for the same one (a resumed
+  run must keep its token ids). Raises CheckpointError naming the mismatch and what to do."""
+  saved = tokenizers.from_dict(restore_meta(mngr, step)["tokenizer"])
+  workdir = pathlib.Path(mngr.directory).parent
+  if data_config.tokenizer != saved.kind:
+    raise CheckpointError(
+        f"{workdir} holds a checkpoint trained with a {saved.kind!r} tokenizer but data.tokenizer="
+        f"{data_config.tokenizer!r}. Use the same tokenizer, or a new --workdir.")
+  if data_config.tokenizer == "sentencepiece":
+    current = pipeline.build_tokenizer(data_config)
+    if tokenizers.fingerprint(current) != tokenizers.fingerprint(saved):
+      raise CheckpointError(
+          f"data.tokenizer_path={data_config.tokenizer_path!r} is not the SentencePiece model the checkpoint in "
+          f"{workdir} was trained with (vocab {current.vocab_size} vs {saved.vocab_size}). Point it at the original "
+          "model, or use a new --workdir.")
+  return saved
+
+
 def with_sharding(abstract_tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree)
 
 
-def load_for_inference(workdir, step: int | None = None, use_ema: bool = True):
-  """(config, tokenizer, graphdef, other, params) of the latest (or given) checkpoint of a run, on the default device.
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run, ready for inference: its config and tokenizer, the split model (graphdef, non-parameter state,
+  parameters) and the checkpoint step."""
+  config: ml_collections.ConfigDict
+  tokenizer: Any
+  graphdef: Any
+  other: Any
+  params: Any
+  step: int
+
+  @property
+  def objective(self) -> objectives.DiffusionObjective:
+    """The run's training objective; `objective.is_autoregressive` says whether it is the causal control arm."""
+    return objectives.from_config(self.config)
+
+  def model(self) -> models.Denoiser:
+    return nnx.merge(self.graphdef, self.params, self.other)
+
+
+def load_for_inference(workdir, step: int | None = None, use_ema: bool = True) -> LoadedRun:
+  """The latest (or given) checkpoint of a run, on the default device.
 
   The model is rebuilt from the config saved in the checkpoint; the EMA parameters are returned when the run kept
   them and `use_ema`. Raises CheckpointError naming the directory when there is nothing to load.
   """
-  import ml_collections
-  from flax import nnx
-
-  from dlm_jax import models
-  from dlm_jax.data import tokenizers
-  from dlm_jax.training import optimizer, state as state_lib
-
   mngr = manager(workdir)
   step = mngr.latest_step() if step is None else step
   if step is None:
@@ -76,7 +117,7 @@ def load_for_inference(workdir, step: int | None = None, use_ema: bool = True):
   config = ml_collections.ConfigDict(meta["config"])
   tokenizer = tokenizers.from_dict(meta["tokenizer"])
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
-  abstract = jax.eval_shape(lambda: state_lib.init_model_and_state(config, tokenizer.vocab_size, tx)[2])
+  abstract = state_lib.abstract_state(config, tokenizer.vocab_size, tx)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   state = restore(mngr, with_sharding(abstract, device), None, step)
   mngr.close()
@@ -86,4 +127,4 @@ def load_for_inference(workdir, step: int | None = None, use_ema: bool = True):
   if jax.tree.leaves(other):
     raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state, which checkpoints do not carry.")
   params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-  return config, tokenizer, graphdef, other, params
+  return LoadedRun(config, tokenizer, graphdef, other, params, int(step))

@@ -7,35 +7,27 @@ naming the step (the last good checkpoint stays). Metrics of step k are read aft
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import pathlib
 import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from dlm_jax import models, special_tokens
-from dlm_jax.data import pipeline, tokenizers
-from dlm_jax.diffusion import objectives, schedules
-from dlm_jax.evaluation import throughput
-from dlm_jax.sampling import sampler as sampler_lib
-from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, state as state_lib, step as step_lib
+from dlm_jax import models
+from dlm_jax.data import pipeline
+from dlm_jax.diffusion import objectives
+from dlm_jax.evaluation import likelihood
+from dlm_jax.sampling import SamplerConfig, make_text_sampler
+from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, sharding, state as state_lib
+from dlm_jax.training import step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; the message names the step."""
-
-
-def make_mesh():
-  """A 1-D data-parallel mesh over all local devices (Auto axis type: Explicit breaks nnx.Embed, GUIDE §3)."""
-  return jax.make_mesh((jax.local_device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 @contextlib.contextmanager
@@ -58,109 +50,84 @@ def stop_on_signals(flag: dict):
       signal.signal(sig, h)
 
 
-def sampler_config(config, **overrides) -> sampler_lib.SamplerConfig:
-  fields = dict(config.sample)
-  fields.update(overrides)
-  fields.pop("num_samples", None)
-  fields.pop("reveal_schedule", None)
-  name = config.sample.get("reveal_schedule", "") or config.diffusion.schedule
-  reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
-  return sampler_lib.SamplerConfig(schedule=reveal, **fields)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict:
   """Trains to config.train.num_steps (or `stop_at_step`, then checkpoints as on SIGTERM). Returns a summary."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   tcfg = config.train
-  num_steps = int(tcfg.num_steps)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(None, "data"))
-  global_batch = int(tcfg.batch_size)
-  accum = int(tcfg.grad_accum_steps)
-  if global_batch % (accum * jax.device_count()):
-    raise ValueError(f"train.batch_size={global_batch} must be divisible by train.grad_accum_steps={accum} x "
-                     f"{jax.device_count()} device(s).")
+  num_steps, global_batch, accum = int(tcfg.num_steps), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
+  sharding.check_batch_size(global_batch, accum)
+  shardings = sharding.DataParallel(sharding.make_mesh())
 
   mngr = checkpoint.manager(workdir, max_to_keep=int(tcfg.max_to_keep))
   resumed_step = mngr.latest_step()
-  saved_tokenizer = None
-  if resumed_step is not None:
-    meta = checkpoint.restore_meta(mngr, resumed_step)
-    saved_tokenizer = tokenizers.from_dict(meta["tokenizer"])
-    if config.data.tokenizer != saved_tokenizer.kind:
-      raise checkpoint.CheckpointError(
-          f"{workdir} holds a checkpoint trained with a {saved_tokenizer.kind!r} tokenizer but data.tokenizer="
-          f"{config.data.tokenizer!r}. Use the same tokenizer, or a new --workdir.")
-    if config.data.tokenizer == "sentencepiece":
-      current = pipeline.build_tokenizer(config.data)
-      if tokenizers.fingerprint(current) != tokenizers.fingerprint(saved_tokenizer):
-        raise checkpoint.CheckpointError(
-            f"data.tokenizer_path={config.data.tokenizer_path!r} is not the SentencePiece model the checkpoint in "
-            f"{workdir} was trained with (vocab {current.vocab_size} vs {saved_tokenizer.vocab_size}). Point it at "
-            "the original model, or use a new --workdir.")
+  saved_tokenizer = None if resumed_step is None else checkpoint.saved_tokenizer(mngr, resumed_step, config.data)
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
-  tokenizer = streams.tokenizer
-  vocab_size = tokenizer.vocab_size
-  seq_len = int(config.data.seq_len)
+  tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
   objective = objectives.from_config(config)
   tx = optimizer.make_optimizer(config.optimizer, num_steps)
-  lr_schedule = optimizer.learning_rate_schedule(config.optimizer, num_steps)
   graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx)
   data_iter = pipeline.train_iterator(streams.train, seq_len, global_batch, int(config.data.seed))
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if resumed_step is not None:
-    abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), replicated)
+    abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings.replicated)
     state = checkpoint.restore(mngr, abstract, data_iter, resumed_step)
     print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
-  state = jax.device_put(state, replicated)
+  state = jax.device_put(state, shardings.replicated)
   start_step = int(state.step)
 
-  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay), lr_schedule,
-                                        state_sharding=replicated, batch_sharding=batch_sharding)
-  eval_step = step_lib.make_eval_step(graphdef, other, objective)
+  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
+                                        optimizer.learning_rate_schedule(config.optimizer, num_steps),
+                                        state_sharding=shardings.replicated, batch_sharding=shardings.train_batch)
+  eval_step = likelihood.make_eval_step(graphdef, other, objective)
   eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
                                        config.eval.get("windows", "first"))
-  eval_sharding = NamedSharding(mesh, P("data"))
-  place_eval = lambda b: pipeline.shard_batch(b, eval_sharding)
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)))
-  model_cfg = models.model_config(config, vocab_size)
-  flops_per_token = throughput.flops_per_token(model_cfg, seq_len)
-  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  flops_per_token = models.model_config(config, vocab_size).flops_per_token(seq_len)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
         f"{jax.local_device_count()} {jax.default_backend()} device(s); train {len(streams.train):,} tokens, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
 
-  def run_eval(step):
-    params = state.ema_params if state.ema_params is not None else state.params
-    value = step_lib.evaluate(eval_step, params, eval_windows, int(config.eval.batch_size), int(config.eval.seed),
-                              int(config.eval.time_samples), place_eval)
-    per_token = {"nll_per_token": value, "bits_per_token": value / np.log(2.0)}
-    writer.scalars(step, "eval", per_token)
-    print(f"step {step} eval: {value:.4f} nats/token ({value / np.log(2.0):.4f} bits/token)", flush=True)
-    return value
+  def inference_params():
+    return state.ema_params if state.ema_params is not None else state.params
 
-  progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token, peak)
-  sample_texts = _sample_texts_fn(config, graphdef, other, tokenizer, int(config.sample.num_samples), seq_len)
+  def run_eval(step):
+    result = likelihood.evaluate(eval_step, inference_params(), eval_windows, tokenizer,
+                                 batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
+                                 time_samples=int(config.eval.time_samples),
+                                 place=lambda b: pipeline.shard_batch(b, shardings.eval_batch))
+    writer.scalars(step, "eval", {"nll_per_token": result["nats_per_token"],
+                                  "bits_per_token": result["bits_per_token"],
+                                  "bits_per_char": result["bits_per_char"]})
+    print(f"step {step} eval: {result['nats_per_token']:.4f} nats/token ({result['bits_per_token']:.4f} bits/token)",
+          flush=True)
+    return result["nats_per_token"]
+
+  progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token,
+                       metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))))
+  num_samples = int(config.sample.num_samples)
+  if num_samples:
+    sample_texts = make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
+                                     objective.is_autoregressive)
+    no_prompt = (np.zeros((num_samples, seq_len), np.int32), np.zeros((num_samples, seq_len), bool))
   flag = {"stop": False}
   last_eval = None
   with stop_on_signals(flag):
     step = start_step
     while step < num_steps:
       batch = next(data_iter).reshape(accum, global_batch // accum, seq_len)
-      state, step_metrics = train_step(state, pipeline.shard_batch(batch, batch_sharding))
+      state, step_metrics = train_step(state, pipeline.shard_batch(batch, shardings.train_batch))
       step += 1
       progress.dispatched(step, step_metrics)  # checks and logs the previous step's metrics: no stall
       if step % int(tcfg.log_every) == 0 or step == num_steps:
         progress.flush(console=True)
       if int(config.eval.every) and (step % int(config.eval.every) == 0 or step == num_steps):
         last_eval = run_eval(step)
-      if sample_texts is not None and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
-        params = state.ema_params if state.ema_params is not None else state.params
-        writer.text(step, "samples", "\n---\n".join(sample_texts(params, jax.random.key(step))))
+      if num_samples and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
+        texts = sample_texts(inference_params(), jax.random.key(step), *no_prompt).texts
+        writer.text(step, "samples", "\n---\n".join(texts))
       stopping = flag["stop"] or (stop_at_step is not None and step >= stop_at_step)
       if step % int(tcfg.checkpoint_every) == 0 or stopping:
         progress.flush()  # never checkpoint a state whose loss has not been checked
@@ -175,24 +142,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
   mngr.close()
   return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
           "tokenizer": tokenizer, "vocab_size": vocab_size}
-
-
-def _sample_texts_fn(config, graphdef, other, tokenizer, num_samples: int, length: int):
-  """`(params, rng) -> list[str]`: unconditional samples for the training log, compiled once (None if disabled).
-  The diffusion sampler for diffusion runs; left-to-right decoding after an EOS for the causal control arm."""
-  if not num_samples:
-    return None
-  tokens = jnp.zeros((num_samples, length), jnp.int32)
-  if config.model.get("causal", False):
-    from flax import nnx
-    tokens = tokens.at[:, 0].set(special_tokens.EOS)  # "a document starts here"
-    run = jax.jit(lambda p, r: sampler_lib.autoregressive_sample(
-        lambda x, t: nnx.merge(graphdef, p, other)(x, t), r, tokens, 1))
-  else:
-    sample = sampler_lib.make_sampler(graphdef, other, sampler_config(config))
-    fixed = jnp.zeros(tokens.shape, bool)
-    run = lambda p, r: sample(p, r, tokens, fixed).tokens_BxL
-  return lambda params, rng: [tokenizer.decode(row) for row in np.asarray(run(params, rng))]
 
 
 class _Progress:
@@ -227,7 +176,7 @@ class _Progress:
     if console:
       now = time.perf_counter()
       tokens_per_s = self.steps_since_console * self.tokens_per_step / max(now - self.t_last, 1e-9)
-      mfu = self.flops_per_token * tokens_per_s / self.peak if (self.peak and self.flops_per_token) else None
+      mfu = metrics_lib.mfu(self.flops_per_token, tokens_per_s, self.peak)
       eta = (self.num_steps - step) * (now - self.t_start) / max(step - self.start_step, 1)
       values["tokens_per_s"] = tokens_per_s
       if mfu is not None:

@@ -1,10 +1,34 @@
-"""Metric writers: JSONL (one object per line: step + scalars), TensorBoard event files, and the console line."""
+"""Metric writers (JSONL: one object per line, step + scalars; TensorBoard event files), the console line, and the
+throughput accounting behind its MFU.
+
+MFU = model FLOPs per token x tokens per second / peak FLOP/s, with the model's FLOPs per token from its config
+(`DenoiserConfig.flops_per_token`: 6 N_matmul + 12 n_layers L D for the transformer, head included) and the peak the
+measured dense bf16 matmul ceiling of the device: 800 TFLOP/s on an H100 (a bf16 8192^3 matmul in JAX), 790 on an
+H200. On other devices (CPU) MFU is not reported unless config.peak_flops gives a peak.
+"""
 from __future__ import annotations
 
 import json
 import pathlib
 import time
 
+import jax
+
+# Measured dense bf16 matmul ceilings, FLOP/s.
+PEAK_FLOPS = {"H100": 800e12, "H200": 790e12}
+
+
+def device_peak_flops(override: float = 0.0):
+  """The config override if > 0, else the measured ceiling of a known device, else None (MFU is then not shown)."""
+  if override:
+    return float(override)
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def mfu(flops_per_token, tokens_per_s: float, peak):
+  """Model FLOPs utilization, or None when the model's FLOPs per token or the device's peak is unknown."""
+  return flops_per_token * tokens_per_s / peak if (flops_per_token and peak) else None
 
 
 class MetricWriter:

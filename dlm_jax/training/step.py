@@ -1,33 +1,19 @@
-"""The jitted train and eval steps: pure functions of (TrainState, batch), the model merged inside.
+"""The jitted train step: a pure function of (TrainState, batch), the model merged inside.
 
-Following flax's gemma example and GUIDE §3, the NNX model is split once into (graphdef, params, other); the step
-merges it inside the differentiated function, so the hot loop pays no Python graph traversal. Gradient accumulation is
-a `lax.scan` over micro-batches inside the one compiled step (batch shape [accum, B_micro, L]); the state buffer is
-donated; step k's randomness is fold_in(rng, k) (big_vision).
+Following flax's gemma example, the NNX model is split once into (graphdef, params, other); the step merges it inside
+the differentiated function, so the hot loop pays no Python graph traversal (NNX's graph traversal costs ~ms per call).
+Gradient accumulation is a `lax.scan` over micro-batches inside the one compiled step (batch shape [A, B_micro, L]);
+the state buffer is donated; step k's randomness is fold_in(rng, k) (big_vision).
 """
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
+from dlm_jax import models
 from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.training.state import TrainState
-
-
-def denoise_fn(graphdef, params, other, *, deterministic: bool, dropout_key=None, with_aux: bool = False):
-  """The (x_BxL, t_B) -> logits callable of a split NNX model, as DiffusionObjective expects. With `with_aux`, a model
-  that has `forward_with_aux` returns (logits, auxiliary losses) instead (training adds them; evaluation does not)."""
-
-  def fn(x_BxL, t_B):
-    # Merged per call (trace-time only): a module merged outside a lax.scan must not be used inside it.
-    model = nnx.merge(graphdef, params, other)
-    forward = model.forward_with_aux if (with_aux and hasattr(model, "forward_with_aux")) else model
-    return forward(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)
-
-  return fn
 
 
 def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.GradientTransformation,
@@ -36,7 +22,7 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
 
   def loss_fn(params, x0_BxL, key):
     loss_key, dropout_key = jax.random.split(key)
-    fn = denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key, with_aux=True)
+    fn = models.denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key)
     return objective(fn, x0_BxL, loss_key)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -66,30 +52,3 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
 
   return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, None))
-
-
-def make_eval_step(graphdef, other, objective: DiffusionObjective):
-  """Returns jitted `eval_step(params, x0_BxL, key) -> nats per token` (one antithetic-t estimate, no dropout)."""
-
-  @jax.jit
-  def eval_step(params, x0_BxL, key):
-    loss, _ = objective(denoise_fn(graphdef, params, other, deterministic=True), x0_BxL, key)
-    return loss
-
-  return eval_step
-
-
-def evaluate(eval_step, params, windows_NxL, batch_size: int, seed: int, time_samples: int, place=None):
-  """Mean NELBO (or AR NLL) in nats per token over fixed windows; deterministic for a seed: batch i, repeat r use
-  key fold_in(fold_in(key(seed), r), i). Each batch draws its own antithetic times."""
-  n = windows_NxL.shape[0]
-  batch_size = min(batch_size, n)
-  num_batches = n // batch_size
-  base = jax.random.key(seed)
-  total = 0.0
-  for r in range(time_samples):
-    for i in range(num_batches):
-      batch = windows_NxL[i * batch_size:(i + 1) * batch_size]
-      batch = place(batch) if place is not None else batch
-      total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
-  return total / (time_samples * num_batches)

@@ -1,11 +1,11 @@
-"""Does XLA leave EcoHybrid's hot path memory-bound? The measurement that decides whether a fused kernel pays (#3).
+"""Does XLA leave EcoHybrid's hot path memory-bound? The measurement that decides whether a fused kernel pays.
 
-The hot path of an EcoBlock (dlm_jax/models/eco_hybrid.py) is everything but its FFN:
+The hot path of an EcoBlock (dlm_jax/models/eco_hybrid.py) is its mixing path `EcoBlock.mix`, everything but its FFN:
   h <- h + DWConv(RMSNorm(h));  mem <- mem + Attn(RMSNorm(mem), RMSNorm(h));  h <- h + Attn(RMSNorm(h), RMSNorm(mem)).
-For B x T tokens of width d, M slots, kernel k, its matmul FLOPs are (forward)
-  2 B T d (k + 4 d)     conv taps; the k/v (write: 2d), q (read: d) and output (read: d) projections of the tokens
-+ 8 B M d^2             the q (write), output (write) and k/v (read) projections of the slots
-+ 8 B T M d             scores and weighted sums of the two attentions (T x M each),
+For B x L tokens of width D, M slots, kernel k, its matmul FLOPs are (forward)
+  2 B L D (k + 4 D)     conv taps; the k/v (write: 2D), q (read: D) and output (read: D) projections of the tokens
++ 8 B M D^2             the q (write), output (write) and k/v (read) projections of the slots
++ 8 B L M D             scores and weighted sums of the two attentions (L x M each),
 and 3x that for forward + backward. Its unavoidable HBM traffic is one read of its inputs (h, mem, parameters) and one
 write of its outputs; everything XLA writes and reads back between its kernels comes on top.
 
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm_jax.evaluation import throughput
+from dlm_jax.models.eco_hybrid import EcoBlock
+from dlm_jax.training import metrics
 
 _COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (?:\([^=]*?\)|\S+) ([a-z][a-z0-9\-]*)\((.*)$")
@@ -87,20 +88,15 @@ def kernel_census(hlo_text: str) -> collections.Counter:
 
 def hot_path_flops(batch: int, seq_len: int, width: int, slots: int, kernel: int) -> float:
   """Forward matmul/conv FLOPs of one block's hot path (module docstring)."""
-  b, t, d, m, k = batch, seq_len, width, slots, kernel
-  return 2 * b * t * d * (k + 4 * d) + 8 * b * m * d * d + 8 * b * t * m * d
+  b, l, d, m, k = batch, seq_len, width, slots, kernel
+  return 2 * b * l * d * (k + 4 * d) + 8 * b * m * d * d + 8 * b * l * m * d
 
 
-def hot_path(block, h_BxTxD, mem_BxMxD):
-  """conv + memory write + memory read of an EcoBlock (its FFN left out); returns (h, mem)."""
-  h_BxTxD = h_BxTxD + block.conv(block.conv_norm(h_BxTxD))
-  if block.cfg.memory_order == "write_read":
-    mem_BxMxD = block.write_memory(h_BxTxD, mem_BxMxD, 0)
-  read, _ = block.read_memory(h_BxTxD, mem_BxMxD)
-  h_BxTxD = h_BxTxD + read
-  if block.cfg.memory_order == "read_write":
-    mem_BxMxD = block.write_memory(h_BxTxD, mem_BxMxD, 0)
-  return h_BxTxD, mem_BxMxD
+def hot_path(block: EcoBlock, h_BxLxD, mem_BxMxD):
+  """The mixing path of an EcoBlock (conv + memory write + memory read, its FFN left out) at layer 0, without dropout;
+  returns (h, mem)."""
+  h_BxLxD, mem_BxMxD, _ = block.mix(h_BxLxD, mem_BxMxD, 0)
+  return h_BxLxD, mem_BxMxD
 
 
 def _median_seconds(fn, args, repeats: int) -> float:
@@ -127,7 +123,6 @@ def _nbytes(tree) -> int:
 def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float | None = None,
             peak_flops: float | None = None) -> list[dict]:
   """One row per mode ("forward", "forward+backward") for an EcoBlock built from EcoHybridConfig `cfg`."""
-  from dlm_jax.models.eco_hybrid import EcoBlock
   block = EcoBlock(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(block)
   dtype = block.conv.dtype
@@ -135,7 +130,7 @@ def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float |
   h = jax.random.normal(keys[0], (batch, seq_len, cfg.width), jnp.float32).astype(dtype)
   mem = jax.random.normal(keys[1], (batch, cfg.memory_slots, cfg.width), jnp.float32).astype(dtype)
   bandwidth = bandwidth or copy_bandwidth()
-  peak = peak_flops if peak_flops is not None else throughput.device_peak_flops()
+  peak = peak_flops if peak_flops is not None else metrics.device_peak_flops()
 
   def forward(state, h, mem):
     return hot_path(nnx.merge(graphdef, state), h, mem)

@@ -10,13 +10,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dlm_jax import models, special_tokens
 from dlm_jax.diffusion import objectives
-from dlm_jax.evaluation import throughput
 from dlm_jax.sampling import sampler as sampler_lib
-from dlm_jax.training import loop, optimizer, state as state_lib, step as step_lib
+from dlm_jax.training import metrics as metrics_lib, optimizer, sharding, state as state_lib, step as step_lib
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -40,16 +38,14 @@ def _train_step_and_inputs(config, vocab, seq_len, batch):
   objective = objectives.from_config(config)
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
   graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
-  mesh = loop.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  shardings = sharding.DataParallel(sharding.make_mesh())
   train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
-                                        optimizer.learning_rate_schedule(config.optimizer, 10), replicated,
-                                        batch_sharding)
+                                        optimizer.learning_rate_schedule(config.optimizer, 10), shardings.replicated,
+                                        shardings.train_batch)
   accum = int(config.train.grad_accum_steps)
   tokens = jax.device_put(np.random.default_rng(0).integers(
-      special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), batch_sharding)
-  state = jax.device_put(state, replicated)
+      special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), shardings.train_batch)
+  state = jax.device_put(state, shardings.replicated)
   start = time.perf_counter()
   compiled = train_step.lower(state, tokens).compile()
   return compiled, state, tokens, time.perf_counter() - start, graphdef, other
@@ -69,9 +65,9 @@ def _time_train_steps(compiled, state, tokens, warmup: int, repeats: int):
 
 
 def scaling(config, seq_lens, batch: int) -> list[dict]:
-  """Training step time and peak memory of `config`'s model at each sequence length, batch fixed (issue #3's
-  sequence-length scaling: the baseline's attention is O(T^2), EcoHybrid's memory mixing O(T M)). Lengths run in
-  increasing order, so the device's peak-memory counter (a running maximum) is each row's own peak."""
+  """Training step time and peak memory of `config`'s model at each sequence length, batch fixed (the baseline's
+  attention is O(L^2), EcoHybrid's memory mixing O(L M)). Lengths run in increasing order, so the device's peak-memory
+  counter (a running maximum) is each row's own peak."""
   vocab = int(config.bench.vocab_size) or 128
   rows = []
   for seq_len in sorted(seq_lens):
@@ -92,14 +88,13 @@ def run(config) -> dict:
   compiled, state, tokens, compile_s, graphdef, other = _train_step_and_inputs(config, vocab, seq_len, batch)
   step_s, state, metrics = _time_train_steps(compiled, state, tokens, int(b.warmup_steps), int(b.train_steps))
   tokens_per_s = batch * seq_len / step_s
-  model_cfg = models.model_config(config, vocab)
-  flops = throughput.flops_per_token(model_cfg, seq_len)
-  peak = throughput.device_peak_flops(float(config.get("peak_flops", 0.0)))
+  flops = models.model_config(config, vocab).flops_per_token(seq_len)
+  peak = metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0)))
   result = {
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
       "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, "batch": batch, "seq_len": seq_len,
       "vocab": vocab, "train_step_ms": 1e3 * step_s, "train_tokens_per_s": tokens_per_s,
-      "mfu": flops * tokens_per_s / peak if (peak and flops) else None, "flops_per_token": flops,
+      "mfu": metrics_lib.mfu(flops, tokens_per_s, peak), "flops_per_token": flops,
       "compile_s": compile_s, "train_peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
       "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
   }
@@ -107,11 +102,11 @@ def run(config) -> dict:
   # Sampler: B sequences, all positions new, S steps; compared with one forward pass of the same batch.
   sb, sl, ss = int(b.sample_batch), int(b.sample_new_tokens), int(b.sample_steps)
   params = state.params
-  scfg = loop.sampler_config(config, steps=ss)
+  scfg = sampler_lib.SamplerConfig.from_config(config, steps=ss)
   sample_fn = sampler_lib.make_sampler(graphdef, other, scfg)
   x = jnp.full((sb, sl), special_tokens.MASK, jnp.int32)
   fixed = jnp.zeros((sb, sl), bool)
-  forward = jax.jit(lambda p, x_: nnx.merge(graphdef, p, other)(x_, jnp.ones((sb,), jnp.float32)))
+  forward = jax.jit(lambda p, x_: models.denoise_fn(graphdef, p, other)(x_, jnp.ones((sb,), jnp.float32)).logits_BxLxV)
   jax.block_until_ready(forward(params, x))
   jax.block_until_ready(sample_fn(params, jax.random.key(0), x, fixed))
   forward_s = _median_time(lambda: forward(params, x), 10)

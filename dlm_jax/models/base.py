@@ -1,0 +1,141 @@
+"""What every denoiser shares: its config fields, its output type, and its skeleton (embedding in, tied head out).
+
+    h_0    = E[x] (+ P[:L] with learned positions) (+ TimeMLP(t) with time conditioning)
+    ...      the denoiser's own body (transformer blocks, EcoHybrid blocks, HRM modules)
+    logits = RMSNorm(h) E^T                                                          (tied head)
+
+Every denoiser is called as `model(tokens_BxL, t_B, deterministic=..., dropout_key=...)` and returns a
+`DenoiserOutput`. The sampler drives every denoiser through `init_sample_carry(batch)` and `sample_step(x, t, carry)`;
+the default keeps no state (carry None, no priority), and the HRM denoiser overrides both to carry its memory cells
+across reverse steps and to report the H-module's strategic priority.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig:
+  """The fields every denoiser takes (config.model, less `name`); each model's config adds its own.
+
+  `vocab_size` comes from the tokenizer and `max_len` from data.seq_len; every other field is a config.model field whose
+  default is declared here and only here (configs/default.model_config builds the ConfigDict from these fields)."""
+  vocab_size: int
+  max_len: int
+  num_heads: int = 6
+  width: int = 384
+  mlp_dim: int = 1024  # SwiGLU hidden width
+  dropout: float = 0.0
+  time_conditioning: bool = False  # add TimeMLP(t) to every position's input (MDLM's DiT conditioning)
+  causal: bool = False  # True (with diffusion.objective="autoregressive") is the AR control arm (transformer only)
+  remat: str = "none"  # "none", "full" or "dots"
+  dtype: str = "auto"  # activations: "auto" = bfloat16 on GPU/TPU, float32 on CPU; parameters are always float32
+  attention: str = "auto"  # "auto" (cuDNN on GPU, XLA on CPU), "xla" or "cudnn"
+  # E[x] as one_hot(x) @ E: its backward is a matmul, not a scatter-add. (On an H100 the scatter-add of the gather's
+  # backward cost ~90 ms of a 185 ms base_110m step; one_hot @ E brought the step to 96 ms.)
+  embed_one_hot: bool = True
+  rope_base: float = 10000.0
+
+  # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
+  # trained (a saved config that lacks the field gets this value; new configs get the field's default).
+  FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {}
+
+  def __post_init__(self):
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(layers.REMAT_POLICIES)}, got {self.remat!r}.")
+
+  def flops_per_token(self, seq_len: int) -> float | None:
+    """Training FLOPs per token (forward + backward), for MFU; None when the work per token is data-dependent."""
+    del seq_len
+    return None
+
+
+@flax.struct.dataclass
+class DenoiserOutput:
+  """What a denoiser returns.
+
+  logits_BxLxV: logits of p_theta(x_0 | x_t) at every position (any float dtype; the losses cast to float32).
+  aux_losses: already-weighted auxiliary losses by name (EcoHybrid's slot load balancing, HRM's memory, ACT and
+    priority terms); the training objective adds them to the loss and logs them as `aux/NAME`; evaluation ignores them.
+  aux_metrics: scalars that are only logged, as `metric/NAME` (e.g. HRM's mean number of L-iterations).
+  """
+  logits_BxLxV: jax.Array
+  aux_losses: dict = flax.struct.field(default_factory=dict)
+  aux_metrics: dict = flax.struct.field(default_factory=dict)
+
+
+class Denoiser(nnx.Module):
+  """The skeleton of every denoiser: token embedding (+ learned positions, + time embedding) and the tied head.
+
+  A subclass calls `init_embedding` first and `init_head` last in its `__init__` (parameter initialization draws keys in
+  creation order), and implements `__call__` with `embed` and `head`."""
+  cfg: DenoiserConfig
+
+  def init_embedding(self, cfg: DenoiserConfig, rngs: nnx.Rngs, *, learned_positions: bool):
+    self.cfg = cfg
+    self.dtype = layers.compute_dtype(cfg.dtype)
+    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32))
+    if learned_positions:
+      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
+    else:
+      self.positions = None
+    self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
+                           if cfg.time_conditioning else None)
+
+  def init_head(self, rngs: nnx.Rngs):
+    self.final_norm = nnx.RMSNorm(self.cfg.width, dtype=self.dtype, rngs=rngs)
+
+  def embed(self, tokens_BxL, t_B):
+    """h_0 = E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]), in the activation dtype."""
+    cfg = self.cfg
+    length = tokens_BxL.shape[1]
+    if length > cfg.max_len:
+      raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len} (data.seq_len of the config).")
+    table_VxD = self.embedding[...].astype(self.dtype)
+    if cfg.embed_one_hot:
+      h_BxLxD = jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table_VxD
+    else:
+      h_BxLxD = table_VxD[tokens_BxL]
+    if self.time_embedding is not None:
+      if t_B is None:
+        raise ValueError("This model was built with model.time_conditioning=True and needs t.")
+      h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
+    if self.positions is not None:
+      h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
+    return h_BxLxD
+
+  def head(self, h_BxLxD):
+    """logits = RMSNorm(h) E^T, tied to the input embedding, in the activation dtype."""
+    return self.final_norm(h_BxLxD) @ self.embedding[...].astype(self.dtype).T
+
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
+    raise NotImplementedError(f"{type(self).__name__} must implement __call__.")
+
+  # -- the sampler's interface ----------------------------------------------------------------------------------------
+  def init_sample_carry(self, batch: int):
+    """State carried from one reverse step to the next (a pytree); None for a stateless denoiser."""
+    del batch
+    return None
+
+  def sample_step(self, tokens_BxL, t_B, carry):
+    """One reverse step's model call: (logits_BxLxV, priority_BxL or None, carry for the next step)."""
+    return self(tokens_BxL, t_B, deterministic=True).logits_BxLxV, None, carry
+
+
+def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
+  """The pure `(x_BxL, t_B) -> DenoiserOutput` callable of a split NNX denoiser (what DiffusionObjective and the
+  evaluation steps call). The module is merged at each call, i.e. at trace time: a module merged outside a lax.scan
+  must not be used inside it."""
+
+  def fn(x_BxL, t_B):
+    return nnx.merge(graphdef, params, other)(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)
+
+  return fn

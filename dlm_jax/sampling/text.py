@@ -1,0 +1,58 @@
+"""From a trained run to text: the batch of prompts a user asks for, and one sampler for diffusion and AR runs alike."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dlm_jax import special_tokens
+from dlm_jax.sampling import sampler as sampler_lib
+
+
+@dataclasses.dataclass
+class TextSamples:
+  texts: list  # one decoded string per row
+  output: sampler_lib.SampleOutput
+
+
+def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None = None, prompt: str = "",
+                 suffix: str = "", autoregressive: bool = False):
+  """(tokens_BxL, fixed_BxL) for `num_samples` rows of: the prompt's tokens, `length` new positions (default: fill the
+  context of `max_len` tokens), the suffix's tokens (infilling). Raises ValueError naming the flag at fault."""
+  prompt_ids = tokenizer.encode(prompt, source="--prompt") if prompt else np.zeros((0,), np.int32)
+  suffix_ids = tokenizer.encode(suffix, source="--suffix") if suffix else np.zeros((0,), np.int32)
+  if autoregressive and len(suffix_ids):
+    raise ValueError("--suffix (infilling) needs a diffusion model; this run is the causal control arm.")
+  fixed_len = len(prompt_ids) + len(suffix_ids)
+  length = max_len - fixed_len if length is None else length
+  if length < 1 or fixed_len + length > max_len:
+    raise ValueError(f"--prompt ({len(prompt_ids)} tokens) + --length ({length}) + --suffix ({len(suffix_ids)} tokens) "
+                     f"must fit the model's context of {max_len} tokens (data.seq_len of the run) with --length >= 1.")
+  row = np.concatenate([prompt_ids, np.full((length,), special_tokens.MASK, np.int32), suffix_ids])
+  fixed_row = np.concatenate([np.ones(len(prompt_ids), bool), np.zeros(length, bool), np.ones(len(suffix_ids), bool)])
+  return np.tile(row, (num_samples, 1)).astype(np.int32), np.tile(fixed_row, (num_samples, 1))
+
+
+def make_text_sampler(graphdef, other, tokenizer, cfg: sampler_lib.SamplerConfig, autoregressive: bool):
+  """`sample_texts(params, rng, tokens_BxL, fixed_BxL) -> TextSamples`, compiled once.
+
+  A diffusion run samples with the jitted reverse process (`sampler.make_sampler`); the causal control arm decodes
+  left to right (`sampler.autoregressive_sample`), after an EOS ("a document starts here") at position 0 when nothing
+  is fixed there. `fixed_BxL` marks the prompt (and, for diffusion, any infilling context)."""
+  if autoregressive:
+
+    @jax.jit
+    def run(params, rng, tokens_BxL, fixed_BxL):
+      tokens_BxL = tokens_BxL.at[:, 0].set(jax.numpy.where(fixed_BxL[:, 0], tokens_BxL[:, 0], special_tokens.EOS))
+      logits_fn = lambda x, t: nnx.merge(graphdef, params, other)(x, t).logits_BxLxV
+      return sampler_lib.autoregressive_sample(logits_fn, rng, tokens_BxL, fixed_BxL.at[:, 0].set(True), cfg)
+  else:
+    run = sampler_lib.make_sampler(graphdef, other, cfg)
+
+  def sample_texts(params, rng, tokens_BxL, fixed_BxL) -> TextSamples:
+    output = run(params, rng, tokens_BxL, fixed_BxL)
+    return TextSamples([tokenizer.decode(row) for row in np.asarray(output.tokens_BxL)], output)
+
+  return sample_texts
