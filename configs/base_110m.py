@@ -6,11 +6,11 @@ Training on real text first needs the tokenizer:
   python -m launch.tokenizer --input=en,hi/dakshina_wiki.txt,hinglish --vocab_size=32000 --output=runs/spm32k/spm.model
   python -m launch.train --config=configs/base_110m.py --workdir=runs/base_110m
 Hardware: one H100 (bf16 activations, cuDNN attention, fp32 parameters and loss).
-Target (issue #2): >= 55% MFU training at B=32, T=1024 (PyTorch peer: 29.7%); sampler step <= 1.15x a forward pass.
+Target: >= 55% MFU training at B=32, T=1024 (PyTorch peer: 29.7%); sampler step <= 1.15x a forward pass.
 Measured figures are in BENCHMARKS.md.
 
-Arms at matched parameter count (issue #3): "diffusion" (baseline, 109.5M), "eco" (EcoHybrid, SwiGLU 1024: 110.4M with its learned positions),
-"hrm" (6 L + 6 H layers, SwiGLU 1792: 109.6M), e.g. `--config=configs/base_110m.py:eco`.
+Arms at matched parameter count: "diffusion" (baseline, 109.5M), "eco" (EcoHybrid, SwiGLU 1024: 110.4M with its
+learned positions), "hrm" (6 L + 6 H layers, SwiGLU 1792: 109.6M), e.g. `--config=configs/base_110m.py:eco`.
 """
 from configs import default
 

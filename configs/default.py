@@ -10,7 +10,8 @@ Expected:  validation NELBO about 3.6 bits/char at step 900 (3.62 measured, READ
            (--config.model.causal=true --config.diffusion.objective=autoregressive) gets much lower in the same
            time: diffusion LMs learn more slowly per step, the price of any-order generation.
 
-Every other config starts from this one and overrides fields; every field is documented here (the model fields in their config dataclasses, see model_config).
+Every other config starts from this one and overrides fields; every field is documented here, the model fields in
+their config dataclasses (see model_config).
 """
 import ml_collections
 
@@ -33,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # shuffling of the training crops
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.objective = "elbo"  # "elbo" (MD4/MDLM NELBO), "masked_mean" (seed 001 §3), "autoregressive"
+  c.diffusion.objective = "elbo"  # "elbo" (MD4/MDLM NELBO), "masked_mean" (not a bound), "autoregressive"
   c.diffusion.schedule = "cosine"  # "linear", "cosine", "polynomial", "loglinear"
   c.diffusion.schedule_exponent = 2.0  # polynomial schedule alpha = 1 - t^p
   c.diffusion.schedule_eps = 1e-3  # loglinear schedule alpha(1)
@@ -76,13 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict()
   c.sample.num_samples = 2  # samples written to the log every train.sample_every steps
   c.sample.steps = 64
-  c.sample.method = "confidence"  # "confidence" (seed 001 §4) or "ancestral" (MD4)
+  c.sample.method = "confidence"  # "confidence" (MaskGIT/LLaDA) or "ancestral" (MD4)
   c.sample.greedy = False
   c.sample.temperature = 1.0
   c.sample.top_k = 0
   c.sample.top_p = 1.0
   c.sample.confidence = "prob"  # "prob" or "margin"
-  # MaskGIT choice temperature: Gumbel noise on the log-confidence ranking, annealed to 0 (0 = pure seed 001 §4).
+  # MaskGIT choice temperature: Gumbel noise on the log-confidence ranking, annealed to 0 (0 = pure confidence ranking).
   # Without it the small default model fills samples with spaces, its most predictable character.
   c.sample.reveal_noise = 4.5
   c.sample.strategic_weight = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking

@@ -1,7 +1,8 @@
-"""Seed 001 §10-11's script-aware comparison at CPU scale: one character model per denoiser on Hindi + Hinglish.
+"""Script-aware comparison at CPU scale: one character model per denoiser on Hindi + Hinglish.
 
 Each arm trains on Hindi in Devanagari and Hinglish in Roman script mixed in one stream, so the same model must keep
-to the script it is prompted in: the Hindi/Hinglish quality that seed 001 §11's decision rule asks about.
+to the script it is prompted in: the Hindi/Hinglish quality by which EcoHybrid must match the baseline to become the
+primary denoiser (the decision rule in BENCHMARKS.md).
   train: hi/dakshina_wiki.txt (2.37M characters of Hindi Wikipedia) + the four Hinglish training files (1.95M:
          PHINC, LinCE MT train, Hinglish-TOP, CM-Dialog train), as the data README suggests for each language;
   valid: hi/valid_flores_ntrex.txt + hinglish/lince_mt_dev.txt + hinglish/cmdialog_dev.txt (scored per language with

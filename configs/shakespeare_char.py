@@ -5,7 +5,7 @@ Data:  ../shared/data/en/tinyshakespeare.txt (via $DLM_DATA_DIR), first 90% trai
 Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/train_shakespeare_char.py), with
        RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP).
 Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (cosine schedule).
-       "ar": causal control arm, next-token loss (seed 001 §5.2).
+       "ar": causal control arm, next-token loss (the same network, causal).
        "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
               slot attentions (8 d^2) where the baseline has one self-attention (4 d^2), so its SwiGLU is narrower:
               8 d^2 + 3 d f' = 4 d^2 + 3 d f  ->  f' = f - 4d/3 = 512  (10.78M vs 10.65M parameters).

@@ -1,4 +1,4 @@
-"""CPU-scale comparison of the three denoisers (issue #3) on Tiny Shakespeare: ~0.8M parameters each, 500 steps.
+"""CPU-scale comparison of the three denoisers on Tiny Shakespeare: ~0.8M parameters each, 500 steps.
 
 The same data and split as configs/shakespeare_char.py, shrunk so that every arm trains in a few minutes on 2 CPU
 cores: width 128, 4 heads, context 128, batch 16, 500 steps (1.02M training characters), no dropout.

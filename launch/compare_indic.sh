@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 001 §10-11's script-aware comparison at CPU scale (configs/indic_char_small.py): the baseline, EcoHybrid and HRM
+# Script-aware comparison at CPU scale (configs/indic_char_small.py): the baseline, EcoHybrid and HRM
 # denoisers and the AR arm trained on Hindi (Devanagari) + Hinglish (Roman) at matched parameters and tokens; then
 # validation NELBO per language and generation quality (AR-judged NLL, entropy, script errors) of each diffusion arm
 # prompted in each language, over the decode-step sweep {16, 32, 96}. About 45 minutes on 2 cores.

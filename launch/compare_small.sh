@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue #3's comparison at CPU scale (configs/shakespeare_char_small.py): the three denoisers and the AR arm at matched
-# parameters and tokens, the memory-slot sweep M in {8, 16, 32}, and the HRM ablations. About 40 minutes on 2 cores.
+# The denoiser comparison at CPU scale (configs/shakespeare_char_small.py): the three denoisers and the AR arm at
+# matched parameters and tokens, the memory-slot sweep M in {8, 16, 32}, and the HRM ablations. About 40 minutes
+# on 2 cores.
 #   bash launch/compare_small.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues #2 and #3, in stages that each fit one 10-minute device call.
+# The GPU measurements (throughput and MFU, sequence-length scaling, the Shakespeare anchor, the EcoHybrid hot path),
+# in stages that each fit one 10-minute device call.
 #   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler row + sequence-length scaling (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
 #   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width: kernels, bytes, roofline verdict

@@ -1,7 +1,7 @@
 """Shared test setup: strict numpy rank promotion and JAX's persistent compilation cache.
 
 The cache (default ~/.cache/dlm_jax/jax_compilation_cache, override with JAX_COMPILATION_CACHE_DIR) makes a second run
-of the suite several times faster on CPU (GUIDE.md §3 measured 49 s -> 13 s).
+of the suite several times faster on CPU (a rerun measured 49 s -> 13 s).
 """
 import os
 import pathlib

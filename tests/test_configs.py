@@ -1,4 +1,4 @@
-"""Every shipped config builds its model (shapes only, no compile), and the arms compared in issue #3 have matched
+"""Every shipped config builds its model (shapes only, no compile), and the arms of each comparison have matched
 parameter counts."""
 import jax
 import pytest

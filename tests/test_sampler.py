@@ -78,7 +78,7 @@ def test_reveal_count_follows_schedule_and_last_step_reveals_all():
 
 
 def test_one_token_per_step_mode():
-  """steps == number of masked positions with the linear reveal schedule: seed 002's one-token-per-step demo."""
+  """steps == number of masked positions with the linear reveal schedule: one token per step."""
   cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, schedule=MaskingSchedule("linear"), record_trajectory=True)
   _, _, out = run(cfg)
   masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)

@@ -14,7 +14,7 @@ It upper-bounds -log p_theta(x_0) and, for an exact denoiser, equals it (it is t
 autoregressive NLL; Ou et al. 2024, Hoogeboom et al. 2022). A one-sample Monte Carlo estimate per sequence is
 `w(t) * sum_i masked_i * nll_i` with t drawn by `forward.antithetic_times`.
 
-Seed 001 §3 "masked-mean" objective (config diffusion.objective = "masked_mean"): the mean cross-entropy over the
+The "masked-mean" objective (config diffusion.objective = "masked_mean"): the mean cross-entropy over the
 masked positions at a discrete timestep, sum_i m_i CE_i / sum_i m_i. It is not a likelihood bound; evaluation always
 reports the NELBO.
 """
@@ -46,7 +46,7 @@ def nelbo_per_sequence(nll_BxL, masked_BxL, t_B, schedule):
 
 
 def masked_mean_per_sequence(nll_BxL, masked_BxL):
-  """Seed 001 §3: mean CE over masked positions (0 for a sequence with nothing masked)."""
+  """Mean CE over masked positions (0 for a sequence with nothing masked)."""
   n_masked_B = jnp.sum(masked_BxL, axis=-1)
   return jnp.sum(jnp.where(masked_BxL, nll_BxL, 0.0), axis=-1) / jnp.maximum(n_masked_B, 1)
 

@@ -13,7 +13,7 @@ Schedules implemented (mask rate m(t) = 1 - alpha(t)):
 | name        | alpha(t)                   | w(t)                          | source |
 |-------------|----------------------------|-------------------------------|--------|
 | linear      | 1 - t                      | 1 / t                         | MD4, LLaDA |
-| cosine      | 1 - cos(pi/2 (1 - t))      | (pi/2) cot(pi t / 2)          | MD4; MaskGIT's cosine mask rate sin(pi t/2) (seed 001 §3 default) |
+| cosine      | 1 - cos(pi/2 (1 - t))      | (pi/2) cot(pi t / 2)          | MD4; MaskGIT's cosine mask rate sin(pi t/2) (the default) |
 | polynomial  | 1 - t^p                    | p / t                         | MD4 |
 | loglinear   | 1 - (1 - eps) t            | 1 / t                         | MDLM (sigma(t) = -log(1 - (1-eps) t)) |
 

@@ -85,9 +85,9 @@ def select_windows(tokens: np.ndarray, seq_len: int, num: int, prompt_len: int, 
   return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in chosen])
 
 
-def prompts_from_windows(windows_NxL: np.ndarray, prompt_len: int):
+def prompts_from_windows(windows_WxL: np.ndarray, prompt_len: int):
   """Tokens with the first `prompt_len` positions of each window kept and the rest masked, and the fixed mask."""
-  tokens = np.array(windows_NxL, np.int32)
+  tokens = np.array(windows_WxL, np.int32)
   tokens[:, prompt_len:] = special_tokens.MASK
   fixed = np.zeros(tokens.shape, bool)
   fixed[:, :prompt_len] = True
@@ -126,15 +126,15 @@ def check_judge(run, judge):
                      f"({run.config.data.seq_len}).")
 
 
-def compare(run, judge, windows_NxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
+def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
             temperature: float | None = None) -> list[dict]:
   """Generation quality of `run` prompted with the first `prompt_len` tokens of each window, one row per reverse-step
   count in `steps_list` (each with `sample_s`, the seconds one batch took after compilation), after the row of the real
   continuations (`steps` "n/a")."""
-  tokens, fixed = prompts_from_windows(windows_NxL, prompt_len)
+  tokens, fixed = prompts_from_windows(windows_WxL, prompt_len)
   generated = ~fixed
   judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
-  rows = [dict(steps="n/a", sample_s=None, **quality(windows_NxL, generated, run.tokenizer, judge_nll, prompt_len))]
+  rows = [dict(steps="n/a", sample_s=None, **quality(windows_WxL, generated, run.tokenizer, judge_nll, prompt_len))]
   for steps in steps_list:
     overrides = {"steps": int(steps)} if temperature is None else {"steps": int(steps), "temperature": temperature}
     sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides))

@@ -40,21 +40,21 @@ def report(nats_per_token: float, num_tokens: int, num_chars: int) -> dict:
   }
 
 
-def evaluate(eval_step, params, windows_NxL, tokenizer, *, batch_size: int, seed: int, time_samples: int,
+def evaluate(eval_step, params, windows_WxL, tokenizer, *, batch_size: int, seed: int, time_samples: int,
              place=None) -> dict:
   """Mean nats per token over the windows that fill whole batches (min(batch_size, N) windows each), as a `report` plus
   `windows` (how many were scored) and `time_samples`. `place` puts a host batch on the devices (default: as is)."""
-  n = windows_NxL.shape[0]
+  n = windows_WxL.shape[0]
   batch_size = min(batch_size, n)
   num_batches = n // batch_size
   base = jax.random.key(seed)
   total = 0.0
   for r in range(time_samples):
     for i in range(num_batches):
-      batch = windows_NxL[i * batch_size:(i + 1) * batch_size]
+      batch = windows_WxL[i * batch_size:(i + 1) * batch_size]
       batch = place(batch) if place is not None else batch
       total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
-  scored = windows_NxL[:num_batches * batch_size]
+  scored = windows_WxL[:num_batches * batch_size]
   num_chars = sum(len(tokenizer.decode(row)) for row in scored)
   result = report(total / (time_samples * num_batches), scored.size, num_chars)
   result.update(windows=int(len(scored)), time_samples=int(time_samples))

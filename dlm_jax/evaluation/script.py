@@ -1,4 +1,4 @@
-"""Script consistency of generated Hindi / Hinglish text (seed 001 §10: "script-consistency error rate").
+"""Script consistency of generated Hindi / Hinglish text: the script-consistency error rate.
 
 Hindi is written in Devanagari, Hinglish in Roman (Latin) letters; a model trained on both must keep to the script it
 is prompted in and must never spell one word in two scripts. This module measures exactly that, on words:

@@ -44,24 +44,25 @@ Choices made here (config fields):
   * L_ACT (`act_weight`, lambda_2): mean of (o(sg(z*)) - sg(min(sum tau, 1)))^2 over positions and cycles: the
     subjective score is trained toward the contribution actually observed when the loop stopped.
   * L_memory (`memory_weight`, lambda_1): Switch-style load balancing over cells, N sum_j f_j P_j (1 when uniform).
-  * What z_H selects with (`memory_selection`): "pooled" (default; the original HRM-diffusion sketch): one query W mean_L(z_H)
-    per sequence, the same k cells for every position; "position": a query W z_H per position, each position reads
-    its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing); "centered": per
-    position, with the query built from z_H minus its mean over positions (removes the component all positions
-    share). In the small runs of BENCHMARKS.md the pooled selection collapsed to one constant cell set per H-cycle
-    (notebooks/inside_hrm.ipynb); only "centered" undid that.
-  * The gate (`memory_gate`, on in configs/default.py): a hard top-k has no derivative, so without a gate the
+  * What z_H selects with (`memory_selection`): "pooled" (default; the original HRM-diffusion sketch): one query W
+    mean_L(z_H) per sequence, the same k cells for every position; "position": a query W z_H per position, each
+    position reads its own k cells (the balance then runs over B L assignments, as in EcoHybrid's routing);
+    "centered": per position, with the query built from z_H minus its mean over positions (removes the component all
+    positions share). In the small runs of BENCHMARKS.md the pooled selection collapsed to one constant cell set per
+    H-cycle (notebooks/inside_hrm.ipynb); only "centered" undid that.
+  * The gate (`memory_gate`, on by default): a hard top-k has no derivative, so without a gate the
     selection scores learn only from lambda_1's balance term -- in the small runs they never left their
     initialization (balance at its maximum N / k, one cell set for every input). Scaling the read by the probability
     mass the selection softmax puts on the chosen cells (as the Switch Transformer scales expert outputs, and
     EcoHybrid's routing does) lets the denoising loss train the selection. memory_gate=False reproduces the ungated
-    model (commits up to a8a36ac).
+    model (commits up to a8a36ac, whose checkpoints load ungated: HRMConfig.FIELDS_ADDED_LATER).
   * Strategic unmasking: a linear head on z_H gives each position a priority; it is trained (`priority_weight`)
     to forecast sg(max_v p_theta(v | x_t)) at masked positions -- where the L-module's predictions are reliable, as seen
     from the strategic state -- and the sampler adds `strategic_weight` x priority to its confidence.
-  * Memory persistence: the cell contents are a per-sequence state [B, N, P, D] (P content vectors per cell); within a forward pass each cycle writes
-    them; during sampling the written contents are carried from one reverse step to the next (`sample_step`), so the
-    memory persists across the whole generation. Training starts every example from the learned contents.
+  * Memory persistence: the cell contents are a per-sequence state [B, N, P, D] (P content vectors per cell); within a
+    forward pass each cycle writes them; during sampling the written contents are carried from one reverse step to the
+    next (`sample_step`), so the memory persists across the whole generation. Training starts every example from the
+    learned contents.
 
 Training uses a static number of iterations with halting masks (lax.scan, differentiable); inference (`use_while_loop`)
 exits early with lax.while_loop. Both give the same outputs. Ablations: `use_h_module=False` (a weight-tied recurrent
@@ -255,7 +256,7 @@ class HRMDenoiser(Denoiser):
       return jnp.broadcast_to(self.cell_content[...][None], (batch,) + self.cell_content.shape)
     return jnp.zeros((batch, 1, 1, 1), jnp.float32)
 
-  # -- the L-loop with ACT ------------------------------------------------------------------------------------------------
+  # -- the L-loop with ACT --------------------------------------------------------------------------------------------
   def l_loop(self, z_l_BxLxD, injection_BxLxD, rope, deterministic, use_while_loop: bool):
     """Up to l_steps L-iterations with ACT halting (no gradient). Returns (halted z_L, ActStats)."""
     cfg = self.cfg
@@ -293,7 +294,7 @@ class HRMDenoiser(Denoiser):
     _, z_l_BxLxD, _, _, total_BxL, _, used_BxL = state
     return z_l_BxLxD, ActStats(used_BxL, total_BxL)
 
-  # -- the forward pass -------------------------------------------------------------------------------------------------
+  # -- the forward pass ----------------------------------------------------------------------------------------------
   def forward(self, tokens_BxL, t_B, content_BxNxPxD, deterministic, dropout_key, use_while_loop,
               learned_content=None) -> HRMPass:
     """The forward pass of the module docstring, starting from the memory contents `content_BxNxPxD` (None without

@@ -138,12 +138,12 @@ def sinusoidal_embedding(t_B, dim: int, max_period: float = 10000.0):
   """Transformer-style sinusoidal features of a scalar time t in [0, 1] (scaled by 1000 as in DDPM/MDLM)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args_BxH = 1000.0 * t_B.astype(jnp.float32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.cos(args_BxH), jnp.sin(args_BxH)], axis=-1)
+  args_BxD2 = 1000.0 * t_B.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args_BxD2), jnp.sin(args_BxD2)], axis=-1)
 
 
 class TimeEmbedding(nnx.Module):
-  """t -> MLP(sinusoidal(t)) in R^D, added to every position's state (seed 001 §5.1, MDLM's DiT conditioning)."""
+  """t -> MLP(sinusoidal(t)) in R^D, added to every position's state (MDLM's DiT-style conditioning)."""
 
   def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
     self.width = width

@@ -1,4 +1,4 @@
-"""Turning sampler outputs into text: per-step frames of a trajectory and the streaming terminal view (seed 002)."""
+"""Turning sampler outputs into text: per-step frames of a trajectory and the streaming terminal view."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +13,7 @@ def trajectory_frames(tokenizer, trajectory_SxL) -> list[str]:
 
 
 def stream(frames, delay: float = 0.05, out=sys.stdout):
-  """Redraws one line per frame in place, like seed 002's one-token-per-step demo (newlines shown as '⏎')."""
+  """Redraws one line per frame in place, so the text fills in step by step (newlines shown as '⏎')."""
   width = 0
   for frame in frames:
     line = frame.replace("\n", "\u23ce")

@@ -6,11 +6,11 @@ Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two polic
   or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's probability of it,
   p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident,
   where k_s brings the number of masked positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule
-  follows the masking schedule), at least one per step. With `reveal_noise` = tau > 0 the ranking score is log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel
-  (MaskGIT's "choice temperature", Chang et al. 2022): early steps reveal a noisy top-k instead of always the most
-  predictable symbol, which keeps an undertrained model from filling a sequence with its most frequent token
-  (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step reveals everything; a fallback pass
-  fills any mask still left (argmax of one more forward pass, only run if needed).
+  follows the masking schedule), at least one per step. With `reveal_noise` = tau > 0 the ranking score is
+  log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel (MaskGIT's "choice temperature", Chang et al. 2022): early steps
+  reveal a noisy top-k instead of always the most predictable symbol, which keeps an undertrained model from filling a
+  sequence with its most frequent token (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step
+  reveals everything; a fallback pass fills any mask still left (argmax of one more forward pass, only run if needed).
 * "ancestral" (MD4 / MDLM ancestral sampler): each masked position is revealed independently with probability
   (alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s)), with a token drawn from p_theta(x_0 | x_t) — the exact reverse
   process of the forward chain given the model.
