@@ -13,14 +13,13 @@ forward pass of the same batch.
 """
 import datetime
 import pathlib
-import subprocess
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dlm_jax import models
-from dlm_jax.benchmarks import hot_path, throughput
+from dlm_jax.benchmarks import hot_path, report, throughput
 from dlm_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -44,71 +43,41 @@ HEADER = ("| date | commit | device | command | params (M) | B x T | train tok/s
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
-def commit() -> str:
-  try:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md"],
-                           cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return rev + ("+dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
-def append(header: str, rows: str):
-  """Adds rows at the end of the table that starts with `header` (a new table at the end of the file if none)."""
-  out = pathlib.Path(FLAGS.output)
-  text = out.read_text(encoding="utf-8") if out.exists() else ""
-  if header not in text:
-    text += ("\n" if text and not text.endswith("\n\n") else "") + header
-  start = text.index(header) + len(header)
-  end = text.find("\n\n", start - 1)
-  end = len(text) if end < 0 else end + 1
-  out.write_text(text[:end] + rows + text[end:], encoding="utf-8")
-  print(f"Appended to {out}:\n{rows}")
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  command = "python -m launch.bench " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
-  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   import jax
+  command = "python -m launch.bench " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
+  prefix = f"| {datetime.date.today().isoformat()} | {report.commit(REPO)} | {device} | `{command.strip()}` |"
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  write = lambda header, rows: report.append_rows(FLAGS.output, header, rows) if FLAGS.config.bench.write else None
   if FLAGS.hot_path:
-    hot_path_mode(command, device, fmt)
-    return
-  if FLAGS.seq_lens:
+    write(HOT_PATH_HEADER, hot_path_rows(prefix, fmt))
+  elif FLAGS.seq_lens:
     rows = throughput.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
-    lines = "".join(f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` | "
-                    f"{r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
-                    f"{fmt(r['peak_memory_GiB'], '.2f')} |\n" for r in rows)
     for r in rows:
       print(r)
-    if FLAGS.config.bench.write:
-      append(SCALING_HEADER, lines)
-    return
-  r = throughput.run(FLAGS.config)
-  row = (f"| {datetime.date.today().isoformat()} | {commit()} | {r['device']} ({r['backend']}, jax {r['jax']}) | "
-         f"`{command.strip()}` | {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | "
-         f"{r['train_tokens_per_s']:,.0f} | {fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
-         f"{r['train_step_ms']:.1f} | {r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
-         f"{r['sample_tokens_per_s']:,.0f} ({r['sample_batch']}, {r['sample_new_tokens']}, {r['sample_steps']}) | "
-         f"{r['sample_step_over_forward']:.2f} |\n")
-  for key, value in r.items():
-    print(f"{key:>26}: {value}")
-  if FLAGS.config.bench.write:
-    append(HEADER, row)
+    write(SCALING_HEADER, "".join(f"{prefix} {r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
+                                  f"{fmt(r['peak_memory_GiB'], '.2f')} |\n" for r in rows))
+  else:
+    r = throughput.run(FLAGS.config)
+    for key, value in r.items():
+      print(f"{key:>26}: {value}")
+    write(HEADER, f"{prefix} {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | {r['train_tokens_per_s']:,.0f} | "
+                  f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['train_step_ms']:.1f} | "
+                  f"{r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
+                  f"{r['sample_tokens_per_s']:,.0f} ({r['sample_batch']}, {r['sample_new_tokens']}, "
+                  f"{r['sample_steps']}) | {r['sample_step_over_forward']:.2f} |\n")
 
 
-def hot_path_mode(command, device, fmt):
+def hot_path_rows(prefix, fmt) -> str:
   config = FLAGS.config
   if config.model.name != "eco_hybrid":
     raise app.UsageError(f"--hot_path measures EcoHybrid's conv + memory path; --config has model.name="
                          f"{config.model.name!r}. Use an ':eco' arm, e.g. --config=configs/base_110m.py:eco.")
   cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
   peak = metrics.device_peak_flops(float(config.get("peak_flops", 0.0)))
-  prefix = f"| {datetime.date.today().isoformat()} | {commit()} | {device} | `{command.strip()}` |"
   lines = ""
   for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:
     for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=peak):
@@ -118,8 +87,7 @@ def hot_path_mode(command, device, fmt):
                 f"{r['ms']:.3f} | {r['tflops_per_s']:.2f} | {r['xla_bytes'] / 1e6:,.1f} | "
                 f"{r['bandwidth_gb_s']:,.0f} ({r['copy_bandwidth_gb_s']:,.0f}) | {r['intensity']:.1f} | "
                 f"{fmt(r['memory_bound'], '')} | {r['fused_kernel_gain']:.2f}x | {fmt(r['write_kernel'], '')} |\n")
-  if config.bench.write:
-    append(HOT_PATH_HEADER, lines)
+  return lines
 
 
 if __name__ == "__main__":

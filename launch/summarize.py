@@ -2,15 +2,16 @@
 
   python -m launch.summarize runs/small_*
 """
-import json
 import pathlib
 import statistics
 
 from absl import app
 
+from dlm_jax.training import metrics
+
 
 def summarize(workdir: pathlib.Path) -> str:
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  records = metrics.read_jsonl(workdir / "metrics.jsonl")
   evals = [r for r in records if "eval/nll_per_token" in r]
   speeds = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r][1:]  # first includes compile
   iters = [r["train/metric/hrm_l_iterations"] for r in records if "train/metric/hrm_l_iterations" in r]

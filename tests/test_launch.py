@@ -73,3 +73,15 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
   result = subprocess.run([sys.executable, "-m", "launch.gen_eval", f"--workdir={workdir}", f"--judge={workdir}"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "is not a causal (AR) run" in result.stderr
+  assert "Traceback" not in result.stderr
+
+  # launch.sample decodes the AR run left to right after its prompt, streaming token by token; infilling is refused.
+  stdout = run("launch.sample", f"--workdir={judge}", "--prompt=The ", "--length=10", "--num_samples=2", "--stream",
+               "--stream_delay=0")
+  blocks = stdout.split("\n[")[0].split("--- sample ")[1:]  # each: "i ---\n" + text (+ the "\n" print adds)
+  samples = [b.split("\n", 1)[1] for b in blocks]
+  samples = [s[:-1] if i < len(samples) - 1 else s for i, s in enumerate(samples)]
+  assert len(samples) == 2 and all(s.startswith("The ") and len(s) == 14 for s in samples), samples
+  result = subprocess.run([sys.executable, "-m", "launch.sample", f"--workdir={judge}", "--prompt=a", "--suffix=b"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "--suffix (infilling) needs a diffusion model" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion.schedules import MaskingSchedule
-from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.sampling import prompt_batch, sampler as sampler_lib
 
 V, L, B = 12, 24, 4
 MASK = special_tokens.MASK
@@ -133,6 +133,19 @@ def test_autoregressive_sampler_keeps_prompt_and_fills_rest_left_to_right():
   trajectory = np.asarray(out.trajectory_SxBxL)  # one position more after every step
   assert trajectory.shape == (L, B, L)
   np.testing.assert_array_equal((trajectory != MASK).sum(-1)[:, 0], [3] * 3 + list(range(4, L + 1)))
+
+
+def test_prompt_batch_places_prompt_masks_and_suffix_and_names_the_flag_at_fault():
+  from dlm_jax.data import tokenizers
+  tok = tokenizers.CharTokenizer("abc")
+  tokens, fixed = prompt_batch(tok, 2, 8, prompt="ab", suffix="c")
+  np.testing.assert_array_equal(tokens[0], list(tok.encode("ab")) + [MASK] * 5 + list(tok.encode("c")))
+  np.testing.assert_array_equal(fixed[1], [True, True] + [False] * 5 + [True])
+  assert prompt_batch(tok, 1, 8, length=3, prompt="a")[0].shape == (1, 4)
+  with pytest.raises(ValueError, match=r"--length \(7\) .* must fit the model's context of 8"):
+    prompt_batch(tok, 1, 8, length=7, prompt="ab")
+  with pytest.raises(ValueError, match="--suffix .* needs a diffusion model"):
+    prompt_batch(tok, 1, 8, prompt="a", suffix="b", autoregressive=True)
 
 
 def test_special_ids_are_never_sampled():

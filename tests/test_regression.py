@@ -1,0 +1,68 @@
+"""Golden values of the embedded default (`python -m launch.train` with no flags): a change that moves its losses shows
+up here, whatever file it touched.
+
+The values were recorded at commit e950d5b (before the one-home-per-concept refactor, which kept them bit for bit) on
+the 2-core CPU machine, jax 0.10.2, Python 3.11.7. The embedded corpus is CPython's `pydoc_data.topics`, which changes
+between Python releases, so the values are keyed by a fingerprint of the corpus; on another corpus the tests skip and
+say so. Tolerances are relative 1e-3: far above the float32 rounding a jax or XLA release reorders (~1e-6 after 20
+steps), far below what a change to the data, model, objective or optimizer does (percents).
+"""
+import hashlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from dlm_jax.data import corpus
+from dlm_jax.training import loop
+
+# corpus fingerprint -> {step: training loss (nats/token)} and the validation NELBO at step 900 (nats/token).
+GOLDEN_TRAIN_LOSS = {"d816f8d22e0cf35d": {1: 4.383554935455322, 2: 4.48512077331543, 10: 3.8721840381622314,
+                                          20: 3.6162354946136475}}
+GOLDEN_EVAL_900 = {"d816f8d22e0cf35d": 2.508629709482193}  # 3.6192 bits/char: the README's figure
+
+
+def embedded_default():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.tensorboard = False
+  config.model.dtype = "float32"  # the CPU default; on a GPU "auto" would mean bfloat16
+  return config
+
+
+def corpus_fingerprint() -> str:
+  text = "\x00".join(corpus.embedded_documents("pydoc_topics"))
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def golden(table):
+  fingerprint = corpus_fingerprint()
+  if fingerprint not in table:
+    pytest.skip(f"The embedded corpus (pydoc_data.topics of Python {sys.version.split()[0]}) has fingerprint "
+                f"{fingerprint}; the golden values were recorded on Python 3.11.7's ({sorted(table)}).")
+  return table[fingerprint]
+
+
+def test_embedded_default_losses_of_the_first_20_steps(tmp_path):
+  expected = golden(GOLDEN_TRAIN_LOSS)
+  with jax.default_matmul_precision("highest"):  # no TF32 on a GPU
+    summary = loop.train(embedded_default(), str(tmp_path), stop_at_step=20)
+  losses = {r["step"]: r["loss"] for r in summary["history"]}
+  assert summary["step"] == 20 and sorted(losses) == list(range(1, 21))
+  for step, value in expected.items():
+    np.testing.assert_allclose(losses[step], value, rtol=1e-3, err_msg=f"step {step}")
+
+
+@pytest.mark.slow
+def test_embedded_default_reaches_the_documented_validation_nelbo(tmp_path):
+  """The whole embedded default, 900 steps (about 4 minutes on 2 CPU cores): the README's 3.62 bits/char."""
+  expected = golden(GOLDEN_EVAL_900)
+  with jax.default_matmul_precision("highest"):
+    summary = loop.train(embedded_default(), str(tmp_path))
+  assert summary["step"] == 900
+  np.testing.assert_allclose(summary["eval_nll_per_token"], expected, rtol=1e-3)
