@@ -105,6 +105,15 @@ def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
   return logits_BxLxV
 
 
+def draw(logits_xV, cfg: SamplerConfig, key):
+  """Token ids from logits [..., V]: the argmax when cfg.greedy, else a draw at cfg.temperature after top-k and
+  nucleus filtering."""
+  if cfg.greedy:
+    return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
+  filtered = filter_logits(logits_xV, cfg.temperature, cfg.top_k, cfg.top_p)
+  return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+
 def sampling_logits(logits_BxLxV):
   """Float32 logits with the ids that are never data tokens (special_tokens.NEVER_SAMPLED: pad, bos, mask, unk)
   removed; mask removal is SUBS, the others only matter for an undertrained model."""
@@ -149,11 +158,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
     probs_BxLxV = jax.nn.softmax(logits, axis=-1)
-    if cfg.greedy:
-      cand_BxL = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      filtered = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-      cand_BxL = jax.random.categorical(sample_key, filtered, axis=-1).astype(jnp.int32)
+    cand_BxL = draw(logits, cfg, sample_key)
     if cfg.confidence == "margin":
       top2 = jax.lax.top_k(probs_BxLxV, 2)[0]
       score_BxL = top2[..., 0] - top2[..., 1]
@@ -224,11 +229,7 @@ def autoregressive_sample(logits_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: 
   def step(carry, i):
     x_BxL, reveal_step_BxL, conf_BxL = carry
     logits = sampling_logits(logits_fn(x_BxL, jnp.zeros((batch,), jnp.float32)))[:, i - 1]
-    if cfg.greedy:
-      nxt_B = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      filtered = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-      nxt_B = jax.random.categorical(jax.random.fold_in(rng, i), filtered).astype(jnp.int32)
+    nxt_B = draw(logits, cfg, jax.random.fold_in(rng, i))
     prob_B = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), nxt_B[:, None], axis=-1)[:, 0]
     new_B = ~fixed_BxL[:, i]
     x_BxL = x_BxL.at[:, i].set(jnp.where(new_B, nxt_B, x_BxL[:, i]))
