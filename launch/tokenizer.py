@@ -8,12 +8,9 @@ Byte fallback and identity normalization make every UTF-8 text round-trip exactl
 nukta forms, romanized Hinglish, emoji). The output is written atomically; use it with
 --config.data.tokenizer=sentencepiece --config.data.tokenizer_path=PATH.
 """
-import os
-import pathlib
-
 from absl import app, flags
 
-from dlm_jax.data import corpus, tokenizers
+from dlm_jax.data import tokenizers
 
 flags.DEFINE_string("input", None, "Training text: files/folders, comma-separated.", required=True)
 flags.DEFINE_integer("vocab_size", 32000, "Vocabulary size, reserved ids included.")
@@ -25,18 +22,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  files = corpus.resolve(FLAGS.input, "--input")
-  for f in files:  # one clear error for an unreadable file before SentencePiece sees it
-    corpus.read_utf8(f)
-  proto = tokenizers.train_sentencepiece([str(f) for f in files], FLAGS.vocab_size, FLAGS.model_type,
-                                         input_sentence_size=FLAGS.input_sentence_size)
-  tok = tokenizers.SentencePieceTokenizer(proto)
-  out = pathlib.Path(FLAGS.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
-  tmp.write_bytes(proto)
-  os.replace(tmp, out)
-  print(f"Wrote {out} (vocab {tok.vocab_size}, trained on {len(files)} file(s)).")
+  tok = tokenizers.train_sentencepiece_to_file(FLAGS.input, FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
+                                               FLAGS.input_sentence_size)
+  print(f"Wrote {FLAGS.output} (vocab {tok.vocab_size}, trained on {FLAGS.input}).")
 
 
 if __name__ == "__main__":

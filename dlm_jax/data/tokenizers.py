@@ -9,11 +9,13 @@ import base64
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 
 import numpy as np
 
 from dlm_jax import special_tokens
+from dlm_jax.data import corpus
 
 MASK_GLYPH = "\u2591"  # how the streaming view and notebooks draw a masked position
 
@@ -132,6 +134,24 @@ def from_dict(spec: dict):
 
 def fingerprint(tokenizer) -> str:
   return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_sentencepiece_to_file(input_spec: str, output, vocab_size: int, model_type: str = "bpe",
+                                input_sentence_size: int = 2_000_000, flag: str = "--input") -> "SentencePieceTokenizer":
+  """Trains SentencePiece on the files/folders of `input_spec` (resolved like data.path; each checked for valid
+  UTF-8 first, so a bad file gets one clear error before SentencePiece sees it) and writes the model to `output`
+  atomically (temporary file + rename). Returns the tokenizer, its reserved ids checked."""
+  files = corpus.resolve(input_spec, flag)
+  for f in files:
+    corpus.read_utf8(f)
+  proto = train_sentencepiece([str(f) for f in files], vocab_size, model_type, input_sentence_size=input_sentence_size)
+  tokenizer = SentencePieceTokenizer(proto)
+  out = pathlib.Path(output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
+  tmp.write_bytes(proto)
+  os.replace(tmp, out)
+  return tokenizer
 
 
 def train_sentencepiece(input_files, vocab_size: int, model_type: str = "bpe", character_coverage: float = 1.0,
