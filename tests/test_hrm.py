@@ -15,8 +15,9 @@ from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint
 
+# float32: these tests check math and exact replays (the GPU's "auto" dtype is bfloat16).
 SMALL = dict(vocab_size=24, max_len=32, num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2,
-             l_steps=4, memory_cells=6, memory_content=2, memory_top_k=2)
+             l_steps=4, memory_cells=6, memory_content=2, memory_top_k=2, dtype="float32")
 
 
 def build(**overrides):

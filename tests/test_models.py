@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dlm_jax.models import DenoiserOutput
+from dlm_jax.models import DenoiserOutput, layers
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 
-SMALL = dict(vocab_size=20, max_len=16, num_layers=2, num_heads=2, width=16, mlp_dim=32)
+# float32: these tests check math; the GPU's "auto" dtype (bfloat16) has its own test below.
+SMALL = dict(vocab_size=20, max_len=16, num_layers=2, num_heads=2, width=16, mlp_dim=32, dtype="float32")
 
 
 def build(**overrides):
@@ -31,9 +32,22 @@ def test_shapes_dtypes_and_stacked_layers(tokens):
   model = build()
   out = logits(model, tokens)
   chex.assert_shape(out, (3, 16, 20))
-  assert out.dtype == jnp.float32  # CPU: fp32 activations under dtype="auto"
+  assert out.dtype == jnp.float32
   for leaf in jax.tree.leaves(nnx.state(model.blocks, nnx.Param)):
     assert leaf.shape[0] == 2, "blocks are stacked with nnx.vmap: leading axis = num_layers"
+    assert leaf.dtype == jnp.float32, "parameters are float32 whatever the activation dtype"
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_activation_dtype_follows_the_config_and_backend(tokens, dtype):
+  """"auto" is bfloat16 on GPU/TPU and float32 on CPU; the logits come out in the activation dtype, finite."""
+  model = build(dtype=dtype)
+  out = logits(model, tokens)
+  expected = layers.compute_dtype(dtype)
+  assert out.dtype == expected
+  assert expected == (jnp.float32 if dtype == "auto" and jax.default_backend() == "cpu" else jnp.bfloat16)
+  assert np.all(np.isfinite(np.asarray(out, np.float32)))
+  np.testing.assert_allclose(np.asarray(out, np.float32), logits(build(), tokens), atol=0.05)
 
 
 @pytest.mark.parametrize("position", ["rope", "learned"])

@@ -1,10 +1,10 @@
 """The notebooks run top to bottom on tiny trained runs and draw their figures."""
 
-import nbformat
 import pytest
 
 from conftest import REPO
 
+nbformat = pytest.importorskip("nbformat", reason="nbformat is in the [test] extra")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is in the [test] extra")
 
 
