@@ -6,6 +6,7 @@
                                                                 # sequence-length scaling
   python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384 --batch=1
                                                                 # is EcoHybrid's conv + memory path memory-bound?
+  python -m launch.bench --config=configs/base_110m.py --profile  # kernel time per step by class, and the top kernels
 
 MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
 n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
@@ -19,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dlm_jax import models
-from dlm_jax.benchmarks import hot_path, report, throughput
+from dlm_jax.benchmarks import hot_path, profile, report, throughput
 from dlm_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,6 +32,10 @@ flags.DEFINE_integer("batch", 1, "Batch size of the scaling and hot-path modes."
 flags.DEFINE_bool("hot_path", False, "Hot-path mode (EcoHybrid configs): kernels, bytes, time and roofline of one "
                   "block's conv + memory attentions, forward and forward+backward, at each of --seq_lens "
                   "(default data.seq_len); see dlm_jax/benchmarks/hot_path.py for the decision rule.")
+flags.DEFINE_bool("profile", False, "Profile mode: jax.profiler traces of the compiled train step, one sampler call and "
+                  "one forward pass (the shapes of the throughput mode); prints kernel time per step by class "
+                  "(matmul, attention, fusion, reduction, copy) and the top kernels with their call counts.")
+flags.DEFINE_string("profile_dir", "runs/profile", "Where --profile writes its traces (open them in Perfetto).")
 FLAGS = flags.FLAGS
 
 HOT_PATH_HEADER = ("| date | commit | device | command | mode | B x T x d, M | kernels | ms | TFLOP/s | XLA bytes "
@@ -52,7 +57,11 @@ def main(argv):
   prefix = f"| {datetime.date.today().isoformat()} | {report.commit(REPO)} | {device} | `{command.strip()}` |"
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   write = lambda header, rows: report.append_rows(FLAGS.output, header, rows) if FLAGS.config.bench.write else None
-  if FLAGS.hot_path:
+  if FLAGS.profile:
+    print(f"{prefix[2:-2]}\n")
+    for title, summary in throughput.profile(FLAGS.config, FLAGS.profile_dir).items():
+      print(profile.format_summary(title, summary))
+  elif FLAGS.hot_path:
     write(HOT_PATH_HEADER, hot_path_rows(prefix, fmt))
   elif FLAGS.seq_lens:
     rows = throughput.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)

@@ -4,6 +4,7 @@
 #   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler row + sequence-length scaling (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
 #   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width: kernels, bytes, roofline verdict
+#   bash launch/gpu_suite.sh profile    # kernel time per step by class + top kernels: base_110m, :eco, :hrm
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -30,6 +31,11 @@ case "${1:-}" in
     python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 --batch=1 2>&1 \
       | tee -a "$out/hot_path.log"
     cp BENCHMARKS.md "$out/" ;;
+  profile)
+    for arm in diffusion eco hrm; do
+      python -m launch.bench --config=configs/base_110m.py:$arm --profile --profile_dir="$out/profile_$arm" 2>&1 \
+        | tee "$out/profile_$arm.log"
+    done ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|anchor|hot_path" >&2; exit 2 ;;
+    echo "usage: bash launch/gpu_suite.sh bench|anchor|hot_path|profile" >&2; exit 2 ;;
 esac

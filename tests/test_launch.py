@@ -60,6 +60,17 @@ def test_benchmark_runs_end_to_end_on_cpu():
   assert result["flops_per_token"] > 0 and result["sample_step_over_forward"] > 0
 
 
+def test_profile_mode_breaks_down_the_train_step_sampler_and_forward(tmp_path):
+  config = tiny_config()
+  config.bench.update(dict(warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4, write=False))
+  summaries = throughput.profile(config, tmp_path, steps=2)
+  assert list(summaries) == ["train step", "sampler call", "forward pass"]
+  for summary in summaries.values():
+    assert summary["total_ms"] > 0 and summary["top"]
+  # A sampler call runs the model once per step: its busiest kernels run a multiple of 4 times.
+  assert max(k["calls"] for k in summaries["sampler call"]["top"]) >= 4
+
+
 def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
   from dlm_jax.training import loop
   workdir, _ = trained_run

@@ -4,6 +4,7 @@ text). Timing follows the device method: warm up, block on results, time each re
 """
 from __future__ import annotations
 
+import pathlib
 import statistics
 import time
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax import models, special_tokens
+from dlm_jax.benchmarks import profile as profile_lib
 from dlm_jax.diffusion import objectives
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import metrics as metrics_lib, optimizer, sharding, state as state_lib, step as step_lib
@@ -100,19 +102,53 @@ def run(config) -> dict:
   }
 
   # Sampler: B sequences, all positions new, S steps; compared with one forward pass of the same batch.
+  sample, forward = _sampler_and_forward(config, graphdef, other, state.params)
+  forward_s = _median_time(forward, 10)
+  sample_s = _median_time(sample, 5)
   sb, sl, ss = int(b.sample_batch), int(b.sample_new_tokens), int(b.sample_steps)
-  params = state.params
-  scfg = sampler_lib.SamplerConfig.from_config(config, steps=ss)
-  sample_fn = sampler_lib.make_sampler(graphdef, other, scfg)
-  x = jnp.full((sb, sl), special_tokens.MASK, jnp.int32)
-  fixed = jnp.zeros((sb, sl), bool)
-  forward = jax.jit(lambda p, x_: models.denoise_fn(graphdef, p, other)(x_, jnp.ones((sb,), jnp.float32)).logits_BxLxV)
-  jax.block_until_ready(forward(params, x))
-  jax.block_until_ready(sample_fn(params, jax.random.key(0), x, fixed))
-  forward_s = _median_time(lambda: forward(params, x), 10)
-  keys = iter(jax.random.split(jax.random.key(1), 8))
-  sample_s = _median_time(lambda: sample_fn(params, next(keys), x, fixed), 5)
   result.update(sample_batch=sb, sample_new_tokens=sl, sample_steps=ss, forward_ms=1e3 * forward_s,
                 sample_ms=1e3 * sample_s, sample_tokens_per_s=sb * sl / sample_s,
                 sample_step_over_forward=(sample_s / ss) / forward_s)
   return result
+
+
+def _sampler_and_forward(config, graphdef, other, params):
+  """Compiled and warmed-up thunks: one sampler call (B = bench.sample_batch sequences of bench.sample_new_tokens new
+  tokens in bench.sample_steps steps, a fresh key each call) and one forward pass of the same batch."""
+  b = config.bench
+  sb, sl, ss = int(b.sample_batch), int(b.sample_new_tokens), int(b.sample_steps)
+  sample_fn = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig.from_config(config, steps=ss))
+  x = jnp.full((sb, sl), special_tokens.MASK, jnp.int32)
+  fixed = jnp.zeros((sb, sl), bool)
+  t_B = jnp.ones((sb,), jnp.float32)
+  forward_fn = jax.jit(lambda p, x_: models.denoise_fn(graphdef, p, other)(x_, t_B).logits_BxLxV)
+  keys = iter(jax.random.split(jax.random.key(1), 1000))
+  sample = lambda: sample_fn(params, next(keys), x, fixed)
+  forward = lambda: forward_fn(params, x)
+  jax.block_until_ready(forward())
+  jax.block_until_ready(sample())
+  return sample, forward
+
+
+def profile(config, directory, steps: int = 3) -> dict:
+  """Kernel-time breakdowns (`profile.summarize`) of the compiled train step and of one sampler call of `config`
+  (the same shapes as `run`), from jax.profiler traces written under `directory`."""
+  b = config.bench
+  vocab = int(b.vocab_size) or 128
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  compiled, state, tokens, _, graphdef, other = _train_step_and_inputs(config, vocab, seq_len, batch)
+  _, state, _ = _time_train_steps(compiled, state, tokens, int(b.warmup_steps), 1)
+  holder = {"state": state}  # the step donates its input state: always pass the newest
+
+  def train_step():
+    holder["state"], metrics = compiled(holder["state"], tokens)
+    return metrics
+
+  directory = pathlib.Path(directory)
+  train_trace = profile_lib.record(train_step, steps, directory / "train_step")
+  sample, forward = _sampler_and_forward(config, graphdef, other, holder["state"].params)
+  sample_trace = profile_lib.record(sample, 1, directory / "sampler")
+  forward_trace = profile_lib.record(forward, steps, directory / "forward")
+  return {name: profile_lib.summarize(profile_lib.kernel_events(trace), n)
+          for name, trace, n in (("train step", train_trace, steps), ("sampler call", sample_trace, 1),
+                                 ("forward pass", forward_trace, steps))}
