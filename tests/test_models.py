@@ -74,6 +74,25 @@ def test_remat_changes_nothing_but_memory(tokens):
   chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["transformer", "eco_hybrid"])
+def test_unrolled_layer_loop_computes_the_same_function_and_gradient(tokens, model):
+  from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
+  make = (lambda **kw: build(**kw)) if model == "transformer" else (
+      lambda **kw: EcoHybrid(EcoHybridConfig(**SMALL, memory_slots=4, **kw), rngs=nnx.Rngs(0)))
+
+  def loss_and_grads(m):
+    graphdef, params = nnx.split(m)
+    f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens).logits_BxLxV ** 2)
+    return jax.value_and_grad(f)(params)
+
+  scanned, unrolled = make(layer_loop="scan"), make(layer_loop="unroll")
+  assert not scanned.cfg.unroll_layers and unrolled.cfg.unroll_layers
+  assert make().cfg.unroll_layers == (jax.default_backend() != "cpu")  # "auto"
+  chex.assert_trees_all_close(loss_and_grads(scanned), loss_and_grads(unrolled), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="layer_loop"):
+    make(layer_loop="vmap")
+
+
 def test_time_conditioning_and_dropout(tokens):
   model = build(time_conditioning=True)
   # The output layer of the time MLP starts at zero (adaLN-zero style): t has no effect until trained.

@@ -215,11 +215,11 @@ class HRMDenoiser(Denoiser):
   def f_l(self, z_l_BxLxD, injection_BxLxD, rope, key, deterministic):
     """z_L <- RMSNorm(blocks_L(z_L + z_H + e)): normalized output (HRM's post-norm) keeps the iteration bounded."""
     return self.l_out_norm(run_blocks(self.l_blocks, z_l_BxLxD + injection_BxLxD, rope, key, deterministic,
-                                      self.cfg.remat))
+                                      self.cfg))
 
   def f_h(self, z_h_BxLxD, z_l_BxLxD, read_BxLxD, rope, key, deterministic):
     return self.h_out_norm(run_blocks(self.h_blocks, z_h_BxLxD + z_l_BxLxD + read_BxLxD, rope, key, deterministic,
-                                      self.cfg.remat))
+                                      self.cfg))
 
   def select_cells(self, z_h_BxLxD):
     """Top-k cells by CLS_i^T W z_H, with z_H mean-pooled over positions ("pooled"), per position ("position") or per

@@ -165,12 +165,13 @@ def stack_blocks(num_layers: int, make_block: Callable[[nnx.Rngs], nnx.Module], 
   return make(rngs)
 
 
-def run_stack(blocks, carry, apply_block: Callable, dropout_key, remat: str = "none"):
+def run_stack(blocks, carry, apply_block: Callable, dropout_key, remat: str = "none", unroll: bool = False):
   """Runs `stack_blocks`-stacked blocks as one lax.scan over their stacked state (compile time flat in depth).
 
   `apply_block(block, carry, layer_index, dropout_key) -> (carry, per_layer_output)`; returns (carry, outputs stacked
   over layers). Layer i gets the i-th of split(dropout_key, num_layers). With remat ("full" or "dots") each layer's body
-  is wrapped in `jax.checkpoint` under that policy. (Not `nnx.scan`: it refuses modules whose values were traced at an
+  is wrapped in `jax.checkpoint` under that policy; with `unroll` the scan is fully unrolled (the same computation,
+  without the loop's per-iteration slicing and stacking). (Not `nnx.scan`: it refuses modules whose values were traced at an
   outer level, which happens when a model runs inside the sampler's scan or an HRM iteration loop; split/merge around
   lax.scan has no such restriction.)"""
   block_def, block_state = nnx.split(blocks)
@@ -183,4 +184,5 @@ def run_stack(blocks, carry, apply_block: Callable, dropout_key, remat: str = "n
 
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-  return jax.lax.scan(body, carry, (block_state, layer_keys, jnp.arange(num_layers)))
+  return jax.lax.scan(body, carry, (block_state, layer_keys, jnp.arange(num_layers)),
+                      unroll=num_layers if unroll else 1)

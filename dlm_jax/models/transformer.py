@@ -64,10 +64,10 @@ def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
   return layers.stack_blocks(cfg.num_layers, lambda r: Block(cfg, rngs=r), rngs)
 
 
-def run_blocks(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, remat: str = "none"):
-  """h through every stacked Block in turn."""
+def run_blocks(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, cfg: DenoiserConfig):
+  """h through every stacked Block in turn (cfg: remat and layer_loop)."""
   apply = lambda block, h, _, key: (block(h, rope, key, deterministic), None)
-  return layers.run_stack(blocks, h_BxLxD, apply, dropout_key, remat)[0]
+  return layers.run_stack(blocks, h_BxLxD, apply, dropout_key, cfg.remat, cfg.unroll_layers)[0]
 
 
 class Transformer(Denoiser):
@@ -83,5 +83,5 @@ class Transformer(Denoiser):
     h_BxLxD = self.embed(tokens_BxL, t_B)
     rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
                                                                      cfg.rope_base)
-    h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg.remat)
+    h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)
     return DenoiserOutput(self.head(h_BxLxD))
