@@ -152,3 +152,48 @@ def test_special_ids_are_never_sampled():
   _, fixed, out = run(sampler_lib.SamplerConfig(steps=4, temperature=5.0))
   generated = np.asarray(out.tokens_BxL)[~np.asarray(fixed)]
   assert not np.isin(generated, special_tokens.NEVER_SAMPLED).any()
+
+
+def softmax_scores(logits_BxLxV, cand_BxL, kind):
+  """The scoring before the sampler kept only a logsumexp: the full float32 softmax, then a gather or the top two."""
+  probs_BxLxV = jax.nn.softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+  if kind == "margin":
+    top2 = jax.lax.top_k(probs_BxLxV, 2)[0]
+    return top2[..., 0] - top2[..., 1]
+  return jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("kind", ["prob", "margin"])
+def test_logsumexp_confidence_equals_the_softmax_and_greedy_outputs_are_unchanged(kind, monkeypatch):
+  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)))
+  cand = jnp.argmax(logits, axis=-1)
+  np.testing.assert_allclose(sampler_lib.confidence_scores(logits, cand, kind), softmax_scores(logits, cand, kind),
+                             rtol=1e-5, atol=1e-7)
+  bf16 = logits.astype(jnp.bfloat16)  # the GPU path: the scores of bfloat16 logits, computed in float32
+  np.testing.assert_allclose(sampler_lib.confidence_scores(bf16, cand, kind), softmax_scores(bf16, cand, kind),
+                             rtol=1e-5, atol=1e-7)
+  cfg = sampler_lib.SamplerConfig(steps=6, greedy=True, confidence=kind, record_trajectory=True)
+  _, _, new = run(cfg)
+  monkeypatch.setattr(sampler_lib, "confidence_scores", softmax_scores)
+  _, _, old = run(cfg)
+  chex.assert_trees_all_equal(new.tokens_BxL, old.tokens_BxL)
+  chex.assert_trees_all_equal(new.trajectory_SxBxL, old.trajectory_SxBxL)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.3, 0, 0.8)])
+def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, top_p):
+  """One reverse step over 8192 single-position rows: the counts of each token match softmax(filter(logits / T)) of
+  the model's logits (never-sampled ids removed) within 5 standard deviations, and filtered ids never appear."""
+  n = 8192
+  logits_V = (2 * jax.random.normal(jax.random.key(11), (V,))).astype(dtype)
+  denoise = sampler_lib.stateless(lambda x, t: jnp.broadcast_to(logits_V, x.shape + (V,)))
+  cfg = sampler_lib.SamplerConfig(steps=1, temperature=temperature, top_k=top_k, top_p=top_p)
+  out = jax.jit(lambda r: sampler_lib.sample(denoise, r, jnp.zeros((n, 1), jnp.int32), jnp.zeros((n, 1), bool), cfg))(
+      jax.random.key(5))
+  counts = np.bincount(np.asarray(out.tokens_BxL[:, 0]), minlength=V)
+  reference = sampler_lib.filter_logits(sampler_lib.sampling_logits(logits_V)[None], temperature, top_k, top_p)[0]
+  p = np.asarray(jax.nn.softmax(reference))
+  assert np.all(counts[p < 1e-12] == 0)
+  sigma = np.sqrt(n * p * (1 - p)) + 1e-9
+  assert np.all(np.abs(counts - n * p) < 5 * sigma + 1), (counts, n * p)

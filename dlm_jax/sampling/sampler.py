@@ -106,18 +106,43 @@ def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
 
 
 def draw(logits_xV, cfg: SamplerConfig, key):
-  """Token ids from logits [..., V]: the argmax when cfg.greedy, else a draw at cfg.temperature after top-k and
-  nucleus filtering."""
+  """Token ids from logits [..., V] in any float dtype: the argmax when cfg.greedy, else a categorical draw (Gumbel-max:
+  argmax(logits / temperature + g), g ~ Gumbel) after top-k and nucleus filtering, each only when switched on.
+
+  The division, the noise and the sum are float32 elementwise work that XLA fuses into the argmax's reduction, so no
+  float32 copy of bfloat16 logits is kept. (Adding the noise in bfloat16 would quantize the sums to 1/16 at |logit|
+  ~ 10 and break ties toward low ids, which biases the draw.)"""
   if cfg.greedy:
     return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
-  filtered = filter_logits(logits_xV, cfg.temperature, cfg.top_k, cfg.top_p)
-  return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+  logits_xV = logits_xV.astype(jnp.float32)
+  if cfg.temperature != 1.0:
+    logits_xV = logits_xV / cfg.temperature
+  if cfg.top_k or cfg.top_p < 1.0:
+    logits_xV = filter_logits(logits_xV, 1.0, cfg.top_k, cfg.top_p)
+  return jax.random.categorical(key, logits_xV, axis=-1).astype(jnp.int32)
+
+
+def remove_never_sampled(logits_xV):
+  """Logits (any dtype, kept) with the ids that are never data tokens (special_tokens.NEVER_SAMPLED: pad, bos, mask,
+  unk) set to NEG_INF; mask removal is SUBS, the others only matter for an undertrained model."""
+  return logits_xV.at[..., jnp.asarray(special_tokens.NEVER_SAMPLED)].set(jnp.asarray(losses.NEG_INF, logits_xV.dtype))
+
+
+def confidence_scores(logits_BxLxV, cand_BxL, kind: str):
+  """The model's probability of each candidate, p(cand) = exp(logit[cand] - logsumexp(logits)) ("prob"), or its top-1
+  minus top-2 probability ("margin"). One float32 reduction (the logsumexp) over the vocabulary and a gather: the
+  softmax over the whole vocabulary is never materialized."""
+  lse_BxL = jax.nn.logsumexp(logits_BxLxV.astype(jnp.float32), axis=-1)
+  if kind == "margin":
+    top2_BxLx2 = jax.lax.top_k(logits_BxLxV, 2)[0].astype(jnp.float32)
+    return jnp.exp(top2_BxLx2[..., 0] - lse_BxL) - jnp.exp(top2_BxLx2[..., 1] - lse_BxL)
+  chosen_BxL = jnp.take_along_axis(logits_BxLxV, cand_BxL[..., None], axis=-1)[..., 0].astype(jnp.float32)
+  return jnp.exp(chosen_BxL - lse_BxL)
 
 
 def sampling_logits(logits_BxLxV):
-  """Float32 logits with the ids that are never data tokens (special_tokens.NEVER_SAMPLED: pad, bos, mask, unk)
-  removed; mask removal is SUBS, the others only matter for an undertrained model."""
-  return logits_BxLxV.astype(jnp.float32).at[..., jnp.asarray(special_tokens.NEVER_SAMPLED)].set(losses.NEG_INF)
+  """Float32 logits with the never-sampled ids removed (`remove_never_sampled`)."""
+  return remove_never_sampled(logits_BxLxV.astype(jnp.float32))
 
 
 def _reveal_top_k(score_BxL, masked_BxL, k_B):
@@ -149,21 +174,16 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
     t_B = jnp.full((batch,), t, jnp.float32)
     step_priority_BxL = priority_BxL
-    logits, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
-    logits = sampling_logits(logits)
+    logits_BxLxV, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
+    logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
     if cfg.strategic_weight and model_priority_BxL is not None:
       weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
       step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
     masked_BxL = x_BxL == mask_id
+    cand_BxL = draw(logits_BxLxV, cfg, sample_key)
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
-    probs_BxLxV = jax.nn.softmax(logits, axis=-1)
-    cand_BxL = draw(logits, cfg, sample_key)
-    if cfg.confidence == "margin":
-      top2 = jax.lax.top_k(probs_BxLxV, 2)[0]
-      score_BxL = top2[..., 0] - top2[..., 1]
-    else:
-      score_BxL = jnp.take_along_axis(probs_BxLxV, cand_BxL[..., None], axis=-1)[..., 0]
+    score_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
     if step_priority_BxL is not None:
       score_BxL = score_BxL + step_priority_BxL
     if cfg.method == "confidence":
