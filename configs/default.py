@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.schedule_eps = 1e-3  # loglinear schedule alpha(1)
   c.diffusion.num_timesteps = 32  # discrete timesteps of the masked_mean objective
   c.diffusion.t_min = 1e-5
+  # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
+  # (losses.tied_head_nll); 0: from the full logits.
+  c.diffusion.loss_chunk = 0
 
   c.model = model_config("transformer")
   c.model.num_layers = 4

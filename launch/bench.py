@@ -32,9 +32,11 @@ flags.DEFINE_integer("batch", 1, "Batch size of the scaling and hot-path modes."
 flags.DEFINE_bool("hot_path", False, "Hot-path mode (EcoHybrid configs): kernels, bytes, time and roofline of one "
                   "block's conv + memory attentions, forward and forward+backward, at each of --seq_lens "
                   "(default data.seq_len); see dlm_jax/benchmarks/hot_path.py for the decision rule.")
-flags.DEFINE_bool("profile", False, "Profile mode: jax.profiler traces of the compiled train step, one sampler call and "
-                  "one forward pass (the shapes of the throughput mode); prints kernel time per step by class "
+flags.DEFINE_bool("profile", False, "Profile mode: jax.profiler traces of the compiled train step, one sampler call "
+                  "and one forward pass (the shapes of the throughput mode); prints kernel time per step by class "
                   "(matmul, attention, fusion, reduction, copy) and the top kernels with their call counts.")
+flags.DEFINE_integer("head_memory", 0, "Head-memory mode: XLA's temporary memory of the tied head + loss + gradient "
+                     "from full [B, L, V] logits and with this many rows per chunk (diffusion.loss_chunk).")
 flags.DEFINE_string("profile_dir", "runs/profile", "Where --profile writes its traces (open them in Perfetto).")
 FLAGS = flags.FLAGS
 
@@ -57,7 +59,9 @@ def main(argv):
   prefix = f"| {datetime.date.today().isoformat()} | {report.commit(REPO)} | {device} | `{command.strip()}` |"
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   write = lambda header, rows: report.append_rows(FLAGS.output, header, rows) if FLAGS.config.bench.write else None
-  if FLAGS.profile:
+  if FLAGS.head_memory:
+    print(f"{prefix[2:-2]}\n{throughput.head_loss_memory(FLAGS.config, FLAGS.head_memory)}")
+  elif FLAGS.profile:
     print(f"{prefix[2:-2]}\n")
     for title, summary in throughput.profile(FLAGS.config, FLAGS.profile_dir).items():
       print(profile.format_summary(title, summary))

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements (throughput and MFU, sequence-length scaling, the Shakespeare anchor, the EcoHybrid hot path),
 # in stages that each fit one 10-minute device call.
-#   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler row + sequence-length scaling (baseline, eco)
+#   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler rows: as configured, with full-logit loss,
+#                                       # with the layer scan kept; the :eco and :hrm arms
+#   bash launch/gpu_suite.sh scaling    # sequence-length scaling of the training step, 1k-32k (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
 #   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width: kernels, bytes, roofline verdict
 #   bash launch/gpu_suite.sh profile    # kernel time per step by class + top kernels: base_110m, :eco, :hrm
@@ -14,7 +16,16 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
   bench)
-    python -m launch.bench --config=configs/base_110m.py 2>&1 | tee "$out/bench_110m.log"
+    # as configured; then with the loss scored from full logits and with the layer scan kept (what chunking and
+    # unrolling buy); then the other two arms
+    for flags in "" --config.diffusion.loss_chunk=0 --config.model.layer_loop=scan; do
+      python -m launch.bench --config=configs/base_110m.py $flags 2>&1 | tee -a "$out/bench_110m.log"
+    done
+    for arm in eco hrm; do
+      python -m launch.bench --config=configs/base_110m.py:$arm 2>&1 | tee -a "$out/bench_110m.log"
+    done
+    cp BENCHMARKS.md "$out/" ;;
+  scaling)
     for arm in diffusion eco; do
       python -m launch.bench --config=configs/base_110m.py:$arm --seq_lens=1024,2048,4096,8192,16384,32768 \
         --batch=1 --config.model.remat=full 2>&1 | tee "$out/scaling_$arm.log"
@@ -37,5 +48,5 @@ case "${1:-}" in
         | tee "$out/profile_$arm.log"
     done ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|anchor|hot_path|profile" >&2; exit 2 ;;
+    echo "usage: bash launch/gpu_suite.sh bench|scaling|anchor|hot_path|profile" >&2; exit 2 ;;
 esac

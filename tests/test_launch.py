@@ -60,6 +60,13 @@ def test_benchmark_runs_end_to_end_on_cpu():
   assert result["flops_per_token"] > 0 and result["sample_step_over_forward"] > 0
 
 
+def test_head_memory_mode_shows_the_chunked_loss_holds_less():
+  config = tiny_config()
+  config.bench.vocab_size = 512
+  report = throughput.head_loss_memory(config, chunk=32)
+  assert report["chunked_temp_GiB"] < report["full_logits_temp_GiB"]
+
+
 def test_profile_mode_breaks_down_the_train_step_sampler_and_forward(tmp_path):
   config = tiny_config()
   config.bench.update(dict(warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4, write=False))

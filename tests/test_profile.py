@@ -1,4 +1,4 @@
-"""The profile parser: exact sums and classes on a hand-written GPU-style trace, invariants on a trace recorded on CPU."""
+"""The profile parser: exact sums and classes on a hand-written GPU-style trace, invariants on a CPU recording."""
 import gzip
 import json
 

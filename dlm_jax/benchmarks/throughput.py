@@ -152,3 +152,29 @@ def profile(config, directory, steps: int = 3) -> dict:
   return {name: profile_lib.summarize(profile_lib.kernel_events(trace), n)
           for name, trace, n in (("train step", train_trace, steps), ("sampler call", sample_trace, 1),
                                  ("forward pass", forward_trace, steps))}
+
+
+def head_loss_memory(config, chunk: int) -> dict:
+  """XLA's temporary memory (compiled memory analysis, no run) of the tied head + loss + its gradient at the shapes of
+  `config` (B = train.batch_size, L = data.seq_len, D = model.width, V = bench.vocab_size, the model's activation
+  dtype): scored from the full [B, L, V] logits, and chunk by chunk (`losses.tied_head_nll`, `chunk` rows)."""
+  from dlm_jax.diffusion import losses
+  from dlm_jax.models import layers
+  batch, seq_len = int(config.train.batch_size), int(config.data.seq_len)
+  width, vocab = int(config.model.width), int(config.bench.vocab_size) or 128
+  dtype = layers.compute_dtype(config.model.dtype)
+  hidden = jax.ShapeDtypeStruct((batch, seq_len, width), dtype)
+  head = jax.ShapeDtypeStruct((vocab, width), dtype)
+  targets = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+
+  def loss(hidden_BxLxD, head_VxD, targets_BxL, chunk):
+    if chunk:
+      nll_BxL = losses.tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, special_tokens.MASK, chunk)
+    else:
+      nll_BxL = losses.token_nll(losses.subs_logits(hidden_BxLxD @ head_VxD.T, special_tokens.MASK), targets_BxL)
+    return jnp.mean(nll_BxL)
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=3)
+  temp = {c: step.lower(hidden, head, targets, c).compile().memory_analysis().temp_size_in_bytes for c in (0, chunk)}
+  return {"batch": batch, "seq_len": seq_len, "width": width, "vocab": vocab, "dtype": str(jnp.dtype(dtype)),
+          "chunk": chunk, "full_logits_temp_GiB": temp[0] / 2**30, "chunked_temp_GiB": temp[chunk] / 2**30}

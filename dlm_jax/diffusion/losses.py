@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -38,6 +39,33 @@ def subs_logits(logits_BxLxV, mask_id: int):
 def token_nll(logits_BxLxV, targets_BxL):
   """-log softmax(logits)[target] per position, float32."""
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), targets_BxL)
+
+
+def tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, mask_id: int, chunk: int):
+  """token_nll(subs_logits(hidden @ head^T), targets) without the [B, L, V] logits: `chunk` token rows at a time.
+
+  Each chunk's logits come from a matmul in the hidden states' dtype (bfloat16 on GPU) with float32 accumulation and
+  output, then the mask id is removed (SUBS) and -log softmax[target] = logsumexp(logits) - logits[target] is taken in
+  float32. The chunks run as a lax.map whose body is rematerialized (jax.checkpoint), so neither the forward nor the
+  backward pass holds more than one chunk's [chunk, V] logits; the gradient reaches the hidden states and the head
+  (the tied embedding) as through the full computation. Rows are padded to a multiple of `chunk`."""
+  batch, length, width = hidden_BxLxD.shape
+  rows = batch * length
+  num_chunks = -(-rows // chunk)
+  pad = num_chunks * chunk - rows
+  hidden_NxD = jnp.pad(hidden_BxLxD.reshape(rows, width), ((0, pad), (0, 0)))
+  targets_N = jnp.pad(targets_BxL.reshape(rows), (0, pad))
+
+  @jax.checkpoint
+  def chunk_nll(inputs):
+    h_KxD, t_K = inputs
+    logits_KxV = jnp.dot(h_KxD, head_VxD.T, preferred_element_type=jnp.float32)
+    logits_KxV = logits_KxV.at[:, mask_id].set(NEG_INF)
+    target_K = jnp.take_along_axis(logits_KxV, t_K[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits_KxV, axis=-1) - target_K
+
+  nll_N = jax.lax.map(chunk_nll, (hidden_NxD.reshape(num_chunks, chunk, width), targets_N.reshape(num_chunks, chunk)))
+  return nll_N.reshape(-1)[:rows].reshape(batch, length)
 
 
 def nelbo_per_sequence(nll_BxL, masked_BxL, t_B, schedule):

@@ -35,6 +35,9 @@ class DiffusionObjective:
   kind: str = "elbo"
   num_timesteps: int = 32
   t_min: float = 1e-5
+  # > 0: score tokens `loss_chunk` rows at a time from the denoiser's hidden states and tied head
+  # (losses.tied_head_nll) instead of from [B, L, V] logits; 0 (or a denoiser without hidden/head): from the logits.
+  loss_chunk: int = 0
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
@@ -50,18 +53,28 @@ class DiffusionObjective:
       return k_B.astype(jnp.float32) / self.num_timesteps
     return forward.antithetic_times(rng, batch_size, self.t_min)
 
+  def token_nll(self, output, targets_BxL, shift: bool = False):
+    """-log p_theta(target) per position under SUBS (the mask id removed), from the logits or chunk by chunk. With
+    `shift`, position i scores target i + 1 (the AR arm): [B, L - 1]."""
+    if self.loss_chunk and output.hidden_BxLxD is not None:
+      hidden_BxLxD = output.hidden_BxLxD[:, :-1] if shift else output.hidden_BxLxD
+      targets_BxL = targets_BxL[:, 1:] if shift else targets_BxL
+      return losses.tied_head_nll(hidden_BxLxD, output.head_VxD, targets_BxL, self.mask_id, self.loss_chunk)
+    logits_BxLxV = losses.subs_logits(output.logits_BxLxV, self.mask_id)
+    return losses.next_token_nll(logits_BxLxV, targets_BxL) if shift else losses.token_nll(logits_BxLxV, targets_BxL)
+
   def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True):
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
-      nll_BxLm1 = losses.next_token_nll(losses.subs_logits(output.logits_BxLxV, self.mask_id), x0_BxL)
+      nll_BxLm1 = self.token_nll(output, x0_BxL, shift=True)
       loss, metrics = jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}
     else:
       t_rng, mask_rng = jax.random.split(rng)
       t_B = self.sample_times(t_rng, batch_size)
       xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id)
       output = denoise_fn(xt_BxL, t_B)
-      nll_BxL = losses.token_nll(losses.subs_logits(output.logits_BxLxV, self.mask_id), x0_BxL)
+      nll_BxL = self.token_nll(output, x0_BxL)
       metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
       if self.kind == "elbo":
         nelbo_B = losses.nelbo_per_sequence(nll_BxL, masked_BxL, t_B, self.schedule)
@@ -88,4 +101,5 @@ def from_config(config) -> DiffusionObjective:
         "a causal model trains with objective 'autoregressive' and a bidirectional one with 'elbo' or 'masked_mean'.")
   return DiffusionObjective(
       schedule=schedules.from_config(config.diffusion), mask_id=special_tokens.MASK, kind=objective,
-      num_timesteps=int(config.diffusion.get("num_timesteps", 32)), t_min=float(config.diffusion.get("t_min", 1e-5)))
+      num_timesteps=int(config.diffusion.get("num_timesteps", 32)), t_min=float(config.diffusion.get("t_min", 1e-5)),
+      loss_chunk=int(config.diffusion.get("loss_chunk", 0)))

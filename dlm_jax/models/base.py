@@ -81,10 +81,15 @@ class DenoiserOutput:
   aux_losses: already-weighted auxiliary losses by name (EcoHybrid's slot load balancing, HRM's memory, ACT and
     priority terms); the training objective adds them to the loss and logs them as `aux/NAME`; evaluation ignores them.
   aux_metrics: scalars that are only logged, as `metric/NAME` (e.g. HRM's mean number of L-iterations).
+  hidden_BxLxD, head_VxD: for a tied linear head, its input (the normalized final states) and weights, logits =
+    hidden @ head^T. With them the objective can score tokens chunk by chunk (diffusion.loss_chunk) without the
+    [B, L, V] logits, which XLA then never computes; None for a denoiser whose logits are not that product.
   """
   logits_BxLxV: jax.Array
   aux_losses: dict = flax.struct.field(default_factory=dict)
   aux_metrics: dict = flax.struct.field(default_factory=dict)
+  hidden_BxLxD: Any = None
+  head_VxD: Any = None
 
 
 class Denoiser(nnx.Module):
@@ -130,6 +135,12 @@ class Denoiser(nnx.Module):
   def head(self, h_BxLxD):
     """logits = RMSNorm(h) E^T, tied to the input embedding, in the activation dtype."""
     return self.final_norm(h_BxLxD) @ self.embedding[...].astype(self.dtype).T
+
+  def output(self, h_BxLxD, aux_losses=None, aux_metrics=None) -> DenoiserOutput:
+    """The DenoiserOutput of final states h: the tied head's logits, with its input and weights for chunked scoring."""
+    hidden_BxLxD = self.final_norm(h_BxLxD)
+    head_VxD = self.embedding[...].astype(self.dtype)
+    return DenoiserOutput(hidden_BxLxD @ head_VxD.T, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
     raise NotImplementedError(f"{type(self).__name__} must implement __call__.")

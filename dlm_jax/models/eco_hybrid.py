@@ -178,4 +178,4 @@ class EcoHybrid(Denoiser):
     (h_BxLxD, _), balance_per_layer = layers.run_stack(self.blocks, (h_BxLxD, mem_BxMxD), apply, dropout_key,
                                                         cfg.remat, cfg.unroll_layers)
     aux = {"eco_balance": cfg.balance_weight * jnp.mean(balance_per_layer)} if cfg.route_top_k else {}
-    return DenoiserOutput(self.head(h_BxLxD), aux)
+    return self.output(h_BxLxD, aux)

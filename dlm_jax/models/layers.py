@@ -171,9 +171,9 @@ def run_stack(blocks, carry, apply_block: Callable, dropout_key, remat: str = "n
   `apply_block(block, carry, layer_index, dropout_key) -> (carry, per_layer_output)`; returns (carry, outputs stacked
   over layers). Layer i gets the i-th of split(dropout_key, num_layers). With remat ("full" or "dots") each layer's body
   is wrapped in `jax.checkpoint` under that policy; with `unroll` the scan is fully unrolled (the same computation,
-  without the loop's per-iteration slicing and stacking). (Not `nnx.scan`: it refuses modules whose values were traced at an
-  outer level, which happens when a model runs inside the sampler's scan or an HRM iteration loop; split/merge around
-  lax.scan has no such restriction.)"""
+  without the loop's per-iteration slicing and stacking). (Not `nnx.scan`: it refuses modules whose values were traced
+  at an outer level, which happens when a model runs inside the sampler's scan or an HRM iteration loop; split/merge
+  around lax.scan has no such restriction.)"""
   block_def, block_state = nnx.split(blocks)
   num_layers = jax.tree.leaves(block_state)[0].shape[0]
   layer_keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), num_layers)

@@ -84,4 +84,4 @@ class Transformer(Denoiser):
     rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
                                                                      cfg.rope_base)
     h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)
-    return DenoiserOutput(self.head(h_BxLxD))
+    return self.output(h_BxLxD)
