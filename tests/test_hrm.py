@@ -230,3 +230,16 @@ def test_new_configs_gate_the_read_and_configs_saved_before_the_gate_load_ungate
   del saved["memory_gate"]  # a checkpoint written before the field existed
   config.model = type(config.model)(saved)
   assert models.model_config(config, 24).memory_gate is False
+
+
+def test_logit_change_rms_equals_the_rms_of_the_logit_difference():
+  """ACT's rms change of the logits, computed through the Gram matrix of the tied head, equals the rms over the
+  vocabulary of head(z_b) - head(z_a) computed from the logits."""
+  model = build()
+  z_a, z_b = (jax.random.normal(jax.random.key(k), (2, 32, 32)) for k in (7, 8))
+  table = model.embedding[...]
+  direct = jnp.sqrt(jnp.mean(jnp.square(model.head(z_b) - model.head(z_a)), axis=-1))
+  via_gram = model.logit_change_rms(model.head_features(z_a), model.head_features(z_b), table.T @ table / 24)
+  np.testing.assert_allclose(via_gram, direct, rtol=1e-4)
+  np.testing.assert_array_equal(model.logit_change_rms(model.head_features(z_a), model.head_features(z_a),
+                                                       table.T @ table / 24), 0.0)

@@ -35,7 +35,7 @@ score" o of the current state,
 
 Choices made here (config fields):
   * g (`act_g`): "exp": g(D) = exp(-rms(D) / act_g_scale); "inverse": g(D) = 1 / (1 + rms(D) / act_g_scale), with
-    rms over the vocabulary. Both are large when the logits stop moving, so a state that has converged accumulates
+    rms over the vocabulary (computed without the logits: `logit_change_rms`). Both are large when the logits stop moving, so a state that has converged accumulates
     contribution quickly and halts, and one whose predictions keep changing runs to `l_steps`. (A g that grows with the
     change would halt the unconverged inputs first, the opposite of adaptive computation.)
   * CLS(z) = unit-normalized linear projection of z (per token), so the denominator lies in [eps, 1 + eps].
@@ -153,8 +153,8 @@ class HRMPass:
   trace: dict
 
 
-def act_g(delta_logits_BxLxV, kind: str, scale: float):
-  rms_BxL = jnp.sqrt(jnp.mean(jnp.square(delta_logits_BxLxV.astype(jnp.float32)), axis=-1))
+def act_g(rms_BxL, kind: str, scale: float):
+  """g of the rms change of the logits: exp(-rms / scale) or 1 / (1 + rms / scale)."""
   return jnp.exp(-rms_BxL / scale) if kind == "exp" else 1.0 / (1.0 + rms_BxL / scale)
 
 
@@ -257,6 +257,17 @@ class HRMDenoiser(Denoiser):
     return jnp.zeros((batch, 1, 1, 1), jnp.float32)
 
   # -- the L-loop with ACT --------------------------------------------------------------------------------------------
+  def head_features(self, z_BxLxD):
+    """The tied head's input, RMSNorm(z), in float32: logits = head_features(z) E^T."""
+    return self.final_norm(z_BxLxD).astype(jnp.float32)
+
+  def logit_change_rms(self, features_a_BxLxD, features_b_BxLxD, gram_DxD):
+    """rms over the vocabulary of the logits' change from head features a to b, without computing logits: the head is
+    linear, so the change is d E^T with d = b - a, and its mean square over the V rows of E is d^T (E^T E / V) d.
+    O(D^2) per position instead of O(V D): at V = 32000, D = 768 a 42x cheaper ACT step, and no [B, L, V] arrays."""
+    d_BxLxD = features_b_BxLxD - features_a_BxLxD
+    return jnp.sqrt(jnp.maximum(jnp.sum((d_BxLxD @ gram_DxD) * d_BxLxD, axis=-1), 0.0))
+
   def l_loop(self, z_l_BxLxD, injection_BxLxD, rope, deterministic, use_while_loop: bool):
     """Up to l_steps L-iterations with ACT halting (no gradient). Returns (halted z_L, ActStats)."""
     cfg = self.cfg
@@ -268,24 +279,28 @@ class HRMDenoiser(Denoiser):
       full_BxL = jnp.full((batch, length), float(cfg.l_steps))
       return z_l_BxLxD, ActStats(full_BxL, jnp.zeros((batch, length)))
 
+    table_VxD = sg(self.embedding[...].astype(jnp.float32))
+    gram_DxD = table_VxD.T @ table_VxD / table_VxD.shape[0]
+
     def body(state):
-      i, z_BxLxD, logits_BxLxV, cls_BxLxD, total_BxL, halted_BxL, used_BxL = state
+      i, z_BxLxD, features_BxLxD, cls_BxLxD, total_BxL, halted_BxL, used_BxL = state
       z_new = step(z_BxLxD)
-      logits_new, cls_new = sg(self.head(z_new)), sg(self.cls(z_new))
-      tau_BxL = act_g(logits_new - logits_BxLxV, cfg.act_g, cfg.act_g_scale)
+      features_new, cls_new = sg(self.head_features(z_new)), sg(self.cls(z_new))
+      tau_BxL = act_g(self.logit_change_rms(features_BxLxD, features_new, gram_DxD), cfg.act_g, cfg.act_g_scale)
       if cfg.act_granularity == "sequence":
         tau_BxL = jnp.broadcast_to(jnp.mean(tau_BxL, axis=1, keepdims=True), tau_BxL.shape)
       tau_BxL = tau_BxL / (jnp.abs(jnp.sum(cls_BxLxD * cls_new, axis=-1)) + cfg.act_eps)
       active_BxL = ~halted_BxL
       z_BxLxD = jnp.where(active_BxL[..., None], z_new, z_BxLxD)
-      logits_BxLxV = jnp.where(active_BxL[..., None], logits_new, logits_BxLxV)
+      features_BxLxD = jnp.where(active_BxL[..., None], features_new, features_BxLxD)
       cls_BxLxD = jnp.where(active_BxL[..., None], cls_new, cls_BxLxD)
       total_BxL = jnp.where(active_BxL, total_BxL + tau_BxL, total_BxL)
       used_BxL = used_BxL + active_BxL.astype(jnp.float32)
       halted_BxL = halted_BxL | (active_BxL & (total_BxL > sg(self.subjective_score(z_BxLxD))))
-      return i + 1, z_BxLxD, logits_BxLxV, cls_BxLxD, total_BxL, halted_BxL, used_BxL
+      return i + 1, z_BxLxD, features_BxLxD, cls_BxLxD, total_BxL, halted_BxL, used_BxL
 
-    init = (jnp.asarray(0), z_l_BxLxD, sg(self.head(z_l_BxLxD)), sg(self.cls(z_l_BxLxD)), jnp.zeros((batch, length)),
+    init = (jnp.asarray(0), z_l_BxLxD, sg(self.head_features(z_l_BxLxD)), sg(self.cls(z_l_BxLxD)),
+            jnp.zeros((batch, length)),
             jnp.zeros((batch, length), bool), jnp.zeros((batch, length)))
     if use_while_loop:
       state = jax.lax.while_loop(lambda s: (s[0] < cfg.l_steps) & ~jnp.all(s[5]), body, init)
