@@ -115,5 +115,4 @@ def bench_config(vocab_size: int, sample_batch: int = 64, sample_new_tokens: int
   b.sample_batch = sample_batch  # sampler: B sequences of `sample_new_tokens` new tokens in `sample_steps` steps
   b.sample_new_tokens = sample_new_tokens  # at most data.seq_len
   b.sample_steps = sample_steps
-  b.write = True  # append a row to BENCHMARKS.md
   return b

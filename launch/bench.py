@@ -1,4 +1,4 @@
-"""Training and sampling throughput of a config; prints a table and appends a row to BENCHMARKS.md.
+"""Training and sampling throughput of a config; prints the result row, and appends it to BENCHMARKS.md with --record.
 
   python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (H100 target: >= 55% MFU)
   python -m launch.bench                                        # CPU-sized: configs/default.py
@@ -17,6 +17,8 @@ import pathlib
 import sys
 
 from absl import app, flags, logging
+
+from dlm_jax import cli
 from ml_collections import config_flags
 
 from dlm_jax import models
@@ -26,7 +28,8 @@ from dlm_jax.training import metrics
 REPO = pathlib.Path(__file__).resolve().parents[1]
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
                                 lock_config=True)
-flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file the result row is appended to.")
+flags.DEFINE_bool("record", False, "Append the result rows to --output (default: only print them).")
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file --record appends the result rows to.")
 flags.DEFINE_list("seq_lens", [], "Sequence-length scaling mode: training step time and peak memory at these lengths.")
 flags.DEFINE_integer("batch", 1, "Batch size of the scaling and hot-path modes.")
 flags.DEFINE_bool("hot_path", False, "Hot-path mode (EcoHybrid configs): kernels, bytes, time and roofline of one "
@@ -58,7 +61,8 @@ def main(argv):
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
   prefix = f"| {datetime.date.today().isoformat()} | {report.commit(REPO)} | {device} | `{command.strip()}` |"
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
-  write = lambda header, rows: report.append_rows(FLAGS.output, header, rows) if FLAGS.config.bench.write else None
+  write = lambda header, rows: (report.append_rows(FLAGS.output, header, rows) if FLAGS.record
+                                else print(f"(not recorded; --record appends to {FLAGS.output})\n{header}{rows}"))
   if FLAGS.head_memory:
     print(f"{prefix[2:-2]}\n{throughput.head_loss_memory(FLAGS.config, FLAGS.head_memory)}")
   elif FLAGS.profile:
@@ -104,4 +108,4 @@ def hot_path_rows(prefix, fmt) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

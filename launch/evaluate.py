@@ -8,8 +8,9 @@ with K antithetic time draws, seeded, so the figure is reproducible.
 """
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from dlm_jax import cli
 from dlm_jax.data import pipeline
 from dlm_jax.evaluation import likelihood
 from dlm_jax.training import checkpoint
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ import json
 
 from absl import app, flags, logging
 
+from dlm_jax import cli
 from dlm_jax.data import pipeline
 from dlm_jax.evaluation import generation
 from dlm_jax.training import checkpoint
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

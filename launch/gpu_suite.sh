@@ -19,15 +19,15 @@ case "${1:-}" in
     # as configured; then with the loss scored from full logits and with the layer scan kept (what chunking and
     # unrolling buy); then the other two arms
     for flags in "" --config.diffusion.loss_chunk=0 --config.model.layer_loop=scan; do
-      python -m launch.bench --config=configs/base_110m.py $flags 2>&1 | tee -a "$out/bench_110m.log"
+      python -m launch.bench --record --config=configs/base_110m.py $flags 2>&1 | tee -a "$out/bench_110m.log"
     done
     for arm in eco hrm; do
-      python -m launch.bench --config=configs/base_110m.py:$arm 2>&1 | tee -a "$out/bench_110m.log"
+      python -m launch.bench --record --config=configs/base_110m.py:$arm 2>&1 | tee -a "$out/bench_110m.log"
     done
     cp BENCHMARKS.md "$out/" ;;
   scaling)
     for arm in diffusion eco; do
-      python -m launch.bench --config=configs/base_110m.py:$arm --seq_lens=1024,2048,4096,8192,16384,32768 \
+      python -m launch.bench --record --config=configs/base_110m.py:$arm --seq_lens=1024,2048,4096,8192,16384,32768 \
         --batch=1 --config.model.remat=full 2>&1 | tee "$out/scaling_$arm.log"
     done
     cp BENCHMARKS.md "$out/" ;;
@@ -37,9 +37,10 @@ case "${1:-}" in
         --workdir="$out/shakespeare_$arm" --config.tensorboard=false 2>&1 | tee "$out/shakespeare_$arm.log"
     done ;;
   hot_path)
-    python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=1024 --batch=32 2>&1 \
+    python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=1024 --batch=32 2>&1 \
       | tee "$out/hot_path.log"
-    python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 --batch=1 2>&1 \
+    python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 \
+      --batch=1 2>&1 \
       | tee -a "$out/hot_path.log"
     cp BENCHMARKS.md "$out/" ;;
   profile)

@@ -14,6 +14,7 @@ import time
 import jax
 from absl import app, flags, logging
 
+from dlm_jax import cli
 from dlm_jax.sampling import SamplerConfig, display, make_text_sampler, prompt_batch
 from dlm_jax.training import checkpoint
 
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -5,8 +5,7 @@
 import pathlib
 import statistics
 
-from absl import app
-
+from dlm_jax import cli
 from dlm_jax.training import metrics
 
 
@@ -30,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

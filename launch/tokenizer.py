@@ -8,8 +8,9 @@ Byte fallback and identity normalization make every UTF-8 text round-trip exactl
 nukta forms, romanized Hinglish, emoji). The output is written atomically; use it with
 --config.data.tokenizer=sentencepiece --config.data.tokenizer_path=PATH.
 """
-from absl import app, flags
+from absl import flags
 
+from dlm_jax import cli
 from dlm_jax.data import tokenizers
 
 flags.DEFINE_string("input", None, "Training text: files/folders, comma-separated.", required=True)
@@ -28,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,9 @@ resumes from its latest checkpoint.
 import os
 import pathlib
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from dlm_jax import cli
 from ml_collections import config_flags
 
 from dlm_jax.training import loop
@@ -30,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

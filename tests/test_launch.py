@@ -49,8 +49,7 @@ def test_evaluate_cli_reports_nelbo_in_all_units(trained_run):
 
 def test_benchmark_runs_end_to_end_on_cpu():
   config = tiny_config()
-  config.bench.update(dict(train_steps=2, warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4,
-                           write=False))
+  config.bench.update(dict(train_steps=2, warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4))
   result = throughput.run(config)
   assert result["loss_finite"] and result["train_tokens_per_s"] > 0 and result["sample_tokens_per_s"] > 0
   if metrics.device_peak_flops() is None:  # CPU: no known peak, no MFU
@@ -69,7 +68,7 @@ def test_head_memory_mode_shows_the_chunked_loss_holds_less():
 
 def test_profile_mode_breaks_down_the_train_step_sampler_and_forward(tmp_path):
   config = tiny_config()
-  config.bench.update(dict(warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4, write=False))
+  config.bench.update(dict(warmup_steps=1, sample_batch=2, sample_new_tokens=32, sample_steps=4))
   summaries = throughput.profile(config, tmp_path, steps=2)
   assert list(summaries) == ["train step", "sampler call", "forward pass"]
   for summary in summaries.values():
@@ -107,3 +106,21 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
   result = subprocess.run([sys.executable, "-m", "launch.sample", f"--workdir={judge}", "--prompt=a", "--suffix=b"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "--suffix (infilling) needs a diffusion model" in result.stderr
+
+
+LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize")
+
+
+def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):
+  for name in LAUNCHERS:
+    result = subprocess.run([sys.executable, "-m", f"launch.{name}", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, (name, result.stderr[-500:])
+    assert "flags" in result.stdout.lower()
+  missing = tmp_path / "no_such_run"
+  for name in ("sample", "evaluate"):
+    result = subprocess.run([sys.executable, "-m", f"launch.{name}", f"--workdir={missing}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: No run at {missing}")
+    assert not missing.exists(), "a read-only command created the workdir"

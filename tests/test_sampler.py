@@ -142,8 +142,12 @@ def test_prompt_batch_places_prompt_masks_and_suffix_and_names_the_flag_at_fault
   np.testing.assert_array_equal(tokens[0], list(tok.encode("ab")) + [MASK] * 5 + list(tok.encode("c")))
   np.testing.assert_array_equal(fixed[1], [True, True] + [False] * 5 + [True])
   assert prompt_batch(tok, 1, 8, length=3, prompt="a")[0].shape == (1, 4)
-  with pytest.raises(ValueError, match=r"--length \(7\) .* must fit the model's context of 8"):
+  with pytest.raises(ValueError, match=r"--length=7 must be between 1 and 6: the model's context is 8 tokens"):
     prompt_batch(tok, 1, 8, length=7, prompt="ab")
+  with pytest.raises(ValueError, match=r"--prompt \(9 tokens\) .* take 9 of the model's 8-token context"):
+    prompt_batch(tok, 1, 8, prompt="abcabcabc")
+  with pytest.raises(ValueError, match="--num_samples=0"):
+    prompt_batch(tok, 0, 8, prompt="a")
   with pytest.raises(ValueError, match="--suffix .* needs a diffusion model"):
     prompt_batch(tok, 1, 8, prompt="a", suffix="b", autoregressive=True)
 

@@ -25,11 +25,18 @@ def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None =
   suffix_ids = tokenizer.encode(suffix, source="--suffix") if suffix else np.zeros((0,), np.int32)
   if autoregressive and len(suffix_ids):
     raise ValueError("--suffix (infilling) needs a diffusion model; this run is the causal control arm.")
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples}: ask for at least 1 sample.")
   fixed_len = len(prompt_ids) + len(suffix_ids)
-  length = max_len - fixed_len if length is None else length
-  if length < 1 or fixed_len + length > max_len:
-    raise ValueError(f"--prompt ({len(prompt_ids)} tokens) + --length ({length}) + --suffix ({len(suffix_ids)} tokens) "
-                     f"must fit the model's context of {max_len} tokens (data.seq_len of the run) with --length >= 1.")
+  room = max_len - fixed_len
+  if room < 1:
+    raise ValueError(f"--prompt ({len(prompt_ids)} tokens) and --suffix ({len(suffix_ids)} tokens) take {fixed_len} of "
+                     f"the model's {max_len}-token context (data.seq_len of the run), leaving no room for new tokens: "
+                     f"shorten them to at most {max_len - 1} tokens together.")
+  length = room if length is None else length
+  if not 1 <= length <= room:
+    raise ValueError(f"--length={length} must be between 1 and {room}: the model's context is {max_len} tokens "
+                     f"(data.seq_len of the run) and --prompt and --suffix take {fixed_len}.")
   row = np.concatenate([prompt_ids, np.full((length,), special_tokens.MASK, np.int32), suffix_ids])
   fixed_row = np.concatenate([np.ones(len(prompt_ids), bool), np.zeros(length, bool), np.ones(len(suffix_ids), bool)])
   return np.tile(row, (num_samples, 1)).astype(np.int32), np.tile(fixed_row, (num_samples, 1))

@@ -25,10 +25,11 @@ class CheckpointError(ValueError):
   """A checkpoint that does not fit the run; the message says what differs and what to do."""
 
 
-def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1) -> ocp.CheckpointManager:
+def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1, create: bool = True) -> ocp.CheckpointManager:
+  """The run's Orbax manager of WORKDIR/checkpoints (created when `create`; read-only users pass False)."""
   directory = pathlib.Path(workdir).resolve() / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-                                         create=True, enable_async_checkpointing=True)
+                                         create=create, enable_async_checkpointing=True)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
 
 
@@ -107,9 +108,12 @@ def load_for_inference(workdir, step: int | None = None, use_ema: bool = True) -
   """The latest (or given) checkpoint of a run, on the default device.
 
   The model is rebuilt from the config saved in the checkpoint; the EMA parameters are returned when the run kept
-  them and `use_ema`. Raises CheckpointError naming the directory when there is nothing to load.
+  them and `use_ema`. Raises CheckpointError naming the directory when there is nothing to load; creates nothing.
   """
-  mngr = manager(workdir)
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    raise CheckpointError(f"No run at {workdir} (no {pathlib.Path(workdir) / 'checkpoints'} folder). Check --workdir, "
+                          f"or train first: python -m launch.train --workdir={workdir}")
+  mngr = manager(workdir, create=False)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise CheckpointError(f"No checkpoint in {mngr.directory}. Train first: python -m launch.train --workdir={workdir}")
