@@ -1,4 +1,5 @@
 """The trainer: exact resume, checkpoint round trip, metrics files, clear stops, and the CLI entry points."""
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained_run, tmp_path):
   chex.assert_trees_all_close(params_ref, params_resumed, rtol=1e-6, atol=1e-7)
 
 
+def test_resume_after_a_kill_between_checkpoints_logs_each_step_once(trained_run, tmp_path):
+  """A run killed after step 12 but before its step-12 checkpoint (simulated: the checkpoint removed) resumes from
+  step 6 and repeats steps 7-12; metrics.jsonl then holds each step once, with the repeated steps' values."""
+  import shutil
+  workdir, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "checkpoints" / "12")
+  loop.train(tiny_config(**{"train.ema_decay": 0.9}), str(copy))
+  steps = [r["step"] for r in metrics.read_jsonl(copy / "metrics.jsonl") if "train/loss" in r]
+  assert steps == list(range(1, 13))
+  np.testing.assert_allclose([train_losses(copy)[s] for s in steps], [train_losses(workdir)[s] for s in steps],
+                             rtol=1e-6)
+
+
 def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
   workdir, summary = trained_run
   run = checkpoint.load_for_inference(workdir)
@@ -57,8 +73,47 @@ def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
 def test_tokenizer_mismatch_with_checkpoint_is_refused(trained_run):
   workdir, _ = trained_run
   config = tiny_config(**{"data.tokenizer": "sentencepiece", "data.tokenizer_path": "x.model"})
-  with pytest.raises(checkpoint.CheckpointError, match="'char' tokenizer but data.tokenizer='sentencepiece'"):
+  with pytest.raises(checkpoint.CheckpointError, match="data.tokenizer: 'char' -> 'sentencepiece'"):
     loop.train(config, str(workdir))
+
+
+def test_resume_reports_config_changes_field_by_field(trained_run, tmp_path, capsys):
+  """A resumed run may change num_steps or the learning rate (printed), not the model (refused, naming the field)."""
+  import shutil
+  workdir, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  with pytest.raises(checkpoint.CheckpointError, match=r"model.width: 32 -> 48"):
+    loop.train(tiny_config(**{"train.ema_decay": 0.9, "model.width": 48}), str(copy))
+  summary = loop.train(tiny_config(**{"train.ema_decay": 0.9, "train.num_steps": 14,
+                                      "optimizer.learning_rate": 1e-3}), str(copy))
+  assert summary["step"] == 14
+  assert "changed config fields: optimizer.learning_rate: 0.002 -> 0.001; train.num_steps: 12 -> 14" in \
+      capsys.readouterr().out
+
+
+def test_one_trainer_per_workdir(tmp_path):
+  """While one trainer holds the workdir, a second is refused with the holder's PID and host; afterwards it runs."""
+  import os
+  import socket
+  with checkpoint.workdir_lock(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match=f"in use by another trainer \\(pid {os.getpid()} on host "
+                       f"{socket.gethostname()}"):
+      loop.train(tiny_config(), str(tmp_path))
+  with checkpoint.workdir_lock(tmp_path):  # released: free again
+    pass
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder: a read-only checkpoints folder needs a "
+                    "non-root user")
+def test_unwritable_checkpoints_folder_fails_at_once(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "checkpoints").chmod(0o500)
+  try:
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoints is not writable"):
+      loop.train(tiny_config(), str(tmp_path))
+  finally:
+    (tmp_path / "checkpoints").chmod(0o700)
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):

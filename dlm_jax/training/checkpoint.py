@@ -5,8 +5,14 @@ when complete, so an interrupted save never leaves a half checkpoint that a resu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import pathlib
+import socket
+import tempfile
+import time
 from typing import Any
 
 import grain
@@ -31,6 +37,69 @@ def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1, create:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                          create=create, enable_async_checkpointing=True)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """Holds an exclusive lock on WORKDIR/.lock while a trainer runs (fcntl.flock: released on exit, also when the
+  process dies, so a crash leaves no stale lock). A second trainer on the same workdir gets a CheckpointError naming
+  the holder's PID and host."""
+  path = pathlib.Path(workdir) / ".lock"
+  with open(path, "a+", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown process"
+      raise CheckpointError(f"{workdir} is in use by another trainer ({holder}). Wait for it to finish, stop it, or "
+                            "use another --workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_writable(workdir):
+  """Raises CheckpointError within a moment when WORKDIR/checkpoints cannot be written (Orbax would log the error and
+  then wait out a 300 s timeout)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise CheckpointError(f"{directory} is not writable ({e.strerror}). Fix its permissions, or use another "
+                          "--workdir.") from None
+
+
+# Config fields a resumed run may not change (the model, the data and its tokens, the objective, the batch layout the
+# data iterator was saved with); every other change (num_steps, learning rate, eval, sampling, ...) is allowed and
+# printed.
+FIXED_ON_RESUME = ("model.", "data.", "diffusion.objective", "seed", "train.batch_size", "train.grad_accum_steps")
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+  """(refused, allowed): 'field: saved -> current' for each field both configs have and that differs, split by
+  FIXED_ON_RESUME. Fields only one side has (added to the code since the checkpoint) are not compared."""
+  def flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  before, after = flat(saved), flat(current)
+  changed = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in sorted(set(before) & set(after)) if before[k] != after[k]]
+  refused = [c for c in changed if c.split(":")[0].startswith(FIXED_ON_RESUME)]
+  return refused, [c for c in changed if c not in refused]
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, meta: dict, force: bool = False) -> bool:

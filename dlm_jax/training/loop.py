@@ -51,9 +51,18 @@ def stop_on_signals(flag: dict):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None) -> dict:
-  """Trains to config.train.num_steps (or `stop_at_step`, then checkpoints as on SIGTERM). Returns a summary."""
+  """Trains to config.train.num_steps (or `stop_at_step`, then checkpoints as on SIGTERM). Returns a summary.
+
+  One trainer per workdir (`checkpoint.workdir_lock`); the checkpoints folder must be writable. A resumed run may
+  change what does not alter the model or its data (`checkpoint.config_changes`): the changes are printed."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with checkpoint.workdir_lock(workdir):
+    checkpoint.check_writable(workdir)
+    return _train(config, workdir, stop_at_step)
+
+
+def _train(config, workdir: pathlib.Path, stop_at_step):
   tcfg = config.train
   num_steps, global_batch, accum = int(tcfg.num_steps), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
   sharding.check_batch_size(global_batch, accum)
@@ -61,7 +70,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
 
   mngr = checkpoint.manager(workdir, max_to_keep=int(tcfg.max_to_keep))
   resumed_step = mngr.latest_step()
-  saved_tokenizer = None if resumed_step is None else checkpoint.saved_tokenizer(mngr, resumed_step, config.data)
+  saved_tokenizer = None
+  if resumed_step is not None:
+    refused, allowed = checkpoint.config_changes(checkpoint.restore_meta(mngr, resumed_step)["config"],
+                                                 json.loads(config.to_json()))
+    if refused:
+      raise checkpoint.CheckpointError(
+          f"{workdir} holds a run whose config differs in fields a resumed run cannot change: {'; '.join(refused)}. "
+          "Resume with the run's own config (those fields), or use a new --workdir.")
+    if allowed:
+      print(f"Resuming step {resumed_step} with changed config fields: {'; '.join(allowed)}.", flush=True)
+    saved_tokenizer = checkpoint.saved_tokenizer(mngr, resumed_step, config.data)
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
@@ -83,7 +102,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
   eval_step = likelihood.make_eval_step(graphdef, other, objective)
   eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
                                        config.eval.get("windows", "first"))
-  writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)))
+  writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
+                                    resumed_step=resumed_step)
   flops_per_token = models.model_config(config, vocab_size).flops_per_token(seq_len)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "

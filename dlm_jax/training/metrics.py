@@ -9,6 +9,7 @@ H200. On other devices (CPU) MFU is not reported unless config.peak_flops gives 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 
@@ -32,15 +33,27 @@ def mfu(flops_per_token, tokens_per_s: float, peak):
 
 
 class MetricWriter:
+  """Appends to WORKDIR/metrics.jsonl and WORKDIR/tensorboard.
 
-  def __init__(self, workdir, use_tensorboard: bool = True):
+  `resumed_step`: the step a resumed run restarts from. Rows the interrupted run logged after it (a run killed between
+  checkpoints logs steps it then repeats) are dropped from metrics.jsonl (rewritten atomically), and TensorBoard is
+  told to purge them (tensorboardX's purge_step), so every reader sees one row per step."""
+
+  def __init__(self, workdir, use_tensorboard: bool = True, resumed_step: int | None = None):
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    path = self.workdir / "metrics.jsonl"
+    if resumed_step is not None and path.exists():
+      kept = [r for r in read_jsonl(path) if r["step"] <= resumed_step]
+      tmp = path.with_suffix(f".jsonl.tmp{os.getpid()}")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+      os.replace(tmp, path)
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = None
     if use_tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+      purge = None if resumed_step is None else resumed_step + 1
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
 
   def scalars(self, step: int, prefix: str, values: dict):
     record = {"step": int(step), "time": time.time()}
