@@ -59,6 +59,60 @@ def test_resume_after_a_kill_between_checkpoints_logs_each_step_once(trained_run
                              rtol=1e-6)
 
 
+def damage(step_dir, how):
+  """Damages one checkpoint the ways a full disk or a killed copy does."""
+  if how == "largest file cut in half":
+    largest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = largest.read_bytes()
+    largest.write_bytes(data[:len(data) // 2])
+  else:
+    (step_dir / how).write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["state/_METADATA", "data/process_0-of-1.json", "meta/metadata",
+                                 "largest file cut in half"])
+def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous_one(trained_run, tmp_path,
+                                                                                             capsys, how):
+  import shutil
+  workdir, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  damage(copy / "checkpoints" / "12", how)
+  summary = loop.train(tiny_config(**{"train.ema_decay": 0.9}), str(copy))
+  out = capsys.readouterr().out
+  assert "checkpoint step 12" in out and "is damaged" in out and "Resumed from" in out and "at step 6" in out
+  assert summary["step"] == 12
+  assert (copy / "checkpoints_damaged" / "12").is_dir(), "the damaged step is kept, moved aside"
+  np.testing.assert_allclose([train_losses(copy)[s] for s in range(1, 13)],
+                             [train_losses(workdir)[s] for s in range(1, 13)], rtol=1e-6)
+
+
+def test_a_checkpoint_of_another_model_is_a_mismatch_not_damage(trained_run):
+  """Restoring into a different model's state (as after a code change) is refused as a mismatch, files untouched."""
+  from dlm_jax.training import optimizer, state as state_lib
+  workdir, summary = trained_run
+  config = tiny_config(**{"train.ema_decay": 0.9, "model.mlp_dim": 96})
+  tx = optimizer.make_optimizer(config.optimizer, 12)
+  abstract = state_lib.abstract_state(config, summary["vocab_size"], tx)
+  abstract = checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  mngr = checkpoint.manager(workdir, create=False)
+  with pytest.raises(checkpoint.CheckpointError, match="does not match the model/optimizer"):
+    checkpoint.restore_newest_intact(mngr, abstract)
+  assert sorted(mngr.all_steps()) == [6, 12] and not (workdir / "checkpoints_damaged").exists()
+  mngr.close()
+
+
+def test_no_intact_checkpoint_is_one_clear_error(trained_run, tmp_path):
+  import shutil
+  workdir, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  for step in ("6", "12"):
+    damage(copy / "checkpoints" / step, "meta/metadata")
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint in .* is intact"):
+    loop.train(tiny_config(**{"train.ema_decay": 0.9}), str(copy))
+
+
 def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
   workdir, summary = trained_run
   run = checkpoint.load_for_inference(workdir)

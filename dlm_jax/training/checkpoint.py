@@ -116,18 +116,89 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
   """Restores the state into `abstract_state` (a pytree of ShapeDtypeStruct, each with a sharding so that a GPU
-  checkpoint restores on CPU) and, if given, the iterator in place. Returns the state."""
+  checkpoint restores on CPU) and, if given, the iterator in place. Returns the state.
+
+  A checkpoint whose stored arrays have other shapes than `abstract_state` raises CheckpointError (the config or the
+  code differs from the run's); any other failure (a damaged file) propagates as it is."""
   step = mngr.latest_step() if step is None else step
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(
-        f"Checkpoint step {step} in {mngr.directory} does not match the model/optimizer this config builds ({e}). "
-        "Resume with the config it was written with, or use a new --workdir.") from e
+  except Exception as e:
+    try:
+      stored = _stored_shapes(mngr, step)
+    except Exception:
+      stored = []
+    if not stored:
+      raise  # the array metadata itself is unreadable: damage
+    if stored != sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(abstract_state)):
+      raise CheckpointError(
+          f"Checkpoint step {step} in {mngr.directory} does not match the model/optimizer this config builds (its "
+          "arrays have other shapes). Resume with the config it was written with, or use a new --workdir.") from e
+    raise
   return restored["state"]
+
+
+def _stored_shapes(mngr: ocp.CheckpointManager, step: int) -> list:
+  """(shape, dtype) of every array the checkpoint's state holds, sorted, from its metadata."""
+  metadata = ocp.StandardCheckpointer().metadata(pathlib.Path(mngr.directory) / str(step) / "state")
+  leaves = jax.tree.leaves(metadata.item_metadata, is_leaf=lambda x: hasattr(x, "shape"))
+  return sorted((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def move_aside(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+  """Moves checkpoint `step` out of the manager's folder to WORKDIR/checkpoints_damaged/<step> (never deletes it)."""
+  source = pathlib.Path(mngr.directory) / str(step)
+  target = pathlib.Path(mngr.directory).parent / "checkpoints_damaged" / str(step)
+  if target.exists():
+    target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  source.rename(target)
+  mngr.reload()
+  return target
+
+
+def _report_damage(mngr, step: int, error: Exception):
+  reason = (str(error).strip().splitlines() or [""])[0][:200]
+  moved = move_aside(mngr, step)
+  print(f"WARNING: checkpoint step {step} in {mngr.directory} is damaged ({type(error).__name__}: {reason}); moved it "
+        f"to {moved}. Trying the previous checkpoint.", flush=True)
+
+
+def newest_readable_meta(mngr: ocp.CheckpointManager):
+  """(step, meta) of the newest checkpoint whose metadata (config, tokenizer) reads, moving damaged ones aside;
+  (None, None) when the folder holds no checkpoint. Raises CheckpointError when checkpoints exist and none reads."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return step, restore_meta(mngr, step)
+    except Exception as e:  # an unreadable JSON file or missing item: damage
+      _report_damage(mngr, step, e)
+  if steps:
+    raise CheckpointError(f"No checkpoint in {mngr.directory} is intact (all moved to "
+                          f"{pathlib.Path(mngr.directory).parent / 'checkpoints_damaged'}). Start over with a new "
+                          "--workdir.")
+  return None, None
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None):
+  """(step, state) of the newest checkpoint that restores, moving damaged ones aside with a warning that names the
+  step and the error. A checkpoint of another model (CheckpointError) stops at once: the config is at fault, not the
+  files. Raises CheckpointError naming the folder when none restores."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      restore_meta(mngr, step)
+      return step, restore(mngr, abstract_state, data_iterator, step)
+    except CheckpointError:
+      raise
+    except Exception as e:
+      _report_damage(mngr, step, e)
+  raise CheckpointError(f"No checkpoint in {mngr.directory} restores (damaged ones moved to "
+                        f"{pathlib.Path(mngr.directory).parent / 'checkpoints_damaged'}). Start over with a new "
+                        "--workdir.")
 
 
 def saved_tokenizer(mngr: ocp.CheckpointManager, step: int, data_config):

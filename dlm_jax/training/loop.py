@@ -69,11 +69,10 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   shardings = sharding.DataParallel(sharding.make_mesh())
 
   mngr = checkpoint.manager(workdir, max_to_keep=int(tcfg.max_to_keep))
-  resumed_step = mngr.latest_step()
+  resumed_step, saved_meta = checkpoint.newest_readable_meta(mngr)
   saved_tokenizer = None
   if resumed_step is not None:
-    refused, allowed = checkpoint.config_changes(checkpoint.restore_meta(mngr, resumed_step)["config"],
-                                                 json.loads(config.to_json()))
+    refused, allowed = checkpoint.config_changes(saved_meta["config"], json.loads(config.to_json()))
     if refused:
       raise checkpoint.CheckpointError(
           f"{workdir} holds a run whose config differs in fields a resumed run cannot change: {'; '.join(refused)}. "
@@ -91,7 +90,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if resumed_step is not None:
     abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings.replicated)
-    state = checkpoint.restore(mngr, abstract, data_iter, resumed_step)
+    resumed_step, state = checkpoint.restore_newest_intact(mngr, abstract, data_iter)
     print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
   state = jax.device_put(state, shardings.replicated)
   start_step = int(state.step)
