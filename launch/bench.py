@@ -26,8 +26,10 @@ from dlm_jax.benchmarks import hot_path, profile, report, throughput
 from dlm_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+cli.config_preflight(str(REPO / "configs" / "default.py"))  # --help_config; unknown --config.FIELD named at once
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
                                 lock_config=True)
+flags.DEFINE_bool("help_config", False, "Print every field of --config with its value, then exit.")
 flags.DEFINE_bool("record", False, "Append the result rows to --output (default: only print them).")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file --record appends the result rows to.")
 flags.DEFINE_list("seq_lens", [], "Sequence-length scaling mode: training step time and peak memory at these lengths.")

@@ -2,9 +2,12 @@
 
   python -m launch.evaluate --workdir=DIR [--path=FILES] [--num_windows=N] [--windows=first|spread] [--time_samples=K]
 
-Windows are the first N non-overlapping `seq_len` windows of the run's validation split (or of --path; with
---windows=spread, N non-overlapping windows spread evenly over all of it); each is scored
-with K antithetic time draws, seeded, so the figure is reproducible.
+By default it scores exactly what the run's in-training evaluation scored (the config's eval.num_windows windows,
+eval.windows placement, eval.time_samples draws, eval.batch_size, eval.seed), so the figure equals the training log's;
+each flag overrides one of them (e.g. --num_windows=100000 --time_samples=8 for a tighter figure over the whole
+split). Windows are non-overlapping `seq_len` windows of the run's validation split (or of --path): the first N, or N
+spread evenly over all of it (--windows=spread). Every figure comes with its Monte Carlo standard error over the time
+draws (`mc_stderr`, nats/token) and the window set it used.
 """
 import json
 
@@ -17,11 +20,13 @@ from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to evaluate.")
 flags.DEFINE_string("path", "", "Text to score instead of the run's validation split (files/folders).")
-flags.DEFINE_integer("num_windows", 1000, "Maximum number of windows.")
-flags.DEFINE_enum("windows", "first", ["first", "spread"], "The first windows, or windows spread over the whole text.")
-flags.DEFINE_integer("time_samples", 8, "Antithetic time draws per window (diffusion; the AR arm's NLL needs one).")
-flags.DEFINE_integer("batch_size", 32, "Windows per batch.")
-flags.DEFINE_integer("seed", 1234, "Evaluation seed.")
+flags.DEFINE_integer("num_windows", None, "Maximum number of windows (default: the run's eval.num_windows).")
+flags.DEFINE_enum("windows", None, ["first", "spread"],
+                  "The first windows, or windows spread over the whole text (default: the run's eval.windows).")
+flags.DEFINE_integer("time_samples", None, "Antithetic time draws per window (default: the run's eval.time_samples; "
+                     "the AR arm's exact NLL needs one).")
+flags.DEFINE_integer("batch_size", None, "Windows per batch (default: the run's eval.batch_size).")
+flags.DEFINE_integer("seed", None, "Evaluation seed (default: the run's eval.seed).")
 flags.DEFINE_bool("use_ema", True, "Use EMA parameters when present.")
 FLAGS = flags.FLAGS
 
@@ -30,13 +35,19 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   run = checkpoint.load_for_inference(FLAGS.workdir, use_ema=FLAGS.use_ema)
+  ev = run.config.eval
+  pick = lambda flag, default: default if flag is None else flag
+  placement = pick(FLAGS.windows, ev.get("windows", "first"))
   stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path)
-  windows = pipeline.eval_windows(stream, int(run.config.data.seq_len), FLAGS.num_windows, FLAGS.windows)
+  windows = pipeline.eval_windows(stream, int(run.config.data.seq_len), pick(FLAGS.num_windows, int(ev.num_windows)),
+                                  placement)
   objective = run.objective
+  time_samples = 1 if objective.is_autoregressive else pick(FLAGS.time_samples, int(ev.time_samples))
   result = likelihood.evaluate(likelihood.make_eval_step(run.graphdef, run.other, objective), run.params, windows,
-                               run.tokenizer, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                               time_samples=1 if objective.is_autoregressive else FLAGS.time_samples)
-  result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind)
+                               run.tokenizer, batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
+                               seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
+  result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement,
+                text=FLAGS.path or "the run's validation split", step=run.step)
   print(json.dumps(result, indent=2))
 
 

@@ -16,8 +16,10 @@ from ml_collections import config_flags
 from dlm_jax.training import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+cli.config_preflight(str(REPO / "configs" / "default.py"))  # --help_config; unknown --config.FIELD named at once
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), "Experiment config file.",
                                 lock_config=True)
+flags.DEFINE_bool("help_config", False, "Print every field of --config with its value, then exit.")
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and the token cache.")
 
 

@@ -38,13 +38,18 @@ def test_tokenizer_cli_reports_invalid_utf8(tmp_path):
 
 
 def test_evaluate_cli_reports_nelbo_in_all_units(trained_run):
-  workdir, _ = trained_run
+  workdir, summary = trained_run
   report = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--num_windows=16", "--time_samples=2",
                           "--batch_size=8"))
   assert report["windows"] == 16 and report["objective"] == "elbo"
   np.testing.assert_allclose(report["bits_per_token"], report["nats_per_token"] / np.log(2), rtol=1e-9)
   np.testing.assert_allclose(report["bits_per_char"], report["bits_per_token"], rtol=1e-9)  # char tokenizer
   np.testing.assert_allclose(report["perplexity"], np.exp(report["nats_per_token"]), rtol=1e-9)
+  assert report["mc_stderr"] > 0
+  # With no flags it scores what the in-training evaluation scored: the same figure as the training log's last eval.
+  default = json.loads(run("launch.evaluate", f"--workdir={workdir}"))
+  np.testing.assert_allclose(default["nats_per_token"], summary["eval_nll_per_token"], rtol=1e-6)
+  assert (default["windows"], default["time_samples"], default["mc_stderr"]) == (16, 1, None)
 
 
 def test_benchmark_runs_end_to_end_on_cpu():
@@ -124,3 +129,18 @@ def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: No run at {missing}")
     assert not missing.exists(), "a read-only command created the workdir"
+
+
+def test_config_fields_are_listed_and_a_mistyped_one_is_named_with_the_closest(tmp_path):
+  listing = subprocess.run([sys.executable, "-m", "launch.train", "--help_config"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+  assert listing.returncode == 0 and "num_steps: 900" in listing.stdout and "loss_chunk: 0" in listing.stdout
+  result = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
+                           "--config=configs/shakespeare_char.py:ar", "--config.optimizer.learning_rat=1e-3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().startswith(
+      "error: --config.optimizer.learning_rat: configs/shakespeare_char.py:ar has no field 'optimizer.learning_rat'. "
+      "Did you mean --config.optimizer.learning_rate,")
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "run").exists()

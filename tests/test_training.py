@@ -197,6 +197,14 @@ def test_sample_cli_prompt_and_suffix_are_kept(trained_run):
   for s in samples:
     text = s.split("\n", 1)[1].split("\n[")[0].rstrip("\n")
     assert text.startswith("The ") and text.endswith(".") and len(text) == 4 + 10 + 1, repr(text)
+  # README's one-token-per-step demo shows text, not one character repeated.
+  demo = subprocess.run(
+      [sys.executable, "-m", "launch.sample", f"--workdir={workdir}", "--prompt=The ", "--length=20", "--steps=20",
+       "--reveal_schedule=linear", "--temperature=0.8", "--num_samples=2"], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert demo.returncode == 0, demo.stderr[-2000:]
+  generated = "".join(s.split("\n", 1)[1][4:24] for s in demo.stdout.split("--- sample ")[1:])
+  assert len(set(generated)) > 3, repr(generated)
 
 
 def test_train_cli_data_parallel_on_two_devices_matches_one(tmp_path):
@@ -225,3 +233,11 @@ def test_train_cli_data_parallel_on_two_devices_matches_one(tmp_path):
     losses[devices] = train_losses(workdir)
   assert sorted(losses[2]) == [1, 2, 3]
   np.testing.assert_allclose(losses[2][1], losses[1][1], rtol=1e-5)
+
+
+def test_training_samples_are_shown_on_the_console_with_their_file(tmp_path, capsys):
+  loop.train(tiny_config(**{"train.num_steps": 4, "train.sample_every": 4, "train.checkpoint_every": 4,
+                            "eval.every": 0, "tensorboard": False}), str(tmp_path))
+  out = capsys.readouterr().out
+  assert f"step 4 sample (all 2 in {tmp_path / 'samples.txt'}): " in out
+  assert (tmp_path / "samples.txt").read_text(encoding="utf-8").startswith("=== step 4 samples ===")

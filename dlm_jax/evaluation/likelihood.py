@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
 from dlm_jax import models
 from dlm_jax.diffusion.objectives import DiffusionObjective
@@ -43,19 +44,25 @@ def report(nats_per_token: float, num_tokens: int, num_chars: int) -> dict:
 def evaluate(eval_step, params, windows_WxL, tokenizer, *, batch_size: int, seed: int, time_samples: int,
              place=None) -> dict:
   """Mean nats per token over the windows that fill whole batches (min(batch_size, N) windows each), as a `report` plus
-  `windows` (how many were scored) and `time_samples`. `place` puts a host batch on the devices (default: as is)."""
+  `windows` (how many were scored), `time_samples` and `mc_stderr`: the Monte Carlo standard error of the figure over
+  its time draws (the windows fixed), std(per-draw means) / sqrt(time_samples); None with one draw. `place` puts a
+  host batch on the devices (default: as is)."""
   n = windows_WxL.shape[0]
   batch_size = min(batch_size, n)
   num_batches = n // batch_size
   base = jax.random.key(seed)
-  total = 0.0
+  draw_totals = []
   for r in range(time_samples):
+    draw_total = 0.0
     for i in range(num_batches):
       batch = windows_WxL[i * batch_size:(i + 1) * batch_size]
       batch = place(batch) if place is not None else batch
-      total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
+      draw_total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
+    draw_totals.append(draw_total)
   scored = windows_WxL[:num_batches * batch_size]
   num_chars = sum(len(tokenizer.decode(row)) for row in scored)
-  result = report(total / (time_samples * num_batches), scored.size, num_chars)
-  result.update(windows=int(len(scored)), time_samples=int(time_samples))
+  result = report(sum(draw_totals) / (time_samples * num_batches), scored.size, num_chars)
+  draw_means = np.asarray(draw_totals) / num_batches
+  stderr = float(np.std(draw_means, ddof=1) / np.sqrt(time_samples)) if time_samples > 1 else None
+  result.update(windows=int(len(scored)), time_samples=int(time_samples), mc_stderr=stderr)
   return result

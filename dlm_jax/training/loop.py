@@ -117,11 +117,14 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
                                  batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
                                  time_samples=int(config.eval.time_samples),
                                  place=lambda b: pipeline.shard_batch(b, shardings.eval_batch))
-    writer.scalars(step, "eval", {"nll_per_token": result["nats_per_token"],
-                                  "bits_per_token": result["bits_per_token"],
-                                  "bits_per_char": result["bits_per_char"]})
-    print(f"step {step} eval: {result['nats_per_token']:.4f} nats/token ({result['bits_per_token']:.4f} bits/token)",
-          flush=True)
+    values = {"nll_per_token": result["nats_per_token"], "bits_per_token": result["bits_per_token"],
+              "bits_per_char": result["bits_per_char"]}
+    if result["mc_stderr"] is not None:
+      values["nll_mc_stderr"] = result["mc_stderr"]
+    writer.scalars(step, "eval", values)
+    stderr = f" +- {result['mc_stderr']:.4f}" if result["mc_stderr"] is not None else ""
+    print(f"step {step} eval: {result['nats_per_token']:.4f}{stderr} nats/token ({result['bits_per_token']:.4f} "
+          f"bits/token; {result['windows']} windows x {result['time_samples']} time draws)", flush=True)
     return result["nats_per_token"]
 
   progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token,
@@ -147,6 +150,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
       if num_samples and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
         texts = sample_texts(inference_params(), jax.random.key(step), *no_prompt).texts
         writer.text(step, "samples", "\n---\n".join(texts))
+        print(f"step {step} sample (all {num_samples} in {workdir / 'samples.txt'}): {texts[0][:100]!r}", flush=True)
       stopping = flag["stop"] or (stop_at_step is not None and step >= stop_at_step)
       if step % int(tcfg.checkpoint_every) == 0 or stopping:
         progress.flush()  # never checkpoint a state whose loss has not been checked
