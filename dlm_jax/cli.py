@@ -1,7 +1,8 @@
 """How every `launch/*` entry point runs: `cli.run(main)` instead of `absl.app.run(main)`.
 
 * A user error -- a bad corpus (DataError), text the tokenizer cannot take (TokenizerError), a checkpoint that does
-  not fit or is missing (CheckpointError), a bad flag value (absl's UsageError) -- prints one line, "error: <what
+  not fit or is missing (CheckpointError), a config value the code cannot take (ConfigError), a bad flag value
+  (absl's UsageError) -- prints one line, "error: <what
   and what to do>", on stderr and exits with status 2; with DLM_DEBUG=1 the traceback comes first. (absl would print
   a traceback, or the whole --help before a usage error.)
 * `--help`, `--helpshort`, `--helpfull` and `--helpxml` exit with status 0 (absl exits 1 after printing help).
@@ -25,8 +26,9 @@ HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull", "--helpxml", "-help",
 
 def user_errors() -> tuple:
   from dlm_jax.data import corpus, tokenizers
+  from dlm_jax.errors import ConfigError
   from dlm_jax.training import checkpoint
-  return (corpus.DataError, tokenizers.TokenizerError, checkpoint.CheckpointError, app.UsageError)
+  return (corpus.DataError, tokenizers.TokenizerError, checkpoint.CheckpointError, ConfigError, app.UsageError)
 
 
 def run(main, argv=None):

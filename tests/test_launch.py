@@ -144,3 +144,8 @@ def test_config_fields_are_listed_and_a_mistyped_one_is_named_with_the_closest(t
       "Did you mean --config.optimizer.learning_rate,")
   assert len(result.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "run").exists()
+  # A field that exists with a value the code cannot take: one line naming it (ConfigError), status 2.
+  bad_value = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run2'}",
+                              "--config.model.remat=sometimes"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad_value.returncode == 2 and "Traceback" not in bad_value.stderr
+  assert bad_value.stderr.strip().splitlines()[-1].startswith("error: model.remat must be one of")

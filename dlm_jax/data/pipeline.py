@@ -24,6 +24,7 @@ import numpy as np
 
 from dlm_jax import special_tokens
 from dlm_jax.data import corpus, tokenizers
+from dlm_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -128,7 +129,7 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int, placement: 
       raise ValueError(f"A stream of {len(tokens)} tokens has no window of {seq_len}.")
     offsets = np.linspace(0, len(tokens) - seq_len, n).astype(np.int64)
     return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in offsets])
-  raise ValueError(f"eval.windows must be 'first' or 'spread', got {placement!r}.")
+  raise ConfigError(f"eval.windows must be 'first' or 'spread', got {placement!r}.")
 
 
 def shard_batch(batch_BxL: np.ndarray, sharding: jax.sharding.NamedSharding):

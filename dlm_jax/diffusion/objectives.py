@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.errors import ConfigError
 
 OBJECTIVES = ("elbo", "masked_mean", "autoregressive")
 
@@ -41,7 +42,7 @@ class DiffusionObjective:
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
-      raise ValueError(f"Unknown objective {self.kind!r} (config diffusion.objective); choose one of {OBJECTIVES}.")
+      raise ConfigError(f"Unknown objective {self.kind!r} (config diffusion.objective); choose one of {OBJECTIVES}.")
 
   @property
   def is_autoregressive(self) -> bool:
@@ -96,7 +97,7 @@ def from_config(config) -> DiffusionObjective:
   from dlm_jax.diffusion import schedules
   objective = config.diffusion.objective
   if config.model.get("causal", False) != (objective == "autoregressive"):
-    raise ValueError(
+    raise ConfigError(
         f"config.model.causal={config.model.get('causal', False)} does not fit diffusion.objective={objective!r}: "
         "a causal model trains with objective 'autoregressive' and a bidirectional one with 'elbo' or 'masked_mean'.")
   return DiffusionObjective(

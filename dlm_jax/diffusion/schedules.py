@@ -26,6 +26,8 @@ import math
 
 import jax.numpy as jnp
 
+from dlm_jax.errors import ConfigError
+
 SCHEDULES = ("linear", "cosine", "polynomial", "loglinear")
 
 
@@ -44,12 +46,12 @@ class MaskingSchedule:
 
   def __post_init__(self):
     if self.name not in SCHEDULES:
-      raise ValueError(f"Unknown masking schedule {self.name!r}; choose one of {SCHEDULES} "
+      raise ConfigError(f"Unknown masking schedule {self.name!r}; choose one of {SCHEDULES} "
                        "(config field diffusion.schedule).")
     if self.name == "polynomial" and self.exponent <= 0:
-      raise ValueError(f"diffusion.schedule_exponent must be > 0, got {self.exponent}.")
+      raise ConfigError(f"diffusion.schedule_exponent must be > 0, got {self.exponent}.")
     if self.name == "loglinear" and not 0.0 <= self.eps < 1.0:
-      raise ValueError(f"diffusion.schedule_eps must be in [0, 1), got {self.eps}.")
+      raise ConfigError(f"diffusion.schedule_eps must be in [0, 1), got {self.eps}.")
 
   def alpha(self, t):
     """Probability that a token is still visible at time t."""

@@ -5,6 +5,7 @@ import dataclasses
 
 from flax import nnx
 
+from dlm_jax.errors import ConfigError
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput, denoise_fn
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
@@ -21,7 +22,7 @@ DATA_FIELDS = ("vocab_size", "max_len")
 
 def _config_class(name: str):
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r} (config model.name); choose one of {sorted(MODELS)}.")
+    raise ConfigError(f"Unknown model {name!r} (config model.name); choose one of {sorted(MODELS)}.")
   return MODELS[name][1]
 
 
@@ -42,7 +43,7 @@ def model_config(config, vocab_size: int) -> DenoiserConfig:
   known = {f.name for f in dataclasses.fields(config_cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"config.model has fields {unknown} that model {name!r} does not take.")
+    raise ConfigError(f"config.model has fields {unknown} that model {name!r} does not take.")
   fields = {**{k: v for k, v in config_cls.FIELDS_ADDED_LATER.items() if k not in fields}, **fields}
   return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, **fields)
 

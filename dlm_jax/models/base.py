@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models import layers
+from dlm_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,9 @@ class DenoiserConfig:
 
   def __post_init__(self):
     if self.remat not in layers.REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {tuple(layers.REMAT_POLICIES)}, got {self.remat!r}.")
+      raise ConfigError(f"model.remat must be one of {tuple(layers.REMAT_POLICIES)}, got {self.remat!r}.")
     if self.layer_loop not in ("auto", "scan", "unroll"):
-      raise ValueError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
+      raise ConfigError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
 
   @property
   def unroll_layers(self) -> bool:

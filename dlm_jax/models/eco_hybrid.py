@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
@@ -51,17 +52,17 @@ class EcoHybridConfig(DenoiserConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.causal:
-      raise ValueError("model.causal=True is not supported by eco_hybrid (memory slots see the whole sequence).")
+      raise ConfigError("model.causal=True is not supported by eco_hybrid (memory slots see the whole sequence).")
     if self.memory_order not in ("write_read", "read_write"):
-      raise ValueError(f"model.memory_order must be 'write_read' or 'read_write', got {self.memory_order!r}.")
+      raise ConfigError(f"model.memory_order must be 'write_read' or 'read_write', got {self.memory_order!r}.")
     if not 0 <= self.route_top_k <= self.memory_slots:
-      raise ValueError(f"model.route_top_k={self.route_top_k} must be in [0, memory_slots={self.memory_slots}].")
+      raise ConfigError(f"model.route_top_k={self.route_top_k} must be in [0, memory_slots={self.memory_slots}].")
     if not 0 <= self.slow_slots < self.memory_slots or self.slow_every < 1:
-      raise ValueError(f"model.slow_slots={self.slow_slots} must be in [0, memory_slots) and slow_every >= 1.")
+      raise ConfigError(f"model.slow_slots={self.slow_slots} must be in [0, memory_slots) and slow_every >= 1.")
     if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-      raise ValueError(f"model.conv_kernel must be odd and >= 1 (centred window), got {self.conv_kernel}.")
+      raise ConfigError(f"model.conv_kernel must be odd and >= 1 (centred window), got {self.conv_kernel}.")
     if self.position not in ("learned", "none"):
-      raise ValueError(f"model.position must be 'learned' or 'none' for eco_hybrid, got {self.position!r}.")
+      raise ConfigError(f"model.position must be 'learned' or 'none' for eco_hybrid, got {self.position!r}.")
 
   def flops_per_token(self, seq_len: int) -> float:
     """The transformer's convention (6 N_matmul + the attentions' score and value products): per layer and token the

@@ -79,6 +79,7 @@ from flax import nnx
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import losses
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 from dlm_jax.models.transformer import TransformerConfig, make_blocks, run_blocks
@@ -114,20 +115,20 @@ class HRMConfig(DenoiserConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.causal:
-      raise ValueError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
+      raise ConfigError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
     if self.position != "rope":
-      raise ValueError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
+      raise ConfigError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
     if self.act_granularity not in ("token", "sequence"):
-      raise ValueError(f"model.act_granularity must be 'token' or 'sequence', got {self.act_granularity!r}.")
+      raise ConfigError(f"model.act_granularity must be 'token' or 'sequence', got {self.act_granularity!r}.")
     if self.memory_selection not in ("pooled", "position", "centered"):
-      raise ValueError(f"model.memory_selection must be 'pooled', 'position' or 'centered', got "
+      raise ConfigError(f"model.memory_selection must be 'pooled', 'position' or 'centered', got "
                        f"{self.memory_selection!r}.")
     if self.act_g not in ("exp", "inverse"):
-      raise ValueError(f"model.act_g must be 'exp' or 'inverse', got {self.act_g!r}.")
+      raise ConfigError(f"model.act_g must be 'exp' or 'inverse', got {self.act_g!r}.")
     if not 1 <= self.memory_top_k <= self.memory_cells:
-      raise ValueError(f"model.memory_top_k={self.memory_top_k} must be in [1, memory_cells={self.memory_cells}].")
+      raise ConfigError(f"model.memory_top_k={self.memory_top_k} must be in [1, memory_cells={self.memory_cells}].")
     if self.l_steps < 1 or self.h_cycles < 1:
-      raise ValueError("model.l_steps and model.h_cycles must be >= 1.")
+      raise ConfigError("model.l_steps and model.h_cycles must be >= 1.")
 
   def block_config(self, num_layers: int) -> TransformerConfig:
     return TransformerConfig(vocab_size=self.vocab_size, max_len=self.max_len, num_layers=num_layers,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.diffusion.losses import NEG_INF
+from dlm_jax.errors import ConfigError
 
 DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -34,7 +35,7 @@ def attention_implementation(name: str, dtype) -> str | None:
     on_gpu = jax.default_backend() == "gpu"
     return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "xla"
   if name not in ("xla", "cudnn"):
-    raise ValueError(f"model.attention must be 'auto', 'xla' or 'cudnn', got {name!r}.")
+    raise ConfigError(f"model.attention must be 'auto', 'xla' or 'cudnn', got {name!r}.")
   return name
 
 
@@ -58,7 +59,7 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, width: int, num_heads: int, *, causal: bool, implementation: str | None, dtype, rngs: nnx.Rngs):
     if width % num_heads:
-      raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
+      raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
     self.causal, self.implementation = causal, implementation
     self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
@@ -82,7 +83,7 @@ class CrossAttention(nnx.Module):
 
   def __init__(self, width: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
     if width % num_heads:
-      raise ValueError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
+      raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
     self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
     self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)

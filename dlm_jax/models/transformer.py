@@ -17,6 +17,7 @@ import dataclasses
 import jax
 from flax import nnx
 
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
@@ -29,7 +30,7 @@ class TransformerConfig(DenoiserConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.position not in ("rope", "learned"):
-      raise ValueError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
+      raise ConfigError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
 
   def flops_per_token(self, seq_len: int) -> float:
     """6 N_matmul + 12 n_layers L D (Kaplan et al. 2020; PaLM's MFU convention), N_matmul = the weights that multiply

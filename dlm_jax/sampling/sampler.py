@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import losses, schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.errors import ConfigError
 
 METHODS = ("confidence", "ancestral")
 CONFIDENCES = ("prob", "margin")
@@ -72,13 +73,13 @@ class SamplerConfig:
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"sampler method must be one of {METHODS}, got {self.method!r}.")
+      raise ConfigError(f"sampler method must be one of {METHODS}, got {self.method!r}.")
     if self.confidence not in CONFIDENCES:
-      raise ValueError(f"sampler confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
+      raise ConfigError(f"sampler confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
     if self.steps < 1:
-      raise ValueError(f"sampler steps must be >= 1, got {self.steps}.")
+      raise ConfigError(f"sampler steps must be >= 1, got {self.steps}.")
     if self.temperature <= 0 and not self.greedy:
-      raise ValueError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
+      raise ConfigError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
 
 
 @flax.struct.dataclass

@@ -11,6 +11,8 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlm_jax.errors import ConfigError
+
 
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh ("data") over all local devices."""
@@ -37,5 +39,5 @@ class DataParallel:
 
 def check_batch_size(global_batch: int, accum: int):
   if global_batch % (accum * jax.device_count()):
-    raise ValueError(f"train.batch_size={global_batch} must be divisible by train.grad_accum_steps={accum} x "
+    raise ConfigError(f"train.batch_size={global_batch} must be divisible by train.grad_accum_steps={accum} x "
                      f"{jax.device_count()} device(s).")
