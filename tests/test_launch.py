@@ -149,3 +149,17 @@ def test_config_fields_are_listed_and_a_mistyped_one_is_named_with_the_closest(t
                               "--config.model.remat=sometimes"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad_value.returncode == 2 and "Traceback" not in bad_value.stderr
   assert bad_value.stderr.strip().splitlines()[-1].startswith("error: model.remat must be one of")
+
+
+def test_bench_prints_its_row_and_appends_only_with_record(tmp_path):
+  output = tmp_path / "BENCH.md"
+  small = ["--config.model.num_layers=1", "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.model.mlp_dim=64", "--config.bench.train_steps=1", "--config.bench.warmup_steps=1",
+           "--config.bench.sample_steps=2", "--config.bench.sample_batch=2", f"--output={output}"]
+  stdout = run("launch.bench", *small)
+  assert "(not recorded; --record appends to" in stdout
+  assert any(line.startswith("| 20") for line in stdout.splitlines())  # the row, printed
+  assert not output.exists()
+  run("launch.bench", *small, "--record")
+  rows = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("| 20")]
+  assert len(rows) == 1 and "`python -m launch.bench --config.model.num_layers=1" in rows[0]

@@ -158,6 +158,19 @@ def test_one_trainer_per_workdir(tmp_path):
     pass
 
 
+def test_unwritable_checkpoints_folder_is_reported_before_training(tmp_path, monkeypatch):
+  """The write probe's PermissionError becomes one CheckpointError naming the folder (runs as root too, where a chmod
+  cannot make a folder unwritable: the probe is made to fail instead)."""
+  import tempfile
+
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints is not writable \(Permission denied\)"):
+    loop.train(tiny_config(), str(tmp_path))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder: a read-only checkpoints folder needs a "
                     "non-root user")
 def test_unwritable_checkpoints_folder_fails_at_once(tmp_path):
