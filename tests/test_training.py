@@ -154,8 +154,8 @@ def test_one_trainer_per_workdir(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=f"in use by another trainer \\(pid {os.getpid()} on host "
                        f"{socket.gethostname()}"):
       loop.train(tiny_config(), str(tmp_path))
-  with checkpoint.workdir_lock(tmp_path):  # released: free again
-    pass
+  with checkpoint.workdir_lock(tmp_path):  # taking it again without an error shows the first was released
+    pass  # nothing to do while holding it
 
 
 def test_unwritable_checkpoints_folder_is_reported_before_training(tmp_path, monkeypatch):

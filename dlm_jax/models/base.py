@@ -144,6 +144,7 @@ class Denoiser(nnx.Module):
     return DenoiserOutput(hidden_BxLxD @ head_VxD.T, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
+    # Deliberately abstract: the signature every denoiser implements and the objective, evaluation and sampler call.
     raise NotImplementedError(f"{type(self).__name__} must implement __call__.")
 
   # -- the sampler's interface ----------------------------------------------------------------------------------------

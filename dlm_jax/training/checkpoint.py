@@ -71,8 +71,7 @@ def check_writable(workdir):
   directory = pathlib.Path(workdir) / "checkpoints"
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test"):
-      pass
+    tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test").close()  # create and delete: the probe
   except OSError as e:
     raise CheckpointError(f"{directory} is not writable ({e.strerror}). Fix its permissions, or use another "
                           "--workdir.") from None
@@ -201,11 +200,10 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, data_iter
                         "--workdir.")
 
 
-def saved_tokenizer(mngr: ocp.CheckpointManager, step: int, data_config):
-  """The tokenizer stored with checkpoint `step`, after checking that `data_config` asks for the same one (a resumed
-  run must keep its token ids). Raises CheckpointError naming the mismatch and what to do."""
-  saved = tokenizers.from_dict(restore_meta(mngr, step)["tokenizer"])
-  workdir = pathlib.Path(mngr.directory).parent
+def saved_tokenizer(meta: dict, data_config, workdir):
+  """The tokenizer stored in a checkpoint's `meta` (`restore_meta`), after checking that `data_config` asks for the
+  same one (a resumed run must keep its token ids). Raises CheckpointError naming the mismatch and what to do."""
+  saved = tokenizers.from_dict(meta["tokenizer"])
   if data_config.tokenizer != saved.kind:
     raise CheckpointError(
         f"{workdir} holds a checkpoint trained with a {saved.kind!r} tokenizer but data.tokenizer="

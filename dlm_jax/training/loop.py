@@ -79,7 +79,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
           "Resume with the run's own config (those fields), or use a new --workdir.")
     if allowed:
       print(f"Resuming step {resumed_step} with changed config fields: {'; '.join(allowed)}.", flush=True)
-    saved_tokenizer = checkpoint.saved_tokenizer(mngr, resumed_step, config.data)
+    saved_tokenizer = checkpoint.saved_tokenizer(saved_meta, config.data, workdir)
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
