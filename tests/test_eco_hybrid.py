@@ -79,8 +79,7 @@ def test_routing_picks_exactly_k_and_balance_loss_extremes():
 
 def test_slow_slots_are_written_only_every_slow_every_blocks():
   model = build(slow_slots=2, slow_every=2)
-  graphdef, state = nnx.split(model.blocks)  # stacked over layers; take layer 0's parameters
-  block = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], state))
+  block = model.blocks[0]
   h = jax.random.normal(jax.random.key(2), (2, 16, 32))
   mem = jax.random.normal(jax.random.key(3), (2, 4, 32))
   early = block.write_memory(h, mem, jnp.asarray(0))

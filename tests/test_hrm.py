@@ -65,8 +65,9 @@ def test_one_step_gradient_is_autodiff_through_the_final_step_only(tokens):
 
 def _identity_l_module(model):
   """Zero the L-blocks' residual branches: f_L(z + inj) = RMSNorm(z + inj), whose fixed point is RMSNorm(inj)."""
-  for block_param in (model.l_blocks.attn.out.kernel, model.l_blocks.mlp.down.kernel):
-    block_param[...] = jnp.zeros_like(block_param[...])
+  for block in model.l_blocks:
+    for block_param in (block.attn.out.kernel, block.mlp.down.kernel):
+      block_param[...] = jnp.zeros_like(block_param[...])
   return model
 
 

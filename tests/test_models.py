@@ -28,13 +28,14 @@ def tokens():
   return jax.random.randint(jax.random.key(0), (3, 16), 0, 20)
 
 
-def test_shapes_dtypes_and_stacked_layers(tokens):
+def test_shapes_dtypes_and_per_layer_parameters(tokens):
   model = build()
   out = logits(model, tokens)
   chex.assert_shape(out, (3, 16, 20))
   assert out.dtype == jnp.float32
+  assert len(model.blocks) == 2, "one parameter tree per layer"
+  chex.assert_trees_all_equal_shapes(nnx.state(model.blocks[0], nnx.Param), nnx.state(model.blocks[1], nnx.Param))
   for leaf in jax.tree.leaves(nnx.state(model.blocks, nnx.Param)):
-    assert leaf.shape[0] == 2, "blocks are stacked with nnx.vmap: leading axis = num_layers"
     assert leaf.dtype == jnp.float32, "parameters are float32 whatever the activation dtype"
 
 
@@ -91,6 +92,40 @@ def test_unrolled_layer_loop_computes_the_same_function_and_gradient(tokens, mod
   chex.assert_trees_all_close(loss_and_grads(scanned), loss_and_grads(unrolled), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="layer_loop"):
     make(layer_loop="vmap")
+
+
+def test_per_layer_parameters_are_the_stacked_initialization_sliced():
+  """stack_blocks initializes the layers as one nnx.vmap over split rngs (the layout checkpoints had before per-layer
+  trees) and slices it: layer i's parameters are the i-th slice, and stacked_layout/per_layer_layout convert."""
+  from dlm_jax.models.transformer import Block
+  cfg = TransformerConfig(**SMALL)
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make_stacked(rngs):
+    return Block(cfg, rngs=rngs)
+
+  stacked = nnx.state(make_stacked(nnx.Rngs(0))).to_pure_dict()
+  per_layer = nnx.State({"blocks": nnx.state(layers.stack_blocks(3, lambda r: Block(cfg, rngs=r), nnx.Rngs(0))
+                                             ).raw_mapping})
+  chex.assert_trees_all_equal(layers.stacked_layout(per_layer).to_pure_dict()["blocks"], stacked)
+  chex.assert_trees_all_equal(layers.per_layer_layout(layers.stacked_layout(per_layer), per_layer), per_layer)
+
+
+@pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
+def test_only_the_scanned_loop_builds_stacked_parameter_arrays(tokens, layer_loop):
+  """Unrolled, the gradient of each layer's parameters is its own array: the compiled forward + backward holds no
+  [num_layers, ...] array shaped like a stacked parameter (on an H100 their assembly was 24 concatenate kernels).
+  The scan stacks the parameters, so there they appear (which shows the check can fail)."""
+  num_layers = 5  # a size no other dimension of SMALL or of the batch has
+  model = build(num_layers=num_layers, layer_loop=layer_loop)
+  graphdef, params = nnx.split(model)
+  loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens).logits_BxLxV ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+  stacked = {"f32[%s]" % ",".join(map(str, (num_layers,) + leaf.shape))
+             for leaf in jax.tree.leaves(nnx.state(model.blocks[0]))}
+  found = {shape for shape in stacked if shape in hlo}
+  assert (found == set()) == (layer_loop == "unroll"), found
 
 
 def test_time_conditioning_and_dropout(tokens):

@@ -102,6 +102,39 @@ def test_a_checkpoint_of_another_model_is_a_mismatch_not_damage(trained_run):
   mngr.close()
 
 
+def test_a_checkpoint_with_stacked_layer_parameters_restores_into_per_layer_trees(trained_run, tmp_path):
+  """Checkpoints written before per-layer parameter trees hold each layer list as one stacked array per parameter;
+  they restore (train state, optimizer state and EMA alike) into the per-layer layout, value for value."""
+  import shutil
+
+  import orbax.checkpoint as ocp
+
+  from dlm_jax.models import layers
+  from dlm_jax.training import optimizer, state as state_lib
+  workdir, summary = trained_run
+  config = tiny_config(**{"train.ema_decay": 0.9})
+  tx = optimizer.make_optimizer(config.optimizer, 12)
+  abstract = state_lib.abstract_state(config, summary["vocab_size"], tx)
+  abstract = checkpoint.with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  mngr = checkpoint.manager(workdir, create=False)
+  state = checkpoint.restore(mngr, abstract, step=12)
+  mngr.close()
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "checkpoints" / "12" / "state")
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(copy / "checkpoints" / "12" / "state", layers.stacked_layout(state))
+  stacked_shapes = {x.shape for x in jax.tree.leaves(layers.stacked_layout(abstract.params))}
+  assert (config.model.num_layers, config.model.width) in stacked_shapes  # the norms' scales, stacked
+
+  mngr = checkpoint.manager(copy, create=False)
+  step, restored = checkpoint.restore_newest_intact(mngr, abstract)
+  mngr.close()
+  assert step == 12
+  chex.assert_trees_all_equal(restored, state)
+  chex.assert_trees_all_equal(checkpoint.load_for_inference(copy).params, checkpoint.load_for_inference(workdir).params)
+
+
 def test_no_intact_checkpoint_is_one_clear_error(trained_run, tmp_path):
   import shutil
   workdir, _ = trained_run

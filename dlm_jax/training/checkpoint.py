@@ -24,6 +24,7 @@ from flax import nnx
 from dlm_jax import models
 from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.diffusion import objectives
+from dlm_jax.models import layers
 from dlm_jax.training import optimizer, state as state_lib
 
 
@@ -117,14 +118,21 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
   """Restores the state into `abstract_state` (a pytree of ShapeDtypeStruct, each with a sharding so that a GPU
   checkpoint restores on CPU) and, if given, the iterator in place. Returns the state.
 
-  A checkpoint whose stored arrays have other shapes than `abstract_state` raises CheckpointError (the config or the
-  code differs from the run's); any other failure (a damaged file) propagates as it is."""
+  A checkpoint written before per-layer parameter trees (its layers' arrays stacked on a leading axis) is restored in
+  that layout and split into the per-layer one (`models.layers.per_layer_layout`). A checkpoint whose stored arrays
+  have other shapes than `abstract_state` in either layout raises CheckpointError (the config or the code differs from
+  the run's); any other failure (a damaged file) propagates as it is."""
   step = mngr.latest_step() if step is None else step
-  args = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+
+  def restore_as(target):
+    args = {"state": ocp.args.StandardRestore(target)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return mngr.restore(step, args=ocp.args.Composite(**args))["state"]
+
+  shapes = lambda tree: sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+    return restore_as(abstract_state)
   except Exception as e:
     try:
       stored = _stored_shapes(mngr, step)
@@ -132,12 +140,14 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
       stored = []
     if not stored:
       raise  # the array metadata itself is unreadable: damage
-    if stored != sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(abstract_state)):
+    stacked_abstract = layers.stacked_layout(abstract_state)
+    if stored == shapes(stacked_abstract) and stored != shapes(abstract_state):
+      return layers.per_layer_layout(restore_as(stacked_abstract), abstract_state)
+    if stored != shapes(abstract_state):
       raise CheckpointError(
           f"Checkpoint step {step} in {mngr.directory} does not match the model/optimizer this config builds (its "
           "arrays have other shapes). Resume with the config it was written with, or use a new --workdir.") from e
     raise
-  return restored["state"]
 
 
 def _stored_shapes(mngr: ocp.CheckpointManager, step: int) -> list:
