@@ -101,7 +101,7 @@ def hot_path_rows(prefix, fmt) -> str:
   for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:
     for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=peak):
       print(r)
-      lines += (f"{prefix} {r['mode']} | "
+      lines += (f"{prefix} {r['mode']}, {r['form']} | "
                 f"{r['batch']} x {r['seq_len']} x {r['width']}, {r['slots']} ({r['dtype']}) | {r['kernels']} | "
                 f"{r['ms']:.3f} | {r['tflops_per_s']:.2f} | {r['xla_bytes'] / 1e6:,.1f} | "
                 f"{r['bandwidth_gb_s']:,.0f} ({r['copy_bandwidth_gb_s']:,.0f}) | {r['intensity']:.1f} | "

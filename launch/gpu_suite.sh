@@ -2,10 +2,12 @@
 # The GPU measurements (throughput and MFU, sequence-length scaling, the Shakespeare anchor, the EcoHybrid hot path),
 # in stages that each fit one 10-minute device call.
 #   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler rows: as configured, with full-logit loss,
-#                                       # with the layer scan kept; the :eco and :hrm arms
+#                                       # with the layer scan kept; the :eco arm in its three memory-attention forms
+#                                       # (absorbed = default, projected = before, pallas = fused read kernel); :hrm
 #   bash launch/gpu_suite.sh scaling    # sequence-length scaling of the training step, 1k-32k (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
-#   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width: kernels, bytes, roofline verdict
+#   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width, each memory-attention form:
+#                                       # kernels, bytes, time against the ideal-bytes roofline
 #   bash launch/gpu_suite.sh profile    # kernel time per step by class + top kernels: base_110m, :eco, :hrm
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
@@ -21,9 +23,11 @@ case "${1:-}" in
     for flags in "" --config.diffusion.loss_chunk=0 --config.model.layer_loop=scan; do
       python -m launch.bench --record --config=configs/base_110m.py $flags 2>&1 | tee -a "$out/bench_110m.log"
     done
-    for arm in eco hrm; do
-      python -m launch.bench --record --config=configs/base_110m.py:$arm 2>&1 | tee -a "$out/bench_110m.log"
+    for form in absorbed projected pallas; do
+      python -m launch.bench --record --config=configs/base_110m.py:eco --config.model.memory_attention=$form 2>&1 \
+        | tee -a "$out/bench_110m.log"
     done
+    python -m launch.bench --record --config=configs/base_110m.py:hrm 2>&1 | tee -a "$out/bench_110m.log"
     cp BENCHMARKS.md "$out/" ;;
   scaling)
     for arm in diffusion eco; do
@@ -37,11 +41,12 @@ case "${1:-}" in
         --workdir="$out/shakespeare_$arm" --config.tensorboard=false 2>&1 | tee "$out/shakespeare_$arm.log"
     done ;;
   hot_path)
-    python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=1024 --batch=32 2>&1 \
-      | tee "$out/hot_path.log"
-    python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 \
-      --batch=1 2>&1 \
-      | tee -a "$out/hot_path.log"
+    for form in projected absorbed pallas; do
+      python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=1024 --batch=32 \
+        --config.model.memory_attention=$form 2>&1 | tee -a "$out/hot_path.log"
+      python -m launch.bench --record --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384,32768 \
+        --batch=1 --config.model.memory_attention=$form 2>&1 | tee -a "$out/hot_path.log"
+    done
     cp BENCHMARKS.md "$out/" ;;
   profile)
     for arm in diffusion eco hrm; do

@@ -1,5 +1,6 @@
 """EcoHybrid: shapes, linear cost in T (compiled FLOP counts), routing and load balancing, slow memory slots, and the
 trainer + sampler on the embedded default."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +110,47 @@ def test_information_flows_globally_through_memory(order, dtype):
   assert np.abs(grad_LxD[:3]).min(axis=-1).max() > 100 * np.abs(grad_LxD[3:]).max(), "the conv reach dominates"
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", slow_slots=4), dict(route_top_k=3)])
+def test_memory_attention_forms_compute_the_same_function_and_gradient(overrides):
+  """"projected", "absorbed" and "pallas" (the read as a Pallas kernel, interpret mode here) are one function of the
+  same parameters: equal logits, aux losses and gradients up to float32 rounding."""
+  tokens = jax.random.randint(jax.random.key(0), (2, 32), 0, 20)
+  forms = ["projected", "absorbed"] + ([] if overrides.get("route_top_k") else ["pallas"])
+
+  def loss_and_grads(form):
+    model = build(memory_slots=16, memory_attention=form, **overrides)
+    graphdef, params = nnx.split(model)
+
+    def loss(p):
+      out = nnx.merge(graphdef, p)(tokens)
+      return jnp.sum(jnp.sin(out.logits_BxLxV)) + sum(out.aux_losses.values())
+
+    return jax.value_and_grad(loss)(params)
+
+  with jax.default_matmul_precision("highest"):
+    results = {form: loss_and_grads(form) for form in forms}
+  for form in forms[1:]:
+    chex.assert_trees_all_close(results[form], results["projected"], rtol=2e-4, atol=2e-5)
+
+
+def test_pallas_memory_read_falls_back_where_the_kernel_cannot_run():
+  """With dropout active, or a length without a power-of-two tile >= 16, the read takes the XLA absorbed form; a
+  config the kernel can never run is refused."""
+  model = build(memory_slots=16, memory_attention="pallas", dropout=0.1)
+  jaxpr_of = lambda length, deterministic: str(jax.make_jaxpr(
+      lambda t: model(t, deterministic=deterministic, dropout_key=jax.random.key(1)).logits_BxLxV)(
+          jnp.zeros((1, length), jnp.int32)))
+  assert "eco_memory_read" in jaxpr_of(32, True)
+  assert "eco_memory_read" not in jaxpr_of(32, False)  # dropout on the read: XLA
+  assert "eco_memory_read" not in jaxpr_of(40, True)  # 40 = 8 x 5
+  with pytest.raises(ValueError, match="memory_attention='pallas'"):
+    build(memory_slots=16, memory_attention="pallas", route_top_k=2)
+  with pytest.raises(ValueError, match="memory_attention='pallas'"):
+    build(memory_slots=4, memory_attention="pallas")
+  with pytest.raises(ValueError, match="memory_attention"):
+    build(memory_attention="flash")
+
+
 def test_rejects_bad_config():
   with pytest.raises(ValueError, match="route_top_k"):
     build(route_top_k=5)
@@ -170,19 +212,20 @@ def test_kernel_census_walks_loop_bodies_but_not_fused_computations():
                                                     "custom-call:__cublas$gemm": 1}
 
 
-def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs():
-  cfg = EcoHybridConfig(**{**SMALL, "conv_kernel": 5, "dtype": "float32"})
+@pytest.mark.parametrize("form", ["projected", "absorbed"])
+def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs(form):
+  cfg = EcoHybridConfig(**{**SMALL, "conv_kernel": 5, "memory_slots": 16, "memory_attention": form})
   block = EcoBlock(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(block)
-  h, mem = jnp.ones((2, 64, 32)), jnp.ones((2, 4, 32))
+  h, mem = jnp.ones((2, 64, 32)), jnp.ones((2, 16, 32))
   compiled = jax.jit(lambda s, h, m: hot_path.hot_path(nnx.merge(graphdef, s), h, m)).lower(state, h, mem).compile()
   xla_flops = compiled.cost_analysis()["flops"]
   # XLA also counts the norms' and softmaxes' elementwise FLOPs: a few percent above the matmul/conv count.
-  assert 1.0 <= xla_flops / hot_path.hot_path_flops(2, 64, 32, 4, 5) <= 1.15
+  assert 1.0 <= xla_flops / hot_path.hot_path_flops(2, 64, cfg) <= 1.15
   census = hot_path.kernel_census(compiled.as_text())
   assert sum(census.values()) >= 1 and all(not k.startswith(("parameter", "tuple")) for k in census)
   rows = hot_path.analyze(cfg, batch=2, seq_len=64, repeats=2, bandwidth=1e10, peak_flops=1e12)
-  assert [r["mode"] for r in rows] == ["forward", "forward+backward"]
+  assert [r["mode"] for r in rows] == ["forward", "forward+backward"] and rows[0]["form"] == form
   fwd, both = rows
   assert both["flops"] == 3 * fwd["flops"] and both["ideal_bytes"] > fwd["ideal_bytes"]
   for r in rows:

@@ -2,10 +2,15 @@
 
 The hot path of an EcoBlock (dlm_jax/models/eco_hybrid.py) is its mixing path `EcoBlock.mix`, everything but its FFN:
   h <- h + DWConv(RMSNorm(h));  mem <- mem + Attn(RMSNorm(mem), RMSNorm(h));  h <- h + Attn(RMSNorm(h), RMSNorm(mem)).
-For B x L tokens of width D, M slots, kernel k, its matmul FLOPs are (forward)
+For B x L tokens of width D, M slots, H heads, kernel k, its matmul FLOPs are (forward), with the slot attentions in
+the "projected" form (model.memory_attention)
   2 B L D (k + 4 D)     conv taps; the k/v (write: 2D), q (read: D) and output (read: D) projections of the tokens
 + 8 B M D^2             the q (write), output (write) and k/v (read) projections of the slots
 + 8 B L M D             scores and weighted sums of the two attentions (L x M each),
+and in the "absorbed" and "pallas" forms (the tokens are never projected; layers.CrossAttention)
+  2 B L D k             conv taps
++ 8 B L H M D           write logits and pooling, read logits and values (H M D multiply-adds each per token)
++ 16 B M D^2            the slots' projections (write q, v, output; read k/v) and the foldings of W into them,
 and 3x that for forward + backward. Its unavoidable HBM traffic is one read of its inputs (h, mem, parameters) and one
 write of its outputs; everything XLA writes and reads back between its kernels comes on top.
 
@@ -86,10 +91,12 @@ def kernel_census(hlo_text: str) -> collections.Counter:
   return counts
 
 
-def hot_path_flops(batch: int, seq_len: int, width: int, slots: int, kernel: int) -> float:
-  """Forward matmul/conv FLOPs of one block's hot path (module docstring)."""
-  b, l, d, m, k = batch, seq_len, width, slots, kernel
-  return 2 * b * l * d * (k + 4 * d) + 8 * b * m * d * d + 8 * b * l * m * d
+def hot_path_flops(batch: int, seq_len: int, cfg) -> float:
+  """Forward matmul/conv FLOPs of one block's hot path (module docstring) for EcoHybridConfig `cfg`."""
+  b, l, d, m, k, h = batch, seq_len, cfg.width, cfg.memory_slots, cfg.conv_kernel, cfg.num_heads
+  if cfg.memory_attention == "projected":
+    return 2 * b * l * d * (k + 4 * d) + 8 * b * m * d * d + 8 * b * l * m * d
+  return 2 * b * l * d * k + 8 * b * l * h * m * d + 16 * b * m * d * d
 
 
 def hot_path(block: EcoBlock, h_BxLxD, mem_BxMxD):
@@ -140,7 +147,7 @@ def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float |
     return vjp((out_h, out_mem))  # cotangents shaped like the outputs: one full backward pass
 
   rows = []
-  fwd_flops = hot_path_flops(batch, seq_len, cfg.width, cfg.memory_slots, cfg.conv_kernel)
+  fwd_flops = hot_path_flops(batch, seq_len, cfg)
   for mode, fn, flops, factor in (("forward", forward, fwd_flops, 1), ("forward+backward", forward_backward,
                                                                        3 * fwd_flops, 2)):
     compiled = jax.jit(fn).lower(state, h, mem).compile()
@@ -158,7 +165,7 @@ def analyze(cfg, batch: int, seq_len: int, repeats: int = 10, bandwidth: float |
     memory_bound = xla_bytes / bandwidth > flop_time if peak else None
     gain = seconds / roof_ideal
     rows.append(dict(
-        mode=mode, batch=batch, seq_len=seq_len, width=cfg.width, slots=cfg.memory_slots, dtype=str(np.dtype(dtype)),
+        mode=mode, form=cfg.memory_attention, batch=batch, seq_len=seq_len, width=cfg.width, slots=cfg.memory_slots, dtype=str(np.dtype(dtype)),
         kernels=sum(census.values()), census=dict(sorted(census.items())),
         ms=seconds * 1e3, flops=flops, xla_bytes=xla_bytes, ideal_bytes=ideal_bytes,
         intensity=flops / xla_bytes, tflops_per_s=flops / seconds / 1e12,

@@ -22,6 +22,12 @@ block (the scan carry). Choices, each exposed in the config:
 * Multi-timescale memory banks (`slow_slots` > 0): the last `slow_slots` of the M slots are "slow": they are written
   only in every `slow_every`-th block (blocks slow_every-1, 2 slow_every-1, ...), fast slots in every block. A separate
   (lower) learning rate for the slow slots is not implemented: the slower update schedule is the whole mechanism here.
+* Slot attention arithmetic (`memory_attention`), one function of the same parameters in every form:
+  "projected" projects tokens and slots and attends (the textbook order); "absorbed" (default) folds the projections
+  into the M slots (`layers.CrossAttention`: the read's W_q/W_o into the slots' keys and values, the write's W_k into
+  the slot queries, W_v/W_o applied after pooling), so the L tokens are never projected: 4 H M D instead of 4 D^2 +
+  4 M D multiply-adds per token and layer (192 vs 768 channels for base_110m:eco) and no [B, L, D] intermediates;
+  "pallas" is "absorbed" with the read and its residual add in one Pallas kernel (`kernels.memory_read`).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import layers
+from dlm_jax.models import kernels, layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
@@ -47,6 +53,12 @@ class EcoHybridConfig(DenoiserConfig):
   slow_slots: int = 0  # how many of the memory_slots are slow (multi-timescale memory)
   slow_every: int = 2  # slow slots are written every slow_every blocks
   position: str = "learned"  # "learned" absolute positions, or "none" (the convolution alone gives order)
+  # How the slot attentions are computed (the same function and parameters in each; module docstring):
+  # "absorbed" (W_q/W_o folded into the slots for the read, W_k into the slot queries and W_v/W_o after pooling for the
+  # write: the tokens are never projected), "projected" (the textbook order: project, attend, project) or "pallas"
+  # (absorbed, with the read and its residual as one Pallas kernel, models/kernels.py; needs route_top_k = 0 and
+  # M a power of two >= 16, and falls back to "absorbed" for sequence lengths without a power-of-two factor >= 16).
+  memory_attention: str = "absorbed"
   # `attention` and `rope_base` are unused: slot attention is short (M keys) and takes the XLA path; no RoPE.
 
   def __post_init__(self):
@@ -63,16 +75,29 @@ class EcoHybridConfig(DenoiserConfig):
       raise ConfigError(f"model.conv_kernel must be odd and >= 1 (centred window), got {self.conv_kernel}.")
     if self.position not in ("learned", "none"):
       raise ConfigError(f"model.position must be 'learned' or 'none' for eco_hybrid, got {self.position!r}.")
+    if self.memory_attention not in ("absorbed", "projected", "pallas"):
+      raise ConfigError("model.memory_attention must be 'absorbed', 'projected' or 'pallas', got "
+                        f"{self.memory_attention!r}.")
+    if self.memory_attention == "pallas" and (self.route_top_k or not kernels.memory_read_fits(16, self.width,
+                                                                                                 self.memory_slots)):
+      raise ConfigError("model.memory_attention='pallas' needs model.route_top_k=0, model.memory_slots a power of two "
+                        ">= 16 and model.width divisible by 16; use 'absorbed' (the same function in XLA).")
 
   def flops_per_token(self, seq_len: int) -> float:
-    """The transformer's convention (6 N_matmul + the attentions' score and value products): per layer and token the
-    token-side matmuls (write kv 2 D^2, read q + out 2 D^2, SwiGLU 3 D mlp_dim, router D M), the slot-side ones
-    amortized over the sequence (write q + out and read kv: 4 D^2 M / L), the depthwise conv (k D), and the two slot
-    attentions (4 M D multiply-adds per token and layer: 24 n_layers M D FLOPs)."""
+    """The transformer's convention (6 x the multiply-adds of the matmuls per token, counting the attentions' score
+    and value products), for the computation the config runs. Per layer and token: SwiGLU 3 D mlp_dim, router D M,
+    the depthwise conv k D, and the slot attentions.
+      projected: the tokens' write k/v (2 D^2) and read q + output (2 D^2) projections, the slots' own projections
+        amortized over the sequence (4 D^2 M / L), and the two L x M attentions (4 M D, counted as 24 n_layers M D).
+      absorbed/pallas: the four H M D products of the two attentions (write logits and pooling, read logits and
+        values) and the slot-side projections and foldings amortized (8 D^2 M / L)."""
     d, m = self.width, self.memory_slots
-    per_layer = 4 * d * d + 3 * d * self.mlp_dim + (d * m if self.route_top_k else 0) + 4 * d * d * m / seq_len
-    per_layer += self.conv_kernel * d
-    return 6.0 * (self.num_layers * per_layer + self.vocab_size * d) + 24.0 * self.num_layers * m * d
+    per_layer = 3 * d * self.mlp_dim + (d * m if self.route_top_k else 0) + self.conv_kernel * d
+    if self.memory_attention == "projected":
+      per_layer += 4 * d * d + 4 * d * d * m / seq_len
+      return 6.0 * (self.num_layers * per_layer + self.vocab_size * d) + 24.0 * self.num_layers * m * d
+    per_layer += 4 * self.num_heads * m * d + 8 * d * d * m / seq_len
+    return 6.0 * (self.num_layers * per_layer + self.vocab_size * d)
 
 
 class DepthwiseConv(nnx.Module):
@@ -118,7 +143,11 @@ class EcoBlock(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout)
 
   def write_memory(self, h_BxLxD, mem_BxMxD, layer_index):
-    update_BxMxD = self.write(self.write_mem_norm(mem_BxMxD), self.write_tok_norm(h_BxLxD))
+    queries_BxMxD, tokens_BxLxD = self.write_mem_norm(mem_BxMxD), self.write_tok_norm(h_BxLxD)
+    if self.cfg.memory_attention == "projected":
+      update_BxMxD = self.write(queries_BxMxD, tokens_BxLxD)
+    else:
+      update_BxMxD = self.write.attend_short_queries(queries_BxMxD, tokens_BxLxD)
     cfg = self.cfg
     if cfg.slow_slots:
       is_slow_Mx1 = (jnp.arange(cfg.memory_slots) >= cfg.memory_slots - cfg.slow_slots)[:, None]
@@ -126,17 +155,28 @@ class EcoBlock(nnx.Module):
       update_BxMxD = jnp.where(is_slow_Mx1[None] & ~slow_turn, 0.0, update_BxMxD)
     return mem_BxMxD + update_BxMxD
 
-  def read_memory(self, h_BxLxD, mem_BxMxD):
-    """Returns (update to h, load-balancing loss of this block or 0)."""
+  def read_memory(self, h_BxLxD, mem_BxMxD, drop=None):
+    """Returns (h + drop(the read from the slots), load-balancing loss of this block or 0). The Pallas kernel runs
+    without dropout (drop None) only: it adds the read to h in the same pass."""
+    cfg = self.cfg
     balance = jnp.zeros((), jnp.float32)
+    slots_BxMxD = self.read_mem_norm(mem_BxMxD)
+    if (cfg.memory_attention == "pallas" and drop is None
+        and kernels.memory_read_fits(h_BxLxD.shape[1], cfg.width, cfg.memory_slots)):
+      keys_BxHxMxD, values_BxHxMxD = self.read.absorbed_context(slots_BxMxD)
+      return kernels.memory_read(h_BxLxD, self.read_tok_norm.scale[...], keys_BxHxMxD, values_BxHxMxD,
+                                 self.read_tok_norm.epsilon), balance
+    attend = self.read if cfg.memory_attention == "projected" else self.read.attend_short_context
     x_BxLxD = self.read_tok_norm(h_BxLxD)
     if self.router is not None:
       chosen_BxLxM, gate_BxLx1, balance = layers.route_top_k(self.router(x_BxLxD.astype(jnp.float32)),
-                                                               self.cfg.route_top_k)
+                                                               cfg.route_top_k)
       bias = layers.attention_bias(chosen_BxLxM, x_BxLxD.dtype)
       # Scaling by the gate keeps the router trained by the main loss too (as Switch scales expert outputs).
-      return self.read(x_BxLxD, self.read_mem_norm(mem_BxMxD), bias) * gate_BxLx1.astype(x_BxLxD.dtype), balance
-    return self.read(x_BxLxD, self.read_mem_norm(mem_BxMxD)), balance
+      read_BxLxD = attend(x_BxLxD, slots_BxMxD, bias) * gate_BxLx1.astype(x_BxLxD.dtype)
+    else:
+      read_BxLxD = attend(x_BxLxD, slots_BxMxD)
+    return h_BxLxD + (read_BxLxD if drop is None else drop(read_BxLxD)), balance
 
   def mix(self, h_BxLxD, mem_BxMxD, layer_index, dropout_keys=(None, None), deterministic: bool = True):
     """The mixing path: conv, then the memory write and read in `memory_order`. Returns (h, mem, balance loss)."""
@@ -144,8 +184,8 @@ class EcoBlock(nnx.Module):
     h_BxLxD = h_BxLxD + drop(self.conv(self.conv_norm(h_BxLxD)), dropout_keys[0])
     if self.cfg.memory_order == "write_read":
       mem_BxMxD = self.write_memory(h_BxLxD, mem_BxMxD, layer_index)
-    read_BxLxD, balance = self.read_memory(h_BxLxD, mem_BxMxD)
-    h_BxLxD = h_BxLxD + drop(read_BxLxD, dropout_keys[1])
+    active = not deterministic and self.cfg.dropout > 0
+    h_BxLxD, balance = self.read_memory(h_BxLxD, mem_BxMxD, (lambda x: drop(x, dropout_keys[1])) if active else None)
     if self.cfg.memory_order == "read_write":
       mem_BxMxD = self.write_memory(h_BxLxD, mem_BxMxD, layer_index)
     return h_BxLxD, mem_BxMxD, balance

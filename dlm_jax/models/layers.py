@@ -78,13 +78,29 @@ class SelfAttention(nnx.Module):
 class CrossAttention(nnx.Module):
   """Multi-head attention of queries x [B, Q, D] over a context c [B, J, D] (J = memory slots, cells or tokens).
 
-  Always the XLA path: the contexts are short (a few memory slots or cells) or the queries are (slots reading tokens).
-  `bias_BxHxQxJ` (broadcastable) is added to the attention logits; NEG_INF there removes a key."""
+      out_q = sum_h softmax_j(q_qh . k_jh / sqrt(K) + bias) v_jh W_o^h,   q = x W_q, k = c W_k, v = c W_v.
+
+  `bias_BxHxQxJ` (broadcastable) is added to the attention logits; NEG_INF there removes a key. Three forms of the
+  same function (same parameters; they differ only in float rounding), chosen by the caller:
+
+  * "projected" (`__call__`): project queries and context, attend (jax.nn.dot_product_attention, the XLA path: the
+    contexts or the query sets are short), project out.
+  * "absorb_context" (`attend_short_context`, for many queries over a short context, as tokens reading M memory
+    slots): W_q and W_o are folded into the context, k~_hj = W_q^h k_jh and v~_hj = v_jh W_o^h ([B, H, J, D]), so
+        out_q = sum_h softmax_j(x_q . k~_hj / sqrt(K) + bias) v~_hj,
+    two matmuls of inner size H J per query instead of the 2 D^2 of the q and output projections (weight absorption
+    as in DeepSeek-V2's MLA). Fewer FLOPs and no [B, Q, D] intermediates when H J < D (192 vs 768 for base_110m:eco).
+  * "absorb_queries" (`attend_short_queries`, for few queries over a long context, as M slots writing from L tokens):
+    W_k is folded into the queries, q~_qh = W_k^h q_qh ([B, H, Q, D]), and the context is pooled before W_v:
+        out_q = sum_h (sum_j softmax_j(q~_qh . c_j / sqrt(K) + bias) c_j) W_v^h W_o^h,
+    so the long context is never projected (its k/v projection was 4 D^2 FLOPs per context row).
+  """
 
   def __init__(self, width: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
     if width % num_heads:
       raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
+    self.dtype = dtype
     self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
     self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
     self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
@@ -98,6 +114,45 @@ class CrossAttention(nnx.Module):
     out_BxQxHxK = jax.nn.dot_product_attention(q_BxQxHxK, k_BxJxHxK, v_BxJxHxK, bias=bias_BxHxQxJ,
                                                implementation="xla")
     return self.out(out_BxQxHxK.reshape(batch, q_len, -1))
+
+  def _weights_by_head(self):
+    """W_q, W_k, W_v as [D, H, K] and W_o as [H, K, D], in the activation dtype."""
+    d, h, k = self.num_heads * self.head_dim, self.num_heads, self.head_dim
+    w_kv = self.kv.kernel[...].astype(self.dtype).reshape(d, 2 * h, k)
+    return (self.q.kernel[...].astype(self.dtype).reshape(d, h, k), w_kv[:, :h], w_kv[:, h:],
+            self.out.kernel[...].astype(self.dtype).reshape(h, k, d))
+
+  def absorbed_context(self, c_BxJxD):
+    """(k~, v~) [B, H, J, D] of the "absorb_context" form: W_q folded into the keys (with 1/sqrt(K)), W_o into the
+    values."""
+    w_q, w_k, w_v, w_o = self._weights_by_head()
+    k_BxJxHxK = jnp.einsum("bjd,dhk->bjhk", c_BxJxD, w_k)
+    v_BxJxHxK = jnp.einsum("bjd,dhk->bjhk", c_BxJxD, w_v)
+    keys_BxHxJxD = jnp.einsum("bjhk,dhk->bhjd", k_BxJxHxK, w_q) * jnp.asarray(self.head_dim**-0.5, self.dtype)
+    values_BxHxJxD = jnp.einsum("bjhk,hkd->bhjd", v_BxJxHxK, w_o)
+    return keys_BxHxJxD, values_BxHxJxD
+
+  def attend_short_context(self, x_BxQxD, c_BxJxD, bias_BxHxQxJ=None):
+    """The "absorb_context" form (class docstring); softmax in float32 as in the projected form."""
+    keys_BxHxJxD, values_BxHxJxD = self.absorbed_context(c_BxJxD)
+    logits_BxQxHxJ = jnp.einsum("bqd,bhjd->bqhj", x_BxQxD, keys_BxHxJxD, preferred_element_type=jnp.float32)
+    if bias_BxHxQxJ is not None:
+      logits_BxQxHxJ = logits_BxQxHxJ + jnp.swapaxes(bias_BxHxQxJ, 1, 2).astype(jnp.float32)
+    probs_BxQxHxJ = jax.nn.softmax(logits_BxQxHxJ, axis=-1).astype(x_BxQxD.dtype)
+    return jnp.einsum("bqhj,bhjd->bqd", probs_BxQxHxJ, values_BxHxJxD)
+
+  def attend_short_queries(self, x_BxQxD, c_BxJxD, bias_BxHxQxJ=None):
+    """The "absorb_queries" form (class docstring); softmax in float32 as in the projected form."""
+    w_q, w_k, w_v, w_o = self._weights_by_head()
+    q_BxQxHxK = jnp.einsum("bqd,dhk->bqhk", x_BxQxD, w_q)
+    queries_BxHxQxD = jnp.einsum("bqhk,dhk->bhqd", q_BxQxHxK, w_k) * jnp.asarray(self.head_dim**-0.5, self.dtype)
+    logits_BxHxQxJ = jnp.einsum("bhqd,bjd->bhqj", queries_BxHxQxD, c_BxJxD, preferred_element_type=jnp.float32)
+    if bias_BxHxQxJ is not None:
+      logits_BxHxQxJ = logits_BxHxQxJ + bias_BxHxQxJ.astype(jnp.float32)
+    probs_BxHxQxJ = jax.nn.softmax(logits_BxHxQxJ, axis=-1).astype(x_BxQxD.dtype)
+    pooled_BxHxQxD = jnp.einsum("bhqj,bjd->bhqd", probs_BxHxQxJ, c_BxJxD)
+    v_BxQxHxK = jnp.einsum("bhqd,dhk->bqhk", pooled_BxHxQxD, w_v)
+    return jnp.einsum("bqhk,hkd->bqd", v_BxQxHxK, w_o)
 
 
 def route_top_k(router_logits_BxQxJ, k: int):
