@@ -2,13 +2,15 @@
 # The GPU measurements (throughput and MFU, sequence-length scaling, the Shakespeare anchor, the EcoHybrid hot path),
 # in stages that each fit one 10-minute device call.
 #   bash launch/gpu_suite.sh bench      # base_110m throughput/MFU/sampler rows: as configured, with full-logit loss,
-#                                       # with the layer scan kept; the :eco arm in its three memory-attention forms
-#                                       # (absorbed = default, projected = before, pallas = fused read kernel); :hrm
+#                                       # with the layer scan kept, with the fused add + RMSNorm Pallas kernels
+#   bash launch/gpu_suite.sh arms       # the :eco arm in its three memory-attention forms (absorbed = default,
+#                                       # projected = before, pallas = fused read kernel); the :hrm arm
 #   bash launch/gpu_suite.sh scaling    # sequence-length scaling of the training step, 1k-32k (baseline, eco)
 #   bash launch/gpu_suite.sh anchor     # Shakespeare char: AR arm (vs nanoGPT's 1.4688 at ~1.5 min) and diffusion arm
 #   bash launch/gpu_suite.sh hot_path   # EcoHybrid conv + memory path at 110M width, each memory-attention form:
 #                                       # kernels, bytes, time against the ideal-bytes roofline
-#   bash launch/gpu_suite.sh profile    # kernel time per step by class + top kernels: base_110m, :eco, :hrm
+#   bash launch/gpu_suite.sh profile    # kernel time and launches per step by class + top kernels: base_110m, :eco,
+#                                       # :hrm, and the Pallas kernels in place (fused_add_norm, eco pallas)
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -18,11 +20,13 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
   bench)
-    # as configured; then with the loss scored from full logits and with the layer scan kept (what chunking and
-    # unrolling buy); then the other two arms
-    for flags in "" --config.diffusion.loss_chunk=0 --config.model.layer_loop=scan; do
+    # as configured; then with the loss scored from full logits, with the layer scan kept (what chunking and
+    # unrolling buy), and with the fused residual add + RMSNorm kernels
+    for flags in "" --config.diffusion.loss_chunk=0 --config.model.layer_loop=scan --config.model.fused_add_norm=true; do
       python -m launch.bench --record --config=configs/base_110m.py $flags 2>&1 | tee -a "$out/bench_110m.log"
     done
+    cp BENCHMARKS.md "$out/" ;;
+  arms)
     for form in absorbed projected pallas; do
       python -m launch.bench --record --config=configs/base_110m.py:eco --config.model.memory_attention=$form 2>&1 \
         | tee -a "$out/bench_110m.log"
@@ -52,7 +56,12 @@ case "${1:-}" in
     for arm in diffusion eco hrm; do
       python -m launch.bench --config=configs/base_110m.py:$arm --profile --profile_dir="$out/profile_$arm" 2>&1 \
         | tee "$out/profile_$arm.log"
-    done ;;
+    done
+    # the Pallas kernels in place: their launches and time next to the fusions they replace
+    python -m launch.bench --config=configs/base_110m.py --profile --config.model.fused_add_norm=true \
+      --profile_dir="$out/profile_fused_add_norm" 2>&1 | tee "$out/profile_fused_add_norm.log"
+    python -m launch.bench --config=configs/base_110m.py:eco --profile --config.model.memory_attention=pallas \
+      --profile_dir="$out/profile_eco_pallas" 2>&1 | tee "$out/profile_eco_pallas.log" ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|scaling|anchor|hot_path|profile" >&2; exit 2 ;;
+    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile" >&2; exit 2 ;;
 esac

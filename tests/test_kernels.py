@@ -69,3 +69,31 @@ def test_memory_read_fits_only_power_of_two_tiles_triton_can_load():
   assert not kernels.memory_read_fits(1024, 24, 16)  # 24 = 8 x 3: no chunk of >= 16 channels
   assert not kernels.memory_read_fits(1024, 768, 4)  # a Triton matmul needs >= 16 rows
   assert not kernels.memory_read_fits(1024, 768, 24)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 64), (3, 24, 96)])  # one channel chunk; 3 chunks of 32 and 9 tiles of 8 rows
+def test_add_rms_norm_kernels_equal_the_reference_forward_and_backward(shape):
+  keys = jax.random.split(jax.random.key(0), 3)
+  h, branch = jax.random.normal(keys[0], shape), jax.random.normal(keys[1], shape)
+  scale = 1.0 + 0.1 * jax.random.normal(keys[2], shape[-1:])
+  assert kernels.add_rms_norm_fits(shape[0] * shape[1], shape[2])
+  out, reference = kernels.add_rms_norm(h, branch, scale, 1e-6), kernels.add_rms_norm_reference(h, branch, scale, 1e-6)
+  np.testing.assert_array_equal(out[0], reference[0])  # the sum is exact
+  np.testing.assert_allclose(out[1], reference[1], rtol=1e-5, atol=1e-6)
+  # A loss that weighs both outputs differently, so that each cotangent matters.
+  loss = lambda fn: (lambda *a: jnp.sum(jnp.sin(fn(*a, 1e-6)[0])) + jnp.sum(jnp.cos(2.0 * fn(*a, 1e-6)[1])))
+  grads = jax.grad(loss(kernels.add_rms_norm), argnums=(0, 1, 2))(h, branch, scale)
+  reference_grads = jax.grad(loss(kernels.add_rms_norm_reference), argnums=(0, 1, 2))(h, branch, scale)
+  chex.assert_trees_all_close(grads, reference_grads, rtol=1e-5, atol=1e-5)
+
+
+def test_add_rms_norm_in_bfloat16_and_its_size_rule():
+  h = jax.random.normal(jax.random.key(0), (4, 8, 64)).astype(jnp.bfloat16)
+  total, normed = kernels.add_rms_norm(h, h, jnp.ones((64,)), 1e-6)
+  assert total.dtype == normed.dtype == jnp.bfloat16
+  ref_total, ref_normed = kernels.add_rms_norm_reference(h, h, jnp.ones((64,)), 1e-6)
+  np.testing.assert_array_equal(total, ref_total)
+  np.testing.assert_allclose(normed.astype(jnp.float32), ref_normed.astype(jnp.float32), rtol=1e-2, atol=1e-2)
+  assert kernels.add_rms_norm_fits(32 * 1024, 768) and kernels.add_rms_norm_fits(24, 64)
+  assert not kernels.add_rms_norm_fits(12, 64)  # 12 = 4 x 3: no tile of >= 8 rows
+  assert not kernels.add_rms_norm_fits(64, 24)

@@ -128,6 +128,23 @@ def test_only_the_scanned_loop_builds_stacked_parameter_arrays(tokens, layer_loo
   assert (found == set()) == (layer_loop == "unroll"), found
 
 
+def test_fused_add_norm_computes_the_same_function_and_gradient(tokens):
+  """model.fused_add_norm (the attention residual + MLP RMSNorm as Pallas kernels, interpret mode here) changes only
+  the float rounding; the HRM denoiser's blocks take the switch (and layer_loop) from its config."""
+  from dlm_jax.models.hrm import HRMConfig
+
+  def loss_and_grads(fused):
+    model = build(fused_add_norm=fused)
+    graphdef, params = nnx.split(model)
+    return jax.value_and_grad(lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(tokens).logits_BxLxV)))(params)
+
+  with jax.default_matmul_precision("highest"):
+    chex.assert_trees_all_close(loss_and_grads(True), loss_and_grads(False), rtol=1e-5, atol=1e-6)
+  fields = {k: v for k, v in SMALL.items() if k != "num_layers"}
+  hrm = HRMConfig(**fields, fused_add_norm=True, layer_loop="unroll").block_config(2)
+  assert hrm.fused_add_norm and hrm.layer_loop == "unroll"
+
+
 def test_time_conditioning_and_dropout(tokens):
   model = build(time_conditioning=True)
   # The output layer of the time MLP starts at zero (adaLN-zero style): t has no effect until trained.

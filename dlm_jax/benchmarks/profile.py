@@ -9,6 +9,7 @@ divides by the number of steps and groups by kernel name and by class:
 
 | class | kernel names containing (first match wins, in this order) |
 |---|---|
+| pallas | the names this project gives its Pallas kernels (`models.kernels.KERNEL_NAMES`) |
 | attention | cudnn, fmha, flash, sdpa, attention |
 | matmul | gemm, xmma, nvjet, cutlass, cublas, wgmma, matmul, dot, ynn (XLA:CPU's YNNPACK dot fusions) |
 | copy | memcpy, memset, concatenate, copy, transpose, dynamic-update-slice / dynamic_update_slice |
@@ -27,7 +28,10 @@ import pathlib
 
 import jax
 
+from dlm_jax.models import kernels
+
 CLASSES = (
+    ("pallas", kernels.KERNEL_NAMES),
     ("attention", ("cudnn", "fmha", "flash", "sdpa", "attention")),
     ("matmul", ("gemm", "xmma", "nvjet", "cutlass", "cublas", "wgmma", "matmul", "dot", "ynn")),
     ("copy", ("memcpy", "memset", "concatenate", "copy", "transpose", "dynamic-update-slice", "dynamic_update_slice")),
@@ -73,20 +77,23 @@ def kernel_events(trace_path) -> list[dict]:
 
 
 def summarize(events: list[dict], steps: int, top: int = 15) -> dict:
-  """Per step: total kernel ms, ms and share by class, and the `top` kernels by time with calls per step."""
+  """Per step: total kernel ms; ms, share and launches by class (the fusion launches per step are what fusing
+  elementwise work reduces); and the `top` kernels by time with calls per step."""
   by_kernel = collections.defaultdict(lambda: [0, 0.0])
   for e in events:
     by_kernel[e["name"]][0] += 1
     by_kernel[e["name"]][1] += e["dur_us"]
   total_ms = sum(t for _, t in by_kernel.values()) / 1e3 / steps
-  by_class = collections.Counter()
-  for name, (_, t) in by_kernel.items():
+  by_class, launches = collections.Counter(), collections.Counter()
+  for name, (calls, t) in by_kernel.items():
     by_class[classify(name)] += t / 1e3 / steps
+    launches[classify(name)] += calls / steps
   kernels = sorted(by_kernel.items(), key=lambda kv: -kv[1][1])[:top]
   return {
       "steps": steps,
       "total_ms": total_ms,
-      "classes": {cls: {"ms": ms, "share": ms / total_ms if total_ms else 0.0} for cls, ms in by_class.most_common()},
+      "classes": {cls: {"ms": ms, "share": ms / total_ms if total_ms else 0.0, "launches": launches[cls]}
+                  for cls, ms in by_class.most_common()},
       "top": [{"name": name, "class": classify(name), "calls": calls / steps, "ms": t / 1e3 / steps}
               for name, (calls, t) in kernels],
   }
@@ -94,8 +101,9 @@ def summarize(events: list[dict], steps: int, top: int = 15) -> dict:
 
 def format_summary(title: str, summary: dict) -> str:
   lines = [f"## {title}: {summary['total_ms']:.2f} ms of kernel time per step ({summary['steps']} steps traced)",
-           "| class | ms / step | share |", "|---|---|---|"]
-  lines += [f"| {cls} | {v['ms']:.3f} | {100 * v['share']:.1f}% |" for cls, v in summary["classes"].items()]
+           "| class | ms / step | share | launches / step |", "|---|---|---|---|"]
+  lines += [f"| {cls} | {v['ms']:.3f} | {100 * v['share']:.1f}% | {v['launches']:g} |"
+            for cls, v in summary["classes"].items()]
   lines += ["", "| kernel | class | calls / step | ms / step |", "|---|---|---|---|"]
   lines += [f"| `{k['name'][:90]}` | {k['class']} | {k['calls']:g} | {k['ms']:.3f} |" for k in summary["top"]]
   return "\n".join(lines) + "\n"

@@ -50,6 +50,9 @@ class DenoiserConfig:
   # backward cost ~90 ms of a 185 ms base_110m step; one_hot @ E brought the step to 96 ms.)
   embed_one_hot: bool = True
   rope_base: float = 10000.0
+  # Transformer blocks (transformer, HRM): the attention residual add and the MLP's RMSNorm as one Pallas kernel,
+  # forward and backward (models/kernels.add_rms_norm; XLA for sizes it does not take). Off until a GPU has measured it.
+  fused_add_norm: bool = False
 
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).

@@ -133,7 +133,8 @@ class HRMConfig(DenoiserConfig):
   def block_config(self, num_layers: int) -> TransformerConfig:
     return TransformerConfig(vocab_size=self.vocab_size, max_len=self.max_len, num_layers=num_layers,
                              num_heads=self.num_heads, width=self.width, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                             dtype=self.dtype, attention=self.attention)
+                             dtype=self.dtype, attention=self.attention, layer_loop=self.layer_loop,
+                             fused_add_norm=self.fused_add_norm)
 
 
 @jax.tree_util.register_dataclass

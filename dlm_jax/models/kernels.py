@@ -1,5 +1,9 @@
 """Pallas kernels for the hot paths XLA leaves memory-bound, each beside the plain-JAX reference it must equal.
 
+Both are written for Pallas's Triton lowering (GPU), whose loads and stores must have power-of-two sizes: they work in
+tiles of rows x C channels, C the largest power of two <= 256 dividing D; `*_fits` says whether sizes qualify and the
+callers take the XLA form otherwise. On CPU they run in Pallas's interpret mode (slow: for tests).
+
 `memory_read`: EcoHybrid's memory read with its residual, one pass over the tokens,
 
     out_l = h_l + sum_h softmax_m( RMSNorm(h_l) . k~_hm ) v~_hm                        (per token l, head h, slot m)
@@ -10,21 +14,33 @@ absorbed_context`). Under XLA the read writes the normalized tokens, the [B, L, 
 (2 B L D elements, the unavoidable traffic). The GPU measured XLA's hot path at 4.5-14x its unavoidable bytes, which
 by the rule in dlm_jax/benchmarks/hot_path.py calls for a kernel.
 
-The kernel is written for Pallas's Triton lowering (GPU), whose loads and stores must have power-of-two sizes: it
-works in tiles of T tokens x C channels (T and C powers of two >= 16 that divide L and D) and needs M a power of two
->= 16 (the minimum size of a Triton matmul). `memory_read_fits` says whether shapes qualify; the caller takes the XLA
-form otherwise. On CPU it runs in Pallas's interpret mode (slow: for tests). Its backward is the XLA reference's
-(`jax.vjp` of `memory_read_reference`, recomputed): the gradients of k~ and v~ reduce over every token, which a
-token-tiled kernel would write as [L / T, H M, D] partial sums, more than its input.
+Its tiles are T tokens (a power of two >= 16 dividing L) and it needs M a power of two >= 16 (the minimum size of a
+Triton matmul). Its backward is the XLA reference's (`jax.vjp` of `memory_read_reference`, recomputed): the gradients
+of k~ and v~ reduce over every token, which a token-tiled kernel would write as [L / T, H M, D] partial sums, more
+than its input.
+
+`add_rms_norm`: the residual add and the RMSNorm after it (each transformer block's attention residual and MLP norm),
+
+    total = h + branch,   normed = total / sqrt(mean(total^2) + eps) * scale,
+
+forward and backward as row-tiled kernels. XLA computes the row statistic in one kernel and applies it in another,
+reading `total` back; the kernel reads h and branch once and writes total and normed once. Its backward,
+    g_h = g_branch = g_total + r (g_n - n mean(n g_n)),   g_n = g_normed scale,  n = total r,  r = 1/rms(total),
+    g_scale = sum over rows of g_normed n,
+is one row-local pass too, writing the scale gradient as [rows / T, D] partial sums (1/T of its input) that XLA adds.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+
+
+KERNEL_NAMES = ("eco_memory_read", "add_rms_norm_forward", "add_rms_norm_backward")  # as they appear in profiles
 
 
 def _largest_power_of_two_factor(n: int, cap: int) -> int:
@@ -116,3 +132,105 @@ def _memory_read_backward(eps, residuals, cotangent):
 
 
 memory_read.defvjp(_memory_read_forward, _memory_read_backward)
+
+
+# -- add_rms_norm -------------------------------------------------------------------------------------------------------
+_ROWS = 32  # rows per tile (at most)
+
+
+def add_rms_norm_fits(rows: int, width: int) -> bool:
+  """Whether `add_rms_norm`'s kernels take `rows` x `width` (D) inputs."""
+  return _largest_power_of_two_factor(rows, _ROWS) >= 8 and _largest_power_of_two_factor(width, 256) >= 16
+
+
+def add_rms_norm_reference(h, branch, scale_D, eps: float):
+  """(h + branch, RMSNorm(h + branch)) in h's dtype: the XLA form of `add_rms_norm`."""
+  total = h + branch.astype(h.dtype)
+  return total, rms_normalize(total, scale_D, eps).astype(h.dtype)
+
+
+def _row_tiling(rows: int, width: int):
+  tile = _largest_power_of_two_factor(rows, _ROWS)
+  chunk = _largest_power_of_two_factor(width, 256)
+  return tile, [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
+
+
+def _add_rms_norm_forward_kernel(h_ref, branch_ref, scale_ref, total_ref, normed_ref, *, eps: float, columns):
+  width = h_ref.shape[-1]
+  totals = [(h_ref[:, cols] + branch_ref[:, cols].astype(h_ref.dtype)) for cols in columns]
+  totals32 = [t.astype(jnp.float32) for t in totals]
+  inv_rms_Tx1 = jax.lax.rsqrt(sum(jnp.sum(t * t, axis=1) for t in totals32) / width + eps)[:, None]
+  for t, t32, cols in zip(totals, totals32, columns):
+    total_ref[:, cols] = t
+    normed_ref[:, cols] = (t32 * inv_rms_Tx1 * scale_ref[cols].astype(jnp.float32)[None, :]).astype(normed_ref.dtype)
+
+
+def _add_rms_norm_backward_kernel(total_ref, scale_ref, g_total_ref, g_normed_ref, g_in_ref, g_scale_ref, *,
+                                  eps: float, columns):
+  width = total_ref.shape[-1]
+  totals = [total_ref[:, cols].astype(jnp.float32) for cols in columns]
+  inv_rms_Tx1 = jax.lax.rsqrt(sum(jnp.sum(t * t, axis=1) for t in totals) / width + eps)[:, None]
+  normed = [t * inv_rms_Tx1 for t in totals]  # n = total / rms, before the scale
+  g_normed = [g_normed_ref[:, cols].astype(jnp.float32) for cols in columns]
+  g_n = [g * scale_ref[cols].astype(jnp.float32)[None, :] for g, cols in zip(g_normed, columns)]
+  mean_ng_Tx1 = (sum(jnp.sum(n * g, axis=1) for n, g in zip(normed, g_n)) / width)[:, None]
+  for n, g, gn, cols in zip(normed, g_n, g_normed, columns):
+    g_in = g_total_ref[:, cols].astype(jnp.float32) + inv_rms_Tx1 * (g - n * mean_ng_Tx1)
+    g_in_ref[:, cols] = g_in.astype(g_in_ref.dtype)
+    g_scale_ref[:, cols] = jnp.sum(gn * n, axis=0, keepdims=True)
+
+
+def _rows_call(kernel, inputs, outputs, width: int, rows: int, *, name: str, partial_rows: int = 0):
+  """A pallas_call over row tiles of [rows, width] inputs; `inputs`/`outputs` list which are row-tiled ("rows"),
+  the whole [width] vector ("vector") or [rows / tile, width] partial sums ("partial")."""
+  tile, _ = _row_tiling(rows, width)
+  spec = {"rows": pl.BlockSpec((tile, width), lambda i: (i, 0)), "vector": pl.BlockSpec((width,), lambda i: (0,)),
+          "partial": pl.BlockSpec((1, width), lambda i: (i, 0))}
+  return pl.pallas_call(kernel, out_shape=[o[1] for o in outputs], grid=(rows // tile,),
+                        in_specs=[spec[kind] for kind in inputs], out_specs=[spec[o[0]] for o in outputs],
+                        interpret=jax.default_backend() == "cpu",
+                        compiler_params=plt.CompilerParams(num_warps=4, num_stages=1), name=name)
+
+
+def _add_rms_norm_pallas(h, branch, scale_D, eps):
+  shape, width = h.shape, h.shape[-1]
+  h2, branch2 = h.reshape(-1, width), branch.reshape(-1, width).astype(h.dtype)
+  rows = h2.shape[0]
+  _, columns = _row_tiling(rows, width)
+  kernel = functools.partial(_add_rms_norm_forward_kernel, eps=eps, columns=columns)
+  out = jax.ShapeDtypeStruct(h2.shape, h.dtype)
+  total, normed = _rows_call(kernel, ["rows", "rows", "vector"], [("rows", out), ("rows", out)], width, rows,
+                             name="add_rms_norm_forward")(h2, branch2, scale_D)
+  return total.reshape(shape), normed.reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def add_rms_norm(h, branch, scale_D, eps: float):
+  """(h + branch, RMSNorm(h + branch) * scale) as Pallas kernels, forward and backward (module docstring); sizes must
+  satisfy `add_rms_norm_fits` (rows = all leading dimensions together)."""
+  return _add_rms_norm_pallas(h, branch, scale_D, eps)
+
+
+def _add_rms_norm_forward(h, branch, scale_D, eps):
+  total, normed = _add_rms_norm_pallas(h, branch, scale_D, eps)
+  return (total, normed), (total, scale_D, jnp.zeros((), branch.dtype))  # the last: branch's dtype
+
+
+def _add_rms_norm_backward(eps, residuals, cotangents):
+  total, scale_D, branch_like = residuals
+  g_total, g_normed = cotangents
+  shape, width = total.shape, total.shape[-1]
+  rows = math.prod(shape[:-1])
+  tile, columns = _row_tiling(rows, width)
+  kernel = functools.partial(_add_rms_norm_backward_kernel, eps=eps, columns=columns)
+  g_in, g_scale_partial = _rows_call(
+      kernel, ["rows", "vector", "rows", "rows"],
+      [("rows", jax.ShapeDtypeStruct((rows, width), total.dtype)),
+       ("partial", jax.ShapeDtypeStruct((rows // tile, width), jnp.float32))], width, rows,
+      name="add_rms_norm_backward")(total.reshape(rows, width), scale_D, g_total.reshape(rows, width),
+                                    g_normed.reshape(rows, width))
+  g_in = g_in.reshape(shape)
+  return g_in, g_in.astype(branch_like.dtype), jnp.sum(g_scale_partial, axis=0).astype(scale_D.dtype)
+
+
+add_rms_norm.defvjp(_add_rms_norm_forward, _add_rms_norm_backward)

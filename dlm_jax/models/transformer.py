@@ -18,7 +18,7 @@ import jax
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import layers
+from dlm_jax.models import kernels, layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
@@ -52,12 +52,18 @@ class Block(nnx.Module):
     self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
+    self.fused_add_norm = cfg.fused_add_norm
 
   def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool):
     attn_key, mlp_key = jax.random.split(dropout_key)
-    h_BxLxD = h_BxLxD + self.dropout(self.attn(self.attn_norm(h_BxLxD), rope), deterministic=deterministic,
-                                     rngs=attn_key)
-    return h_BxLxD + self.dropout(self.mlp(self.mlp_norm(h_BxLxD)), deterministic=deterministic, rngs=mlp_key)
+    attn_BxLxD = self.dropout(self.attn(self.attn_norm(h_BxLxD), rope), deterministic=deterministic, rngs=attn_key)
+    batch, length, width = h_BxLxD.shape
+    if self.fused_add_norm and kernels.add_rms_norm_fits(batch * length, width):
+      h_BxLxD, x_BxLxD = kernels.add_rms_norm(h_BxLxD, attn_BxLxD, self.mlp_norm.scale[...], self.mlp_norm.epsilon)
+    else:
+      h_BxLxD = h_BxLxD + attn_BxLxD
+      x_BxLxD = self.mlp_norm(h_BxLxD)
+    return h_BxLxD + self.dropout(self.mlp(x_BxLxD), deterministic=deterministic, rngs=mlp_key)
 
 
 def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
