@@ -2,8 +2,10 @@
 
 Data:  ../shared/data/en/tinyshakespeare.txt (via $DLM_DATA_DIR), first 90% train / last 10% validation — the exact
        split of nanoGPT's data/shakespeare_char/prepare.py. Char vocabulary: 65 characters + 5 reserved ids.
-Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/train_shakespeare_char.py), with
-       RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP).
+Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/train_shakespeare_char.py) at
+       nanoGPT's places: the input embedding, the attention probabilities and each residual branch's output; with
+       RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP). Weight decay 0.1 on
+       every matrix, embeddings included, none on norms and biases (nanoGPT's grouping).
 Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (cosine schedule).
        "ar": causal control arm, next-token loss (the same network, causal).
        "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
@@ -33,7 +35,7 @@ def get_config(arm: str = "diffusion"):
   c.data.seq_len = 256
 
   c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 6, 6, 384, 1024
-  c.model.dropout = 0.2
+  c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.2
 
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 100
@@ -55,11 +57,11 @@ def get_config(arm: str = "diffusion"):
   if arm == "eco":
     c.model = default.model_config("eco_hybrid")
     c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 6, 6, 384, 512
-    c.model.dropout = 0.2
+    c.model.dropout = c.model.embedding_dropout = 0.2  # no self-attention: no attention-probability dropout
   if arm == "hrm":
     c.model = default.model_config("hrm")
     c.model.num_heads, c.model.width, c.model.mlp_dim, c.model.l_layers, c.model.h_layers = 6, 384, 768, 3, 3
-    c.model.dropout = 0.2
+    c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.2
   if arm == "ar":
     c.model.causal = True
     c.diffusion.objective = "autoregressive"

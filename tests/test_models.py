@@ -161,6 +161,43 @@ def test_time_conditioning_and_dropout(tokens):
   np.testing.assert_allclose(logits(dropped, tokens), logits(dropped, tokens, deterministic=True))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_probability_dropout(tokens, causal):
+  """nanoGPT's attn_dropout: the explicit path equals the fused attention when nothing is dropped; its mean over masks
+  is the undropped output (the 1/(1-p) rescaling); it keeps a causal model causal; evaluation never drops."""
+  model = build(causal=causal, attention_dropout=0.5)
+  attention = model.blocks[0].attn
+  q, k, v = (jax.random.normal(key, (1, 8, 2, 8)) for key in jax.random.split(jax.random.key(5), 3))
+  fused = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+  with jax.default_matmul_precision("highest"):
+    attention.dropout = 1e-9  # keeps every probability: the explicit path must be the same attention
+    np.testing.assert_allclose(attention.attend_with_dropout(q, k, v, jax.random.key(0)), fused, rtol=1e-5,
+                               atol=1e-6)
+    attention.dropout = 0.5
+    draws = jax.vmap(lambda key: attention.attend_with_dropout(q, k, v, key))(jax.random.split(jax.random.key(1),
+                                                                                               4000))
+  np.testing.assert_allclose(jnp.mean(draws, axis=0), fused, atol=6 * float(jnp.max(jnp.std(draws, axis=0))) / 63)
+  train = lambda x, key: logits(model, x, deterministic=False, dropout_key=key)
+  assert not np.allclose(train(tokens, jax.random.key(1)), train(tokens, jax.random.key(2)))
+  np.testing.assert_allclose(logits(model, tokens), logits(build(causal=causal), tokens))  # eval: no dropout
+  if causal:  # changing the last token leaves every earlier position's training output unchanged
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 20)
+    np.testing.assert_allclose(train(tokens, jax.random.key(3))[:, :-1], train(changed, jax.random.key(3))[:, :-1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_dropout_zeroes_a_fraction_p_of_the_inputs_and_rescales_the_rest(tokens):
+  model = build(embedding_dropout=0.25)
+  h = model.embed(tokens, None)
+  dropped = model.embed(tokens, None, deterministic=False, dropout_key=jax.random.key(0))
+  zero = np.asarray(dropped == 0)
+  assert abs(zero.mean() - 0.25) < 0.05  # 768 values
+  np.testing.assert_allclose(np.asarray(dropped)[~zero], np.asarray(h / 0.75)[~zero], rtol=1e-6)
+  np.testing.assert_array_equal(model.embed(tokens, None, deterministic=True, dropout_key=jax.random.key(0)), h)
+  with pytest.raises(ValueError, match="model.embedding_dropout must be in"):
+    build(embedding_dropout=1.0)
+
+
 def test_rejects_sequences_longer_than_max_len(tokens):
   with pytest.raises(ValueError, match="exceeds model.max_len=16"):
     build()(jnp.concatenate([tokens, tokens], axis=1))

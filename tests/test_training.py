@@ -287,3 +287,29 @@ def test_training_samples_are_shown_on_the_console_with_their_file(tmp_path, cap
   out = capsys.readouterr().out
   assert f"step 4 sample (all 2 in {tmp_path / 'samples.txt'}): " in out
   assert (tmp_path / "samples.txt").read_text(encoding="utf-8").startswith("=== step 4 samples ===")
+
+
+@pytest.mark.parametrize("model_name", ["transformer", "eco_hybrid", "hrm"])
+def test_weight_decay_reaches_matrices_only(model_name):
+  """AdamW's decoupled decay (as nanoGPT: every weight of dimension >= 2, embeddings included) and nothing else:
+  with zero gradients, one step moves each matrix by -lr * weight_decay * itself and leaves norms and biases."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from configs import default as default_config
+  from dlm_jax import models
+  from dlm_jax.training import optimizer
+  config = tiny_config(**{"optimizer.warmup_steps": 0, "optimizer.weight_decay": 0.5,
+                          "optimizer.learning_rate": 0.1})
+  config.model = default_config.model_config(model_name)
+  config.model.update(num_heads=2, width=16, mlp_dim=32)
+  params = nnx.state(models.get_model(config, 20, nnx.Rngs(0)), nnx.Param)
+  tx = optimizer.make_optimizer(config.optimizer, 10)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  names = []
+  for (path, param), update in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(updates)):
+    name = jax.tree_util.keystr(path)
+    names.append(name)
+    expected = -0.1 * 0.5 * param if param.ndim >= 2 else jnp.zeros_like(param)
+    np.testing.assert_allclose(update, expected, rtol=1e-6, atol=1e-9, err_msg=name)
+  assert any("norm" in n and "scale" in n for n in names) and any("embedding" in n for n in names)

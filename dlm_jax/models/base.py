@@ -23,6 +23,11 @@ from dlm_jax.models import layers
 from dlm_jax.errors import ConfigError
 
 
+# Dropout streams derived from a call's dropout_key with fold_in, so that switching one dropout on leaves the masks of
+# the others (drawn from split(dropout_key, ...)) as they were.
+EMBEDDING_DROPOUT_STREAM = 1_000_001
+
+
 @dataclasses.dataclass(frozen=True)
 class DenoiserConfig:
   """The fields every denoiser takes (config.model, less `name`); each model's config adds its own.
@@ -34,7 +39,9 @@ class DenoiserConfig:
   num_heads: int = 6
   width: int = 384
   mlp_dim: int = 1024  # SwiGLU hidden width
-  dropout: float = 0.0
+  dropout: float = 0.0  # on each residual branch's output (attention/mixing and MLP), as nanoGPT's resid_dropout
+  attention_dropout: float = 0.0  # on the self-attention probabilities (nanoGPT's attn_dropout; transformer blocks)
+  embedding_dropout: float = 0.0  # on the input states h_0 (nanoGPT's drop after the token + position embedding)
   time_conditioning: bool = False  # add TimeMLP(t) to every position's input (MDLM's DiT conditioning)
   causal: bool = False  # True (with diffusion.objective="autoregressive") is the AR control arm (transformer only)
   remat: str = "none"  # "none", "full" or "dots"
@@ -61,6 +68,9 @@ class DenoiserConfig:
   def __post_init__(self):
     if self.remat not in layers.REMAT_POLICIES:
       raise ConfigError(f"model.remat must be one of {tuple(layers.REMAT_POLICIES)}, got {self.remat!r}.")
+    for name in ("dropout", "attention_dropout", "embedding_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
     if self.layer_loop not in ("auto", "scan", "unroll"):
       raise ConfigError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
 
@@ -113,12 +123,14 @@ class Denoiser(nnx.Module):
       self.positions = None
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
                            if cfg.time_conditioning else None)
+    self.embedding_dropout = nnx.Dropout(cfg.embedding_dropout)
 
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = nnx.RMSNorm(self.cfg.width, dtype=self.dtype, rngs=rngs)
 
-  def embed(self, tokens_BxL, t_B):
-    """h_0 = E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]), in the activation dtype."""
+  def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None):
+    """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L])), in the activation dtype;
+    the dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM)."""
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
@@ -134,6 +146,10 @@ class Denoiser(nnx.Module):
       h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
     if self.positions is not None:
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
+    if cfg.embedding_dropout and not deterministic:
+      key = dropout_key if dropout_key is not None else jax.random.key(0)
+      h_BxLxD = self.embedding_dropout(h_BxLxD, deterministic=False,
+                                       rngs=jax.random.fold_in(key, EMBEDDING_DROPOUT_STREAM))
     return h_BxLxD
 
   def head(self, h_BxLxD):

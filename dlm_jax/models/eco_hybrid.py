@@ -59,7 +59,8 @@ class EcoHybridConfig(DenoiserConfig):
   # (absorbed, with the read and its residual as one Pallas kernel, models/kernels.py; needs route_top_k = 0 and
   # M a power of two >= 16, and falls back to "absorbed" for sequence lengths without a power-of-two factor >= 16).
   memory_attention: str = "absorbed"
-  # `attention` and `rope_base` are unused: slot attention is short (M keys) and takes the XLA path; no RoPE.
+  # `attention`, `attention_dropout` and `rope_base` are unused: no self-attention (the slot attentions are short and
+  # take the XLA path), no RoPE.
 
   def __post_init__(self):
     super().__post_init__()
@@ -208,7 +209,7 @@ class EcoHybrid(Denoiser):
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
     cfg = self.cfg
-    h_BxLxD = self.embed(tokens_BxL, t_B)
+    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key)
     mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
                                  (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
 

@@ -134,7 +134,7 @@ class HRMConfig(DenoiserConfig):
     return TransformerConfig(vocab_size=self.vocab_size, max_len=self.max_len, num_layers=num_layers,
                              num_heads=self.num_heads, width=self.width, mlp_dim=self.mlp_dim, dropout=self.dropout,
                              dtype=self.dtype, attention=self.attention, layer_loop=self.layer_loop,
-                             fused_add_norm=self.fused_add_norm)
+                             fused_add_norm=self.fused_add_norm, attention_dropout=self.attention_dropout)
 
 
 @jax.tree_util.register_dataclass
@@ -321,7 +321,7 @@ class HRMDenoiser(Denoiser):
     batch, length = tokens_BxL.shape
     # Normalized so the token input is as large as the unit-RMS states it is added to (HRM scales its embeddings by
     # sqrt(D) for the same reason); at the 0.02 init scale of the tied embedding it would be drowned by z_L + z_H.
-    e_BxLxD = self.input_norm(self.embed(tokens_BxL, t_B))
+    e_BxLxD = self.input_norm(self.embed(tokens_BxL, t_B, deterministic, dropout_key))
     rope = layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
     keys = jax.random.split(dropout_key if dropout_key is not None else jax.random.key(0), 2)
     z_l_BxLxD = jnp.broadcast_to(self.z_l_init[...].astype(self.dtype), e_BxLxD.shape)

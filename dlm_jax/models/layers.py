@@ -55,24 +55,43 @@ def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
 
 
 class SelfAttention(nnx.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention` (bidirectional, or causal for the AR arm)."""
+  """Multi-head self-attention (bidirectional, or causal for the AR arm) through `jax.nn.dot_product_attention`.
 
-  def __init__(self, width: int, num_heads: int, *, causal: bool, implementation: str | None, dtype, rngs: nnx.Rngs):
+  With `dropout` > 0 and a `dropout_key` (training), the attention probabilities are dropped out (nanoGPT's
+  attn_dropout): softmax(q k^T / sqrt(K)) -> mask / (1 - p). jax.nn.dot_product_attention takes no dropout, so that
+  case is computed explicitly (XLA, never cuDNN's fused kernel); evaluation and sampling keep the fused path."""
+
+  def __init__(self, width: int, num_heads: int, *, causal: bool, implementation: str | None, dtype, rngs: nnx.Rngs,
+               dropout: float = 0.0):
     if width % num_heads:
       raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
-    self.causal, self.implementation = causal, implementation
+    self.causal, self.implementation, self.dropout = causal, implementation, dropout
     self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
     self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
 
-  def __call__(self, x_BxLxD, rope=None):
+  def __call__(self, x_BxLxD, rope=None, dropout_key=None):
     batch, length, _ = x_BxLxD.shape
     qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
+    if self.dropout and dropout_key is not None:
+      out_BxLxHxK = self.attend_with_dropout(q, k, v, dropout_key)
+    else:
+      out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
     return self.out(out_BxLxHxK.reshape(batch, length, -1))
+
+  def attend_with_dropout(self, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dropout_key):
+    logits_BxHxLxL = jnp.einsum("bqhk,bjhk->bhqj", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
+    logits_BxHxLxL = logits_BxHxLxL * (self.head_dim**-0.5)
+    if self.causal:
+      length = q_BxLxHxK.shape[1]
+      logits_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool))[None, None], logits_BxHxLxL, NEG_INF)
+    probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
+    keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout, probs_BxHxLxL.shape)
+    probs_BxHxLxL = jnp.where(keep, probs_BxHxLxL / (1.0 - self.dropout), 0.0).astype(v_BxLxHxK.dtype)
+    return jnp.einsum("bhqj,bjhk->bqhk", probs_BxHxLxL, v_BxLxHxK)
 
 
 class CrossAttention(nnx.Module):

@@ -41,6 +41,9 @@ class TransformerConfig(DenoiserConfig):
     return 6.0 * matmul_params + 12.0 * self.num_layers * seq_len * d
 
 
+ATTENTION_DROPOUT_STREAM = 1_000_002  # fold_in stream of the attention-probability dropout (see base.py)
+
+
 class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
@@ -48,7 +51,7 @@ class Block(nnx.Module):
     self.attn_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.attn = layers.SelfAttention(cfg.width, cfg.num_heads, causal=cfg.causal,
                                      implementation=layers.attention_implementation(cfg.attention, dtype),
-                                     dtype=dtype, rngs=rngs)
+                                     dtype=dtype, rngs=rngs, dropout=cfg.attention_dropout)
     self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
@@ -56,7 +59,9 @@ class Block(nnx.Module):
 
   def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool):
     attn_key, mlp_key = jax.random.split(dropout_key)
-    attn_BxLxD = self.dropout(self.attn(self.attn_norm(h_BxLxD), rope), deterministic=deterministic, rngs=attn_key)
+    probs_key = None if deterministic else jax.random.fold_in(dropout_key, ATTENTION_DROPOUT_STREAM)
+    attn_BxLxD = self.dropout(self.attn(self.attn_norm(h_BxLxD), rope, probs_key), deterministic=deterministic,
+                              rngs=attn_key)
     batch, length, width = h_BxLxD.shape
     if self.fused_add_norm and kernels.add_rms_norm_fits(batch * length, width):
       h_BxLxD, x_BxLxD = kernels.add_rms_norm(h_BxLxD, attn_BxLxD, self.mlp_norm.scale[...], self.mlp_norm.epsilon)
@@ -87,7 +92,7 @@ class Transformer(Denoiser):
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
     cfg = self.cfg
-    h_BxLxD = self.embed(tokens_BxL, t_B)
+    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key)
     rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
                                                                      cfg.rope_base)
     h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)
