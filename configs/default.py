@@ -64,9 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32  # global batch (sequences per optimizer step)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
+  c.train.ema_warmup = True  # decay_t = min(ema_decay, (1 + t) / (10 + t)); False: ema_decay from the first step
   c.train.log_every = 50
   c.train.checkpoint_every = 300
   c.train.max_to_keep = 2
+  # > 0: stop after this many evaluations in a row without a better validation NELBO than the best so far (which is
+  # always kept in WORKDIR/best); 0: run to num_steps
+  c.train.early_stop_evals = 0
   c.train.sample_every = 300
 
   c.eval = ml_collections.ConfigDict()

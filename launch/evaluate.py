@@ -27,14 +27,17 @@ flags.DEFINE_integer("time_samples", None, "Antithetic time draws per window (de
                      "the AR arm's exact NLL needs one).")
 flags.DEFINE_integer("batch_size", None, "Windows per batch (default: the run's eval.batch_size).")
 flags.DEFINE_integer("seed", None, "Evaluation seed (default: the run's eval.seed).")
-flags.DEFINE_bool("use_ema", True, "Use EMA parameters when present.")
+flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, use_ema=FLAGS.use_ema)
+  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   ev = run.config.eval
   pick = lambda flag, default: default if flag is None else flag
   placement = pick(FLAGS.windows, ev.get("windows", "first"))
@@ -47,7 +50,8 @@ def main(argv):
                                run.tokenizer, batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
                                seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
   result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement,
-                text=FLAGS.path or "the run's validation split", step=run.step)
+                text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
+                weights=run.weights)
   print(json.dumps(result, indent=2))
 
 

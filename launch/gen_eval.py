@@ -32,7 +32,10 @@ flags.DEFINE_enum("prompt_scripts", "any", ["any", "deva", "latn", "mixed"],
 flags.DEFINE_list("steps", ["16", "32", "96"], "Reverse-step counts to sweep.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default: the run's config).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_bool("use_ema", True, "Use EMA parameters when the runs kept them.")
+flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 FLAGS = flags.FLAGS
 
@@ -40,8 +43,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, use_ema=FLAGS.use_ema)
-  judge = checkpoint.load_for_inference(FLAGS.judge, use_ema=FLAGS.use_ema)
+  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  judge = checkpoint.load_for_inference(FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint)
   seq_len = int(run.config.data.seq_len)
   try:
     generation.check_judge(run, judge)
@@ -56,6 +59,7 @@ def main(argv):
   rows = generation.compare(run, judge, windows, FLAGS.prompt_len, FLAGS.steps, FLAGS.seed, FLAGS.temperature)
   for row in rows:
     row.update(run="real text" if row["steps"] == "n/a" else FLAGS.workdir, prompts=label)
+  print(f"Sampling {run.describe()}; judge {judge.describe()}.")
   print(f"| run | prompts ({FLAGS.num_samples} x {FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated) "
         "| steps | judge NLL (nats/token) | entropy (nats) | script errors (mixed + off-script) | sample s |")
   print("|---|---|---|---|---|---|---|")

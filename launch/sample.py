@@ -35,7 +35,10 @@ flags.DEFINE_float("strategic_weight", None, "HRM denoiser: weight of the H-modu
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_bool("stream", False, "Show the first sample filling in, step by step.")
 flags.DEFINE_float("stream_delay", 0.05, "Seconds between frames of --stream.")
-flags.DEFINE_bool("use_ema", True, "Use the EMA parameters when the run kept them.")
+flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
 FLAGS = flags.FLAGS
 
 
@@ -46,7 +49,7 @@ SAMPLER_FLAGS = ("steps", "method", "greedy", "temperature", "top_k", "top_p", "
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, use_ema=FLAGS.use_ema)
+  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   autoregressive = run.objective.is_autoregressive
   try:
     tokens, fixed = prompt_batch(run.tokenizer, FLAGS.num_samples, int(run.config.data.seq_len), FLAGS.length,
@@ -61,6 +64,7 @@ def main(argv):
   elapsed = time.perf_counter() - start
   if FLAGS.stream:
     display.stream(display.trajectory_frames(run.tokenizer, samples.output.trajectory_SxBxL[:, 0]), FLAGS.stream_delay)
+  print(f"# {run.describe()}")
   for i, text in enumerate(samples.texts):
     print(f"--- sample {i} ---\n{text}")
   print(f"[{FLAGS.num_samples} x {int((~fixed[0]).sum())} new tokens in {elapsed:.2f} s including compilation]")

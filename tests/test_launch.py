@@ -50,6 +50,12 @@ def test_evaluate_cli_reports_nelbo_in_all_units(trained_run):
   default = json.loads(run("launch.evaluate", f"--workdir={workdir}"))
   np.testing.assert_allclose(default["nats_per_token"], summary["eval_nll_per_token"], rtol=1e-6)
   assert (default["windows"], default["time_samples"], default["mc_stderr"]) == (16, 1, None)
+  assert (default["weights"], default["checkpoint"], default["step"]) == ("ema", "latest", 12)
+  # The raw weights of the best checkpoint (the only evaluation, step 12): the training log's eval_raw figure.
+  raw = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--weights=raw", "--checkpoint=best"))
+  assert (raw["weights"], raw["checkpoint"], raw["step"]) == ("raw", "best", 12)
+  logged = [r for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "eval_raw/nll_per_token" in r]
+  np.testing.assert_allclose(raw["nats_per_token"], logged[-1]["eval_raw/nll_per_token"], rtol=1e-6)
 
 
 def test_benchmark_runs_end_to_end_on_cpu():

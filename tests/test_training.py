@@ -39,8 +39,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained_run, tmp_path):
   reference, resumed = train_losses(workdir), train_losses(tmp_path)
   for step in range(6, 13):
     np.testing.assert_allclose(resumed[step], reference[step], rtol=1e-6, err_msg=f"step {step}")
-  params_ref = checkpoint.load_for_inference(workdir, use_ema=False).params
-  params_resumed = checkpoint.load_for_inference(tmp_path, use_ema=False).params
+  params_ref = checkpoint.load_for_inference(workdir, weights="raw").params
+  params_resumed = checkpoint.load_for_inference(tmp_path, weights="raw").params
   chex.assert_trees_all_close(params_ref, params_resumed, rtol=1e-6, atol=1e-7)
 
 
@@ -149,7 +149,7 @@ def test_no_intact_checkpoint_is_one_clear_error(trained_run, tmp_path):
 def test_checkpoint_round_trip_restores_config_tokenizer_and_ema(trained_run):
   workdir, summary = trained_run
   run = checkpoint.load_for_inference(workdir)
-  ema, raw = run.params, checkpoint.load_for_inference(workdir, use_ema=False).params
+  ema, raw = run.params, checkpoint.load_for_inference(workdir, weights="raw").params
   assert run.config.data.seq_len == 32 and run.config.train.ema_decay == 0.9 and run.step == 12
   assert run.tokenizer.to_dict() == summary["tokenizer"].to_dict()
   assert not run.objective.is_autoregressive
@@ -313,3 +313,40 @@ def test_weight_decay_reaches_matrices_only(model_name):
     expected = -0.1 * 0.5 * param if param.ndim >= 2 else jnp.zeros_like(param)
     np.testing.assert_allclose(update, expected, rtol=1e-6, atol=1e-9, err_msg=name)
   assert any("norm" in n and "scale" in n for n in names) and any("embedding" in n for n in names)
+
+
+def test_ema_decay_warms_up():
+  from dlm_jax.training import step as step_lib
+  decay = lambda t, warmup=True: float(step_lib.ema_decay_at(t, 0.999, warmup))
+  np.testing.assert_allclose([decay(0), decay(1), decay(90), decay(10 ** 6)],
+                             [0.1, 2 / 11, 0.91, 0.999], rtol=1e-6)
+  assert decay(0, warmup=False) == pytest.approx(0.999)
+
+
+def test_best_checkpoint_follows_the_validation_nelbo_and_early_stop(tmp_path):
+  """WORKDIR/best holds the evaluation with the lowest NELBO (of the EMA weights, logged as eval/; the raw weights'
+  as eval_raw/); with a zero learning rate every evaluation ties, so early_stop_evals=2 stops after the third."""
+  config = tiny_config(**{"train.ema_decay": 0.99, "eval.every": 3, "train.checkpoint_every": 3})
+  summary = loop.train(config, str(tmp_path / "run"))
+  evals = {r["step"]: r["eval/nll_per_token"] for r in metrics.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+           if "eval/nll_per_token" in r}
+  raws = [r for r in metrics.read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_raw/nll_per_token" in r]
+  assert sorted(evals) == [3, 6, 9, 12] and len(raws) == 4
+  best_step = min(evals, key=evals.get)
+  assert summary["best"] == {"step": best_step, "nll_per_token": pytest.approx(evals[best_step])}
+  best = checkpoint.load_for_inference(tmp_path / "run", which="best")
+  assert (best.step, best.checkpoint, best.weights) == (best_step, "best", "ema")
+  assert "best-validation checkpoint, step" in best.describe() and "EMA weights" in best.describe()
+
+  frozen = tiny_config(**{"optimizer.learning_rate": 0.0, "eval.every": 2, "train.early_stop_evals": 2})
+  summary = loop.train(frozen, str(tmp_path / "frozen"))
+  assert summary["stopped_early"] and summary["step"] == 6 and summary["best"]["step"] == 2
+  assert checkpoint.manager(tmp_path / "frozen", create=False).latest_step() == 6
+  with pytest.raises(checkpoint.CheckpointError, match="no best checkpoint"):
+    checkpoint.load_for_inference(_trained_without_eval(tmp_path), which="best")
+
+
+def _trained_without_eval(tmp_path):
+  workdir = tmp_path / "no_eval"
+  loop.train(tiny_config(**{"eval.every": 0, "train.num_steps": 2}), str(workdir))
+  return workdir

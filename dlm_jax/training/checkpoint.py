@@ -32,12 +32,34 @@ class CheckpointError(ValueError):
   """A checkpoint that does not fit the run; the message says what differs and what to do."""
 
 
-def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1, create: bool = True) -> ocp.CheckpointManager:
-  """The run's Orbax manager of WORKDIR/checkpoints (created when `create`; read-only users pass False)."""
-  directory = pathlib.Path(workdir).resolve() / "checkpoints"
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+CHECKPOINTS = ("latest", "best")  # what --checkpoint selects: WORKDIR/checkpoints, WORKDIR/best
+
+
+def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1, create: bool = True,
+            which: str = "latest") -> ocp.CheckpointManager:
+  """The run's Orbax manager of WORKDIR/checkpoints ("latest": the resumable ones, with the data iterator) or of
+  WORKDIR/best ("best": the one checkpoint with the best validation NELBO so far, without the iterator; its meta holds
+  {"best": {"step", "nll_per_token"}}). Created when `create`; read-only users pass False."""
+  if which not in CHECKPOINTS:
+    raise CheckpointError(f"--checkpoint must be one of {CHECKPOINTS}, got {which!r}.")
+  directory = pathlib.Path(workdir).resolve() / ("checkpoints" if which == "latest" else "best")
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep if which == "latest" else 1,
+                                         save_interval_steps=save_interval_steps if which == "latest" else 1,
                                          create=create, enable_async_checkpointing=True)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "meta"))
+
+
+def best_so_far(best_mngr: ocp.CheckpointManager) -> dict | None:
+  """{"step", "nll_per_token"} of the run's best checkpoint, or None before the first evaluation."""
+  step = best_mngr.latest_step()
+  if step is None:
+    return None
+  try:
+    return restore_meta(best_mngr, step).get("best")
+  except Exception as e:  # damaged: the next evaluation writes a new best
+    print(f"WARNING: the best checkpoint {best_mngr.directory}/{step} does not read ({type(e).__name__}); the next "
+          "evaluation starts the best-so-far over.", flush=True)
+    return None
 
 
 @contextlib.contextmanager
@@ -242,6 +264,15 @@ class LoadedRun:
   other: Any
   params: Any
   step: int
+  weights: str = "raw"  # "ema" or "raw": which parameters `params` are
+  checkpoint: str = "latest"  # "latest" or "best"
+  workdir: str = ""
+
+  def describe(self) -> str:
+    """One line for the launchers' output: which checkpoint and which weights."""
+    kind = "best-validation" if self.checkpoint == "best" else "latest"
+    weights = "EMA weights" if self.weights == "ema" else "raw (non-EMA) weights"
+    return f"{self.workdir}: {kind} checkpoint, step {self.step}, {weights}"
 
   @property
   def objective(self) -> objectives.DiffusionObjective:
@@ -252,19 +283,31 @@ class LoadedRun:
     return nnx.merge(self.graphdef, self.params, self.other)
 
 
-def load_for_inference(workdir, step: int | None = None, use_ema: bool = True) -> LoadedRun:
-  """The latest (or given) checkpoint of a run, on the default device.
+WEIGHTS = ("ema", "raw")  # what --weights selects
 
-  The model is rebuilt from the config saved in the checkpoint; the EMA parameters are returned when the run kept
-  them and `use_ema`. Raises CheckpointError naming the directory when there is nothing to load; creates nothing.
+
+def load_for_inference(workdir, step: int | None = None, weights: str = "ema", which: str = "latest") -> LoadedRun:
+  """The latest (or given) checkpoint of a run, or its best by validation (`which="best"`), on the default device.
+
+  The model is rebuilt from the config saved in the checkpoint. `weights="ema"` returns the EMA parameters when the
+  run kept them (else the raw ones, and `LoadedRun.weights` says "raw"); "raw" the optimizer's. Raises
+  CheckpointError naming the directory when there is nothing to load; creates nothing.
   """
+  if weights not in WEIGHTS:
+    raise CheckpointError(f"--weights must be one of {WEIGHTS}, got {weights!r}.")
+  folder = pathlib.Path(workdir) / ("checkpoints" if which == "latest" else "best")
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     raise CheckpointError(f"No run at {workdir} (no {pathlib.Path(workdir) / 'checkpoints'} folder). Check --workdir, "
                           f"or train first: python -m launch.train --workdir={workdir}")
-  mngr = manager(workdir, create=False)
+  if which not in CHECKPOINTS:
+    raise CheckpointError(f"--checkpoint must be one of {CHECKPOINTS}, got {which!r}.")
+  mngr = manager(workdir, create=False, which=which) if folder.is_dir() else None
+  if mngr is None or mngr.latest_step() is None:  # only WORKDIR/best can be missing or empty here
+    raise CheckpointError(f"The run at {workdir} has no best checkpoint ({folder}): it has not been evaluated yet, or "
+                          "was trained before best checkpoints were kept. Use --checkpoint=latest."
+                          if which == "best" else
+                          f"No checkpoint in {folder}. Train first: python -m launch.train --workdir={workdir}")
   step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"No checkpoint in {mngr.directory}. Train first: python -m launch.train --workdir={workdir}")
   meta = restore_meta(mngr, step)
   config = ml_collections.ConfigDict(meta["config"])
   tokenizer = tokenizers.from_dict(meta["tokenizer"])
@@ -278,5 +321,6 @@ def load_for_inference(workdir, step: int | None = None, use_ema: bool = True) -
   graphdef, _, other = nnx.split(model, nnx.Param, ...)
   if jax.tree.leaves(other):
     raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state, which checkpoints do not carry.")
-  params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-  return LoadedRun(config, tokenizer, graphdef, other, params, int(step))
+  used = "ema" if (weights == "ema" and state.ema_params is not None) else "raw"
+  params = state.ema_params if used == "ema" else state.params
+  return LoadedRun(config, tokenizer, graphdef, other, params, int(step), used, which, str(workdir))

@@ -97,7 +97,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
 
   train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
                                         optimizer.learning_rate_schedule(config.optimizer, num_steps),
-                                        state_sharding=shardings.replicated, batch_sharding=shardings.train_batch)
+                                        state_sharding=shardings.replicated, batch_sharding=shardings.train_batch,
+                                        ema_warmup=bool(tcfg.get("ema_warmup", False)))
   eval_step = likelihood.make_eval_step(graphdef, other, objective)
   eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
                                        config.eval.get("windows", "first"))
@@ -112,8 +113,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   def inference_params():
     return state.ema_params if state.ema_params is not None else state.params
 
-  def run_eval(step):
-    result = likelihood.evaluate(eval_step, inference_params(), eval_windows, tokenizer,
+  def evaluate(step, params, prefix):
+    result = likelihood.evaluate(eval_step, params, eval_windows, tokenizer,
                                  batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
                                  time_samples=int(config.eval.time_samples),
                                  place=lambda b: pipeline.shard_batch(b, shardings.eval_batch))
@@ -121,11 +122,42 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
               "bits_per_char": result["bits_per_char"]}
     if result["mc_stderr"] is not None:
       values["nll_mc_stderr"] = result["mc_stderr"]
-    writer.scalars(step, "eval", values)
+    writer.scalars(step, prefix, values)
+    return result
+
+  def run_eval(step):
+    """Evaluates the inference weights (EMA when kept: `eval/`) and, with an EMA, the raw weights too (`eval_raw/`);
+    the inference weights' NELBO decides the best checkpoint."""
+    result = evaluate(step, inference_params(), "eval")
     stderr = f" +- {result['mc_stderr']:.4f}" if result["mc_stderr"] is not None else ""
-    print(f"step {step} eval: {result['nats_per_token']:.4f}{stderr} nats/token ({result['bits_per_token']:.4f} "
-          f"bits/token; {result['windows']} windows x {result['time_samples']} time draws)", flush=True)
+    line = (f"step {step} eval: {result['nats_per_token']:.4f}{stderr} nats/token ({result['bits_per_token']:.4f} "
+            f"bits/token; {result['windows']} windows x {result['time_samples']} time draws)")
+    if state.ema_params is not None:
+      raw = evaluate(step, state.params, "eval_raw")
+      line += f"; EMA weights (raw weights: {raw['nats_per_token']:.4f})"
+    print(line, flush=True)
     return result["nats_per_token"]
+
+  best_mngr = checkpoint.manager(workdir, which="best")
+  best = checkpoint.best_so_far(best_mngr)
+  evals_since_best = int(saved_meta.get("evals_since_best", 0)) if saved_meta else 0
+  early_stop_evals = int(tcfg.get("early_stop_evals", 0))
+
+  def track_best(step, nll) -> bool:
+    """Saves the state to WORKDIR/best when `nll` is the best so far; True when the run should stop early."""
+    nonlocal best, evals_since_best
+    if best is None or nll < best["nll_per_token"]:
+      best, evals_since_best = {"step": step, "nll_per_token": nll}, 0
+      checkpoint.save(best_mngr, step, state, None, {**meta, "best": best}, force=True)
+    else:
+      evals_since_best += 1
+    meta["evals_since_best"] = evals_since_best
+    if early_stop_evals and evals_since_best >= early_stop_evals:
+      print(f"Stopping early at step {step}: {evals_since_best} evaluations without improving on "
+            f"{best['nll_per_token']:.4f} (step {best['step']}; train.early_stop_evals={early_stop_evals}).",
+            flush=True)
+      return True
+    return False
 
   progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token,
                        metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))))
@@ -136,6 +168,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
     no_prompt = (np.zeros((num_samples, seq_len), np.int32), np.zeros((num_samples, seq_len), bool))
   flag = {"stop": False}
   last_eval = None
+  stopped_early = False
   with stop_on_signals(flag):
     step = start_step
     while step < num_steps:
@@ -147,11 +180,12 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
         progress.flush(console=True)
       if int(config.eval.every) and (step % int(config.eval.every) == 0 or step == num_steps):
         last_eval = run_eval(step)
+        stopped_early = track_best(step, last_eval)
       if num_samples and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
         texts = sample_texts(inference_params(), jax.random.key(step), *no_prompt).texts
         writer.text(step, "samples", "\n---\n".join(texts))
         print(f"step {step} sample (all {num_samples} in {workdir / 'samples.txt'}): {texts[0][:100]!r}", flush=True)
-      stopping = flag["stop"] or (stop_at_step is not None and step >= stop_at_step)
+      stopping = flag["stop"] or stopped_early or (stop_at_step is not None and step >= stop_at_step)
       if step % int(tcfg.checkpoint_every) == 0 or stopping:
         progress.flush()  # never checkpoint a state whose loss has not been checked
         checkpoint.save(mngr, step, state, data_iter, meta)
@@ -161,10 +195,15 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
     if mngr.latest_step() != step:
       checkpoint.save(mngr, step, state, data_iter, meta, force=True)
     mngr.wait_until_finished()
+    best_mngr.wait_until_finished()
   writer.close()
   mngr.close()
+  best_mngr.close()
+  if best is not None:
+    print(f"Best validation NELBO {best['nll_per_token']:.4f} nats/token at step {best['step']} (checkpoint in "
+          f"{workdir / 'best'}; load it with --checkpoint=best).", flush=True)
   return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
-          "tokenizer": tokenizer, "vocab_size": vocab_size}
+          "stopped_early": stopped_early, "best": best, "tokenizer": tokenizer, "vocab_size": vocab_size}
 
 
 class _Progress:

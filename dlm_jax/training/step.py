@@ -16,8 +16,20 @@ from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.training.state import TrainState
 
 
+def ema_decay_at(step, ema_decay: float, warmup: bool):
+  """The EMA's decay for the update that follows `step` updates: `ema_decay`, or with `warmup`
+      decay_t = min(ema_decay, (1 + t) / (10 + t))
+  (the num_updates warm-up of TensorFlow's ExponentialMovingAverage), so that early on the average follows the
+  weights instead of staying near their initialization: at 0.9999 without it, step 1,300 still weighs the initial
+  weights by 0.9999^1300 = 0.88."""
+  if not warmup:
+    return jnp.asarray(ema_decay, jnp.float32)
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(ema_decay), (1.0 + t) / (10.0 + t))
+
+
 def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.GradientTransformation,
-                    ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None):
+                    ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True):
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`."""
 
   def loss_fn(params, x0_BxL, key):
@@ -44,7 +56,8 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+      decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     metrics.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                    param_norm=optax.global_norm(params), learning_rate=lr_schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
