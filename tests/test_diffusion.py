@@ -152,6 +152,37 @@ def test_monte_carlo_objective_is_unbiased_and_bounds_a_wrong_model(toy):
   assert float(jnp.mean(context_free)) * L > truth
 
 
+def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
+  """The evaluation convention: diffusion's evaluation NELBO averages to -log p(x_2..L | x_1) / (L - 1) for the exact
+  model (x_1 is never masked); the AR arm's evaluation figure is its next-token NLL over the same L - 1 targets."""
+  joint, table = toy
+  objective = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK)
+  x0 = (2, 0, 1)
+  x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
+  seen_first = []
+
+  def denoise(xt_BxL, t_B):
+    seen_first.append(xt_BxL[:, 0])
+    return _table_denoiser(table)(xt_BxL, t_B)
+
+  draws = jnp.stack([objective.evaluation_nll(denoise, x0_BxL, key) for key in jax.random.split(jax.random.key(0),
+                                                                                                    16)])
+  assert all(bool(jnp.all(first == x0[0])) for first in seen_first)  # x_1 is never masked
+  truth = -math.log(joint[x0] / joint[x0[0]].sum()) / (L - 1)
+  estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(16)
+  assert abs(estimate - truth) < 5 * stderr + 1e-3, (estimate, truth, stderr)
+  masked_mean = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK, kind="masked_mean")
+  key = jax.random.key(3)  # a model trained on the masked mean is still scored by its NELBO
+  assert masked_mean.evaluation_nll(denoise, x0_BxL, key) == objective.evaluation_nll(denoise, x0_BxL, key)
+
+  autoregressive = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK, kind="autoregressive")
+  logits = jax.random.normal(jax.random.key(1), (4, L, V + 1))
+  causal = lambda xt_BxL, t_B: DenoiserOutput(logits)
+  tokens = jnp.asarray([[0, 1, 2], [2, 2, 0], [1, 0, 0], [0, 0, 1]], jnp.int32)
+  expected = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1, :V]), tokens[:, 1:, None], -1))
+  np.testing.assert_allclose(autoregressive.evaluation_nll(causal, tokens, jax.random.key(2)), expected, rtol=1e-6)
+
+
 def test_subs_never_predicts_mask_and_ignores_visible_positions():
   logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
   probs = jax.nn.softmax(losses.subs_logits(logits, mask_id=3))

@@ -1,5 +1,9 @@
 """Validation likelihood: the NELBO (AR arm: the exact next-token NLL) of fixed windows, in every unit.
 
+Every arm is scored on the same targets: tokens 2..L of each window given token 1 (`DiffusionObjective.
+evaluation_nll`), so "per token" is per scored token and bits per character count the characters of tokens 2..L.
+A diffusion model is scored by its NELBO whatever objective it trained with (masked_mean included).
+
 One estimate per (window batch, time draw): batch i, draw r uses key fold_in(fold_in(key(seed), r), i), so a figure is
 reproducible for a seed; each batch draws its own antithetic times. The report gives nats and bits per token, bits per
 character and perplexity. For a character tokenizer a token is a character, so BPC = bits per token; for SentencePiece
@@ -20,13 +24,12 @@ from dlm_jax.diffusion.objectives import DiffusionObjective
 
 
 def make_eval_step(graphdef, other, objective: DiffusionObjective):
-  """Jitted `eval_step(params, x0_BxL, key) -> nats per token`: one antithetic-t estimate, no dropout, no auxiliary
-  losses."""
+  """Jitted `eval_step(params, x0_BxL, key) -> nats per scored token` (`DiffusionObjective.evaluation_nll`): one
+  antithetic-t estimate, no dropout, no auxiliary losses."""
 
   @jax.jit
   def eval_step(params, x0_BxL, key):
-    loss, _ = objective(models.denoise_fn(graphdef, params, other), x0_BxL, key, with_aux=False)
-    return loss
+    return objective.evaluation_nll(models.denoise_fn(graphdef, params, other), x0_BxL, key)
 
   return eval_step
 
@@ -59,7 +62,7 @@ def evaluate(eval_step, params, windows_WxL, tokenizer, *, batch_size: int, seed
       batch = place(batch) if place is not None else batch
       draw_total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
     draw_totals.append(draw_total)
-  scored = windows_WxL[:num_batches * batch_size]
+  scored = windows_WxL[:num_batches * batch_size, 1:]  # the targets: tokens 2..L of each window
   num_chars = sum(len(tokenizer.decode(row)) for row in scored)
   result = report(sum(draw_totals) / (time_samples * num_batches), scored.size, num_chars)
   draw_means = np.asarray(draw_totals) / num_batches
