@@ -27,11 +27,12 @@ case "${1:-}" in
     done
     cp BENCHMARKS.md "$out/" ;;
   arms)
+    # the Pallas form last: a kernel that fails to lower stops the stage (pipefail) after the other rows are in
+    python -m launch.bench --record --config=configs/base_110m.py:hrm 2>&1 | tee -a "$out/bench_110m.log"
     for form in absorbed projected pallas; do
       python -m launch.bench --record --config=configs/base_110m.py:eco --config.model.memory_attention=$form 2>&1 \
         | tee -a "$out/bench_110m.log"
     done
-    python -m launch.bench --record --config=configs/base_110m.py:hrm 2>&1 | tee -a "$out/bench_110m.log"
     cp BENCHMARKS.md "$out/" ;;
   scaling)
     for arm in diffusion eco; do
