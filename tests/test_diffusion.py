@@ -183,6 +183,27 @@ def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
   np.testing.assert_allclose(autoregressive.evaluation_nll(causal, tokens, jax.random.key(2)), expected, rtol=1e-6)
 
 
+def test_self_conditioning_feeds_a_first_pass_estimate_to_half_the_examples_in_training_and_all_in_evaluation():
+  objective = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK, self_conditioning=True)
+  calls = []
+
+  def denoise(xt_BxL, t_B, self_cond_BxLxV=None):
+    calls.append(self_cond_BxLxV)
+    logits = jnp.linspace(-1.0, 1.0, V + 1)[None, None, :] * jnp.ones(xt_BxL.shape + (1,))
+    return DenoiserOutput(logits)
+
+  x0_BxL = jnp.zeros((256, L), jnp.int32)
+  objective(denoise, x0_BxL, jax.random.key(0))
+  assert len(calls) == 2 and calls[0] is None
+  rows_B = jnp.sum(calls[1], axis=(1, 2))  # L for a fed estimate (a distribution per position), 0 for a dropped one
+  fed = np.asarray(rows_B > 0)
+  np.testing.assert_allclose(np.asarray(rows_B)[fed], L, rtol=1e-5)
+  assert 0.4 < fed.mean() < 0.6 and bool(jnp.all(calls[1][..., MASK] == 0.0))  # SUBS: the mask id has no mass
+  calls.clear()
+  objective.evaluation_nll(denoise, x0_BxL, jax.random.key(1))
+  assert len(calls) == 2 and np.allclose(jnp.sum(calls[1], axis=(1, 2)), L)
+
+
 def test_subs_never_predicts_mask_and_ignores_visible_positions():
   logits = jax.random.normal(jax.random.key(0), (2, 5, 7))
   probs = jax.nn.softmax(losses.subs_logits(logits, mask_id=3))

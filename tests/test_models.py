@@ -198,6 +198,36 @@ def test_embedding_dropout_zeroes_a_fraction_p_of_the_inputs_and_rescales_the_re
     build(embedding_dropout=1.0)
 
 
+def test_self_conditioning_enters_through_a_zero_initialized_map_and_the_sampler_carries_it(tokens):
+  """The previous estimate p(x_0 | x_t) enters as W_sc (p @ E), W_sc zero at initialization (so a new model computes
+  what it would without it); the sampler's carry is that estimate, zeros before the first step."""
+  from dlm_jax.diffusion import losses
+  from dlm_jax.models.hrm import HRMConfig
+  from dlm_jax.sampling import sampler as sampler_lib
+  from dlm_jax.special_tokens import MASK
+  model = build(self_conditioning=True)
+  estimate = jax.nn.softmax(jax.random.normal(jax.random.key(4), (3, 16, 20)), axis=-1)
+  np.testing.assert_array_equal(logits(model, tokens, self_cond_BxLxV=estimate), logits(model, tokens))
+  model.self_condition.kernel[...] = jnp.full_like(model.self_condition.kernel[...], 0.1)
+  assert not np.allclose(logits(model, tokens, self_cond_BxLxV=estimate), logits(model, tokens))
+  np.testing.assert_allclose(logits(model, tokens, self_cond_BxLxV=jnp.zeros_like(estimate)), logits(model, tokens))
+
+  carry = model.init_sample_carry(3, 16)
+  chex.assert_trees_all_equal(carry, jnp.zeros((3, 16, 20)))
+  step_logits, _, carry = model.sample_step(tokens, jnp.full((3,), 0.5), carry)
+  np.testing.assert_allclose(step_logits, logits(model, tokens, jnp.full((3,), 0.5)))  # zeros: no self-conditioning
+  np.testing.assert_allclose(carry, losses.self_condition_input(step_logits, MASK), rtol=1e-6)
+  graphdef, params, other = nnx.split(model, nnx.Param, ...)
+  fixed = jnp.zeros((3, 16), bool).at[:, :4].set(True)
+  out = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig(steps=4))(
+      params, jax.random.key(0), jnp.where(fixed, tokens, MASK), fixed)
+  assert not bool(jnp.any(out.tokens_BxL == MASK)) and bool(jnp.all(out.tokens_BxL[:, :4] == tokens[:, :4]))
+  with pytest.raises(ValueError, match="self_conditioning"):
+    build(causal=True, self_conditioning=True)
+  with pytest.raises(ValueError, match="self_conditioning"):
+    HRMConfig(**{k: v for k, v in SMALL.items() if k != "num_layers"}, self_conditioning=True)
+
+
 def test_rejects_sequences_longer_than_max_len(tokens):
   with pytest.raises(ValueError, match="exceeds model.max_len=16"):
     build()(jnp.concatenate([tokens, tokens], axis=1))

@@ -350,3 +350,11 @@ def _trained_without_eval(tmp_path):
   workdir = tmp_path / "no_eval"
   loop.train(tiny_config(**{"eval.every": 0, "train.num_steps": 2}), str(workdir))
   return workdir
+
+
+def test_self_conditioning_trains_end_to_end_and_its_map_learns(tmp_path):
+  config = tiny_config(**{"model.self_conditioning": True, "train.num_steps": 4, "eval.every": 4})
+  summary = loop.train(config, str(tmp_path / "run"))
+  assert summary["step"] == 4 and np.isfinite(summary["eval_nll_per_token"])
+  run = checkpoint.load_for_inference(tmp_path / "run")
+  assert float(np.abs(np.asarray(run.params["self_condition"]["kernel"][...])).max()) > 0  # left zero, it would be 0

@@ -86,3 +86,10 @@ def next_token_nll(logits_BxLxV, tokens_BxL):
 
 def nats_to_bits(nats):
   return nats / LN2
+
+
+def self_condition_input(logits_BxLxV, mask_id: int):
+  """Self-conditioning's input from a pass's logits: p(x_0 | x_t) under SUBS (the mask id removed), float32, without
+  gradient (the first pass is not trained through)."""
+  probs_BxLxV = jax.nn.softmax(subs_logits(logits_BxLxV, mask_id).astype(jnp.float32), axis=-1)
+  return jax.lax.stop_gradient(probs_BxLxV)

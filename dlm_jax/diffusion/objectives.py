@@ -46,6 +46,9 @@ class DiffusionObjective:
   # > 0: score tokens `loss_chunk` rows at a time from the denoiser's hidden states and tied head
   # (losses.tied_head_nll) instead of from [B, L, V] logits; 0 (or a denoiser without hidden/head): from the logits.
   loss_chunk: int = 0
+  # Self-conditioning (model.self_conditioning): a first, gradient-free pass's estimate of x_0 is fed back to the
+  # denoiser; in training for a random half of the examples (zeros for the others), in evaluation for all.
+  self_conditioning: bool = False
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
@@ -71,6 +74,18 @@ class DiffusionObjective:
     logits_BxLxV = losses.subs_logits(output.logits_BxLxV, self.mask_id)
     return losses.next_token_nll(logits_BxLxV, targets_BxL) if shift else losses.token_nll(logits_BxLxV, targets_BxL)
 
+  def denoise(self, denoise_fn: Callable, xt_BxL, t_B, rng=None):
+    """The denoiser's output at x_t; with self-conditioning, a second pass given the first pass's estimate of x_0
+    (losses.self_condition_input): for every example when `rng` is None (evaluation), else for each example with
+    probability 1/2 (training; the others get zeros, the sampler's input at its first step)."""
+    if not self.self_conditioning:
+      return denoise_fn(xt_BxL, t_B)
+    estimate_BxLxV = losses.self_condition_input(denoise_fn(xt_BxL, t_B).logits_BxLxV, self.mask_id)
+    if rng is not None:
+      keep_B = jax.random.bernoulli(rng, 0.5, (xt_BxL.shape[0],))
+      estimate_BxLxV = jnp.where(keep_B[:, None, None], estimate_BxLxV, 0.0)
+    return denoise_fn(xt_BxL, t_B, estimate_BxLxV)
+
   def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True):
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
@@ -81,7 +96,7 @@ class DiffusionObjective:
       t_rng, mask_rng = jax.random.split(rng)
       t_B = self.sample_times(t_rng, batch_size)
       xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id)
-      output = denoise_fn(xt_BxL, t_B)
+      output = self.denoise(denoise_fn, xt_BxL, t_B, jax.random.fold_in(rng, 1))
       nll_BxL = self.token_nll(output, x0_BxL)
       metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
       if self.kind == "elbo":
@@ -110,7 +125,7 @@ class DiffusionObjective:
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
     first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
     xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=first_BxL)
-    nll_BxL = self.token_nll(denoise_fn(xt_BxL, t_B), x0_BxL)
+    nll_BxL = self.token_nll(self.denoise(denoise_fn, xt_BxL, t_B), x0_BxL)
     return jnp.sum(losses.nelbo_per_sequence(nll_BxL, masked_BxL, t_B, self.schedule)) / (batch_size * (seq_len - 1))
 
 
@@ -125,4 +140,5 @@ def from_config(config) -> DiffusionObjective:
   return DiffusionObjective(
       schedule=schedules.from_config(config.diffusion), mask_id=special_tokens.MASK, kind=objective,
       num_timesteps=int(config.diffusion.get("num_timesteps", 32)), t_min=float(config.diffusion.get("t_min", 1e-5)),
-      loss_chunk=int(config.diffusion.get("loss_chunk", 0)))
+      loss_chunk=int(config.diffusion.get("loss_chunk", 0)),
+      self_conditioning=bool(config.model.get("self_conditioning", False)))

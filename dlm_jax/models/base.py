@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm_jax.diffusion import losses
 from dlm_jax.models import layers
+from dlm_jax.special_tokens import MASK
 from dlm_jax.errors import ConfigError
 
 
@@ -60,6 +62,11 @@ class DenoiserConfig:
   # Transformer blocks (transformer, HRM): the attention residual add and the MLP's RMSNorm as one Pallas kernel,
   # forward and backward (models/kernels.add_rms_norm; XLA for sizes it does not take). Off until a GPU has measured it.
   fused_add_norm: bool = False
+  # Self-conditioning (Chen et al. 2023, analog bits; CDCD): the previous estimate of x_0, as its expected embedding
+  # sum_v p(v) E[v], enters through a zero-initialized linear map added to h_0. Trained with the estimate of a first,
+  # gradient-free pass given to half of the examples (zeros to the others); the sampler feeds each reverse step the
+  # previous step's estimate; evaluation runs the two passes. Transformer and EcoHybrid; not the AR arm.
+  self_conditioning: bool = False
 
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).
@@ -124,13 +131,20 @@ class Denoiser(nnx.Module):
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
                            if cfg.time_conditioning else None)
     self.embedding_dropout = nnx.Dropout(cfg.embedding_dropout)
+    if cfg.causal and cfg.self_conditioning:
+      raise ConfigError("model.self_conditioning is for diffusion denoisers; the AR arm (model.causal=True) has no "
+                        "previous estimate of x_0.")
+    self.self_condition = (nnx.Linear(cfg.width, cfg.width, use_bias=False, dtype=self.dtype,
+                                      kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+                           if cfg.self_conditioning else None)
 
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = nnx.RMSNorm(self.cfg.width, dtype=self.dtype, rngs=rngs)
 
-  def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None):
-    """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L])), in the activation dtype;
-    the dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM)."""
+  def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None):
+    """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]) (+ W_sc (p @ E))), in the
+    activation dtype; p = `self_cond_BxLxV`, the previous estimate of x_0 (self-conditioning; None = zeros). The
+    dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM)."""
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
@@ -146,6 +160,8 @@ class Denoiser(nnx.Module):
       h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
     if self.positions is not None:
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
+    if self.self_condition is not None and self_cond_BxLxV is not None:
+      h_BxLxD = h_BxLxD + self.self_condition(self_cond_BxLxV.astype(self.dtype) @ table_VxD)
     if cfg.embedding_dropout and not deterministic:
       key = dropout_key if dropout_key is not None else jax.random.key(0)
       h_BxLxD = self.embedding_dropout(h_BxLxD, deterministic=False,
@@ -162,27 +178,35 @@ class Denoiser(nnx.Module):
     head_VxD = self.embedding[...].astype(self.dtype)
     return DenoiserOutput(hidden_BxLxD @ head_VxD.T, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD)
 
-  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
+               self_cond_BxLxV=None) -> DenoiserOutput:
     # Deliberately abstract: the signature every denoiser implements and the objective, evaluation and sampler call.
     raise NotImplementedError(f"{type(self).__name__} must implement __call__.")
 
   # -- the sampler's interface ----------------------------------------------------------------------------------------
-  def init_sample_carry(self, batch: int):
-    """State carried from one reverse step to the next (a pytree); None for a stateless denoiser."""
-    del batch
-    return None
+  def init_sample_carry(self, batch: int, length: int | None = None):
+    """State carried from one reverse step to the next (a pytree): None for a stateless denoiser; with
+    self-conditioning the previous step's estimate p(x_0 | x_t) [B, L, V], zeros before the first step."""
+    if self.self_condition is None:
+      return None
+    return jnp.zeros((batch, length or self.cfg.max_len, self.cfg.vocab_size), jnp.float32)
 
   def sample_step(self, tokens_BxL, t_B, carry):
     """One reverse step's model call: (logits_BxLxV, priority_BxL or None, carry for the next step)."""
-    return self(tokens_BxL, t_B, deterministic=True).logits_BxLxV, None, carry
+    logits_BxLxV = self(tokens_BxL, t_B, deterministic=True, self_cond_BxLxV=carry).logits_BxLxV
+    if self.self_condition is not None:
+      carry = losses.self_condition_input(logits_BxLxV, MASK)
+    return logits_BxLxV, None, carry
 
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
-  """The pure `(x_BxL, t_B) -> DenoiserOutput` callable of a split NNX denoiser (what DiffusionObjective and the
-  evaluation steps call). The module is merged at each call, i.e. at trace time: a module merged outside a lax.scan
-  must not be used inside it."""
+  """The pure `(x_BxL, t_B[, self_cond_BxLxV]) -> DenoiserOutput` callable of a split NNX denoiser (what
+  DiffusionObjective and the evaluation steps call). The module is merged at each call, i.e. at trace time: a module
+  merged outside a lax.scan must not be used inside it."""
 
-  def fn(x_BxL, t_B):
-    return nnx.merge(graphdef, params, other)(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key)
+  def fn(x_BxL, t_B, self_cond_BxLxV=None):
+    model = nnx.merge(graphdef, params, other)
+    kwargs = {} if self_cond_BxLxV is None else {"self_cond_BxLxV": self_cond_BxLxV}
+    return model(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key, **kwargs)
 
   return fn

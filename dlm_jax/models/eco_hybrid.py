@@ -207,9 +207,10 @@ class EcoHybrid(Denoiser):
     self.blocks = layers.stack_blocks(cfg.num_layers, lambda r: EcoBlock(cfg, rngs=r), rngs)
     self.init_head(rngs)
 
-  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None) -> DenoiserOutput:
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
+               self_cond_BxLxV=None) -> DenoiserOutput:
     cfg = self.cfg
-    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key)
+    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV)
     mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
                                  (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
 

@@ -114,6 +114,8 @@ class HRMConfig(DenoiserConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    if self.self_conditioning:
+      raise ConfigError("model.self_conditioning is not supported by hrm (its sampler carry is the memory cells).")
     if self.causal:
       raise ConfigError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
     if self.position != "rope":
@@ -252,7 +254,7 @@ class HRMDenoiser(Denoiser):
     update_BxJxD = self.write(self.write_norm(flat_BxJxD.astype(self.dtype)), z_h_BxLxD).astype(flat_BxJxD.dtype)
     return (flat_BxJxD + update_BxJxD).reshape(b, n, p, d)
 
-  def init_sample_carry(self, batch: int):
+  def init_sample_carry(self, batch: int, length: int | None = None):
     """The sampler's persistent state: the memory cell contents, [B, N, P, D] (a dummy when memory is off)."""
     if self.uses_memory:
       return jnp.broadcast_to(self.cell_content[...][None], (batch,) + self.cell_content.shape)

@@ -233,7 +233,7 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
     # Merged at each call site: an NNX module must not cross into the scan's trace level.
     model = lambda: nnx.merge(graphdef, params, other)
     denoise = lambda x, t, carry: model().sample_step(x, t, carry)
-    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(tokens_BxL.shape[0]))
+    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(*tokens_BxL.shape))
 
   return run
 
