@@ -78,6 +78,9 @@ class DenoiserConfig:
     for name in ("dropout", "attention_dropout", "embedding_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
+    if self.causal and self.self_conditioning:
+      raise ConfigError("model.self_conditioning is for diffusion denoisers; the AR arm (model.causal=True) has no "
+                        "previous estimate of x_0.")
     if self.layer_loop not in ("auto", "scan", "unroll"):
       raise ConfigError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
 
@@ -131,9 +134,6 @@ class Denoiser(nnx.Module):
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
                            if cfg.time_conditioning else None)
     self.embedding_dropout = nnx.Dropout(cfg.embedding_dropout)
-    if cfg.causal and cfg.self_conditioning:
-      raise ConfigError("model.self_conditioning is for diffusion denoisers; the AR arm (model.causal=True) has no "
-                        "previous estimate of x_0.")
     self.self_condition = (nnx.Linear(cfg.width, cfg.width, use_bias=False, dtype=self.dtype,
                                       kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
                            if cfg.self_conditioning else None)
