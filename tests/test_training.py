@@ -188,7 +188,8 @@ def test_one_trainer_per_workdir(tmp_path):
                        f"{socket.gethostname()}"):
       loop.train(tiny_config(), str(tmp_path))
   with checkpoint.workdir_lock(tmp_path):  # taking it again without an error shows the first was released
-    pass  # nothing to do while holding it
+    assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on host ")  # and this holder is named
+  assert (tmp_path / ".lock").read_text() == ""  # released: the holder's line is cleared
 
 
 def test_unwritable_checkpoints_folder_is_reported_before_training(tmp_path, monkeypatch):

@@ -50,6 +50,12 @@ def _largest_power_of_two_factor(n: int, cap: int) -> int:
   return factor
 
 
+def _column_chunks(width: int) -> list:
+  """The channel slices the kernels load and store: chunks of the largest power of two <= 256 dividing D."""
+  chunk = _largest_power_of_two_factor(width, 256)
+  return [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
+
+
 def memory_read_fits(length: int, width: int, slots: int) -> bool:
   """Whether `memory_read`'s kernel takes these sizes (L tokens, D channels, M slots)."""
   return (_largest_power_of_two_factor(length, 64) >= 16 and _largest_power_of_two_factor(width, 256) >= 16
@@ -72,12 +78,11 @@ def memory_read_reference(h_BxLxD, scale_D, keys_BxHxMxD, values_BxHxMxD, eps: f
   return (h_BxLxD.astype(jnp.float32) + read_BxLxD).astype(h_BxLxD.dtype)
 
 
-def _memory_read_kernel(h_ref, scale_ref, keys_ref, values_ref, out_ref, *, eps: float, chunk: int):
+def _memory_read_kernel(h_ref, scale_ref, keys_ref, values_ref, out_ref, *, eps: float, columns):
   """One tile of T tokens: h_ref/out_ref [T, D], scale_ref [D], keys_ref/values_ref [H, M, D]."""
   width = h_ref.shape[-1]
   num_heads = keys_ref.shape[0]
   dtype = h_ref.dtype
-  columns = [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
   h_chunks = [h_ref[:, cols].astype(jnp.float32) for cols in columns]  # [T, C] each
   mean_square_T = sum(jnp.sum(x * x, axis=1) for x in h_chunks) / width
   inv_rms_Tx1 = jax.lax.rsqrt(mean_square_T + eps)[:, None]
@@ -99,11 +104,10 @@ def _memory_read_pallas(h_BxLxD, scale_D, keys_BxHxMxD, values_BxHxMxD, eps: flo
   batch, length, width = h_BxLxD.shape
   num_heads, slots = keys_BxHxMxD.shape[1:3]
   tokens = _largest_power_of_two_factor(length, 64)
-  chunk = _largest_power_of_two_factor(width, 256)
   slot_spec = pl.BlockSpec((None, num_heads, slots, width), lambda b, i: (b, 0, 0, 0))
   token_spec = pl.BlockSpec((None, tokens, width), lambda b, i: (b, i, 0))
   return pl.pallas_call(
-      functools.partial(_memory_read_kernel, eps=eps, chunk=chunk),
+      functools.partial(_memory_read_kernel, eps=eps, columns=_column_chunks(width)),
       out_shape=jax.ShapeDtypeStruct(h_BxLxD.shape, h_BxLxD.dtype),
       grid=(batch, length // tokens),
       in_specs=[token_spec, pl.BlockSpec((width,), lambda b, i: (0,)), slot_spec, slot_spec],
@@ -150,9 +154,7 @@ def add_rms_norm_reference(h, branch, scale_D, eps: float):
 
 
 def _row_tiling(rows: int, width: int):
-  tile = _largest_power_of_two_factor(rows, _ROWS)
-  chunk = _largest_power_of_two_factor(width, 256)
-  return tile, [pl.ds(c * chunk, chunk) for c in range(width // chunk)]
+  return _largest_power_of_two_factor(rows, _ROWS), _column_chunks(width)
 
 
 def _add_rms_norm_forward_kernel(h_ref, branch_ref, scale_ref, total_ref, normed_ref, *, eps: float, columns):
@@ -180,7 +182,7 @@ def _add_rms_norm_backward_kernel(total_ref, scale_ref, g_total_ref, g_normed_re
     g_scale_ref[:, cols] = jnp.sum(gn * n, axis=0, keepdims=True)
 
 
-def _rows_call(kernel, inputs, outputs, width: int, rows: int, *, name: str, partial_rows: int = 0):
+def _rows_call(kernel, inputs, outputs, width: int, rows: int, *, name: str):
   """A pallas_call over row tiles of [rows, width] inputs; `inputs`/`outputs` list which are row-tiled ("rows"),
   the whole [width] vector ("vector") or [rows / tile, width] partial sums ("partial")."""
   tile, _ = _row_tiling(rows, width)
