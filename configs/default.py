@@ -15,7 +15,7 @@ their config dataclasses (see model_config).
 """
 import ml_collections
 
-from dlm_jax import models
+from dlm_jax import models, sampling
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.reveal_noise = 4.5
   c.sample.strategic_weight = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
   c.sample.reveal_schedule = ""  # empty: follow diffusion.schedule
+  # Decoding strategies, all off by default and declared in one place (dlm_jax/sampling/sampler.SamplerConfig):
+  # block_length, threshold, confidence_stop, eos_stop, remasking (+ remask_*), guidance_scale, cache.
+  c.sample.update(sampling.SamplerConfig.strategy_defaults())
 
   c.bench = bench_config(vocab_size=0, sample_batch=16, sample_new_tokens=64, sample_steps=32)
   return c

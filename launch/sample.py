@@ -2,9 +2,17 @@
 
   python -m launch.sample --workdir=DIR [--prompt=TEXT] [--suffix=TEXT] [--num_samples=N] [--steps=S] [--length=L]
                           [--method=confidence|ancestral] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
-                          [--stream]
+                          [--block_length=B] [--threshold=C] [--confidence_stop=C] [--eos_stop]
+                          [--remasking=none|low_confidence|remdm_cap|remdm_loop] [--remask_eta=E]
+                          [--guidance_scale=W] [--cache=none|unchanged]
+                          [--verifier=AR_RUN [--verifier_rounds=K] [--verifier_threshold=P]] [--stream]
 
 `--prompt` is fixed at the start, `--suffix` at the end (infilling); `--length` new tokens are generated between them.
+The decoding strategies (semi-autoregressive blocks, Fast-dLLM threshold decoding, the adaptive step budget, variable
+length with EOS, low-confidence and ReMDM remasking, classifier-free guidance, MDLM's cache) are SamplerConfig's, with
+their equations in dlm_jax/sampling/sampler.py; every flag left out takes the run's config.sample value.
+`--verifier=AR_RUN` decodes with the hybrid AR verifier (dlm_jax/sampling/hybrid.py): the causal run AR_RUN, trained
+with the same tokenizer, scores the draft and the tokens it doubts are redrawn, `--verifier_rounds` times.
 `--stream` replays the first sample's denoising trajectory in the terminal, step by step (with --steps equal to
 --length and --reveal_schedule=linear, one token per step). A causal (AR control) run samples left to right (and
 streams token by token).
@@ -12,10 +20,13 @@ streams token by token).
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
-from dlm_jax import cli
+from dlm_jax import cli, special_tokens
+from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import SamplerConfig, display, make_text_sampler, prompt_batch
+from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to sample from.")
@@ -32,6 +43,22 @@ flags.DEFINE_float("top_p", None, "Nucleus filtering (1.0 = off).")
 flags.DEFINE_string("reveal_schedule", None, "Reveal schedule (linear, cosine, ...; default: the training schedule).")
 flags.DEFINE_float("reveal_noise", None, "MaskGIT choice temperature on the reveal ranking (0 = pure confidence).")
 flags.DEFINE_float("strategic_weight", None, "HRM denoiser: weight of the H-module's priority in the reveal ranking.")
+flags.DEFINE_integer("block_length", None, "Semi-autoregressive blocks of this many new tokens (0: one block).")
+flags.DEFINE_float("threshold", None, "Fast-dLLM: reveal every masked token with confidence above this (0: off).")
+flags.DEFINE_float("confidence_stop", None, "Reveal the rest of a block once all its confidences reach this (0: off).")
+flags.DEFINE_bool("eos_stop", None, "Variable length: nothing after the first generated EOS is kept.")
+flags.DEFINE_enum("remasking", None, list(sampler_lib.REMASKING), "Remasking policy (ReMDM needs --method=ancestral).")
+flags.DEFINE_float("remask_eta", None, "ReMDM's eta, or low_confidence's fraction remasked per step.")
+flags.DEFINE_float("remask_t_on", None, "remdm_loop: start of the loop.")
+flags.DEFINE_float("remask_t_off", None, "remdm_loop: end of the loop; low_confidence: last remasking time.")
+flags.DEFINE_float("remask_alpha_on", None, "remdm_loop: alpha held during the loop.")
+flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance w: (1 + w) cond - w (prompt masked); 0: off.")
+flags.DEFINE_enum("cache", None, list(sampler_lib.CACHES), "'unchanged': skip the network when no token changed.")
+flags.DEFINE_string("verifier", None, "Causal (AR) run that verifies the draft; doubted tokens are redrawn.")
+flags.DEFINE_integer("verifier_rounds", 1, "Verify-and-redraw rounds.")
+flags.DEFINE_float("verifier_threshold", 0.01, "Redraw generated tokens the verifier gives a probability below this.")
+flags.DEFINE_integer("verifier_window", 0, "Also redraw this many tokens after each doubted one.")
+flags.DEFINE_integer("verifier_steps", 16, "Reverse steps of each redraw.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_bool("stream", False, "Show the first sample filling in, step by step.")
 flags.DEFINE_float("stream_delay", 0.05, "Seconds between frames of --stream.")
@@ -43,7 +70,25 @@ FLAGS = flags.FLAGS
 
 
 SAMPLER_FLAGS = ("steps", "method", "greedy", "temperature", "top_k", "top_p", "reveal_schedule", "reveal_noise",
-                 "strategic_weight")
+                 "strategic_weight") + sampler_lib.STRATEGY_FIELDS
+
+
+def verified_texts(run, cfg, tokens, fixed):
+  """(texts, output) of the hybrid AR-verifier decoder, the verifier being the causal run --verifier."""
+  from dlm_jax.evaluation import generation
+  from dlm_jax.sampling import hybrid
+  verifier = checkpoint.load_for_inference(FLAGS.verifier, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  try:
+    generation.check_judge(run, verifier, flag="--verifier")
+    vcfg = hybrid.VerifierConfig(rounds=FLAGS.verifier_rounds, threshold=FLAGS.verifier_threshold,
+                                 window=FLAGS.verifier_window, steps=FLAGS.verifier_steps)
+  except (ValueError, ConfigError) as e:
+    raise app.UsageError(str(e)) from e
+  sample_fn = hybrid.make_verified_sampler(run.graphdef, run.other, verifier.graphdef, verifier.other, cfg, vcfg)
+  output = sample_fn(run.params, verifier.params, jax.random.key(FLAGS.seed), tokens, fixed)
+  print(f"# verifier: {verifier.describe()}; rejected per round: "
+        f"{[int(r.sum()) for r in np.asarray(output.rejected_RxB)]} tokens")
+  return [run.tokenizer.decode(row) for row in np.asarray(output.tokens_BxL)], output
 
 
 def main(argv):
@@ -57,17 +102,38 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   overrides = {k: getattr(FLAGS, k) for k in SAMPLER_FLAGS if getattr(FLAGS, k) is not None}
-  cfg = SamplerConfig.from_config(run.config, **overrides, record_trajectory=FLAGS.stream)
-  sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, autoregressive)
+  try:
+    cfg = SamplerConfig.from_config(run.config, **overrides, record_trajectory=FLAGS.stream)
+  except ConfigError as e:
+    raise app.UsageError(f"--workdir={FLAGS.workdir}: {e}") from e
+  if FLAGS.verifier and (autoregressive or FLAGS.stream):
+    raise app.UsageError("--verifier checks a diffusion run's draft (not a causal run's), without --stream.")
+  print(f"# {run.describe()}")
   start = time.perf_counter()
-  samples = sample_texts(run.params, jax.random.key(FLAGS.seed), tokens, fixed)
+  try:
+    if FLAGS.verifier:
+      texts, output = verified_texts(run, cfg, tokens, fixed)
+    else:
+      samples = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, autoregressive)(
+          run.params, jax.random.key(FLAGS.seed), tokens, fixed)
+      texts, output = samples.texts, samples.output
+  except ConfigError as e:
+    raise app.UsageError(f"--workdir={FLAGS.workdir}: {e}") from e
   elapsed = time.perf_counter() - start
   if FLAGS.stream:
-    display.stream(display.trajectory_frames(run.tokenizer, samples.output.trajectory_SxBxL[:, 0]), FLAGS.stream_delay)
-  print(f"# {run.describe()}")
-  for i, text in enumerate(samples.texts):
+    display.stream(display.trajectory_frames(run.tokenizer, output.trajectory_SxBxL[:, 0]), FLAGS.stream_delay)
+  for i, text in enumerate(texts):
     print(f"--- sample {i} ---\n{text}")
-  print(f"[{FLAGS.num_samples} x {int((~fixed[0]).sum())} new tokens in {elapsed:.2f} s including compilation]")
+  summary = f"{FLAGS.num_samples} x {int((~fixed[0]).sum())} new tokens in {elapsed:.2f} s including compilation"
+  if getattr(output, "steps_B", None) is not None:
+    summary += f"; steps per sample {np.asarray(output.steps_B).tolist()}"
+  if getattr(output, "network_calls", None) is not None:
+    summary += f"; network calls {int(output.network_calls)}"
+  if cfg.eos_stop:
+    tokens_BxL = np.asarray(output.tokens_BxL)
+    kept_BxL = ~fixed & ~np.isin(tokens_BxL, [special_tokens.PAD, special_tokens.EOS])
+    summary += f"; lengths {kept_BxL.sum(-1).tolist()}"
+  print(f"[{summary}]")
 
 
 if __name__ == "__main__":

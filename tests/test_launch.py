@@ -118,6 +118,18 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "--suffix (infilling) needs a diffusion model" in result.stderr
 
+  # The diffusion run decodes in blocks with EOS stopping and the AR run as verifier; inconsistent strategies are
+  # refused with one line naming the setting.
+  stdout = run("launch.sample", f"--workdir={workdir}", "--prompt=The ", "--length=12", "--num_samples=2",
+               "--block_length=4", "--steps=6", "--eos_stop", f"--verifier={judge}", "--verifier_rounds=2",
+               "--verifier_threshold=0.2")
+  assert "rejected per round" in stdout and stdout.count("--- sample ") == 2
+  assert "network calls" in stdout and "lengths [" in stdout
+  result = subprocess.run([sys.executable, "-m", "launch.sample", f"--workdir={workdir}", "--remasking=remdm_cap"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "use method='ancestral'" in result.stderr.strip().splitlines()[-1]
+
 
 LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize")
 

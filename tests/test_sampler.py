@@ -1,5 +1,7 @@
 """Sampler invariants: fixed positions never change, no mask survives, greedy is deterministic, the trajectory agrees
 with the final sample, the reveal count follows the schedule."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import prompt_batch, sampler as sampler_lib
 
 V, L, B = 12, 24, 4
@@ -201,3 +204,246 @@ def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, to
   assert np.all(counts[p < 1e-12] == 0)
   sigma = np.sqrt(n * p * (1 - p)) + 1e-9
   assert np.all(np.abs(counts - n * p) < 5 * sigma + 1), (counts, n * p)
+
+
+# -- decoding strategies (#11) ----------------------------------------------------------------------------------------
+def confident_denoiser(scale=1.0, eos_at=None):
+  """toy_denoiser's logits times `scale` (large: near one-hot, confidence ~1); with `eos_at`, EOS dominates there."""
+  base = toy_denoiser()
+
+  def denoise(x_BxL, t_B):
+    logits = scale * base(x_BxL, t_B)
+    if eos_at is not None:
+      logits = logits.at[:, :, special_tokens.EOS].set(-1e4).at[:, eos_at, special_tokens.EOS].set(1e4)
+    return logits
+
+  return denoise
+
+
+def run_with(cfg, denoise, seed=0, fixed=None):
+  tokens = jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
+  fixed = fixed if fixed is not None else jnp.zeros((B, L), bool).at[:, :5].set(True).at[:, -3:].set(True)
+  out = jax.jit(lambda r, x, f: sampler_lib.sample(sampler_lib.stateless(denoise), r, x, f, cfg))(
+      jax.random.key(seed), tokens, fixed)
+  return np.asarray(tokens), np.asarray(fixed), out
+
+
+STRATEGIES = {
+    "blocks": sampler_lib.SamplerConfig(steps=8, block_length=4),
+    "blocks_ancestral": sampler_lib.SamplerConfig(steps=8, block_length=5, method="ancestral"),
+    "threshold": sampler_lib.SamplerConfig(steps=8, threshold=0.5),
+    "threshold_blocks": sampler_lib.SamplerConfig(steps=8, threshold=0.3, block_length=6),
+    "confidence_stop": sampler_lib.SamplerConfig(steps=8, confidence_stop=0.6),
+    "low_confidence_remasking": sampler_lib.SamplerConfig(steps=8, remasking="low_confidence", remask_eta=0.5),
+    "remdm_cap": sampler_lib.SamplerConfig(steps=12, method="ancestral", remasking="remdm_cap", remask_eta=0.5),
+    "remdm_loop": sampler_lib.SamplerConfig(steps=12, method="ancestral", remasking="remdm_loop", remask_eta=0.1),
+    "guidance": sampler_lib.SamplerConfig(steps=8, guidance_scale=1.5),
+    "cache": sampler_lib.SamplerConfig(steps=40, method="ancestral", cache="unchanged"),
+    "eos_stop": sampler_lib.SamplerConfig(steps=8, eos_stop=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_keeps_fixed_tokens_and_leaves_no_mask(name):
+  cfg = dataclasses.replace(STRATEGIES[name], record_trajectory=True)
+  tokens, fixed, out = run_with(cfg, toy_denoiser())
+  final, traj = np.asarray(out.tokens_BxL), np.asarray(out.trajectory_SxBxL)
+  assert not np.any(final == MASK)
+  np.testing.assert_array_equal(traj[:, fixed], np.broadcast_to(tokens[fixed], traj[:, fixed].shape))
+  np.testing.assert_array_equal(traj[-1], final)
+  assert traj.shape == (cfg.max_steps(L) + 1, B, L)
+  steps = np.asarray(out.steps_B)
+  assert np.all((1 <= steps) & (steps <= cfg.max_steps(L)))
+  kept = ~fixed & (final != special_tokens.PAD) & ((final != special_tokens.EOS) | (not cfg.eos_stop))
+  np.testing.assert_array_equal(np.asarray(out.lengths_B), np.sum(kept, -1))
+
+
+@pytest.mark.parametrize("block_length,method", [(4, "confidence"), (5, "ancestral"), (6, "threshold")])
+def test_blocks_reveal_nothing_beyond_the_current_block(block_length, method):
+  kwargs = dict(threshold=0.3) if method == "threshold" else dict(method=method)
+  cfg = sampler_lib.SamplerConfig(steps=8, block_length=block_length, record_trajectory=True, **kwargs)
+  _, fixed, out = run_with(cfg, toy_denoiser())
+  block_of = np.where(~fixed, np.cumsum(~fixed, axis=1) - 1, -1) // block_length
+  for x in np.asarray(out.trajectory_SxBxL):
+    for row in range(B):
+      masked = (x[row] == MASK) & ~fixed[row]
+      revealed = (x[row] != MASK) & ~fixed[row]
+      if masked.any() and revealed.any():
+        # Every revealed position lies in a block no later than the first block that still holds a mask.
+        assert block_of[row][revealed].max() <= block_of[row][masked].min()
+
+
+def test_block_reveal_counts_follow_each_blocks_own_schedule():
+  """16 generated positions in blocks of 8 with 4 linear steps: each block gets 2 steps and halves its masks per step."""
+  cfg = sampler_lib.SamplerConfig(steps=4, block_length=8, schedule=MaskingSchedule("linear"), record_trajectory=True)
+  _, _, out = run_with(cfg, toy_denoiser())
+  masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)
+  np.testing.assert_array_equal(masked_after, np.tile(np.asarray([16, 12, 8, 4, 0])[:, None], (1, B)))
+  np.testing.assert_array_equal(out.steps_B, 4)
+  with pytest.raises(ConfigError, match="steps must be >= 3"):  # the bound counts all L = 24 positions
+    run_with(dataclasses.replace(cfg, steps=2), toy_denoiser())
+
+
+def test_threshold_reveals_at_least_one_per_step_and_everything_above_it():
+  cfg = sampler_lib.SamplerConfig(steps=8, threshold=0.4, greedy=True, record_trajectory=True)
+  _, fixed, out = run_with(cfg, confident_denoiser(scale=0.7))
+  traj = np.asarray(out.trajectory_SxBxL)
+  masked_after = np.sum(traj == MASK, axis=-1)  # [L + 1, B]
+  steps = np.asarray(out.steps_B)
+  n_gen = int(np.sum(~fixed[0]))
+  for row in range(B):
+    used = masked_after[: steps[row] + 1, row]
+    assert used[0] == n_gen and used[-1] == 0
+    assert np.all(np.diff(used) <= -1)  # at least one per step, so at most n_gen steps
+  assert np.all(steps <= n_gen)
+  # Each reveal past the first of its step had confidence > threshold (greedy candidates, probability scores).
+  reveal_step, conf = np.asarray(out.reveal_step_BxL), np.asarray(out.confidence_BxL)
+  for row in range(B):
+    for s in range(steps[row]):
+      scores = np.sort(conf[row][reveal_step[row] == s])[::-1]
+      assert len(scores) >= 1 and np.all(scores[1:] > 0.4)
+  # A near-one-hot denoiser is sure everywhere: the whole sequence in one step.
+  _, _, sure = run_with(cfg, confident_denoiser(scale=100.0))
+  np.testing.assert_array_equal(sure.steps_B, 1)
+
+
+def test_confidence_stop_spends_only_the_steps_it_needs():
+  cfg = sampler_lib.SamplerConfig(steps=8, confidence_stop=0.9)
+  _, _, sure = run_with(cfg, confident_denoiser(scale=100.0))
+  np.testing.assert_array_equal(sure.steps_B, 1)
+  np.testing.assert_array_equal(sure.network_calls, 1)
+  _, _, unsure = run_with(cfg, confident_denoiser(scale=0.01))  # nearly uniform: never sure, the full budget
+  np.testing.assert_array_equal(unsure.steps_B, 8)
+  np.testing.assert_array_equal(unsure.network_calls, 8)
+
+
+@pytest.mark.parametrize("name", ["low_confidence_remasking", "remdm_cap", "remdm_loop"])
+def test_remasking_revises_generated_tokens_but_never_fixed_ones(name):
+  cfg = dataclasses.replace(STRATEGIES[name], record_trajectory=True)
+  remasked_any = False
+  for seed in range(3):
+    tokens, fixed, out = run_with(cfg, toy_denoiser(), seed=seed)
+    traj = np.asarray(out.trajectory_SxBxL)
+    remasked = (traj[1:] == MASK) & (traj[:-1] != MASK)
+    assert not np.any(remasked[:, fixed])
+    remasked_any |= bool(remasked.any())
+    np.testing.assert_array_equal(traj[:, fixed], np.broadcast_to(tokens[fixed], traj[:, fixed].shape))
+  assert remasked_any, "the policy never remasked anything: the test would not see a remasked prompt token"
+
+
+def test_low_confidence_remasking_keeps_the_masked_count_on_schedule():
+  """Remasking m tokens and revealing k + m keeps the masked count at the schedule's target (the caps do not bind)."""
+  cfg = sampler_lib.SamplerConfig(steps=4, remasking="low_confidence", remask_eta=0.25, remask_t_off=0.0,
+                                  schedule=MaskingSchedule("linear"), record_trajectory=True)
+  _, _, out = run_with(cfg, toy_denoiser())
+  masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)
+  np.testing.assert_array_equal(masked_after, np.tile(np.asarray([16, 12, 8, 4, 0])[:, None], (1, B)))
+
+
+def test_remdm_spends_every_step_and_eta_zero_is_mdlm():
+  cfg = STRATEGIES["remdm_cap"]
+  _, _, out = run_with(cfg, toy_denoiser())
+  np.testing.assert_array_equal(out.steps_B, cfg.steps)
+  _, _, zero = run_with(dataclasses.replace(cfg, remask_eta=0.0), toy_denoiser(), seed=3)
+  _, _, mdlm = run_with(dataclasses.replace(cfg, remasking="none"), toy_denoiser(), seed=3)
+  chex.assert_trees_all_equal(zero.tokens_BxL, mdlm.tokens_BxL)
+
+
+def test_eos_closes_the_rest_of_the_sample_and_reports_lengths():
+  fixed = jnp.zeros((B, L), bool).at[:, :5].set(True)  # no suffix
+  cfg = sampler_lib.SamplerConfig(steps=8, eos_stop=True)
+  _, _, out = run_with(cfg, confident_denoiser(eos_at=12), fixed=fixed)
+  final = np.asarray(out.tokens_BxL)
+  np.testing.assert_array_equal(final[:, 12], special_tokens.EOS)
+  np.testing.assert_array_equal(final[:, 13:], special_tokens.PAD)
+  assert not np.any(np.isin(final[:, 5:12], [MASK, special_tokens.PAD, special_tokens.EOS]))
+  np.testing.assert_array_equal(out.lengths_B, 7)  # positions 5..11
+  _, _, off = run_with(dataclasses.replace(cfg, eos_stop=False), confident_denoiser(eos_at=12), fixed=fixed)
+  np.testing.assert_array_equal(off.lengths_B, L - 5)
+  assert not np.any(np.asarray(off.tokens_BxL)[:, 13:] == special_tokens.PAD)
+
+
+def test_unchanged_cache_is_bit_identical_and_skips_calls():
+  """Ancestral with 40 steps for 16 positions: many steps reveal nothing, and the cache skips their network calls."""
+  cfg = STRATEGIES["cache"]
+  _, _, cached = run_with(cfg, toy_denoiser(), seed=11)
+  _, _, plain = run_with(dataclasses.replace(cfg, cache="none"), toy_denoiser(), seed=11)
+  chex.assert_trees_all_equal(cached.tokens_BxL, plain.tokens_BxL)
+  chex.assert_trees_all_equal(cached.reveal_step_BxL, plain.reveal_step_BxL)
+  assert int(plain.network_calls) == 40
+  assert int(cached.network_calls) < 40
+
+
+def test_guidance_combines_conditional_and_prompt_masked_logits():
+  first_token = jax.random.normal(jax.random.key(3), (V, V))
+
+  def base(x_BxL, t_B):  # toy_denoiser plus every position's dependence on the first (prompt) token
+    return toy_denoiser()(x_BxL, t_B) + 3.0 * first_token[x_BxL[:, :1]]
+  tokens, fixed, _ = run_with(sampler_lib.SamplerConfig(steps=1), base)
+  cfg = sampler_lib.SamplerConfig(steps=1, greedy=True, guidance_scale=1.5)
+  _, _, guided = run_with(cfg, base)
+  x0 = jnp.where(fixed, tokens, MASK)
+  expected = (2.5 * base(x0, None) - 1.5 * base(jnp.full_like(x0, MASK), None))
+  expected = np.where(fixed, tokens, np.asarray(jnp.argmax(sampler_lib.sampling_logits(expected), -1)))
+  np.testing.assert_array_equal(guided.tokens_BxL, expected)
+  assert int(guided.network_calls) == 2
+  _, _, zero = run_with(dataclasses.replace(cfg, guidance_scale=0.0), base)
+  _, _, conditional = run_with(sampler_lib.SamplerConfig(steps=1, greedy=True), base)
+  chex.assert_trees_all_equal(zero.tokens_BxL, conditional.tokens_BxL)
+  assert not np.array_equal(np.asarray(guided.tokens_BxL), np.asarray(conditional.tokens_BxL))
+
+
+def test_verifier_keeps_an_accepted_draft_and_redraws_what_it_rejects():
+  from dlm_jax.sampling import hybrid
+  denoise = sampler_lib.stateless(toy_denoiser())
+  tokens = jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
+  fixed = jnp.zeros((B, L), bool).at[:, :5].set(True)
+  cfg = sampler_lib.SamplerConfig(steps=8)
+  draft = sampler_lib.sample(denoise, jax.random.split(jax.random.key(0), 2)[0], tokens, fixed, cfg).tokens_BxL
+
+  def verifier_of(reference_BxL, doubted=()):
+    """Causal logits that put all mass on reference[i] at i - 1, except at the `doubted` positions (uniform)."""
+    def logits(x_BxL):
+      del x_BxL
+      out = 50.0 * jax.nn.one_hot(jnp.roll(reference_BxL, -1, axis=1), V)
+      for p in doubted:
+        out = out.at[:, p - 1].set(0.0)
+      return out
+    return logits
+
+  vcfg = hybrid.VerifierConfig(rounds=2, threshold=0.5, steps=4)
+  perfect = hybrid.verified_sample(denoise, verifier_of(draft), jax.random.key(0), tokens, fixed, cfg, vcfg)
+  chex.assert_trees_all_equal(perfect.tokens_BxL, draft)
+  np.testing.assert_array_equal(perfect.rejected_RxB, 0)
+  doubting = hybrid.verified_sample(denoise, verifier_of(draft, doubted=(9, 15)), jax.random.key(0), tokens, fixed,
+                                    cfg, vcfg)
+  np.testing.assert_array_equal(doubting.rejected_RxB, 2)  # 9 and 15, in both rounds
+  keep = np.ones(L, bool)
+  keep[[9, 15]] = False
+  np.testing.assert_array_equal(np.asarray(doubting.tokens_BxL)[:, keep], np.asarray(draft)[:, keep])
+  assert 8 < int(doubting.network_calls) <= 8 + 2 * 4  # a redraw of 2 positions may finish before its 4 steps
+  # The window spreads each rejection to the next generated positions, never onto fixed ones.
+  prob = jnp.ones((1, 8)).at[0, 2].set(0.1).at[0, 6].set(0.1)
+  scored = jnp.ones((1, 8), bool).at[0, 7].set(False)
+  np.testing.assert_array_equal(hybrid.rejected_positions(prob, scored, 0.5, window=2)[0],
+                                [False, False, True, True, True, False, True, False])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(remasking="remdm_cap"), "method='ancestral'"),
+    (dict(method="ancestral", remasking="low_confidence"), "confidence method"),
+    (dict(method="ancestral", threshold=0.9), "method='confidence'"),
+    (dict(method="ancestral", remasking="remdm_loop", remask_eta=0.5), "lower remask_eta"),
+    (dict(cache="always"), "cache must be one of"),
+    (dict(block_length=-1), "block_length"),
+])
+def test_inconsistent_strategies_are_refused_by_name(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    sampler_lib.SamplerConfig(**kwargs)
+
+
+def test_schedule_time_of_mask_rate_inverts_mask_rate():
+  t = jnp.linspace(0.0, 1.0, 11)
+  for schedule in (MaskingSchedule("linear"), MaskingSchedule("cosine"), MaskingSchedule("polynomial", exponent=3.0),
+                   MaskingSchedule("loglinear")):
+    np.testing.assert_allclose(schedule.time_of_mask_rate(schedule.mask_rate(t)), t, atol=1e-5)

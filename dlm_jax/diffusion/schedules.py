@@ -79,6 +79,18 @@ class MaskingSchedule:
     """1 - alpha(t): probability that a token is masked at time t."""
     return 1.0 - self.alpha(t)
 
+  def time_of_mask_rate(self, rate):
+    """The inverse of mask_rate: the t in [0, 1] at which a token is masked with probability `rate` (clipped to the
+    schedule's range; loglinear's mask rate never exceeds 1 - eps)."""
+    rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    if self.name == "linear":
+      return rate
+    if self.name == "cosine":  # rate = cos(pi/2 (1 - t))
+      return 1.0 - jnp.arccos(rate) / (0.5 * math.pi)
+    if self.name == "polynomial":
+      return rate**(1.0 / self.exponent)
+    return jnp.minimum(rate / (1.0 - self.eps), 1.0)  # loglinear
+
   def weight(self, t):
     """ELBO weight w(t) = -alpha'(t) / (1 - alpha(t)), written in closed form so it is exact near t = 0."""
     t = jnp.asarray(t, jnp.float32)

@@ -111,18 +111,18 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
   return report
 
 
-def check_judge(run, judge):
+def check_judge(run, judge, flag: str = "--judge"):
   """Raises ValueError unless `run` is a diffusion run and `judge` a causal run with its tokenizer and a context at
-  least as long (run, judge: `training.checkpoint.LoadedRun`s)."""
+  least as long (run, judge: `training.checkpoint.LoadedRun`s); `flag` names the judge in the message."""
   if run.objective.is_autoregressive:
-    raise ValueError("--workdir is a causal (AR) run; gen_eval judges diffusion runs.")
+    raise ValueError(f"--workdir is a causal (AR) run; {flag} checks diffusion runs.")
   if not judge.objective.is_autoregressive:
-    raise ValueError("--judge is not a causal (AR) run: train one with the config's ':ar' arm.")
+    raise ValueError(f"{flag} is not a causal (AR) run: train one with the config's ':ar' arm.")
   if tokenizers.fingerprint(judge.tokenizer) != tokenizers.fingerprint(run.tokenizer):
-    raise ValueError("--judge was trained with a different tokenizer than --workdir; train the judge on the same "
+    raise ValueError(f"{flag} was trained with a different tokenizer than --workdir; train it on the same "
                      "corpus (same config, ':ar' arm).")
   if int(judge.config.data.seq_len) < int(run.config.data.seq_len):
-    raise ValueError(f"--judge's context ({judge.config.data.seq_len}) is shorter than the run's "
+    raise ValueError(f"{flag}'s context ({judge.config.data.seq_len}) is shorter than the run's "
                      f"({run.config.data.seq_len}).")
 
 

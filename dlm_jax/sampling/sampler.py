@@ -1,31 +1,73 @@
-"""The reverse process as one jitted `lax.scan`: no host round trip per step, a whole batch at a time.
+"""The reverse process as one jitted `lax.while_loop`: no host round trip per step, a whole batch at a time, every
+decoding strategy selected by `SamplerConfig` (static Python branches: a strategy that is off adds no work).
 
-Time runs t_s = 1 - s/S for s = 0..S; step s goes from t_s to t_{s+1}. Two policies (`SamplerConfig.method`):
+**Blocks** (`block_length` = b > 0; LLaDA's semi-autoregressive remasking, Nie et al. 2025; BD3-LM, Arriola et al.
+2025). The generated (not fixed) positions of a row, in order, form blocks of b; the n_blk = ceil(n_gen / b) blocks are
+decoded left to right, each by its own reverse process over its own time t in [1, 0], while later blocks stay masked.
+Block j gets floor((j+1) S / n_blk) - floor(j S / n_blk) of the S = `steps` steps (S >= ceil(L / b) is required so
+that every block gets one); a block that is finished early (see `confidence_stop`, `threshold`) hands the decoder to
+the next one at once. b = 0: one block, i.e. the whole sequence. The denoiser is told the current block's time.
 
-* "confidence" (MaskGIT, LLaDA's low-confidence remasking): at each step predict every masked position (greedy argmax,
-  or a sample at `temperature` after top-k/top-p filtering), score each candidate by the model's probability of it,
-  p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k_s most confident,
-  where k_s brings the number of masked positions down to floor(n_gen (1 - alpha(t_{s+1}))) (the reveal schedule
-  follows the masking schedule), at least one per step. With `reveal_noise` = tau > 0 the ranking score is
-  log(confidence) + tau (1 - (s+1)/S) g, g ~ Gumbel (MaskGIT's "choice temperature", Chang et al. 2022): early steps
+**Reveal policies** within the current block, at local step i of its n steps (t = 1 - i/n, t' = 1 - (i+1)/n):
+
+* "confidence" (MaskGIT, LLaDA's low-confidence remasking): predict every masked position (greedy argmax, or a sample at
+  `temperature` after top-k/top-p filtering), score each candidate by the model's probability of it,
+  p_theta(candidate | x_t) before any filtering (or the top-1 minus top-2 margin), and reveal the k most confident,
+  where k brings the block's masked count down to floor(n_block (1 - alpha(t'))) (the reveal schedule follows the
+  masking schedule), at least one per step. With `reveal_noise` = tau > 0 the ranking score is
+  log(confidence) + tau (1 - (i+1)/n) g, g ~ Gumbel (MaskGIT's "choice temperature", Chang et al. 2022): early steps
   reveal a noisy top-k instead of always the most predictable symbol, which keeps an undertrained model from filling a
-  sequence with its most frequent token (spaces, for a character model). alpha(t_S) = alpha(0) = 1, so the last step
-  reveals everything; a fallback pass fills any mask still left (argmax of one more forward pass, only run if needed).
-* "ancestral" (MD4 / MDLM ancestral sampler): each masked position is revealed independently with probability
-  (alpha(t_{s+1}) - alpha(t_s)) / (1 - alpha(t_s)), with a token drawn from p_theta(x_0 | x_t) — the exact reverse
+  sequence with its most frequent token. alpha(0) = 1, so a block's last step reveals all of it.
+  - `threshold` = c > 0 (Fast-dLLM's threshold parallel decoding, Wu et al. 2025): the schedule is replaced by "reveal
+    every masked position of the block whose confidence exceeds c, at least one (the most confident) per step"; a
+    sample then takes at most n_gen steps (the loop's bound is L), and the denoiser is told the t whose mask rate is
+    the block's masked fraction (`MaskingSchedule.time_of_mask_rate`).
+  - `confidence_stop` = c > 0 (seed 001 §9.1, the adaptive per-token step budget): when every masked position of the
+    block has confidence >= c, the block is revealed at once and its remaining steps are not spent.
+  - `remasking="low_confidence"`: while t' > `remask_t_off`, the floor(`remask_eta` x revealed) revealed positions of the
+    block with the lowest confidence at their reveal are masked again, and as many more masked positions are revealed,
+    so the masked count still follows the schedule. A remasked position is predicted afresh at the next step (a
+    masked-diffusion denoiser's outputs at visible positions are untrained, so nothing is re-predicted in place).
+* "ancestral" (MD4 / MDLM ancestral sampler): each masked position of the block is revealed independently with
+  probability (alpha(t') - alpha(t)) / (1 - alpha(t)), with a token drawn from p_theta(x_0 | x_t): the exact reverse
   process of the forward chain given the model.
+  - ReMDM (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling"): the reverse step
+    q_sigma(z_s | z_t, x) in which a revealed token is masked again with probability sigma_t and a masked one revealed
+    with probability (alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t); sigma_t = 0 is MDLM.
+    `remasking="remdm_cap"`: sigma_t = min(eta, (1 - alpha_s) / alpha_t) (eta = `remask_eta`; the cap keeps the reveal
+    probability <= 1). `remasking="remdm_loop"`: alpha runs 0 -> alpha_on (`remask_alpha_on`) linearly in t over
+    [1, t_on], stays at alpha_on over [t_on, t_off] while tokens are remasked with sigma = eta and revealed with
+    probability eta alpha_on / (1 - alpha_on) (the masked fraction stays put while the sequence is revised), and runs
+    alpha_on -> 1 over [t_off, 0] (the paper's loop schedule, written as one continuous alpha(t)). With ReMDM a block
+    always spends its whole step budget: a fully revealed block can still be revised until its time reaches 0.
 
-Positions with `fixed_BxL` (a prompt, an infilling context) start unmasked and are never changed. With
-`record_trajectory`, the output also holds the tokens after every step `[S+1, B, L]`; `reveal_step_BxL` (the step at
-which each position was revealed, -1 for fixed positions) and `confidence_BxL` (the score at reveal) are always kept.
-The optional `priority_BxL` is added to the confidence.
+Fixed positions (`fixed_BxL`: a prompt, an infilling context) start unmasked and are never changed or remasked; the
+remasking policies only touch the current block, so finished blocks are final.
+
+**Variable length** (`eos_stop`): once a generated position holds EOS, every generated position after the first such
+EOS is closed: set to PAD (revealed tokens there are discarded) and never revealed or counted; the output's
+`lengths_B` is the number of generated tokens before the EOS (n_gen without one). A sample never ends with a mask.
+
+**Caching** (`cache="unchanged"`, MDLM's caching sampler, Sahoo et al. 2024 §4.2): when no token of the batch changed
+since the last network call, the last call's logits are reused. Exact only for a denoiser that is a function of x_t
+alone (no time conditioning, no carried state); `make_sampler` refuses the others. It pays off for ancestral sampling
+with more steps than tokens, where many steps reveal nothing.
+
+**Classifier-free guidance** (`guidance_scale` = w > 0; Ho & Salimans 2022 as used by LLaDA): logits =
+(1 + w) l(x_t) - w l(x_t with every fixed position masked); w = 0 is conditional sampling (the second pass is not run).
+
+Time-independent outputs: `reveal_step_BxL` (the step at which each position was last revealed, -1 for fixed
+positions, the loop bound for a position closed by EOS), `confidence_BxL` (the ranking score at that reveal),
+`steps_B` (steps each row took), `lengths_B`, `network_calls` (forward passes of the denoiser, a guided step counting
+two), and with `record_trajectory` the tokens after every step `[max_steps + 1, B, L]` (entries after a batch's last
+step repeat its final tokens). The optional `priority_BxL` is added to the confidence.
 
 Every denoiser is driven through one interface (`dlm_jax.models.Denoiser.sample_step`):
 `denoise_fn(x_BxL, t_B, carry) -> (logits_BxLxV, priority_BxL or None, carry)`, starting from `init_carry`. A stateless
 denoiser passes its carry (None) through and reports no priority (`stateless` wraps a plain `(x, t) -> logits`
-function). The HRM denoiser carries its memory cells across the reverse steps inside the scan and reports the
+function). The HRM denoiser carries its memory cells across the reverse steps inside the loop and reports the
 H-module's strategic priority, of which `strategic_weight` x priority is added to the confidence ("strategic
-unmasking"; 0 switches it off).
+unmasking"; 0 switches it off). With guidance the unconditional pass sees the same carry and its new carry is dropped.
 """
 from __future__ import annotations
 
@@ -43,10 +85,16 @@ from dlm_jax.errors import ConfigError
 
 METHODS = ("confidence", "ancestral")
 CONFIDENCES = ("prob", "margin")
+REMASKING = ("none", "low_confidence", "remdm_cap", "remdm_loop")
+CACHES = ("none", "unchanged")
+STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
+                   "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
+  """Every decoding strategy of `sample` (the module docstring gives the equations); defaults are plain confidence
+  decoding of the whole sequence in `steps` steps."""
   steps: int = 64
   method: str = "confidence"
   greedy: bool = False
@@ -58,6 +106,17 @@ class SamplerConfig:
   strategic_weight: float = 0.0  # weight of a stateful denoiser's priority score in the reveal ranking
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
+  block_length: int = 0  # semi-autoregressive blocks of this many generated positions; 0: one block
+  threshold: float = 0.0  # Fast-dLLM: reveal every masked position with confidence > threshold (>= 1 a step); 0: off
+  confidence_stop: float = 0.0  # seed 001 §9.1: reveal the rest of a block once all its confidences reach it; 0: off
+  eos_stop: bool = False  # variable length: nothing after the first generated EOS is revealed or counted
+  remasking: str = "none"  # "none", "low_confidence" (confidence method), "remdm_cap" or "remdm_loop" (ancestral)
+  remask_eta: float = 0.02  # ReMDM's eta (remask probability cap / loop rate); low_confidence: fraction per step
+  remask_t_on: float = 0.55  # remdm_loop: start of the loop (t runs 1 -> 0)
+  remask_t_off: float = 0.05  # remdm_loop: end of the loop; low_confidence: no remasking once t' <= remask_t_off
+  remask_alpha_on: float = 0.9  # remdm_loop: alpha held during the loop
+  guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) cond - w uncond (fixed positions masked)
+  cache: str = "none"  # "unchanged": reuse the last logits when no token changed (MDLM's cache)
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -80,6 +139,46 @@ class SamplerConfig:
       raise ConfigError(f"sampler steps must be >= 1, got {self.steps}.")
     if self.temperature <= 0 and not self.greedy:
       raise ConfigError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
+    if self.block_length < 0:
+      raise ConfigError(f"sampler block_length must be >= 0 (0: one block), got {self.block_length}.")
+    if not 0.0 <= self.threshold < 1.0:
+      raise ConfigError(f"sampler threshold must be in [0, 1) (0: off), got {self.threshold}.")
+    if not 0.0 <= self.confidence_stop <= 1.0:
+      raise ConfigError(f"sampler confidence_stop must be in [0, 1] (0: off), got {self.confidence_stop}.")
+    if (self.threshold or self.confidence_stop) and self.method != "confidence":
+      raise ConfigError("sampler threshold and confidence_stop rank by confidence: use method='confidence'.")
+    if self.remasking not in REMASKING:
+      raise ConfigError(f"sampler remasking must be one of {REMASKING}, got {self.remasking!r}.")
+    if self.remasking == "low_confidence" and (self.method != "confidence" or self.threshold):
+      raise ConfigError("remasking='low_confidence' works with the confidence method's reveal schedule "
+                        "(method='confidence', threshold=0).")
+    if self.remasking.startswith("remdm") and self.method != "ancestral":
+      raise ConfigError(f"remasking={self.remasking!r} is ReMDM's ancestral sampler: use method='ancestral'.")
+    if self.remasking != "none" and not 0.0 <= self.remask_eta <= 1.0:
+      raise ConfigError(f"sampler remask_eta must be in [0, 1], got {self.remask_eta}.")
+    if self.remasking == "remdm_loop":
+      if not 0.0 < self.remask_t_off < self.remask_t_on < 1.0:
+        raise ConfigError(f"remdm_loop needs 0 < remask_t_off < remask_t_on < 1, got t_off={self.remask_t_off}, "
+                          f"t_on={self.remask_t_on}.")
+      if not 0.0 < self.remask_alpha_on < 1.0:
+        raise ConfigError(f"remdm_loop needs 0 < remask_alpha_on < 1, got {self.remask_alpha_on}.")
+      if self.remask_eta * self.remask_alpha_on > 1.0 - self.remask_alpha_on:
+        raise ConfigError(f"remdm_loop reveals with probability eta alpha_on / (1 - alpha_on), which must be <= 1: "
+                          f"lower remask_eta ({self.remask_eta}) to at most "
+                          f"{(1.0 - self.remask_alpha_on) / self.remask_alpha_on:.4g}.")
+    if self.guidance_scale < 0:
+      raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
+    if self.cache not in CACHES:
+      raise ConfigError(f"sampler cache must be one of {CACHES}, got {self.cache!r}.")
+
+  @classmethod
+  def strategy_defaults(cls) -> dict:
+    """The decoding-strategy fields (all off by default) with their defaults, for config.sample."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name in STRATEGY_FIELDS}
+
+  def max_steps(self, length: int) -> int:
+    """The loop's bound for sequences of `length` positions: `steps`, or `length` with threshold decoding."""
+    return length if self.threshold else self.steps
 
 
 @flax.struct.dataclass
@@ -87,7 +186,10 @@ class SampleOutput:
   tokens_BxL: jax.Array
   reveal_step_BxL: jax.Array  # int32; -1 for fixed positions
   confidence_BxL: jax.Array  # float32 score when revealed; 0 for fixed positions
-  trajectory_SxBxL: jax.Array | None = None  # [steps + 1, B, L] when recorded
+  trajectory_SxBxL: jax.Array | None = None  # [max_steps + 1, B, L] when recorded
+  steps_B: jax.Array | None = None  # int32 steps each row took
+  lengths_B: jax.Array | None = None  # int32 generated tokens kept (before the first EOS with eos_stop)
+  network_calls: jax.Array | None = None  # int32 forward passes of the denoiser for the batch
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
@@ -159,55 +261,215 @@ def stateless(logits_fn: Callable) -> Callable:
   return lambda x_BxL, t_B, carry: (logits_fn(x_BxL, t_B), None, carry)
 
 
+def _lowest_k(score_BxL, allowed_BxL, k_B):
+  """True at the k_B lowest-scoring allowed positions of each row."""
+  return _reveal_top_k(-score_BxL, allowed_BxL, k_B)
+
+
+def _remdm_loop_alpha(cfg: SamplerConfig, t):
+  """ReMDM's loop schedule as one continuous alpha(t): 0 -> alpha_on linearly over t in [1, t_on], alpha_on over
+  [t_on, t_off], alpha_on -> 1 linearly over [t_off, 0]."""
+  a_on, t_on, t_off = cfg.remask_alpha_on, cfg.remask_t_on, cfg.remask_t_off
+  return jnp.where(t > t_on, a_on * (1.0 - t) / (1.0 - t_on),
+                   jnp.where(t <= t_off, 1.0 - (1.0 - a_on) * t / t_off, a_on))
+
+
+def _ancestral_probabilities(cfg: SamplerConfig, t_B, t_next_B, last_B):
+  """(reveal probability of a masked position, remask probability sigma of a revealed one), per row, for the step
+  t -> t' (MDLM's ancestral step, or ReMDM's; see the module docstring)."""
+  if cfg.remasking == "remdm_loop":
+    alpha_t, alpha_s = _remdm_loop_alpha(cfg, t_B), _remdm_loop_alpha(cfg, t_next_B)
+  else:
+    alpha_t, alpha_s = cfg.schedule.alpha(t_B), cfg.schedule.alpha(t_next_B)
+  sigma_B = jnp.zeros_like(alpha_t)
+  if cfg.remasking == "remdm_cap":
+    sigma_B = jnp.where(alpha_t > 0, jnp.minimum(cfg.remask_eta, (1.0 - alpha_s) / jnp.maximum(alpha_t, 1e-12)),
+                        cfg.remask_eta)
+  elif cfg.remasking == "remdm_loop":
+    in_loop_B = (t_B <= cfg.remask_t_on) & (t_B > cfg.remask_t_off)
+    sigma_B = jnp.where(in_loop_B, cfg.remask_eta, 0.0)
+  p_reveal_B = (alpha_s - (1.0 - sigma_B) * alpha_t) / jnp.maximum(1.0 - alpha_t, 1e-12)
+  return jnp.where(last_B, 1.0, jnp.clip(p_reveal_B, 0.0, 1.0)), jnp.where(last_B, 0.0, sigma_B)
+
+
+@flax.struct.dataclass
+class _LoopState:
+  step: jax.Array  # scalar int32: steps taken by the batch
+  x_BxL: jax.Array
+  reveal_step_BxL: jax.Array
+  conf_BxL: jax.Array
+  key: jax.Array
+  model_carry: object
+  block_B: jax.Array  # the block each row is decoding (num_blocks_B when done)
+  block_step_B: jax.Array  # steps spent in it
+  steps_B: jax.Array
+  calls: jax.Array  # scalar int32 forward passes
+  cache: object  # (logits, priority) of the last call, with cache="unchanged"
+  cache_x_BxL: object  # the tokens that call saw
+  trajectory: object  # [max_steps + 1, B, L] with record_trajectory
+
+
 def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None,
            init_carry=None) -> SampleOutput:
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
   `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`."""
   mask_id = special_tokens.MASK
+  batch, length = tokens_BxL.shape
+  fixed_BxL = jnp.asarray(fixed_BxL, bool)
   x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
-  n_gen_B = jnp.sum(~fixed_BxL, axis=-1)
-  batch = x_BxL.shape[0]
+  gen_BxL = ~fixed_BxL
+  position_1xL = jnp.arange(length, dtype=jnp.int32)[None]
   schedule = cfg.schedule
+  max_steps = cfg.max_steps(length)
+  if cfg.block_length:
+    if cfg.steps < -(-length // cfg.block_length) and not cfg.threshold:
+      raise ConfigError(f"block decoding gives every block at least one step: with block_length={cfg.block_length} "
+                        f"and {length} positions, steps must be >= {-(-length // cfg.block_length)}, got {cfg.steps}.")
+    rank_BxL = jnp.cumsum(gen_BxL, axis=1, dtype=jnp.int32) - 1
+    block_of_BxL = jnp.where(gen_BxL, rank_BxL // cfg.block_length, -1)
+    num_blocks_B = -(-jnp.sum(gen_BxL, axis=-1, dtype=jnp.int32) // cfg.block_length)
+  else:
+    block_of_BxL = jnp.where(gen_BxL, 0, -1)
+    num_blocks_B = jnp.any(gen_BxL, axis=-1).astype(jnp.int32)
+  remdm = cfg.remasking.startswith("remdm")
 
-  def step(carry, s):
-    x_BxL, reveal_step_BxL, conf_BxL, key, model_carry = carry
-    key, sample_key, reveal_key = jax.random.split(key, 3)
-    t, t_next = 1.0 - s / cfg.steps, 1.0 - (s + 1) / cfg.steps
-    t_B = jnp.full((batch,), t, jnp.float32)
-    step_priority_BxL = priority_BxL
-    logits_BxLxV, model_priority_BxL, model_carry = denoise_fn(x_BxL, t_B, model_carry)
+  def first_masked_block(x_BxL):
+    blocks_BxL = jnp.where(x_BxL == mask_id, block_of_BxL, jnp.iinfo(jnp.int32).max)
+    return jnp.minimum(jnp.min(blocks_BxL, axis=-1), num_blocks_B)
+
+  def network(x_BxL, t_B, model_carry):
+    """(logits, priority, carry, passes): the denoiser's call, guided when guidance_scale > 0."""
+    logits_BxLxV, model_priority_BxL, new_carry = denoise_fn(x_BxL, t_B, model_carry)
+    if not cfg.guidance_scale:
+      return logits_BxLxV, model_priority_BxL, new_carry, 1
+    unconditional_BxLxV = denoise_fn(jnp.where(fixed_BxL, mask_id, x_BxL), t_B, model_carry)[0]
+    w = cfg.guidance_scale
+    guided = (1.0 + w) * logits_BxLxV.astype(jnp.float32) - w * unconditional_BxLxV.astype(jnp.float32)
+    return guided.astype(logits_BxLxV.dtype), model_priority_BxL, new_carry, 2
+
+  def body(st: _LoopState) -> _LoopState:
+    key, sample_key, reveal_key = jax.random.split(st.key, 3)
+    x_BxL = st.x_BxL
+    masked_BxL = x_BxL == mask_id
+    live_B = st.block_B < num_blocks_B
+    in_block_BxL = block_of_BxL == st.block_B[:, None]
+    masked_blk_BxL = masked_BxL & in_block_BxL
+    n_masked_blk_B = jnp.sum(masked_blk_BxL, axis=-1, dtype=jnp.int32)
+    open_blk_BxL = in_block_BxL & (x_BxL != special_tokens.PAD)  # closed (after EOS) positions hold PAD
+    n_blk_B = jnp.sum(open_blk_BxL, axis=-1, dtype=jnp.int32)
+    # The block's step budget and local time: block j of n_blk gets floor((j+1) S / n_blk) - floor(j S / n_blk) steps.
+    blocks_B = jnp.maximum(num_blocks_B, 1)
+    budget_B = jnp.maximum(((st.block_B + 1) * cfg.steps) // blocks_B - (st.block_B * cfg.steps) // blocks_B, 1)
+    last_B = st.block_step_B + 1 >= budget_B
+    if cfg.threshold:
+      t_B = schedule.time_of_mask_rate(n_masked_blk_B / jnp.maximum(n_blk_B, 1))
+    else:
+      t_B = 1.0 - st.block_step_B / budget_B
+    t_next_B = jnp.where(last_B, 0.0, 1.0 - (st.block_step_B + 1) / budget_B)
+
+    def call(_):
+      return network(x_BxL, t_B, st.model_carry)
+
+    if cfg.cache == "unchanged":
+      unchanged = (st.step > 0) & jnp.all(x_BxL == st.cache_x_BxL)
+      logits_BxLxV, model_priority_BxL, model_carry, passes = jax.lax.cond(
+          unchanged, lambda _: (*st.cache, st.model_carry, jnp.int32(0)),
+          lambda _: (*call(None)[:3], jnp.int32(network_passes)), None)
+      cache, cache_x_BxL = (logits_BxLxV, model_priority_BxL), x_BxL
+    else:
+      logits_BxLxV, model_priority_BxL, model_carry, passes = call(None)
+      cache, cache_x_BxL = st.cache, st.cache_x_BxL
     logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
+    step_priority_BxL = priority_BxL
     if cfg.strategic_weight and model_priority_BxL is not None:
       weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
       step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
-    masked_BxL = x_BxL == mask_id
     cand_BxL = draw(logits_BxLxV, cfg, sample_key)
     # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
     # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
-    score_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
-    if step_priority_BxL is not None:
-      score_BxL = score_BxL + step_priority_BxL
+    confidence_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
+    score_BxL = confidence_BxL if step_priority_BxL is None else confidence_BxL + step_priority_BxL
+    # Revealed positions that a remasking policy may mask again: generated, open, in the block, not the closing EOS.
+    revised_BxL = open_blk_BxL & ~masked_BxL
+    if cfg.eos_stop:
+      revised_BxL = revised_BxL & (x_BxL != special_tokens.EOS)
+    remask_BxL = jnp.zeros_like(masked_BxL)
     if cfg.method == "confidence":
       if cfg.reveal_noise > 0:
         gumbel_BxL = jax.random.gumbel(reveal_key, score_BxL.shape)
-        anneal = cfg.reveal_noise * (1.0 - (s + 1) / cfg.steps)
-        score_BxL = jnp.log(jnp.maximum(score_BxL, 1e-20)) + anneal * gumbel_BxL
-      n_masked_B = jnp.sum(masked_BxL, axis=-1)
-      n_target_B = jnp.floor(n_gen_B * schedule.mask_rate(t_next) + 1e-4).astype(jnp.int32)
-      k_B = jnp.maximum(n_masked_B - n_target_B, jnp.minimum(n_masked_B, 1))
-      reveal_BxL = _reveal_top_k(score_BxL, masked_BxL, k_B)
+        anneal_B = cfg.reveal_noise * (1.0 - (st.block_step_B + 1) / budget_B)
+        score_BxL = jnp.log(jnp.maximum(score_BxL, 1e-20)) + anneal_B[:, None] * gumbel_BxL
+      at_least_one_B = jnp.minimum(n_masked_blk_B, 1)
+      if cfg.threshold:
+        k_B = jnp.maximum(jnp.sum(masked_blk_BxL & (confidence_BxL > cfg.threshold), -1, dtype=jnp.int32),
+                          at_least_one_B)
+      else:
+        n_target_B = jnp.floor(n_blk_B * schedule.mask_rate(t_next_B) + 1e-4).astype(jnp.int32)
+        k_B = jnp.maximum(n_masked_blk_B - n_target_B, at_least_one_B)
+      if cfg.confidence_stop:
+        sure_B = jnp.all(jnp.where(masked_blk_BxL, confidence_BxL >= cfg.confidence_stop, True), axis=-1)
+        k_B = jnp.where(sure_B, n_masked_blk_B, k_B)
+      if cfg.remasking == "low_confidence":
+        n_revised_B = jnp.sum(revised_BxL, axis=-1, dtype=jnp.int32)
+        m_B = jnp.where(t_next_B > cfg.remask_t_off,
+                        jnp.floor(cfg.remask_eta * n_revised_B + 1e-4).astype(jnp.int32), 0)
+        remask_BxL = _lowest_k(st.conf_BxL, revised_BxL, m_B)
+        k_B = jnp.minimum(k_B + m_B, n_masked_blk_B)
+      reveal_BxL = _reveal_top_k(score_BxL, masked_blk_BxL, k_B)
     else:
-      alpha_t, alpha_next = schedule.alpha(t), schedule.alpha(t_next)
-      p_unmask = jnp.where(s == cfg.steps - 1, 1.0, (alpha_next - alpha_t) / jnp.maximum(1.0 - alpha_t, 1e-12))
-      reveal_BxL = masked_BxL & (jax.random.uniform(reveal_key, x_BxL.shape) < p_unmask)
-    x_BxL = jnp.where(reveal_BxL, cand_BxL, x_BxL)
-    reveal_step_BxL = jnp.where(reveal_BxL, s, reveal_step_BxL)
-    conf_BxL = jnp.where(reveal_BxL, score_BxL, conf_BxL)
-    return (x_BxL, reveal_step_BxL, conf_BxL, key, model_carry), (x_BxL if cfg.record_trajectory else None)
+      p_reveal_B, sigma_B = _ancestral_probabilities(cfg, t_B, t_next_B, last_B)
+      reveal_BxL = masked_blk_BxL & (jax.random.uniform(reveal_key, x_BxL.shape) < p_reveal_B[:, None])
+      if remdm:
+        remask_draw_BxL = jax.random.uniform(jax.random.fold_in(reveal_key, 1), x_BxL.shape)
+        remask_BxL = revised_BxL & (remask_draw_BxL < sigma_B[:, None])
+    new_x_BxL = jnp.where(reveal_BxL, cand_BxL, x_BxL)
+    reveal_step_BxL = jnp.where(reveal_BxL, st.step, st.reveal_step_BxL)
+    conf_BxL = jnp.where(reveal_BxL, score_BxL, st.conf_BxL)
+    if cfg.remasking != "none":
+      new_x_BxL = jnp.where(remask_BxL, mask_id, new_x_BxL)
+      reveal_step_BxL = jnp.where(remask_BxL, max_steps, reveal_step_BxL)
+      conf_BxL = jnp.where(remask_BxL, 0.0, conf_BxL)
+    if cfg.eos_stop:
+      first_eos_B = jnp.min(jnp.where(gen_BxL & (new_x_BxL == special_tokens.EOS), position_1xL, length), axis=-1)
+      closed_BxL = gen_BxL & (position_1xL > first_eos_B[:, None])
+      new_x_BxL = jnp.where(closed_BxL, special_tokens.PAD, new_x_BxL)
+      reveal_step_BxL = jnp.where(closed_BxL, max_steps, reveal_step_BxL)
+      conf_BxL = jnp.where(closed_BxL, 0.0, conf_BxL)
+    # A block is done when nothing in it is masked (with ReMDM: and its time has reached 0); the row then moves to the
+    # first block that still holds a mask (num_blocks_B when none does).
+    done_blk_B = ~jnp.any((new_x_BxL == mask_id) & in_block_BxL, axis=-1)
+    if remdm:
+      done_blk_B = done_blk_B & last_B
+    block_B = jnp.where(live_B & done_blk_B, first_masked_block(new_x_BxL), st.block_B)
+    block_step_B = jnp.where(block_B != st.block_B, 0, st.block_step_B + 1)
+    # Rows that were already done take no step (their tokens cannot change: nothing of theirs is masked or revisable).
+    new_x_BxL = jnp.where(live_B[:, None], new_x_BxL, x_BxL)
+    trajectory = st.trajectory
+    if cfg.record_trajectory:
+      trajectory = jax.lax.dynamic_update_index_in_dim(trajectory, new_x_BxL, st.step + 1, axis=0)
+    return _LoopState(step=st.step + 1, x_BxL=new_x_BxL, reveal_step_BxL=reveal_step_BxL, conf_BxL=conf_BxL, key=key,
+                      model_carry=model_carry, block_B=jnp.where(live_B, block_B, st.block_B),
+                      block_step_B=jnp.where(live_B, block_step_B, st.block_step_B),
+                      steps_B=st.steps_B + live_B.astype(jnp.int32), calls=st.calls + passes, cache=cache,
+                      cache_x_BxL=cache_x_BxL, trajectory=trajectory)
 
-  init = (x_BxL, jnp.where(fixed_BxL, -1, cfg.steps).astype(jnp.int32), jnp.zeros(x_BxL.shape, jnp.float32), rng,
-          init_carry)
-  (x_BxL, reveal_step_BxL, conf_BxL, _, model_carry), steps_SxBxL = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+  network_passes = 2 if cfg.guidance_scale else 1
+  cache = cache_x = None
+  if cfg.cache == "unchanged":
+    shapes = jax.eval_shape(lambda x, c: network(x, jnp.ones((batch,), jnp.float32), c)[:2], x_BxL, init_carry)
+    cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    cache_x = x_BxL
+  trajectory = None
+  if cfg.record_trajectory:
+    trajectory = jnp.broadcast_to(x_BxL, (max_steps + 1, batch, length))
+  init = _LoopState(step=jnp.int32(0), x_BxL=x_BxL,
+                    reveal_step_BxL=jnp.where(fixed_BxL, -1, max_steps).astype(jnp.int32),
+                    conf_BxL=jnp.zeros(x_BxL.shape, jnp.float32), key=rng, model_carry=init_carry,
+                    block_B=first_masked_block(x_BxL), block_step_B=jnp.zeros((batch,), jnp.int32),
+                    steps_B=jnp.zeros((batch,), jnp.int32), calls=jnp.int32(0), cache=cache, cache_x_BxL=cache_x,
+                    trajectory=trajectory)
+  st = jax.lax.while_loop(lambda st: (st.step < max_steps) & jnp.any(st.block_B < num_blocks_B), body, init)
+  x_BxL, model_carry = st.x_BxL, st.model_carry
 
   def fallback_fill(x_BxL):
     t0_B = jnp.zeros((batch,), jnp.float32)
@@ -215,12 +477,25 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
 
   x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
-  trajectory = None
+  trajectory = st.trajectory
   if cfg.record_trajectory:
-    trajectory = jnp.concatenate([jnp.where(fixed_BxL, tokens_BxL, mask_id)[None].astype(jnp.int32), steps_SxBxL])
-    trajectory = trajectory.at[-1].set(x_BxL)
-  return SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=reveal_step_BxL, confidence_BxL=conf_BxL,
-                      trajectory_SxBxL=trajectory)
+    after_last_Sx1x1 = (jnp.arange(max_steps + 1) > st.step)[:, None, None]
+    trajectory = jnp.where(after_last_Sx1x1, x_BxL[None], trajectory).at[-1].set(x_BxL)
+  kept_BxL = gen_BxL & (x_BxL != special_tokens.PAD)
+  if cfg.eos_stop:
+    kept_BxL = kept_BxL & (x_BxL != special_tokens.EOS)
+  return SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=st.reveal_step_BxL, confidence_BxL=st.conf_BxL,
+                      trajectory_SxBxL=trajectory, steps_B=st.steps_B,
+                      lengths_B=jnp.sum(kept_BxL, axis=-1, dtype=jnp.int32), network_calls=st.calls)
+
+
+def check_cache(model, cfg: SamplerConfig, batch: int, length: int):
+  """Raises ConfigError when cfg's cache would not be exact for this denoiser: MDLM's cache reuses logits when no
+  token changed, which is only the same computation for a denoiser of x_t alone (no time conditioning, no carry)."""
+  if cfg.cache == "unchanged" and (model.cfg.time_conditioning or model.init_sample_carry(batch, length) is not None):
+    raise ConfigError(f"sampler cache='unchanged' reuses the last logits when no token changed, which is exact only "
+                      f"for a denoiser of the tokens alone; this {type(model).__name__} also depends on t or carries "
+                      "state (time conditioning, self-conditioning, HRM memory). Use cache='none'.")
 
 
 def make_sampler(graphdef, other, cfg: SamplerConfig):
@@ -230,8 +505,9 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
-    # Merged at each call site: an NNX module must not cross into the scan's trace level.
+    # Merged at each call site: an NNX module must not cross into the loop's trace level.
     model = lambda: nnx.merge(graphdef, params, other)
+    check_cache(model(), cfg, *tokens_BxL.shape)
     denoise = lambda x, t, carry: model().sample_step(x, t, carry)
     return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(*tokens_BxL.shape))
 
