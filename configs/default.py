@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.schedule_eps = 1e-3  # loglinear schedule alpha(1)
   c.diffusion.num_timesteps = 32  # discrete timesteps of the masked_mean objective
   c.diffusion.t_min = 1e-5
+  # Conditional (SFT-style) training: the first prompt_length tokens of a window are never masked nor scored; each
+  # example's prompt is masked with probability prompt_drop (classifier-free guidance's unconditional model).
+  c.diffusion.prompt_length = 0
+  c.diffusion.prompt_drop = 0.0
   # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
   # (losses.tied_head_nll); 0: from the full logits.
   c.diffusion.loss_chunk = 0

@@ -11,6 +11,7 @@ import pytest
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.diffusion.schedules import SCHEDULES, MaskingSchedule
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import DenoiserOutput
 
 ALL_SCHEDULES = [MaskingSchedule(name) for name in SCHEDULES] + [MaskingSchedule("polynomial", exponent=0.5)]
@@ -264,3 +265,30 @@ def test_tied_head_nll_is_the_cross_entropy_of_the_product():
   expected = losses.token_nll(losses.subs_logits(hidden @ head.T, 3), targets)
   for chunk in (1, 3, 10, 64):
     np.testing.assert_allclose(losses.tied_head_nll(hidden, head, targets, 3, chunk), expected, rtol=1e-5)
+
+
+def test_prompt_conditioned_training_scores_the_rest_given_the_prompt_and_drops_it_for_guidance(toy):
+  """SFT-style objective with prompt_length = 1: x_1 is never masked nor scored, and for the exact model the loss
+  averages to -log p(x_2..L | x_1) / (L - 1). With prompt_drop = 1/2, half the examples see x_1 masked, whose loss
+  averages to the unconditional -log p(x_2..L) / (L - 1): the mix of the two."""
+  joint, table = toy
+  x0 = (2, 0, 1)
+  x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
+  conditional = -math.log(joint[x0] / joint[x0[0]].sum()) / (L - 1)
+  unconditional = -math.log(joint[:, x0[1], x0[2]].sum()) / (L - 1)
+  for drop, truth in ((0.0, conditional), (0.5, 0.5 * (conditional + unconditional))):
+    objective = DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK, prompt_length=1, prompt_drop=drop)
+    first = []
+
+    def denoise(xt_BxL, t_B):
+      first.append(xt_BxL[:, 0])
+      return _table_denoiser(table)(xt_BxL, t_B)
+
+    draws = jnp.stack([objective(denoise, x0_BxL, key)[0] for key in jax.random.split(jax.random.key(0), 16)])
+    first_masked = np.mean([np.mean(np.asarray(f) == MASK) for f in first])
+    assert set(np.unique(np.concatenate(first)).tolist()) <= {x0[0], MASK}  # the prompt is kept or dropped whole
+    assert abs(first_masked - drop) < 0.02
+    estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(16)
+    assert abs(estimate - truth) < 5 * stderr + 1e-3, (drop, estimate, truth, stderr)
+  with pytest.raises(ConfigError, match="set diffusion.prompt_length > 0"):
+    DiffusionObjective(MaskingSchedule("cosine"), mask_id=MASK, prompt_drop=0.1)

@@ -14,6 +14,13 @@ kinds (config `diffusion.objective`):
   * "autoregressive": the causal control arm (the same network, causal, trained on next-token prediction): next-token
     NLL, loss = mean over B (L - 1) predictions.
 
+Conditional training (`prompt_length` = P > 0; seed 002's SFT-style objective, as in LLaDA's SFT): the first P tokens
+of each window are a prompt that is never masked and never scored; the loss is the NELBO of tokens P+1..L given them,
+-log p(x_{P+1..L} | x_{1..P}) <= sum_b NELBO_b / (B (L - P)). With `prompt_drop` = p (classifier-free guidance's
+condition dropout, Ho & Salimans 2022) each example's prompt is replaced by mask tokens with probability p (still not
+scored), so that the same network also learns p(x_{P+1..L}), the unconditional model the sampler's guidance_scale
+contrasts with (the sampler's unconditional pass masks every fixed position).
+
 Evaluation (`evaluation_nll`) scores every arm on the same targets: tokens 2..L of each window given token 1,
     -log p(x_2..L | x_1) / (L - 1)  nats per scored token.
 For the AR arm this is its next-token NLL; for a diffusion model it is the NELBO of the forward process that never
@@ -49,10 +56,19 @@ class DiffusionObjective:
   # Self-conditioning (model.self_conditioning): a first, gradient-free pass's estimate of x_0 is fed back to the
   # denoiser; in training for a random half of the examples (zeros for the others), in evaluation for all.
   self_conditioning: bool = False
+  prompt_length: int = 0  # > 0: the first prompt_length tokens are never masked nor scored (SFT-style)
+  prompt_drop: float = 0.0  # probability that an example's prompt is masked (classifier-free guidance training)
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
       raise ConfigError(f"Unknown objective {self.kind!r} (config diffusion.objective); choose one of {OBJECTIVES}.")
+    if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:
+      raise ConfigError(f"diffusion.prompt_length must be >= 0 and diffusion.prompt_drop in [0, 1), got "
+                        f"{self.prompt_length} and {self.prompt_drop}.")
+    if self.prompt_drop and not self.prompt_length:
+      raise ConfigError("diffusion.prompt_drop drops the prompt: set diffusion.prompt_length > 0 too.")
+    if self.prompt_length and self.is_autoregressive:
+      raise ConfigError("diffusion.prompt_length is for diffusion objectives; the AR arm conditions on every prefix.")
 
   @property
   def is_autoregressive(self) -> bool:
@@ -95,13 +111,19 @@ class DiffusionObjective:
     else:
       t_rng, mask_rng = jax.random.split(rng)
       t_B = self.sample_times(t_rng, batch_size)
-      xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id)
+      prompt_BxL = None
+      if self.prompt_length:
+        prompt_BxL = jnp.broadcast_to(jnp.arange(seq_len) < self.prompt_length, x0_BxL.shape)
+      xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=prompt_BxL)
+      if self.prompt_drop:
+        drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
+        xt_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
       output = self.denoise(denoise_fn, xt_BxL, t_B, jax.random.fold_in(rng, 1))
       nll_BxL = self.token_nll(output, x0_BxL)
       metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
       if self.kind == "elbo":
         nelbo_B = losses.nelbo_per_sequence(nll_BxL, masked_BxL, t_B, self.schedule)
-        loss = jnp.sum(nelbo_B) / (batch_size * seq_len)
+        loss = jnp.sum(nelbo_B) / (batch_size * (seq_len - self.prompt_length))
         metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
       else:
         loss = jnp.mean(losses.masked_mean_per_sequence(nll_BxL, masked_BxL))
@@ -137,8 +159,14 @@ def from_config(config) -> DiffusionObjective:
     raise ConfigError(
         f"config.model.causal={config.model.get('causal', False)} does not fit diffusion.objective={objective!r}: "
         "a causal model trains with objective 'autoregressive' and a bidirectional one with 'elbo' or 'masked_mean'.")
+  prompt_length = int(config.diffusion.get("prompt_length", 0))
+  if prompt_length >= int(config.data.seq_len):
+    raise ConfigError(f"diffusion.prompt_length={prompt_length} leaves nothing to score in windows of "
+                      f"{config.data.seq_len} tokens (data.seq_len): make it smaller.")
   return DiffusionObjective(
       schedule=schedules.from_config(config.diffusion), mask_id=special_tokens.MASK, kind=objective,
       num_timesteps=int(config.diffusion.get("num_timesteps", 32)), t_min=float(config.diffusion.get("t_min", 1e-5)),
       loss_chunk=int(config.diffusion.get("loss_chunk", 0)),
-      self_conditioning=bool(config.model.get("self_conditioning", False)))
+      self_conditioning=bool(config.model.get("self_conditioning", False)),
+      prompt_length=prompt_length,
+      prompt_drop=float(config.diffusion.get("prompt_drop", 0.0)))
