@@ -238,3 +238,47 @@ def test_rejects_bad_config():
     build(width=15)
   with pytest.raises(ValueError, match="model.position"):
     build(position="alibi")
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+@pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
+def test_kv_cache_prefill_and_unchanged_step_equal_the_full_forward(tokens, position, layer_loop):
+  """kv_prefill's logits at the gathered rows are the full forward's; a kv_step from that cache, with nothing changed,
+  recomputes the same logits and leaves the cache as it was (Fast-dLLM's dual cache, exact when nothing changed)."""
+  model = build(position=position, layer_loop=layer_loop)
+  positions = jnp.asarray([[3, 4, 5, 6], [0, 1, 2, 3], [12, 13, 14, 15]], jnp.int32)
+  t = jnp.full((3,), 0.5)
+  full = logits(model, tokens, t)
+  gathered = jnp.take_along_axis(full, positions[..., None], axis=1)
+  prefill_logits, cache = model.kv_prefill(tokens, t, positions)
+  chex.assert_shape(cache[0], (2, 3, 16, 2, 8))
+  np.testing.assert_allclose(prefill_logits, gathered, rtol=1e-5, atol=1e-5)
+  step_logits, new_cache = model.kv_step(tokens, t, positions, cache)
+  np.testing.assert_allclose(step_logits, gathered, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(new_cache, cache, rtol=1e-5, atol=1e-5)
+
+
+def test_dual_cache_sampling_is_exact_for_one_layer_and_refused_where_it_cannot_apply(tokens):
+  """With one layer, the keys and values outside the block depend only on their own tokens, which do not change while
+  the block is decoded: the cached sampler decodes exactly what the uncached one does (greedy)."""
+  from dlm_jax.errors import ConfigError
+  from dlm_jax.sampling import sampler as sampler_lib
+  from dlm_jax.special_tokens import MASK
+  fixed = jnp.zeros((3, 16), bool).at[:, :3].set(True)
+  x = jnp.where(fixed, tokens, MASK)
+  cfg = sampler_lib.SamplerConfig(steps=8, block_length=4, greedy=True, schedule=sampler_lib.MaskingSchedule("linear"))
+  dual = sampler_lib.SamplerConfig(**{**cfg.__dict__, "cache": "dual"})
+  for num_layers, exact in ((1, True), (2, False)):
+    graphdef, params, other = nnx.split(build(num_layers=num_layers), nnx.Param, ...)
+    plain = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), x, fixed)
+    cached = sampler_lib.make_sampler(graphdef, other, dual)(params, jax.random.key(0), x, fixed)
+    assert not bool(jnp.any(cached.tokens_BxL == MASK))
+    np.testing.assert_array_equal(cached.tokens_BxL[:, :3], tokens[:, :3])
+    if exact:
+      np.testing.assert_array_equal(cached.tokens_BxL, plain.tokens_BxL)
+    assert int(cached.network_calls) == int(plain.network_calls) == 7  # blocks of 4, 4, 4, 1: the last takes 1 step
+  graphdef, params, other = nnx.split(build(self_conditioning=True), nnx.Param, ...)
+  with pytest.raises(ConfigError, match="cache='dual' needs a bidirectional denoiser"):
+    sampler_lib.make_sampler(graphdef, other, dual)(params, jax.random.key(0), x, fixed)
+  with pytest.raises(ConfigError, match="block_length > 0"):
+    sampler_lib.SamplerConfig(cache="dual")

@@ -141,10 +141,12 @@ class Denoiser(nnx.Module):
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = nnx.RMSNorm(self.cfg.width, dtype=self.dtype, rngs=rngs)
 
-  def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None):
+  def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None,
+            positions_BxL=None):
     """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]) (+ W_sc (p @ E))), in the
     activation dtype; p = `self_cond_BxLxV`, the previous estimate of x_0 (self-conditioning; None = zeros). The
-    dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM)."""
+    dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM). `positions_BxL`: the
+    tokens' positions when they are rows gathered from a longer sequence (a KV-cached sampler step; default 0..L-1)."""
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
@@ -158,7 +160,9 @@ class Denoiser(nnx.Module):
       if t_B is None:
         raise ValueError("This model was built with model.time_conditioning=True and needs t.")
       h_BxLxD = h_BxLxD + self.time_embedding(t_B)[:, None, :].astype(self.dtype)
-    if self.positions is not None:
+    if self.positions is not None and positions_BxL is not None:
+      h_BxLxD = h_BxLxD + self.positions[...].astype(self.dtype)[positions_BxL]
+    elif self.positions is not None:
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
     if self.self_condition is not None and self_cond_BxLxV is not None:
       h_BxLxD = h_BxLxD + self.self_condition(self_cond_BxLxV.astype(self.dtype) @ table_VxD)
@@ -184,6 +188,11 @@ class Denoiser(nnx.Module):
     raise NotImplementedError(f"{type(self).__name__} must implement __call__.")
 
   # -- the sampler's interface ----------------------------------------------------------------------------------------
+  # A denoiser with Fast-dLLM's dual KV cache (sampler cache="dual") sets this and implements
+  # kv_prefill(tokens_BxL, t_B, positions_BxQ) -> (logits_BxQxV, cache) and
+  # kv_step(tokens_BxL, t_B, positions_BxQ, cache) -> (logits_BxQxV, cache) (see Transformer).
+  supports_kv_cache: ClassVar[bool] = False
+
   def init_sample_carry(self, batch: int, length: int | None = None):
     """State carried from one reverse step to the next (a pytree): None for a stateless denoiser; with
     self-conditioning the previous step's estimate p(x_0 | x_t) [B, L, V], zeros before the first step."""

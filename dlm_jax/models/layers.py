@@ -47,9 +47,13 @@ def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0):
 
 
 def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
-  """Rotates channel pairs (x1, x2) = (first half, second half) of each head by the position angle."""
+  """Rotates channel pairs (x1, x2) = (first half, second half) of each head by the position angle. The tables are
+  [L, K/2] (positions 0..L-1) or [B, L, K/2] (each row's own positions, e.g. rope_tables' rows gathered)."""
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  cos, sin = cos_LxK2[None, :, None, :], sin_LxK2[None, :, None, :]
+  if cos_LxK2.ndim == 2:
+    cos, sin = cos_LxK2[None, :, None, :], sin_LxK2[None, :, None, :]
+  else:
+    cos, sin = cos_LxK2[:, :, None, :], sin_LxK2[:, :, None, :]
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x_BxLxHxK.dtype)
 
@@ -70,17 +74,41 @@ class SelfAttention(nnx.Module):
     self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
     self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
 
-  def __call__(self, x_BxLxD, rope=None, dropout_key=None):
+  def __call__(self, x_BxLxD, rope=None, dropout_key=None, return_kv: bool = False):
+    """The attention output [B, L, D]; with `return_kv` also the keys and values [B, L, H, K] (RoPE applied), which
+    a sampler's KV cache keeps."""
     batch, length, _ = x_BxLxD.shape
-    qkv_BxLx3xHxK = self.qkv(x_BxLxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
-    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-    if rope is not None:
-      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q, k, v = self.project(x_BxLxD, rope)
     if self.dropout and dropout_key is not None:
       out_BxLxHxK = self.attend_with_dropout(q, k, v, dropout_key)
     else:
       out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
-    return self.out(out_BxLxHxK.reshape(batch, length, -1))
+    out_BxLxD = self.out(out_BxLxHxK.reshape(batch, length, -1))
+    return (out_BxLxD, (k, v)) if return_kv else out_BxLxD
+
+  def project(self, x_BxQxD, rope=None, positions_BxQ=None):
+    """Queries, keys and values [B, Q, H, K] of the rows x, rotated (RoPE) to positions 0..Q-1 or `positions_BxQ`."""
+    batch, length, _ = x_BxQxD.shape
+    qkv_BxQx3xHxK = self.qkv(x_BxQxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
+    q, k, v = (qkv_BxQx3xHxK[:, :, i] for i in range(3))
+    if rope is not None:
+      cos, sin = rope
+      if positions_BxQ is not None:
+        cos, sin = cos[positions_BxQ], sin[positions_BxQ]
+      q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return q, k, v
+
+  def attend_with_cache(self, x_BxQxD, rope, positions_BxQ, k_cache_BxLxHxK, v_cache_BxLxHxK):
+    """Attention of the rows x (at `positions_BxQ` of an L-long sequence) over all L positions, whose keys and values
+    come from the cache except at the rows' own positions, which are recomputed and written back (Fast-dLLM's dual
+    cache step; bidirectional). Returns (output [B, Q, D], updated cache)."""
+    batch, queries, _ = x_BxQxD.shape
+    q, k, v = self.project(x_BxQxD, rope, positions_BxQ)
+    rows_Bx1 = jnp.arange(batch)[:, None]
+    k_all = k_cache_BxLxHxK.at[rows_Bx1, positions_BxQ].set(k.astype(k_cache_BxLxHxK.dtype))
+    v_all = v_cache_BxLxHxK.at[rows_Bx1, positions_BxQ].set(v.astype(v_cache_BxLxHxK.dtype))
+    out_BxQxHxK = jax.nn.dot_product_attention(q, k_all, v_all, implementation=self.implementation)
+    return self.out(out_BxQxHxK.reshape(batch, queries, -1)), (k_all, v_all)
 
   def attend_with_dropout(self, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dropout_key):
     logits_BxHxLxL = jnp.einsum("bqhk,bjhk->bhqj", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
@@ -57,11 +58,17 @@ class Block(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout)
     self.fused_add_norm = cfg.fused_add_norm
 
-  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool):
+  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool, return_kv: bool = False):
     attn_key, mlp_key = jax.random.split(dropout_key)
     probs_key = None if deterministic else jax.random.fold_in(dropout_key, ATTENTION_DROPOUT_STREAM)
-    attn_BxLxD = self.dropout(self.attn(self.attn_norm(h_BxLxD), rope, probs_key), deterministic=deterministic,
-                              rngs=attn_key)
+    attn_BxLxD = self.attn(self.attn_norm(h_BxLxD), rope, probs_key, return_kv=return_kv)
+    attn_BxLxD, kv = attn_BxLxD if return_kv else (attn_BxLxD, None)
+    h_BxLxD = self.mlp_residual(h_BxLxD, self.dropout(attn_BxLxD, deterministic=deterministic, rngs=attn_key),
+                                mlp_key, deterministic)
+    return (h_BxLxD, kv) if return_kv else h_BxLxD
+
+  def mlp_residual(self, h_BxLxD, attn_BxLxD, mlp_key, deterministic: bool):
+    """h + attn, then + SwiGLU(RMSNorm(.)) (the residual add and the norm as one kernel with fused_add_norm)."""
     batch, length, width = h_BxLxD.shape
     if self.fused_add_norm and kernels.add_rms_norm_fits(batch * length, width):
       h_BxLxD, x_BxLxD = kernels.add_rms_norm(h_BxLxD, attn_BxLxD, self.mlp_norm.scale[...], self.mlp_norm.epsilon)
@@ -69,6 +76,12 @@ class Block(nnx.Module):
       h_BxLxD = h_BxLxD + attn_BxLxD
       x_BxLxD = self.mlp_norm(h_BxLxD)
     return h_BxLxD + self.dropout(self.mlp(x_BxLxD), deterministic=deterministic, rngs=mlp_key)
+
+  def cached_step(self, h_BxQxD, rope, positions_BxQ, kv_cache):
+    """The block on the rows at `positions_BxQ` only, attending over every position through the KV cache (which it
+    updates at those positions): SelfAttention.attend_with_cache. Deterministic."""
+    attn_BxQxD, kv_cache = self.attn.attend_with_cache(self.attn_norm(h_BxQxD), rope, positions_BxQ, *kv_cache)
+    return self.mlp_residual(h_BxQxD, attn_BxQxD, None, True), kv_cache
 
 
 def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
@@ -98,3 +111,31 @@ class Transformer(Denoiser):
                                                                      cfg.rope_base)
     h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)
     return self.output(h_BxLxD)
+
+  # -- Fast-dLLM's dual KV cache for block decoding (dlm_jax/sampling/sampler.py, cache="dual") -------------------------
+  supports_kv_cache = True
+
+  def _rope(self, length: int):
+    cfg = self.cfg
+    return None if cfg.position == "learned" else layers.rope_tables(length, cfg.width // cfg.num_heads, cfg.rope_base)
+
+  def kv_prefill(self, tokens_BxL, t_B, positions_BxQ):
+    """A full forward pass that keeps every layer's keys and values ([layers, B, L, H, K] each): (logits of the rows
+    at `positions_BxQ` [B, Q, V], cache). Deterministic."""
+    h_BxLxD = self.embed(tokens_BxL, t_B)
+    rope = self._rope(tokens_BxL.shape[1])
+    apply = lambda block, h, _, key: block(h, rope, key, True, return_kv=True)
+    h_BxLxD, kv_cache = layers.run_stack(self.blocks, h_BxLxD, apply, None, "none", self.cfg.unroll_layers)
+    return self.head(jnp.take_along_axis(h_BxLxD, positions_BxQ[..., None], axis=1)), kv_cache
+
+  def kv_step(self, tokens_BxL, t_B, positions_BxQ, kv_cache):
+    """The forward pass of the rows at `positions_BxQ` only, every other position's keys and values read from the
+    cache (stale where they depended on rows that changed since `kv_prefill`: Fast-dLLM's approximation):
+    (logits [B, Q, V], the cache with those rows' keys and values renewed)."""
+    tokens_BxQ = jnp.take_along_axis(tokens_BxL, positions_BxQ, axis=1)
+    h_BxQxD = self.embed(tokens_BxQ, t_B, positions_BxL=positions_BxQ)
+    rope = self._rope(tokens_BxL.shape[1])
+    apply = lambda block, h, index, _: block.cached_step(h, rope, positions_BxQ,
+                                                          jax.tree.map(lambda c: c[index], kv_cache))
+    h_BxQxD, kv_cache = layers.run_stack(self.blocks, h_BxQxD, apply, None, "none", self.cfg.unroll_layers)
+    return self.head(h_BxQxD), kv_cache

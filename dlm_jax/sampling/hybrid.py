@@ -74,13 +74,16 @@ def rejected_positions(prob_BxL, scored_BxL, threshold: float, window: int):
 
 
 def verified_sample(denoise_fn: Callable, verifier_logits_fn: Callable, rng, tokens_BxL, fixed_BxL,
-                    cfg: sampler_lib.SamplerConfig, vcfg: VerifierConfig, init_carry=None) -> VerifiedOutput:
+                    cfg: sampler_lib.SamplerConfig, vcfg: VerifierConfig, init_carry=None,
+                    kv_cache_fns=None) -> VerifiedOutput:
   """Draft with `sampler.sample(denoise_fn, ...)`, then `vcfg.rounds` rounds of verify-and-redraw (module docstring).
   `verifier_logits_fn(x_BxL) -> logits_BxLxV` is the causal arm's forward pass; pure and jittable."""
   fixed_BxL = jnp.asarray(fixed_BxL, bool)
   keys = jax.random.split(rng, vcfg.rounds + 1)
-  draft = sampler_lib.sample(denoise_fn, keys[0], tokens_BxL, fixed_BxL, cfg, init_carry=init_carry)
-  redraw_cfg = dataclasses.replace(cfg, steps=vcfg.steps, block_length=0, record_trajectory=False)
+  draft = sampler_lib.sample(denoise_fn, keys[0], tokens_BxL, fixed_BxL, cfg, init_carry=init_carry,
+                             kv_cache_fns=kv_cache_fns)
+  redraw_cfg = dataclasses.replace(cfg, steps=vcfg.steps, block_length=0, record_trajectory=False,
+                                   cache="none" if cfg.cache == "dual" else cfg.cache)
   x_BxL, calls, rejected = draft.tokens_BxL, draft.network_calls, []
   for r in range(vcfg.rounds):
     scored_BxL = ~fixed_BxL & (x_BxL != special_tokens.PAD)
@@ -109,6 +112,7 @@ def make_verified_sampler(graphdef, other, verifier_graphdef, verifier_other, cf
     verifier = lambda x: nnx.merge(verifier_graphdef, verifier_params, verifier_other)(
         x, jnp.zeros((x.shape[0],), jnp.float32)).logits_BxLxV
     return verified_sample(denoise, verifier, rng, tokens_BxL, fixed_BxL, cfg, vcfg,
-                           init_carry=model().init_sample_carry(*tokens_BxL.shape))
+                           init_carry=model().init_sample_carry(*tokens_BxL.shape),
+                           kv_cache_fns=sampler_lib.kv_cache_functions(model, cfg))
 
   return run

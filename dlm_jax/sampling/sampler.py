@@ -86,7 +86,7 @@ from dlm_jax.errors import ConfigError
 METHODS = ("confidence", "ancestral")
 CONFIDENCES = ("prob", "margin")
 REMASKING = ("none", "low_confidence", "remdm_cap", "remdm_loop")
-CACHES = ("none", "unchanged")
+CACHES = ("none", "unchanged", "dual")
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
                    "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -116,7 +116,7 @@ class SamplerConfig:
   remask_t_off: float = 0.05  # remdm_loop: end of the loop; low_confidence: no remasking once t' <= remask_t_off
   remask_alpha_on: float = 0.9  # remdm_loop: alpha held during the loop
   guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) cond - w uncond (fixed positions masked)
-  cache: str = "none"  # "unchanged": reuse the last logits when no token changed (MDLM's cache)
+  cache: str = "none"  # "unchanged": reuse the last logits when no token changed (MDLM); "dual": Fast-dLLM's KV cache
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -170,6 +170,9 @@ class SamplerConfig:
       raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
     if self.cache not in CACHES:
       raise ConfigError(f"sampler cache must be one of {CACHES}, got {self.cache!r}.")
+    if self.cache == "dual" and (not self.block_length or self.guidance_scale):
+      raise ConfigError("sampler cache='dual' caches the keys and values outside the current block: it needs "
+                        "block_length > 0 and no guidance (guidance_scale=0).")
 
   @classmethod
   def strategy_defaults(cls) -> dict:
@@ -306,13 +309,17 @@ class _LoopState:
   calls: jax.Array  # scalar int32 forward passes
   cache: object  # (logits, priority) of the last call, with cache="unchanged"
   cache_x_BxL: object  # the tokens that call saw
+  kv_cache: object  # cache="dual": the denoiser's per-layer keys and values
+  kv_block_B: object  # the block each row was decoding when kv_cache was filled
   trajectory: object  # [max_steps + 1, B, L] with record_trajectory
 
 
 def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None,
-           init_carry=None) -> SampleOutput:
+           init_carry=None, kv_cache_fns=None) -> SampleOutput:
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
-  `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`."""
+  `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`.
+  With cache="dual", `kv_cache_fns` = (prefill(x, t, positions_BxQ) -> (logits_BxQxV, kv),
+  step(x, t, positions_BxQ, kv) -> (logits_BxQxV, kv)), e.g. `Transformer.kv_prefill` and `kv_step`."""
   mask_id = special_tokens.MASK
   batch, length = tokens_BxL.shape
   fixed_BxL = jnp.asarray(fixed_BxL, bool)
@@ -332,6 +339,19 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     block_of_BxL = jnp.where(gen_BxL, 0, -1)
     num_blocks_B = jnp.any(gen_BxL, axis=-1).astype(jnp.int32)
   remdm = cfg.remasking.startswith("remdm")
+  if cfg.cache == "dual" and kv_cache_fns is None:
+    raise ConfigError("sampler cache='dual' needs the denoiser's KV-cache functions (kv_cache_fns); "
+                      "make_sampler passes them for a denoiser that has them.")
+  queries = min(cfg.block_length, length)
+
+  def block_positions(block_B):
+    """The positions of each row's current block [B, Q] (Q = block_length), padded with its first one, and which
+    entries are real (the last block, or a done row, has fewer)."""
+    in_block_BxL = block_of_BxL == block_B[:, None]
+    order_BxL = jnp.argsort(jnp.where(in_block_BxL, position_1xL, length + position_1xL), axis=-1)
+    positions_BxQ = order_BxL[:, :queries].astype(jnp.int32)
+    real_BxQ = jnp.take_along_axis(in_block_BxL, positions_BxQ, axis=-1)
+    return jnp.where(real_BxQ, positions_BxQ, positions_BxQ[:, :1]), real_BxQ
 
   def first_masked_block(x_BxL):
     blocks_BxL = jnp.where(x_BxL == mask_id, block_of_BxL, jnp.iinfo(jnp.int32).max)
@@ -370,7 +390,26 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     def call(_):
       return network(x_BxL, t_B, st.model_carry)
 
-    if cfg.cache == "unchanged":
+    kv_cache, kv_block_B = st.kv_cache, st.kv_block_B
+    if cfg.cache == "dual":
+      # Fast-dLLM's dual cache: a full pass (keeping every layer's keys/values) when a row enters a new block, else
+      # a pass over the block's rows only. Candidates and confidences exist for the block's positions only.
+      prefill_fn, step_fn = kv_cache_fns
+      positions_BxQ, real_BxQ = block_positions(st.block_B)
+      refresh = (st.step == 0) | jnp.any(live_B & (st.block_B != st.kv_block_B))
+      logits_BxQxV, kv_cache = jax.lax.cond(refresh, lambda: prefill_fn(x_BxL, t_B, positions_BxQ),
+                                            lambda: step_fn(x_BxL, t_B, positions_BxQ, st.kv_cache))
+      kv_block_B = jnp.where(refresh, st.block_B, st.kv_block_B)
+      logits_BxQxV = remove_never_sampled(logits_BxQxV)
+      cand_BxQ = draw(logits_BxQxV, cfg, sample_key)
+      rows_Bx1 = jnp.arange(batch)[:, None]
+      scatter_BxQ = jnp.where(real_BxQ, positions_BxQ, length)  # padding entries are dropped
+      cand_BxL = x_BxL.at[rows_Bx1, scatter_BxQ].set(cand_BxQ, mode="drop")
+      confidence_BxL = jnp.zeros(x_BxL.shape, jnp.float32).at[rows_Bx1, scatter_BxQ].set(
+          confidence_scores(logits_BxQxV, cand_BxQ, cfg.confidence), mode="drop")
+      model_priority_BxL, model_carry, passes = None, st.model_carry, 1
+      cache, cache_x_BxL = st.cache, st.cache_x_BxL
+    elif cfg.cache == "unchanged":
       unchanged = (st.step > 0) & jnp.all(x_BxL == st.cache_x_BxL)
       logits_BxLxV, model_priority_BxL, model_carry, passes = jax.lax.cond(
           unchanged, lambda _: (*st.cache, st.model_carry, jnp.int32(0)),
@@ -379,15 +418,16 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     else:
       logits_BxLxV, model_priority_BxL, model_carry, passes = call(None)
       cache, cache_x_BxL = st.cache, st.cache_x_BxL
-    logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
+    if cfg.cache != "dual":
+      logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
+      cand_BxL = draw(logits_BxLxV, cfg, sample_key)
+      # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
+      # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
+      confidence_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
     step_priority_BxL = priority_BxL
     if cfg.strategic_weight and model_priority_BxL is not None:
       weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
       step_priority_BxL = weighted if step_priority_BxL is None else step_priority_BxL + weighted
-    cand_BxL = draw(logits_BxLxV, cfg, sample_key)
-    # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
-    # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
-    confidence_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
     score_BxL = confidence_BxL if step_priority_BxL is None else confidence_BxL + step_priority_BxL
     # Revealed positions that a remasking policy may mask again: generated, open, in the block, not the closing EOS.
     revised_BxL = open_blk_BxL & ~masked_BxL
@@ -451,7 +491,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
                       model_carry=model_carry, block_B=jnp.where(live_B, block_B, st.block_B),
                       block_step_B=jnp.where(live_B, block_step_B, st.block_step_B),
                       steps_B=st.steps_B + live_B.astype(jnp.int32), calls=st.calls + passes, cache=cache,
-                      cache_x_BxL=cache_x_BxL, trajectory=trajectory)
+                      cache_x_BxL=cache_x_BxL, kv_cache=kv_cache, kv_block_B=kv_block_B, trajectory=trajectory)
 
   network_passes = 2 if cfg.guidance_scale else 1
   cache = cache_x = None
@@ -459,6 +499,12 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     shapes = jax.eval_shape(lambda x, c: network(x, jnp.ones((batch,), jnp.float32), c)[:2], x_BxL, init_carry)
     cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     cache_x = x_BxL
+  kv_cache = kv_block = None
+  if cfg.cache == "dual":
+    prefill_shapes = jax.eval_shape(lambda x: kv_cache_fns[0](x, jnp.ones((batch,), jnp.float32),
+                                                              jnp.zeros((batch, queries), jnp.int32)), x_BxL)
+    kv_cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), prefill_shapes[1])
+    kv_block = jnp.full((batch,), -1, jnp.int32)
   trajectory = None
   if cfg.record_trajectory:
     trajectory = jnp.broadcast_to(x_BxL, (max_steps + 1, batch, length))
@@ -467,7 +513,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
                     conf_BxL=jnp.zeros(x_BxL.shape, jnp.float32), key=rng, model_carry=init_carry,
                     block_B=first_masked_block(x_BxL), block_step_B=jnp.zeros((batch,), jnp.int32),
                     steps_B=jnp.zeros((batch,), jnp.int32), calls=jnp.int32(0), cache=cache, cache_x_BxL=cache_x,
-                    trajectory=trajectory)
+                    kv_cache=kv_cache, kv_block_B=kv_block, trajectory=trajectory)
   st = jax.lax.while_loop(lambda st: (st.step < max_steps) & jnp.any(st.block_B < num_blocks_B), body, init)
   x_BxL, model_carry = st.x_BxL, st.model_carry
 
@@ -490,12 +536,26 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
 
 
 def check_cache(model, cfg: SamplerConfig, batch: int, length: int):
-  """Raises ConfigError when cfg's cache would not be exact for this denoiser: MDLM's cache reuses logits when no
-  token changed, which is only the same computation for a denoiser of x_t alone (no time conditioning, no carry)."""
-  if cfg.cache == "unchanged" and (model.cfg.time_conditioning or model.init_sample_carry(batch, length) is not None):
+  """Raises ConfigError when cfg's cache does not fit this denoiser: MDLM's cache reuses logits when no token changed,
+  which is only the same computation for a denoiser of x_t alone (no time conditioning, no carry); the dual KV cache
+  needs a denoiser with `kv_prefill`/`kv_step` and no carried state."""
+  carries = model.init_sample_carry(batch, length) is not None
+  if cfg.cache == "unchanged" and (model.cfg.time_conditioning or carries):
     raise ConfigError(f"sampler cache='unchanged' reuses the last logits when no token changed, which is exact only "
                       f"for a denoiser of the tokens alone; this {type(model).__name__} also depends on t or carries "
                       "state (time conditioning, self-conditioning, HRM memory). Use cache='none'.")
+  if cfg.cache == "dual" and (not model.supports_kv_cache or carries or model.cfg.causal):
+    raise ConfigError(f"sampler cache='dual' needs a bidirectional denoiser with a KV cache (the transformer) and no "
+                      f"carried state; this {type(model).__name__} has none or carries state (self-conditioning, "
+                      "HRM memory). Use cache='none'.")
+
+
+def kv_cache_functions(model_fn, cfg: SamplerConfig):
+  """(prefill, step) of the dual KV cache for `sample`, from `model_fn()` (the merged denoiser), or None."""
+  if cfg.cache != "dual":
+    return None
+  return (lambda x, t, positions: model_fn().kv_prefill(x, t, positions),
+          lambda x, t, positions, kv: model_fn().kv_step(x, t, positions, kv))
 
 
 def make_sampler(graphdef, other, cfg: SamplerConfig):
@@ -509,7 +569,8 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
     model = lambda: nnx.merge(graphdef, params, other)
     check_cache(model(), cfg, *tokens_BxL.shape)
     denoise = lambda x, t, carry: model().sample_step(x, t, carry)
-    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(*tokens_BxL.shape))
+    return sample(denoise, rng, tokens_BxL, fixed_BxL, cfg, init_carry=model().init_sample_carry(*tokens_BxL.shape),
+                  kv_cache_fns=kv_cache_functions(model, cfg))
 
   return run
 
