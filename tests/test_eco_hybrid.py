@@ -14,6 +14,7 @@ from dlm_jax.models.eco_hybrid import EcoBlock, EcoHybrid, EcoHybridConfig
 from dlm_jax.models.layers import route_top_k
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.special_tokens import MASK
 from dlm_jax.training import checkpoint, loop
 
 # float32: these tests check math (the GPU's "auto" dtype is bfloat16); the information-flow test also runs in bf16.
@@ -231,3 +232,26 @@ def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs(form):
   for r in rows:
     assert r["xla_bytes"] >= r["ideal_bytes"] > 0 and r["ms"] > 0 and r["fused_kernel_gain"] > 0
     assert isinstance(r["memory_bound"], bool) and isinstance(r["write_kernel"], bool)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", route_top_k=2),
+                                       dict(memory_attention="projected", conv_kernel=5)])
+def test_dual_cache_prefill_and_unchanged_step_equal_the_full_forward(overrides):
+  """EcoHybrid's dual cache keeps each layer's input states (the convolution's neighbours) and the slots it read:
+  with nothing changed, a step over some rows recomputes the full forward's logits there; the sampler decodes with it."""
+  model = build(**overrides)
+  tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 20)
+  positions = jnp.asarray([[0, 1, 2, 3], [20, 21, 22, 23]], jnp.int32)  # both sequence ends: the zero padding
+  full = model(tokens).logits_BxLxV
+  gathered = jnp.take_along_axis(full, positions[..., None], axis=1)
+  prefill_logits, cache = model.kv_prefill(tokens, None, positions)
+  np.testing.assert_allclose(prefill_logits, gathered, rtol=1e-5, atol=1e-5)
+  step_logits, new_cache = model.kv_step(tokens, None, positions, cache)
+  np.testing.assert_allclose(step_logits, gathered, rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(new_cache, cache, rtol=1e-5, atol=1e-5)
+  graphdef, params, other = nnx.split(model, nnx.Param, ...)
+  fixed = jnp.zeros((2, 24), bool).at[:, :4].set(True)
+  cfg = sampler_lib.SamplerConfig(steps=10, block_length=5, cache="dual")
+  out = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), tokens, fixed)
+  assert not bool(jnp.any(out.tokens_BxL == MASK))
+  np.testing.assert_array_equal(out.tokens_BxL[:, :4], tokens[:, :4])

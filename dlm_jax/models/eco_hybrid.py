@@ -191,6 +191,26 @@ class EcoBlock(nnx.Module):
       mem_BxMxD = self.write_memory(h_BxLxD, mem_BxMxD, layer_index)
     return h_BxLxD, mem_BxMxD, balance
 
+  def cached_step(self, h_BxQxD, positions_BxQ, cache):
+    """The block on the rows at `positions_BxQ` only (a KV-cached sampler step; deterministic): the convolution reads
+    its window from the cached layer inputs of all L positions (the rows' own entries renewed), the read attends to
+    the cached slots this layer read in the last full pass (the "natural cache" of seed 001's memory slots: they are
+    not rewritten from the block), then the FFN. cache = (layer input h [B, L, D], slots read [B, M, D])."""
+    h_all_BxLxD, slots_BxMxD = cache
+    batch, length, _ = h_all_BxLxD.shape
+    rows_Bx1 = jnp.arange(batch)[:, None]
+    h_all_BxLxD = h_all_BxLxD.at[rows_Bx1, positions_BxQ].set(h_BxQxD.astype(h_all_BxLxD.dtype))
+    half = self.conv.kernel_size // 2
+    window_BxQxK = positions_BxQ[..., None] + (jnp.arange(self.conv.kernel_size) - half)[None, None]
+    inside_BxQxKx1 = ((window_BxQxK >= 0) & (window_BxQxK < length))[..., None]
+    window_BxQxKxD = self.conv_norm(h_all_BxLxD[rows_Bx1[..., None], jnp.clip(window_BxQxK, 0, length - 1)])
+    window_BxQxKxD = jnp.where(inside_BxQxKx1, window_BxQxKxD, 0.0)  # the convolution's zero padding
+    kernel_KxD = self.conv.kernel[...].astype(self.conv.dtype)
+    conv_BxQxD = self.conv.bias[...].astype(self.conv.dtype)[None, None] + jnp.einsum(
+        "bqkd,kd->bqd", window_BxQxKxD, kernel_KxD)
+    h_BxQxD, _ = self.read_memory(h_BxQxD + conv_BxQxD, slots_BxMxD)
+    return h_BxQxD + self.mlp(self.mlp_norm(h_BxQxD)), (h_all_BxLxD, slots_BxMxD)
+
   def __call__(self, h_BxLxD, mem_BxMxD, layer_index, dropout_key, deterministic: bool):
     keys = jax.random.split(dropout_key, 3)
     h_BxLxD, mem_BxMxD, balance = self.mix(h_BxLxD, mem_BxMxD, layer_index, keys[:2], deterministic)
@@ -222,3 +242,33 @@ class EcoHybrid(Denoiser):
                                                         cfg.remat, cfg.unroll_layers)
     aux = {"eco_balance": cfg.balance_weight * jnp.mean(balance_per_layer)} if cfg.route_top_k else {}
     return self.output(h_BxLxD, aux)
+
+  # -- the dual cache for block decoding (dlm_jax/sampling/sampler.py, cache="dual") ------------------------------------
+  supports_kv_cache = True
+
+  def kv_prefill(self, tokens_BxL, t_B, positions_BxQ):
+    """A full forward pass that keeps, per layer, its input states [layers, B, L, D] and the slots its read attended
+    to [layers, B, M, D]: (logits of the rows at `positions_BxQ` [B, Q, V], cache). Deterministic."""
+    cfg = self.cfg
+    h_BxLxD = self.embed(tokens_BxL, t_B)
+    mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
+                                 (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
+
+    def apply(block, carry, index, key):
+      h, mem = carry
+      new_h, new_mem, _ = block(h, mem, index, key, True)
+      # The read attends to the slots after this layer's write ("write_read") or before it ("read_write").
+      return (new_h, new_mem), (h, new_mem if cfg.memory_order == "write_read" else mem)
+
+    (h_BxLxD, _), cache = layers.run_stack(self.blocks, (h_BxLxD, mem_BxMxD), apply, None, "none",
+                                           cfg.unroll_layers)
+    return self.head(jnp.take_along_axis(h_BxLxD, positions_BxQ[..., None], axis=1)), cache
+
+  def kv_step(self, tokens_BxL, t_B, positions_BxQ, cache):
+    """The forward pass of the rows at `positions_BxQ` only (EcoBlock.cached_step in every layer): (logits [B, Q, V],
+    the cache with those rows' layer inputs renewed)."""
+    tokens_BxQ = jnp.take_along_axis(tokens_BxL, positions_BxQ, axis=1)
+    h_BxQxD = self.embed(tokens_BxQ, t_B, positions_BxL=positions_BxQ)
+    apply = lambda block, h, index, _: block.cached_step(h, positions_BxQ, jax.tree.map(lambda c: c[index], cache))
+    h_BxQxD, cache = layers.run_stack(self.blocks, h_BxQxD, apply, None, "none", self.cfg.unroll_layers)
+    return self.head(h_BxQxD), cache
