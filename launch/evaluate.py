@@ -8,14 +8,17 @@ each flag overrides one of them (e.g. --num_windows=100000 --time_samples=8 for 
 split). Windows are non-overlapping `seq_len` windows of the run's validation split (or of --path): the first N, or N
 spread evenly over all of it (--windows=spread). Every figure comes with its Monte Carlo standard error over the time
 draws (`mc_stderr`, nats/token) and the window set it used.
+
+`--calibration_bins=B` also reports the calibration of a diffusion run's reveal confidences on the same windows
+(dlm_jax/evaluation/calibration.py): reliability-diagram data over B confidence bins and the expected calibration error.
 """
 import json
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from dlm_jax import cli
 from dlm_jax.data import pipeline
-from dlm_jax.evaluation import likelihood
+from dlm_jax.evaluation import calibration, likelihood
 from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to evaluate.")
@@ -31,6 +34,8 @@ flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
                   "Parameters to use: the EMA (when the run kept one) or the raw ones.")
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                   "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+flags.DEFINE_integer("calibration_bins", 0, "> 0: also the reliability diagram (this many bins) and ECE of the reveal "
+                     "confidences on the same windows (diffusion runs).")
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +57,13 @@ def main(argv):
   result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement,
                 text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
                 weights=run.weights)
+  if FLAGS.calibration_bins:
+    try:
+      result["calibration"] = calibration.calibrate(run, windows, pick(FLAGS.batch_size, int(ev.batch_size)),
+                                                    seed=pick(FLAGS.seed, int(ev.seed)),
+                                                    num_bins=FLAGS.calibration_bins, time_samples=time_samples)
+    except ValueError as e:
+      raise app.UsageError(f"--calibration_bins with --workdir={FLAGS.workdir}: {e}") from e
   print(json.dumps(result, indent=2))
 
 

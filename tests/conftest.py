@@ -70,6 +70,15 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_ar_run(tmp_path_factory):
+  """The causal control arm of `trained_run`'s config (same corpus and tokenizer): a judge and verifier. Workdir."""
+  from dlm_jax.training import loop
+  workdir = tmp_path_factory.mktemp("trained_ar_run")
+  loop.train(tiny_config(**{"model.causal": True, "diffusion.objective": "autoregressive"}), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def trained_hrm_run(tmp_path_factory):
   """A tiny HRM denoiser (memory cells, ACT) trained for 16 steps on the embedded corpus: (workdir, summary)."""
   from configs import default

@@ -89,3 +89,23 @@ def test_prompt_scripts_and_window_selection():
                                 pipeline.eval_windows(stream, 16, 3, placement="spread"))
   with pytest.raises(ValueError, match="Only .* windows"):
     generation.select_windows(stream, 16, 500, 8, tok, "mixed")
+
+
+def test_distinct_n_and_calibration_against_hand_computed_values():
+  from dlm_jax.evaluation import calibration, sampling_suite
+  tokens = np.asarray([[5, 6, 5, 6, 5, 9], [7, 7, 7, 7, 0, 0]])
+  scored = np.asarray([[True] * 6, [True] * 4 + [False] * 2])
+  # row 0 bigrams: 56 65 56 65 59 -> 3 distinct of 5; row 1: 77 77 77 -> 1 of 3. Trigrams: 565 656 565 659 -> 3/4;
+  # 777 777 -> 1/2.
+  assert sampling_suite.distinct_n(tokens, scored, 2) == pytest.approx((3 / 5 + 1 / 3) / 2)
+  assert sampling_suite.distinct_n(tokens, scored, 3) == pytest.approx((3 / 4 + 1 / 2) / 2)
+  report = calibration.reliability([0.05, 0.15, 0.95, 0.9, 1.0], [0, 1, 1, 0, 1], num_bins=2)
+  # bin [0, .5): conf .1, acc .5 (2 of 5); bin [.5, 1]: conf .95, acc 2/3 (3 of 5).
+  assert [b["count"] for b in report["bins"]] == [2, 3]
+  assert report["ece"] == pytest.approx(2 / 5 * abs(0.5 - 0.1) + 3 / 5 * abs(2 / 3 - 0.95))
+  rng = np.random.default_rng(0)
+  confidence = rng.uniform(size=200_000)
+  calibrated = calibration.reliability(confidence, rng.uniform(size=confidence.size) < confidence, num_bins=10)
+  assert calibrated["ece"] < 0.01
+  overconfident = calibration.reliability(confidence, rng.uniform(size=confidence.size) < confidence**2, num_bins=10)
+  assert overconfident["ece"] > 0.1

@@ -88,11 +88,9 @@ def test_profile_mode_breaks_down_the_train_step_sampler_and_forward(tmp_path):
   assert max(k["calls"] for k in summaries["sampler call"]["top"]) >= 4
 
 
-def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
-  from dlm_jax.training import loop
+def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, trained_ar_run):
   workdir, _ = trained_run
-  judge = tmp_path / "judge"
-  loop.train(tiny_config(**{"model.causal": True, "diffusion.objective": "autoregressive"}), str(judge))
+  judge = trained_ar_run
   stdout = run("launch.gen_eval", f"--workdir={workdir}", f"--judge={judge}", "--num_samples=4", "--prompt_len=8",
                "--steps=4,24", "--json")
   rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
@@ -131,7 +129,38 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, tmp_path):
   assert "use method='ancestral'" in result.stderr.strip().splitlines()[-1]
 
 
-LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize")
+def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, trained_ar_run, tmp_path):
+  workdir, _ = trained_run
+  output = tmp_path / "bench.md"
+  stdout = run("launch.sampler_suite", f"--workdir={workdir}", f"--judge={trained_ar_run}", "--num_samples=4",
+               "--prompt_len=8", "--steps=6", "--block_length=8", "--confidence_stops=0.5,0.99", "--verifier_rounds=1",
+               "--json", "--record", f"--output={output}")
+  rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+  names = [r["strategy"] for r in rows]
+  assert names[0] == "real text" and names.count("confidence_stop") == 2 and "verifier" in names
+  assert {"threshold_blocks_dual_cache", "remdm_loop", "ancestral_cache", "blocks_dual_cache"} <= set(names)
+  for r in rows[1:]:
+    assert r["tokens_per_s"] > 0 and r["network_calls"] >= 1 and 0 < r["judge_nll"] < 20
+    assert 0 < r["distinct_2"] <= 1 and 0 < r["distinct_3"] <= 1
+  fixed_budget = [r for r in rows if r["strategy"] in ("confidence", "blocks", "remdm_cap")]
+  assert all(r["network_calls"] == 6 for r in fixed_budget)
+  recorded = output.read_text()
+  assert "Sampler suite:" in recorded and recorded.count("| threshold |") == 1
+  result = subprocess.run([sys.executable, "-m", "launch.sampler_suite", f"--workdir={workdir}",
+                           f"--judge={trained_ar_run}", "--strategies=nucleus"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 2 and "Unknown strategies ['nucleus']" in result.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_reports_the_calibration_of_reveal_confidences(trained_run):
+  workdir, _ = trained_run
+  result = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--calibration_bins=5"))
+  calibration = result["calibration"]
+  assert len(calibration["bins"]) == 5 and sum(b["count"] for b in calibration["bins"]) == calibration["predictions"]
+  assert calibration["predictions"] > 0 and 0 <= calibration["ece"] <= 1
+
+
+LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize", "sampler_suite")
 
 
 def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):

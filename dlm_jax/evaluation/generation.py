@@ -100,7 +100,8 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
   The expected script of each row is the majority script of its prompt (None, i.e. the row's own majority, when there
   is no prompt or the prompt has no letters)."""
   tokens_BxL = np.asarray(tokens_BxL)
-  scored = np.asarray(generated_BxL, bool) & (tokens_BxL != special_tokens.MASK)
+  # PAD is what a sampler with eos_stop leaves after the EOS: not a generated token.
+  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [special_tokens.MASK, special_tokens.PAD])
   nll_sum, count = judge_nll(jnp.asarray(tokens_BxL), jnp.asarray(scored))
   texts = [tokenizer.decode(row[keep]) for row, keep in zip(tokens_BxL, np.asarray(generated_BxL, bool))]
   expected = [script.majority_script(tokenizer.decode(row[:prompt_len])) if prompt_len else None

@@ -1,0 +1,135 @@
+"""Quality against speed for every decoding strategy of the sampler, on one trained run (issue #11's table).
+
+For each strategy and reverse-step count the same prompts (the first `prompt_len` tokens of validation windows) are
+completed by one jitted sampler call, compiled first and then timed, and scored:
+
+* judge NLL (nats/token; exp = generative perplexity) of the generated tokens under the config's causal arm, as
+  `launch.gen_eval` (dlm_jax/evaluation/generation.py);
+* mean unigram entropy of a sample's generated tokens (nats), and distinct-2/3: per sample, the fraction of its
+  generated n-grams that are distinct, |set(n-grams)| / #n-grams (Li et al. 2016's distinct-n, per sample, averaged);
+* the script error rate (mixed-script words + words off the prompt's script), which only means something for
+  Hindi/Hinglish runs;
+* tokens/s (generated tokens of the batch / wall seconds of the call), wall seconds per batch, and network calls
+  (denoiser forward passes, the batch's: every sample rides every call) and mean steps per sample.
+
+A strategy is a name and its SamplerConfig overrides (`STRATEGIES`); "confidence_stop" expands over the given
+thresholds. Every row states the sampler settings it ran with. The real continuations of the prompts come first.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm_jax import models, special_tokens
+from dlm_jax.evaluation import generation
+from dlm_jax.sampling import SamplerConfig, hybrid, make_sampler
+
+
+def strategies(block_length: int, threshold: float, remask_eta: float) -> dict[str, dict]:
+  """Strategy name -> SamplerConfig overrides (on top of the run's config.sample)."""
+  return {
+      "confidence": {},
+      "ancestral": {"method": "ancestral"},
+      "ancestral_cache": {"method": "ancestral", "cache": "unchanged"},
+      "blocks": {"block_length": block_length},
+      "blocks_dual_cache": {"block_length": block_length, "cache": "dual"},
+      "threshold": {"threshold": threshold},
+      "threshold_blocks_dual_cache": {"threshold": threshold, "block_length": block_length, "cache": "dual"},
+      "confidence_stop": {},  # expanded over the confidence_stop values
+      "low_confidence_remasking": {"remasking": "low_confidence", "remask_eta": remask_eta},
+      "remdm_cap": {"method": "ancestral", "remasking": "remdm_cap", "remask_eta": remask_eta},
+      "remdm_loop": {"method": "ancestral", "remasking": "remdm_loop", "remask_eta": remask_eta},
+  }
+
+
+def check_names(names):
+  """Raises ValueError naming the strategies that `strategies` does not define (nor "verifier")."""
+  known = sorted(strategies(1, 0.5, 0.0)) + ["verifier"]
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"Unknown strategies {unknown}; choose from {known}.")
+
+
+def distinct_n(tokens_BxL: np.ndarray, scored_BxL: np.ndarray, n: int) -> float:
+  """Mean over samples of |distinct n-grams| / |n-grams| of each sample's scored tokens (in order); samples with no
+  n-gram are left out."""
+  ratios = []
+  for row, keep in zip(np.asarray(tokens_BxL), np.asarray(scored_BxL, bool)):
+    seq = row[keep]
+    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    if grams:
+      ratios.append(len(set(grams)) / len(grams))
+  return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def score(tokens_BxL, generated_BxL, tokenizer, judge_nll, prompt_len: int) -> dict:
+  """generation.quality plus distinct-2/3, over the generated positions that hold a token (not PAD after an EOS)."""
+  tokens_BxL = np.asarray(tokens_BxL)
+  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [special_tokens.MASK, special_tokens.PAD])
+  report = generation.quality(tokens_BxL, generated_BxL, tokenizer, judge_nll, prompt_len)
+  report.update(distinct_2=distinct_n(tokens_BxL, scored, 2), distinct_3=distinct_n(tokens_BxL, scored, 3))
+  return report
+
+
+def _timed(fn, *args):
+  """(output, seconds) of fn(*args) after one untimed call (compilation)."""
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - start
+
+
+def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps_list, *, block_length: int = 32,
+              threshold: float = 0.9, confidence_stops=(0.95, 0.98, 0.99), remask_eta: float = 0.02,
+              verifier_rounds: int = 0, seed: int = 0) -> list[dict]:
+  """One row per (strategy, steps[, confidence_stop]) after the real-text row (module docstring). With
+  `verifier_rounds` > 0 a "verifier" strategy (confidence decoding + the judge as AR verifier) is added per step
+  count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure."""
+  tokens, fixed = generation.prompts_from_windows(windows_WxL, prompt_len)
+  generated = ~fixed
+  tokens_j, fixed_j = jnp.asarray(tokens), jnp.asarray(fixed)
+  judge_forward = lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV
+  judge_nll = generation.judge_nll_fn(judge_forward)
+  presets = strategies(block_length, threshold, remask_eta)
+  check_names(names)
+  rows = [dict(strategy="real text", steps="n/a", settings="", **score(windows_WxL, generated, run.tokenizer,
+                                                                          judge_nll, prompt_len))]
+  new_tokens = int(generated.sum())
+  for name in names:
+    for steps in steps_list:
+      variants = ([{"confidence_stop": c} for c in confidence_stops] if name == "confidence_stop"
+                  else [presets.get(name, {})])
+      for overrides in variants:
+        cfg = SamplerConfig.from_config(run.config, steps=int(steps), **overrides)
+        if name == "verifier":
+          vcfg = hybrid.VerifierConfig(rounds=verifier_rounds, steps=max(int(steps) // 4, 1))
+          fn = hybrid.make_verified_sampler(run.graphdef, run.other, judge.graphdef, judge.other, cfg, vcfg)
+          out, seconds = _timed(fn, run.params, judge.params, jax.random.key(seed), tokens_j, fixed_j)
+          steps_mean = float("nan")
+        else:
+          fn = make_sampler(run.graphdef, run.other, cfg)
+          out, seconds = _timed(fn, run.params, jax.random.key(seed), tokens_j, fixed_j)
+          steps_mean = float(np.mean(np.asarray(out.steps_B)))
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        if name == "verifier":
+          settings = f"rounds={verifier_rounds}, redraw steps={vcfg.steps}"
+        rows.append(dict(strategy=name, steps=int(steps), settings=settings, tokens_per_s=new_tokens / seconds,
+                         batch_s=seconds, network_calls=int(out.network_calls), steps_mean=steps_mean,
+                         **score(np.asarray(out.tokens_BxL), generated, run.tokenizer, judge_nll, prompt_len)))
+  return rows
+
+
+HEADER = ("| strategy | settings | steps | steps used (mean) | network calls | judge NLL | entropy | distinct-2 | "
+          "distinct-3 | script errors | tokens/s | batch s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def markdown_rows(rows) -> str:
+  fmt = lambda value, spec: "n/a" if value is None or value != value else format(value, spec)
+  return "".join(
+      f"| {r['strategy']} | {r['settings']} | {r['steps']} | {fmt(r.get('steps_mean'), '.1f')} | "
+      f"{r.get('network_calls', 'n/a')} | {r['judge_nll']:.3f} | {r['entropy']:.3f} | {fmt(r['distinct_2'], '.3f')} | "
+      f"{fmt(r['distinct_3'], '.3f')} | {r['script_error_rate']:.2%} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
+      f"{fmt(r.get('batch_s'), '.3f')} |\n" for r in rows)

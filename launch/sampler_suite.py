@@ -1,0 +1,98 @@
+"""Quality against speed of every decoding strategy on a trained diffusion run (dlm_jax/evaluation/sampling_suite.py).
+
+  python -m launch.sampler_suite --workdir=DIFFUSION_RUN --judge=AR_RUN [--strategies=confidence,threshold,...]
+                                 [--steps=16,64] [--num_samples=64] [--prompt_len=32] [--block_length=32]
+                                 [--threshold=0.9] [--confidence_stops=0.95,0.98,0.99] [--verifier_rounds=K]
+                                 [--record]
+
+Prompts are the first `--prompt_len` tokens of `--num_samples` validation windows spread over the split; every
+strategy completes them in one batch (compiled, then timed). One markdown row per strategy and step count, after the
+row of the real continuations: judge NLL (by --judge, the causal arm trained on the same data), unigram entropy,
+distinct-2/3, script errors, tokens/s, batch seconds, network calls and the steps used. `--record` appends the rows,
+with date, commit, device and command, to BENCHMARKS.md.
+
+Seed 001's §10 sweeps, one command each:
+  python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence --steps=8,12,16
+  python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence_stop --steps=16 \\
+      --confidence_stops=0.95,0.98,0.99
+"""
+import datetime
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from dlm_jax import cli
+from dlm_jax.benchmarks import report
+from dlm_jax.data import pipeline
+from dlm_jax.evaluation import generation, sampling_suite
+from dlm_jax.training import checkpoint
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
+flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
+flags.DEFINE_list("strategies", ["confidence", "ancestral", "ancestral_cache", "blocks", "blocks_dual_cache",
+                                 "threshold", "threshold_blocks_dual_cache", "confidence_stop",
+                                 "low_confidence_remasking", "remdm_cap", "remdm_loop"],
+                  "Strategies to run (dlm_jax/evaluation/sampling_suite.strategies; 'verifier' needs "
+                  "--verifier_rounds > 0).")
+flags.DEFINE_list("steps", ["16", "64"], "Reverse-step counts.")
+flags.DEFINE_integer("num_samples", 64, "Prompts (validation windows), sampled as one batch.")
+flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window.")
+flags.DEFINE_integer("block_length", 32, "Block length of the block strategies.")
+flags.DEFINE_float("threshold", 0.9, "Confidence threshold of the threshold strategies.")
+flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the confidence_stop strategy.")
+flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
+flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_enum("weights", "ema", ["ema", "raw"], "Parameters to use: the EMA (when the run kept one) or the raw ones.")
+flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
+flags.DEFINE_bool("record", False, "Append the rows to --output.")
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file --record appends to.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  judge = checkpoint.load_for_inference(FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  seq_len = int(run.config.data.seq_len)
+  names = list(FLAGS.strategies) + (["verifier"] if FLAGS.verifier_rounds and "verifier" not in FLAGS.strategies
+                                    else [])
+  try:
+    sampling_suite.check_names(names)
+    generation.check_judge(run, judge)
+    if not 0 < FLAGS.prompt_len < seq_len:
+      raise ValueError(f"--prompt_len={FLAGS.prompt_len} must be in (0, {seq_len}) (data.seq_len of the run).")
+    if "verifier" in names and FLAGS.verifier_rounds < 1:
+      raise ValueError("the 'verifier' strategy needs --verifier_rounds >= 1.")
+    stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, "")
+    windows = generation.select_windows(stream, seq_len, FLAGS.num_samples, FLAGS.prompt_len, run.tokenizer)
+    rows = sampling_suite.run_suite(
+        run, judge, windows, FLAGS.prompt_len, names, [int(s) for s in FLAGS.steps], block_length=FLAGS.block_length,
+        threshold=FLAGS.threshold, confidence_stops=[float(c) for c in FLAGS.confidence_stops],
+        remask_eta=FLAGS.remask_eta, verifier_rounds=FLAGS.verifier_rounds, seed=FLAGS.seed)
+  except ValueError as e:
+    raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
+  command = "python -m launch.sampler_suite " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
+  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
+  title = (f"Sampler suite: {run.describe()}; judge {judge.describe()}; {FLAGS.num_samples} prompts x "
+           f"{FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated; "
+           f"{datetime.date.today().isoformat()}, commit {report.commit(REPO)}, {device}, `{command.strip()}`")
+  table = sampling_suite.HEADER + sampling_suite.markdown_rows(rows)
+  print(f"{title}\n\n{table}")
+  if FLAGS.json:
+    for r in rows:
+      print(json.dumps(r))
+  if FLAGS.record:
+    with open(FLAGS.output, "a", encoding="utf-8") as f:
+      f.write(f"\n{title}\n\n{table}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
