@@ -39,7 +39,7 @@ flags.DEFINE_list("strategies", ["confidence", "ancestral", "ancestral_cache", "
                   "--verifier_rounds > 0).")
 flags.DEFINE_list("steps", ["16", "64"], "Reverse-step counts.")
 flags.DEFINE_integer("num_samples", 64, "Prompts (validation windows), sampled as one batch.")
-flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window.")
+flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window (0: unprompted samples).")
 flags.DEFINE_integer("block_length", 32, "Block length of the block strategies.")
 flags.DEFINE_float("threshold", 0.9, "Confidence threshold of the threshold strategies.")
 flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the confidence_stop strategy.")
@@ -67,8 +67,9 @@ def main(argv):
   try:
     sampling_suite.check_names(names)
     generation.check_judge(run, judge)
-    if not 0 < FLAGS.prompt_len < seq_len:
-      raise ValueError(f"--prompt_len={FLAGS.prompt_len} must be in (0, {seq_len}) (data.seq_len of the run).")
+    if not 0 <= FLAGS.prompt_len < seq_len:
+      raise ValueError(f"--prompt_len={FLAGS.prompt_len} must be in [0, {seq_len}) (data.seq_len of the run; "
+                       "0: unprompted samples).")
     if "verifier" in names and FLAGS.verifier_rounds < 1:
       raise ValueError("the 'verifier' strategy needs --verifier_rounds >= 1.")
     stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, "")
