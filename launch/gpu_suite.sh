@@ -75,7 +75,7 @@ case "${1:-}" in
     done
     python -m launch.sampler_suite --record --workdir="$out/shakespeare_diffusion" --judge="$out/shakespeare_ar" \
       --num_samples=64 --prompt_len=0 --steps=16,64 --block_length=32 \
-      --strategies=confidence,blocks,blocks_dual_cache,threshold,threshold_blocks_dual_cache,confidence_stop,ancestral_cache,remdm_loop \
+      --strategies=confidence,blocks,blocks_dual_cache,blocks_prefix_cache,threshold,threshold_blocks_dual_cache,confidence_stop,ancestral_cache,remdm_loop \
       2>&1 | tee "$out/sampler_suite.log"
     for steps in 16 64; do
       python -m launch.bench --record --config=configs/base_110m.py --config.bench.sample_steps=$steps \

@@ -4,7 +4,7 @@
                           [--method=confidence|ancestral] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
                           [--block_length=B] [--threshold=C] [--confidence_stop=C] [--eos_stop]
                           [--remasking=none|low_confidence|remdm_cap|remdm_loop] [--remask_eta=E]
-                          [--guidance_scale=W] [--cache=none|unchanged]
+                          [--guidance_scale=W] [--cache=none|unchanged|dual|prefix]
                           [--verifier=AR_RUN [--verifier_rounds=K] [--verifier_threshold=P]] [--stream]
 
 `--prompt` is fixed at the start, `--suffix` at the end (infilling); `--length` new tokens are generated between them.
@@ -53,7 +53,8 @@ flags.DEFINE_float("remask_t_on", None, "remdm_loop: start of the loop.")
 flags.DEFINE_float("remask_t_off", None, "remdm_loop: end of the loop; low_confidence: last remasking time.")
 flags.DEFINE_float("remask_alpha_on", None, "remdm_loop: alpha held during the loop.")
 flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance w: (1 + w) cond - w (prompt masked); 0: off.")
-flags.DEFINE_enum("cache", None, list(sampler_lib.CACHES), "'unchanged': skip the network when no token changed.")
+flags.DEFINE_enum("cache", None, list(sampler_lib.CACHES), "'unchanged': skip the network when no token changed; "
+                  "'dual'/'prefix': Fast-dLLM's KV caches (block decoding).")
 flags.DEFINE_string("verifier", None, "Causal (AR) run that verifies the draft; doubted tokens are redrawn.")
 flags.DEFINE_integer("verifier_rounds", 1, "Verify-and-redraw rounds.")
 flags.DEFINE_float("verifier_threshold", 0.01, "Redraw generated tokens the verifier gives a probability below this.")

@@ -33,7 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
 flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
 flags.DEFINE_list("strategies", ["confidence", "ancestral", "ancestral_cache", "blocks", "blocks_dual_cache",
-                                 "threshold", "threshold_blocks_dual_cache", "confidence_stop",
+                                 "blocks_prefix_cache", "threshold", "threshold_blocks_dual_cache", "confidence_stop",
                                  "low_confidence_remasking", "remdm_cap", "remdm_loop"],
                   "Strategies to run (dlm_jax/evaluation/sampling_suite.strategies; 'verifier' needs "
                   "--verifier_rounds > 0).")
@@ -46,7 +46,8 @@ flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the c
 flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
 flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_enum("weights", "ema", ["ema", "raw"], "Parameters to use: the EMA (when the run kept one) or the raw ones.")
+flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
 flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                   "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")

@@ -238,7 +238,7 @@ def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs(form):
                                        dict(memory_attention="projected", conv_kernel=5)])
 def test_dual_cache_prefill_and_unchanged_step_equal_the_full_forward(overrides):
   """EcoHybrid's dual cache keeps each layer's input states (the convolution's neighbours) and the slots it read:
-  with nothing changed, a step over some rows recomputes the full forward's logits there; the sampler decodes with it."""
+  with nothing changed, a step over some rows recomputes the full forward's logits there; the sampler runs with it."""
   model = build(**overrides)
   tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 20)
   positions = jnp.asarray([[0, 1, 2, 3], [20, 21, 22, 23]], jnp.int32)  # both sequence ends: the zero padding
@@ -251,7 +251,8 @@ def test_dual_cache_prefill_and_unchanged_step_equal_the_full_forward(overrides)
   chex.assert_trees_all_close(new_cache, cache, rtol=1e-5, atol=1e-5)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
   fixed = jnp.zeros((2, 24), bool).at[:, :4].set(True)
-  cfg = sampler_lib.SamplerConfig(steps=10, block_length=5, cache="dual")
-  out = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), tokens, fixed)
-  assert not bool(jnp.any(out.tokens_BxL == MASK))
-  np.testing.assert_array_equal(out.tokens_BxL[:, :4], tokens[:, :4])
+  for cache in ("dual", "prefix"):
+    cfg = sampler_lib.SamplerConfig(steps=10, block_length=5, cache=cache)
+    out = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), tokens, fixed)
+    assert not bool(jnp.any(out.tokens_BxL == MASK))
+    np.testing.assert_array_equal(out.tokens_BxL[:, :4], tokens[:, :4])

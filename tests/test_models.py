@@ -271,12 +271,14 @@ def test_dual_cache_sampling_is_exact_for_one_layer_and_refused_where_it_cannot_
   for num_layers, exact in ((1, True), (2, False)):
     graphdef, params, other = nnx.split(build(num_layers=num_layers), nnx.Param, ...)
     plain = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(0), x, fixed)
-    cached = sampler_lib.make_sampler(graphdef, other, dual)(params, jax.random.key(0), x, fixed)
-    assert not bool(jnp.any(cached.tokens_BxL == MASK))
-    np.testing.assert_array_equal(cached.tokens_BxL[:, :3], tokens[:, :3])
-    if exact:
-      np.testing.assert_array_equal(cached.tokens_BxL, plain.tokens_BxL)
-    assert int(cached.network_calls) == int(plain.network_calls) == 7  # blocks of 4, 4, 4, 1: the last takes 1 step
+    for cache in ("dual", "prefix"):
+      cached_cfg = sampler_lib.SamplerConfig(**{**cfg.__dict__, "cache": cache})
+      cached = sampler_lib.make_sampler(graphdef, other, cached_cfg)(params, jax.random.key(0), x, fixed)
+      assert not bool(jnp.any(cached.tokens_BxL == MASK))
+      np.testing.assert_array_equal(cached.tokens_BxL[:, :3], tokens[:, :3])
+      if exact:
+        np.testing.assert_array_equal(cached.tokens_BxL, plain.tokens_BxL, err_msg=cache)
+      assert int(cached.network_calls) == int(plain.network_calls) == 7  # blocks of 4, 4, 4, 1: the last, 1 step
   graphdef, params, other = nnx.split(build(self_conditioning=True), nnx.Param, ...)
   with pytest.raises(ConfigError, match="cache='dual' needs a bidirectional denoiser"):
     sampler_lib.make_sampler(graphdef, other, dual)(params, jax.random.key(0), x, fixed)

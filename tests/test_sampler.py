@@ -274,7 +274,7 @@ def test_blocks_reveal_nothing_beyond_the_current_block(block_length, method):
 
 
 def test_block_reveal_counts_follow_each_blocks_own_schedule():
-  """16 generated positions in blocks of 8 with 4 linear steps: each block gets 2 steps and halves its masks per step."""
+  """16 generated positions in blocks of 8, 4 linear steps: each block gets 2 steps and halves its masks per step."""
   cfg = sampler_lib.SamplerConfig(steps=4, block_length=8, schedule=MaskingSchedule("linear"), record_trajectory=True)
   _, _, out = run_with(cfg, toy_denoiser())
   masked_after = np.sum(np.asarray(out.trajectory_SxBxL) == MASK, axis=-1)

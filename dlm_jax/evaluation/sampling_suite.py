@@ -36,6 +36,7 @@ def strategies(block_length: int, threshold: float, remask_eta: float) -> dict[s
       "ancestral_cache": {"method": "ancestral", "cache": "unchanged"},
       "blocks": {"block_length": block_length},
       "blocks_dual_cache": {"block_length": block_length, "cache": "dual"},
+      "blocks_prefix_cache": {"block_length": block_length, "cache": "prefix"},
       "threshold": {"threshold": threshold},
       "threshold_blocks_dual_cache": {"threshold": threshold, "block_length": block_length, "cache": "dual"},
       "confidence_stop": {},  # expanded over the confidence_stop values

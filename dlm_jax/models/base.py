@@ -188,7 +188,7 @@ class Denoiser(nnx.Module):
     raise NotImplementedError(f"{type(self).__name__} must implement __call__.")
 
   # -- the sampler's interface ----------------------------------------------------------------------------------------
-  # A denoiser with Fast-dLLM's dual KV cache (sampler cache="dual") sets this and implements
+  # A denoiser with Fast-dLLM's KV caches (sampler cache="dual" or "prefix") sets this and implements
   # kv_prefill(tokens_BxL, t_B, positions_BxQ) -> (logits_BxQxV, cache) and
   # kv_step(tokens_BxL, t_B, positions_BxQ, cache) -> (logits_BxQxV, cache) (see Transformer).
   supports_kv_cache: ClassVar[bool] = False

@@ -112,7 +112,7 @@ class Transformer(Denoiser):
     h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)
     return self.output(h_BxLxD)
 
-  # -- Fast-dLLM's dual KV cache for block decoding (dlm_jax/sampling/sampler.py, cache="dual") -------------------------
+  # -- Fast-dLLM's KV caches for block decoding (dlm_jax/sampling/sampler.py, cache="dual" or "prefix") ----------------
   supports_kv_cache = True
 
   def _rope(self, length: int):

@@ -83,7 +83,7 @@ def verified_sample(denoise_fn: Callable, verifier_logits_fn: Callable, rng, tok
   draft = sampler_lib.sample(denoise_fn, keys[0], tokens_BxL, fixed_BxL, cfg, init_carry=init_carry,
                              kv_cache_fns=kv_cache_fns)
   redraw_cfg = dataclasses.replace(cfg, steps=vcfg.steps, block_length=0, record_trajectory=False,
-                                   cache="none" if cfg.cache == "dual" else cfg.cache)
+                                   cache="none" if cfg.cache in sampler_lib.KV_CACHES else cfg.cache)
   x_BxL, calls, rejected = draft.tokens_BxL, draft.network_calls, []
   for r in range(vcfg.rounds):
     scored_BxL = ~fixed_BxL & (x_BxL != special_tokens.PAD)

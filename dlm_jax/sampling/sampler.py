@@ -24,8 +24,8 @@ the next one at once. b = 0: one block, i.e. the whole sequence. The denoiser is
     the block's masked fraction (`MaskingSchedule.time_of_mask_rate`).
   - `confidence_stop` = c > 0 (seed 001 §9.1, the adaptive per-token step budget): when every masked position of the
     block has confidence >= c, the block is revealed at once and its remaining steps are not spent.
-  - `remasking="low_confidence"`: while t' > `remask_t_off`, the floor(`remask_eta` x revealed) revealed positions of the
-    block with the lowest confidence at their reveal are masked again, and as many more masked positions are revealed,
+  - `remasking="low_confidence"`: while t' > `remask_t_off`, the floor(`remask_eta` x revealed) revealed positions of
+    the block with the lowest confidence at their reveal are masked again, and as many more masked positions are revealed,
     so the masked count still follows the schedule. A remasked position is predicted afresh at the next step (a
     masked-diffusion denoiser's outputs at visible positions are untrained, so nothing is re-predicted in place).
 * "ancestral" (MD4 / MDLM ancestral sampler): each masked position of the block is revealed independently with
@@ -51,7 +51,12 @@ EOS is closed: set to PAD (revealed tokens there are discarded) and never reveal
 **Caching** (`cache="unchanged"`, MDLM's caching sampler, Sahoo et al. 2024 §4.2): when no token of the batch changed
 since the last network call, the last call's logits are reused. Exact only for a denoiser that is a function of x_t
 alone (no time conditioning, no carried state); `make_sampler` refuses the others. It pays off for ancestral sampling
-with more steps than tokens, where many steps reveal nothing.
+with more steps than tokens, where many steps reveal nothing. `cache="dual"` and `cache="prefix"` (Fast-dLLM, Wu et
+al. 2025; block decoding only) keep every layer's keys and values from a full pass at the start of each block and then
+recompute only the current block (dual) or everything from the current block on (prefix), reading the rest from the
+cache: an approximation for a bidirectional denoiser (cached entries deeper than the first layer depended on tokens
+that have changed since), exact for a one-layer transformer. The denoiser provides `kv_prefill` / `kv_step`
+(the transformer: keys and values; EcoHybrid: layer inputs for the convolution and the slots its read used).
 
 **Classifier-free guidance** (`guidance_scale` = w > 0; Ho & Salimans 2022 as used by LLaDA): logits =
 (1 + w) l(x_t) - w l(x_t with every fixed position masked); w = 0 is conditional sampling (the second pass is not run).
@@ -72,6 +77,7 @@ unmasking"; 0 switches it off). With guidance the unconditional pass sees the sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import flax.struct
@@ -86,7 +92,8 @@ from dlm_jax.errors import ConfigError
 METHODS = ("confidence", "ancestral")
 CONFIDENCES = ("prob", "margin")
 REMASKING = ("none", "low_confidence", "remdm_cap", "remdm_loop")
-CACHES = ("none", "unchanged", "dual")
+CACHES = ("none", "unchanged", "dual", "prefix")
+KV_CACHES = ("dual", "prefix")  # Fast-dLLM's, for block decoding
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
                    "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -116,7 +123,7 @@ class SamplerConfig:
   remask_t_off: float = 0.05  # remdm_loop: end of the loop; low_confidence: no remasking once t' <= remask_t_off
   remask_alpha_on: float = 0.9  # remdm_loop: alpha held during the loop
   guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) cond - w uncond (fixed positions masked)
-  cache: str = "none"  # "unchanged": reuse the last logits when no token changed (MDLM); "dual": Fast-dLLM's KV cache
+  cache: str = "none"  # "unchanged": logits reused while no token changes (MDLM); "dual"/"prefix": Fast-dLLM's
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -170,9 +177,9 @@ class SamplerConfig:
       raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
     if self.cache not in CACHES:
       raise ConfigError(f"sampler cache must be one of {CACHES}, got {self.cache!r}.")
-    if self.cache == "dual" and (not self.block_length or self.guidance_scale):
-      raise ConfigError("sampler cache='dual' caches the keys and values outside the current block: it needs "
-                        "block_length > 0 and no guidance (guidance_scale=0).")
+    if self.cache in KV_CACHES and (not self.block_length or self.guidance_scale):
+      raise ConfigError(f"sampler cache={self.cache!r} caches keys and values across the blocks of block decoding: "
+                        "it needs block_length > 0 and no guidance (guidance_scale=0).")
 
   @classmethod
   def strategy_defaults(cls) -> dict:
@@ -309,7 +316,7 @@ class _LoopState:
   calls: jax.Array  # scalar int32 forward passes
   cache: object  # (logits, priority) of the last call, with cache="unchanged"
   cache_x_BxL: object  # the tokens that call saw
-  kv_cache: object  # cache="dual": the denoiser's per-layer keys and values
+  kv_cache: object  # cache="dual"/"prefix": the denoiser's per-layer keys and values
   kv_block_B: object  # the block each row was decoding when kv_cache was filled
   trajectory: object  # [max_steps + 1, B, L] with record_trajectory
 
@@ -318,7 +325,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
            init_carry=None, kv_cache_fns=None) -> SampleOutput:
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
   `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`.
-  With cache="dual", `kv_cache_fns` = (prefill(x, t, positions_BxQ) -> (logits_BxQxV, kv),
+  With cache="dual" or "prefix", `kv_cache_fns` = (prefill(x, t, positions_BxQ) -> (logits_BxQxV, kv),
   step(x, t, positions_BxQ, kv) -> (logits_BxQxV, kv)), e.g. `Transformer.kv_prefill` and `kv_step`."""
   mask_id = special_tokens.MASK
   batch, length = tokens_BxL.shape
@@ -339,8 +346,8 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     block_of_BxL = jnp.where(gen_BxL, 0, -1)
     num_blocks_B = jnp.any(gen_BxL, axis=-1).astype(jnp.int32)
   remdm = cfg.remasking.startswith("remdm")
-  if cfg.cache == "dual" and kv_cache_fns is None:
-    raise ConfigError("sampler cache='dual' needs the denoiser's KV-cache functions (kv_cache_fns); "
+  if cfg.cache in KV_CACHES and kv_cache_fns is None:
+    raise ConfigError(f"sampler cache={cfg.cache!r} needs the denoiser's KV-cache functions (kv_cache_fns); "
                       "make_sampler passes them for a denoiser that has them.")
   queries = min(cfg.block_length, length)
 
@@ -367,6 +374,56 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     guided = (1.0 + w) * logits_BxLxV.astype(jnp.float32) - w * unconditional_BxLxV.astype(jnp.float32)
     return guided.astype(logits_BxLxV.dtype), model_priority_BxL, new_carry, 2
 
+  def predictions_at(logits_BxQxV, positions_BxQ, real_BxQ, x_BxL, sample_key):
+    """Candidates and confidences [B, L] from the logits of the rows at `positions_BxQ` (elsewhere: the current token
+    and 0; entries that are not `real_BxQ` are padding and dropped)."""
+    logits_BxQxV = remove_never_sampled(logits_BxQxV)
+    cand_BxQ = draw(logits_BxQxV, cfg, sample_key)
+    rows_Bx1 = jnp.arange(batch)[:, None]
+    scatter_BxQ = jnp.where(real_BxQ, positions_BxQ, length)  # out of bounds: dropped
+    cand_BxL = x_BxL.at[rows_Bx1, scatter_BxQ].set(cand_BxQ, mode="drop")
+    confidence_BxL = jnp.zeros(x_BxL.shape, jnp.float32).at[rows_Bx1, scatter_BxQ].set(
+        confidence_scores(logits_BxQxV, cand_BxQ, cfg.confidence), mode="drop")
+    return cand_BxL, confidence_BxL
+
+  def kv_cached_predictions(st, x_BxL, t_B, live_B, sample_key):
+    """(candidates, confidences, KV cache, the blocks it was filled at) of a KV-cached step. A full pass that keeps
+    every layer's keys and values runs when a row has entered a new block since the cache was filled. Otherwise:
+    "dual" (Fast-dLLM's DualCache) recomputes the rows of each row's current block only, every other position read
+    from the cache; "prefix" (Fast-dLLM's PrefixCache) recomputes every position from the earliest current block of
+    the batch to the end (static shapes: the window [L - Q_k, L), Q_k = L - k b with k = floor(start / b), one
+    compiled branch per k), reading only the finished prefix from the cache."""
+    prefill_fn, step_fn = kv_cache_fns
+    refresh = (st.step == 0) | jnp.any(live_B & (st.block_B != st.kv_block_B))
+    kv_block_B = jnp.where(refresh, st.block_B, st.kv_block_B)
+    if cfg.cache == "dual":
+      positions_BxQ, real_BxQ = block_positions(st.block_B)
+      logits_BxQxV, kv_cache = jax.lax.cond(refresh, lambda: prefill_fn(x_BxL, t_B, positions_BxQ),
+                                            lambda: step_fn(x_BxL, t_B, positions_BxQ, st.kv_cache))
+      return (*predictions_at(logits_BxQxV, positions_BxQ, real_BxQ, x_BxL, sample_key), kv_cache, kv_block_B)
+
+    def window(start: int):
+      positions_BxQ = jnp.broadcast_to(jnp.arange(start, length, dtype=jnp.int32), (batch, length - start))
+      return positions_BxQ, jnp.ones(positions_BxQ.shape, bool)
+
+    def full_pass():
+      positions_BxQ, real_BxQ = window(0)
+      logits_BxLxV, kv_cache = prefill_fn(x_BxL, t_B, positions_BxQ)
+      return (*predictions_at(logits_BxLxV, positions_BxQ, real_BxQ, x_BxL, sample_key), kv_cache)
+
+    def suffix_pass(start: int):
+      positions_BxQ, real_BxQ = window(start)
+      logits_BxQxV, kv_cache = step_fn(x_BxL, t_B, positions_BxQ, st.kv_cache)
+      return (*predictions_at(logits_BxQxV, positions_BxQ, real_BxQ, x_BxL, sample_key), kv_cache)
+
+    first_BxL = (block_of_BxL == st.block_B[:, None]) & live_B[:, None]
+    start = jnp.min(jnp.where(first_BxL, position_1xL, length))  # the earliest position of a current block
+    buckets = -(-length // cfg.block_length)
+    branches = [functools.partial(suffix_pass, k * cfg.block_length) for k in range(buckets)]
+    bucket = jnp.clip(start // cfg.block_length, 0, buckets - 1)
+    cand_BxL, confidence_BxL, kv_cache = jax.lax.cond(refresh, full_pass, lambda: jax.lax.switch(bucket, branches))
+    return cand_BxL, confidence_BxL, kv_cache, kv_block_B
+
   def body(st: _LoopState) -> _LoopState:
     key, sample_key, reveal_key = jax.random.split(st.key, 3)
     x_BxL = st.x_BxL
@@ -391,22 +448,8 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
       return network(x_BxL, t_B, st.model_carry)
 
     kv_cache, kv_block_B = st.kv_cache, st.kv_block_B
-    if cfg.cache == "dual":
-      # Fast-dLLM's dual cache: a full pass (keeping every layer's keys/values) when a row enters a new block, else
-      # a pass over the block's rows only. Candidates and confidences exist for the block's positions only.
-      prefill_fn, step_fn = kv_cache_fns
-      positions_BxQ, real_BxQ = block_positions(st.block_B)
-      refresh = (st.step == 0) | jnp.any(live_B & (st.block_B != st.kv_block_B))
-      logits_BxQxV, kv_cache = jax.lax.cond(refresh, lambda: prefill_fn(x_BxL, t_B, positions_BxQ),
-                                            lambda: step_fn(x_BxL, t_B, positions_BxQ, st.kv_cache))
-      kv_block_B = jnp.where(refresh, st.block_B, st.kv_block_B)
-      logits_BxQxV = remove_never_sampled(logits_BxQxV)
-      cand_BxQ = draw(logits_BxQxV, cfg, sample_key)
-      rows_Bx1 = jnp.arange(batch)[:, None]
-      scatter_BxQ = jnp.where(real_BxQ, positions_BxQ, length)  # padding entries are dropped
-      cand_BxL = x_BxL.at[rows_Bx1, scatter_BxQ].set(cand_BxQ, mode="drop")
-      confidence_BxL = jnp.zeros(x_BxL.shape, jnp.float32).at[rows_Bx1, scatter_BxQ].set(
-          confidence_scores(logits_BxQxV, cand_BxQ, cfg.confidence), mode="drop")
+    if cfg.cache in KV_CACHES:
+      cand_BxL, confidence_BxL, kv_cache, kv_block_B = kv_cached_predictions(st, x_BxL, t_B, live_B, sample_key)
       model_priority_BxL, model_carry, passes = None, st.model_carry, 1
       cache, cache_x_BxL = st.cache, st.cache_x_BxL
     elif cfg.cache == "unchanged":
@@ -418,7 +461,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     else:
       logits_BxLxV, model_priority_BxL, model_carry, passes = call(None)
       cache, cache_x_BxL = st.cache, st.cache_x_BxL
-    if cfg.cache != "dual":
+    if cfg.cache not in KV_CACHES:
       logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
       cand_BxL = draw(logits_BxLxV, cfg, sample_key)
       # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
@@ -500,7 +543,7 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
     cache_x = x_BxL
   kv_cache = kv_block = None
-  if cfg.cache == "dual":
+  if cfg.cache in KV_CACHES:
     prefill_shapes = jax.eval_shape(lambda x: kv_cache_fns[0](x, jnp.ones((batch,), jnp.float32),
                                                               jnp.zeros((batch, queries), jnp.int32)), x_BxL)
     kv_cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), prefill_shapes[1])
@@ -544,15 +587,15 @@ def check_cache(model, cfg: SamplerConfig, batch: int, length: int):
     raise ConfigError(f"sampler cache='unchanged' reuses the last logits when no token changed, which is exact only "
                       f"for a denoiser of the tokens alone; this {type(model).__name__} also depends on t or carries "
                       "state (time conditioning, self-conditioning, HRM memory). Use cache='none'.")
-  if cfg.cache == "dual" and (not model.supports_kv_cache or carries or model.cfg.causal):
-    raise ConfigError(f"sampler cache='dual' needs a bidirectional denoiser with a KV cache (the transformer) and no "
-                      f"carried state; this {type(model).__name__} has none or carries state (self-conditioning, "
+  if cfg.cache in KV_CACHES and (not model.supports_kv_cache or carries or model.cfg.causal):
+    raise ConfigError(f"sampler cache={cfg.cache!r} needs a bidirectional denoiser with a KV cache (transformer, "
+                      f"EcoHybrid) and no carried state; this {type(model).__name__} has none or carries state (self-conditioning, "
                       "HRM memory). Use cache='none'.")
 
 
 def kv_cache_functions(model_fn, cfg: SamplerConfig):
   """(prefill, step) of the dual KV cache for `sample`, from `model_fn()` (the merged denoiser), or None."""
-  if cfg.cache != "dual":
+  if cfg.cache not in KV_CACHES:
     return None
   return (lambda x, t, positions: model_fn().kv_prefill(x, t, positions),
           lambda x, t, positions, kv: model_fn().kv_step(x, t, positions, kv))
