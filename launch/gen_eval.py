@@ -17,9 +17,8 @@ import json
 from absl import app, flags, logging
 
 from dlm_jax import cli
-from dlm_jax.data import pipeline
 from dlm_jax.evaluation import generation
-from dlm_jax.training import checkpoint
+from launch import judged
 
 flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
 flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
@@ -43,18 +42,13 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  judge = checkpoint.load_for_inference(FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  seq_len = int(run.config.data.seq_len)
   try:
-    generation.check_judge(run, judge)
-    if not 0 <= FLAGS.prompt_len < seq_len:
-      raise ValueError(f"--prompt_len={FLAGS.prompt_len} must be in [0, {seq_len}) (data.seq_len of the run).")
-    stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path)
-    windows = generation.select_windows(stream, seq_len, FLAGS.num_samples, FLAGS.prompt_len, run.tokenizer,
-                                        FLAGS.prompt_scripts)
+    run, judge, windows = judged.load_runs_and_windows(
+        FLAGS.workdir, FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint, prompt_len=FLAGS.prompt_len,
+        num_samples=FLAGS.num_samples, path=FLAGS.path, prompt_scripts=FLAGS.prompt_scripts)
   except ValueError as e:
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
+  seq_len = int(run.config.data.seq_len)
   label = FLAGS.label or FLAGS.path or "valid"
   rows = generation.compare(run, judge, windows, FLAGS.prompt_len, FLAGS.steps, FLAGS.seed, FLAGS.temperature)
   for row in rows:

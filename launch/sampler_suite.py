@@ -25,9 +25,8 @@ from absl import app, flags, logging
 
 from dlm_jax import cli
 from dlm_jax.benchmarks import report
-from dlm_jax.data import pipeline
-from dlm_jax.evaluation import generation, sampling_suite
-from dlm_jax.training import checkpoint
+from dlm_jax.evaluation import sampling_suite
+from launch import judged
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
@@ -60,21 +59,15 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
-  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  judge = checkpoint.load_for_inference(FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  seq_len = int(run.config.data.seq_len)
   names = list(FLAGS.strategies) + (["verifier"] if FLAGS.verifier_rounds and "verifier" not in FLAGS.strategies
                                     else [])
   try:
     sampling_suite.check_names(names)
-    generation.check_judge(run, judge)
-    if not 0 <= FLAGS.prompt_len < seq_len:
-      raise ValueError(f"--prompt_len={FLAGS.prompt_len} must be in [0, {seq_len}) (data.seq_len of the run; "
-                       "0: unprompted samples).")
     if "verifier" in names and FLAGS.verifier_rounds < 1:
       raise ValueError("the 'verifier' strategy needs --verifier_rounds >= 1.")
-    stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, "")
-    windows = generation.select_windows(stream, seq_len, FLAGS.num_samples, FLAGS.prompt_len, run.tokenizer)
+    run, judge, windows = judged.load_runs_and_windows(
+        FLAGS.workdir, FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint, prompt_len=FLAGS.prompt_len,
+        num_samples=FLAGS.num_samples)
     rows = sampling_suite.run_suite(
         run, judge, windows, FLAGS.prompt_len, names, [int(s) for s in FLAGS.steps], block_length=FLAGS.block_length,
         threshold=FLAGS.threshold, confidence_stops=[float(c) for c in FLAGS.confidence_stops],
@@ -83,6 +76,7 @@ def main(argv):
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
   command = "python -m launch.sampler_suite " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
+  seq_len = int(run.config.data.seq_len)
   title = (f"Sampler suite: {run.describe()}; judge {judge.describe()}; {FLAGS.num_samples} prompts x "
            f"{FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated; "
            f"{datetime.date.today().isoformat()}, commit {report.commit(REPO)}, {device}, `{command.strip()}`")

@@ -142,6 +142,9 @@ def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, train
   for r in rows[1:]:
     assert r["tokens_per_s"] > 0 and r["network_calls"] >= 1 and 0 < r["judge_nll"] < 20
     assert 0 < r["distinct_2"] <= 1 and 0 < r["distinct_3"] <= 1
+  agreement = {r["strategy"]: r["cache_agreement"] for r in rows[1:]}
+  assert agreement["ancestral_cache"] == 1.0 and agreement["confidence"] is None  # MDLM's cache is exact
+  assert 0 <= agreement["blocks_dual_cache"] <= 1 and 0 <= agreement["blocks_prefix_cache"] <= 1
   fixed_budget = [r for r in rows if r["strategy"] in ("confidence", "blocks", "remdm_cap")]
   assert all(r["network_calls"] == 6 for r in fixed_budget)
   recorded = output.read_text()

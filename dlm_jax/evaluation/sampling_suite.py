@@ -10,7 +10,10 @@ completed by one jitted sampler call, compiled first and then timed, and scored:
 * the script error rate (mixed-script words + words off the prompt's script), which only means something for
   Hindi/Hinglish runs;
 * tokens/s (generated tokens of the batch / wall seconds of the call), wall seconds per batch, and network calls
-  (denoiser forward passes, the batch's: every sample rides every call) and mean steps per sample.
+  (denoiser forward passes, the batch's: every sample rides every call) and mean steps per sample;
+* for a strategy with a cache, its agreement with the same strategy without it: the fraction of generated tokens that
+  greedy decoding (argmax candidates, so that the two runs draw no different random numbers) puts in the same place
+  with and without the cache. 1 for MDLM's exact cache; below 1 measures what Fast-dLLM's approximate KV caches cost.
 
 A strategy is a name and its SamplerConfig overrides (`STRATEGIES`); "confidence_stop" expands over the given
 thresholds. Every row states the sampler settings it ran with. The real continuations of the prompts come first.
@@ -114,17 +117,25 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
           fn = make_sampler(run.graphdef, run.other, cfg)
           out, seconds = _timed(fn, run.params, jax.random.key(seed), tokens_j, fixed_j)
           steps_mean = float(np.mean(np.asarray(out.steps_B)))
+        agreement = None
+        if overrides.get("cache", "none") != "none":
+          greedy = lambda cache: np.asarray(make_sampler(run.graphdef, run.other, SamplerConfig.from_config(
+              run.config, steps=int(steps), **{**overrides, "cache": cache, "greedy": True}))(
+                  run.params, jax.random.key(seed), tokens_j, fixed_j).tokens_BxL)
+          agreement = float(np.mean((greedy(overrides["cache"]) == greedy("none"))[generated]))
         settings = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         if name == "verifier":
           settings = f"rounds={verifier_rounds}, redraw steps={vcfg.steps}"
         rows.append(dict(strategy=name, steps=int(steps), settings=settings, tokens_per_s=new_tokens / seconds,
                          batch_s=seconds, network_calls=int(out.network_calls), steps_mean=steps_mean,
+                         cache_agreement=agreement,
                          **score(np.asarray(out.tokens_BxL), generated, run.tokenizer, judge_nll, prompt_len)))
   return rows
 
 
 HEADER = ("| strategy | settings | steps | steps used (mean) | network calls | judge NLL | entropy | distinct-2 | "
-          "distinct-3 | script errors | tokens/s | batch s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+          "distinct-3 | script errors | tokens/s | batch s | greedy agreement with no cache |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def markdown_rows(rows) -> str:
@@ -133,4 +144,4 @@ def markdown_rows(rows) -> str:
       f"| {r['strategy']} | {r['settings']} | {r['steps']} | {fmt(r.get('steps_mean'), '.1f')} | "
       f"{r.get('network_calls', 'n/a')} | {r['judge_nll']:.3f} | {r['entropy']:.3f} | {fmt(r['distinct_2'], '.3f')} | "
       f"{fmt(r['distinct_3'], '.3f')} | {r['script_error_rate']:.2%} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
-      f"{fmt(r.get('batch_s'), '.3f')} |\n" for r in rows)
+      f"{fmt(r.get('batch_s'), '.3f')} | {fmt(r.get('cache_agreement'), '.1%')} |\n" for r in rows)

@@ -1,0 +1,21 @@
+"""What launch.gen_eval and launch.sampler_suite share: a diffusion run, its AR judge and the prompt windows."""
+from dlm_jax.data import pipeline
+from dlm_jax.evaluation import generation
+from dlm_jax.training import checkpoint
+
+
+def load_runs_and_windows(workdir: str, judge_dir: str, *, weights: str, which: str, prompt_len: int,
+                          num_samples: int, path: str = "", prompt_scripts: str = "any"):
+  """(run, judge, windows_WxL): both runs loaded for inference, the judge checked against the run (a causal run with
+  its tokenizer and context), and `num_samples` windows of the run's validation split (or `path`) whose first
+  `prompt_len` tokens are the prompts. Raises ValueError naming the flag at fault."""
+  run = checkpoint.load_for_inference(workdir, weights=weights, which=which)
+  judge = checkpoint.load_for_inference(judge_dir, weights=weights, which=which)
+  seq_len = int(run.config.data.seq_len)
+  generation.check_judge(run, judge)
+  if not 0 <= prompt_len < seq_len:
+    raise ValueError(f"--prompt_len={prompt_len} must be in [0, {seq_len}) (data.seq_len of the run; 0: unprompted "
+                     "samples).")
+  stream = pipeline.validation_stream(run.config.data, f"{workdir}/data_cache", run.tokenizer, path)
+  windows = generation.select_windows(stream, seq_len, num_samples, prompt_len, run.tokenizer, prompt_scripts)
+  return run, judge, windows
