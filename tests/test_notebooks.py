@@ -24,8 +24,9 @@ def execute(name, workdir, monkeypatch):
 
 def test_denoising_trajectories_notebook_executes(trained_run, monkeypatch):
   figures, text = execute("denoising_trajectories.ipynb", trained_run[0], monkeypatch)
-  assert figures == 2
+  assert figures == 3
   assert "step   0 |" in text and "mean confidence at reveal" in text
+  assert "threshold 0.5:" in text and "low-confidence remasking:" in text
 
 
 def test_inside_hrm_notebook_executes(trained_hrm_run, monkeypatch):
