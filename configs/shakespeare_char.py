@@ -6,7 +6,7 @@ Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/
        nanoGPT's places: the input embedding, the attention probabilities and each residual branch's output; with
        RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP). Weight decay 0.1 on
        every matrix, embeddings included, none on norms and biases (nanoGPT's grouping).
-Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (cosine schedule).
+Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (log-linear schedule, MDLM's).
        "ar": causal control arm, next-token loss (the same network, causal).
        "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
               slot attentions (8 d^2) where the baseline has one self-attention (4 d^2), so its SwiGLU is narrower:
@@ -31,6 +31,9 @@ def get_config(arm: str = "diffusion"):
     raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar', 'eco' or 'hrm', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
+  # The log-linear schedule (MDLM) beat cosine at CPU scale in two seeds and over 2,000 steps: BENCHMARKS.md,
+  # "Diffusion training recipe". (The AR arm ignores it.)
+  c.diffusion.schedule = "loglinear"
   c.data.valid_fraction = 0.1
   c.data.seq_len = 256
 
