@@ -33,7 +33,7 @@ flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=T
 flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
 flags.DEFINE_list("strategies", ["confidence", "ancestral", "ancestral_cache", "blocks", "blocks_dual_cache",
                                  "blocks_prefix_cache", "threshold", "threshold_blocks_dual_cache", "confidence_stop",
-                                 "low_confidence_remasking", "remdm_cap", "remdm_loop"],
+                                 "low_confidence_remasking", "remdm_cap", "remdm_loop", "guidance"],
                   "Strategies to run (dlm_jax/evaluation/sampling_suite.strategies; 'verifier' needs "
                   "--verifier_rounds > 0).")
 flags.DEFINE_list("steps", ["16", "64"], "Reverse-step counts.")
@@ -43,6 +43,7 @@ flags.DEFINE_integer("block_length", 32, "Block length of the block strategies."
 flags.DEFINE_float("threshold", 0.9, "Confidence threshold of the threshold strategies.")
 flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the confidence_stop strategy.")
 flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
+flags.DEFINE_float("guidance_scale", 1.0, "w of the guidance strategy (classifier-free guidance against the prompt).")
 flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
@@ -71,7 +72,8 @@ def main(argv):
     rows = sampling_suite.run_suite(
         run, judge, windows, FLAGS.prompt_len, names, [int(s) for s in FLAGS.steps], block_length=FLAGS.block_length,
         threshold=FLAGS.threshold, confidence_stops=[float(c) for c in FLAGS.confidence_stops],
-        remask_eta=FLAGS.remask_eta, verifier_rounds=FLAGS.verifier_rounds, seed=FLAGS.seed)
+        remask_eta=FLAGS.remask_eta, guidance_scale=FLAGS.guidance_scale, verifier_rounds=FLAGS.verifier_rounds,
+        seed=FLAGS.seed)
   except ValueError as e:
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
   command = "python -m launch.sampler_suite " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))

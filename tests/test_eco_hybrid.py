@@ -234,8 +234,8 @@ def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs(form):
     assert isinstance(r["memory_bound"], bool) and isinstance(r["write_kernel"], bool)
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", route_top_k=2),
-                                       dict(memory_attention="projected", conv_kernel=5)])
+@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", route_top_k=2,
+                                                    memory_attention="projected", conv_kernel=5)])
 def test_dual_cache_prefill_and_unchanged_step_equal_the_full_forward(overrides):
   """EcoHybrid's dual cache keeps each layer's input states (the convolution's neighbours) and the slots it read:
   with nothing changed, a step over some rows recomputes the full forward's logits there; the sampler runs with it."""

@@ -31,7 +31,7 @@ from dlm_jax.evaluation import generation
 from dlm_jax.sampling import SamplerConfig, hybrid, make_sampler
 
 
-def strategies(block_length: int, threshold: float, remask_eta: float) -> dict[str, dict]:
+def strategies(block_length: int, threshold: float, remask_eta: float, guidance_scale: float = 1.0) -> dict[str, dict]:
   """Strategy name -> SamplerConfig overrides (on top of the run's config.sample)."""
   return {
       "confidence": {},
@@ -46,6 +46,7 @@ def strategies(block_length: int, threshold: float, remask_eta: float) -> dict[s
       "low_confidence_remasking": {"remasking": "low_confidence", "remask_eta": remask_eta},
       "remdm_cap": {"method": "ancestral", "remasking": "remdm_cap", "remask_eta": remask_eta},
       "remdm_loop": {"method": "ancestral", "remasking": "remdm_loop", "remask_eta": remask_eta},
+      "guidance": {"guidance_scale": guidance_scale},
   }
 
 
@@ -88,7 +89,7 @@ def _timed(fn, *args):
 
 def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps_list, *, block_length: int = 32,
               threshold: float = 0.9, confidence_stops=(0.95, 0.98, 0.99), remask_eta: float = 0.02,
-              verifier_rounds: int = 0, seed: int = 0) -> list[dict]:
+              guidance_scale: float = 1.0, verifier_rounds: int = 0, seed: int = 0) -> list[dict]:
   """One row per (strategy, steps[, confidence_stop]) after the real-text row (module docstring). With
   `verifier_rounds` > 0 a "verifier" strategy (confidence decoding + the judge as AR verifier) is added per step
   count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure."""
@@ -97,7 +98,7 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
   tokens_j, fixed_j = jnp.asarray(tokens), jnp.asarray(fixed)
   judge_forward = lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV
   judge_nll = generation.judge_nll_fn(judge_forward)
-  presets = strategies(block_length, threshold, remask_eta)
+  presets = strategies(block_length, threshold, remask_eta, guidance_scale)
   check_names(names)
   rows = [dict(strategy="real text", steps="n/a", settings="", **score(windows_WxL, generated, run.tokenizer,
                                                                           judge_nll, prompt_len))]
