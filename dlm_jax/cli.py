@@ -24,6 +24,18 @@ from absl import app
 HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull", "--helpxml", "-help", "-helpfull")
 
 
+def define_checkpoint_flags():
+  """--weights=ema|raw and --checkpoint=latest|best, for the launchers that load a trained run
+  (`training.checkpoint.load_for_inference(workdir, weights=..., which=...)`). Registered under the running script, so
+  that its --help lists them with its own flags."""
+  from absl import flags
+  flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
+                    "Parameters to use: the EMA (when the run kept one) or the raw ones.", module_name=sys.argv[0])
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                    "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).",
+                    module_name=sys.argv[0])
+
+
 def user_errors() -> tuple:
   from dlm_jax.data import corpus, tokenizers
   from dlm_jax.errors import ConfigError

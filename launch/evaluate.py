@@ -30,10 +30,7 @@ flags.DEFINE_integer("time_samples", None, "Antithetic time draws per window (de
                      "the AR arm's exact NLL needs one).")
 flags.DEFINE_integer("batch_size", None, "Windows per batch (default: the run's eval.batch_size).")
 flags.DEFINE_integer("seed", None, "Evaluation seed (default: the run's eval.seed).")
-flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+cli.define_checkpoint_flags()
 flags.DEFINE_integer("calibration_bins", 0, "> 0: also the reliability diagram (this many bins) and ECE of the reveal "
                      "confidences on the same windows (diffusion runs).")
 FLAGS = flags.FLAGS

@@ -31,10 +31,7 @@ flags.DEFINE_enum("prompt_scripts", "any", ["any", "deva", "latn", "mixed"],
 flags.DEFINE_list("steps", ["16", "32", "96"], "Reverse-step counts to sweep.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default: the run's config).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 FLAGS = flags.FLAGS
 

@@ -63,10 +63,7 @@ flags.DEFINE_integer("verifier_steps", 16, "Reverse steps of each redraw.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_bool("stream", False, "Show the first sample filling in, step by step.")
 flags.DEFINE_float("stream_delay", 0.05, "Seconds between frames of --stream.")
-flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
 
 

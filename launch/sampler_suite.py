@@ -46,10 +46,7 @@ flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
 flags.DEFINE_float("guidance_scale", 1.0, "w of the guidance strategy (classifier-free guidance against the prompt).")
 flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_enum("weights", "ema", ["ema", "raw"],
-                  "Parameters to use: the EMA (when the run kept one) or the raw ones.")
-flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                  "The latest checkpoint, or the one with the best validation NELBO (WORKDIR/best).")
+cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 flags.DEFINE_bool("record", False, "Append the rows to --output.")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file --record appends to.")
