@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import special_tokens
+from dlm_jax.diffusion import losses
 from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import sampler as sampler_lib
 
@@ -58,10 +59,8 @@ class VerifiedOutput:
 
 def token_probabilities(verifier_logits_fn: Callable, x_BxL):
   """p_AR(x_i | x_<i) for i >= 1 from one causal forward pass (logits at i - 1 predict i); 1 at position 0."""
-  logits_BxLxV = sampler_lib.sampling_logits(verifier_logits_fn(x_BxL))
-  log_probs_BxLm1 = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV[:, :-1], axis=-1), x_BxL[:, 1:, None],
-                                        axis=-1)[..., 0]
-  return jnp.concatenate([jnp.ones_like(x_BxL[:, :1], jnp.float32), jnp.exp(log_probs_BxLm1)], axis=1)
+  nll_BxLm1 = losses.next_token_nll(sampler_lib.sampling_logits(verifier_logits_fn(x_BxL)), x_BxL)
+  return jnp.concatenate([jnp.ones_like(x_BxL[:, :1], jnp.float32), jnp.exp(-nll_BxLm1)], axis=1)
 
 
 def rejected_positions(prob_BxL, scored_BxL, threshold: float, window: int):

@@ -368,22 +368,28 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
     """(logits, priority, carry, passes): the denoiser's call, guided when guidance_scale > 0."""
     logits_BxLxV, model_priority_BxL, new_carry = denoise_fn(x_BxL, t_B, model_carry)
     if not cfg.guidance_scale:
-      return logits_BxLxV, model_priority_BxL, new_carry, 1
+      return logits_BxLxV, model_priority_BxL, new_carry, jnp.int32(1)
     unconditional_BxLxV = denoise_fn(jnp.where(fixed_BxL, mask_id, x_BxL), t_B, model_carry)[0]
     w = cfg.guidance_scale
     guided = (1.0 + w) * logits_BxLxV.astype(jnp.float32) - w * unconditional_BxLxV.astype(jnp.float32)
-    return guided.astype(logits_BxLxV.dtype), model_priority_BxL, new_carry, 2
+    return guided.astype(logits_BxLxV.dtype), model_priority_BxL, new_carry, jnp.int32(2)
+
+  def predict(logits_xV, sample_key):
+    """(candidates, confidences) from logits [..., V]: the never-sampled ids removed, a draw, and the model's own
+    probability of it (LLaDA's low-confidence remasking), not its probability under the temperature/top-k/top-p
+    filtered distribution it was drawn from."""
+    logits_xV = remove_never_sampled(logits_xV)  # in the model's dtype
+    cand_x = draw(logits_xV, cfg, sample_key)
+    return cand_x, confidence_scores(logits_xV, cand_x, cfg.confidence)
 
   def predictions_at(logits_BxQxV, positions_BxQ, real_BxQ, x_BxL, sample_key):
     """Candidates and confidences [B, L] from the logits of the rows at `positions_BxQ` (elsewhere: the current token
     and 0; entries that are not `real_BxQ` are padding and dropped)."""
-    logits_BxQxV = remove_never_sampled(logits_BxQxV)
-    cand_BxQ = draw(logits_BxQxV, cfg, sample_key)
+    cand_BxQ, confidence_BxQ = predict(logits_BxQxV, sample_key)
     rows_Bx1 = jnp.arange(batch)[:, None]
     scatter_BxQ = jnp.where(real_BxQ, positions_BxQ, length)  # out of bounds: dropped
     cand_BxL = x_BxL.at[rows_Bx1, scatter_BxQ].set(cand_BxQ, mode="drop")
-    confidence_BxL = jnp.zeros(x_BxL.shape, jnp.float32).at[rows_Bx1, scatter_BxQ].set(
-        confidence_scores(logits_BxQxV, cand_BxQ, cfg.confidence), mode="drop")
+    confidence_BxL = jnp.zeros(x_BxL.shape, jnp.float32).at[rows_Bx1, scatter_BxQ].set(confidence_BxQ, mode="drop")
     return cand_BxL, confidence_BxL
 
   def kv_cached_predictions(st, x_BxL, t_B, live_B, sample_key):
@@ -444,29 +450,21 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
       t_B = 1.0 - st.block_step_B / budget_B
     t_next_B = jnp.where(last_B, 0.0, 1.0 - (st.block_step_B + 1) / budget_B)
 
-    def call(_):
-      return network(x_BxL, t_B, st.model_carry)
-
     kv_cache, kv_block_B = st.kv_cache, st.kv_block_B
     if cfg.cache in KV_CACHES:
       cand_BxL, confidence_BxL, kv_cache, kv_block_B = kv_cached_predictions(st, x_BxL, t_B, live_B, sample_key)
-      model_priority_BxL, model_carry, passes = None, st.model_carry, 1
+      model_priority_BxL, model_carry, passes = None, st.model_carry, jnp.int32(1)
       cache, cache_x_BxL = st.cache, st.cache_x_BxL
     elif cfg.cache == "unchanged":
       unchanged = (st.step > 0) & jnp.all(x_BxL == st.cache_x_BxL)
       logits_BxLxV, model_priority_BxL, model_carry, passes = jax.lax.cond(
-          unchanged, lambda _: (*st.cache, st.model_carry, jnp.int32(0)),
-          lambda _: (*call(None)[:3], jnp.int32(network_passes)), None)
+          unchanged, lambda: (*st.cache, st.model_carry, jnp.int32(0)), lambda: network(x_BxL, t_B, st.model_carry))
       cache, cache_x_BxL = (logits_BxLxV, model_priority_BxL), x_BxL
     else:
-      logits_BxLxV, model_priority_BxL, model_carry, passes = call(None)
+      logits_BxLxV, model_priority_BxL, model_carry, passes = network(x_BxL, t_B, st.model_carry)
       cache, cache_x_BxL = st.cache, st.cache_x_BxL
     if cfg.cache not in KV_CACHES:
-      logits_BxLxV = remove_never_sampled(logits_BxLxV)  # in the model's dtype
-      cand_BxL = draw(logits_BxLxV, cfg, sample_key)
-      # Confidence is the model's own probability of the candidate (LLaDA's low-confidence remasking), not the
-      # probability under the temperature/top-k/top-p-filtered distribution the candidate was drawn from.
-      confidence_BxL = confidence_scores(logits_BxLxV, cand_BxL, cfg.confidence)
+      cand_BxL, confidence_BxL = predict(logits_BxLxV, sample_key)
     step_priority_BxL = priority_BxL
     if cfg.strategic_weight and model_priority_BxL is not None:
       weighted = cfg.strategic_weight * model_priority_BxL.astype(jnp.float32)
@@ -536,7 +534,6 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
                       steps_B=st.steps_B + live_B.astype(jnp.int32), calls=st.calls + passes, cache=cache,
                       cache_x_BxL=cache_x_BxL, kv_cache=kv_cache, kv_block_B=kv_block_B, trajectory=trajectory)
 
-  network_passes = 2 if cfg.guidance_scale else 1
   cache = cache_x = None
   if cfg.cache == "unchanged":
     shapes = jax.eval_shape(lambda x, c: network(x, jnp.ones((batch,), jnp.float32), c)[:2], x_BxL, init_carry)
