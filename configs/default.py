@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seed = 0  # shuffling of the training crops
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.objective = "elbo"  # "elbo" (MD4/MDLM NELBO), "masked_mean" (not a bound), "autoregressive"
+  # "elbo" (MD4/MDLM NELBO), "masked_mean" (not a bound), "autoregressive", "uniform" (uniform-state NELBO), "duo"
+  # (uniform + Duo's soft-token curriculum), "sedd" (score entropy), "dcd" (Duo's distillation: launch/distill.py)
+  c.diffusion.objective = "elbo"
   c.diffusion.schedule = "cosine"  # "linear", "cosine", "polynomial", "loglinear"
   c.diffusion.schedule_exponent = 2.0  # polynomial schedule alpha = 1 - t^p
   c.diffusion.schedule_eps = 1e-3  # loglinear schedule alpha(1)
@@ -47,6 +49,15 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
   # (losses.tied_head_nll); 0: from the full logits.
   c.diffusion.loss_chunk = 0
+  # Uniform-state objectives (dlm_jax/diffusion/uniform.py, duality.py, score_entropy.py).
+  c.diffusion.parameterization = "posterior"  # x_0 -> reverse ratios: "posterior" (exact mixture) or Duo's "mean"
+  c.diffusion.sedd_process = "absorbing"  # "sedd": "absorbing" or "uniform"
+  c.diffusion.curriculum_steps = 0  # "duo": updates with soft tokens (Gaussian latents, tempered softmax)
+  c.diffusion.soft_tau_log10_start = -1.0  # "duo": log10 of the soft tokens' temperature at step 0 ...
+  c.diffusion.soft_tau_log10_end = -2.0  # ... annealed log-linearly to this at curriculum_steps (hard tokens after)
+  c.diffusion.distill_teacher_steps = 64  # "dcd": T, the teacher's step count (round n jumps 2^n / T)
+  c.diffusion.distill_round_steps = 100  # "dcd": updates per round (the teacher is refreshed from the student)
+  c.diffusion.distill_loss = "kl_bwd"  # "dcd": "kl_bwd" KL(student || teacher) or "kl_fwd"
 
   c.model = model_config("transformer")
   c.model.num_layers = 4

@@ -37,7 +37,7 @@ def _train_step_and_inputs(config, vocab, seq_len, batch):
   """A compiled train step of `config`'s model at (batch, seq_len) with its state and synthetic tokens."""
   config = config.copy_and_resolve_references()
   config.data.seq_len = seq_len  # the model's max_len
-  objective = objectives.from_config(config)
+  objective = objectives.from_config(config, vocab)
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
   graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
   shardings = sharding.DataParallel(sharding.make_mesh())

@@ -13,6 +13,19 @@ kinds (config `diffusion.objective`):
     (T = `num_timesteps`), mask rate 1 - alpha(t); loss = mean over sequences of the masked-mean CE. Not a bound.
   * "autoregressive": the causal control arm (the same network, causal, trained on next-token prediction): next-token
     NLL, loss = mean over B (L - 1) predictions.
+  * "uniform": uniform-state diffusion (UDLM/Duo; `diffusion.uniform`): the continuous-time NELBO of the process that
+    replaces tokens by uniform draws over the K data states, antithetic t, the denoiser predicting x_0
+    (`diffusion.parameterization`: "posterior", exact at the optimum, or Duo's "mean"). Unbiased per-token NELBO.
+  * "duo": "uniform" trained with Duo's curriculum (`diffusion.duality`): for the first `curriculum_steps` updates the
+    corrupted tokens are argmax(w_t) of Gaussian latents w_t = abar_t x_0 + sbar_t eps with abar_t chosen so that the
+    argmax follows the schedule's alpha(t), and the denoiser sees the soft tokens softmax(w_t / tau) instead of their
+    one-hots, tau annealed log-linearly from 10^`soft_tau_log10_start` to 10^`soft_tau_log10_end`; the loss is the
+    uniform NELBO of z_t = argmax w_t (the soft input carries more than z_t, so during the curriculum the loss is a
+    low-variance surrogate, not a bound). Afterwards it is "uniform" exactly. Evaluation always uses hard tokens.
+  * "sedd": SEDD's denoising score entropy (`diffusion.score_entropy`) for `sedd_process` "absorbing" or "uniform":
+    the denoiser outputs log concrete scores instead of x_0 logits. A NELBO too, so evaluation sits in the same tables.
+  * "dcd": Duo's discrete consistency distillation of a "duo"/"uniform" teacher (`distillation_loss`); evaluated with
+    the uniform NELBO (the student is a uniform-state x_0 model).
 
 Conditional training (`prompt_length` = P > 0; seed 002's SFT-style objective, as in LLaDA's SFT): the first P tokens
 of each window are a prompt that is never masked and never scored; the loss is the NELBO of tokens P+1..L given them,
@@ -36,11 +49,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.diffusion import forward, losses
+from dlm_jax.diffusion import duality, forward, losses, score_entropy, uniform
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
-OBJECTIVES = ("elbo", "masked_mean", "autoregressive")
+OBJECTIVES = ("elbo", "masked_mean", "autoregressive", "uniform", "duo", "sedd", "dcd")
+UNIFORM_X0 = ("uniform", "duo", "dcd")  # uniform-state objectives whose denoiser predicts x_0
+DISTILLATION_LOSSES = ("kl_bwd", "kl_fwd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +73,38 @@ class DiffusionObjective:
   self_conditioning: bool = False
   prompt_length: int = 0  # > 0: the first prompt_length tokens are never masked nor scored (SFT-style)
   prompt_drop: float = 0.0  # probability that an example's prompt is masked (classifier-free guidance training)
+  vocab_size: int = 0  # the uniform-state and SEDD objectives draw from (and score) the states of this vocabulary
+  parameterization: str = "posterior"  # uniform-state x_0 models: "posterior" or "mean" (diffusion/uniform.py)
+  sedd_process: str = "absorbing"  # "sedd": the forward process, "absorbing" or "uniform"
+  # "duo": the soft-token curriculum lasts this many updates; tau = 10^(start + (end - start) step / curriculum_steps)
+  curriculum_steps: int = 0
+  soft_tau_log10_start: float = -1.0
+  soft_tau_log10_end: float = -2.0
+  # "dcd": the teacher's step count T and the updates per round; round n matches the student at t to the teacher at
+  # t - 2^n / T (the teacher is the student's copy from the start of the round).
+  distill_teacher_steps: int = 64
+  distill_round_steps: int = 100
+  distill_loss: str = "kl_bwd"  # "kl_bwd": KL(student || teacher) (Duo's default), "kl_fwd": KL(teacher || student)
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
       raise ConfigError(f"Unknown objective {self.kind!r} (config diffusion.objective); choose one of {OBJECTIVES}.")
+    if self.parameterization not in uniform.PARAMETERIZATIONS:
+      raise ConfigError(f"diffusion.parameterization must be one of {uniform.PARAMETERIZATIONS}, got "
+                        f"{self.parameterization!r}.")
+    if self.sedd_process not in score_entropy.PROCESSES:
+      raise ConfigError(f"diffusion.sedd_process must be one of {score_entropy.PROCESSES}, got {self.sedd_process!r}.")
+    if self.distill_loss not in DISTILLATION_LOSSES:
+      raise ConfigError(f"diffusion.distill_loss must be one of {DISTILLATION_LOSSES}, got {self.distill_loss!r}.")
+    if self.kind == "dcd" and (self.distill_teacher_steps < 2 or self.distill_round_steps < 1):
+      raise ConfigError(f"diffusion.distill_teacher_steps must be >= 2 and diffusion.distill_round_steps >= 1, got "
+                        f"{self.distill_teacher_steps} and {self.distill_round_steps}.")
+    if self.process == "uniform" and self.prompt_drop:
+      raise ConfigError("diffusion.prompt_drop masks the prompt, which a uniform-state process has no mask for; "
+                        "set it to 0 with this objective.")
+    if self.kind in ("sedd", "dcd", *UNIFORM_X0) and (self.self_conditioning or self.loss_chunk):
+      raise ConfigError(f"diffusion.objective={self.kind!r} scores full logits without self-conditioning: set "
+                        "model.self_conditioning=False and diffusion.loss_chunk=0.")
     if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:
       raise ConfigError(f"diffusion.prompt_length must be >= 0 and diffusion.prompt_drop in [0, 1), got "
                         f"{self.prompt_length} and {self.prompt_drop}.")
@@ -73,6 +116,15 @@ class DiffusionObjective:
   @property
   def is_autoregressive(self) -> bool:
     return self.kind == "autoregressive"
+
+  @property
+  def process(self) -> str:
+    """The forward process: "absorbing" (masking), "uniform" or "autoregressive"."""
+    if self.is_autoregressive:
+      return "autoregressive"
+    if self.kind in UNIFORM_X0 or (self.kind == "sedd" and self.sedd_process == "uniform"):
+      return "uniform"
+    return "absorbing"
 
   def sample_times(self, rng, batch_size: int):
     if self.kind == "masked_mean":
@@ -102,31 +154,87 @@ class DiffusionObjective:
       estimate_BxLxV = jnp.where(keep_B[:, None, None], estimate_BxLxV, 0.0)
     return denoise_fn(xt_BxL, t_B, estimate_BxLxV)
 
-  def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True):
+  @property
+  def states_V(self):
+    """The uniform-state process's states (diffusion/uniform.states) of this objective's vocabulary."""
+    if not self.vocab_size:
+      raise ValueError(f"diffusion.objective={self.kind!r} needs the vocabulary size: build it with "
+                       "objectives.from_config(config, vocab_size).")
+    return uniform.states(self.vocab_size)
+
+  def prompt_mask(self, shape):
+    """bool [B, L]: the never-corrupted, never-scored prompt positions, or None without a prompt."""
+    return jnp.broadcast_to(jnp.arange(shape[1]) < self.prompt_length, shape) if self.prompt_length else None
+
+  def soft_tau(self, step):
+    """Duo's soft-token temperature at update `step` of the curriculum."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(self.curriculum_steps, 1), 0.0, 1.0)
+    return 10.0**(self.soft_tau_log10_start + (self.soft_tau_log10_end - self.soft_tau_log10_start) * frac)
+
+  def gaussian_corrupt(self, rng, x0_BxL, alpha_B, fixed_BxL, eps_BxLxV=None):
+    """Duo's corruption through the Gaussian latent: (z_BxL = argmax w, w_BxLxV), with w = abar x_0 + sbar eps and
+    abar = T^{-1}(alpha) (diffusion/duality.py); fixed positions keep x_0. `eps_BxLxV` shares the noise between calls
+    (the distillation's coupled pair)."""
+    states_V = self.states_V
+    if eps_BxLxV is None:
+      eps_BxLxV = jax.random.normal(rng, (*x0_BxL.shape, self.vocab_size), jnp.float32)
+    dual = duality.GaussianDuality(int(states_V.sum()))
+    w_BxLxV = dual.latents(x0_BxL, dual.gaussian_snr(alpha_B), eps_BxLxV, states_V)
+    z_BxL = jnp.argmax(w_BxLxV, axis=-1).astype(x0_BxL.dtype)
+    if fixed_BxL is not None:
+      z_BxL = jnp.where(fixed_BxL, x0_BxL, z_BxL)
+    return z_BxL, w_BxLxV
+
+  def sequence_nelbo(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL=None):
+    """Each sequence's one-sample NELBO in nats under this objective's process and parameterization. `corrupted_BxL`
+    marks the masked positions of the absorbing process (unused by the others)."""
+    if self.kind == "sedd":
+      return score_entropy.nelbo_per_sequence(output.logits_BxLxV, x0_BxL, xt_BxL, t_B, self.schedule, self.states_V,
+                                              self.sedd_process, self.mask_id, scored_BxL)
+    if self.process == "uniform":
+      return uniform.nelbo_per_sequence(output.logits_BxLxV, x0_BxL, xt_BxL, t_B, self.schedule, self.states_V,
+                                        self.parameterization, scored_BxL)
+    return losses.nelbo_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL, t_B, self.schedule)
+
+  def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
+    """(x_t, corrupted) under this objective's forward process with hard tokens; fixed positions untouched."""
+    if self.process == "uniform":
+      return uniform.corrupt(rng, x0_BxL, self.schedule.alpha(t_B), self.states_V, fixed_BxL)
+    return forward.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=fixed_BxL)
+
+  def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None):
+    """(loss, metrics). `step` (the update count) drives Duo's curriculum and the distillation rounds; `teacher_fn`
+    is the distillation teacher's denoise function."""
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
       nll_BxLm1 = self.token_nll(output, x0_BxL, shift=True)
       loss, metrics = jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}
+    elif self.kind == "dcd":
+      loss, output, metrics = self.distillation_loss(denoise_fn, teacher_fn, x0_BxL, rng, step)
     else:
       t_rng, mask_rng = jax.random.split(rng)
       t_B = self.sample_times(t_rng, batch_size)
-      prompt_BxL = None
-      if self.prompt_length:
-        prompt_BxL = jnp.broadcast_to(jnp.arange(seq_len) < self.prompt_length, x0_BxL.shape)
-      xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=prompt_BxL)
+      prompt_BxL = self.prompt_mask(x0_BxL.shape)
+      scored_BxL = None if prompt_BxL is None else ~prompt_BxL
+      if self.kind == "duo" and self.curriculum_steps and step is not None:
+        xt_BxL, input_BxL = self.curriculum_inputs(mask_rng, x0_BxL, t_B, prompt_BxL, step)
+        corrupted_BxL = xt_BxL != x0_BxL
+      else:
+        xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, prompt_BxL)
+        input_BxL = xt_BxL
       if self.prompt_drop:
         drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
-        xt_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
-      output = self.denoise(denoise_fn, xt_BxL, t_B, jax.random.fold_in(rng, 1))
-      nll_BxL = self.token_nll(output, x0_BxL)
-      metrics = {"masked_fraction": jnp.mean(masked_BxL.astype(jnp.float32))}
-      if self.kind == "elbo":
-        nelbo_B = losses.nelbo_per_sequence(nll_BxL, masked_BxL, t_B, self.schedule)
+        input_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
+      output = self.denoise(denoise_fn, input_BxL, t_B, jax.random.fold_in(rng, 1))
+      metrics = {"masked_fraction" if self.process == "absorbing" else "corrupted_fraction":
+                 jnp.mean(corrupted_BxL.astype(jnp.float32))}
+      if self.kind == "masked_mean":
+        loss = jnp.mean(losses.masked_mean_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL))
+      else:
+        nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL)
         loss = jnp.sum(nelbo_B) / (batch_size * (seq_len - self.prompt_length))
         metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
-      else:
-        loss = jnp.mean(losses.masked_mean_per_sequence(nll_BxL, masked_BxL))
     if with_aux:
       for name, value in output.aux_losses.items():
         metrics[f"aux/{name}"] = value
@@ -135,10 +243,61 @@ class DiffusionObjective:
     metrics["loss"] = loss
     return loss, metrics
 
+  def curriculum_inputs(self, rng, x0_BxL, t_B, fixed_BxL, step):
+    """Duo's curriculum: (z_t = argmax w_t, the denoiser's input [B, L, V]): the soft tokens softmax(w_t / tau) while
+    step < curriculum_steps, the one-hots of z_t after (one compiled program; lax.cond runs one branch)."""
+    z_BxL, w_BxLxV = self.gaussian_corrupt(rng, x0_BxL, self.schedule.alpha(t_B), fixed_BxL)
+    hard_BxLxV = jax.nn.one_hot(z_BxL, self.vocab_size, dtype=jnp.float32)
+
+    def soft(_):
+      soft_BxLxV = duality.soft_tokens(w_BxLxV, self.soft_tau(step))
+      return soft_BxLxV if fixed_BxL is None else jnp.where(fixed_BxL[..., None], hard_BxLxV, soft_BxLxV)
+
+    input_BxLxV = jax.lax.cond(jnp.asarray(step) < self.curriculum_steps, soft, lambda _: hard_BxLxV, None)
+    return z_BxL, input_BxLxV
+
+  def distillation_gap(self, step):
+    """dt = 2^n / T at round n = step // distill_round_steps (capped at 1/2): the time gap the student jumps."""
+    rounds = jnp.asarray(step, jnp.int32) // self.distill_round_steps
+    return jnp.minimum(2.0**rounds.astype(jnp.float32) / self.distill_teacher_steps, 0.5)
+
+  def distillation_loss(self, denoise_fn, teacher_fn, x0_BxL, rng, step):
+    """Duo's discrete consistency distillation (Sahoo et al. 2025 §4, their `Distillation.nll`).
+
+    One Gaussian noise eps gives a deterministic pair on the probability-flow path of the Gaussian diffusion,
+    w_t = abar_t x + sbar_t eps and w_s = abar_s x + sbar_s eps with s = t - dt, whose argmaxes z_t, z_s are samples of
+    the uniform process at alpha(t) and alpha(s) (the duality). The student at (z_t, t) is trained to predict what the
+    teacher predicts at the cleaner (z_s, s):
+        loss = KL(p_student(x_0 | z_t) || p_teacher(x_0 | z_s))   ("kl_bwd"; "kl_fwd" swaps the arguments),
+    summed over positions, averaged per token, t ~ U[dt, 1] (antithetic). dt = 2^n / T doubles every round, and the
+    caller (the train step) sets the teacher to the student at the start of each round, so that after n rounds one
+    student step covers 2^n of the original T teacher steps."""
+    if teacher_fn is None or step is None:
+      raise ValueError("diffusion.objective='dcd' trains a student against a teacher: run it through "
+                       "python -m launch.distill, which passes the teacher and the step.")
+    batch_size, seq_len = x0_BxL.shape
+    t_rng, eps_rng = jax.random.split(rng)
+    dt = self.distillation_gap(step)
+    t_B = dt + (1.0 - dt) * forward.antithetic_times(t_rng, batch_size, 0.0)
+    s_B = jnp.maximum(t_B - dt, self.t_min)
+    prompt_BxL = self.prompt_mask(x0_BxL.shape)
+    eps_BxLxV = jax.random.normal(eps_rng, (batch_size, seq_len, self.vocab_size), jnp.float32)
+    zt_BxL, _ = self.gaussian_corrupt(None, x0_BxL, self.schedule.alpha(t_B), prompt_BxL, eps_BxLxV)
+    zs_BxL, _ = self.gaussian_corrupt(None, x0_BxL, self.schedule.alpha(s_B), prompt_BxL, eps_BxLxV)
+    output = denoise_fn(zt_BxL, t_B)
+    student = uniform.state_log_probs(output.logits_BxLxV, self.states_V)
+    teacher = jax.lax.stop_gradient(uniform.state_log_probs(teacher_fn(zs_BxL, s_B).logits_BxLxV, self.states_V))
+    first, second = (student, teacher) if self.distill_loss == "kl_bwd" else (teacher, student)
+    kl_BxL = jnp.sum(jnp.exp(first) * (first - second), axis=-1)
+    if prompt_BxL is not None:
+      kl_BxL = jnp.where(prompt_BxL, 0.0, kl_BxL)
+    loss = jnp.sum(kl_BxL) / (batch_size * (seq_len - self.prompt_length))
+    return loss, output, {"distill_kl": loss, "distill_dt": dt}
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
     """Nats per scored token of -log p(x_2..L | x_1) (the module docstring's convention): exact for the AR arm, a
-    one-sample NELBO with x_1 never masked for diffusion. No auxiliary losses."""
+    one-sample NELBO with x_1 never corrupted for diffusion (hard tokens, whatever the training curriculum). No
+    auxiliary losses."""
     batch_size, seq_len = x0_BxL.shape
     if self.is_autoregressive:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
@@ -146,19 +305,25 @@ class DiffusionObjective:
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
     first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
-    xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=first_BxL)
-    nll_BxL = self.token_nll(self.denoise(denoise_fn, xt_BxL, t_B), x0_BxL)
-    return jnp.sum(losses.nelbo_per_sequence(nll_BxL, masked_BxL, t_B, self.schedule)) / (batch_size * (seq_len - 1))
+    xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)
+    output = self.denoise(denoise_fn, xt_BxL, t_B)
+    nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, ~first_BxL)
+    return jnp.sum(nelbo_B) / (batch_size * (seq_len - 1))
 
 
-def from_config(config) -> DiffusionObjective:
+def from_config(config, vocab_size: int = 0) -> DiffusionObjective:
+  """The objective of `config.diffusion`; `vocab_size` (the tokenizer's) is needed by the uniform-state and SEDD
+  objectives."""
   from dlm_jax import special_tokens
   from dlm_jax.diffusion import schedules
   objective = config.diffusion.objective
   if config.model.get("causal", False) != (objective == "autoregressive"):
     raise ConfigError(
         f"config.model.causal={config.model.get('causal', False)} does not fit diffusion.objective={objective!r}: "
-        "a causal model trains with objective 'autoregressive' and a bidirectional one with 'elbo' or 'masked_mean'.")
+        "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
+  if config.model.name == "hrm" and objective in ("uniform", "duo", "sedd", "dcd"):
+    raise ConfigError(f"diffusion.objective={objective!r} with model hrm: the HRM denoiser's strategic unmasking and "
+                      "memory losses are defined on masked positions. Use 'elbo' or 'masked_mean', or another model.")
   prompt_length = int(config.diffusion.get("prompt_length", 0))
   if prompt_length >= int(config.data.seq_len):
     raise ConfigError(f"diffusion.prompt_length={prompt_length} leaves nothing to score in windows of "
@@ -169,4 +334,13 @@ def from_config(config) -> DiffusionObjective:
       loss_chunk=int(config.diffusion.get("loss_chunk", 0)),
       self_conditioning=bool(config.model.get("self_conditioning", False)),
       prompt_length=prompt_length,
-      prompt_drop=float(config.diffusion.get("prompt_drop", 0.0)))
+      prompt_drop=float(config.diffusion.get("prompt_drop", 0.0)),
+      vocab_size=int(vocab_size),
+      parameterization=config.diffusion.get("parameterization", "posterior"),
+      sedd_process=config.diffusion.get("sedd_process", "absorbing"),
+      curriculum_steps=int(config.diffusion.get("curriculum_steps", 0)),
+      soft_tau_log10_start=float(config.diffusion.get("soft_tau_log10_start", -1.0)),
+      soft_tau_log10_end=float(config.diffusion.get("soft_tau_log10_end", -2.0)),
+      distill_teacher_steps=int(config.diffusion.get("distill_teacher_steps", 64)),
+      distill_round_steps=int(config.diffusion.get("distill_round_steps", 100)),
+      distill_loss=config.diffusion.get("distill_loss", "kl_bwd"))

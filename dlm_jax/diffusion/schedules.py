@@ -79,6 +79,19 @@ class MaskingSchedule:
     """1 - alpha(t): probability that a token is masked at time t."""
     return 1.0 - self.alpha(t)
 
+  def one_minus_alpha(self, t):
+    """1 - alpha(t) in closed form, accurate where alpha(t) rounds to 1 in float32 (t near 0), which the ratio
+    (1 - alpha) / alpha of the uniform-state and score-entropy losses needs; `mask_rate` keeps the masked sampler's
+    original arithmetic."""
+    t = jnp.asarray(t, jnp.float32)
+    if self.name == "linear":
+      return t
+    if self.name == "cosine":
+      return jnp.sin(0.5 * math.pi * t)
+    if self.name == "polynomial":
+      return t**self.exponent
+    return (1.0 - self.eps) * t  # loglinear
+
   def time_of_mask_rate(self, rate):
     """The inverse of mask_rate: the t in [0, 1] at which a token is masked with probability `rate` (clipped to the
     schedule's range; loglinear's mask rate never exceeds 1 - eps)."""

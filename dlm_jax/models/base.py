@@ -146,13 +146,17 @@ class Denoiser(nnx.Module):
     """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]) (+ W_sc (p @ E))), in the
     activation dtype; p = `self_cond_BxLxV`, the previous estimate of x_0 (self-conditioning; None = zeros). The
     dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM). `positions_BxL`: the
-    tokens' positions when they are rows gathered from a longer sequence (a KV-cached sampler step; default 0..L-1)."""
+    tokens' positions when they are rows gathered from a longer sequence (a KV-cached sampler step; default 0..L-1).
+    `tokens_BxL` may also be float token weights [B, L, V] (Duo's soft tokens): then E[x] is their mixture w @ E, of
+    which the integer path is the one-hot case."""
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len} (data.seq_len of the config).")
     table_VxD = self.embedding[...].astype(self.dtype)
-    if cfg.embed_one_hot:
+    if tokens_BxL.ndim == 3:
+      h_BxLxD = tokens_BxL.astype(self.dtype) @ table_VxD
+    elif cfg.embed_one_hot:
       h_BxLxD = jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table_VxD
     else:
       h_BxLxD = table_VxD[tokens_BxL]
