@@ -58,6 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.distill_teacher_steps = 64  # "dcd": T, the teacher's step count (round n jumps 2^n / T)
   c.diffusion.distill_round_steps = 100  # "dcd": updates per round (the teacher is refreshed from the student)
   c.diffusion.distill_loss = "kl_bwd"  # "dcd": "kl_bwd" KL(student || teacher) or "kl_fwd"
+  # The teacher of a "dcd" run (python -m launch.distill sets these): its workdir, weights and checkpoint.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""
+  c.distill.teacher_weights = "ema"  # "ema" (when the teacher kept them) or "raw"
+  c.distill.teacher_checkpoint = "latest"  # "latest" or "best"
 
   c.model = model_config("transformer")
   c.model.num_layers = 4
@@ -115,6 +120,40 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.update(sampling.SamplerConfig.strategy_defaults())
 
   c.bench = bench_config(vocab_size=0, sample_batch=16, sample_new_tokens=64, sample_steps=32)
+  return c
+
+
+def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
+  """Turns a transformer diffusion config into the issue-12 arm `arm` (in place; returns it):
+
+  * "duo":     uniform-state diffusion with Duo's soft-token curriculum for the first 20% of the updates (Duo's
+               curriculum ends at 200k of 1M steps), x_0 "posterior" parameterization, ancestral sampler.
+  * "sedd":    SEDD's score entropy on the absorbing process, Tweedie sampler.
+  * "duo_dcd": the distillation student of a "duo" run (diffusion.objective="dcd"; `launch.distill` fills in the
+               teacher): T = sample.steps teacher steps, 5 rounds of num_steps / 5 updates whose gaps are 1/T, 2/T, ...,
+               16/T, so that the last round's student is meant for T / 16 steps (4 for T = 64).
+  The uniform and score processes need the noise level, which masking shows through the mask count: these arms turn
+  time conditioning on, and pay for its MLP (2 width^2 + 2 width parameters) with a narrower SwiGLU, so that every arm
+  keeps the baseline's parameter count (tests/test_configs.py)."""
+  if arm not in ("duo", "sedd", "duo_dcd"):
+    raise ValueError(f"Unknown arm {arm!r}: 'duo', 'sedd' or 'duo_dcd'.")
+  width, layers = int(c.model.width), int(c.model.num_layers)
+  c.model.time_conditioning = True
+  c.model.mlp_dim = int(c.model.mlp_dim) - round((2 * width * width + 2 * width) / (3 * width * layers))
+  c.sample.reveal_noise = 0.0  # a masked-sampler option
+  if arm == "sedd":
+    c.diffusion.objective = "sedd"
+    c.diffusion.sedd_process = "absorbing"
+    c.sample.method = "tweedie"
+    return c
+  c.diffusion.objective = "duo"
+  c.diffusion.curriculum_steps = int(c.train.num_steps) // 5
+  c.sample.method = "ancestral"
+  if arm == "duo_dcd":
+    c.diffusion.objective = "dcd"
+    c.diffusion.distill_teacher_steps = int(c.sample.steps)
+    c.diffusion.distill_round_steps = max(int(c.train.num_steps) // 5, 1)
+    c.optimizer.warmup_steps = 0  # the student starts from trained weights
   return c
 
 

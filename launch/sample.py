@@ -35,7 +35,8 @@ flags.DEFINE_string("suffix", "", "Text fixed at the end (infilling between --pr
 flags.DEFINE_integer("num_samples", 4, "Batch size.")
 flags.DEFINE_integer("steps", None, "Reverse steps (default: the run's config.sample.steps).")
 flags.DEFINE_integer("length", None, "New tokens to generate (default: fill the model's context).")
-flags.DEFINE_enum("method", None, ["confidence", "ancestral"], "Sampler (default: the run's config).")
+flags.DEFINE_enum("method", None, list(sampler_lib.METHODS), "Sampler (default: the run's config): confidence or "
+                  "ancestral for masked models; ancestral or greedy for uniform-state (Duo) ones; tweedie for SEDD.")
 flags.DEFINE_bool("greedy", None, "Argmax candidates instead of sampling them.")
 flags.DEFINE_float("temperature", None, "Sampling temperature.")
 flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).")

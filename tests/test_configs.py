@@ -7,6 +7,7 @@ from flax import nnx
 from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small
 from dlm_jax import models
 from dlm_jax.diffusion import objectives
+from dlm_jax.sampling import SamplerConfig
 
 
 def num_params(config, vocab_size):
@@ -14,8 +15,12 @@ def num_params(config, vocab_size):
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm"), 70),
-                                                 (shakespeare_char_small, ("diffusion", "ar", "eco", "hrm"), 70),
+BEYOND_MASKING = ("duo", "sedd", "duo_dcd")
+
+
+@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
+                                                 (shakespeare_char_small,
+                                                  ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
                                                  (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),
                                                  (base_110m, ("diffusion", "eco", "hrm"), 32000)],
                          ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "base_110m"])
@@ -23,7 +28,8 @@ def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   counts = {}
   for arm in arms:
     config = module.get_config(arm)
-    objectives.from_config(config)  # causal/objective agree
+    objectives.from_config(config, vocab)  # causal/objective agree
+    SamplerConfig.from_config(config)  # the sampler fits the objective
     counts[arm] = num_params(config, vocab)
   for arm, count in counts.items():
     assert abs(count / counts["diffusion"] - 1) < 0.02, (arm, counts)

@@ -63,17 +63,15 @@ def nelbo_per_sequence(logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, states_V, pro
     # sum_y s_y - r log s_x0 + r (log r - 1) = sum_y s_y - r - r log(s_x0 / r)
     r_Bx1 = jnp.exp(log_r_Bx1)
     entropy_BxL = s_total_BxL - r_Bx1 - r_Bx1 * (log_s_x0 - log_r_Bx1)
-    entropy_BxL = jnp.where(z_BxL == mask_id, entropy_BxL, 0.0)
-    weight_B = -schedule.dalpha(t_B) / alpha_B
-  elif process == "uniform":
-    r = uniform.data_ratios(x0_BxL, z_BxL, alpha_B, one_minus_B, num_states, logits_BxLxV.shape[-1])
-    entropy_BxL = uniform.score_entropy(jnp.exp(log_s), r, z_BxL, states_V)
-    weight_B = uniform.rate_weight(schedule, t_B, num_states)
-  else:
+    entropy_BxL = jnp.where(z_BxL == mask_id, entropy_BxL, 0.0)  # (fixed positions are never masked)
+    # The absorbing prior term is dropped, as in MDLM (alpha(1) ~ 0).
+    return -schedule.dalpha(t_B) / alpha_B * jnp.sum(entropy_BxL, axis=-1)
+  if process != "uniform":
     raise ValueError(f"Unknown SEDD process {process!r}; choose one of {PROCESSES}.")
-  if scored_BxL is not None:
-    entropy_BxL = jnp.where(scored_BxL, entropy_BxL, 0.0)
-  return weight_B * jnp.sum(entropy_BxL, axis=-1)
+  r = uniform.data_ratios(x0_BxL, z_BxL, alpha_B, one_minus_B, num_states, logits_BxLxV.shape[-1])
+  entropy_BxL = uniform.score_entropy(jnp.exp(log_s), r, z_BxL, states_V)
+  return uniform.sequence_total(entropy_BxL, uniform.rate_weight(schedule, t_B, num_states), schedule, num_states,
+                                scored_BxL)
 
 
 def tweedie_probs(log_s_BxLxV, z_BxL, alpha_t_B, alpha_s_B, states_V, process: str, mask_id: int):

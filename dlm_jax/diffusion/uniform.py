@@ -142,19 +142,34 @@ def rate_weight(schedule, t_B, num_states: int):
   return jnp.where(alpha_B > 0, -schedule.dalpha(t_B) / (num_states * jnp.maximum(alpha_B, 1e-30)), 0.0)
 
 
+def prior_kl(alpha_1, num_states: int):
+  """KL(q_1(. | x) || Uniform) per token, the NELBO's prior term: 0 when alpha(1) = 0 (linear, cosine), ~K alpha_1^2 / 2
+  for the log-linear schedule's alpha(1) = eps."""
+  keep, other = alpha_1 + (1.0 - alpha_1) / num_states, (1.0 - alpha_1) / num_states
+  terms = keep * np.log(num_states * keep) + (num_states - 1) * (other * np.log(num_states * other) if other else 0.0)
+  return float(terms)
+
+
 def nelbo_per_sequence(logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, states_V, parameterization="posterior",
                        scored_BxL=None):
-  """One-sample estimate of each sequence's uniform-state NELBO in nats: (beta_t / K) sum_i score_entropy_i, over the
-  `scored_BxL` positions (all by default; fixed positions, never corrupted, contribute 0 anyway)."""
+  """One-sample estimate of each sequence's uniform-state NELBO in nats: (beta_t / K) sum_i score_entropy_i + the prior
+  term `prior_kl` per position, over the `scored_BxL` positions (all by default)."""
   num_states = int(np.sum(states_V))
   alpha_B, one_minus_B = schedule.alpha(t_B), schedule.one_minus_alpha(t_B)
   probs_BxLxV = jnp.exp(state_log_probs(logits_BxLxV, states_V))
   s = model_ratios(probs_BxLxV, z_BxL, alpha_B, one_minus_B, num_states, parameterization)
   r = data_ratios(x0_BxL, z_BxL, alpha_B, one_minus_B, num_states, logits_BxLxV.shape[-1])
   entropy_BxL = score_entropy(s, r, z_BxL, states_V)
-  if scored_BxL is not None:
-    entropy_BxL = jnp.where(scored_BxL, entropy_BxL, 0.0)
-  return rate_weight(schedule, t_B, num_states) * jnp.sum(entropy_BxL, axis=-1)
+  return sequence_total(entropy_BxL, rate_weight(schedule, t_B, num_states), schedule, num_states, scored_BxL)
+
+
+def sequence_total(entropy_BxL, weight_B, schedule, num_states: int, scored_BxL=None):
+  """weight_b sum_i entropy_bi + prior_kl per scored position: a uniform-state NELBO sample per sequence."""
+  if scored_BxL is None:
+    scored_BxL = jnp.ones(entropy_BxL.shape, bool)
+  with jax.ensure_compile_time_eval():  # a Python constant, also under jit
+    prior = prior_kl(float(schedule.alpha(1.0)), num_states)
+  return weight_B * jnp.sum(jnp.where(scored_BxL, entropy_BxL, 0.0), axis=-1) + prior * jnp.sum(scored_BxL, axis=-1)
 
 
 def reverse_probs(probs_BxLxV, z_BxL, alpha_t_B, alpha_s_B, states_V, parameterization="posterior"):

@@ -77,6 +77,9 @@ def verified_sample(denoise_fn: Callable, verifier_logits_fn: Callable, rng, tok
                     kv_cache_fns=None) -> VerifiedOutput:
   """Draft with `sampler.sample(denoise_fn, ...)`, then `vcfg.rounds` rounds of verify-and-redraw (module docstring).
   `verifier_logits_fn(x_BxL) -> logits_BxLxV` is the causal arm's forward pass; pure and jittable."""
+  if cfg.moves_every_position:
+    raise ConfigError("The AR verifier redraws doubted tokens by masking them, which needs a masked-diffusion model; "
+                      f"this one is a {cfg.process} {cfg.parameterization} model. Sample it without --verifier.")
   fixed_BxL = jnp.asarray(fixed_BxL, bool)
   keys = jax.random.split(rng, vcfg.rounds + 1)
   draft = sampler_lib.sample(denoise_fn, keys[0], tokens_BxL, fixed_BxL, cfg, init_carry=init_carry,

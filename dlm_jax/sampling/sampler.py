@@ -89,7 +89,9 @@ from dlm_jax.diffusion import losses, schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
-METHODS = ("confidence", "ancestral")
+METHODS = ("confidence", "ancestral", "greedy", "tweedie")  # the last two: uniform-state / SEDD (transition.py)
+PROCESSES = ("absorbing", "uniform")
+PARAMETERIZATIONS = ("posterior", "mean", "score")  # x_0 -> reverse step: uniform.py's two, or SEDD's scores
 CONFIDENCES = ("prob", "margin")
 REMASKING = ("none", "low_confidence", "remdm_cap", "remdm_loop")
 CACHES = ("none", "unchanged", "dual", "prefix")
@@ -124,6 +126,10 @@ class SamplerConfig:
   remask_alpha_on: float = 0.9  # remdm_loop: alpha held during the loop
   guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) cond - w uncond (fixed positions masked)
   cache: str = "none"  # "unchanged": logits reused while no token changes (MDLM); "dual"/"prefix": Fast-dLLM's
+  # The model's forward process and output (set from the run's diffusion config by from_config): "absorbing" with an
+  # x_0 denoiser is this module's sampler; "uniform", or parameterization "score" (SEDD), run transition.py's.
+  process: str = "absorbing"
+  parameterization: str = "posterior"
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -131,15 +137,40 @@ class SamplerConfig:
     The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule `diffusion.schedule` (with its
     exponent and eps)."""
     fields = dict(config.sample)
+    fields.update(process_fields(config.diffusion))
     fields.update(overrides)
     fields.pop("num_samples", None)
     name = fields.pop("reveal_schedule", "") or config.diffusion.schedule
     reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
     return cls(schedule=reveal, **fields)
 
+  @property
+  def moves_every_position(self) -> bool:
+    """Whether this is transition.py's sampler (uniform process or SEDD scores) rather than the masked one."""
+    return self.process == "uniform" or self.parameterization == "score"
+
   def __post_init__(self):
     if self.method not in METHODS:
       raise ConfigError(f"sampler method must be one of {METHODS}, got {self.method!r}.")
+    if self.process not in PROCESSES or self.parameterization not in PARAMETERIZATIONS:
+      raise ConfigError(f"sampler process must be one of {PROCESSES} and parameterization one of "
+                        f"{PARAMETERIZATIONS}, got {self.process!r} and {self.parameterization!r}.")
+    if self.moves_every_position:
+      allowed = ("tweedie",) if self.parameterization == "score" else ("ancestral", "greedy")
+      if self.method not in allowed:
+        raise ConfigError(f"A {'SEDD score' if self.parameterization == 'score' else 'uniform-state'} model samples "
+                          f"with method {' or '.join(map(repr, allowed))} (sample.method / --method), not "
+                          f"{self.method!r}.")
+      defaults = {f.name: f.default for f in dataclasses.fields(self)}
+      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight")
+                     if getattr(self, name) != defaults[name]]
+      if masked_only:
+        raise ConfigError(f"The sampler options {sorted(masked_only)} are masked-diffusion decoding strategies; a "
+                          f"{self.process} {self.parameterization} model's sampler moves every position at every "
+                          "step and takes steps, greedy, temperature, top_k and top_p. Reset them.")
+    elif self.method in ("greedy", "tweedie"):
+      raise ConfigError(f"sampler method {self.method!r} is for uniform-state or SEDD models; a masked x_0 model "
+                        "samples with 'confidence' or 'ancestral'.")
     if self.confidence not in CONFIDENCES:
       raise ConfigError(f"sampler confidence must be one of {CONFIDENCES}, got {self.confidence!r}.")
     if self.steps < 1:
@@ -200,6 +231,16 @@ class SampleOutput:
   steps_B: jax.Array | None = None  # int32 steps each row took
   lengths_B: jax.Array | None = None  # int32 generated tokens kept (before the first EOS with eos_stop)
   network_calls: jax.Array | None = None  # int32 forward passes of the denoiser for the batch
+
+
+def process_fields(diffusion_config) -> dict:
+  """{process, parameterization} of a run's diffusion config (its objective decides them)."""
+  objective = diffusion_config.objective
+  if objective == "sedd":
+    return {"process": diffusion_config.get("sedd_process", "absorbing"), "parameterization": "score"}
+  if objective in ("uniform", "duo", "dcd"):
+    return {"process": "uniform", "parameterization": diffusion_config.get("parameterization", "posterior")}
+  return {"process": "absorbing", "parameterization": "posterior"}
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
@@ -326,7 +367,11 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
   `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`.
   With cache="dual" or "prefix", `kv_cache_fns` = (prefill(x, t, positions_BxQ) -> (logits_BxQxV, kv),
-  step(x, t, positions_BxQ, kv) -> (logits_BxQxV, kv)), e.g. `Transformer.kv_prefill` and `kv_step`."""
+  step(x, t, positions_BxQ, kv) -> (logits_BxQxV, kv)), e.g. `Transformer.kv_prefill` and `kv_step`. A uniform-state
+  or SEDD model's config runs `transition.transition_sample` instead."""
+  if cfg.moves_every_position:
+    from dlm_jax.sampling import transition  # transition.py builds this module's SampleOutput
+    return transition.transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry)
   mask_id = special_tokens.MASK
   batch, length = tokens_BxL.shape
   fixed_BxL = jnp.asarray(fixed_BxL, bool)

@@ -1,6 +1,7 @@
 """The trainer: data, model, optimizer, jitted step, evaluation, samples, metrics, Orbax checkpoints, resume.
 
-Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init.
+Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init
+(for a distillation, diffusion.objective="dcd": the teacher's weights, `start_from_teacher`).
 SIGTERM/SIGINT finish the step in flight, write a checkpoint and return; a non-finite loss stops the run with an error
 naming the step (the last good checkpoint stays). Metrics of step k are read after step k+1 is dispatched (nanodo).
 """
@@ -13,6 +14,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -20,6 +22,7 @@ from absl import logging
 from dlm_jax import models
 from dlm_jax.data import pipeline
 from dlm_jax.diffusion import objectives
+from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import likelihood
 from dlm_jax.sampling import SamplerConfig, make_text_sampler
 from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, sharding, state as state_lib
@@ -80,6 +83,10 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
     if allowed:
       print(f"Resuming step {resumed_step} with changed config fields: {'; '.join(allowed)}.", flush=True)
     saved_tokenizer = checkpoint.saved_tokenizer(saved_meta, config.data, workdir)
+  teacher = None
+  if resumed_step is None and config.diffusion.objective == "dcd":
+    teacher = load_teacher(config)
+    saved_tokenizer = teacher.tokenizer  # the student reads the teacher's token ids
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
@@ -88,6 +95,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx)
   data_iter = pipeline.train_iterator(streams.train, seq_len, global_batch, int(config.data.seed))
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
+  if teacher is not None:
+    state = start_from_teacher(state, teacher, tx)
   if resumed_step is not None:
     abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings.replicated)
     resumed_step, state = checkpoint.restore_newest_intact(mngr, abstract, data_iter)
@@ -204,6 +213,32 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
           f"{workdir / 'best'}; load it with --checkpoint=best).", flush=True)
   return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
           "stopped_early": stopped_early, "best": best, "tokenizer": tokenizer, "vocab_size": vocab_size}
+
+
+def load_teacher(config) -> checkpoint.LoadedRun:
+  """The distillation teacher named by `config.distill` (teacher_workdir, teacher_weights, teacher_checkpoint)."""
+  distill = config.get("distill")
+  if distill is None or not distill.get("teacher_workdir"):
+    raise ConfigError("diffusion.objective='dcd' distills a trained teacher: set config.distill.teacher_workdir (or "
+                      "run python -m launch.distill --teacher_workdir=RUN --workdir=NEW).")
+  return checkpoint.load_for_inference(distill.teacher_workdir, weights=distill.get("teacher_weights", "ema"),
+                                       which=distill.get("teacher_checkpoint", "latest"))
+
+
+def start_from_teacher(state, teacher: checkpoint.LoadedRun, tx):
+  """The student's first state: the teacher's parameters as its weights, its EMA and its first-round teacher, with a
+  fresh optimizer. Raises ConfigError when the teacher's parameters do not fit the student's model."""
+  student_shapes = jax.tree.map(lambda x: x.shape, state.params)
+  teacher_shapes = jax.tree.map(lambda x: x.shape, teacher.params)
+  if student_shapes != teacher_shapes:
+    raise ConfigError(f"The teacher at {teacher.workdir} has another model than the student's config.model; a "
+                      "distillation student keeps its teacher's architecture (launch.distill builds it from the "
+                      "teacher's saved config).")
+  params = jax.tree.map(jnp.asarray, teacher.params)
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  print(f"Student initialized from the teacher {teacher.describe()}.", flush=True)
+  return state.replace(params=params, opt_state=tx.init(params), teacher_params=copy(),
+                       ema_params=None if state.ema_params is None else copy())
 
 
 class _Progress:

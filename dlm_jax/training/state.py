@@ -18,6 +18,9 @@ class TrainState:
   opt_state: optax.OptState
   ema_params: Any  # same structure as params, or None when train.ema_decay == 0
   rng: jax.Array  # base key; step k uses fold_in(rng, k)
+  # Distillation (diffusion.objective="dcd"): the teacher's parameters, refreshed from params at each round's start;
+  # None otherwise. Part of the state, so an interrupted distillation resumes with its teacher.
+  teacher_params: Any = None
 
 
 def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation):
@@ -25,8 +28,10 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
   model = models.get_model(config, vocab_size, nnx.Rngs(params=int(config.seed)))
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
   ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
+  teacher = jax.tree.map(jax.numpy.copy, params) if config.diffusion.objective == "dcd" else None
   state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
-                     ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)))
+                     ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)),
+                     teacher_params=teacher)
   return graphdef, other, state
 
 

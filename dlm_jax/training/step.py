@@ -32,20 +32,25 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
                     ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True):
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`."""
 
-  def loss_fn(params, x0_BxL, key):
+  def loss_fn(params, x0_BxL, key, step, teacher_params):
     loss_key, dropout_key = jax.random.split(key)
     fn = models.denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key)
-    return objective(fn, x0_BxL, loss_key)
+    teacher_fn = None if teacher_params is None else models.denoise_fn(graphdef, teacher_params, other)
+    return objective(fn, x0_BxL, loss_key, step=step, teacher_fn=teacher_fn)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch_AxBxL):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     accum = batch_AxBxL.shape[0]
+    teacher = state.teacher_params
+    if teacher is not None:  # distillation: the teacher becomes the student at the start of every round
+      refresh = state.step % objective.distill_round_steps == 0
+      teacher = jax.tree.map(lambda p, t: jnp.where(refresh, p, t), state.params, teacher)
 
     def micro_step(grads_acc, inputs):
       index, x0_BxL = inputs
-      (_, metrics), grads = grad_fn(state.params, x0_BxL, jax.random.fold_in(step_key, index))
+      (_, metrics), grads = grad_fn(state.params, x0_BxL, jax.random.fold_in(step_key, index), state.step, teacher)
       return jax.tree.map(jnp.add, grads_acc, grads), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -60,7 +65,8 @@ def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.Gr
       ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
     metrics.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                    param_norm=optax.global_norm(params), learning_rate=lr_schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                              teacher_params=teacher)
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
