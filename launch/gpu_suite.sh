@@ -14,6 +14,9 @@
 #   bash launch/gpu_suite.sh sampling   # every decoding strategy side by side on the anchor stage's trained runs
 #                                       # (B=64, 256 new tokens; judge = the AR arm), then base_110m sampler tok/s
 #                                       # with blocks + the dual KV cache
+#   bash launch/gpu_suite.sh beyond_masking # Duo, Duo + DCD and SEDD against masked diffusion at shakespeare_char
+#                                       # scale (training, then NELBO and judged samples at 4-64 steps); run after
+#                                       # `anchor` with the same OUT, whose diffusion and AR runs it reuses
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -82,6 +85,17 @@ case "${1:-}" in
         --config.sample.block_length=32 --config.sample.cache=dual 2>&1 | tee -a "$out/bench_sampler.log"
     done
     cp BENCHMARKS.md "$out/" ;;
+  beyond_masking)
+    # reuses the anchor stage's AR and diffusion runs; a call that runs out of time is continued by calling it again
+    # (trained runs are kept)
+    mkdir -p "$out/beyond_masking"
+    for arm in ar diffusion; do
+      if [ -d "$out/shakespeare_$arm/checkpoints" ] && [ ! -e "$out/beyond_masking/$arm" ]; then
+        ln -s "$(cd "$out/shakespeare_$arm" && pwd)" "$out/beyond_masking/$arm"
+      fi
+    done
+    bash launch/compare_beyond_masking.sh "$out/beyond_masking" configs/shakespeare_char.py ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling" >&2; exit 2 ;;
+    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking" >&2
+    exit 2 ;;
 esac

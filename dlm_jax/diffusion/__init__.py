@@ -1,4 +1,6 @@
-"""Masked-diffusion math as pure functions of arrays: schedules, the forward process, losses and the ELBO."""
-from dlm_jax.diffusion import forward, losses, schedules
+"""Discrete-diffusion math as pure functions of arrays: schedules, the masked forward process, losses and the ELBO
+(forward, losses, schedules), uniform-state diffusion (uniform), Duo's Gaussian duality (duality), SEDD's score
+entropy (score_entropy), and the training objectives built from them (objectives)."""
+from dlm_jax.diffusion import duality, forward, losses, schedules, score_entropy, uniform
 from dlm_jax.diffusion.objectives import DiffusionObjective
 from dlm_jax.diffusion.schedules import MaskingSchedule

@@ -1,0 +1,80 @@
+"""Distill a trained uniform-state (Duo) run to fewer sampling steps: Duo's discrete consistency distillation.
+
+  python -m launch.distill --teacher_workdir=RUN --workdir=NEW [--teacher_steps=64] [--rounds=5] [--round_steps=100]
+
+The student is the teacher's model with the teacher's weights, config and tokenizer, trained with
+diffusion.objective="dcd" (dlm_jax/diffusion/objectives.DiffusionObjective.distillation_loss): round n (n = 0 ..
+rounds-1, `round_steps` updates each) matches the student at t to the teacher at t - 2^n / T, the teacher being the
+student as it was at the round's start. After the last round one student step covers 2^(rounds-1) / T: sample it with
+--steps=T / 2^(rounds-1). Checkpoints, evaluation (the uniform NELBO) and resume are the trainer's: re-running with the
+same --workdir resumes where it stopped, teacher included.
+"""
+import os
+
+import ml_collections
+from absl import app, flags, logging
+
+from dlm_jax import cli
+from dlm_jax.training import checkpoint, loop
+
+flags.DEFINE_string("teacher_workdir", None, "The trained uniform-state run (diffusion.objective 'duo' or 'uniform').")
+flags.DEFINE_string("workdir", None, "Directory of the distilled student (checkpoints, metrics).")
+flags.DEFINE_integer("teacher_steps", None, "T, the teacher's step count (default: its config.sample.steps).")
+flags.DEFINE_integer("rounds", 5, "Step-halving rounds; round n's gap is 2^n / T.")
+flags.DEFINE_integer("round_steps", 100, "Updates per round (the teacher is refreshed from the student after each).")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the teacher's).")
+flags.DEFINE_enum("distill_loss", "kl_bwd", ["kl_bwd", "kl_fwd"], "KL(student || teacher) or KL(teacher || student).")
+flags.DEFINE_integer("seed", 0, "Seed of the student's data order and noise.")
+flags.mark_flags_as_required(["teacher_workdir", "workdir"])
+cli.define_checkpoint_flags()
+FLAGS = flags.FLAGS
+
+
+def student_config(teacher_config, teacher_workdir: str, weights: str, which: str):
+  """The student's config: the teacher's, with the dcd objective and these flags."""
+  config = teacher_config.copy_and_resolve_references()
+  objective = config.diffusion.objective
+  if objective not in ("duo", "uniform", "dcd"):
+    raise app.UsageError(f"--teacher_workdir={teacher_workdir} holds a diffusion.objective={objective!r} run; Duo's "
+                         "distillation needs a uniform-state x_0 model ('duo', 'uniform', or a 'dcd' student).")
+  steps = FLAGS.teacher_steps or int(config.sample.steps)
+  if steps < 2 ** FLAGS.rounds:
+    raise app.UsageError(f"--teacher_steps={steps} with --rounds={FLAGS.rounds}: the last round's gap "
+                         f"2^{FLAGS.rounds - 1}/{steps} leaves the student fewer than 2 steps; lower --rounds.")
+  with config.unlocked():
+    config.diffusion.objective = "dcd"
+    config.diffusion.distill_teacher_steps = steps
+    config.diffusion.distill_round_steps = FLAGS.round_steps
+    config.diffusion.distill_loss = FLAGS.distill_loss
+    if "distill" not in config:  # a teacher saved before the field existed
+      config.distill = ml_collections.ConfigDict()
+    config.distill.teacher_workdir = str(teacher_workdir)
+    config.distill.teacher_weights = weights
+    config.distill.teacher_checkpoint = which
+    config.train.num_steps = FLAGS.rounds * FLAGS.round_steps
+    config.train.checkpoint_every = min(int(config.train.checkpoint_every), FLAGS.round_steps)
+    config.eval.every = FLAGS.round_steps
+    config.optimizer.warmup_steps = 0
+    if FLAGS.learning_rate is not None:
+      config.optimizer.learning_rate = FLAGS.learning_rate
+    config.seed = config.data.seed = FLAGS.seed
+    config.sample.steps = max(steps // 2 ** (FLAGS.rounds - 1), 1)
+  return config
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  teacher = checkpoint.load_for_inference(FLAGS.teacher_workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  config = student_config(teacher.config, FLAGS.teacher_workdir, FLAGS.weights, FLAGS.checkpoint)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  print(f"# teacher: {teacher.describe()}; T = {config.diffusion.distill_teacher_steps} steps, {FLAGS.rounds} rounds "
+        f"of {FLAGS.round_steps} updates; the student samples with --steps={config.sample.steps}", flush=True)
+  summary = loop.train(config, FLAGS.workdir)
+  status = "stopped early" if summary["stopped"] else "finished"
+  print(f"Distillation {status} at step {summary['step']}; checkpoint in {FLAGS.workdir}/checkpoints. Sample with: "
+        f"python -m launch.sample --workdir={FLAGS.workdir} --steps={config.sample.steps}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
