@@ -50,7 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (losses.tied_head_nll); 0: from the full logits.
   c.diffusion.loss_chunk = 0
   # Uniform-state objectives (dlm_jax/diffusion/uniform.py, duality.py, score_entropy.py).
-  c.diffusion.parameterization = "posterior"  # x_0 -> reverse ratios: "posterior" (exact mixture) or Duo's "mean"
+  # x_0 -> reverse ratios: Duo's plug-in "mean" or the exact mixture "posterior" (tight at the optimum, but its loss has
+  # a far larger variance: BENCHMARKS.md, "Beyond masking")
+  c.diffusion.parameterization = "mean"
   c.diffusion.sedd_process = "absorbing"  # "sedd": "absorbing" or "uniform"
   c.diffusion.curriculum_steps = 0  # "duo": updates with soft tokens (Gaussian latents, tempered softmax)
   c.diffusion.soft_tau_log10_start = -1.0  # "duo": log10 of the soft tokens' temperature at step 0 ...
@@ -127,7 +129,7 @@ def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections
   """Turns a transformer diffusion config into the issue-12 arm `arm` (in place; returns it):
 
   * "duo":     uniform-state diffusion with Duo's soft-token curriculum for the first 20% of the updates (Duo's
-               curriculum ends at 200k of 1M steps), x_0 "posterior" parameterization, ancestral sampler.
+               curriculum ends at 200k of 1M steps), x_0 "mean" parameterization (Duo's), ancestral sampler.
   * "sedd":    SEDD's score entropy on the absorbing process, Tweedie sampler.
   * "duo_dcd": the distillation student of a "duo" run (diffusion.objective="dcd"; `launch.distill` fills in the
                teacher): T = sample.steps teacher steps, 5 rounds of num_steps / 5 updates whose gaps are 1/T, 2/T, ...,

@@ -181,7 +181,8 @@ def test_posterior_reverse_step_is_the_exact_bayes_posterior_for_a_point_predict
   """With p = one-hot(x), sum_v p_v q(z_s | z_t, v) is q(z_s | z_t, x) = q(z_t | z_s) q(z_s | x) / q(z_t | x)."""
   x, z, a_t, a_s = 5, 6, 0.3, 0.7
   probs = jnp.zeros((1, 1, VOCAB)).at[0, 0, x].set(1.0)
-  got = uniform.reverse_probs(probs, jnp.asarray([[z]]), jnp.asarray([a_t]), jnp.asarray([a_s]), STATES)[0, 0]
+  got = uniform.reverse_probs(probs, jnp.asarray([[z]]), jnp.asarray([a_t]), jnp.asarray([a_s]), STATES,
+                              "posterior")[0, 0]
   a = a_t / a_s
   expected = np.zeros(VOCAB)
   for y in STATE_IDS:
@@ -224,7 +225,6 @@ def test_tweedie_step_with_the_true_scores_is_the_exact_reverse_transition():
 def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint):
   """The jitted objective (antithetic t, sampled z) averages to the exact model's NELBO, -log p(x0)."""
   schedule = MaskingSchedule("linear")
-  objective = DiffusionObjective(schedule=schedule, mask_id=3, kind="uniform", vocab_size=VOCAB)
   x0_index = 5
   x0_BxL = jnp.broadcast_to(jnp.asarray(SEQUENCES[x0_index]), (256, L))
 
@@ -239,7 +239,8 @@ def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint
     t = jax.random.uniform(key, (), minval=1e-5, maxval=1.0)
     z_BxL, _ = uniform.corrupt(jax.random.fold_in(key, 1), x0_BxL, jnp.full((256,), schedule.alpha(t)), STATES)
     t_B = jnp.full((256,), t)
-    nelbo_B = uniform.nelbo_per_sequence(denoise(z_BxL, t_B).logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, STATES)
+    nelbo_B = uniform.nelbo_per_sequence(denoise(z_BxL, t_B).logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, STATES,
+                                         "posterior")
     return jnp.mean(nelbo_B)
 
   values = np.asarray(jax.jit(jax.vmap(one_batch))(jax.random.split(jax.random.key(0), 2000)))
@@ -248,4 +249,3 @@ def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint
   with pytest.raises(ConfigError, match="prompt_drop"):
     DiffusionObjective(schedule=schedule, mask_id=3, kind="uniform", vocab_size=VOCAB, prompt_length=2,
                        prompt_drop=0.1)
-  del objective

@@ -15,7 +15,8 @@ kinds (config `diffusion.objective`):
     NLL, loss = mean over B (L - 1) predictions.
   * "uniform": uniform-state diffusion (UDLM/Duo; `diffusion.uniform`): the continuous-time NELBO of the process that
     replaces tokens by uniform draws over the K data states, antithetic t, the denoiser predicting x_0
-    (`diffusion.parameterization`: "posterior", exact at the optimum, or Duo's "mean"). Unbiased per-token NELBO.
+    (`diffusion.parameterization`: Duo's "mean", the default, or "posterior", exact at the optimum). Unbiased per-token
+    NELBO.
   * "duo": "uniform" trained with Duo's curriculum (`diffusion.duality`): for the first `curriculum_steps` updates the
     corrupted tokens are argmax(w_t) of Gaussian latents w_t = abar_t x_0 + sbar_t eps with abar_t chosen so that the
     argmax follows the schedule's alpha(t), and the denoiser sees the soft tokens softmax(w_t / tau) instead of their
@@ -74,7 +75,7 @@ class DiffusionObjective:
   prompt_length: int = 0  # > 0: the first prompt_length tokens are never masked nor scored (SFT-style)
   prompt_drop: float = 0.0  # probability that an example's prompt is masked (classifier-free guidance training)
   vocab_size: int = 0  # the uniform-state and SEDD objectives draw from (and score) the states of this vocabulary
-  parameterization: str = "posterior"  # uniform-state x_0 models: "posterior" or "mean" (diffusion/uniform.py)
+  parameterization: str = "mean"  # uniform-state x_0 models: "mean" or "posterior" (diffusion/uniform.py)
   sedd_process: str = "absorbing"  # "sedd": the forward process, "absorbing" or "uniform"
   # "duo": the soft-token curriculum lasts this many updates; tau = 10^(start + (end - start) step / curriculum_steps)
   curriculum_steps: int = 0
@@ -336,7 +337,7 @@ def from_config(config, vocab_size: int = 0) -> DiffusionObjective:
       prompt_length=prompt_length,
       prompt_drop=float(config.diffusion.get("prompt_drop", 0.0)),
       vocab_size=int(vocab_size),
-      parameterization=config.diffusion.get("parameterization", "posterior"),
+      parameterization=config.diffusion.get("parameterization", "mean"),
       sedd_process=config.diffusion.get("sedd_process", "absorbing"),
       curriculum_steps=int(config.diffusion.get("curriculum_steps", 0)),
       soft_tau_log10_start=float(config.diffusion.get("soft_tau_log10_start", -1.0)),

@@ -25,14 +25,20 @@ other never-data ids get no mass: SUBS's "zero masking probabilities" for this p
 (a visible token is clean) has no counterpart here, since any token may be noise; its role, making the bound exact at
 the optimum, is played by how the prediction becomes ratios:
 
-* "posterior" (default): the exact marginalization over the predicted x_0,
+* "posterior": the exact marginalization over the predicted x_0,
       s_y = sum_v p_v q_t(y | v) / q_t(z | v) = 1 + p_y alpha / c - p_z alpha / (alpha + c),   c = (1 - alpha) / K.
   When p_theta is the true posterior p(x_0^i | z_t) these are the true reverse ratios, so the NELBO equals -log p(x_0)
   (tested by enumeration). The ancestral sampler is the same mixture, sum_v p_v q(z_s | z_t, x = v).
-* "mean" (UDLM/Duo's code): the prediction plugged into q_t as if it were a one-hot,
+* "mean" (UDLM/Duo's code; the default): the prediction plugged into q_t as if it were a one-hot,
       s_y = q_t(y | p) / q_t(z | p) = (K alpha p_y + 1 - alpha) / (K alpha p_z + 1 - alpha),
   a narrower family (equal to "posterior" only at one-hot p), so its optimum is a bound, not -log p(x_0); the sampler is
   the plug-in q(z_s | z_t, x = p).
+
+Why "mean" is the default although only "posterior" is exact at the optimum: at low noise (t -> 0, c ~ t / K) a
+position that looks clean, with p_y = eps spread over the other tokens, gets s_y ~ eps / t under "posterior" (the
+reverse process must move it to y by t = 0 if x_0 might be y) but ~ eps / K under "mean". The posterior loss thus
+charges the model's doubt at clean positions with weight 1 / t: its NELBO estimate is heavy-tailed and it trained
+worse at CPU scale (BENCHMARKS.md, "Beyond masking": 2.98 +- 0.29 vs 2.70 +- 0.06 nats/char after 500 steps).
 
 Numerics (float32): every ratio is computed as a sum of non-negative terms, 1 - alpha in closed form
 (`MaskingSchedule.one_minus_alpha`), and K(u) by a series near u = 1, where s and r are both ~1 at high noise.
@@ -99,7 +105,7 @@ def _levels(alpha_B, one_minus_alpha_B, num_states: int):
   return alpha, c, alpha + c
 
 
-def model_ratios(probs_BxLxV, z_BxL, alpha_B, one_minus_alpha_B, num_states: int, parameterization="posterior"):
+def model_ratios(probs_BxLxV, z_BxL, alpha_B, one_minus_alpha_B, num_states: int, parameterization="mean"):
   """s_y for every y from p_theta(x_0 | z_t) (the module docstring's two parameterizations), each a sum of
   non-negative terms (no cancellation at any noise level); 1 at y = z_i. Entries off the states must be masked by the
   caller. "posterior": s_y = p_z c / (alpha + c) + p_y (alpha + c) / c + sum_{v != z, y} p_v."""
@@ -150,7 +156,7 @@ def prior_kl(alpha_1, num_states: int):
   return float(terms)
 
 
-def nelbo_per_sequence(logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, states_V, parameterization="posterior",
+def nelbo_per_sequence(logits_BxLxV, x0_BxL, z_BxL, t_B, schedule, states_V, parameterization="mean",
                        scored_BxL=None):
   """One-sample estimate of each sequence's uniform-state NELBO in nats: (beta_t / K) sum_i score_entropy_i + the prior
   term `prior_kl` per position, over the `scored_BxL` positions (all by default)."""
@@ -172,7 +178,7 @@ def sequence_total(entropy_BxL, weight_B, schedule, num_states: int, scored_BxL=
   return weight_B * jnp.sum(jnp.where(scored_BxL, entropy_BxL, 0.0), axis=-1) + prior * jnp.sum(scored_BxL, axis=-1)
 
 
-def reverse_probs(probs_BxLxV, z_BxL, alpha_t_B, alpha_s_B, states_V, parameterization="posterior"):
+def reverse_probs(probs_BxLxV, z_BxL, alpha_t_B, alpha_s_B, states_V, parameterization="mean"):
   """p_theta(z_s = y | z_t) per position, [B, L, V] (0 off the states), for s < t.
 
   "posterior": sum_v p_v q(z_s | z_t, x = v) = q(z_t | z_s = y) [alpha_s p_y / q_t(z | y) + (1 - alpha_s) / K

@@ -129,7 +129,7 @@ class SamplerConfig:
   # The model's forward process and output (set from the run's diffusion config by from_config): "absorbing" with an
   # x_0 denoiser is this module's sampler; "uniform", or parameterization "score" (SEDD), run transition.py's.
   process: str = "absorbing"
-  parameterization: str = "posterior"
+  parameterization: str = "mean"  # (ignored by the masked sampler)
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -239,8 +239,8 @@ def process_fields(diffusion_config) -> dict:
   if objective == "sedd":
     return {"process": diffusion_config.get("sedd_process", "absorbing"), "parameterization": "score"}
   if objective in ("uniform", "duo", "dcd"):
-    return {"process": "uniform", "parameterization": diffusion_config.get("parameterization", "posterior")}
-  return {"process": "absorbing", "parameterization": "posterior"}
+    return {"process": "uniform", "parameterization": diffusion_config.get("parameterization", "mean")}
+  return {"process": "absorbing", "parameterization": "mean"}
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
