@@ -2,7 +2,8 @@
 # Masked diffusion vs Duo vs Duo + DCD vs SEDD (issue 12), at matched parameters, data and updates:
 #   bash launch/compare_beyond_masking.sh [RUNS_DIR] [CONFIG]
 # CONFIG defaults to configs/shakespeare_char_small.py (2 CPU cores: ~25 min of training, ~15 of evaluation);
-# the GPU suite runs it with configs/shakespeare_char.py. Runs that already have checkpoints are not retrained.
+# the GPU suite runs it with configs/shakespeare_char.py. Re-running continues: finished runs resume as finished,
+# interrupted ones where they stopped.
 # 1. trains the masked (":diffusion"), Duo (":duo"), SEDD (":sedd") and AR judge (":ar") arms;
 # 2. distills the Duo run (launch.distill: 5 rounds, T = 64 teacher steps, the rounds splitting the arms' updates);
 # 3. validation NELBO of each diffusion run (launch.evaluate, 32 antithetic time draws per window);
@@ -14,23 +15,32 @@ cfg="${2:-configs/shakespeare_char_small.py}"
 mkdir -p "$runs"
 train() {
   name=$1; arm=$2
-  [ -d "$runs/$name/checkpoints" ] && return 0
   python -m launch.train --config="$cfg:$arm" --workdir="$runs/$name" --config.tensorboard=false \
-    --config.sample.num_samples=0 > "$runs/$name.log" 2>&1 || { echo "run $name failed, see $runs/$name.log" >&2; exit 1; }
+    --config.sample.num_samples=0 >> "$runs/$name.log" 2>&1 || { echo "run $name failed, see $runs/$name.log" >&2; exit 1; }
 }
 train diffusion diffusion
 train duo duo
 train sedd sedd
 train ar ar
-if [ ! -d "$runs/duo_dcd/checkpoints" ]; then
-  steps=$(python -c "import importlib.util as u, sys; s = u.spec_from_file_location('c', '$cfg'); m = u.module_from_spec(s); \
+steps=$(python -c "import importlib.util as u; s = u.spec_from_file_location('c', '$cfg'); m = u.module_from_spec(s); \
 s.loader.exec_module(m); print(int(m.get_config('duo').train.num_steps))")
-  python -m launch.distill --teacher_workdir="$runs/duo" --workdir="$runs/duo_dcd" --teacher_steps=64 --rounds=5 \
-    --round_steps=$((steps / 5)) > "$runs/duo_dcd.log" 2>&1 || { echo "distillation failed, see $runs/duo_dcd.log" >&2; exit 1; }
-fi
+python -m launch.distill --teacher_workdir="$runs/duo" --workdir="$runs/duo_dcd" --teacher_steps=64 --rounds=5 \
+  --round_steps=$((steps / 5)) >> "$runs/duo_dcd.log" 2>&1 || { echo "distillation failed, see $runs/duo_dcd.log" >&2; exit 1; }
+# Each run with its config's sampler (masked: confidence; Duo: ancestral; SEDD: Tweedie), plus the masked run's
+# ancestral sampler (MDLM's; what the Duo paper's table compares with) and Duo's greedy refinement.
 for name in diffusion duo duo_dcd sedd; do
   echo "## $name"
   python -m launch.evaluate --workdir="$runs/$name" --time_samples=32
   python -m launch.gen_eval --workdir="$runs/$name" --judge="$runs/ar" --prompt_len=0 --num_samples=64 \
     --steps=4,8,16,32,64
+  case $name in
+    diffusion) extra=ancestral ;;
+    duo|duo_dcd) extra=greedy ;;
+    *) extra= ;;
+  esac
+  if [ -n "$extra" ]; then
+    echo "## $name, method=$extra"
+    python -m launch.gen_eval --workdir="$runs/$name" --judge="$runs/ar" --prompt_len=0 --num_samples=64 \
+      --steps=4,8,16,32,64 --method=$extra
+  fi
 done 2>&1 | tee "$runs/compare.log"

@@ -17,6 +17,7 @@ import json
 from absl import app, flags, logging
 
 from dlm_jax import cli
+from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import generation
 from launch import judged
 
@@ -30,6 +31,7 @@ flags.DEFINE_enum("prompt_scripts", "any", ["any", "deva", "latn", "mixed"],
                   "Only windows whose prompt is all Devanagari, all Latin, or uses both scripts ('mixed').")
 flags.DEFINE_list("steps", ["16", "32", "96"], "Reverse-step counts to sweep.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default: the run's config).")
+flags.DEFINE_string("method", None, "Sampler method (default: the run's config; see launch.sample --method).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
@@ -47,7 +49,11 @@ def main(argv):
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
   seq_len = int(run.config.data.seq_len)
   label = FLAGS.label or FLAGS.path or "valid"
-  rows = generation.compare(run, judge, windows, FLAGS.prompt_len, FLAGS.steps, FLAGS.seed, FLAGS.temperature)
+  try:
+    rows = generation.compare(run, judge, windows, FLAGS.prompt_len, FLAGS.steps, FLAGS.seed, FLAGS.temperature,
+                              FLAGS.method)
+  except ConfigError as e:
+    raise app.UsageError(f"--workdir={FLAGS.workdir}: {e}") from e
   for row in rows:
     row.update(run="real text" if row["steps"] == "n/a" else FLAGS.workdir, prompts=label)
   print(f"Sampling {run.describe()}; judge {judge.describe()}.")

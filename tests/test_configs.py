@@ -18,7 +18,8 @@ def num_params(config, vocab_size):
 BEYOND_MASKING = ("duo", "sedd", "duo_dcd")
 
 
-@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
+@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING,
+                                                  70),
                                                  (shakespeare_char_small,
                                                   ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
                                                  (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),

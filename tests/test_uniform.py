@@ -79,8 +79,8 @@ def test_uniform_sedd_with_the_true_scores_is_the_exact_nll(joint):
     alpha = schedule.alpha(t)
     probs_NxLxV, likelihood_NxN = _exact_posteriors(joint, alpha)
     n = len(SEQUENCES)
-    ratios = uniform.model_ratios(probs_NxLxV, z_NxL, jnp.full((n,), alpha), jnp.full((n,), schedule.one_minus_alpha(t)),
-                                  K, "posterior")
+    ratios = uniform.model_ratios(probs_NxLxV, z_NxL, jnp.full((n,), alpha),
+                                  jnp.full((n,), schedule.one_minus_alpha(t)), K, "posterior")
     log_scores = jnp.log(ratios)  # the true ratios as the network's log scores
     x0_NxL = jnp.broadcast_to(z_NxL[x0_index], z_NxL.shape)
     t_N = jnp.full((len(SEQUENCES),), t)
@@ -168,7 +168,7 @@ def test_reverse_posteriors_are_distributions_on_the_states():
     step = uniform.reverse_probs(probs_BxLxV, z_BxL, jnp.full((2,), 0.3), jnp.full((2,), 0.6), STATES, parameterization)
     np.testing.assert_allclose(jnp.sum(step, axis=-1), 1.0, rtol=1e-5)
     assert float(jnp.max(jnp.where(STATES, 0.0, step))) == 0.0
-  # To alpha_s = 1 the "posterior" step is p_theta itself; the "mean" one is the plug-in (a_t 1{y = z} + c_t) p_y / q_t(z | p).
+  # To alpha_s = 1 the "posterior" step is p_theta itself; the "mean" one the plug-in (a_t 1{y = z} + c_t) p_y / q_t(z|p).
   last = uniform.reverse_probs(probs_BxLxV, z_BxL, jnp.full((2,), 0.3), jnp.ones((2,)), STATES, "posterior")
   np.testing.assert_allclose(last, probs_BxLxV, atol=1e-6)
   last = uniform.reverse_probs(probs_BxLxV, z_BxL, jnp.full((2,), 0.3), jnp.ones((2,)), STATES, "mean")

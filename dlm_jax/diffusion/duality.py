@@ -16,8 +16,8 @@ both ways by monotone interpolation.
 
 **Our choice of time parameterization.** Duo draws gamma_t linear in t (abar_t^2 = sigmoid(-gamma_t)) over a band
 [gamma_min, gamma_max] and trains with the discrete alpha_t = T(abar_t) and its derivative. We instead keep the run's
-discrete schedule alpha(t) (`diffusion.schedule`) and set abar_t = T^{-1}(alpha(t)): the Gaussian latent's argmax then has
-the same marginal at every t as the process the model is evaluated and sampled with, t means the same thing to a
+discrete schedule alpha(t) (`diffusion.schedule`) and set abar_t = T^{-1}(alpha(t)): the Gaussian latent's argmax then
+has the same marginal at every t as the process the model is evaluated and sampled with, t means the same thing to a
 time-conditioned denoiser in the curriculum and after it, and the ELBO weight is the schedule's own (the continuous
 NELBO depends on the schedule only through alpha, not through how t is parameterized). No band is imposed: the
 curriculum covers the whole [t_min, 1).

@@ -220,7 +220,7 @@ class DiffusionObjective:
       scored_BxL = None if prompt_BxL is None else ~prompt_BxL
       if self.kind == "duo" and self.curriculum_steps and step is not None:
         xt_BxL, input_BxL = self.curriculum_inputs(mask_rng, x0_BxL, t_B, prompt_BxL, step)
-        corrupted_BxL = xt_BxL != x0_BxL
+        corrupted_BxL = None  # (unused by the uniform NELBO)
       else:
         xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, prompt_BxL)
         input_BxL = xt_BxL
@@ -228,8 +228,10 @@ class DiffusionObjective:
         drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
         input_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
       output = self.denoise(denoise_fn, input_BxL, t_B, jax.random.fold_in(rng, 1))
-      metrics = {"masked_fraction" if self.process == "absorbing" else "corrupted_fraction":
-                 jnp.mean(corrupted_BxL.astype(jnp.float32))}
+      if self.process == "absorbing":
+        metrics = {"masked_fraction": jnp.mean(corrupted_BxL.astype(jnp.float32))}
+      else:  # positions whose token differs from x_0 (a uniform redraw may give x_0 back)
+        metrics = {"corrupted_fraction": jnp.mean((xt_BxL != x0_BxL).astype(jnp.float32))}
       if self.kind == "masked_mean":
         loss = jnp.mean(losses.masked_mean_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL))
       else:

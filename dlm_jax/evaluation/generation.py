@@ -128,16 +128,17 @@ def check_judge(run, judge, flag: str = "--judge"):
 
 
 def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
-            temperature: float | None = None) -> list[dict]:
+            temperature: float | None = None, method: str | None = None) -> list[dict]:
   """Generation quality of `run` prompted with the first `prompt_len` tokens of each window, one row per reverse-step
   count in `steps_list` (each with `sample_s`, the seconds one batch took after compilation), after the row of the real
-  continuations (`steps` "n/a")."""
+  continuations (`steps` "n/a"). `temperature` and `method` override the run's sampler config."""
   tokens, fixed = prompts_from_windows(windows_WxL, prompt_len)
   generated = ~fixed
   judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
   rows = [dict(steps="n/a", sample_s=None, **quality(windows_WxL, generated, run.tokenizer, judge_nll, prompt_len))]
   for steps in steps_list:
-    overrides = {"steps": int(steps)} if temperature is None else {"steps": int(steps), "temperature": temperature}
+    overrides = {"steps": int(steps), "temperature": temperature, "method": method}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
     sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides))
     rng = jax.random.key(seed)
     jax.block_until_ready(sample(run.params, rng, jnp.asarray(tokens), jnp.asarray(fixed)))  # compile
