@@ -65,7 +65,10 @@ def student_config(teacher_config, teacher_workdir: str, weights: str, which: st
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  teacher = checkpoint.load_for_inference(FLAGS.teacher_workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  try:
+    teacher = checkpoint.load_for_inference(FLAGS.teacher_workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  except checkpoint.CheckpointError as e:
+    raise app.UsageError(f"--teacher_workdir: {e}") from e
   config = student_config(teacher.config, FLAGS.teacher_workdir, FLAGS.weights, FLAGS.checkpoint)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   print(f"# teacher: {teacher.describe()}; T = {config.diffusion.distill_teacher_steps} steps, {FLAGS.rounds} rounds "

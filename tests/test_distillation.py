@@ -37,6 +37,9 @@ def tiny_config(objective: str, num_steps: int):
   c.diffusion.schedule = "linear"
   c.diffusion.objective = objective
   c.diffusion.curriculum_steps = 0
+  # The exact "posterior" parameterization: on this toy it learns the language in 500 updates (training NELBO 0.52
+  # nats/token, entropy 0.37), Duo's "mean" does not (1.00; its samples are then invalid at any step count).
+  c.diffusion.parameterization = "posterior"
   c.diffusion.distill_teacher_steps = TEACHER_STEPS
   c.diffusion.distill_round_steps = ROUND_STEPS
   c.train.num_steps = num_steps
@@ -66,7 +69,8 @@ def is_valid(seq) -> bool:
 
 def sequence_histogram(graphdef, other, params, steps, seed):
   """Counts of each of the 20 valid sequences, and of all invalid ones together (key None), over 2048 samples."""
-  cfg = SamplerConfig(steps=steps, process="uniform", method="ancestral", schedule=MaskingSchedule("linear"))
+  cfg = SamplerConfig(steps=steps, process="uniform", method="ancestral", parameterization="posterior",
+                      schedule=MaskingSchedule("linear"))
   run = make_sampler(graphdef, other, cfg)
   tokens = jnp.zeros((2048, L), jnp.int32)
   out = np.asarray(run(params, jax.random.key(seed), tokens, jnp.zeros((2048, L), bool)).tokens_BxL)

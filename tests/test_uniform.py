@@ -249,3 +249,30 @@ def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint
   with pytest.raises(ConfigError, match="prompt_drop"):
     DiffusionObjective(schedule=schedule, mask_id=3, kind="uniform", vocab_size=VOCAB, prompt_length=2,
                        prompt_drop=0.1)
+
+
+def test_mean_parameterization_nelbo_matches_udlm_closed_form():
+  """UDLM's closed form of the "mean" integrand (Schiff et al. 2025, Eq. 12; as in the Duo code base), written with
+  xbar = K alpha x + 1 - alpha for a one-hot or predicted x and i = z_t:
+      alpha'/(K alpha) [ K/xbar_i - K/xbarT_i - sum_j (xbar_j / xbar_i) log(xbarT_i xbar_j / (xbarT_j xbar_i)) ]
+  (the sum over the K states), against our score-entropy form on random inputs."""
+  rng = np.random.default_rng(5)
+  schedule = MaskingSchedule("linear")
+  x0 = rng.choice(STATE_IDS, (4, 6))
+  z = np.where(rng.random((4, 6)) < 0.5, rng.choice(STATE_IDS, (4, 6)), x0)
+  logits = rng.normal(size=(4, 6, VOCAB)).astype(np.float32)
+  t = np.asarray([0.1, 0.3, 0.6, 0.9], np.float32)
+  ours = uniform.nelbo_per_sequence(jnp.asarray(logits), jnp.asarray(x0), jnp.asarray(z), jnp.asarray(t), schedule,
+                                    STATES, "mean")
+  probs = np.exp(logits[..., STATE_IDS].astype(np.float64))
+  probs /= probs.sum(-1, keepdims=True)
+  col = {v: i for i, v in enumerate(STATE_IDS)}
+  alpha = (1 - t.astype(np.float64))[:, None, None]
+  xbar = K * alpha * np.eye(K)[np.vectorize(col.get)(x0)] + 1 - alpha
+  xbar_theta = K * alpha * probs + 1 - alpha
+  i = np.vectorize(col.get)(z)[..., None]
+  at_i = lambda a: np.take_along_axis(a, i, -1)
+  inner = (K / at_i(xbar) - K / at_i(xbar_theta)
+           - (xbar / at_i(xbar) * np.log(at_i(xbar_theta) * xbar / (xbar_theta * at_i(xbar)))).sum(-1, keepdims=True))
+  closed = (-1 / (K * alpha) * inner)[..., 0].sum(-1)  # alpha' = -1 for the linear schedule
+  np.testing.assert_allclose(np.asarray(ours), closed, rtol=2e-5)
