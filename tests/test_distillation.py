@@ -33,6 +33,7 @@ def tiny_config(objective: str, num_steps: int):
   c = default.get_config()
   c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 2, 2, 64, 128
   c.model.time_conditioning = True
+  c.model.dtype = "float32"  # the same arithmetic on a GPU (where "auto" is bfloat16)
   c.data.seq_len = L
   c.diffusion.schedule = "linear"
   c.diffusion.objective = objective
