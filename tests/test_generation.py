@@ -12,7 +12,8 @@ from dlm_jax.evaluation import generation, script
     ("क", "deva"), ("\u093e", "deva"), ("\u094d", "deva"), ("\u0901", "deva"),  # letter, vowel sign, virama, candrabindu
     ("a", "latn"), ("Z", "latn"), ("é", "latn"), ("ṭ", "latn"),
     ("ب", "other"), ("ক", "other"),  # Arabic, Bengali
-    ("1", None), ("\u0967", None), ("।", None), (",", None), ("\u200d", None), (" ", None)])  # digits, danda, ZWJ
+    ("1", None), ("\u0967", None), ("।", None), (",", None), ("\u200d", None), (" ", None),  # digits, danda, ZWJ
+    ("\u0301", "inherited"), ("\u02bc", None), ("\u00b5", None), ("\u00aa", "latn"), ("\u02b0", "latn")])
 def test_char_script(ch, expected):
   assert script.char_script(ch) == expected
 
@@ -109,3 +110,24 @@ def test_distinct_n_and_calibration_against_hand_computed_values():
   assert calibrated["ece"] < 0.01
   overconfident = calibration.reliability(confidence, rng.uniform(size=confidence.size) < confidence**2, num_bins=10)
   assert overconfident["ece"] > 0.1
+
+
+@pytest.mark.parametrize("text, scripts", [
+    ("cafe\u0301", [{"latn"}]),  # NFD: combining acute after a Latin letter
+    ("ra\u0304m", [{"latn"}]),  # macron, composed by NFC into U+0101
+    ("q\u0307\u0323", [{"latn"}]),  # two inherited marks with no precomposed form stay with their base
+    ("don\u02bct", [{"latn"}]),  # the modifier-letter apostrophe is Common script
+    ("1\u00aa 2\u00ba 5\u00b5m", [{"latn"}, {"latn"}, {"latn"}]),  # Latin ordinals; the micro sign carries no script
+    ("क\u094d\u200dष", [{"deva"}]),  # virama + ZWJ inside a Devanagari conjunct
+    ("\u0301abc", [{"latn"}]),  # a mark with no base counts for nothing
+])
+def test_script_of_words_with_combining_and_modifier_letters(text, scripts):
+  assert script.word_scripts(text) == scripts
+  assert script.script_errors(text, "latn" if "latn" in scripts[0] else "deva")["mixed"] == 0
+
+
+def test_unknown_expected_script_is_refused():
+  with pytest.raises(ValueError, match="'hindi'"):
+    script.script_report(["नमस्ते"], "hindi")
+  with pytest.raises(ValueError, match="'hindi'"):
+    script.script_errors("नमस्ते", "hindi")

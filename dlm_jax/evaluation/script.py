@@ -3,10 +3,14 @@
 Hindi is written in Devanagari, Hinglish in Roman (Latin) letters; a model trained on both must keep to the script it
 is prompted in and must never spell one word in two scripts. This module measures exactly that, on words:
 
-* a *word* is a maximal run of non-whitespace characters; its *letters* are the characters of Unicode category L* or
-  M* (so Devanagari vowel signs and virama count), classified by code point into "deva" (U+0900-097F, U+A8E0-A8FF,
-  U+1CD0-1CFF), "latn" (ASCII letters, U+00C0-024F, U+1E00-1EFF) or "other"; digits, punctuation, the danda and
-  zero-width joiners carry no script. A word without letters is not counted.
+* a *word* is a maximal run of non-whitespace characters of the NFC-normalized text; its *letters* are the characters
+  of Unicode category L* or M* (so Devanagari vowel signs and virama count), classified by code point into "deva"
+  (U+0900-097F, U+A8E0-A8FF, U+1CD0-1CFF), "latn" (ASCII letters, the Latin ordinals ª º, U+00C0-024F, the Latin
+  modifier letters U+02B0-02B8, U+1E00-1EFF) or "other". Combining marks of Unicode's Inherited script (U+0300-036F,
+  U+1AB0-1AFF, U+1DC0-1DFF, U+20D0-20FF, U+FE20-FE2F) take the script of the letter they follow, so an NFD-decomposed
+  Latin word ("cafe" + U+0301) stays Latin. Digits, punctuation, the danda, zero-width joiners and letters of the Common
+  script (the modifier apostrophe U+02BC and the other modifier letters U+02B9-02FF, the micro sign µ) carry no
+  script. A word without letters is not counted.
 * a word is *mixed* when its letters come from more than one script, and *off-script* when it is in a single script
   other than the expected one.
 * script error rate = (mixed words + off-script words) / words with letters.
@@ -22,27 +26,48 @@ import collections
 import unicodedata
 
 DEVANAGARI, LATIN, OTHER = "deva", "latn", "other"
+SCRIPTS = (DEVANAGARI, LATIN, OTHER)
+INHERITED = "inherited"  # a combining mark that takes its base letter's script
+INHERITED_RANGES = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+COMMON_LETTERS = ((0x00B5, 0x00B5), (0x02B9, 0x02FF))  # micro sign, modifier letters of the Common script
+
+
+def _in(cp: int, ranges) -> bool:
+  return any(lo <= cp <= hi for lo, hi in ranges)
 
 
 def char_script(ch: str) -> str | None:
-  """'deva', 'latn' or 'other' for a letter or combining mark; None for anything that carries no script."""
+  """'deva', 'latn' or 'other' for a letter or combining mark, INHERITED for a combining mark of the Inherited script,
+  None for anything that carries no script (module docstring)."""
   if unicodedata.category(ch)[0] not in "LM":
     return None
   cp = ord(ch)
+  if _in(cp, INHERITED_RANGES):
+    return INHERITED
+  if _in(cp, COMMON_LETTERS):
+    return None
   if 0x0900 <= cp <= 0x097F or 0xA8E0 <= cp <= 0xA8FF or 0x1CD0 <= cp <= 0x1CFF:
     return DEVANAGARI
-  if cp < 0x80 or 0xC0 <= cp <= 0x24F or 0x1E00 <= cp <= 0x1EFF:
+  if cp < 0x80 or cp in (0xAA, 0xBA) or 0xC0 <= cp <= 0x24F or 0x2B0 <= cp <= 0x2B8 or 0x1E00 <= cp <= 0x1EFF:
     return LATIN
   return OTHER
 
 
 def word_scripts(text: str) -> list[frozenset]:
-  """The set of scripts of every word that has letters, in order."""
+  """The set of scripts of every word that has letters, in order (NFC first; inherited marks take the script of the
+  character before them, and count for nothing at the start of a word)."""
   out = []
-  for word in text.split():
-    scripts = frozenset(s for s in map(char_script, word) if s is not None)
+  for word in unicodedata.normalize("NFC", text).split():
+    scripts, previous = set(), None
+    for ch in word:
+      found = char_script(ch)
+      if found == INHERITED:
+        found = previous
+      if found is not None:
+        scripts.add(found)
+        previous = found
     if scripts:
-      out.append(scripts)
+      out.append(frozenset(scripts))
   return out
 
 
@@ -55,6 +80,8 @@ def majority_script(text: str) -> str | None:
 def script_errors(text: str, expected: str | None = None) -> dict:
   """Counts of one text: words, mixed (several scripts in one word), off_script (a single script other than
   `expected`, default the text's majority script)."""
+  if expected is not None and expected not in SCRIPTS:
+    raise ValueError(f"Unknown expected script {expected!r}; use one of {SCRIPTS} or None (the text's own majority).")
   words = word_scripts(text)
   expected = expected or majority_script(text)
   mixed = sum(len(s) > 1 for s in words)
