@@ -44,7 +44,9 @@ def test_sentencepiece_round_trip_english_hindi_hinglish(tmp_path):
   for text in ["To be, or not to be: that is the question.\n",
                "कोविड-19 के लक्षण क्या हैं? क़लम और ज़रूर।",
                "kal movie dekhne chalein? I think 7 baje theek rahega 😀",
-               "  leading spaces\tand tabs  \n\nblank lines"]:
+               "  leading spaces\tand tabs  \n\nblank lines",
+               "SentencePiece's own space symbol \u2581 and \u2581\u2581x,",
+               "the escape \ue000 itself, \ue000b and \ue000e"]:
     ids = tok.encode(text)
     assert tok.decode(ids) == text
     assert special_tokens.MASK not in ids.tolist()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import tempfile
 
 import numpy as np
@@ -73,8 +74,27 @@ class CharTokenizer:
     return {"kind": self.kind, "alphabet": self.alphabet}
 
 
+SPM_SPACE = "\u2581"  # SentencePiece's whitespace symbol: in a text it would decode as a space
+SPM_ESCAPE = "\ue000"  # private use: escapes SPM_SPACE (and itself) around SentencePiece
+
+
+def escape_spm_space(text: str) -> str:
+  """U+E000 -> U+E000 "e", U+2581 -> U+E000 "b": a text SentencePiece maps back to itself (byte fallback covers
+  U+E000)."""
+  return text.replace(SPM_ESCAPE, SPM_ESCAPE + "e").replace(SPM_SPACE, SPM_ESCAPE + "b")
+
+
+def unescape_spm_space(text: str) -> str:
+  """The inverse of `escape_spm_space` (a lone U+E000, e.g. cut off by a mask, is left as it is)."""
+  return re.sub(SPM_ESCAPE + "([eb])", lambda m: SPM_ESCAPE if m.group(1) == "e" else SPM_SPACE, text)
+
+
 class SentencePieceTokenizer:
-  """A SentencePiece model (trained by `python -m launch.tokenizer`) held as its serialized proto."""
+  """A SentencePiece model (trained by `python -m launch.tokenizer`) held as its serialized proto.
+
+  Every UTF-8 text round-trips exactly: byte fallback and identity normalization keep every character, and U+2581
+  (SentencePiece's own whitespace symbol, which would come back as a space) is escaped with the private-use U+E000
+  before encoding and unescaped after decoding (`escape_spm_space`)."""
   kind = "sentencepiece"
 
   def __init__(self, model_proto: bytes):
@@ -105,19 +125,19 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str, source: str = "text") -> np.ndarray:
     del source
-    return np.asarray(self.processor.encode(text, out_type=int), np.int32)
+    return np.asarray(self.processor.encode(escape_spm_space(text), out_type=int), np.int32)
 
   def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
     """Decodes runs of ordinary ids with SentencePiece; a mask id is drawn as `mask_glyph`, EOS as a newline."""
     out, run = [], []
     for i in np.asarray(ids).tolist():
       if i in (special_tokens.MASK, special_tokens.EOS):
-        out.append(self.processor.decode(run))
+        out.append(unescape_spm_space(self.processor.decode(run)))
         run = []
         out.append(mask_glyph if i == special_tokens.MASK else "\n")
       elif i not in (special_tokens.PAD, special_tokens.BOS):
         run.append(i)
-    out.append(self.processor.decode(run))
+    out.append(unescape_spm_space(self.processor.decode(run)))
     return "".join(out)
 
   def to_dict(self) -> dict:
