@@ -23,6 +23,9 @@ from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to evaluate.")
 flags.DEFINE_string("path", "", "Text to score instead of the run's validation split (files/folders).")
+flags.DEFINE_enum("oov", "error", ["error", "unk", "skip"],
+                  "Characters of --path outside a char model's alphabet: stop and list them all (error), score each "
+                  "as <unk> (unk), or drop them (skip); the report says how many.")
 flags.DEFINE_integer("num_windows", None, "Maximum number of windows (default: the run's eval.num_windows).")
 flags.DEFINE_enum("windows", None, ["first", "spread"],
                   "The first windows, or windows spread over the whole text (default: the run's eval.windows).")
@@ -43,7 +46,8 @@ def main(argv):
   ev = run.config.eval
   pick = lambda flag, default: default if flag is None else flag
   placement = pick(FLAGS.windows, ev.get("windows", "first"))
-  stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path)
+  stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path,
+                                      oov=FLAGS.oov)
   windows = pipeline.eval_windows(stream, int(run.config.data.seq_len), pick(FLAGS.num_windows, int(ev.num_windows)),
                                   placement)
   objective = run.objective
@@ -54,6 +58,8 @@ def main(argv):
   result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement,
                 text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
                 weights=run.weights)
+  if FLAGS.path:
+    result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)
   if FLAGS.calibration_bins:
     try:
       result["calibration"] = calibration.calibrate(run, windows, pick(FLAGS.batch_size, int(ev.batch_size)),

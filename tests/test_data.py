@@ -24,8 +24,27 @@ def test_char_tokenizer_round_trip_and_reserved_ids():
   assert ids.min() >= special_tokens.NUM_SPECIAL
   assert tok.decode(ids) == text
   assert tokenizers.from_dict(tok.to_dict()).decode(ids) == text
-  with pytest.raises(tokenizers.TokenizerError, match=r"'Z' \(U\+005A\) at character offset 2"):
+  with pytest.raises(tokenizers.TokenizerError, match=r"prompt: 1 characters of 1 kinds .* 'Z' \(U\+005A\) x1"):
     tok.encode("HeZ", source="prompt")
+
+
+def test_char_tokenizer_out_of_vocabulary_policies_with_exact_counts():
+  tok = tokenizers.CharTokenizer("abc")
+  a, b, c = (tok.encode(ch)[0] for ch in "abc")
+  text = "ab\ufeffc\u095f\u095f😀c\u095f"  # a BOM, the nukta letter U+095F three times, an emoji
+  assert tok.oov_counts(text) == {"\u095f": 3, "\ufeff": 1, "😀": 1}
+  unk = special_tokens.UNK
+  np.testing.assert_array_equal(tok.encode(text, oov="unk"), [a, b, unk, c, unk, unk, unk, c, unk])
+  np.testing.assert_array_equal(tok.encode(text, oov="skip"), [a, b, c, c])
+  # The error names every distinct character with its count, most frequent first, in one message.
+  with pytest.raises(tokenizers.TokenizerError) as error:
+    tok.encode(text, source="hi.txt")
+  message = str(error.value)
+  assert "hi.txt: 5 characters of 3 kinds" in message
+  assert message.index("'\u095f' (U+095F) x3") < message.index("(U+FEFF) x1")
+  assert "(U+1F600) x1" in message and "--oov=unk" in message
+  with pytest.raises(tokenizers.TokenizerError, match="out-of-vocabulary policy 'drop'"):
+    tok.encode(text, oov="drop")
 
 
 def test_sentencepiece_round_trip_english_hindi_hinglish(tmp_path):

@@ -216,3 +216,21 @@ def test_bench_prints_its_row_and_appends_only_with_record(tmp_path):
   run("launch.bench", *small, "--record")
   rows = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("| 20")]
   assert len(rows) == 1 and "`python -m launch.bench --config.model.num_layers=1" in rows[0]
+
+
+def test_evaluate_cli_out_of_vocabulary_policies_on_a_text_file(trained_run, tmp_path):
+  from dlm_jax.data import corpus
+  workdir, _ = trained_run
+  text = "\n".join(corpus.embedded_documents("pydoc_topics"))[:4000]
+  path = tmp_path / "foreign.txt"
+  path.write_text("\ufeff" + text[:2000] + "😀 \u095f\u095f " + text[2000:], encoding="utf-8")
+  refused = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}", f"--path={path}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+  assert "4 characters of 3 kinds" in refused.stderr and "'\u095f' (U+095F) x2" in refused.stderr
+  for policy in ("skip", "unk"):
+    report = json.loads(run("launch.evaluate", f"--workdir={workdir}", f"--path={path}", f"--oov={policy}",
+                            "--num_windows=4"))
+    assert report["oov"]["policy"] == policy and report["oov"]["characters"] == 4
+    assert report["oov"]["distinct"] == {"\u095f (U+095F)": 2, "\ufeff (U+FEFF)": 1, "😀 (U+1F600)": 1}
+    assert np.isfinite(report["nats_per_token"])

@@ -12,6 +12,7 @@ Documents are joined with EOS between them.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -34,12 +35,12 @@ class TokenStreams:
   tokenizer: object
 
 
-def _encode_documents(docs, tokenizer, source):
+def _encode_documents(docs, tokenizer, source, oov: str = "error"):
   pieces = []
   for i, doc in enumerate(docs):
     if i:
       pieces.append(np.asarray([special_tokens.EOS], np.int32))
-    pieces.append(tokenizer.encode(doc, source=f"{source} (document {i})"))
+    pieces.append(tokenizer.encode(doc, source=f"{source} (document {i})", oov=oov))
   return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
 
 
@@ -63,21 +64,22 @@ def build_tokenizer(data_config, train_docs=None):
   raise corpus.DataError(f"data.tokenizer must be 'char' or 'sentencepiece', got {data_config.tokenizer!r}.")
 
 
-def load_token_streams(data_config, cache_dir, tokenizer=None) -> TokenStreams:
+def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error") -> TokenStreams:
   """Reads, tokenizes (once; cached) and splits the corpus. `tokenizer=None` builds one (a resumed run passes the
-  tokenizer saved in its checkpoint, so the ids never change under it)."""
+  tokenizer saved in its checkpoint, so the ids never change under it). `oov`: the character tokenizer's policy for
+  characters outside its alphabet (tokenizers.OOV_POLICIES; training keeps "error")."""
   docs, key = corpus.load_documents(data_config.path, "data.path")
   valid_docs, valid_key = (corpus.load_documents(data_config.valid_path, "data.valid_path")
                            if data_config.get("valid_path") else (None, None))
   if tokenizer is None:
     tokenizer = build_tokenizer(data_config, docs + (valid_docs or []))
-  tok_key = tokenizers.fingerprint(tokenizer)
+  tok_key = tokenizers.fingerprint(tokenizer) + ("" if oov == "error" else f"|oov={oov}")
   cache_dir = pathlib.Path(cache_dir)
-  stream = _cached(cache_dir, f"{key}|{tok_key}", lambda: _encode_documents(docs, tokenizer, data_config.path))
+  stream = _cached(cache_dir, f"{key}|{tok_key}", lambda: _encode_documents(docs, tokenizer, data_config.path, oov))
   if valid_docs is not None:
     train = stream
     valid = _cached(cache_dir, f"{valid_key}|{tok_key}",
-                    lambda: _encode_documents(valid_docs, tokenizer, data_config.valid_path))
+                    lambda: _encode_documents(valid_docs, tokenizer, data_config.valid_path, oov))
   else:
     fraction = float(data_config.valid_fraction)
     if not 0.0 < fraction < 1.0:
@@ -93,12 +95,24 @@ def load_token_streams(data_config, cache_dir, tokenizer=None) -> TokenStreams:
   return TokenStreams(train=train, valid=valid, tokenizer=tokenizer)
 
 
-def validation_stream(data_config, cache_dir, tokenizer, path: str = "") -> np.ndarray:
-  """The validation token stream of a run's data config, or the whole of `path` (files/folders) when given."""
+def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: str = "error") -> np.ndarray:
+  """The validation token stream of a run's data config, or the whole of `path` (files/folders) when given, with the
+  out-of-vocabulary policy `oov`."""
   data_config = ml_collections.ConfigDict(data_config.to_dict())
   if path:
     data_config.path, data_config.valid_path = path, path
-  return load_token_streams(data_config, cache_dir, tokenizer=tokenizer).valid
+  return load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov).valid
+
+
+def oov_report(path: str, tokenizer, oov: str) -> dict:
+  """What `oov` did to the text at `path`: {"policy", "characters" (mapped to <unk> or skipped), "distinct" (each
+  character with its count, most frequent first)}."""
+  docs, _ = corpus.load_documents(path, "--path")
+  counts = collections.Counter()
+  for doc in docs:
+    counts.update(tokenizer.oov_counts(doc))
+  return {"policy": oov, "characters": sum(counts.values()),
+          "distinct": {f"{ch} (U+{ord(ch):04X})": n for ch, n in counts.most_common()}}
 
 
 class _Crop(grain.transforms.Map):

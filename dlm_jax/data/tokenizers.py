@@ -6,6 +6,7 @@ be sampled with exactly the tokenizer it was trained with.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from dlm_jax import special_tokens
 from dlm_jax.data import corpus
 
 MASK_GLYPH = "\u2591"  # how the streaming view and notebooks draw a masked position
+OOV_POLICIES = ("error", "unk", "skip")  # what a character tokenizer does with characters outside its alphabet
 
 
 class TokenizerError(ValueError):
@@ -48,15 +50,36 @@ class CharTokenizer:
   def vocab_size(self) -> int:
     return special_tokens.NUM_SPECIAL + len(self.alphabet)
 
-  def encode(self, text: str, source: str = "text") -> np.ndarray:
+  def _ids_or_minus_one(self, text: str) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
-    ids = np.where(codes < len(self._lookup), self._lookup[np.minimum(codes, len(self._lookup) - 1)], -1)
+    return np.where(codes < len(self._lookup), self._lookup[np.minimum(codes, len(self._lookup) - 1)], -1)
+
+  def oov_counts(self, text: str) -> collections.Counter:
+    """How often each character outside the alphabet occurs in `text`."""
+    ids = self._ids_or_minus_one(text)
+    return collections.Counter(text[i] for i in np.flatnonzero(ids < 0).tolist())
+
+  def encode(self, text: str, source: str = "text", oov: str = "error") -> np.ndarray:
+    """Ids of `text`. Characters outside the alphabet (out of vocabulary): `oov="error"` (the default, and what
+    training uses) raises a TokenizerError listing every distinct one with its count; "unk" maps each to the UNK id;
+    "skip" drops them."""
+    if oov not in OOV_POLICIES:
+      raise TokenizerError(f"Unknown out-of-vocabulary policy {oov!r}; choose one of {OOV_POLICIES}.")
+    ids = self._ids_or_minus_one(text)
     if np.any(ids < 0):
-      first = int(np.argmax(ids < 0))
-      raise TokenizerError(
-          f"{source}: character {text[first]!r} (U+{ord(text[first]):04X}) at character offset {first} is not in the "
-          f"character tokenizer's alphabet of {len(self.alphabet)} characters (built from the training corpus). "
-          "Remove it, or train on a corpus that contains it.")
+      if oov == "unk":
+        ids = np.where(ids < 0, special_tokens.UNK, ids)
+      elif oov == "skip":
+        ids = ids[ids >= 0]
+      else:
+        counts = self.oov_counts(text)
+        shown = ", ".join(f"{ch!r} (U+{ord(ch):04X}) x{n}" for ch, n in counts.most_common(30))
+        more = f", and {len(counts) - 30} more" if len(counts) > 30 else ""
+        raise TokenizerError(
+            f"{source}: {sum(counts.values())} characters of {len(counts)} kinds are not in the character tokenizer's "
+            f"alphabet of {len(self.alphabet)} characters (built from the training corpus): {shown}{more}. Remove "
+            "them, train on a corpus that contains them, or (python -m launch.evaluate) score the text with --oov=unk "
+            "(each becomes <unk>) or --oov=skip (they are dropped).")
     return ids.astype(np.int32)
 
   def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
@@ -123,8 +146,13 @@ class SentencePieceTokenizer:
   def vocab_size(self) -> int:
     return self.processor.get_piece_size()
 
-  def encode(self, text: str, source: str = "text") -> np.ndarray:
-    del source
+  def oov_counts(self, text: str) -> collections.Counter:
+    """Empty: with byte fallback every character has pieces."""
+    del text
+    return collections.Counter()
+
+  def encode(self, text: str, source: str = "text", oov: str = "error") -> np.ndarray:
+    del source, oov  # byte fallback: nothing is out of vocabulary
     return np.asarray(self.processor.encode(escape_spm_space(text), out_type=int), np.int32)
 
   def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
