@@ -56,6 +56,16 @@ from dlm_jax.errors import ConfigError
 
 OBJECTIVES = ("elbo", "masked_mean", "autoregressive", "uniform", "duo", "sedd", "dcd")
 UNIFORM_X0 = ("uniform", "duo", "dcd")  # uniform-state objectives whose denoiser predicts x_0
+BEYOND_MASKING = UNIFORM_X0 + ("sedd",)
+
+
+def process_of(kind: str, sedd_process: str = "absorbing") -> str:
+  """The forward process of objective `kind`: "absorbing" (masking), "uniform" or "autoregressive"."""
+  if kind == "autoregressive":
+    return "autoregressive"
+  if kind in UNIFORM_X0 or (kind == "sedd" and sedd_process == "uniform"):
+    return "uniform"
+  return "absorbing"
 DISTILLATION_LOSSES = ("kl_bwd", "kl_fwd")
 
 
@@ -103,7 +113,7 @@ class DiffusionObjective:
     if self.process == "uniform" and self.prompt_drop:
       raise ConfigError("diffusion.prompt_drop masks the prompt, which a uniform-state process has no mask for; "
                         "set it to 0 with this objective.")
-    if self.kind in ("sedd", "dcd", *UNIFORM_X0) and (self.self_conditioning or self.loss_chunk):
+    if self.kind in BEYOND_MASKING and (self.self_conditioning or self.loss_chunk):
       raise ConfigError(f"diffusion.objective={self.kind!r} scores full logits without self-conditioning: set "
                         "model.self_conditioning=False and diffusion.loss_chunk=0.")
     if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:
@@ -120,12 +130,8 @@ class DiffusionObjective:
 
   @property
   def process(self) -> str:
-    """The forward process: "absorbing" (masking), "uniform" or "autoregressive"."""
-    if self.is_autoregressive:
-      return "autoregressive"
-    if self.kind in UNIFORM_X0 or (self.kind == "sedd" and self.sedd_process == "uniform"):
-      return "uniform"
-    return "absorbing"
+    """The forward process: "absorbing" (masking), "uniform" or "autoregressive" (`process_of`)."""
+    return process_of(self.kind, self.sedd_process)
 
   def sample_times(self, rng, batch_size: int):
     if self.kind == "masked_mean":
@@ -324,7 +330,7 @@ def from_config(config, vocab_size: int = 0) -> DiffusionObjective:
     raise ConfigError(
         f"config.model.causal={config.model.get('causal', False)} does not fit diffusion.objective={objective!r}: "
         "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
-  if config.model.name == "hrm" and objective in ("uniform", "duo", "sedd", "dcd"):
+  if config.model.name == "hrm" and objective in BEYOND_MASKING:
     raise ConfigError(f"diffusion.objective={objective!r} with model hrm: the HRM denoiser's strategic unmasking and "
                       "memory losses are defined on masked positions. Use 'elbo' or 'masked_mean', or another model.")
   prompt_length = int(config.diffusion.get("prompt_length", 0))

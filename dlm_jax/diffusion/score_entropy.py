@@ -81,18 +81,18 @@ def tweedie_probs(log_s_BxLxV, z_BxL, alpha_t_B, alpha_s_B, states_V, process: s
   a = (alpha_t_B / alpha_s_B)[:, None, None]  # exp(-sigma_ts)
   s = jnp.exp(log_s_BxLxV)  # 0 off the states, 1 at z
   at_z = jax.nn.one_hot(z_BxL, vocab, dtype=s.dtype)
+  on_states = jnp.asarray(states_V)[None, None]
+  total = jnp.sum(jnp.where(on_states, s, 0.0), axis=-1, keepdims=True)  # sum over the states of s
   if process == "uniform":
     num_states = int(np.sum(states_V))
-    total = jnp.sum(jnp.where(jnp.asarray(states_V)[None, None], s, 0.0), axis=-1, keepdims=True)
     # exp(-sigma Q) = I / a - (1 - a) / (a K) 11^T on the states; exp(sigma Q)(y, z) = a 1{y = z} + (1 - a) / K.
     staggered = s / a - (1.0 - a) / (a * num_states) * total
     unnormalized = jnp.maximum(staggered, 0.0) * (a * at_z + (1.0 - a) / num_states)
-    unnormalized = jnp.where(jnp.asarray(states_V)[None, None], unnormalized, 0.0)
+    unnormalized = jnp.where(on_states, unnormalized, 0.0)
   else:
     is_mask = jax.nn.one_hot(mask_id, vocab, dtype=bool)
-    total = jnp.sum(jnp.where(jnp.asarray(states_V)[None, None], s, 0.0), axis=-1, keepdims=True)
     # Masked z: y != MASK gets (s_y / a)(1 - a); MASK keeps 1 - (1 - a) / a sum_y s_y (>= 0 for the true scores).
-    reveal = jnp.where(jnp.asarray(states_V)[None, None], s * (1.0 - a) / a, 0.0)
+    reveal = jnp.where(on_states, s * (1.0 - a) / a, 0.0)
     stay = jnp.maximum(1.0 - (1.0 - a) / a * total, 0.0)
     unnormalized = jnp.where(is_mask, stay, reveal)
     unnormalized = jnp.where((z_BxL == mask_id)[..., None], unnormalized, at_z)

@@ -85,7 +85,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import special_tokens
-from dlm_jax.diffusion import losses, schedules
+from dlm_jax.diffusion import losses, objectives, schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
@@ -234,13 +234,12 @@ class SampleOutput:
 
 
 def process_fields(diffusion_config) -> dict:
-  """{process, parameterization} of a run's diffusion config (its objective decides them)."""
+  """{process, parameterization} of a run's diffusion config (its objective decides them: `objectives.process_of`).
+  The AR arm gets the masked sampler's fields (its own decoder ignores them)."""
   objective = diffusion_config.objective
-  if objective == "sedd":
-    return {"process": diffusion_config.get("sedd_process", "absorbing"), "parameterization": "score"}
-  if objective in ("uniform", "duo", "dcd"):
-    return {"process": "uniform", "parameterization": diffusion_config.get("parameterization", "mean")}
-  return {"process": "absorbing", "parameterization": "mean"}
+  process = objectives.process_of(objective, diffusion_config.get("sedd_process", "absorbing"))
+  parameterization = "score" if objective == "sedd" else diffusion_config.get("parameterization", "mean")
+  return {"process": "uniform" if process == "uniform" else "absorbing", "parameterization": parameterization}
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
