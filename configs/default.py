@@ -49,6 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
   # (losses.tied_head_nll); 0: from the full logits.
   c.diffusion.loss_chunk = 0
+  # Training-time masking of the absorbing objectives (dlm_jax/diffusion/corruption.py): "uniform" (token by token),
+  # "script_aware" (whole grapheme clusters, virama conjuncts included) or "span" (whole words); with the last two each
+  # unit of script s is masked on the schedule alpha(t)^kappa_s, kappa_s = script_rates.s. Not an ELBO of the sampled
+  # model (a bound given the segmentation): evaluation always reports the token-level NELBO.
+  c.diffusion.corruption = "uniform"
+  c.diffusion.script_rates = ml_collections.ConfigDict({"none": 1.0, "other": 1.0, "latn": 1.0, "deva": 1.0})
   # Uniform-state objectives (dlm_jax/diffusion/uniform.py, duality.py, score_entropy.py).
   # x_0 -> reverse ratios: Duo's plug-in "mean" or the exact mixture "posterior" (tight at the optimum, but its loss has
   # a far larger variance: BENCHMARKS.md, "Beyond masking")

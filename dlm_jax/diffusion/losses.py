@@ -68,8 +68,11 @@ def tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, mask_id: int, chunk: int)
   return nll_N.reshape(-1)[:rows].reshape(batch, length)
 
 
-def nelbo_per_sequence(nll_BxL, masked_BxL, t_B, schedule):
-  """One-sample estimate of the continuous-time NELBO of each sequence, in nats: w(t) * sum_masked nll."""
+def nelbo_per_sequence(nll_BxL, masked_BxL, t_B, schedule, weight_BxL=None):
+  """One-sample estimate of the continuous-time NELBO of each sequence, in nats: w(t) * sum_masked nll, or
+  sum_masked w_i nll_i with per-token weights (script-aware corruption's unit schedules, diffusion/corruption.py)."""
+  if weight_BxL is not None:
+    return jnp.sum(jnp.where(masked_BxL, weight_BxL * nll_BxL, 0.0), axis=-1)
   return schedule.weight(t_B) * jnp.sum(jnp.where(masked_BxL, nll_BxL, 0.0), axis=-1)
 
 

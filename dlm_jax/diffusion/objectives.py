@@ -50,6 +50,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.diffusion import corruption as corruption_lib
 from dlm_jax.diffusion import duality, forward, losses, score_entropy, uniform
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
@@ -96,6 +97,9 @@ class DiffusionObjective:
   distill_teacher_steps: int = 64
   distill_round_steps: int = 100
   distill_loss: str = "kl_bwd"  # "kl_bwd": KL(student || teacher) (Duo's default), "kl_fwd": KL(teacher || student)
+  # Training-time masking of the absorbing objectives (diffusion/corruption.py): None = token by token; else whole
+  # grapheme clusters or words with per-script schedules. Evaluation always masks token by token.
+  corruption: corruption_lib.ScriptAwareCorruption | None = None
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
@@ -116,6 +120,9 @@ class DiffusionObjective:
     if self.kind in BEYOND_MASKING and (self.self_conditioning or self.loss_chunk):
       raise ConfigError(f"diffusion.objective={self.kind!r} scores full logits without self-conditioning: set "
                         "model.self_conditioning=False and diffusion.loss_chunk=0.")
+    if self.corruption is not None and self.process != "absorbing":
+      raise ConfigError(f"diffusion.corruption masks grapheme clusters or words: it needs an absorbing objective "
+                        f"('elbo' or 'masked_mean'), not {self.kind!r}. Set diffusion.corruption='uniform'.")
     if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:
       raise ConfigError(f"diffusion.prompt_length must be >= 0 and diffusion.prompt_drop in [0, 1), got "
                         f"{self.prompt_length} and {self.prompt_drop}.")
@@ -192,22 +199,30 @@ class DiffusionObjective:
       z_BxL = jnp.where(fixed_BxL, x0_BxL, z_BxL)
     return z_BxL, w_BxLxV
 
-  def sequence_nelbo(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL=None):
+  def sequence_nelbo(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL=None, weight_BxL=None):
     """Each sequence's one-sample NELBO in nats under this objective's process and parameterization. `corrupted_BxL`
-    marks the masked positions of the absorbing process (unused by the others)."""
+    marks the masked positions of the absorbing process (unused by the others); `weight_BxL` replaces its w(t) by
+    each token's unit weight (script-aware corruption)."""
     if self.kind == "sedd":
       return score_entropy.nelbo_per_sequence(output.logits_BxLxV, x0_BxL, xt_BxL, t_B, self.schedule, self.states_V,
                                               self.sedd_process, self.mask_id, scored_BxL)
     if self.process == "uniform":
       return uniform.nelbo_per_sequence(output.logits_BxLxV, x0_BxL, xt_BxL, t_B, self.schedule, self.states_V,
                                         self.parameterization, scored_BxL)
-    return losses.nelbo_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL, t_B, self.schedule)
+    return losses.nelbo_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL, t_B, self.schedule, weight_BxL)
 
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
-    """(x_t, corrupted) under this objective's forward process with hard tokens; fixed positions untouched."""
+    """(x_t, corrupted) under this objective's forward process with hard tokens, token by token (the process every
+    evaluation scores); fixed positions untouched."""
     if self.process == "uniform":
       return uniform.corrupt(rng, x0_BxL, self.schedule.alpha(t_B), self.states_V, fixed_BxL)
     return forward.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=fixed_BxL)
+
+  def training_corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
+    """(x_t, corrupted, weight_BxL or None): `corrupt`, or the script-aware corruption's units and weights."""
+    if self.corruption is None:
+      return (*self.corrupt(rng, x0_BxL, t_B, fixed_BxL), None)
+    return self.corruption.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL)
 
   def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None):
     """(loss, metrics). `step` (the update count) drives Duo's curriculum and the distillation rounds; `teacher_fn`
@@ -226,9 +241,9 @@ class DiffusionObjective:
       scored_BxL = None if prompt_BxL is None else ~prompt_BxL
       if self.kind == "duo" and self.curriculum_steps and step is not None:
         xt_BxL, input_BxL = self.curriculum_inputs(mask_rng, x0_BxL, t_B, prompt_BxL, step)
-        corrupted_BxL = None  # (unused by the uniform NELBO)
+        corrupted_BxL = weight_BxL = None  # (unused by the uniform NELBO)
       else:
-        xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, prompt_BxL)
+        xt_BxL, corrupted_BxL, weight_BxL = self.training_corrupt(mask_rng, x0_BxL, t_B, prompt_BxL)
         input_BxL = xt_BxL
       if self.prompt_drop:
         drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
@@ -241,7 +256,7 @@ class DiffusionObjective:
       if self.kind == "masked_mean":
         loss = jnp.mean(losses.masked_mean_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL))
       else:
-        nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL)
+        nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL)
         loss = jnp.sum(nelbo_B) / (batch_size * (seq_len - self.prompt_length))
         metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
     if with_aux:
@@ -320,9 +335,9 @@ class DiffusionObjective:
     return jnp.sum(nelbo_B) / (batch_size * (seq_len - 1))
 
 
-def from_config(config, vocab_size: int = 0) -> DiffusionObjective:
+def from_config(config, vocab_size: int = 0, tokenizer=None) -> DiffusionObjective:
   """The objective of `config.diffusion`; `vocab_size` (the tokenizer's) is needed by the uniform-state and SEDD
-  objectives."""
+  objectives, the `tokenizer` itself by a script-aware `diffusion.corruption`."""
   from dlm_jax import special_tokens
   from dlm_jax.diffusion import schedules
   objective = config.diffusion.objective
@@ -352,4 +367,5 @@ def from_config(config, vocab_size: int = 0) -> DiffusionObjective:
       soft_tau_log10_end=float(config.diffusion.get("soft_tau_log10_end", -2.0)),
       distill_teacher_steps=int(config.diffusion.get("distill_teacher_steps", 64)),
       distill_round_steps=int(config.diffusion.get("distill_round_steps", 100)),
-      distill_loss=config.diffusion.get("distill_loss", "kl_bwd"))
+      distill_loss=config.diffusion.get("distill_loss", "kl_bwd"),
+      corruption=corruption_lib.from_config(config.diffusion, tokenizer))

@@ -92,6 +92,16 @@ class MaskingSchedule:
       return t**self.exponent
     return (1.0 - self.eps) * t  # loglinear
 
+  def log_alpha(self, t):
+    """log alpha(t), accurate at both ends in float32: log1p(-(1 - alpha)), and for the cosine schedule at
+    t >= 1/2 log(2 sin^2(pi/4 (1 - t))) (1 - cos rounds to 0 in float32 near t = 1)."""
+    t = jnp.asarray(t, jnp.float32)
+    near_one = jnp.log1p(-self.one_minus_alpha(t))
+    if self.name != "cosine":
+      return near_one
+    near_zero = math.log(2.0) + 2.0 * jnp.log(jnp.sin(0.25 * math.pi * (1.0 - t)))
+    return jnp.where(t < 0.5, near_one, near_zero)
+
   def time_of_mask_rate(self, rate):
     """The inverse of mask_rate: the t in [0, 1] at which a token is masked with probability `rate` (clipped to the
     schedule's range; loglinear's mask rate never exceeds 1 - eps)."""

@@ -277,7 +277,7 @@ class LoadedRun:
   @property
   def objective(self) -> objectives.DiffusionObjective:
     """The run's training objective; `objective.is_autoregressive` says whether it is the causal control arm."""
-    return objectives.from_config(self.config, self.tokenizer.vocab_size)
+    return objectives.from_config(self.config, self.tokenizer.vocab_size, self.tokenizer)
 
   def model(self) -> models.Denoiser:
     return nnx.merge(self.graphdef, self.params, self.other)

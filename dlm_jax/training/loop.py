@@ -90,7 +90,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
-  objective = objectives.from_config(config, vocab_size)
+  objective = objectives.from_config(config, vocab_size, tokenizer)
   tx = optimizer.make_optimizer(config.optimizer, num_steps)
   graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx)
   data_iter = pipeline.train_iterator(streams.train, seq_len, global_batch, int(config.data.seed))
