@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.99
   c.optimizer.weight_decay = 0.1
   c.optimizer.grad_clip = 1.0
+  # EcoHybrid's slow memory slots (model.slow_slots > 0) train at this multiple of the learning rate (seed 001 §9.3)
+  c.optimizer.slow_slots_lr_scale = 0.1
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 900

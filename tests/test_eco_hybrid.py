@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -89,6 +90,47 @@ def test_slow_slots_are_written_only_every_slow_every_blocks():
   assert not np.allclose(early[:, :2], mem[:, :2])  # fast slots written
   late = block.write_memory(h, mem, jnp.asarray(1))
   assert not np.allclose(late[:, 2:], mem[:, 2:])  # block 1 = slow_every - 1: slow slots written
+
+
+def test_slow_slots_train_at_their_own_learning_rate():
+  """Seed 001 §9.3: the slow slots' initial state is its own parameter and its update is exactly
+  optimizer.slow_slots_lr_scale times what the fast slots' update would be for the same value and gradient."""
+  from dlm_jax.training import optimizer
+  # (no weight decay: after the first update the two parameters differ, and so would their decay terms)
+  config = tiny_config(**{"optimizer.slow_slots_lr_scale": 0.25, "optimizer.warmup_steps": 0,
+                          "optimizer.weight_decay": 0.0})
+  config.model = default_config.model_config("eco_hybrid")
+  config.model.update(memory_slots=4, slow_slots=2)
+  model = build(slow_slots=2, slow_every=2)
+  params = nnx.state(model, nnx.Param)
+  assert params["memory_init"].shape == params["slow_memory_init"].shape == (2, 32)
+  # same value and gradient for the fast and the slow slots; every other parameter gets a zero gradient
+  params["slow_memory_init"] = nnx.Param(params["memory_init"][...])
+  grad = jax.random.normal(jax.random.key(4), (2, 32))
+  grads = jax.tree.map(jnp.zeros_like, params)
+  grads["memory_init"] = nnx.Param(grad)
+  grads["slow_memory_init"] = nnx.Param(grad)
+  tx = optimizer.make_optimizer(config.optimizer, 10, config.model)
+  opt_state = tx.init(params)
+  for _ in range(3):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    fast, slow = updates["memory_init"][...], updates["slow_memory_init"][...]
+    assert np.abs(fast).max() > 0
+    np.testing.assert_allclose(slow, 0.25 * fast, rtol=1e-5)
+    params = optax.apply_updates(params, updates)
+  # without slow slots (or at scale 1) the optimizer is the plain chain: checkpoints keep their structure
+  plain = jax.tree.structure(optimizer.make_optimizer(config.optimizer, 10).init(nnx.state(build(), nnx.Param)))
+  config.model.slow_slots = 0
+  assert jax.tree.structure(optimizer.make_optimizer(config.optimizer, 10, config.model).init(
+      nnx.state(build(), nnx.Param))) == plain
+
+
+def test_slow_slot_parameter_split_keeps_the_function():
+  """The fast and slow initial slots concatenated are the memory the blocks start from."""
+  model = build(slow_slots=1)
+  memory = model.initial_memory(jnp.zeros((2, 5), jnp.int32))
+  np.testing.assert_array_equal(memory[0, :3], model.memory_init[...])
+  np.testing.assert_array_equal(memory[1, 3:], model.slow_memory_init[...])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -38,7 +38,7 @@ def _train_step_and_inputs(config, vocab, seq_len, batch):
   config = config.copy_and_resolve_references()
   config.data.seq_len = seq_len  # the model's max_len
   objective = objectives.from_config(config, vocab)
-  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
+  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
   graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
   shardings = sharding.DataParallel(sharding.make_mesh())
   train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),

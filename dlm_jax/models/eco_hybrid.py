@@ -19,9 +19,16 @@ block (the scan carry). Choices, each exposed in the config:
   balancing (Switch Transformer, Fedus et al. 2022): L_balance = M * sum_j f_j P_j, with f_j the fraction of (token,
   choice) assignments to slot j and P_j the mean router probability of slot j; it is 1 under uniform use and grows
   with collapse. Added to the loss with weight `balance_weight` and logged as `aux/eco_balance`.
-* Multi-timescale memory banks (`slow_slots` > 0): the last `slow_slots` of the M slots are "slow": they are written
-  only in every `slow_every`-th block (blocks slow_every-1, 2 slow_every-1, ...), fast slots in every block. A separate
-  (lower) learning rate for the slow slots is not implemented: the slower update schedule is the whole mechanism here.
+* Multi-timescale memory banks (`slow_slots` > 0; seed 001 §9.3): the last `slow_slots` of the M slots are "slow":
+  they are written only in every `slow_every`-th block (blocks slow_every-1, 2 slow_every-1, ...), fast slots in every
+  block, and their learned initial state is its own parameter, `slow_memory_init` [S, D] (the fast slots' is
+  `memory_init` [M - S, D]), which the optimizer trains at `optimizer.slow_slots_lr_scale` times the learning rate
+  (training/optimizer.py: an optax.multi_transform partition by parameter path). Slow in depth and slow in training
+  time: the slots meant to hold the sequence's global state drift less from block to block and from batch to batch.
+* Retrieval-conditioned memory (`retrieval_slots` = R > 0; seed 001 §9.6): R more slots initialized, at every forward
+  pass, from the k nearest training windows of a datastore (models/retrieval.py): the neighbours' pooled states pass
+  through a learned projection into R extra rows of the memory, which the blocks then read and write like any slot.
+  With R = 0 the model and its parameters are exactly EcoHybrid's.
 * Slot attention arithmetic (`memory_attention`), one function of the same parameters in every form:
   "projected" projects tokens and slots and attends (the textbook order); "absorbed" (default) folds the projections
   into the M slots (`layers.CrossAttention`: the read's W_q/W_o into the slots' keys and values, the write's W_k into
@@ -38,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import kernels, layers
+from dlm_jax.models import kernels, layers, retrieval
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
@@ -53,6 +60,11 @@ class EcoHybridConfig(DenoiserConfig):
   slow_slots: int = 0  # how many of the memory_slots are slow (multi-timescale memory)
   slow_every: int = 2  # slow slots are written every slow_every blocks
   position: str = "learned"  # "learned" absolute positions, or "none" (the convolution alone gives order)
+  # Retrieval-conditioned memory (models/retrieval.py): > 0 appends this many slots, one per nearest datastore window
+  # of the visible input, to the memory_slots; 0: plain EcoHybrid (no retrieval parameters, no datastore).
+  retrieval_slots: int = 0
+  retrieval_windows: int = 1024  # datastore size N (windows of data.seq_len tokens from the training stream's tail)
+  retrieval_key_dim: int = 128  # K of the fixed bag-of-tokens key projection
   # How the slot attentions are computed (the same function and parameters in each; module docstring):
   # "absorbed" (W_q/W_o folded into the slots for the read, W_k into the slot queries and W_v/W_o after pooling for the
   # write: the tokens are never projected), "projected" (the textbook order: project, attend, project) or "pallas"
@@ -79,6 +91,13 @@ class EcoHybridConfig(DenoiserConfig):
     if self.memory_attention not in ("absorbed", "projected", "pallas"):
       raise ConfigError("model.memory_attention must be 'absorbed', 'projected' or 'pallas', got "
                         f"{self.memory_attention!r}.")
+    if self.retrieval_slots < 0 or (self.retrieval_slots and (self.retrieval_windows < self.retrieval_slots
+                                                              or self.retrieval_key_dim < 1)):
+      raise ConfigError(f"model.retrieval_slots={self.retrieval_slots} must be >= 0 and at most model.retrieval_windows="
+                        f"{self.retrieval_windows}, with model.retrieval_key_dim >= 1.")
+    if self.retrieval_slots and (self.route_top_k or self.memory_attention == "pallas"):
+      raise ConfigError("model.retrieval_slots > 0 needs model.route_top_k=0 and model.memory_attention 'absorbed' or "
+                        "'projected' (the router and the Pallas kernel are sized for the memory_slots alone).")
     if self.memory_attention == "pallas" and (self.route_top_k or not kernels.memory_read_fits(16, self.width,
                                                                                                  self.memory_slots)):
       raise ConfigError("model.memory_attention='pallas' needs model.route_top_k=0, model.memory_slots a power of two "
@@ -92,13 +111,21 @@ class EcoHybridConfig(DenoiserConfig):
         amortized over the sequence (4 D^2 M / L), and the two L x M attentions (4 M D, counted as 24 n_layers M D).
       absorbed/pallas: the four H M D products of the two attentions (write logits and pooling, read logits and
         values) and the slot-side projections and foldings amortized (8 D^2 M / L)."""
-    d, m = self.width, self.memory_slots
+    d, m = self.width, self.memory_slots + self.retrieval_slots
     per_layer = 3 * d * self.mlp_dim + (d * m if self.route_top_k else 0) + self.conv_kernel * d
     if self.memory_attention == "projected":
       per_layer += 4 * d * d + 4 * d * d * m / seq_len
-      return 6.0 * (self.num_layers * per_layer + self.vocab_size * d) + 24.0 * self.num_layers * m * d
+      return 6.0 * (self.num_layers * per_layer + self.vocab_size * d + self.retrieval_per_token(seq_len)) + (
+          24.0 * self.num_layers * m * d)
     per_layer += 4 * self.num_heads * m * d + 8 * d * d * m / seq_len
-    return 6.0 * (self.num_layers * per_layer + self.vocab_size * d)
+    return 6.0 * (self.num_layers * per_layer + self.vocab_size * d + self.retrieval_per_token(seq_len))
+
+  def retrieval_per_token(self, seq_len: int) -> float:
+    """Multiply-adds per token of the retrieval: the [N, K] similarity and the k slots' projections, amortized over
+    the sequence (the gathers and the pooling are not matmuls)."""
+    if not self.retrieval_slots:
+      return 0.0
+    return (self.retrieval_windows * self.retrieval_key_dim + self.retrieval_slots * self.width**2) / seq_len
 
 
 class DepthwiseConv(nnx.Module):
@@ -151,7 +178,8 @@ class EcoBlock(nnx.Module):
       update_BxMxD = self.write.attend_short_queries(queries_BxMxD, tokens_BxLxD)
     cfg = self.cfg
     if cfg.slow_slots:
-      is_slow_Mx1 = (jnp.arange(cfg.memory_slots) >= cfg.memory_slots - cfg.slow_slots)[:, None]
+      slot_M = jnp.arange(mem_BxMxD.shape[1])  # (retrieved slots, after the memory_slots, are fast)
+      is_slow_Mx1 = ((slot_M >= cfg.memory_slots - cfg.slow_slots) & (slot_M < cfg.memory_slots))[:, None]
       slow_turn = (layer_index % cfg.slow_every) == cfg.slow_every - 1
       update_BxMxD = jnp.where(is_slow_Mx1[None] & ~slow_turn, 0.0, update_BxMxD)
     return mem_BxMxD + update_BxMxD
@@ -223,16 +251,37 @@ class EcoHybrid(Denoiser):
 
   def __init__(self, cfg: EcoHybridConfig, *, rngs: nnx.Rngs):
     self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
-    self.memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_slots, cfg.width)))
+    fast_slots = cfg.memory_slots - cfg.slow_slots
+    self.memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (fast_slots, cfg.width)))
+    if cfg.slow_slots:  # its own parameter, so that the optimizer can give it its own learning rate
+      self.slow_memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.slow_slots, cfg.width)))
     self.blocks = layers.stack_blocks(cfg.num_layers, lambda r: EcoBlock(cfg, rngs=r), rngs)
+    # Created after everything else, so that with the same seed every shared parameter equals plain EcoHybrid's.
+    self.retrieval = (retrieval.RetrievalSlots(cfg.width, cfg.vocab_size, cfg.retrieval_slots, cfg.retrieval_windows,
+                                               cfg.max_len, cfg.retrieval_key_dim, dtype=self.dtype, rngs=rngs)
+                      if cfg.retrieval_slots else None)
     self.init_head(rngs)
+
+  def initial_memory(self, tokens_BxL):
+    """The memory every sequence starts from, [B, M (+ R), D]: the fast slots' learned state, then the slow slots',
+    then (retrieval) the R slots of the nearest datastore windows of the visible tokens (soft tokens [B, L, V]: of
+    their argmax)."""
+    batch = tokens_BxL.shape[0]
+    slots_MxD = self.memory_init[...]
+    if self.cfg.slow_slots:
+      slots_MxD = jnp.concatenate([slots_MxD, self.slow_memory_init[...]], axis=0)
+    memory_BxMxD = jnp.broadcast_to(slots_MxD.astype(self.dtype)[None], (batch, *slots_MxD.shape))
+    if self.retrieval is None:
+      return memory_BxMxD
+    ids_BxL = jnp.argmax(tokens_BxL, axis=-1) if tokens_BxL.ndim == 3 else tokens_BxL
+    retrieved_BxRxD = self.retrieval(ids_BxL, self.embedding[...])
+    return jnp.concatenate([memory_BxMxD, retrieved_BxRxD.astype(self.dtype)], axis=1)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
                self_cond_BxLxV=None) -> DenoiserOutput:
     cfg = self.cfg
     h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV)
-    mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
-                                 (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
+    mem_BxMxD = self.initial_memory(tokens_BxL)
 
     def apply(block, carry, index, key):
       h, mem, balance = block(*carry, index, key, deterministic)
@@ -251,8 +300,7 @@ class EcoHybrid(Denoiser):
     to [layers, B, M, D]: (logits of the rows at `positions_BxQ` [B, Q, V], cache). Deterministic."""
     cfg = self.cfg
     h_BxLxD = self.embed(tokens_BxL, t_B)
-    mem_BxMxD = jnp.broadcast_to(self.memory_init[...].astype(self.dtype)[None],
-                                 (tokens_BxL.shape[0], cfg.memory_slots, cfg.width))
+    mem_BxMxD = self.initial_memory(tokens_BxL)
 
     def apply(block, carry, index, key):
       h, mem = carry

@@ -18,6 +18,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -33,6 +34,28 @@ class CheckpointError(ValueError):
 
 
 CHECKPOINTS = ("latest", "best")  # what --checkpoint selects: WORKDIR/checkpoints, WORKDIR/best
+
+
+DATASTORE_FILE = "retrieval_datastore.npy"  # a retrieval run's datastore windows (models/retrieval.py)
+
+
+def save_datastore(workdir, windows_NxL) -> pathlib.Path:
+  """Writes WORKDIR/retrieval_datastore.npy atomically (temporary file + rename)."""
+  path = pathlib.Path(workdir) / DATASTORE_FILE
+  tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+  np.save(tmp, np.asarray(windows_NxL, np.int32))
+  os.replace(tmp, path)
+  return path
+
+
+def load_datastore(workdir):
+  """The datastore windows of a retrieval run; CheckpointError naming the file when it is missing."""
+  path = pathlib.Path(workdir) / DATASTORE_FILE
+  if not path.is_file():
+    raise CheckpointError(f"{path} is missing: a run with model.retrieval_slots > 0 keeps its retrieval datastore "
+                          "there (written when training starts). Restore the file, or resume training in this workdir "
+                          "to write it again from the same data.")
+  return np.load(path)
 
 
 def manager(workdir, max_to_keep: int = 3, save_interval_steps: int = 1, create: bool = True,
@@ -311,16 +334,20 @@ def load_for_inference(workdir, step: int | None = None, weights: str = "ema", w
   meta = restore_meta(mngr, step)
   config = ml_collections.ConfigDict(meta["config"])
   tokenizer = tokenizers.from_dict(meta["tokenizer"])
-  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps))
+  tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
   abstract = state_lib.abstract_state(config, tokenizer.vocab_size, tx)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   state = restore(mngr, with_sharding(abstract, device), None, step)
   mngr.close()
-  # The graph structure only: parameters come from the checkpoint. Our models keep no non-Param state.
+  # The graph structure only: parameters come from the checkpoint; the only non-Param state, a retrieval datastore,
+  # from the run's datastore file.
   model = nnx.eval_shape(lambda: models.get_model(config, tokenizer.vocab_size, nnx.Rngs(0)))
+  if getattr(model, "retrieval", None) is not None:
+    model.retrieval.fill(load_datastore(workdir))
   graphdef, _, other = nnx.split(model, nnx.Param, ...)
-  if jax.tree.leaves(other):
-    raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state, which checkpoints do not carry.")
+  if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(other)):
+    raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state that neither checkpoints nor the "
+                          "run's files carry.")
   used = "ema" if (weights == "ema" and state.ema_params is not None) else "raw"
   params = state.ema_params if used == "ema" else state.params
   return LoadedRun(config, tokenizer, graphdef, other, params, int(step), used, which, str(workdir))

@@ -24,6 +24,7 @@ from dlm_jax.data import pipeline
 from dlm_jax.diffusion import objectives
 from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import likelihood
+from dlm_jax.models import retrieval
 from dlm_jax.sampling import SamplerConfig, make_text_sampler
 from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, sharding, state as state_lib
 from dlm_jax.training import step as step_lib
@@ -91,9 +92,10 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
   objective = objectives.from_config(config, vocab_size, tokenizer)
-  tx = optimizer.make_optimizer(config.optimizer, num_steps)
-  graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx)
-  data_iter = pipeline.train_iterator(streams.train, seq_len, global_batch, int(config.data.seed))
+  tx = optimizer.make_optimizer(config.optimizer, num_steps, config.model)
+  train_tokens, datastore = retrieval_datastore(config, streams.train, seq_len, workdir)
+  graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx, datastore)
+  data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed))
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if teacher is not None:
     state = start_from_teacher(state, teacher, tx)
@@ -116,7 +118,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   flops_per_token = models.model_config(config, vocab_size).flops_per_token(seq_len)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
-        f"{jax.local_device_count()} {jax.default_backend()} device(s); train {len(streams.train):,} tokens, "
+        f"{jax.local_device_count()} {jax.default_backend()} device(s); train {len(train_tokens):,} tokens"
+        f"{'' if datastore is None else f' (+ {datastore.size:,} in the retrieval datastore)'}, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
 
   def inference_params():
@@ -213,6 +216,26 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
           f"{workdir / 'best'}; load it with --checkpoint=best).", flush=True)
   return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
           "stopped_early": stopped_early, "best": best, "tokenizer": tokenizer, "vocab_size": vocab_size}
+
+
+def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Path):
+  """(training stream, datastore windows or None). With model.retrieval_slots > 0 the datastore is the last
+  model.retrieval_windows windows of the training stream, which training then never crops from (models/retrieval.py),
+  written to WORKDIR/retrieval_datastore.npy for every later load; a resumed run checks that its data still gives the
+  same windows."""
+  if not int(config.model.get("retrieval_slots", 0) or 0):
+    return train_tokens, None
+  num_windows = int(config.model.retrieval_windows)
+  try:
+    windows, rest = retrieval.datastore_windows(train_tokens, seq_len, num_windows)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  saved = workdir / checkpoint.DATASTORE_FILE
+  if saved.is_file() and not np.array_equal(np.load(saved), windows):
+    raise ConfigError(f"{saved} differs from the datastore this run's data gives now: the training data changed "
+                      "since the run started. Resume with the run's own data, or use a new --workdir.")
+  checkpoint.save_datastore(workdir, windows)
+  return rest, windows
 
 
 def load_teacher(config) -> checkpoint.LoadedRun:

@@ -23,9 +23,12 @@ class TrainState:
   teacher_params: Any = None
 
 
-def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation):
-  """Returns (graphdef, other_state, TrainState). `other_state` holds non-Param variables (empty for our models)."""
+def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation, datastore=None):
+  """Returns (graphdef, other_state, TrainState). `other_state` holds the non-Param variables: empty, except for
+  EcoHybrid's retrieval datastore (models/retrieval.py), which `datastore` (windows [N, L]) fills."""
   model = models.get_model(config, vocab_size, nnx.Rngs(params=int(config.seed)))
+  if datastore is not None:
+    model.retrieval.fill(datastore)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
   ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
   teacher = jax.tree.map(jax.numpy.copy, params) if config.diffusion.objective == "dcd" else None
