@@ -113,11 +113,15 @@ def test_rejects_bad_retrieval_config():
     model.retrieval.fill(np.zeros((3, 64), np.int32))
 
 
-def test_datastore_windows_come_from_the_tail_and_leave_training():
-  stream = np.arange(1000)
+def test_datastore_windows_are_spread_and_cut_out_of_training():
+  stream = np.arange(special_tokens.NUM_SPECIAL, 1000)
   windows, rest = retrieval.datastore_windows(stream, 10, 20)
-  np.testing.assert_array_equal(windows.reshape(-1), np.arange(800, 1000))
-  np.testing.assert_array_equal(rest, np.arange(800))
+  assert windows.shape == (20, 10)
+  assert windows[0, 0] < 60 and windows[-1, -1] > 940  # spread over the whole stream
+  kept = rest[rest != special_tokens.EOS]
+  assert np.intersect1d(kept, windows).size == 0  # no datastore token is trained on
+  np.testing.assert_array_equal(np.sort(np.concatenate([kept, windows.ravel()])), stream)  # nothing else is lost
+  assert (rest == special_tokens.EOS).sum() == 20  # each cut is a document boundary
   with pytest.raises(ValueError, match="more than half"):
     retrieval.datastore_windows(stream, 10, 60)
 

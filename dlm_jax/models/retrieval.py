@@ -1,8 +1,8 @@
 """Retrieval-conditioned memory slots for EcoHybrid (seed 001 §9.6: "inject retrieved embeddings directly into memory
 slots; the denoiser conditions on both the prompt and the retrieved evidence").
 
-The datastore is N windows of training text (token ids [N, L], `retrieval_windows` of them, cut from the tail of the
-training stream, which training then never crops from, so no training example retrieves itself). Each window is
+The datastore is N windows of training text (token ids [N, L], `retrieval_windows` of them, spread evenly over the
+training stream and cut out of it, so that no training example retrieves the passage it was cropped from). Each window is
 encoded once as a fixed, parameter-free key: its bag of tokens through a fixed Gaussian projection P [V, K]
 (Johnson-Lindenstrauss; special tokens have zero rows), normalized,
 
@@ -102,11 +102,20 @@ class RetrievalSlots(nnx.Module):
 
 
 def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int):
-  """(datastore windows [N, L], the training stream without them): N non-overlapping windows from the tail of the
-  training stream. Raises ValueError when the stream is too short to keep at least half of it for training."""
+  """(datastore windows [N, L], the training stream without them): N non-overlapping windows spread evenly over the
+  training stream (so every training file has its share), cut out of it; the pieces left are joined with EOS, as
+  documents are. Raises ValueError when the windows would take more than half of the stream."""
   size = num_windows * seq_len
   if size > len(train_tokens) // 2:
     raise ValueError(f"model.retrieval_windows={num_windows} windows of {seq_len} tokens would take more than half of "
                      f"the {len(train_tokens):,} training tokens; lower it.")
-  tail = np.asarray(train_tokens[len(train_tokens) - size:], np.int32)
-  return tail.reshape(num_windows, seq_len), train_tokens[:len(train_tokens) - size]
+  stride = len(train_tokens) // num_windows
+  starts = np.arange(num_windows) * stride + (stride - seq_len) // 2
+  windows = np.stack([np.asarray(train_tokens[s:s + seq_len], np.int32) for s in starts])
+  eos = np.asarray([special_tokens.EOS], np.asarray(train_tokens[:0]).dtype)
+  pieces, previous_end = [], 0
+  for s in starts:
+    pieces += [train_tokens[previous_end:s], eos]
+    previous_end = s + seq_len
+  pieces.append(train_tokens[previous_end:])
+  return windows, np.concatenate(pieces)

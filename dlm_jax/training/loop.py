@@ -219,8 +219,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
 
 
 def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Path):
-  """(training stream, datastore windows or None). With model.retrieval_slots > 0 the datastore is the last
-  model.retrieval_windows windows of the training stream, which training then never crops from (models/retrieval.py),
+  """(training stream, datastore windows or None). With model.retrieval_slots > 0 the datastore is
+  model.retrieval_windows windows spread over the training stream and cut out of it (models/retrieval.py),
   written to WORKDIR/retrieval_datastore.npy for every later load; a resumed run checks that its data still gives the
   same windows."""
   if not int(config.model.get("retrieval_slots", 0) or 0):
