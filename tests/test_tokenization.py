@@ -28,11 +28,14 @@ def test_sentencepiece_report_counts_byte_fallback():
     with open(path, "w", encoding="utf-8") as f:
       f.write("\n".join(["the cat sat on the mat", "नमस्ते दुनिया", "kya haal hai"] * 200))
     tok = tokenizers.SentencePieceTokenizer(tokenizers.train_sentencepiece([path], vocab_size=300))
-  rep = tokenization.report(tok, "the cat ঋ")  # a Bengali letter the model never saw: 3 UTF-8 bytes -> 3 pieces
-  ids = tok.encode("the cat ঋ")
+  text = "the cat ঋ\nkya"  # a Bengali letter the model never saw: 3 UTF-8 bytes -> 3 pieces; the newline: 1
+  rep = tokenization.report(tok, text)
+  ids = tok.encode(text)
   assert tokenization.byte_fallback_count(tok, ids) == 3
-  assert rep["byte_fallback_rate"] == 3 / len(ids) and rep["unk_rate"] == 0.0
-  assert rep["scripts"]["other"]["bytes"] == 3 and rep["scripts"]["latn"]["words"] == 2
+  assert tokenization.byte_fallback_count(tok, ids, newline=True) == 1
+  assert rep["byte_fallback_rate"] == 3 / len(ids) and rep["newline_byte_rate"] == 1 / len(ids)
+  assert rep["unk_rate"] == 0.0
+  assert rep["scripts"]["other"]["bytes"] == 3 and rep["scripts"]["latn"]["words"] == 3
 
 
 def test_launch_tokenizer_report_on_a_run(trained_run, tmp_path):
@@ -42,7 +45,7 @@ def test_launch_tokenizer_report_on_a_run(trained_run, tmp_path):
   out = subprocess.run([sys.executable, "-m", "launch.tokenizer", "--report", f"--workdir={workdir}",
                         f"--report_paths={text}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
-  assert "| valid.txt | latn | 5 | 3.40 | 3.40 | 1.00 | 1.00 | 0.00% | 0.00% |" in out.stdout and "(char)" in out.stdout
+  assert "| valid.txt | latn | 5 | 3.40 | 3.40 | 1.00 | 1.00 | 0.00% (+ 0.00%) | 0.00% |" in out.stdout and "(char)" in out.stdout
   bad = subprocess.run([sys.executable, "-m", "launch.tokenizer", "--report"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode != 0 and "exactly one of --input" in bad.stderr

@@ -11,7 +11,8 @@ as ByT5 or a byte-fallback-only model). Per script:
 for the tokenizer and for bytes. Over the whole text, tokenized at once: the byte-fallback rate (SentencePiece pieces
 <0xNN> / tokens) and the unknown rate (<unk> / tokens; a character tokenizer maps out-of-alphabet characters to <unk>
 here, as `launch.evaluate --oov=unk` does). A SentencePiece model trained line by line (launch.tokenizer) has no piece
-for the newline, so each line break of a multi-line file is one byte-fallback piece of that rate.
+for the newline, so every line break is a byte piece <0x0A>; those are counted apart (`newline_byte_rate`), and the
+byte-fallback rate is that of the characters the vocabulary lacks.
 """
 from __future__ import annotations
 
@@ -40,15 +41,19 @@ def _encode(tokenizer, text: str) -> np.ndarray:
   return tokenizer.encode(text)
 
 
-def byte_fallback_count(tokenizer, ids) -> int:
+def byte_fallback_count(tokenizer, ids, newline: bool = False) -> int:
+  """How many of `ids` are SentencePiece byte pieces: those of characters the vocabulary lacks, or (`newline`) the
+  newline's <0x0A>."""
   if tokenizer.kind != "sentencepiece":
     return 0
-  return sum(tokenizer.processor.is_byte(int(i)) for i in np.asarray(ids).tolist())
+  processor = tokenizer.processor
+  return sum(processor.is_byte(i) and (processor.id_to_piece(i) == "<0x0A>") == newline
+             for i in np.asarray(ids).tolist())
 
 
 def report(tokenizer, text: str) -> dict:
   """{"scripts": {group: {words, chars, tokens, bytes, fertility, bytes_fertility, chars_per_token,
-  chars_per_byte_token}}, "tokens", "byte_fallback_rate", "unk_rate"} of `text` (module docstring)."""
+  chars_per_byte_token}}, "tokens", "byte_fallback_rate", "newline_byte_rate", "unk_rate"} of `text` (module docstring)."""
   counts = collections.defaultdict(collections.Counter)
   for word in unicodedata.normalize("NFC", text).split():
     group = counts[word_group(word)]
@@ -67,16 +72,18 @@ def report(tokenizer, text: str) -> dict:
   total = max(len(ids), 1)
   return {"scripts": scripts, "tokens": int(len(ids)),
           "byte_fallback_rate": byte_fallback_count(tokenizer, ids) / total,
+          "newline_byte_rate": byte_fallback_count(tokenizer, ids, newline=True) / total,
           "unk_rate": int(np.sum(ids == special_tokens.UNK)) / total}
 
 
 def markdown(reports: dict) -> str:
   """One table of `{file label: report}`."""
-  lines = ["| text | script | words | tokens/word | bytes/word | chars/token | chars/byte | byte fallback | unk |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| text | script | words | tokens/word | bytes/word | chars/token | chars/byte | byte fallback "
+           "(+ newlines) | unk |", "|---|---|---|---|---|---|---|---|---|"]
   for label, rep in reports.items():
     for i, (name, s) in enumerate(rep["scripts"].items()):
-      rates = (f"{rep['byte_fallback_rate']:.2%} | {rep['unk_rate']:.2%}" if i == 0 else " | ")
+      rates = (f"{rep['byte_fallback_rate']:.2%} (+ {rep['newline_byte_rate']:.2%}) | {rep['unk_rate']:.2%}"
+               if i == 0 else " | ")
       lines.append(f"| {label if i == 0 else ''} | {name} | {s['words']:,} | {s['fertility']:.2f} | "
                    f"{s['bytes_fertility']:.2f} | {s['chars_per_token']:.2f} | {s['chars_per_byte_token']:.2f} | "
                    f"{rates} |")
