@@ -17,7 +17,9 @@ Arrays carry their shapes in their names (`logits_BxLxV`: batch x length x vocab
 | C | HRM H-cycles |
 | S | reverse (sampling) steps |
 | A | gradient-accumulation micro-batches |
-| W | evaluation windows |
+| W | windows: evaluation windows, or a retrieval datastore's |
+| R | retrieved neighbours (EcoHybrid's retrieval-conditioned slots) |
+| E | the retrieval key's dimension |
 
 A lowercase letter in a shape is a config scalar (`k`: top-k). Inside a function whose body speaks of one dimension
 only, short names (`h`, `mem`) stand for the suffixed arrays.

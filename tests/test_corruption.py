@@ -1,4 +1,4 @@
-"""Script-aware corruption (diffusion/corruption.py): units never split a grapheme cluster, per-script rates and
+"""Script-aware corruption (diffusion/corruption.py, data/segmentation.py): units never split a grapheme cluster, per-script rates and
 weights are the configured schedules, and with one unit per token it is the token-level process exactly."""
 import math
 import os
@@ -12,7 +12,7 @@ import regex
 
 from conftest import tiny_config
 from dlm_jax import special_tokens
-from dlm_jax.data import corpus, tokenizers
+from dlm_jax.data import corpus, segmentation, tokenizers
 from dlm_jax.diffusion import corruption, forward, objectives
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
@@ -39,7 +39,7 @@ def cluster_starts(text: str, offsets=None) -> set:
 
 def char_units(text):
   tok = tokenizers.CharTokenizer.from_texts([text])
-  classes = corruption.TokenClasses.from_tokenizer(tok)
+  classes = tok.token_classes()
   ids = jnp.asarray(tok.encode(text))[None]
   return tok, classes, ids
 
@@ -70,7 +70,7 @@ def test_sentencepiece_units_never_split_a_cluster():
       f.write("\n".join(lines[:1500]))
     # character_coverage < 1: rare characters fall back to bytes, so byte pieces are exercised too
     tok = tokenizers.SentencePieceTokenizer(tokenizers.train_sentencepiece([path], 600, character_coverage=0.995))
-  classes = corruption.TokenClasses.from_tokenizer(tok)
+  classes = tok.token_classes()
   text = "\n".join(lines[1500:]) + " " + HAND_CHECKED
   ids = tok.encode(text)
   is_byte = np.array([tok.processor.is_byte(int(i)) for i in ids])
@@ -98,6 +98,7 @@ def test_span_units_are_words():
 
 
 def test_unit_scripts_take_the_highest_code():
+  assert corruption.SCRIPTS == segmentation.SCRIPT_CODES  # the config's names index the tokenizer's codes
   text = "ab कि 12 x"
   _, classes, ids = char_units(text)
   starts = corruption.unit_starts(classes, ids, by_word=True)
@@ -145,7 +146,7 @@ def test_per_script_rates_are_honoured(schedule_name):
   text = "नमस्ते दुनिया hello world 123 "
   _, classes, ids = char_units(text)
   rates = (1.0, 1.0, 0.5, 2.0)  # none, other, latn, deva
-  policy = corruption.ScriptAwareCorruption(classes, by_word=True, rates_S=rates)
+  policy = corruption.ScriptAwareCorruption(classes, by_word=True, rates_per_script=rates)
   schedule = MaskingSchedule(schedule_name)
   n = 4000
   x0 = jnp.tile(ids, (n, 1))
@@ -177,7 +178,7 @@ def test_unit_weight_integrates_to_one_nat_per_unit(kappa):
   contributes exactly c nats per token to the NELBO, whatever its rate (the bound's calibration)."""
   text = "कि"
   _, classes, ids = char_units(text)
-  policy = corruption.ScriptAwareCorruption(classes, rates_S=(1.0, 1.0, 1.0, kappa))
+  policy = corruption.ScriptAwareCorruption(classes, rates_per_script=(1.0, 1.0, 1.0, kappa))
   schedule = MaskingSchedule("cosine")
   n = 20000
   t = (jnp.arange(n) + 0.5) / n

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import tempfile
 import numpy as np
 
 from dlm_jax import special_tokens
-from dlm_jax.data import corpus
+from dlm_jax.data import corpus, segmentation
 
 MASK_GLYPH = "\u2591"  # how the streaming view and notebooks draw a masked position
 OOV_POLICIES = ("error", "unk", "skip")  # what a character tokenizer does with characters outside its alphabet
@@ -96,6 +97,11 @@ class CharTokenizer:
   def to_dict(self) -> dict:
     return {"kind": self.kind, "alphabet": self.alphabet}
 
+  @functools.cache
+  def token_classes(self):
+    """The grapheme-boundary and script tables of every id (data/segmentation.py), built once."""
+    return segmentation.TokenClasses.from_tokenizer(self)
+
 
 SPM_SPACE = "\u2581"  # SentencePiece's whitespace symbol: in a text it would decode as a space
 SPM_ESCAPE = "\ue000"  # private use: escapes SPM_SPACE (and itself) around SentencePiece
@@ -170,6 +176,11 @@ class SentencePieceTokenizer:
 
   def to_dict(self) -> dict:
     return {"kind": self.kind, "model_proto_b64": base64.b64encode(self.model_proto).decode("ascii")}
+
+  @functools.cache
+  def token_classes(self):
+    """The grapheme-boundary and script tables of every id (data/segmentation.py), built once."""
+    return segmentation.TokenClasses.from_tokenizer(self)
 
 
 def from_dict(spec: dict):

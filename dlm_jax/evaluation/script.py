@@ -25,32 +25,8 @@ from __future__ import annotations
 import collections
 import unicodedata
 
-DEVANAGARI, LATIN, OTHER = "deva", "latn", "other"
-SCRIPTS = (DEVANAGARI, LATIN, OTHER)
-INHERITED = "inherited"  # a combining mark that takes its base letter's script
-INHERITED_RANGES = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
-COMMON_LETTERS = ((0x00B5, 0x00B5), (0x02B9, 0x02FF))  # micro sign, modifier letters of the Common script
-
-
-def _in(cp: int, ranges) -> bool:
-  return any(lo <= cp <= hi for lo, hi in ranges)
-
-
-def char_script(ch: str) -> str | None:
-  """'deva', 'latn' or 'other' for a letter or combining mark, INHERITED for a combining mark of the Inherited script,
-  None for anything that carries no script (module docstring)."""
-  if unicodedata.category(ch)[0] not in "LM":
-    return None
-  cp = ord(ch)
-  if _in(cp, INHERITED_RANGES):
-    return INHERITED
-  if _in(cp, COMMON_LETTERS):
-    return None
-  if 0x0900 <= cp <= 0x097F or 0xA8E0 <= cp <= 0xA8FF or 0x1CD0 <= cp <= 0x1CFF:
-    return DEVANAGARI
-  if cp < 0x80 or cp in (0xAA, 0xBA) or 0xC0 <= cp <= 0x24F or 0x2B0 <= cp <= 0x2B8 or 0x1E00 <= cp <= 0x1EFF:
-    return LATIN
-  return OTHER
+from dlm_jax.data.segmentation import (  # noqa: F401  (re-exported: the script names and char_script)
+    DEVANAGARI, INHERITED, LATIN, OTHER, SCRIPTS, char_script)
 
 
 def word_scripts(text: str) -> list[frozenset]:

@@ -64,7 +64,7 @@ class EcoHybridConfig(DenoiserConfig):
   # of the visible input, to the memory_slots; 0: plain EcoHybrid (no retrieval parameters, no datastore).
   retrieval_slots: int = 0
   retrieval_windows: int = 1024  # datastore size N (windows of data.seq_len tokens spread over the training stream)
-  retrieval_key_dim: int = 128  # K of the fixed bag-of-tokens key projection
+  retrieval_key_dim: int = 128  # E, the width of the fixed bag-of-tokens key projection
   # How the slot attentions are computed (the same function and parameters in each; module docstring):
   # "absorbed" (W_q/W_o folded into the slots for the read, W_k into the slot queries and W_v/W_o after pooling for the
   # write: the tokens are never projected), "projected" (the textbook order: project, attend, project) or "pallas"

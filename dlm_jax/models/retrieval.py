@@ -1,16 +1,16 @@
 """Retrieval-conditioned memory slots for EcoHybrid (seed 001 §9.6: "inject retrieved embeddings directly into memory
 slots; the denoiser conditions on both the prompt and the retrieved evidence").
 
-The datastore is N windows of training text (token ids [N, L], `retrieval_windows` of them, spread evenly over the
+The datastore is N windows of training text (token ids [W, L], `retrieval_windows` of them, spread evenly over the
 training stream and cut out of it, so that no training example retrieves the passage it was cropped from). Each window is
-encoded once as a fixed, parameter-free key: its bag of tokens through a fixed Gaussian projection P [V, K]
+encoded once as a fixed, parameter-free key: its bag of tokens through a fixed Gaussian projection P [V, E]
 (Johnson-Lindenstrauss; special tokens have zero rows), normalized,
 
     key(x) = normalize( sum_i P[x_i] ),
 
 and the query of a noisy input x_t is the same encoding of its *visible* tokens (the mask token has a zero row), so
 retrieval never looks at what the model must predict. The k = `retrieval_slots` windows of highest cosine similarity
-(an exact top-k over all N: one [B, N] matmul, fine at N ~ 10^3-10^4) each become one memory slot:
+(an exact top-k over all W: one [B, W] matmul, fine at W ~ 10^3-10^4) each become one memory slot:
 
     slot_j = s_j + W RMSNorm( mean_l E[n_j, l] ),   j = 1..k,
 
@@ -44,24 +44,24 @@ class Datastore(nnx.Variable):
 
 
 def key_projection(vocab_size: int, key_dim: int) -> np.ndarray:
-  """The fixed projection P [V, K] of the bag-of-tokens key: Gaussian / sqrt(K), zero rows for the special ids (mask,
+  """The fixed projection P [V, E] of the bag-of-tokens key: Gaussian / sqrt(K), zero rows for the special ids (mask,
   padding, ...), float32; the same on every machine (numpy's PCG64 with a fixed seed)."""
   rows = np.random.default_rng(KEY_SEED).standard_normal((vocab_size, key_dim)).astype(np.float32) / np.sqrt(key_dim)
   rows[:special_tokens.NUM_SPECIAL] = 0.0
   return rows
 
 
-def encode(tokens_BxL, projection_VxK):
-  """Normalized bag-of-tokens keys [B, K] (module docstring); a sequence of special tokens only gets the zero key."""
-  key_BxK = jnp.sum(projection_VxK[tokens_BxL], axis=1)
-  return key_BxK / jnp.maximum(jnp.linalg.norm(key_BxK, axis=-1, keepdims=True), 1e-6)
+def encode(tokens_BxL, projection_VxE):
+  """Normalized bag-of-tokens keys [B, E] (module docstring); a sequence of special tokens only gets the zero key."""
+  key_BxE = jnp.sum(projection_VxE[tokens_BxL], axis=1)
+  return key_BxE / jnp.maximum(jnp.linalg.norm(key_BxE, axis=-1, keepdims=True), 1e-6)
 
 
-def top_k_neighbours(query_BxK, keys_NxK, k: int):
+def top_k_neighbours(query_BxE, keys_WxE, k: int):
   """Exact top-k by cosine similarity (keys and queries are unit vectors or zero): (scores [B, k], indices [B, k]),
   best first."""
-  scores_BxN = jnp.dot(query_BxK, keys_NxK.T, precision=jax.lax.Precision.HIGHEST)
-  return jax.lax.top_k(scores_BxN, k)
+  scores_BxW = jnp.dot(query_BxE, keys_WxE.T, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.top_k(scores_BxW, k)
 
 
 class RetrievalSlots(nnx.Module):
@@ -77,32 +77,32 @@ class RetrievalSlots(nnx.Module):
     self.proj = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=layers.DEFAULT_INIT, rngs=rngs)
     self.slot_offsets = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (num_slots, width)))
 
-  def fill(self, windows_NxL):
-    """Installs the datastore windows [N, L] (ints) and their keys."""
-    windows_NxL = jnp.asarray(windows_NxL, jnp.int32)
-    if windows_NxL.shape != self.windows.shape:
+  def fill(self, windows_WxL):
+    """Installs the datastore windows [W, L] (ints) and their keys."""
+    windows_WxL = jnp.asarray(windows_WxL, jnp.int32)
+    if windows_WxL.shape != self.windows.shape:
       raise ValueError(f"The retrieval datastore holds {self.windows.shape[0]} windows of {self.windows.shape[1]} "
-                       f"tokens (model.retrieval_windows, data.seq_len); got {windows_NxL.shape}.")
+                       f"tokens (model.retrieval_windows, data.seq_len); got {windows_WxL.shape}.")
     # Every value is set concretely, so that an abstract model (nnx.eval_shape: a checkpoint's graph) can be filled.
-    projection_VxK = jnp.asarray(key_projection(*self.projection.shape))
-    self.projection.set_value(projection_VxK)
-    self.windows.set_value(windows_NxL)
-    self.keys.set_value(encode(windows_NxL, projection_VxK))
+    projection_VxE = jnp.asarray(key_projection(*self.projection.shape))
+    self.projection.set_value(projection_VxE)
+    self.windows.set_value(windows_WxL)
+    self.keys.set_value(encode(windows_WxL, projection_VxE))
 
   def neighbours(self, tokens_BxL):
-    """(scores [B, k], indices [B, k]) of the datastore windows nearest to the visible tokens of `tokens_BxL`."""
+    """(scores [B, R], indices [B, R]) of the datastore windows nearest to the visible tokens of `tokens_BxL`."""
     return top_k_neighbours(encode(tokens_BxL, self.projection[...]), self.keys[...], self.num_slots)
 
   def __call__(self, tokens_BxL, embedding_VxD):
-    """Memory slots [B, k, D] conditioned on the k nearest windows."""
-    _, index_BxK = self.neighbours(tokens_BxL)
-    windows_BxKxL = self.windows[...][index_BxK]
-    pooled_BxKxD = jnp.mean(embedding_VxD.astype(self.dtype)[windows_BxKxL], axis=2)
-    return self.slot_offsets[...].astype(self.dtype)[None] + self.proj(self.norm(pooled_BxKxD))
+    """Memory slots [B, R, D] conditioned on the k nearest windows."""
+    _, index_BxR = self.neighbours(tokens_BxL)
+    windows_BxRxL = self.windows[...][index_BxR]
+    pooled_BxRxD = jnp.mean(embedding_VxD.astype(self.dtype)[windows_BxRxL], axis=2)
+    return self.slot_offsets[...].astype(self.dtype)[None] + self.proj(self.norm(pooled_BxRxD))
 
 
 def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int):
-  """(datastore windows [N, L], the training stream without them): N non-overlapping windows spread evenly over the
+  """(datastore windows [W, L], the training stream without them): W = num_windows non-overlapping windows spread evenly over the
   training stream (so every training file has its share), cut out of it; the pieces left are joined with EOS, as
   documents are. Raises ValueError when the windows would take more than half of the stream."""
   size = num_windows * seq_len
