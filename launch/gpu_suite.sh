@@ -17,6 +17,9 @@
 #   bash launch/gpu_suite.sh beyond_masking # Duo, Duo + DCD and SEDD against masked diffusion at shakespeare_char
 #                                       # scale (training, then NELBO and judged samples at 4-64 steps); run after
 #                                       # `anchor` with the same OUT, whose diffusion and AR runs it reuses
+#   bash launch/gpu_suite.sh script_aware # seed 001 §10.5 (configs/trilingual_char_small.py): uniform vs
+#                                       # script-aware masking vs retrieval slots, two seeds; per-language NELBO and
+#                                       # script errors of prompted samples (a call that runs out of time: call again)
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -95,7 +98,9 @@ case "${1:-}" in
       fi
     done
     bash launch/compare_beyond_masking.sh "$out/beyond_masking" configs/shakespeare_char.py ;;
+  script_aware)
+    bash launch/compare_script_aware.sh "$out/script_aware" uniform script_aware retrieval ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking" >&2
+    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware" >&2
     exit 2 ;;
 esac

@@ -234,3 +234,15 @@ def test_evaluate_cli_out_of_vocabulary_policies_on_a_text_file(trained_run, tmp
     assert report["oov"]["policy"] == policy and report["oov"]["characters"] == 4
     assert report["oov"]["distinct"] == {"\u095f (U+095F)": 2, "\ufeff (U+FEFF)": 1, "😀 (U+1F600)": 1}
     assert np.isfinite(report["nats_per_token"])
+
+
+def test_script_table_means_over_seeds_and_lists_each_seed():
+  from launch import script_table
+  rows = [{"variant": "uniform", "seed": 0, "metric": "nelbo_hindi", "value": 2.0},
+          {"variant": "uniform", "seed": 1, "metric": "nelbo_hindi", "value": 3.0},
+          {"variant": "uniform", "seed": 0, "metric": "script_error_rate_deva", "value": 0.125},
+          {"variant": "script_aware", "seed": 0, "metric": "nelbo_hindi", "value": 1.5}]
+  lines = script_table.table(rows).splitlines()
+  assert lines[0].startswith("| variant | NELBO English | NELBO Hindi |")
+  assert lines[2].startswith("| uniform |  | 2.500 (2.000, 3.000) |  | 12.5% (12.5%) |")
+  assert lines[3].startswith("| script_aware |  | 1.500 (1.500) |")
