@@ -28,6 +28,11 @@ kinds (config `diffusion.objective`):
   * "dcd": Duo's discrete consistency distillation of a "duo"/"uniform" teacher (`distillation_loss`); evaluated with
     the uniform NELBO (the student is a uniform-state x_0 model).
 
+Script-aware corruption (`diffusion.corruption` = "script_aware" or "span", absorbing objectives only;
+`diffusion/corruption.py`): training masks whole grapheme clusters or words, each on its script's schedule, and
+weights each token by its unit's w_u(t). That is a bound given the segmentation, not on -log p(x_0) (the module says
+why), so `evaluation_nll` always masks token by token.
+
 Conditional training (`prompt_length` = P > 0; seed 002's SFT-style objective, as in LLaDA's SFT): the first P tokens
 of each window are a prompt that is never masked and never scored; the loss is the NELBO of tokens P+1..L given them,
 -log p(x_{P+1..L} | x_{1..P}) <= sum_b NELBO_b / (B (L - P)). With `prompt_drop` = p (classifier-free guidance's
