@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   # model (a bound given the segmentation): evaluation always reports the token-level NELBO.
   c.diffusion.corruption = "uniform"
   c.diffusion.script_rates = ml_collections.ConfigDict({"none": 1.0, "other": 1.0, "latn": 1.0, "deva": 1.0})
+  c.diffusion.unit_fraction = 1.0  # script_aware/span: the fraction of sequences masked by units (else token by token)
   # Uniform-state objectives (dlm_jax/diffusion/uniform.py, duality.py, score_entropy.py).
   # x_0 -> reverse ratios: Duo's plug-in "mean" or the exact mixture "posterior" (tight at the optimum, but its loss has
   # a far larger variance: BENCHMARKS.md, "Beyond masking")

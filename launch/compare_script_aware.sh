@@ -4,15 +4,16 @@
 # training corruption) and the script-consistency error of samples prompted in Hindi (Devanagari), Hinglish (Roman)
 # and mixed script, judged by an AR arm; the table gives the mean over seeds and each seed's value.
 #   bash launch/compare_script_aware.sh [RUNS_DIR] [VARIANT ...]
-# Variants: uniform (token-by-token masking), script_aware (grapheme clusters), span (words), retrieval
-# (retrieval-conditioned memory slots, uniform masking). Default: uniform script_aware retrieval. SEEDS="0 1" by
+# Variants: uniform (token-by-token masking), script_aware (grapheme clusters), script_aware_mix (half the sequences
+# by clusters, half token by token: diffusion.unit_fraction=0.5), span (words), retrieval (retrieval-conditioned
+# memory slots, uniform masking). Default: uniform script_aware script_aware_mix retrieval. SEEDS="0 1" by
 # default. A finished run returns at once and an interrupted one resumes, so a rerun only adds what is missing.
 # About 5 minutes per training run and 4 per evaluation on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-runs/script_aware}"
 shift || true
-[ $# -gt 0 ] && variants=("$@") || variants=(uniform script_aware retrieval)
+[ $# -gt 0 ] && variants=("$@") || variants=(uniform script_aware script_aware_mix retrieval)
 seeds="${SEEDS:-0 1}"
 cfg=configs/trilingual_char_small.py
 english=en/wikitext2_valid.tokens.txt
@@ -29,9 +30,10 @@ overrides() {
   case $1 in
     uniform) echo "--config.diffusion.corruption=uniform" ;;
     script_aware) echo "--config.diffusion.corruption=script_aware" ;;
+    script_aware_mix) echo "--config.diffusion.corruption=script_aware --config.diffusion.unit_fraction=0.5" ;;
     span) echo "--config.diffusion.corruption=span" ;;
     retrieval) echo "--config.model.retrieval_slots=4" ;;
-    *) echo "unknown variant $1 (uniform, script_aware, span, retrieval)" >&2; exit 2 ;;
+    *) echo "unknown variant $1 (uniform, script_aware, script_aware_mix, span, retrieval)" >&2; exit 2 ;;
   esac
 }
 train ar ar

@@ -99,7 +99,7 @@ case "${1:-}" in
     done
     bash launch/compare_beyond_masking.sh "$out/beyond_masking" configs/shakespeare_char.py ;;
   script_aware)
-    bash launch/compare_script_aware.sh "$out/script_aware" uniform script_aware retrieval ;;
+    bash launch/compare_script_aware.sh "$out/script_aware" ;;
   *)
     echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware" >&2
     exit 2 ;;

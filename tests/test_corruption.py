@@ -141,6 +141,28 @@ def test_clusters_are_masked_together_and_fixed_positions_never():
   assert 0.4 < masked[:, 10:].mean() < 0.6
 
 
+def test_unit_fraction_mixes_unit_and_token_masking():
+  text = "क्षत्रिय नमस्ते दुनिया " * 4
+  _, classes, ids = char_units(text)
+  x0 = jnp.tile(ids, (256, 1))
+  t = jnp.full((256,), 0.5)
+  schedule = MaskingSchedule("linear")
+  # unit_fraction = 0: token by token, exactly forward.corrupt with the same key
+  _, masked, _ = corruption.ScriptAwareCorruption(classes, unit_fraction=0.0).corrupt(
+      jax.random.PRNGKey(0), x0, t, schedule, special_tokens.MASK)
+  _, reference = forward.corrupt(jax.random.PRNGKey(0), x0, t, schedule, special_tokens.MASK)
+  np.testing.assert_array_equal(masked, reference)
+  # unit_fraction = 1/2: about half the sequences split no cluster, the others split many
+  _, masked, _ = corruption.ScriptAwareCorruption(classes, unit_fraction=0.5).corrupt(
+      jax.random.PRNGKey(0), x0, t, schedule, special_tokens.MASK)
+  unit = np.cumsum(np.asarray(corruption.unit_starts(classes, ids))[0])
+  split = np.zeros(256, bool)
+  for u in np.unique(unit):
+    column = np.asarray(masked)[:, unit == u]
+    split |= (column != column[:, :1]).any(axis=1)
+  assert 0.35 < 1 - split.mean() < 0.65
+
+
 @pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
 def test_per_script_rates_are_honoured(schedule_name):
   text = "नमस्ते दुनिया hello world 123 "
@@ -234,6 +256,8 @@ def test_config_errors_name_the_field():
     objective_with("uniform", tok, **{"script_rates.deva": 2.0})
   with pytest.raises(ConfigError, match="script_rates"):
     objective_with("span", tok, **{"script_rates.deva": 0.0})
+  with pytest.raises(ConfigError, match="unit_fraction"):
+    objective_with("script_aware", tok, unit_fraction=1.5)
   with pytest.raises(ConfigError, match="absorbing objective"):
     objective_with("span", tok, objective="uniform")
   with pytest.raises(ValueError, match="tokenizer"):

@@ -24,24 +24,29 @@ schedules, and the continuous-time bound of MD4/MDLM carries over unit by unit:
     -log p_theta(x_0 | s) <= int_0^1 E_q [ sum_{masked units u} w_u(t) sum_{i in u} -log p_theta(x_0^i | x_t) ] dt,
     w_u(t) = -alpha_u'(t) / (1 - alpha_u(t)) = kappa alpha^(kappa-1) (-alpha') / (1 - alpha^kappa),
 
-for the reverse process that reveals a whole unit at once, its tokens drawn from the denoiser's (factorized) marginals;
-with one unit per token and kappa = 1 it is MDLM's NELBO exactly. It is a bound on the *conditional* likelihood given
-s, not on -log p_theta(x_0): the mask layout shows the model where units begin and end and which script (hence which
-rate) they have, information that the sampler, which masks and reveals token by token, never receives. (Without s the
-rates would be state-dependent schedules, MD4's GenMD4, whose ELBO has an extra term for predicting the rate of a
-masked token.) So training under these policies optimizes a consistent denoising objective -- the minimizer of each
+for the reverse process that reveals a whole unit at once, its tokens drawn from the denoiser's (factorized)
+marginals; with one unit per token and kappa = 1 it is MDLM's NELBO exactly. It is a bound on the *conditional*
+likelihood given s, not on -log p_theta(x_0): the mask layout shows the model where units begin and end and which
+script (hence which rate) they have, information that the sampler, which masks and reveals token by token, never
+receives. (Without s the rates would be state-dependent schedules, MD4's GenMD4, whose ELBO has an extra term for
+predicting the rate of a masked token.) With `diffusion.unit_fraction` = p < 1 each sequence is masked by units with
+probability p and token by token otherwise (a coin independent of x_0), so the objective is the mixture p (bound given
+s) + (1 - p) (the token-level NELBO, with per-script rates a GenMD4-style state-dependent schedule whose rate term is
+dropped): it keeps the partially masked clusters that token-level evaluation and sampling produce in the training
+distribution, which pure unit masking never shows the model (BENCHMARKS.md, "Seed 001 §10.5", measures what that
+costs). So training under these policies optimizes a consistent denoising objective -- the minimizer of each
 position's cross-entropy is the true conditional p(x_0^i | x_t) under the script-aware corruption -- and is not a
 likelihood bound of the model we sample. Evaluation therefore always reports the exact token-level masked NELBO
 (`DiffusionObjective.evaluation_nll` corrupts uniformly whatever the training policy), and any gain of a policy must
 show up there and in the script consistency of samples.
 
-Segmentation in JAX. Grapheme cluster boundaries depend on the characters on either side, so each token id carries
-the boundary class of its first and last character (`data.segmentation.TokenClasses`, built once from the tokenizer's
+Segmentation in JAX. Grapheme cluster boundaries depend on the characters on either side, so each token id carries the
+boundary class of its first and last character (`data.segmentation.TokenClasses`, built once from the tokenizer's
 pieces with the `regex` module's Unicode properties: `tokenizer.token_classes()`) and a boundary between tokens i-1
-and i is decided by a [C, C] table plus the conjunct rule's look-back. The rules are UAX #29's, simplified only towards *fewer* breaks (a run of regional
-indicators, an emoji ZWJ sequence, Hangul jamo and a byte-fallback run stay one unit; a virama joins the next
-consonant even after a vowel letter), so a unit is always a union of true grapheme clusters: clusters are never split
-(tests/test_corruption.py checks this against `regex`'s \\X on real Hindi lines).
+and i is decided by a [C, C] table plus the conjunct rule's look-back. The rules are UAX #29's, simplified only
+towards *fewer* breaks (a run of regional indicators, an emoji ZWJ sequence, Hangul jamo and a byte-fallback run stay
+one unit; a virama joins the next consonant even after a vowel letter), so a unit is always a union of true grapheme
+clusters: clusters are never split (tests/test_corruption.py checks this against `regex`'s \\X on real Hindi lines).
 """
 from __future__ import annotations
 
@@ -111,11 +116,17 @@ class ScriptAwareCorruption:
   classes: object  # data.segmentation.TokenClasses of the tokenizer
   by_word: bool = False
   rates_per_script: tuple = (1.0, 1.0, 1.0, 1.0)  # kappa per SCRIPTS code
+  unit_fraction: float = 1.0  # each sequence is masked by units with this probability, else token by token
 
   def corrupt(self, rng, x0_BxL, t_B, schedule, mask_id: int, fixed_BxL=None):
     """(x_t, masked_BxL, weight_BxL): each unit masked with probability 1 - alpha(t)^kappa (one uniform draw per
-    unit, the one at its first token), fixed positions never; weight_BxL = w_u(t) of each token's unit."""
+    unit, the one at its first token), fixed positions never; weight_BxL = w_u(t) of each token's unit. With
+    unit_fraction < 1 a sequence is masked by units with that probability and token by token otherwise (every token
+    its own unit, still on its script's schedule)."""
     starts_BxL = unit_starts(self.classes, x0_BxL, self.by_word, fixed_BxL)
+    if self.unit_fraction < 1.0:
+      by_units_B = jax.random.bernoulli(jax.random.fold_in(rng, 1), self.unit_fraction, (x0_BxL.shape[0],))
+      starts_BxL = starts_BxL | ~by_units_B[:, None]
     start_BxL = unit_start_index(starts_BxL)
     kappa_BxL = jnp.asarray(self.rates_per_script, jnp.float32)[unit_scripts(self.classes, x0_BxL, start_BxL)]
     alpha_Bx1 = schedule.alpha(t_B)[:, None]
@@ -163,4 +174,8 @@ def from_config(diffusion_config, tokenizer) -> ScriptAwareCorruption | None:
   if tokenizer is None:
     raise ValueError(f"diffusion.corruption={kind!r} segments the tokenizer's pieces: build the objective with "
                      "objectives.from_config(config, vocab_size, tokenizer).")
-  return ScriptAwareCorruption(tokenizer.token_classes(), by_word=kind == "span", rates_per_script=rates)
+  unit_fraction = float(diffusion_config.get("unit_fraction", 1.0))
+  if not 0.0 <= unit_fraction <= 1.0:
+    raise ConfigError(f"diffusion.unit_fraction must be in [0, 1], got {unit_fraction}.")
+  return ScriptAwareCorruption(tokenizer.token_classes(), by_word=kind == "span", rates_per_script=rates,
+                               unit_fraction=unit_fraction)
