@@ -26,6 +26,9 @@ flags.DEFINE_string("path", "", "Text to score instead of the run's validation s
 flags.DEFINE_enum("oov", "error", ["error", "unk", "skip"],
                   "Characters of --path outside a char model's alphabet: stop and list them all (error), score each "
                   "as <unk> (unk), or drop them (skip); the report says how many.")
+flags.DEFINE_enum("score", "nelbo", ["nelbo", "training_loss"],
+                  "nelbo: the likelihood bound (token-level masking, whatever the training corruption); training_loss: "
+                  "the run's own training objective (e.g. under script-aware corruption; a diagnostic, not a likelihood).")
 flags.DEFINE_integer("num_windows", None, "Maximum number of windows (default: the run's eval.num_windows).")
 flags.DEFINE_enum("windows", None, ["first", "spread"],
                   "The first windows, or windows spread over the whole text (default: the run's eval.windows).")
@@ -52,10 +55,14 @@ def main(argv):
                                   placement)
   objective = run.objective
   time_samples = 1 if objective.is_autoregressive else pick(FLAGS.time_samples, int(ev.time_samples))
-  result = likelihood.evaluate(likelihood.make_eval_step(run.graphdef, run.other, objective), run.params, windows,
-                               run.tokenizer, batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
+  if FLAGS.score == "training_loss" and objective.kind == "dcd":
+    raise app.UsageError(f"--score=training_loss: {FLAGS.workdir} is a distillation student, whose training loss "
+                         "needs its teacher; score it with --score=nelbo.")
+  eval_step = likelihood.make_eval_step(run.graphdef, run.other, objective, FLAGS.score)
+  result = likelihood.evaluate(eval_step, run.params, windows, run.tokenizer,
+                               batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
                                seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
-  result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement,
+  result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement, score=FLAGS.score,
                 text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
                 weights=run.weights)
   if FLAGS.path:

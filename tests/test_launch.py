@@ -56,6 +56,10 @@ def test_evaluate_cli_reports_nelbo_in_all_units(trained_run):
   assert (raw["weights"], raw["checkpoint"], raw["step"]) == ("raw", "best", 12)
   logged = [r for r in metrics.read_jsonl(workdir / "metrics.jsonl") if "eval_raw/nll_per_token" in r]
   np.testing.assert_allclose(raw["nats_per_token"], logged[-1]["eval_raw/nll_per_token"], rtol=1e-6)
+  # --score=training_loss: the run's own objective on the same windows and draws (all L tokens scored, not 2..L)
+  loss = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--score=training_loss"))
+  assert loss["score"] == "training_loss" and default["score"] == "nelbo"
+  assert np.isfinite(loss["nats_per_token"]) and loss["nats_per_token"] != default["nats_per_token"]
 
 
 def test_benchmark_runs_end_to_end_on_cpu():

@@ -23,13 +23,23 @@ from dlm_jax import models
 from dlm_jax.diffusion.objectives import DiffusionObjective
 
 
-def make_eval_step(graphdef, other, objective: DiffusionObjective):
-  """Jitted `eval_step(params, x0_BxL, key) -> nats per scored token` (`DiffusionObjective.evaluation_nll`): one
-  antithetic-t estimate, no dropout, no auxiliary losses."""
+SCORES = ("nelbo", "training_loss")
+
+
+def make_eval_step(graphdef, other, objective: DiffusionObjective, score: str = "nelbo"):
+  """Jitted `eval_step(params, x0_BxL, key) -> nats per scored token`: `score="nelbo"`, the likelihood bound every
+  table reports (`DiffusionObjective.evaluation_nll`: one antithetic-t estimate), or "training_loss", the run's own
+  training objective without auxiliary losses (for script-aware corruption the bound given the segmentation, not a
+  likelihood: a diagnostic of what the model learned under the corruption it was trained with). No dropout."""
+  if score not in SCORES:
+    raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
 
   @jax.jit
   def eval_step(params, x0_BxL, key):
-    return objective.evaluation_nll(models.denoise_fn(graphdef, params, other), x0_BxL, key)
+    fn = models.denoise_fn(graphdef, params, other)
+    if score == "training_loss":
+      return objective(fn, x0_BxL, key, with_aux=False)[0]
+    return objective.evaluation_nll(fn, x0_BxL, key)
 
   return eval_step
 
