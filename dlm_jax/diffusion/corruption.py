@@ -68,9 +68,8 @@ def _shift_right(x_BxL, fill):
 
 def unit_starts(classes, x_BxL, by_word: bool = False, fixed_BxL=None):
   """bool [B, L]: True where a masking unit begins (the module docstring), from `classes` (a
-  data.segmentation.TokenClasses): a grapheme-cluster boundary, and with
-  `by_word` also a word boundary (whitespace on either side). Position 0 and every change between fixed and free
-  positions begin a unit."""
+  data.segmentation.TokenClasses): a grapheme-cluster boundary, and with `by_word` also a word boundary (whitespace on
+  either side). Position 0 and every change between fixed and free positions begin a unit."""
   first_BxL = jnp.asarray(classes.first_V)[x_BxL]
   prev_last_BxL = _shift_right(jnp.asarray(classes.last_V)[x_BxL], classes.control_class)
   no_break_BxL = jnp.asarray(classes.no_break)[prev_last_BxL, first_BxL]
