@@ -28,7 +28,8 @@ flags.DEFINE_enum("oov", "error", ["error", "unk", "skip"],
                   "as <unk> (unk), or drop them (skip); the report says how many.")
 flags.DEFINE_enum("score", "nelbo", ["nelbo", "training_loss"],
                   "nelbo: the likelihood bound (token-level masking, whatever the training corruption); training_loss: "
-                  "the run's own training objective (e.g. under script-aware corruption; a diagnostic, not a likelihood).")
+                  "the run's own training objective (e.g. under script-aware corruption; a diagnostic, not a "
+                  "likelihood).")
 flags.DEFINE_integer("num_windows", None, "Maximum number of windows (default: the run's eval.num_windows).")
 flags.DEFINE_enum("windows", None, ["first", "spread"],
                   "The first windows, or windows spread over the whole text (default: the run's eval.windows).")

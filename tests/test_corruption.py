@@ -1,5 +1,6 @@
-"""Script-aware corruption (diffusion/corruption.py, data/segmentation.py): units never split a grapheme cluster, per-script rates and
-weights are the configured schedules, and with one unit per token it is the token-level process exactly."""
+"""Script-aware corruption (diffusion/corruption.py, data/segmentation.py): units never split a grapheme cluster,
+per-script rates and weights are the configured schedules, and with one unit per token it is the token-level process
+exactly."""
 import math
 import os
 import tempfile

@@ -45,7 +45,8 @@ def test_launch_tokenizer_report_on_a_run(trained_run, tmp_path):
   out = subprocess.run([sys.executable, "-m", "launch.tokenizer", "--report", f"--workdir={workdir}",
                         f"--report_paths={text}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr
-  assert "| valid.txt | latn | 5 | 3.40 | 3.40 | 1.00 | 1.00 | 0.00% (+ 0.00%) | 0.00% |" in out.stdout and "(char)" in out.stdout
+  assert "| valid.txt | latn | 5 | 3.40 | 3.40 | 1.00 | 1.00 | 0.00% (+ 0.00%) | 0.00% |" in out.stdout
+  assert "(char)" in out.stdout
   bad = subprocess.run([sys.executable, "-m", "launch.tokenizer", "--report"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode != 0 and "exactly one of --input" in bad.stderr

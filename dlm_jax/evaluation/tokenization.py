@@ -53,7 +53,8 @@ def byte_fallback_count(tokenizer, ids, newline: bool = False) -> int:
 
 def report(tokenizer, text: str) -> dict:
   """{"scripts": {group: {words, chars, tokens, bytes, fertility, bytes_fertility, chars_per_token,
-  chars_per_byte_token}}, "tokens", "byte_fallback_rate", "newline_byte_rate", "unk_rate"} of `text` (module docstring)."""
+  chars_per_byte_token}}, "tokens", "byte_fallback_rate", "newline_byte_rate", "unk_rate"} of `text` (module
+  docstring)."""
   counts = collections.defaultdict(collections.Counter)
   for word in unicodedata.normalize("NFC", text).split():
     group = counts[word_group(word)]

@@ -93,8 +93,8 @@ class EcoHybridConfig(DenoiserConfig):
                         f"{self.memory_attention!r}.")
     if self.retrieval_slots < 0 or (self.retrieval_slots and (self.retrieval_windows < self.retrieval_slots
                                                               or self.retrieval_key_dim < 1)):
-      raise ConfigError(f"model.retrieval_slots={self.retrieval_slots} must be >= 0 and at most model.retrieval_windows="
-                        f"{self.retrieval_windows}, with model.retrieval_key_dim >= 1.")
+      raise ConfigError(f"model.retrieval_slots={self.retrieval_slots} must be >= 0 and at most "
+                        f"model.retrieval_windows={self.retrieval_windows}, with model.retrieval_key_dim >= 1.")
     if self.retrieval_slots and (self.route_top_k or self.memory_attention == "pallas"):
       raise ConfigError("model.retrieval_slots > 0 needs model.route_top_k=0 and model.memory_attention 'absorbed' or "
                         "'projected' (the router and the Pallas kernel are sized for the memory_slots alone).")

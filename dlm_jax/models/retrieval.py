@@ -1,9 +1,9 @@
 """Retrieval-conditioned memory slots for EcoHybrid (seed 001 §9.6: "inject retrieved embeddings directly into memory
 slots; the denoiser conditions on both the prompt and the retrieved evidence").
 
-The datastore is N windows of training text (token ids [W, L], `retrieval_windows` of them, spread evenly over the
-training stream and cut out of it, so that no training example retrieves the passage it was cropped from). Each window is
-encoded once as a fixed, parameter-free key: its bag of tokens through a fixed Gaussian projection P [V, E]
+The datastore is W windows of training text (token ids [W, L], `retrieval_windows` of them, spread evenly over the
+training stream and cut out of it, so that no training example retrieves the passage it was cropped from). Each window
+is encoded once as a fixed, parameter-free key: its bag of tokens through a fixed Gaussian projection P [V, E]
 (Johnson-Lindenstrauss; special tokens have zero rows), normalized,
 
     key(x) = normalize( sum_i P[x_i] ),
@@ -102,9 +102,9 @@ class RetrievalSlots(nnx.Module):
 
 
 def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int):
-  """(datastore windows [W, L], the training stream without them): W = num_windows non-overlapping windows spread evenly over the
-  training stream (so every training file has its share), cut out of it; the pieces left are joined with EOS, as
-  documents are. Raises ValueError when the windows would take more than half of the stream."""
+  """(datastore windows [W, L], the training stream without them): W = num_windows non-overlapping windows spread
+  evenly over the training stream (so every training file has its share), cut out of it; the pieces left are joined
+  with EOS, as documents are. Raises ValueError when the windows would take more than half of the stream."""
   size = num_windows * seq_len
   if size > len(train_tokens) // 2:
     raise ValueError(f"model.retrieval_windows={num_windows} windows of {seq_len} tokens would take more than half of "
