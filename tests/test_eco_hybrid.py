@@ -105,11 +105,12 @@ def test_slow_slots_train_at_their_own_learning_rate():
   params = nnx.state(model, nnx.Param)
   assert params["memory_init"].shape == params["slow_memory_init"].shape == (2, 32)
   # same value and gradient for the fast and the slow slots; every other parameter gets a zero gradient
-  params["slow_memory_init"] = nnx.Param(params["memory_init"][...])
+  # (Variable.replace keeps each parameter's metadata, its logical axes, which is part of the tree's structure)
+  params["slow_memory_init"] = params["slow_memory_init"].replace(params["memory_init"][...])
   grad = jax.random.normal(jax.random.key(4), (2, 32))
   grads = jax.tree.map(jnp.zeros_like, params)
-  grads["memory_init"] = nnx.Param(grad)
-  grads["slow_memory_init"] = nnx.Param(grad)
+  grads["memory_init"] = grads["memory_init"].replace(grad)
+  grads["slow_memory_init"] = grads["slow_memory_init"].replace(grad)
   tx = optimizer.make_optimizer(config.optimizer, 10, config.model)
   opt_state = tx.init(params)
   for _ in range(3):

@@ -20,9 +20,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.diffusion import losses
-from dlm_jax.models import layers
+from dlm_jax.models import layers, partitioning
+from dlm_jax.models.partitioning import EMBED, LENGTH, VOCAB, logical
 from dlm_jax.special_tokens import MASK
 from dlm_jax.errors import ConfigError
+
+RESIDUAL_AXES = (partitioning.BATCH, partitioning.LENGTH, partitioning.ACT_EMBED)  # the residual stream's names
 
 
 # Dropout streams derived from a call's dropout_key with fold_in, so that switching one dropout on leaves the masks of
@@ -126,20 +129,23 @@ class Denoiser(nnx.Module):
   def init_embedding(self, cfg: DenoiserConfig, rngs: nnx.Rngs, *, learned_positions: bool):
     self.cfg = cfg
     self.dtype = layers.compute_dtype(cfg.dtype)
-    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32))
+    self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32),
+                               **logical(VOCAB, EMBED))
     if learned_positions:
-      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32))
+      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32),
+                                 **logical(LENGTH, EMBED))
     else:
       self.positions = None
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
                            if cfg.time_conditioning else None)
     self.embedding_dropout = nnx.Dropout(cfg.embedding_dropout)
     self.self_condition = (nnx.Linear(cfg.width, cfg.width, use_bias=False, dtype=self.dtype,
-                                      kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+                                      kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
+                                      kernel_metadata=logical(EMBED, None))
                            if cfg.self_conditioning else None)
 
   def init_head(self, rngs: nnx.Rngs):
-    self.final_norm = nnx.RMSNorm(self.cfg.width, dtype=self.dtype, rngs=rngs)
+    self.final_norm = layers.rms_norm(self.cfg.width, dtype=self.dtype, rngs=rngs)
 
   def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None,
             positions_BxL=None):
@@ -174,7 +180,7 @@ class Denoiser(nnx.Module):
       key = dropout_key if dropout_key is not None else jax.random.key(0)
       h_BxLxD = self.embedding_dropout(h_BxLxD, deterministic=False,
                                        rngs=jax.random.fold_in(key, EMBEDDING_DROPOUT_STREAM))
-    return h_BxLxD
+    return partitioning.constrain(h_BxLxD, RESIDUAL_AXES)
 
   def head(self, h_BxLxD):
     """logits = RMSNorm(h) E^T, tied to the input embedding, in the activation dtype."""
@@ -182,7 +188,7 @@ class Denoiser(nnx.Module):
 
   def output(self, h_BxLxD, aux_losses=None, aux_metrics=None) -> DenoiserOutput:
     """The DenoiserOutput of final states h: the tied head's logits, with its input and weights for chunked scoring."""
-    hidden_BxLxD = self.final_norm(h_BxLxD)
+    hidden_BxLxD = self.final_norm(partitioning.constrain(h_BxLxD, RESIDUAL_AXES))
     head_VxD = self.embedding[...].astype(self.dtype)
     return DenoiserOutput(hidden_BxLxD @ head_VxD.T, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD)
 

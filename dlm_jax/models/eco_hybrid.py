@@ -46,6 +46,7 @@ from flax import nnx
 
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import kernels, layers, retrieval
+from dlm_jax.models.partitioning import EMBED, SLOTS, logical
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
@@ -137,8 +138,9 @@ class DepthwiseConv(nnx.Module):
 
   def __init__(self, width: int, kernel_size: int, *, dtype, rngs: nnx.Rngs):
     self.kernel_size, self.dtype = kernel_size, dtype
-    self.kernel = nnx.Param(nnx.initializers.normal(1.0 / kernel_size)(rngs.params(), (kernel_size, width)))
-    self.bias = nnx.Param(jnp.zeros((width,), jnp.float32))
+    self.kernel = nnx.Param(nnx.initializers.normal(1.0 / kernel_size)(rngs.params(), (kernel_size, width)),
+                           **logical(None, EMBED))
+    self.bias = nnx.Param(jnp.zeros((width,), jnp.float32), **logical(EMBED))
 
   def __call__(self, x_BxLxD):
     half = self.kernel_size // 2
@@ -156,17 +158,18 @@ class EcoBlock(nnx.Module):
   def __init__(self, cfg: EcoHybridConfig, *, rngs: nnx.Rngs):
     dtype = layers.compute_dtype(cfg.dtype)
     self.cfg = cfg
-    self.conv_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.conv_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.conv = DepthwiseConv(cfg.width, cfg.conv_kernel, dtype=dtype, rngs=rngs)
-    self.write_mem_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
-    self.write_tok_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.write_mem_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
+    self.write_tok_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.write = layers.CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
-    self.read_tok_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
-    self.read_mem_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.read_tok_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
+    self.read_mem_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.read = layers.CrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
     self.router = (nnx.Linear(cfg.width, cfg.memory_slots, use_bias=False, dtype=jnp.float32,
-                              kernel_init=layers.DEFAULT_INIT, rngs=rngs) if cfg.route_top_k else None)
-    self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+                              kernel_init=layers.DEFAULT_INIT, rngs=rngs, kernel_metadata=logical(EMBED, SLOTS))
+                   if cfg.route_top_k else None)
+    self.mlp_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
@@ -252,9 +255,11 @@ class EcoHybrid(Denoiser):
   def __init__(self, cfg: EcoHybridConfig, *, rngs: nnx.Rngs):
     self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
     fast_slots = cfg.memory_slots - cfg.slow_slots
-    self.memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (fast_slots, cfg.width)))
+    self.memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (fast_slots, cfg.width)),
+                                  **logical(SLOTS, EMBED))
     if cfg.slow_slots:  # its own parameter, so that the optimizer can give it its own learning rate
-      self.slow_memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.slow_slots, cfg.width)))
+      self.slow_memory_init = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.slow_slots, cfg.width)),
+                                         **logical(SLOTS, EMBED))
     self.blocks = layers.stack_blocks(cfg.num_layers, lambda r: EcoBlock(cfg, rngs=r), rngs)
     # Created after everything else, so that with the same seed every shared parameter equals plain EcoHybrid's.
     self.retrieval = (retrieval.RetrievalSlots(cfg.width, cfg.vocab_size, cfg.retrieval_slots, cfg.retrieval_windows,

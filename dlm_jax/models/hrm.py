@@ -81,6 +81,7 @@ from dlm_jax import special_tokens
 from dlm_jax.diffusion import losses
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
+from dlm_jax.models.partitioning import EMBED, SLOTS, logical
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 from dlm_jax.models.transformer import TransformerConfig, make_blocks, run_blocks
 
@@ -169,30 +170,33 @@ class HRMDenoiser(Denoiser):
   def __init__(self, cfg: HRMConfig, *, rngs: nnx.Rngs):
     self.init_embedding(cfg, rngs, learned_positions=False)
     d = cfg.width
-    self.input_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
-    self.z_l_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
+    self.input_norm = layers.rms_norm(d, dtype=self.dtype, rngs=rngs)
+    self.z_l_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32), **logical(EMBED))
     self.l_blocks = make_blocks(cfg.block_config(cfg.l_layers), rngs)
-    self.l_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+    self.l_out_norm = layers.rms_norm(d, dtype=self.dtype, rngs=rngs)
     self.init_head(rngs)
     if cfg.use_h_module:
-      self.z_h_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32))
+      self.z_h_init = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (d,), jnp.float32), **logical(EMBED))
       self.h_blocks = make_blocks(cfg.block_config(cfg.h_layers), rngs)
-      self.h_out_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
-      self.priority = nnx.Linear(d, 1, dtype=jnp.float32, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+      self.h_out_norm = layers.rms_norm(d, dtype=self.dtype, rngs=rngs)
+      self.priority = nnx.Linear(d, 1, dtype=jnp.float32, kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
+                                 kernel_metadata=logical(EMBED, None), bias_metadata=logical(None))
       if cfg.use_memory:
-        self.cell_cls = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, d)))
+        self.cell_cls = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, d)),
+                                  **logical(SLOTS, EMBED))
         self.cell_content = nnx.Param(
-            nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, cfg.memory_content, d)))
+            nnx.initializers.normal(1.0)(rngs.params(), (cfg.memory_cells, cfg.memory_content, d)),
+            **logical(SLOTS, None, EMBED))
         self.select = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
-                                 rngs=rngs)
-        self.read_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+                                 rngs=rngs, kernel_metadata=logical(EMBED, None))
+        self.read_norm = layers.rms_norm(d, dtype=self.dtype, rngs=rngs)
         self.read = layers.CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
-        self.write_norm = nnx.RMSNorm(d, dtype=self.dtype, rngs=rngs)
+        self.write_norm = layers.rms_norm(d, dtype=self.dtype, rngs=rngs)
         self.write = layers.CrossAttention(d, cfg.num_heads, dtype=self.dtype, rngs=rngs)
     if cfg.act:
       self.cls_proj = nnx.Linear(d, d, use_bias=False, dtype=jnp.float32, kernel_init=layers.DEFAULT_INIT,
-                                 rngs=rngs)
-      self.score_norm = nnx.RMSNorm(d, dtype=jnp.float32, rngs=rngs)
+                                 rngs=rngs, kernel_metadata=logical(EMBED, None))
+      self.score_norm = layers.rms_norm(d, dtype=jnp.float32, rngs=rngs)
       self.score = layers.SwiGLU(d, d, dtype=jnp.float32, rngs=rngs, out_features=1)
 
   @property

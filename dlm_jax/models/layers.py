@@ -11,6 +11,8 @@ from flax import nnx
 
 from dlm_jax.diffusion.losses import NEG_INF
 from dlm_jax.errors import ConfigError
+from dlm_jax.models import partitioning
+from dlm_jax.models.partitioning import EMBED, HEADS, LAYERS, MLP, NORM, logical
 
 DEFAULT_INIT = nnx.initializers.normal(stddev=0.02)
 
@@ -19,6 +21,11 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def rms_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  """nnx.RMSNorm over the last axis with its scale [D] named ("norm",) (replicated by the default rules)."""
+  return nnx.RMSNorm(width, dtype=dtype, rngs=rngs, scale_metadata=logical(NORM))
 
 
 def compute_dtype(name: str):
@@ -71,8 +78,10 @@ class SelfAttention(nnx.Module):
       raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
     self.causal, self.implementation, self.dropout = causal, implementation, dropout
-    self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
-    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+    self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                          kernel_metadata=logical(EMBED, HEADS))
+    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                          kernel_metadata=logical(HEADS, EMBED))
 
   def __call__(self, x_BxLxD, rope=None, dropout_key=None, return_kv: bool = False):
     """The attention output [B, L, D]; with `return_kv` also the keys and values [B, L, H, K] (RoPE applied), which
@@ -148,9 +157,12 @@ class CrossAttention(nnx.Module):
       raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
     self.num_heads, self.head_dim = num_heads, width // num_heads
     self.dtype = dtype
-    self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
-    self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
-    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+    self.q = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                        kernel_metadata=logical(EMBED, HEADS))
+    self.kv = nnx.Linear(width, 2 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                         kernel_metadata=logical(EMBED, HEADS))
+    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                          kernel_metadata=logical(HEADS, EMBED))
 
   def __call__(self, x_BxQxD, c_BxJxD, bias_BxHxQxJ=None):
     batch, q_len, _ = x_BxQxD.shape
@@ -228,9 +240,10 @@ class SwiGLU(nnx.Module):
   """FFN(x) = W_down (silu(W_gate x) * W_up x)  (Shazeer 2020)."""
 
   def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs, out_features: int | None = None):
-    self.gate_up = nnx.Linear(width, 2 * hidden, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
+    self.gate_up = nnx.Linear(width, 2 * hidden, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                              kernel_metadata=logical(EMBED, MLP))
     self.down = nnx.Linear(hidden, out_features or width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT,
-                           rngs=rngs)
+                           rngs=rngs, kernel_metadata=logical(MLP, EMBED))
 
   def __call__(self, x):
     gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
@@ -250,8 +263,10 @@ class TimeEmbedding(nnx.Module):
 
   def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
     self.width = width
-    self.hidden = nnx.Linear(width, width, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs)
-    self.out = nnx.Linear(width, width, dtype=dtype, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+    self.hidden = nnx.Linear(width, width, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
+                             kernel_metadata=logical(EMBED, MLP), bias_metadata=logical(MLP))
+    self.out = nnx.Linear(width, width, dtype=dtype, kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
+                          kernel_metadata=logical(MLP, EMBED), bias_metadata=logical(EMBED))
 
   def __call__(self, t_B):
     return self.out(jax.nn.silu(self.hidden(sinusoidal_embedding(t_B, self.width))))
@@ -292,18 +307,29 @@ def run_stack(blocks: nnx.List, carry, apply_block: Callable, dropout_key, remat
 
   def body(carry, layer):
     state, key, index = layer
-    return apply_block(nnx.merge(block_def, state), carry, index, key)
+    carry, output = apply_block(nnx.merge(block_def, state), carry, index, key)
+    return partitioning.constrain_batch(carry), output
 
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
   if not unroll:
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    stacked = _constrain_stacked(jax.tree.map(lambda *xs: jnp.stack(xs), *states))
     return jax.lax.scan(body, carry, (stacked, layer_keys, jnp.arange(num_layers)))
   outputs = []
   for index, state in enumerate(states):
     carry, output = body(carry, (state, layer_keys[index], jnp.asarray(index, jnp.int32)))
     outputs.append(output)
   return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+
+def _constrain_stacked(stacked_state):
+  """The scan's stacked copy of the per-layer parameters, each constrained to ("layers", *its own logical axes)."""
+
+  def constrain(variable):
+    axes = variable.get_metadata().get("out_sharding") or (None,) * (variable[...].ndim - 1)
+    return variable.replace(partitioning.constrain(variable[...], (LAYERS,) + tuple(axes)))
+
+  return jax.tree.map(constrain, stacked_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _is_layer_list(mapping) -> bool:

@@ -34,6 +34,7 @@ from flax import nnx
 
 from dlm_jax import special_tokens
 from dlm_jax.models import layers
+from dlm_jax.models.partitioning import EMBED, SLOTS, logical
 
 KEY_SEED = 20261123  # the fixed projection's seed: every run encodes a text to the same key
 
@@ -73,9 +74,11 @@ class RetrievalSlots(nnx.Module):
     self.windows = Datastore(jnp.zeros((num_windows, window_len), jnp.int32))
     self.keys = Datastore(jnp.zeros((num_windows, key_dim), jnp.float32))
     self.projection = Datastore(jnp.asarray(key_projection(vocab_size, key_dim)))
-    self.norm = nnx.RMSNorm(width, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=layers.DEFAULT_INIT, rngs=rngs)
-    self.slot_offsets = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (num_slots, width)))
+    self.norm = layers.rms_norm(width, dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=layers.DEFAULT_INIT, rngs=rngs,
+                           kernel_metadata=logical(EMBED, None))
+    self.slot_offsets = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (num_slots, width)),
+                                   **logical(SLOTS, EMBED))
 
   def fill(self, windows_WxL):
     """Installs the datastore windows [W, L] (ints) and their keys."""

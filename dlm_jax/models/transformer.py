@@ -49,11 +49,11 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     dtype = layers.compute_dtype(cfg.dtype)
-    self.attn_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.attn_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.attn = layers.SelfAttention(cfg.width, cfg.num_heads, causal=cfg.causal,
                                      implementation=layers.attention_implementation(cfg.attention, dtype),
                                      dtype=dtype, rngs=rngs, dropout=cfg.attention_dropout)
-    self.mlp_norm = nnx.RMSNorm(cfg.width, dtype=dtype, rngs=rngs)
+    self.mlp_norm = layers.rms_norm(cfg.width, dtype=dtype, rngs=rngs)
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
     self.fused_add_norm = cfg.fused_add_norm
