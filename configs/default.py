@@ -16,6 +16,7 @@ their config dataclasses (see model_config).
 import ml_collections
 
 from dlm_jax import models, sampling
+from dlm_jax.models import partitioning
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -129,6 +130,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Decoding strategies, all off by default and declared in one place (dlm_jax/sampling/sampler.SamplerConfig):
   # block_length, threshold, confidence_stop, eos_stop, remasking (+ remask_*), guidance_scale, cache.
   c.sample.update(sampling.SamplerConfig.strategy_defaults())
+
+  # The device mesh (dlm_jax/training/sharding.py): data x fsdp x tensor = the device count (-1: the rest). fsdp splits
+  # every parameter and optimizer moment (ZeRO-3), tensor the MLP hidden and attention-head dimensions (Megatron).
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # True: the train state is initialized inside a jit with its shardings (no device holds the whole state); False: on
+  # one device, then split (no extra compilation; the whole state must fit on one device)
+  c.mesh.sharded_init = True
+  # Logical axis name -> mesh axes it is split over ("data,fsdp"; "" = replicated); models/partitioning.py names them.
+  c.mesh.rules = ml_collections.ConfigDict(
+      {name: ",".join((axes,) if isinstance(axes, str) else axes or ()) for name, axes in partitioning.DEFAULT_RULES})
 
   c.bench = bench_config(vocab_size=0, sample_batch=16, sample_new_tokens=64, sample_steps=32)
   return c

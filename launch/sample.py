@@ -27,12 +27,15 @@ from dlm_jax import cli, special_tokens
 from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import SamplerConfig, display, make_text_sampler, prompt_batch
 from dlm_jax.sampling import sampler as sampler_lib
-from dlm_jax.training import checkpoint
+from dlm_jax.training import checkpoint, sharding
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to sample from.")
 flags.DEFINE_string("prompt", "", "Text fixed at the start of every sample.")
 flags.DEFINE_string("suffix", "", "Text fixed at the end (infilling between --prompt and --suffix).")
 flags.DEFINE_integer("num_samples", 4, "Batch size.")
+flags.DEFINE_string("mesh", "", "Sample on a device mesh DATA,FSDP,TENSOR (e.g. -1,1,1: the batch over every device; "
+                    "1,-1,1: the parameters split FSDP-style): rows over data x fsdp, parameters by the logical-axis "
+                    "rules. Empty: one device.")
 flags.DEFINE_integer("steps", None, "Reverse steps (default: the run's config.sample.steps).")
 flags.DEFINE_integer("length", None, "New tokens to generate (default: fill the model's context).")
 flags.DEFINE_enum("method", None, list(sampler_lib.METHODS), "Sampler (default: the run's config): confidence or "
@@ -93,7 +96,8 @@ def verified_texts(run, cfg, tokens, fixed):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
+  mesh = sharding.MeshContext.from_flag(FLAGS.mesh)
+  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint, mesh=mesh)
   autoregressive = run.objective.is_autoregressive
   try:
     tokens, fixed = prompt_batch(run.tokenizer, FLAGS.num_samples, int(run.config.data.seq_len), FLAGS.length,
@@ -113,8 +117,10 @@ def main(argv):
     if FLAGS.verifier:
       texts, output = verified_texts(run, cfg, tokens, fixed)
     else:
-      samples = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, autoregressive)(
-          run.params, jax.random.key(FLAGS.seed), tokens, fixed)
+      sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, autoregressive)
+      if mesh is not None:
+        sample_texts, tokens, fixed = mesh.bind(sample_texts), mesh.place_rows(tokens), mesh.place_rows(fixed)
+      samples = sample_texts(run.params, jax.random.key(FLAGS.seed), tokens, fixed)
       texts, output = samples.texts, samples.output
   except ConfigError as e:
     raise app.UsageError(f"--workdir={FLAGS.workdir}: {e}") from e

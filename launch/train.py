@@ -4,6 +4,10 @@
 
 With no flags: the embedded default (configs/default.py) into runs/default. Re-running with the same --workdir
 resumes from its latest checkpoint.
+
+Several devices: --config.mesh.data/fsdp/tensor shape the mesh (dlm_jax/training/sharding.py). Several hosts: start the
+same command on each; under SLURM (srun, one task per host) JAX finds its peers itself; elsewhere pass
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I (README, "Scale-out").
 """
 import os
 import pathlib
@@ -13,7 +17,7 @@ from absl import flags, logging
 from dlm_jax import cli
 from ml_collections import config_flags
 
-from dlm_jax.training import loop
+from dlm_jax.training import loop, sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 cli.config_preflight(str(REPO / "configs" / "default.py"))  # --help_config; unknown --config.FIELD named at once
@@ -21,12 +25,22 @@ config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), 
                                 lock_config=True)
 flags.DEFINE_bool("help_config", False, "Print every field of --config with its value, then exit.")
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and the token cache.")
+flags.DEFINE_enum("distributed", "auto", sharding.DISTRIBUTED_MODES,
+                  "Multi-host start-up (jax.distributed.initialize): 'auto' when a coordinator address is given or a "
+                  "SLURM/Open MPI launch with several tasks is detected; 'on' always; 'off' never.")
+flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0, reachable from every process (multi-host "
+                    "without SLURM); with --num_processes and --process_id.")
+flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-host run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", -1, "This process's index, 0 .. num_processes - 1 (with --coordinator_address).")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; our progress lines are printed
-  os.makedirs(flags.FLAGS.workdir, exist_ok=True)
+  FLAGS = flags.FLAGS
+  sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
   summary = loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
   status = "stopped early" if summary["stopped"] else "finished"
   print(f"Training {status} at step {summary['step']}; checkpoint in {flags.FLAGS.workdir}/checkpoints. "

@@ -254,34 +254,6 @@ def test_sample_cli_prompt_and_suffix_are_kept(trained_run):
   assert len(set(generated)) > 3, repr(generated)
 
 
-def test_train_cli_data_parallel_on_two_devices_matches_one(tmp_path):
-  """`python -m launch.train` with a config file argument, on 2 (simulated CPU) devices: the batch is split over the
-  mesh and the first step's loss equals the single-device loss. Uses ../shared/data's Tiny Shakespeare when present."""
-  import os
-
-  from dlm_jax.data import corpus
-  shared = corpus.data_dir()
-  path = "en/tinyshakespeare.txt" if shared and (shared / "en" / "tinyshakespeare.txt").exists() else \
-      "embedded:pydoc_topics"
-  overrides = [f"--config.data.path={path}", "--config.data.seq_len=32", "--config.model.num_layers=1",
-               "--config.model.width=32", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
-               "--config.model.dropout=0.0", "--config.train.batch_size=8", "--config.train.num_steps=3",
-               "--config.train.log_every=1", "--config.eval.every=0", "--config.train.sample_every=0",
-               "--config.tensorboard=false"]
-  losses = {}
-  for devices in (1, 2):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    workdir = tmp_path / f"devices{devices}"
-    result = subprocess.run([sys.executable, "-m", "launch.train", "--config=configs/shakespeare_char.py:diffusion",
-                             f"--workdir={workdir}", *overrides], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{devices} cpu device(s)" in result.stdout
-    losses[devices] = train_losses(workdir)
-  assert sorted(losses[2]) == [1, 2, 3]
-  np.testing.assert_allclose(losses[2][1], losses[1][1], rtol=1e-5)
-
-
 def test_training_samples_are_shown_on_the_console_with_their_file(tmp_path, capsys):
   loop.train(tiny_config(**{"train.num_steps": 4, "train.sample_every": 4, "train.checkpoint_every": 4,
                             "eval.every": 0, "tensorboard": False}), str(tmp_path))

@@ -39,17 +39,17 @@ def _train_step_and_inputs(config, vocab, seq_len, batch):
   config.data.seq_len = seq_len  # the model's max_len
   objective = objectives.from_config(config, vocab)
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
-  graphdef, other, state = state_lib.init_model_and_state(config, vocab, tx)
-  shardings = sharding.DataParallel(sharding.make_mesh())
-  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
-                                        optimizer.learning_rate_schedule(config.optimizer, 10), shardings.replicated,
-                                        shardings.train_batch)
-  accum = int(config.train.grad_accum_steps)
-  tokens = jax.device_put(np.random.default_rng(0).integers(
-      special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), shardings.train_batch)
-  state = jax.device_put(state, shardings.replicated)
-  start = time.perf_counter()
-  compiled = train_step.lower(state, tokens).compile()
+  mesh = sharding.MeshContext.from_config(config)  # config.mesh (default: data parallel over every device)
+  graphdef, other, state = state_lib.init_on_mesh(config, vocab, tx, mesh)
+  with mesh.activate():
+    train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
+                                          optimizer.learning_rate_schedule(config.optimizer, 10),
+                                          mesh.shardings(state), mesh.train_batch)
+    accum = int(config.train.grad_accum_steps)
+    tokens = jax.device_put(np.random.default_rng(0).integers(
+        special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), mesh.train_batch)
+    start = time.perf_counter()
+    compiled = train_step.lower(state, tokens).compile()
   return compiled, state, tokens, time.perf_counter() - start, graphdef, other
 
 

@@ -115,19 +115,37 @@ def oov_report(path: str, tokenizer, oov: str) -> dict:
           "distinct": {f"{ch} (U+{ord(ch):04X})": n for ch, n in counts.most_common()}}
 
 
-class _Crop(grain.transforms.Map):
+class _ShardCrops(grain.transforms.Map):
+  """A global batch of start offsets [B] = [A micro-batches x B/A] -> this shard's block of rows of every micro-batch,
+  cropped: [A * B/(A S), seq_len] int32 for shard s of S."""
 
-  def __init__(self, tokens, seq_len):
-    self.tokens, self.seq_len = tokens, seq_len
+  def __init__(self, tokens, seq_len: int, shard: grain.sharding.ShardOptions, accum: int):
+    self.tokens, self.seq_len, self.shard, self.accum = tokens, seq_len, shard, accum
 
-  def map(self, offset):
-    return np.asarray(self.tokens[offset:offset + self.seq_len], np.int32)
+  def map(self, offsets_B):
+    micro_AxM = np.asarray(offsets_B).reshape(self.accum, -1)
+    rows = micro_AxM.shape[1] // self.shard.shard_count
+    mine = micro_AxM[:, self.shard.shard_index * rows:(self.shard.shard_index + 1) * rows].reshape(-1)
+    return np.stack([np.asarray(self.tokens[o:o + self.seq_len], np.int32) for o in mine])
 
 
-def train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
-  """A checkpointable grain DatasetIterator over [batch_size, seq_len] int32 random crops, forever."""
+def train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                   shard: grain.sharding.ShardOptions | None = None, accum: int = 1):
+  """A checkpointable grain DatasetIterator over this process's rows of [batch_size, seq_len] int32 random crops,
+  forever.
+
+  The global order is one seeded shuffle of all start offsets, batched: global batch k is offsets k*B .. (k+1)*B - 1
+  (`accum` micro-batches of B/accum consecutive ones), whatever the number of processes. With `shard` (shard s of S;
+  default grain.sharding.ShardByJaxProcess(), process p of P) a process crops only its contiguous block of B/(accum S)
+  rows of every micro-batch, the rows its devices hold of the batch-sharded global array (`shard_batch`;
+  training/sharding.MeshContext.data_shard says which), so that the processes read disjoint data and together feed
+  exactly the single-process batches. The iterator state (the global batch index) is the same in every process."""
+  shard = shard or grain.sharding.ShardByJaxProcess()
+  if batch_size % (accum * shard.shard_count):
+    raise ConfigError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps={accum} x "
+                      f"{shard.shard_count} data shards (processes).")
   dataset = (grain.MapDataset.range(len(tokens) - seq_len + 1).seed(seed).shuffle().repeat()
-             .map(_Crop(tokens, seq_len)).batch(batch_size, drop_remainder=True))
+             .batch(batch_size, drop_remainder=True).map(_ShardCrops(tokens, seq_len, shard, accum)))
   return iter(dataset.to_iter_dataset())
 
 
@@ -146,6 +164,9 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int, placement: 
   raise ConfigError(f"eval.windows must be 'first' or 'spread', got {placement!r}.")
 
 
-def shard_batch(batch_BxL: np.ndarray, sharding: jax.sharding.NamedSharding):
-  """Places a host batch on the mesh, split along the batch axis over all local devices."""
-  return jax.make_array_from_process_local_data(sharding, batch_BxL)
+def shard_batch(rows: np.ndarray, sharding: jax.sharding.NamedSharding, global_shape=None):
+  """The global array on the mesh from this process's rows of it: all of them on a single process; with several, the
+  block its devices hold (`train_iterator`'s shard). `global_shape`: the global array's shape (None:
+  inferred from the sharding, which assumes that every process holds an equal block)."""
+  return jax.make_array_from_process_local_data(sharding, rows, global_shape)
+

@@ -309,8 +309,11 @@ class LoadedRun:
 WEIGHTS = ("ema", "raw")  # what --weights selects
 
 
-def load_for_inference(workdir, step: int | None = None, weights: str = "ema", which: str = "latest") -> LoadedRun:
-  """The latest (or given) checkpoint of a run, or its best by validation (`which="best"`), on the default device.
+def load_for_inference(workdir, step: int | None = None, weights: str = "ema", which: str = "latest",
+                       mesh=None) -> LoadedRun:
+  """The latest (or given) checkpoint of a run, or its best by validation (`which="best"`), on the default device or,
+  with `mesh` (training/sharding.MeshContext), laid out on that mesh by the parameters' logical axes (whatever the
+  mesh the run was trained on).
 
   The model is rebuilt from the config saved in the checkpoint. `weights="ema"` returns the EMA parameters when the
   run kept them (else the raw ones, and `LoadedRun.weights` says "raw"); "raw" the optimizer's. Raises
@@ -336,15 +339,16 @@ def load_for_inference(workdir, step: int | None = None, weights: str = "ema", w
   tokenizer = tokenizers.from_dict(meta["tokenizer"])
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
   abstract = state_lib.abstract_state(config, tokenizer.vocab_size, tx)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  state = restore(mngr, with_sharding(abstract, device), None, step)
+  if mesh is None:
+    target = with_sharding(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  else:
+    target = mesh.abstract(abstract)
+  state = restore(mngr, target, None, step)
   mngr.close()
   # The graph structure only: parameters come from the checkpoint; the only non-Param state, a retrieval datastore,
   # from the run's datastore file.
-  model = nnx.eval_shape(lambda: models.get_model(config, tokenizer.vocab_size, nnx.Rngs(0)))
-  if getattr(model, "retrieval", None) is not None:
-    model.retrieval.fill(load_datastore(workdir))
-  graphdef, _, other = nnx.split(model, nnx.Param, ...)
+  datastore = load_datastore(workdir) if int(config.model.get("retrieval_slots", 0) or 0) else None
+  graphdef, other = state_lib.graph_and_other(config, tokenizer.vocab_size, datastore)
   if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(other)):
     raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state that neither checkpoints nor the "
                           "run's files carry.")

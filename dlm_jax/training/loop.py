@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from dlm_jax import models
 from dlm_jax.data import pipeline
@@ -35,15 +36,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @contextlib.contextmanager
-def stop_on_signals(flag: dict):
-  """While active, SIGTERM/SIGINT set flag['stop'] instead of killing the process (restored afterwards)."""
+def stop_on_signals(flag: dict, signals=(signal.SIGTERM, signal.SIGINT)):
+  """While active, `signals` set flag['stop'] instead of killing the process (restored afterwards)."""
   def handler(signum, _):
     logging.warning("Received signal %d: checkpointing after the current step, then stopping.", signum)
     flag["stop"] = True
 
   previous = {}
   try:
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in signals:
       previous[sig] = signal.signal(sig, handler)
   except ValueError:  # not the main thread: signals cannot be caught here
     previous = {}
@@ -61,16 +62,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
   change what does not alter the model or its data (`checkpoint.config_changes`): the changes are printed."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with checkpoint.workdir_lock(workdir):
+  # One lock per workdir, held by the primary process of a multi-host run (its peers share the workdir).
+  lock = checkpoint.workdir_lock(workdir) if sharding.is_primary() else contextlib.nullcontext()
+  with lock:
     checkpoint.check_writable(workdir)
-    return _train(config, workdir, stop_at_step)
+    return _train(config, workdir, stop_at_step, sharding.MeshContext.from_config(config))
 
 
-def _train(config, workdir: pathlib.Path, stop_at_step):
+def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshContext):
   tcfg = config.train
   num_steps, global_batch, accum = int(tcfg.num_steps), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
-  sharding.check_batch_size(global_batch, accum)
-  shardings = sharding.DataParallel(sharding.make_mesh())
+  mesh.check_batch(global_batch, accum)
 
   mngr = checkpoint.manager(workdir, max_to_keep=int(tcfg.max_to_keep))
   resumed_step, saved_meta = checkpoint.newest_readable_meta(mngr)
@@ -94,33 +96,40 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
   objective = objectives.from_config(config, vocab_size, tokenizer)
   tx = optimizer.make_optimizer(config.optimizer, num_steps, config.model)
   train_tokens, datastore = retrieval_datastore(config, streams.train, seq_len, workdir)
-  graphdef, other, state = state_lib.init_model_and_state(config, vocab_size, tx, datastore)
-  data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed))
+  graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore)
+  micro_batch = global_batch // accum
+  data_shard = mesh.data_shard(micro_batch, mesh.train_batch, axis=1)
+  data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed), data_shard, accum)
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if teacher is not None:
     state = start_from_teacher(state, teacher, tx)
-  if resumed_step is not None:
-    abstract = checkpoint.with_sharding(jax.eval_shape(lambda: state), shardings.replicated)
-    resumed_step, state = checkpoint.restore_newest_intact(mngr, abstract, data_iter)
+  if resumed_step is not None:  # onto this run's mesh, whatever the mesh that wrote the checkpoint
+    resumed_step, state = checkpoint.restore_newest_intact(mngr, mesh.abstract(state), data_iter)
     print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
-  state = jax.device_put(state, shardings.replicated)
+  state = jax.device_put(state, mesh.shardings(state))
   start_step = int(state.step)
 
-  train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
-                                        optimizer.learning_rate_schedule(config.optimizer, num_steps),
-                                        state_sharding=shardings.replicated, batch_sharding=shardings.train_batch,
-                                        ema_warmup=bool(tcfg.get("ema_warmup", False)))
-  eval_step = likelihood.make_eval_step(graphdef, other, objective)
+  # Every jitted function runs (and is traced) under the mesh and its rules (MeshContext.bind).
+  train_step = mesh.bind(step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
+                                                  optimizer.learning_rate_schedule(config.optimizer, num_steps),
+                                                  state_sharding=mesh.shardings(state),
+                                                  batch_sharding=mesh.train_batch,
+                                                  ema_warmup=bool(tcfg.get("ema_warmup", False))))
+  eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
                                        config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
-                                    resumed_step=resumed_step)
+                                    resumed_step=resumed_step, enabled=sharding.is_primary())
   flops_per_token = models.model_config(config, vocab_size).flops_per_token(seq_len)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
-        f"{jax.local_device_count()} {jax.default_backend()} device(s); train {len(train_tokens):,} tokens"
+        f"{jax.device_count()} {jax.default_backend()} device(s) ({mesh.describe()}"
+        f"{f', {jax.process_count()} processes' if jax.process_count() > 1 else ''}); train {len(train_tokens):,} tokens"
         f"{'' if datastore is None else f' (+ {datastore.size:,} in the retrieval datastore)'}, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
+
+  mesh.check_batch(min(int(config.eval.batch_size), len(eval_windows)), 1,
+                   "eval.batch_size (or the number of evaluation windows)")
 
   def inference_params():
     return state.ema_params if state.ema_params is not None else state.params
@@ -129,7 +138,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
     result = likelihood.evaluate(eval_step, params, eval_windows, tokenizer,
                                  batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
                                  time_samples=int(config.eval.time_samples),
-                                 place=lambda b: pipeline.shard_batch(b, shardings.eval_batch))
+                                 place=mesh.place_rows)
     values = {"nll_per_token": result["nats_per_token"], "bits_per_token": result["bits_per_token"],
               "bits_per_char": result["bits_per_char"]}
     if result["mc_stderr"] is not None:
@@ -175,17 +184,22 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
                        metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))))
   num_samples = int(config.sample.num_samples)
   if num_samples:
-    sample_texts = make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
-                                     objective.is_autoregressive)
+    sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
+                                               objective.is_autoregressive))
     no_prompt = (np.zeros((num_samples, seq_len), np.int32), np.zeros((num_samples, seq_len), bool))
   flag = {"stop": False}
   last_eval = None
   stopped_early = False
-  with stop_on_signals(flag):
+  # Several processes stop together: JAX's preemption service (jax.distributed) catches SIGTERM on any host and has
+  # every host agree on the step at which all of them checkpoint and stop (reached_preemption_sync_point); a signal
+  # handled by one process alone would leave the others waiting in the next collective. One process: our handler.
+  multi_process = jax.process_count() > 1
+  with stop_on_signals(flag, signals=() if multi_process else (signal.SIGTERM, signal.SIGINT)):
     step = start_step
     while step < num_steps:
-      batch = next(data_iter).reshape(accum, global_batch // accum, seq_len)
-      state, step_metrics = train_step(state, pipeline.shard_batch(batch, shardings.train_batch))
+      rows = next(data_iter).reshape(accum, -1, seq_len)  # this process's rows of each micro-batch
+      state, step_metrics = train_step(state, pipeline.shard_batch(rows, mesh.train_batch,
+                                                                   (accum, micro_batch, seq_len)))
       step += 1
       progress.dispatched(step, step_metrics)  # checks and logs the previous step's metrics: no stall
       if step % int(tcfg.log_every) == 0 or step == num_steps:
@@ -197,6 +211,9 @@ def _train(config, workdir: pathlib.Path, stop_at_step):
         texts = sample_texts(inference_params(), jax.random.key(step), *no_prompt).texts
         writer.text(step, "samples", "\n---\n".join(texts))
         print(f"step {step} sample (all {num_samples} in {workdir / 'samples.txt'}): {texts[0][:100]!r}", flush=True)
+      if multi_process and multihost_utils.reached_preemption_sync_point(step):
+        print(f"Preempted: every process checkpoints at step {step} and stops.", flush=True)
+        flag["stop"] = True
       stopping = flag["stop"] or stopped_early or (stop_at_step is not None and step >= stop_at_step)
       if step % int(tcfg.checkpoint_every) == 0 or stopping:
         progress.flush()  # never checkpoint a state whose loss has not been checked
@@ -234,7 +251,8 @@ def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Pat
   if saved.is_file() and not np.array_equal(np.load(saved), windows):
     raise ConfigError(f"{saved} differs from the datastore this run's data gives now: the training data changed "
                       "since the run started. Resume with the run's own data, or use a new --workdir.")
-  checkpoint.save_datastore(workdir, windows)
+  if sharding.is_primary():
+    checkpoint.save_datastore(workdir, windows)
   return rest, windows
 
 

@@ -39,8 +39,11 @@ class MetricWriter:
   checkpoints logs steps it then repeats) are dropped from metrics.jsonl (rewritten atomically), and TensorBoard is
   told to purge them (tensorboardX's purge_step), so every reader sees one row per step."""
 
-  def __init__(self, workdir, use_tensorboard: bool = True, resumed_step: int | None = None):
+  def __init__(self, workdir, use_tensorboard: bool = True, resumed_step: int | None = None, enabled: bool = True):
     self.workdir = pathlib.Path(workdir)
+    self.enabled = enabled  # False: writes nothing (the non-primary processes of a multi-host run)
+    if not enabled:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     path = self.workdir / "metrics.jsonl"
     if resumed_step is not None and path.exists():
@@ -56,6 +59,8 @@ class MetricWriter:
       self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
 
   def scalars(self, step: int, prefix: str, values: dict):
+    if not self.enabled:
+      return
     record = {"step": int(step), "time": time.time()}
     record.update({f"{prefix}/{k}": float(v) for k, v in values.items()})
     self._jsonl.write(json.dumps(record) + "\n")
@@ -65,12 +70,16 @@ class MetricWriter:
         self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
 
   def text(self, step: int, tag: str, text: str):
+    if not self.enabled:
+      return
     if self._tb is not None:
       self._tb.add_text(tag, text, int(step))
     with open(self.workdir / "samples.txt", "a", encoding="utf-8") as f:
       f.write(f"=== step {step} {tag} ===\n{text}\n")
 
   def close(self):
+    if not self.enabled:
+      return
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()

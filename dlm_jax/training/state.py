@@ -38,6 +38,35 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
   return graphdef, other, state
 
 
+def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh, datastore=None):
+  """`init_model_and_state` with the TrainState laid out on `mesh` (training/sharding.MeshContext) by its parameters'
+  logical axes. With config `mesh.sharded_init` (default) and more than one device the state is initialized inside
+  one jit whose out_shardings are those layouts, so that no device ever holds the whole of an FSDP-split model (the
+  values equal the eager ones: the same keys draw the same numbers under jit and sharding, jax_threefry_partitionable);
+  otherwise it is built eagerly on the default device and then split (no compilation: seconds sooner on CPU, but the
+  whole state must fit on one device)."""
+  mesh_cfg = config.get("mesh")
+  if mesh.mesh.size == 1 or not (mesh_cfg is None or mesh_cfg.get("sharded_init", True)):
+    graphdef, other, state = init_model_and_state(config, vocab_size, tx, datastore)
+    return graphdef, other, mesh.place(state)
+  build = lambda: init_model_and_state(config, vocab_size, tx, datastore)[2]
+  state = jax.jit(build, out_shardings=mesh.shardings(jax.eval_shape(build)))()
+  graphdef, other = graph_and_other(config, vocab_size, datastore)
+  return graphdef, other, state
+
+
+def graph_and_other(config, vocab_size: int, datastore=None):
+  """(graphdef, non-parameter state) of the config's model without allocating its parameters: the graph structure,
+  and the only non-Param state, EcoHybrid's retrieval datastore, filled from `datastore` (windows [N, L])."""
+  model = nnx.eval_shape(lambda: models.get_model(config, vocab_size, nnx.Rngs(0)))
+  if getattr(model, "retrieval", None) is not None:
+    if datastore is None:
+      raise ValueError("This model has retrieval slots: pass its datastore windows.")
+    model.retrieval.fill(datastore)
+  graphdef, _, other = nnx.split(model, nnx.Param, ...)
+  return graphdef, other
+
+
 def abstract_state(config, vocab_size: int, tx):
   """Shapes/dtypes of the TrainState without allocating it (the restore target)."""
   return jax.eval_shape(lambda: init_model_and_state(config, vocab_size, tx)[2])
