@@ -7,6 +7,8 @@
   python -m launch.bench --config=configs/base_110m.py:eco --hot_path --seq_lens=4096,16384 --batch=1
                                                                 # is EcoHybrid's conv + memory path memory-bound?
   python -m launch.bench --config=configs/base_110m.py --profile  # kernel time per step by class, and the top kernels
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m launch.bench --config=configs/base_110m.py --scale_out
+                                                                # per-device memory and collectives per mesh shape
 
 MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
 n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
@@ -22,7 +24,7 @@ from dlm_jax import cli
 from ml_collections import config_flags
 
 from dlm_jax import models
-from dlm_jax.benchmarks import hot_path, profile, report, throughput
+from dlm_jax.benchmarks import hot_path, profile, report, scale_out, throughput
 from dlm_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +45,22 @@ flags.DEFINE_bool("profile", False, "Profile mode: jax.profiler traces of the co
 flags.DEFINE_integer("head_memory", 0, "Head-memory mode: XLA's temporary memory of the tied head + loss + gradient "
                      "from full [B, L, V] logits and with this many rows per chunk (diffusion.loss_chunk).")
 flags.DEFINE_string("profile_dir", "runs/profile", "Where --profile writes its traces (open them in Perfetto).")
+flags.DEFINE_bool("scale_out", False, "Scale-out mode: per-device parameter/optimizer bytes on each --mesh_shapes "
+                  "(from the shardings; measured too with --measure), and the collectives of the compiled train step "
+                  "with the bytes each device sends per step (dlm_jax/benchmarks/scale_out.py). On CPU, simulate the "
+                  "devices with XLA_FLAGS=--xla_force_host_platform_device_count=8.")
+flags.DEFINE_list("mesh_shapes", ["8x1x1", "1x8x1", "2x4x1", "2x2x2", "1x4x2", "1x1x8"],
+                  "Scale-out mode: (data, fsdp, tensor) shapes, each DATAxFSDPxTENSOR, their product the device count.")
+flags.DEFINE_bool("measure", False, "Scale-out mode: also initialize the state on each mesh and read its bytes.")
+flags.DEFINE_float("step_ms", 0.0, "Scale-out mode: the measured single-device train step (ms, from the throughput "
+                   "mode on the GPU) for the step-time projection; 0: no projection.")
+flags.DEFINE_float("bus_gb_s", 450.0, "Scale-out mode: the assumed per-GPU bus bandwidth of the projection (GB/s; "
+                   "H100 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
 FLAGS = flags.FLAGS
+SCALE_OUT_HEADER = ("| date | commit | device | command | mesh (data x fsdp x tensor) | params MB/device | optimizer MB/device "
+                    "| measured MB/device (params + optimizer) | collectives per step (count: MB sent per device) | "
+                    "sent MB/device/step | projected step ms (hidden .. not hidden) |\n"
+                    "|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 HOT_PATH_HEADER = ("| date | commit | device | command | mode | B x T x d, M | kernels | ms | TFLOP/s | XLA bytes "
                    "(MB) | GB/s (copy GB/s) | FLOP/byte | memory-bound | fused-kernel gain bound | write kernel |\n"
@@ -71,6 +88,8 @@ def main(argv):
     print(f"{prefix[2:-2]}\n")
     for title, summary in throughput.profile(FLAGS.config, FLAGS.profile_dir).items():
       print(profile.format_summary(title, summary))
+  elif FLAGS.scale_out:
+    write(SCALE_OUT_HEADER, scale_out_rows(prefix, fmt))
   elif FLAGS.hot_path:
     write(HOT_PATH_HEADER, hot_path_rows(prefix, fmt))
   elif FLAGS.seq_lens:
@@ -88,6 +107,30 @@ def main(argv):
                   f"{r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
                   f"{r['sample_tokens_per_s']:,.0f} ({r['sample_batch']}, {r['sample_new_tokens']}, "
                   f"{r['sample_steps']}) | {r['sample_step_over_forward']:.2f} |\n")
+
+
+def scale_out_rows(prefix, fmt) -> str:
+  try:
+    shapes = [tuple(int(x) for x in shape.split("x")) for shape in FLAGS.mesh_shapes]
+  except ValueError:
+    shapes = []
+  if not shapes or any(len(shape) != 3 for shape in shapes):
+    raise app.UsageError(f"--mesh_shapes={','.join(FLAGS.mesh_shapes)}: give DATAxFSDPxTENSOR shapes, e.g. 8x1x1,1x8x1.")
+  memory = scale_out.memory_rows(FLAGS.config, shapes, measure=FLAGS.measure)
+  lines = ""
+  for shape, mem in zip(shapes, memory):
+    comm = scale_out.communication(FLAGS.config, shape)
+    ops = ", ".join(f"{op} {o['count']}: {o['sent_bytes'] / 1e6:,.1f}" for op, o in comm["ops"].items() if o["count"])
+    measured = (f"{mem['measured_params'] / 1e6:,.1f} + {mem['measured_opt_state'] / 1e6:,.1f}"
+                if FLAGS.measure else "n/a")
+    projected = "n/a"
+    if FLAGS.step_ms:
+      low, high = scale_out.projection(FLAGS.step_ms / 1e3, comm["sent_bytes"], FLAGS.bus_gb_s * 1e9)
+      projected = f"{1e3 * low:.1f} .. {1e3 * high:.1f} (projection: t_1 = {FLAGS.step_ms} ms, {FLAGS.bus_gb_s} GB/s)"
+    print(mem, comm["mesh"], ops)
+    lines += (f"{prefix} {comm['mesh']} | {mem['params'] / 1e6:,.1f} | {mem['opt_state'] / 1e6:,.1f} | {measured} | "
+              f"{ops or 'none'} | {comm['sent_bytes'] / 1e6:,.1f} | {projected} |\n")
+  return lines
 
 
 def hot_path_rows(prefix, fmt) -> str:

@@ -20,6 +20,9 @@
 #   bash launch/gpu_suite.sh script_aware # seed 001 §10.5 (configs/trilingual_char_small.py): uniform vs
 #                                       # script-aware masking vs retrieval slots, two seeds; per-language NELBO and
 #                                       # script errors of prompted samples (a call that runs out of time: call again)
+#   bash launch/gpu_suite.sh scale_out  # base_110m on the one GPU with the mesh code (fsdp=1): the step time the
+#                                       # 8-GPU projection starts from, then that projection from the 8-device
+#                                       # collectives (simulated on the host's CPU: one GPU cannot compile for eight)
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -100,7 +103,13 @@ case "${1:-}" in
     bash launch/compare_beyond_masking.sh "$out/beyond_masking" configs/shakespeare_char.py ;;
   script_aware)
     bash launch/compare_script_aware.sh "$out/script_aware" ;;
+  scale_out)
+    python -m launch.bench --record --config=configs/base_110m.py 2>&1 | tee "$out/scale_out.log"
+    step_ms=$(grep -E '^ +train_step_ms:' "$out/scale_out.log" | tail -1 | awk '{print $2}')
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m launch.bench --record --scale_out \
+      --config=configs/base_110m.py --step_ms="$step_ms" 2>&1 | tee -a "$out/scale_out.log"
+    cp BENCHMARKS.md "$out/" ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware" >&2
+    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware|scale_out" >&2
     exit 2 ;;
 esac

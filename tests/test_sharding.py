@@ -272,3 +272,26 @@ def test_sigterm_on_one_host_stops_every_process_at_one_checkpoint_and_they_resu
     assert f"Resumed from {workdir / 'checkpoints'} at step {saved[0]}." in out.replace(str(workdir.resolve()),
                                                                                           str(workdir))
     assert f"Training finished at step {saved[0] + 2}" in out
+
+
+def test_collective_bytes_are_read_off_the_hlo_per_ring_step():
+  from dlm_jax.benchmarks import scale_out
+  hlo = "\n".join([
+      "  %all-gather.1 = f32[64,32]{1,0} all-gather(f32[8,32]{1,0} %p), channel_id=1, "
+      "replica_groups=mesh['axis_0'=1,'axis_1'=8,'axis_2'=1] {'axis_1'}, dimensions={0}",
+      "  %all-reduce.2 = (f32[32,32]{1,0}, bf16[16]{0}) all-reduce(%a, %b), channel_id=2, "
+      "replica_groups=mesh['axis_0'=2,'axis_1'=2,'axis_2'=2] {'axis_0','axis_1'}, to_apply=%add",
+      "  %reduce-scatter.3 = f32[4,32]{1,0} reduce-scatter(f32[16,32]{1,0} %g), replica_groups=[2,4]<=[8], "
+      "dimensions={0}",
+      "  %ags = (f32[8,32]{1,0}, f32[64,32]{1,0}) all-gather-start(f32[8,32]{1,0} %q), replica_groups={{0,1,2,3,4,5,6,7}}",
+      "  %agd = f32[64,32]{1,0} all-gather-done(%ags)",
+      "  %x = f32[64,32]{1,0} add(%all-gather.1, %agd)",
+  ])
+  ops = scale_out.collectives(hlo, 8)
+  # all-gathers of 64x32 f32 over 8: each device sends 7/8 of 8 KiB, twice (the async pair counted once)
+  assert ops["all-gather"] == {"count": 2, "result_bytes": 2 * 8192, "sent_bytes": 2 * 8192 * 7 / 8}
+  # all-reduce over data x fsdp = 4 devices: 2 (n - 1)/n of (4096 + 32) bytes
+  assert ops["all-reduce"] == {"count": 1, "result_bytes": 4128, "sent_bytes": 4128 * 2 * 3 / 4}
+  # reduce-scatter in groups of 4: a 512-byte result of a 2 KiB input, of which 3/4 leave each device
+  assert ops["reduce-scatter"] == {"count": 1, "result_bytes": 512, "sent_bytes": 512 * 3}
+  assert scale_out.projection(0.1, 4.5e9, 450e9) == pytest.approx((0.1, 0.11))
