@@ -20,7 +20,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
     "notebooks": ["jupyterlab>=4", "matplotlib>=3.8"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.12"],
 }
