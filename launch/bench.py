@@ -57,8 +57,8 @@ flags.DEFINE_float("step_ms", 0.0, "Scale-out mode: the measured single-device t
 flags.DEFINE_float("bus_gb_s", 450.0, "Scale-out mode: the assumed per-GPU bus bandwidth of the projection (GB/s; "
                    "H100 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
 FLAGS = flags.FLAGS
-SCALE_OUT_HEADER = ("| date | commit | device | command | mesh (data x fsdp x tensor) | params MB/device | optimizer MB/device "
-                    "| measured MB/device (params + optimizer) | collectives per step (count: MB sent per device) | "
+SCALE_OUT_HEADER = ("| date | commit | device | command | mesh (data x fsdp x tensor) | params MB/device | "
+                    "optimizer MB/device | measured MB/device (params + optimizer) | collectives per step (count: MB sent per device) | "
                     "sent MB/device/step | projected step ms (hidden .. not hidden) |\n"
                     "|---|---|---|---|---|---|---|---|---|---|---|\n")
 
@@ -115,7 +115,8 @@ def scale_out_rows(prefix, fmt) -> str:
   except ValueError:
     shapes = []
   if not shapes or any(len(shape) != 3 for shape in shapes):
-    raise app.UsageError(f"--mesh_shapes={','.join(FLAGS.mesh_shapes)}: give DATAxFSDPxTENSOR shapes, e.g. 8x1x1,1x8x1.")
+    raise app.UsageError(f"--mesh_shapes={','.join(FLAGS.mesh_shapes)}: give DATAxFSDPxTENSOR shapes, e.g. "
+                         "8x1x1,1x8x1.")
   memory = scale_out.memory_rows(FLAGS.config, shapes, measure=FLAGS.measure)
   lines = ""
   for shape, mem in zip(shapes, memory):

@@ -17,12 +17,14 @@ import numpy as np
 MESHES = {"8x1x1": (8, 1, 1), "1x8x1": (1, 8, 1), "2x2x2": (2, 2, 2), "1x4x2": (1, 4, 2)}
 
 
-def config_for(mesh, model="transformer", num_steps=6, sharded_init=False):
+def config_for(mesh, model="transformer", num_steps=6, sharded_init=False, evaluate=False):
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
   from conftest import tiny_config  # noqa: E402
   overrides = {"train.num_steps": num_steps, "train.checkpoint_every": 3, "eval.every": 0, "sample.num_samples": 0,
                "tensorboard": False, "model.dtype": "float32", "mesh.data": mesh[0], "mesh.fsdp": mesh[1],
                "mesh.tensor": mesh[2], "mesh.sharded_init": sharded_init}
+  if evaluate:  # evaluate and sample 8 rows (split over the devices) at the last step
+    overrides.update({"eval.every": num_steps, "sample.num_samples": 8, "train.sample_every": num_steps})
   c = tiny_config(**overrides)
   if model != "transformer":
     import configs.default as default
@@ -42,13 +44,15 @@ def flat_params(params) -> dict:
           for path, v in leaves}
 
 
-def train(mesh, workdir, model="transformer", num_steps=6, stop_at=None):
+def train(mesh, workdir, model="transformer", num_steps=6, stop_at=None, evaluate=False):
+  """The per-step training losses (with `evaluate`, plus the final evaluation NELBO)."""
   import time
   from dlm_jax.training import loop
   start = time.perf_counter()
-  summary = loop.train(config_for(mesh, model, num_steps), workdir, stop_at_step=stop_at)
+  summary = loop.train(config_for(mesh, model, num_steps, evaluate=evaluate), workdir, stop_at_step=stop_at)
   print(f"TIMING {mesh} {model} {time.perf_counter() - start:.1f} s", flush=True)
-  return [h["loss"] for h in summary["history"]]
+  losses = [h["loss"] for h in summary["history"]]
+  return losses + [summary["eval_nll_per_token"]] if evaluate else losses
 
 
 def saved_params(workdir, mesh=None, step=3):
@@ -139,7 +143,8 @@ def models(out: pathlib.Path):
 
 def process(out: pathlib.Path, address: str, num_processes: int, process_id: int):
   """Process `process_id` of a localhost multi-process run (4 CPU devices each): trains 2 steps on the data-parallel
-  mesh over all processes' devices; records its losses and the rows it fed of the first batch."""
+  mesh over all processes' devices, then evaluates and samples 8 rows; records its losses, the evaluation NELBO and
+  the rows it fed of the first batch."""
   import jax
   jax.config.update("jax_num_cpu_devices", 4)
   from dlm_jax.training import sharding
@@ -147,7 +152,7 @@ def process(out: pathlib.Path, address: str, num_processes: int, process_id: int
   from dlm_jax.data import pipeline
   c = config_for((-1, 1, 1), num_steps=2)
   ctx = sharding.MeshContext.from_config(c)
-  losses = train((-1, 1, 1), out / "work_mp", num_steps=2)
+  losses = train((-1, 1, 1), out / "work_mp", num_steps=2, evaluate=True)
   streams = pipeline.load_token_streams(c.data, out / f"cache_{process_id}")
   shard = ctx.data_shard(int(c.train.batch_size), ctx.train_batch, axis=1)
   rows = next(pipeline.train_iterator(streams.train, int(c.data.seq_len), int(c.train.batch_size), int(c.data.seed),

@@ -194,7 +194,8 @@ def free_port() -> int:
 
 def test_two_processes_on_localhost_train_like_one_and_read_disjoint_shards(tmp_path):
   """jax.distributed over loopback: 2 processes x 4 CPU devices, data parallel over all 8. Each process reads only
-  its half of every batch, and the first losses are those of one process holding all 8 devices."""
+  its half of every batch; the training losses and the evaluation NELBO (windows split over the processes) are those
+  of one process holding all 8 devices, and sampling 8 rows split over both processes works."""
   address = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
@@ -220,12 +221,16 @@ def test_two_processes_on_localhost_train_like_one_and_read_disjoint_shards(tmp_
   single = subprocess.run([sys.executable, "-c", (
       "import sys, json, pathlib; sys.path.insert(0, 'tests'); import jax; "
       "jax.config.update('jax_default_matmul_precision', 'highest'); import sharding_runs as r; "
-      f"print('LOSSES', json.dumps(r.train((-1, 1, 1), pathlib.Path({str(out)!r}), num_steps=2)))")],
+      f"losses = r.train((-1, 1, 1), pathlib.Path({str(out)!r}), num_steps=2, evaluate=True); "
+      "print('LOSSES', json.dumps(losses))")],
       cwd=REPO, env=env1, capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-4000:]
   expected = json.loads(single.stdout.split("LOSSES", 1)[1])
+  assert len(expected) == 3  # two training losses and the evaluation NELBO
   for r in results:
     chex.assert_trees_all_close(r["losses"], expected, rtol=1e-5)
+  samples = (tmp_path / "work_mp" / "samples.txt").read_text()  # written by the primary process only
+  assert samples.count("=== step 2 samples ===") == 1 and samples.count("\n---\n") == 7
 
 
 @pytest.mark.slow
@@ -283,7 +288,8 @@ def test_collective_bytes_are_read_off_the_hlo_per_ring_step():
       "replica_groups=mesh['axis_0'=2,'axis_1'=2,'axis_2'=2] {'axis_0','axis_1'}, to_apply=%add",
       "  %reduce-scatter.3 = f32[4,32]{1,0} reduce-scatter(f32[16,32]{1,0} %g), replica_groups=[2,4]<=[8], "
       "dimensions={0}",
-      "  %ags = (f32[8,32]{1,0}, f32[64,32]{1,0}) all-gather-start(f32[8,32]{1,0} %q), replica_groups={{0,1,2,3,4,5,6,7}}",
+      "  %ags = (f32[8,32]{1,0}, f32[64,32]{1,0}) all-gather-start(f32[8,32]{1,0} %q), "
+      "replica_groups={{0,1,2,3,4,5,6,7}}",
       "  %agd = f32[64,32]{1,0} all-gather-done(%ags)",
       "  %x = f32[64,32]{1,0} add(%all-gather.1, %agd)",
   ])

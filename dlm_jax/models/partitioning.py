@@ -88,7 +88,7 @@ def constrain(x, logical_axes):
   """x constrained to the mesh axes of `logical_axes` under the active mesh and rules; x itself outside them."""
   rules = active_rules()
   mesh = jax.sharding.get_abstract_mesh()
-  if not rules or mesh.empty:
+  if not rules or mesh.empty or math.prod(mesh.shape.values()) == 1:
     return x
   return jax.lax.with_sharding_constraint(x, fit_spec(x.shape, mesh_axes(logical_axes, rules), dict(mesh.shape)))
 

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from dlm_jax import special_tokens
 from dlm_jax.sampling import sampler as sampler_lib
@@ -60,6 +61,9 @@ def make_text_sampler(graphdef, other, tokenizer, cfg: sampler_lib.SamplerConfig
 
   def sample_texts(params, rng, tokens_BxL, fixed_BxL) -> TextSamples:
     output = run(params, rng, tokens_BxL, fixed_BxL)
-    return TextSamples([tokenizer.decode(row) for row in np.asarray(output.tokens_BxL)], output)
+    tokens = output.tokens_BxL
+    if not tokens.is_fully_addressable:  # rows split over several processes' devices: every process gets them all
+      tokens = multihost_utils.process_allgather(tokens, tiled=True)
+    return TextSamples([tokenizer.decode(row) for row in np.asarray(tokens)], output)
 
   return sample_texts

@@ -124,7 +124,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
         f"{jax.device_count()} {jax.default_backend()} device(s) ({mesh.describe()}"
-        f"{f', {jax.process_count()} processes' if jax.process_count() > 1 else ''}); train {len(train_tokens):,} tokens"
+        f"{f', {jax.process_count()} processes' if jax.process_count() > 1 else ''}); "
+        f"train {len(train_tokens):,} tokens"
         f"{'' if datastore is None else f' (+ {datastore.size:,} in the retrieval datastore)'}, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
 

@@ -181,8 +181,8 @@ class MeshContext:
     start, stop = spans[0][0], spans[-1][1]
     if sum(b - a for a, b in spans) != stop - start or rows % (stop - start) or start % (stop - start):
       raise ConfigError(f"This process's devices hold rows {spans} of a {rows}-row batch on the mesh "
-                        f"({self.describe()}): not one aligned block. Order the mesh so that each process's devices are "
-                        "neighbours along the batch axes (jax.make_mesh does on GPU/TPU/CPU clusters).")
+                        f"({self.describe()}): not one aligned block. Order the mesh so that each process's devices "
+                        "are neighbours along the batch axes (jax.make_mesh does on GPU/TPU/CPU clusters).")
     return grain.sharding.ShardOptions(shard_index=start // (stop - start), shard_count=rows // (stop - start))
 
   def leaf_sharding(self, leaf) -> NamedSharding:
