@@ -48,7 +48,12 @@ def tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, mask_id: int, chunk: int)
   output, then the mask id is removed (SUBS) and -log softmax[target] = logsumexp(logits) - logits[target] is taken in
   float32. The chunks run as a lax.map whose body is rematerialized (jax.checkpoint), so neither the forward nor the
   backward pass holds more than one chunk's [chunk, V] logits; the gradient reaches the hidden states and the head
-  (the tied embedding) as through the full computation. Rows are padded to a multiple of `chunk`."""
+  (the tied embedding) as through the full computation. Rows are padded to a multiple of `chunk`.
+
+  Chunk c holds the strided rows c, c + n, c + 2n, ... (n chunks), not a contiguous block: with the batch split over
+  devices each chunk then spans every device's rows, so the loop runs over an unsplit axis and no device gathers
+  another's hidden states (contiguous chunks put the loop axis on the split one: base_110m's data-parallel step
+  all-gathered 200 MB of hidden states and their gradient per step, BENCHMARKS.md "Scale-out")."""
   batch, length, width = hidden_BxLxD.shape
   rows = batch * length
   num_chunks = -(-rows // chunk)
@@ -64,8 +69,9 @@ def tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, mask_id: int, chunk: int)
     target_K = jnp.take_along_axis(logits_KxV, t_K[:, None], axis=-1)[:, 0]
     return jax.nn.logsumexp(logits_KxV, axis=-1) - target_K
 
-  nll_N = jax.lax.map(chunk_nll, (hidden_NxD.reshape(num_chunks, chunk, width), targets_N.reshape(num_chunks, chunk)))
-  return nll_N.reshape(-1)[:rows].reshape(batch, length)
+  strided = lambda x: jnp.swapaxes(x.reshape(chunk, num_chunks, *x.shape[1:]), 0, 1)  # [n, chunk, ...]
+  nll_nxK = jax.lax.map(chunk_nll, (strided(hidden_NxD), strided(targets_N)))
+  return jnp.swapaxes(nll_nxK, 0, 1).reshape(-1)[:rows].reshape(batch, length)
 
 
 def nelbo_per_sequence(nll_BxL, masked_BxL, t_B, schedule, weight_BxL=None):
