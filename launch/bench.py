@@ -15,6 +15,7 @@ n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench
 forward pass of the same batch.
 """
 import datetime
+import math
 import pathlib
 import sys
 
@@ -52,14 +53,14 @@ flags.DEFINE_bool("scale_out", False, "Scale-out mode: per-device parameter/opti
 flags.DEFINE_list("mesh_shapes", ["8x1x1", "1x8x1", "2x4x1", "2x2x2", "1x4x2", "1x1x8"],
                   "Scale-out mode: (data, fsdp, tensor) shapes, each DATAxFSDPxTENSOR, their product the device count.")
 flags.DEFINE_bool("measure", False, "Scale-out mode: also initialize the state on each mesh and read its bytes.")
-flags.DEFINE_float("step_ms", 0.0, "Scale-out mode: the measured single-device train step (ms, from the throughput "
-                   "mode on the GPU) for the step-time projection; 0: no projection.")
+flags.DEFINE_float("step_ms", 0.0, "Scale-out mode: the measured single-device train step at the config's batch (ms, "
+                   "from the throughput mode on the GPU) for the step-time projection; 0: no projection.")
 flags.DEFINE_float("bus_gb_s", 450.0, "Scale-out mode: the assumed per-GPU bus bandwidth of the projection (GB/s; "
                    "H100 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
 FLAGS = flags.FLAGS
 SCALE_OUT_HEADER = ("| date | commit | device | command | mesh (data x fsdp x tensor) | params MB/device | "
-                    "optimizer MB/device | measured MB/device (params + optimizer) | collectives per step (count: MB sent per device) | "
-                    "sent MB/device/step | projected step ms (hidden .. not hidden) |\n"
+                    "optimizer MB/device | measured MB/device (params + optimizer) | collectives per step (count: MB "
+                    "sent per device) | sent MB/device/step | projected step ms (hidden .. not hidden) |\n"
                     "|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 HOT_PATH_HEADER = ("| date | commit | device | command | mode | B x T x d, M | kernels | ms | TFLOP/s | XLA bytes "
@@ -126,7 +127,8 @@ def scale_out_rows(prefix, fmt) -> str:
                 if FLAGS.measure else "n/a")
     projected = "n/a"
     if FLAGS.step_ms:
-      low, high = scale_out.projection(FLAGS.step_ms / 1e3, comm["sent_bytes"], FLAGS.bus_gb_s * 1e9)
+      low, high = scale_out.projection(FLAGS.step_ms / 1e3, comm["sent_bytes"], FLAGS.bus_gb_s * 1e9,
+                                       math.prod(shape))
       projected = f"{1e3 * low:.1f} .. {1e3 * high:.1f} (projection: t_1 = {FLAGS.step_ms} ms, {FLAGS.bus_gb_s} GB/s)"
     print(mem, comm["mesh"], ops)
     lines += (f"{prefix} {comm['mesh']} | {mem['params'] / 1e6:,.1f} | {mem['opt_state'] / 1e6:,.1f} | {measured} | "

@@ -300,4 +300,5 @@ def test_collective_bytes_are_read_off_the_hlo_per_ring_step():
   assert ops["all-reduce"] == {"count": 1, "result_bytes": 4128, "sent_bytes": 4128 * 2 * 3 / 4}
   # reduce-scatter in groups of 4: a 512-byte result of a 2 KiB input, of which 3/4 leave each device
   assert ops["reduce-scatter"] == {"count": 1, "result_bytes": 512, "sent_bytes": 512 * 3}
-  assert scale_out.projection(0.1, 4.5e9, 450e9) == pytest.approx((0.1, 0.11))
+  assert scale_out.projection(0.8, 4.5e9, 450e9, 8) == pytest.approx((0.1, 0.11))  # t_1 / 8 and 4.5 GB at 450 GB/s
+  assert scale_out.projection(0.08, 4.5e9, 450e9, 8) == pytest.approx((0.01, 0.02))  # communication-bound

@@ -9,9 +9,10 @@ train step (python -m launch.bench --scale_out).
   sends on a ring of n devices (n = its replica group): all-gather and reduce-scatter (n - 1)/n of the full tensor,
   all-reduce 2 (n - 1)/n, all-to-all (n - 1)/n of its operand, collective-permute all of it. The CPU compiler's HLO is
   the partitioner's plan; a GPU compile may combine or overlap the same collectives differently.
-* Projection: with the single-device step time t_1 (measured on the GPU, `launch.bench`) and a bus bandwidth W, an
-  n-device step takes between max(t_1', c) (communication hidden behind compute) and t_1' + c (none hidden), where
-  c = sent bytes / W and t_1' = t_1 for data parallelism at a fixed per-device batch. A projection, not a measurement.
+* Projection: with the single-device step time t_1 at the same global batch (measured on the GPU, `launch.bench`) and
+  a bus bandwidth W, an n-device step takes between max(t_1 / n, c) (the FLOPs split evenly and the communication
+  hidden behind them) and t_1 / n + c (none hidden), c = sent bytes / W. A projection, not a measurement: it ignores
+  the lower efficiency of smaller per-device matmuls and any load imbalance.
 """
 from __future__ import annotations
 
@@ -134,7 +135,9 @@ def communication(config, mesh_shape, batch: int | None = None) -> dict:
           "ops": ops, "sent_bytes": sum(o["sent_bytes"] for o in ops.values())}
 
 
-def projection(step_s_one_device: float, sent_bytes: float, bus_bytes_per_s: float) -> tuple[float, float]:
-  """(all communication hidden, none hidden) step-time bounds in seconds for the n-device step (module docstring)."""
-  comm_s = sent_bytes / bus_bytes_per_s
-  return max(step_s_one_device, comm_s), step_s_one_device + comm_s
+def projection(step_s_one_device: float, sent_bytes: float, bus_bytes_per_s: float,
+               num_devices: int) -> tuple[float, float]:
+  """(all communication hidden, none hidden) step-time bounds in seconds of the n-device step at the same global
+  batch (module docstring)."""
+  compute_s, comm_s = step_s_one_device / num_devices, sent_bytes / bus_bytes_per_s
+  return max(compute_s, comm_s), compute_s + comm_s
