@@ -236,7 +236,8 @@ def test_two_processes_on_localhost_train_like_one_and_read_disjoint_shards(tmp_
 @pytest.mark.slow
 def test_sigterm_on_one_host_stops_every_process_at_one_checkpoint_and_they_resume(tmp_path):
   """`python -m launch.train` as 2 processes (coordinator flags, 4 CPU devices each): SIGTERM to process 1 alone, and
-  both checkpoint at the same step through JAX's preemption service and exit 0; started again, they resume there."""
+  both checkpoint at the same step through JAX's preemption service and exit 0; started again, they resume there;
+  their checkpoint then resumes in one process holding all 8 devices."""
   import signal
   import time
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
@@ -277,6 +278,12 @@ def test_sigterm_on_one_host_stops_every_process_at_one_checkpoint_and_they_resu
     assert f"Resumed from {workdir / 'checkpoints'} at step {saved[0]}." in out.replace(str(workdir.resolve()),
                                                                                           str(workdir))
     assert f"Training finished at step {saved[0] + 2}" in out
+  one = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={workdir}",
+                        f"--config.train.num_steps={saved[0] + 4}", *small], cwd=REPO,
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_NUM_CPU_DEVICES="8"),
+                       capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert f"at step {saved[0] + 2}." in one.stdout and f"Training finished at step {saved[0] + 4}" in one.stdout
 
 
 def test_collective_bytes_are_read_off_the_hlo_per_ring_step():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 import pathlib
 import socket
@@ -160,20 +161,31 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
-  """Restores the state into `abstract_state` (a pytree of ShapeDtypeStruct, each with a sharding so that a GPU
-  checkpoint restores on CPU) and, if given, the iterator in place. Returns the state.
+  """Restores the state into `abstract_state` (a pytree of ShapeDtypeStruct, each with a sharding: the mesh to restore
+  onto, whatever the mesh or device that wrote it) and, if given, the iterator in place. Returns the state.
 
   A checkpoint written before per-layer parameter trees (its layers' arrays stacked on a leading axis) is restored in
   that layout and split into the per-layer one (`models.layers.per_layer_layout`). A checkpoint whose stored arrays
   have other shapes than `abstract_state` in either layout raises CheckpointError (the config or the code differs from
   the run's); any other failure (a damaged file) propagates as it is."""
   step = mngr.latest_step() if step is None else step
+  # The iterator's state (the global batch index) is the same in every process (pipeline.train_iterator), so a run
+  # resumed with another number of processes than wrote the checkpoint reads it from any process's file.
+  iterator_file = None
+  if data_iterator is not None:
+    data_dir = pathlib.Path(mngr.directory) / str(step) / "data"
+    own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    others = sorted(data_dir.glob("process_*-of-*.json"))
+    iterator_file = None if own.exists() or not others else others[0]
 
   def restore_as(target):
     args = {"state": ocp.args.StandardRestore(target)}
-    if data_iterator is not None:
+    if data_iterator is not None and iterator_file is None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return mngr.restore(step, args=ocp.args.Composite(**args))["state"]
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))["state"]
+    if iterator_file is not None:
+      data_iterator.set_state(json.loads(iterator_file.read_text()))
+    return restored
 
   shapes = lambda tree: sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
   try:
