@@ -1,0 +1,144 @@
+"""Continuous (Gaussian) diffusion of token embeddings: the math of Diffusion-LM / CDCD-style text diffusion, as the
+variational diffusion model of Kingma et al. 2021 (VDM) in continuous time.
+
+Each token x_i is encoded as an embedding e_i = e(x_i) in R^D (a row of a normalized table, `normalized_table`) and
+diffused with the variance-preserving process
+
+    z_t = alpha_t e + sigma_t eps,   eps ~ N(0, I),   alpha_t^2 = sigmoid(lambda(t)),   sigma_t^2 = sigmoid(-lambda(t)),
+
+where lambda(t) = log(alpha_t^2 / sigma_t^2) is the log signal-to-noise ratio, decreasing from lambda_max at t = 0 to
+lambda_min at t = 1 (`LogSNRSchedule`). The negative ELBO of x (VDM eq. 11 with T -> infinity, eq. 17) is
+
+    -log p(x) <= L_prior + L_diffusion + L_reconstruction,
+    L_prior          = KL(q(z_1 | e) || N(0, I)) = 1/2 sum_d (sigma_1^2 + alpha_1^2 e_d^2 - 1 - log sigma_1^2),
+    L_diffusion      = -1/2 E_{t ~ U(0, 1), eps} [ lambda'(t) ||e - e_hat(z_t, t)||^2 ],
+    L_reconstruction = -E_{z_0 ~ q(z_0 | e)} [ log p(x | z_0) ],
+
+summed over positions. e_hat is the denoiser's estimate of the clean embedding; with CDCD's parameterization
+(Dieleman et al. 2022) it is the expectation of the embedding under the denoiser's token distribution,
+e_hat = softmax(logits) @ E, so the network outputs token logits as every other denoiser here does. The decoder
+p(x | z_0) reads the nearest embedding out of z_0 / alpha_0 with a Gaussian likelihood of variance sigma_0^2 / alpha_0^2
+(`reconstruction_nll`), a softmax over the vocabulary.
+
+Why this bound and not the seed's loss. The seed (004 §3) sums an unweighted MSE, a "terminal" loss and a decoder
+cross-entropy; an unweighted MSE is not a likelihood bound (it weights all noise levels alike), so its numbers could not
+sit in the same table as the masked and uniform NELBOs. The VDM weighting -lambda'(t)/2 makes the MSE term exact in
+nats, the prior KL is the seed's terminal loss done right, and the reconstruction term is its decoder loss evaluated at
+z_0. The bound holds for any embedding table (the table is the encoder), so learning it is allowed; what prevents the
+collapse the seed warns of (all embeddings shrinking to make the MSE small) is the normalization: every row of E has
+norm sqrt(D) (`normalized_table`), so the signal-to-noise ratio means what the schedule says. The anchor loss of the
+seed (Difformer's ||e(x) - e(round(e(x)))||^2) is replaced by the rounding cross-entropy of the denoiser's logits
+(`rounding_cross_entropy`), CDCD's training loss, which is minimal exactly when the readout returns the true tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dlm_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSNRSchedule:
+  """lambda(t) = lambda_max + (lambda_min - lambda_max) t: VDM's fixed linear log-SNR schedule (its defaults:
+  lambda_max = 13.3, lambda_min = -5.0 in units where the data have unit scale)."""
+  log_snr_max: float = 13.3
+  log_snr_min: float = -5.0
+
+  def __post_init__(self):
+    if not self.log_snr_max > self.log_snr_min:
+      raise ConfigError(f"The log-SNR must decrease: diffusion.log_snr_max={self.log_snr_max} must exceed "
+                        f"diffusion.log_snr_min={self.log_snr_min}.")
+
+  def log_snr(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return self.log_snr_max + (self.log_snr_min - self.log_snr_max) * t
+
+  def dlog_snr(self, t):
+    """lambda'(t) (< 0)."""
+    return jnp.full(jnp.shape(t), self.log_snr_min - self.log_snr_max, jnp.float32)
+
+  def alpha_sigma(self, t):
+    """(alpha_t, sigma_t) of the variance-preserving process: alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda)."""
+    lam = self.log_snr(t)
+    return jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+
+
+def normalized_table(table_VxD):
+  """Each row scaled to norm sqrt(D): every embedding has unit variance per dimension on average, so that the schedule's
+  signal-to-noise ratio is the actual one and the table cannot shrink to game the MSE."""
+  table_VxD = table_VxD.astype(jnp.float32)
+  norm_V = jnp.linalg.norm(table_VxD, axis=-1, keepdims=True)
+  return table_VxD * (jnp.sqrt(jnp.float32(table_VxD.shape[-1])) / jnp.maximum(norm_V, 1e-6))
+
+
+def forward_sample(rng, e_BxLxD, t_B, schedule: LogSNRSchedule):
+  """z_t = alpha_t e + sigma_t eps: (z_t, eps)."""
+  eps_BxLxD = jax.random.normal(rng, e_BxLxD.shape, jnp.float32)
+  alpha_B, sigma_B = schedule.alpha_sigma(t_B)
+  return alpha_B[:, None, None] * e_BxLxD + sigma_B[:, None, None] * eps_BxLxD, eps_BxLxD
+
+
+def expected_embedding(logits_BxLxV, table_VxD):
+  """CDCD's x_0 estimate: E_{x ~ softmax(logits)}[e(x)] = softmax(logits) @ E, [B, L, D], in float32."""
+  return jax.nn.softmax(logits_BxLxV.astype(jnp.float32), axis=-1) @ table_VxD.astype(jnp.float32)
+
+
+def diffusion_loss(e_BxLxD, e_hat_BxLxD, t_B, schedule: LogSNRSchedule):
+  """-1/2 lambda'(t) ||e - e_hat||^2 per position [B, L] (nats): the one-sample estimate of L_diffusion at time t."""
+  squared_BxL = jnp.sum(jnp.square(e_BxLxD - e_hat_BxLxD), axis=-1)
+  return -0.5 * schedule.dlog_snr(t_B)[:, None] * squared_BxL
+
+
+def prior_kl(e_BxLxD, schedule: LogSNRSchedule):
+  """KL(q(z_1 | e) || N(0, I)) per position [B, L] (nats), in closed form."""
+  alpha_1, sigma_1 = schedule.alpha_sigma(jnp.ones(()))
+  var_1 = jnp.square(sigma_1)
+  return 0.5 * jnp.sum(var_1 + jnp.square(alpha_1 * e_BxLxD) - 1.0 - jnp.log(var_1), axis=-1)
+
+
+def readout_logits(z_BxLxD, table_VxD, t_B, schedule: LogSNRSchedule):
+  """Logits of the Gaussian decoder p(x | z_t) = N(z_t / alpha_t; e(x), sigma_t^2 / alpha_t^2 I) over the vocabulary,
+  normalized over x (a uniform prior over tokens): -||z/alpha - e_v||^2 alpha^2 / (2 sigma^2), up to a constant."""
+  alpha_B, sigma_B = schedule.alpha_sigma(t_B)
+  scaled_BxLxD = z_BxLxD.astype(jnp.float32) / alpha_B[:, None, None]
+  table_VxD = table_VxD.astype(jnp.float32)
+  distance_BxLxV = (jnp.sum(jnp.square(scaled_BxLxD), -1, keepdims=True) - 2.0 * scaled_BxLxD @ table_VxD.T
+                    + jnp.sum(jnp.square(table_VxD), -1)[None, None, :])
+  return -0.5 * distance_BxLxV * jnp.square(alpha_B / sigma_B)[:, None, None]
+
+
+def reconstruction_nll(rng, e_BxLxD, x0_BxL, table_VxD, schedule: LogSNRSchedule):
+  """-log p(x | z_0) per position [B, L] (nats) for one z_0 ~ q(z_0 | e): the rounding step's likelihood."""
+  t0_B = jnp.zeros((e_BxLxD.shape[0],), jnp.float32)
+  z0_BxLxD, _ = forward_sample(rng, e_BxLxD, t0_B, schedule)
+  logits_BxLxV = readout_logits(z0_BxLxD, table_VxD, t0_B, schedule)
+  return rounding_cross_entropy(logits_BxLxV, x0_BxL)
+
+
+def rounding_cross_entropy(logits_BxLxV, x0_BxL):
+  """-log softmax(logits)[x_0] per position [B, L]: the anchor/rounding loss on the denoiser's token logits (CDCD's
+  training loss), minimal when the readout puts its mass on the true tokens."""
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  target_BxL = jnp.take_along_axis(logits_BxLxV, x0_BxL[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits_BxLxV, axis=-1) - target_BxL
+
+
+def ddim_step(z_BxLxD, e_hat_BxLxD, t_B, s_B, schedule: LogSNRSchedule, rng=None, eta: float = 0.0):
+  """One reverse step from time t to s < t given the clean estimate e_hat (Song et al. 2021, DDIM, with eta = 0; with
+  eta = 1 and `rng` the ancestral DDPM step, sampling q(z_s | z_t, e_hat)):
+      eps_hat = (z_t - alpha_t e_hat) / sigma_t,
+      z_s = alpha_s e_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise,   c = eta sigma_{t->s},
+  where sigma_{t->s}^2 = sigma_s^2 (1 - SNR(t)/SNR(s)) is the variance of q(z_s | z_t, x)."""
+  alpha_t, sigma_t = schedule.alpha_sigma(t_B)
+  alpha_s, sigma_s = schedule.alpha_sigma(s_B)
+  eps_hat = (z_BxLxD - alpha_t[:, None, None] * e_hat_BxLxD) / sigma_t[:, None, None]
+  snr_ratio = jnp.exp(schedule.log_snr(t_B) - schedule.log_snr(s_B))
+  c_B = eta * sigma_s * jnp.sqrt(jnp.clip(1.0 - snr_ratio, 0.0, 1.0))
+  z_s = (alpha_s[:, None, None] * e_hat_BxLxD
+         + jnp.sqrt(jnp.maximum(jnp.square(sigma_s) - jnp.square(c_B), 0.0))[:, None, None] * eps_hat)
+  if eta > 0.0 and rng is not None:
+    z_s = z_s + c_B[:, None, None] * jax.random.normal(rng, z_BxLxD.shape, jnp.float32)
+  return z_s

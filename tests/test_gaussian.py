@@ -1,0 +1,101 @@
+"""Continuous embedding diffusion (dlm_jax/diffusion/gaussian.py): schedule, forward marginal, the VDM bound's terms,
+the Gaussian readout and the DDIM step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm_jax.diffusion import gaussian
+from dlm_jax.errors import ConfigError
+
+SCHEDULE = gaussian.LogSNRSchedule(log_snr_max=9.0, log_snr_min=-7.0)
+
+
+def table(vocab=12, width=16, seed=0):
+  return gaussian.normalized_table(jax.random.normal(jax.random.key(seed), (vocab, width)))
+
+
+def test_schedule_is_variance_preserving_with_the_scheduled_log_snr():
+  t = jnp.linspace(0.0, 1.0, 11)
+  alpha, sigma = SCHEDULE.alpha_sigma(t)
+  np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(jnp.log(alpha**2 / sigma**2), 9.0 - 16.0 * t, atol=1e-4)
+  np.testing.assert_allclose(SCHEDULE.dlog_snr(t), -16.0)
+  with pytest.raises(ConfigError, match="must exceed"):
+    gaussian.LogSNRSchedule(log_snr_max=-1.0, log_snr_min=2.0)
+
+
+def test_normalized_rows_have_norm_sqrt_width():
+  np.testing.assert_allclose(jnp.linalg.norm(table(), axis=-1), 4.0, rtol=1e-6)
+
+
+def test_forward_marginal_has_the_scheduled_mean_and_variance():
+  e = jnp.broadcast_to(table()[3], (4096, 1, 16))
+  t = jnp.full((4096,), 0.6)
+  z, eps = gaussian.forward_sample(jax.random.key(1), e, t, SCHEDULE)
+  alpha, sigma = SCHEDULE.alpha_sigma(0.6)
+  np.testing.assert_allclose(z, alpha * e + sigma * eps, rtol=1e-6, atol=1e-6)
+  # 4096 draws per dimension: the sample mean within 4 standard errors, the variance within 10%
+  np.testing.assert_allclose(z.mean(0)[0], alpha * table()[3], atol=4 * float(sigma) / 64)
+  np.testing.assert_allclose(z.var(0)[0], float(sigma) ** 2, rtol=0.1)
+
+
+def test_diffusion_loss_of_the_zero_estimate_integrates_to_the_log_snr_range():
+  """E_t[-lambda'(t)/2 ||e - 0||^2] = (lambda_max - lambda_min)/2 ||e||^2 for any t (lambda' is constant), and a
+  perfect estimate costs nothing."""
+  e = table()[None, :5]
+  t = jnp.array([0.1])
+  np.testing.assert_allclose(gaussian.diffusion_loss(e, jnp.zeros_like(e), t, SCHEDULE), 0.5 * 16.0 * 16.0, rtol=1e-6)
+  np.testing.assert_allclose(gaussian.diffusion_loss(e, e, t, SCHEDULE), 0.0)
+
+
+def test_prior_kl_is_the_gaussian_kl_and_vanishes_without_signal():
+  e = table()[None, :3]
+  alpha_1, sigma_1 = SCHEDULE.alpha_sigma(1.0)
+  mean, var = alpha_1 * e, sigma_1**2
+  expected = jnp.sum(0.5 * (var + mean**2) - 0.5 - 0.5 * jnp.log(var), axis=-1)
+  np.testing.assert_allclose(gaussian.prior_kl(e, SCHEDULE), expected, rtol=1e-5)
+  assert float(gaussian.prior_kl(e, gaussian.LogSNRSchedule(9.0, -30.0)).max()) < 1e-6
+
+
+def test_readout_is_the_bayes_posterior_and_maps_clean_embeddings_to_their_tokens():
+  E = table()
+  tokens = jnp.array([[0, 5, 11, 3]])
+  t0 = jnp.zeros((1,))
+  alpha_0, sigma_0 = SCHEDULE.alpha_sigma(0.0)
+  z0 = alpha_0 * E[tokens]
+  logits = gaussian.readout_logits(z0, E, t0, SCHEDULE)
+  np.testing.assert_array_equal(jnp.argmax(logits, -1), tokens)
+  # the posterior of a uniform prior over tokens: softmax of the Gaussian log densities
+  z = z0 + 0.3 * jax.random.normal(jax.random.key(2), z0.shape)
+  log_density = -0.5 * jnp.sum((z[:, :, None, :] / alpha_0 - E[None, None]) ** 2, -1) * (alpha_0 / sigma_0) ** 2
+  np.testing.assert_allclose(jax.nn.log_softmax(gaussian.readout_logits(z, E, t0, SCHEDULE)),
+                             jax.nn.log_softmax(log_density), rtol=1e-4, atol=1e-2)
+
+
+def test_rounding_loss_is_minimal_at_the_true_tokens():
+  E = table()
+  tokens = jnp.array([[1, 2, 7, 7, 9]])
+  logits = gaussian.readout_logits(SCHEDULE.alpha_sigma(0.5)[0] * E[tokens], E, jnp.array([0.5]), SCHEDULE)
+  at_truth = gaussian.rounding_cross_entropy(logits, tokens)
+  for other in range(12):
+    wrong = jnp.full_like(tokens, other)
+    assert bool(jnp.all((gaussian.rounding_cross_entropy(logits, wrong) >= at_truth) | (wrong == tokens)))
+  recon = gaussian.reconstruction_nll(jax.random.key(3), E[tokens], tokens, E, SCHEDULE)
+  assert float(recon.max()) < 1e-3  # at log-SNR 9 the clean readout is all but certain
+
+
+def test_ddim_with_the_true_estimate_follows_the_same_noise_to_the_data():
+  E = table()
+  e = E[jnp.array([[4, 8]])]
+  eps = jax.random.normal(jax.random.key(5), e.shape)
+  t, s = jnp.array([0.9]), jnp.array([0.4])
+  alpha_t, sigma_t = (x[:, None, None] for x in SCHEDULE.alpha_sigma(t))
+  alpha_s, sigma_s = (x[:, None, None] for x in SCHEDULE.alpha_sigma(s))
+  z_s = gaussian.ddim_step(alpha_t * e + sigma_t * eps, e, t, s, SCHEDULE)
+  np.testing.assert_allclose(z_s, alpha_s * e + sigma_s * eps, rtol=1e-5, atol=1e-5)
+  # eta = 1: the ancestral step's noise has the posterior variance sigma_s^2 (1 - SNR(t)/SNR(s))
+  draws = jax.vmap(lambda k: gaussian.ddim_step(alpha_t * e + sigma_t * eps, e, t, s, SCHEDULE, k, eta=1.0))(
+      jax.random.split(jax.random.key(6), 4096))
+  expected_var = sigma_s[0, 0, 0]**2 * (1.0 - jnp.exp(SCHEDULE.log_snr(0.9) - SCHEDULE.log_snr(0.4)))
+  np.testing.assert_allclose(draws.var(0).mean(), expected_var, rtol=0.1)
