@@ -91,6 +91,13 @@ def test_config_rules_and_mesh_shapes_are_checked_with_one_clear_error():
   mesh = sharding.MeshContext(sharding.make_mesh())
   with pytest.raises(ConfigError, match="train.batch_size=9 must be divisible by train.grad_accum_steps=2"):
     mesh.check_batch(9, 2)
+  # launch.sample --mesh: "" is one device; three sizes or one clear error
+  assert sharding.MeshContext.from_flag("") is None
+  assert dict(sharding.MeshContext.from_flag("1,-1,1").mesh.shape) == {"data": 1, "fsdp": jax.device_count(),
+                                                                       "tensor": 1}
+  for bad in ("1,1", "a,b,c"):
+    with pytest.raises(ConfigError, match=f"--mesh='{bad}': give three sizes DATA,FSDP,TENSOR"):
+      sharding.MeshContext.from_flag(bad)
 
 
 def test_one_process_reads_every_row_and_shards_partition_each_micro_batch(tmp_path):
