@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   # "elbo" (MD4/MDLM NELBO), "masked_mean" (not a bound), "autoregressive", "uniform" (uniform-state NELBO), "duo"
-  # (uniform + Duo's soft-token curriculum), "sedd" (score entropy), "dcd" (Duo's distillation: launch/distill.py)
+  # (uniform + Duo's soft-token curriculum), "sedd" (score entropy), "dcd" (Duo's distillation: launch/distill.py),
+  # "embedding" (Gaussian diffusion of normalized token embeddings, VDM's bound; needs model.time_conditioning=True)
   c.diffusion.objective = "elbo"
   c.diffusion.schedule = "cosine"  # "linear", "cosine", "polynomial", "loglinear"
   c.diffusion.schedule_exponent = 2.0  # polynomial schedule alpha = 1 - t^p
@@ -65,6 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.curriculum_steps = 0  # "duo": updates with soft tokens (Gaussian latents, tempered softmax)
   c.diffusion.soft_tau_log10_start = -1.0  # "duo": log10 of the soft tokens' temperature at step 0 ...
   c.diffusion.soft_tau_log10_end = -2.0  # ... annealed log-linearly to this at curriculum_steps (hard tokens after)
+  # "embedding": the linear log-SNR schedule lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1), and the weight
+  # of the rounding cross-entropy (the anchor loss) added to the NELBO in training (dlm_jax/diffusion/gaussian.py)
+  c.diffusion.log_snr_max = 13.3
+  c.diffusion.log_snr_min = -5.0
+  c.diffusion.anchor_weight = 1.0
   c.diffusion.distill_teacher_steps = 64  # "dcd": T, the teacher's step count (round n jumps 2^n / T)
   c.diffusion.distill_round_steps = 100  # "dcd": updates per round (the teacher is refreshed from the student)
   c.diffusion.distill_loss = "kl_bwd"  # "dcd": "kl_bwd" KL(student || teacher) or "kl_fwd"
@@ -151,18 +157,25 @@ def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections
   * "duo":     uniform-state diffusion with Duo's soft-token curriculum for the first 20% of the updates (Duo's
                curriculum ends at 200k of 1M steps), x_0 "mean" parameterization (Duo's), ancestral sampler.
   * "sedd":    SEDD's score entropy on the absorbing process, Tweedie sampler.
+  * "embedding": continuous diffusion of the normalized token embeddings (dlm_jax/diffusion/gaussian.py: VDM's
+               bound, CDCD's expected-embedding estimate and rounding loss), DDIM sampler.
   * "duo_dcd": the distillation student of a "duo" run (diffusion.objective="dcd"; `launch.distill` fills in the
                teacher): T = sample.steps teacher steps, 5 rounds of num_steps / 5 updates whose gaps are 1/T, 2/T, ...,
                16/T, so that the last round's student is meant for T / 16 steps (4 for T = 64).
-  The uniform and score processes need the noise level, which masking shows through the mask count: these arms turn
-  time conditioning on, and pay for its MLP (2 width^2 + 2 width parameters) with a narrower SwiGLU, so that every arm
-  keeps the baseline's parameter count (tests/test_configs.py)."""
-  if arm not in ("duo", "sedd", "duo_dcd"):
-    raise ValueError(f"Unknown arm {arm!r}: 'duo', 'sedd' or 'duo_dcd'.")
+  The uniform, score and Gaussian processes need the noise level, which masking shows through the mask count: these
+  arms turn time conditioning on, and pay for its MLP (2 width^2 + 2 width parameters) with a narrower SwiGLU, so that
+  every arm keeps the baseline's parameter count (tests/test_configs.py)."""
+  if arm not in ("duo", "sedd", "duo_dcd", "embedding"):
+    raise ValueError(f"Unknown arm {arm!r}: 'duo', 'sedd', 'duo_dcd' or 'embedding'.")
   width, layers = int(c.model.width), int(c.model.num_layers)
   c.model.time_conditioning = True
   c.model.mlp_dim = int(c.model.mlp_dim) - round((2 * width * width + 2 * width) / (3 * width * layers))
   c.sample.reveal_noise = 0.0  # a masked-sampler option
+  if arm == "embedding":
+    c.diffusion.objective = "embedding"
+    c.diffusion.loss_chunk = 0
+    c.sample.method = "ddim"
+    return c
   if arm == "sedd":
     c.diffusion.objective = "sedd"
     c.diffusion.sedd_process = "absorbing"

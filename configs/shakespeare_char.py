@@ -27,9 +27,9 @@ from configs import default
 
 
 def get_config(arm: str = "diffusion"):
-  if arm not in ("diffusion", "ar", "eco", "hrm", "duo", "sedd", "duo_dcd"):
-    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar', 'eco', 'hrm', 'duo', 'sedd' or "
-                     f"'duo_dcd', got {arm!r}.")
+  if arm not in ("diffusion", "ar", "eco", "hrm", "duo", "sedd", "duo_dcd", "embedding"):
+    raise ValueError(f"configs/shakespeare_char.py takes 'diffusion', 'ar', 'eco', 'hrm', 'duo', 'sedd', 'duo_dcd' "
+                     f"or 'embedding', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
   # The log-linear schedule (MDLM) beat cosine at CPU scale in two seeds and over 2,000 steps: BENCHMARKS.md,
@@ -70,6 +70,6 @@ def get_config(arm: str = "diffusion"):
     c.model.causal = True
     c.diffusion.objective = "autoregressive"
     c.eval.time_samples = 1  # exact NLL: no Monte Carlo over t
-  if arm in ("duo", "sedd", "duo_dcd"):
+  if arm in ("duo", "sedd", "duo_dcd", "embedding"):
     default.beyond_masking_arm(c, arm)
   return c

@@ -56,19 +56,22 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax.diffusion import corruption as corruption_lib
-from dlm_jax.diffusion import duality, forward, losses, score_entropy, uniform
+from dlm_jax.diffusion import duality, forward, gaussian, losses, score_entropy, uniform
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
-OBJECTIVES = ("elbo", "masked_mean", "autoregressive", "uniform", "duo", "sedd", "dcd")
+OBJECTIVES = ("elbo", "masked_mean", "autoregressive", "uniform", "duo", "sedd", "dcd", "embedding")
 UNIFORM_X0 = ("uniform", "duo", "dcd")  # uniform-state objectives whose denoiser predicts x_0
 BEYOND_MASKING = UNIFORM_X0 + ("sedd",)
 
 
 def process_of(kind: str, sedd_process: str = "absorbing") -> str:
-  """The forward process of objective `kind`: "absorbing" (masking), "uniform" or "autoregressive"."""
+  """The forward process of objective `kind`: "absorbing" (masking), "uniform", "gaussian" (continuous embedding
+  diffusion) or "autoregressive"."""
   if kind == "autoregressive":
     return "autoregressive"
+  if kind == "embedding":
+    return "gaussian"
   if kind in UNIFORM_X0 or (kind == "sedd" and sedd_process == "uniform"):
     return "uniform"
   return "absorbing"
@@ -105,6 +108,11 @@ class DiffusionObjective:
   # Training-time masking of the absorbing objectives (diffusion/corruption.py): None = token by token; else whole
   # grapheme clusters or words with per-script schedules. Evaluation always masks token by token.
   corruption: corruption_lib.ScriptAwareCorruption | None = None
+  # "embedding": continuous diffusion of the normalized token embeddings (diffusion/gaussian.py) on a linear log-SNR
+  # schedule, trained on its NELBO plus anchor_weight x the rounding cross-entropy of the denoiser's logits.
+  log_snr_max: float = 13.3
+  log_snr_min: float = -5.0
+  anchor_weight: float = 1.0
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
@@ -133,8 +141,42 @@ class DiffusionObjective:
                         f"{self.prompt_length} and {self.prompt_drop}.")
     if self.prompt_drop and not self.prompt_length:
       raise ConfigError("diffusion.prompt_drop drops the prompt: set diffusion.prompt_length > 0 too.")
+    if self.kind == "embedding" and (self.self_conditioning or self.loss_chunk or self.prompt_drop):
+      raise ConfigError("diffusion.objective='embedding' scores full logits without self-conditioning or prompt "
+                        "dropping: set model.self_conditioning=False, diffusion.loss_chunk=0, diffusion.prompt_drop=0.")
+    if self.anchor_weight < 0:
+      raise ConfigError(f"diffusion.anchor_weight must be >= 0, got {self.anchor_weight}.")
     if self.prompt_length and self.is_autoregressive:
       raise ConfigError("diffusion.prompt_length is for diffusion objectives; the AR arm conditions on every prefix.")
+
+  @property
+  def log_snr_schedule(self) -> gaussian.LogSNRSchedule:
+    return gaussian.LogSNRSchedule(self.log_snr_max, self.log_snr_min)
+
+  def embedding_nelbo(self, denoise_fn: Callable, x0_BxL, rng, fixed_BxL, t_B=None):
+    """Continuous embedding diffusion (diffusion/gaussian.py) at one time draw: (per-position terms {"diffusion",
+    "prior", "reconstruction", "rounding"} [B, L] in nats, output). Positions in `fixed_BxL` (the prompt, or token 1 in
+    evaluation) stay at their clean embeddings, are seen by the denoiser and are not scored (their terms are 0).
+    The NELBO per position is diffusion + prior + reconstruction; "rounding" is the anchor loss -log p_theta(x_0 | z_t)
+    of the denoiser's logits, which is no part of the bound."""
+    t_rng, z_rng, rec_rng = jax.random.split(rng, 3)
+    schedule = self.log_snr_schedule
+    if t_B is None:
+      t_B = forward.antithetic_times(t_rng, x0_BxL.shape[0], 0.0)
+    table_VxD = denoise_fn.diffusion_table()
+    e_BxLxD = table_VxD[x0_BxL]
+    z_BxLxD, _ = gaussian.forward_sample(z_rng, e_BxLxD, t_B, schedule)
+    if fixed_BxL is not None:
+      z_BxLxD = jnp.where(fixed_BxL[..., None], e_BxLxD, z_BxLxD)
+    output = denoise_fn(x0_BxL, t_B, embeddings_BxLxD=z_BxLxD)
+    e_hat_BxLxD = gaussian.expected_embedding(output.logits_BxLxV, table_VxD)
+    terms = {"diffusion": gaussian.diffusion_loss(e_BxLxD, e_hat_BxLxD, t_B, schedule),
+             "prior": gaussian.prior_kl(e_BxLxD, schedule),
+             "reconstruction": gaussian.reconstruction_nll(rec_rng, e_BxLxD, x0_BxL, table_VxD, schedule),
+             "rounding": gaussian.rounding_cross_entropy(output.logits_BxLxV, x0_BxL)}
+    if fixed_BxL is not None:
+      terms = {name: jnp.where(fixed_BxL, 0.0, value) for name, value in terms.items()}
+    return terms, output
 
   @property
   def is_autoregressive(self) -> bool:
@@ -239,6 +281,13 @@ class DiffusionObjective:
       loss, metrics = jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}
     elif self.kind == "dcd":
       loss, output, metrics = self.distillation_loss(denoise_fn, teacher_fn, x0_BxL, rng, step)
+    elif self.kind == "embedding":
+      terms, output = self.embedding_nelbo(denoise_fn, x0_BxL, rng, self.prompt_mask(x0_BxL.shape))
+      scored = batch_size * (seq_len - self.prompt_length)
+      per_token = {name: jnp.sum(value) / scored for name, value in terms.items()}
+      nelbo = per_token["diffusion"] + per_token["prior"] + per_token["reconstruction"]
+      loss = nelbo + self.anchor_weight * per_token["rounding"]
+      metrics = {"nll_per_token": nelbo, **{f"embedding/{name}": value for name, value in per_token.items()}}
     else:
       t_rng, mask_rng = jax.random.split(rng)
       t_B = self.sample_times(t_rng, batch_size)
@@ -331,9 +380,13 @@ class DiffusionObjective:
     if self.is_autoregressive:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
       return jnp.mean(self.token_nll(output, x0_BxL, shift=True))
+    first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
+    if self.kind == "embedding":
+      terms, _ = self.embedding_nelbo(denoise_fn, x0_BxL, rng, first_BxL)
+      nelbo = terms["diffusion"] + terms["prior"] + terms["reconstruction"]
+      return jnp.sum(nelbo) / (batch_size * (seq_len - 1))
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
-    first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
     xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)
     output = self.denoise(denoise_fn, xt_BxL, t_B)
     nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, ~first_BxL)
@@ -350,6 +403,9 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> DiffusionObjecti
     raise ConfigError(
         f"config.model.causal={config.model.get('causal', False)} does not fit diffusion.objective={objective!r}: "
         "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
+  if objective == "embedding" and (config.model.name != "transformer" or not config.model.get("time_conditioning")):
+    raise ConfigError("diffusion.objective='embedding' feeds noisy embeddings to the transformer denoiser, which must "
+                      "see the noise level: set model.name='transformer' and model.time_conditioning=True.")
   if config.model.name == "hrm" and objective in BEYOND_MASKING:
     raise ConfigError(f"diffusion.objective={objective!r} with model hrm: the HRM denoiser's strategic unmasking and "
                       "memory losses are defined on masked positions. Use 'elbo' or 'masked_mean', or another model.")
@@ -373,4 +429,7 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> DiffusionObjecti
       distill_teacher_steps=int(config.diffusion.get("distill_teacher_steps", 64)),
       distill_round_steps=int(config.diffusion.get("distill_round_steps", 100)),
       distill_loss=config.diffusion.get("distill_loss", "kl_bwd"),
-      corruption=corruption_lib.from_config(config.diffusion, tokenizer))
+      corruption=corruption_lib.from_config(config.diffusion, tokenizer),
+      log_snr_max=float(config.diffusion.get("log_snr_max", 13.3)),
+      log_snr_min=float(config.diffusion.get("log_snr_min", -5.0)),
+      anchor_weight=float(config.diffusion.get("anchor_weight", 1.0)))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm_jax.diffusion import losses
+from dlm_jax.diffusion import gaussian, losses
 from dlm_jax.models import layers, partitioning
 from dlm_jax.models.partitioning import EMBED, LENGTH, VOCAB, logical
 from dlm_jax.special_tokens import MASK
@@ -147,20 +147,29 @@ class Denoiser(nnx.Module):
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = layers.rms_norm(self.cfg.width, dtype=self.dtype, rngs=rngs)
 
+  def diffusion_table(self):
+    """The token embeddings as continuous embedding diffusion uses them (diffusion/gaussian.py): the tied table with
+    each row scaled to norm sqrt(D), in float32."""
+    return gaussian.normalized_table(self.embedding[...])
+
   def embed(self, tokens_BxL, t_B, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None,
-            positions_BxL=None):
+            positions_BxL=None, embeddings_BxLxD=None):
     """h_0 = Dropout(E[x] (as one_hot(x) @ E when embed_one_hot) (+ TimeMLP(t)) (+ P[:L]) (+ W_sc (p @ E))), in the
     activation dtype; p = `self_cond_BxLxV`, the previous estimate of x_0 (self-conditioning; None = zeros). The
     dropout (model.embedding_dropout) draws from fold_in(dropout_key, EMBEDDING_DROPOUT_STREAM). `positions_BxL`: the
     tokens' positions when they are rows gathered from a longer sequence (a KV-cached sampler step; default 0..L-1).
     `tokens_BxL` may also be float token weights [B, L, V] (Duo's soft tokens): then E[x] is their mixture w @ E, of
-    which the integer path is the one-hot case."""
+    which the integer path is the one-hot case. `embeddings_BxLxD`: continuous inputs z_t in embedding space
+    (continuous embedding diffusion, diffusion/gaussian.py) used in place of E[x]; `tokens_BxL` then only gives the
+    shape."""
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     if length > cfg.max_len:
       raise ValueError(f"Sequence length {length} exceeds model.max_len={cfg.max_len} (data.seq_len of the config).")
     table_VxD = self.embedding[...].astype(self.dtype)
-    if tokens_BxL.ndim == 3:
+    if embeddings_BxLxD is not None:
+      h_BxLxD = embeddings_BxLxD.astype(self.dtype)
+    elif tokens_BxL.ndim == 3:
       h_BxLxD = tokens_BxL.astype(self.dtype) @ table_VxD
     elif cfg.embed_one_hot:
       h_BxLxD = jax.nn.one_hot(tokens_BxL, cfg.vocab_size, dtype=self.dtype) @ table_VxD
@@ -219,13 +228,17 @@ class Denoiser(nnx.Module):
 
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
-  """The pure `(x_BxL, t_B[, self_cond_BxLxV]) -> DenoiserOutput` callable of a split NNX denoiser (what
-  DiffusionObjective and the evaluation steps call). The module is merged at each call, i.e. at trace time: a module
+  """The pure `(x_BxL, t_B[, self_cond_BxLxV][, embeddings_BxLxD]) -> DenoiserOutput` callable of a split NNX denoiser
+  (what DiffusionObjective and the evaluation steps call), with `.diffusion_table()` (continuous embedding diffusion's
+  normalized table). The module is merged at each call, i.e. at trace time: a module
   merged outside a lax.scan must not be used inside it."""
 
-  def fn(x_BxL, t_B, self_cond_BxLxV=None):
+  def fn(x_BxL, t_B, self_cond_BxLxV=None, embeddings_BxLxD=None):
     model = nnx.merge(graphdef, params, other)
     kwargs = {} if self_cond_BxLxV is None else {"self_cond_BxLxV": self_cond_BxLxV}
+    if embeddings_BxLxD is not None:
+      kwargs["embeddings_BxLxD"] = embeddings_BxLxD
     return model(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key, **kwargs)
 
+  fn.diffusion_table = lambda: nnx.merge(graphdef, params, other).diffusion_table()
   return fn

@@ -104,9 +104,10 @@ class Transformer(Denoiser):
     self.init_head(rngs)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
-               self_cond_BxLxV=None) -> DenoiserOutput:
+               self_cond_BxLxV=None, embeddings_BxLxD=None) -> DenoiserOutput:
     cfg = self.cfg
-    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV)
+    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV,
+                         embeddings_BxLxD=embeddings_BxLxD)
     rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
                                                                      cfg.rope_base)
     h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg)

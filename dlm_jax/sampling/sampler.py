@@ -89,8 +89,10 @@ from dlm_jax.diffusion import losses, objectives, schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
-METHODS = ("confidence", "ancestral", "greedy", "tweedie")  # the last two: uniform-state / SEDD (transition.py)
-PROCESSES = ("absorbing", "uniform")
+# greedy/tweedie: uniform-state / SEDD (transition.py); ddim/ddpm: continuous embedding diffusion (continuous.py)
+METHODS = ("confidence", "ancestral", "greedy", "tweedie", "ddim", "ddpm")
+GAUSSIAN_METHODS = ("ddim", "ddpm")
+PROCESSES = ("absorbing", "uniform", "gaussian")
 PARAMETERIZATIONS = ("posterior", "mean", "score")  # x_0 -> reverse step: uniform.py's two, or SEDD's scores
 CONFIDENCES = ("prob", "margin")
 REMASKING = ("none", "low_confidence", "remdm_cap", "remdm_loop")
@@ -130,6 +132,8 @@ class SamplerConfig:
   # x_0 denoiser is this module's sampler; "uniform", or parameterization "score" (SEDD), run transition.py's.
   process: str = "absorbing"
   parameterization: str = "mean"  # (ignored by the masked sampler)
+  log_snr_max: float = 13.3  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
+  log_snr_min: float = -5.0
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -155,7 +159,18 @@ class SamplerConfig:
     if self.process not in PROCESSES or self.parameterization not in PARAMETERIZATIONS:
       raise ConfigError(f"sampler process must be one of {PROCESSES} and parameterization one of "
                         f"{PARAMETERIZATIONS}, got {self.process!r} and {self.parameterization!r}.")
-    if self.moves_every_position:
+    if self.process == "gaussian" or self.method in GAUSSIAN_METHODS:
+      if self.process != "gaussian" or self.method not in GAUSSIAN_METHODS:
+        raise ConfigError(f"Continuous embedding diffusion (diffusion.objective='embedding') samples with method "
+                          f"'ddim' or 'ddpm', and only it does; got method {self.method!r} for a {self.process} "
+                          "model (sample.method / --method).")
+      defaults = {f.name: f.default for f in dataclasses.fields(self)}
+      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight", "top_k", "top_p")
+                     if getattr(self, name) != defaults[name]]
+      if masked_only:
+        raise ConfigError(f"The sampler options {sorted(masked_only)} are not DDIM/DDPM options; a continuous "
+                          "embedding model's sampler takes steps, greedy and temperature. Reset them.")
+    elif self.moves_every_position:
       allowed = ("tweedie",) if self.parameterization == "score" else ("ancestral", "greedy")
       if self.method not in allowed:
         raise ConfigError(f"A {'SEDD score' if self.parameterization == 'score' else 'uniform-state'} model samples "
@@ -239,7 +254,9 @@ def process_fields(diffusion_config) -> dict:
   objective = diffusion_config.objective
   process = objectives.process_of(objective, diffusion_config.get("sedd_process", "absorbing"))
   parameterization = "score" if objective == "sedd" else diffusion_config.get("parameterization", "mean")
-  return {"process": "uniform" if process == "uniform" else "absorbing", "parameterization": parameterization}
+  return {"process": process if process in ("uniform", "gaussian") else "absorbing",
+          "parameterization": parameterization, "log_snr_max": float(diffusion_config.get("log_snr_max", 13.3)),
+          "log_snr_min": float(diffusion_config.get("log_snr_min", -5.0))}
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
@@ -646,6 +663,17 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
   """jit(sample) over (params, rng, tokens_BxL, fixed_BxL) for a split NNX denoiser, through its `sample_step` and
   `init_sample_carry`."""
   from flax import nnx
+
+  if cfg.process == "gaussian":
+    from dlm_jax.sampling import continuous
+
+    @jax.jit
+    def run_continuous(params, rng, tokens_BxL, fixed_BxL):
+      model = lambda: nnx.merge(graphdef, params, other)
+      logits_fn = lambda z, t: model()(tokens_BxL, t, embeddings_BxLxD=z).logits_BxLxV
+      return continuous.gaussian_sample(logits_fn, model().diffusion_table(), rng, tokens_BxL, fixed_BxL, cfg)
+
+    return run_continuous
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
