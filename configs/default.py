@@ -66,11 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.curriculum_steps = 0  # "duo": updates with soft tokens (Gaussian latents, tempered softmax)
   c.diffusion.soft_tau_log10_start = -1.0  # "duo": log10 of the soft tokens' temperature at step 0 ...
   c.diffusion.soft_tau_log10_end = -2.0  # ... annealed log-linearly to this at curriculum_steps (hard tokens after)
-  # "embedding": the linear log-SNR schedule lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1), and the weight
-  # of the rounding cross-entropy (the anchor loss) added to the NELBO in training (dlm_jax/diffusion/gaussian.py)
-  c.diffusion.log_snr_max = 13.3
-  c.diffusion.log_snr_min = -5.0
+  # "embedding": the linear log-SNR schedule lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1); the training
+  # loss is anchor_weight x the rounding cross-entropy (CDCD's) + nelbo_weight x the NELBO, which is always logged and
+  # evaluated (dlm_jax/diffusion/gaussian.py; objectives.embedding_nelbo says why the NELBO weight defaults to 0)
+  c.diffusion.log_snr_max = 5.0
+  c.diffusion.log_snr_min = -10.0
   c.diffusion.anchor_weight = 1.0
+  c.diffusion.nelbo_weight = 0.0
   c.diffusion.distill_teacher_steps = 64  # "dcd": T, the teacher's step count (round n jumps 2^n / T)
   c.diffusion.distill_round_steps = 100  # "dcd": updates per round (the teacher is refreshed from the student)
   c.diffusion.distill_loss = "kl_bwd"  # "dcd": "kl_bwd" KL(student || teacher) or "kl_fwd"

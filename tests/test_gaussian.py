@@ -40,13 +40,17 @@ def test_forward_marginal_has_the_scheduled_mean_and_variance():
   np.testing.assert_allclose(z.var(0)[0], float(sigma) ** 2, rtol=0.1)
 
 
-def test_diffusion_loss_of_the_zero_estimate_integrates_to_the_log_snr_range():
-  """E_t[-lambda'(t)/2 ||e - 0||^2] = (lambda_max - lambda_min)/2 ||e||^2 for any t (lambda' is constant), and a
-  perfect estimate costs nothing."""
+def test_diffusion_loss_is_snr_weighted_and_integrates_to_the_snr_range():
+  """-SNR'(t)/2 ||e - e_hat||^2 at one t; over t in [0, 1] the zero estimate costs (SNR(0) - SNR(1))/2 ||e||^2, and a
+  perfect estimate nothing."""
   e = table()[None, :5]
-  t = jnp.array([0.1])
-  np.testing.assert_allclose(gaussian.diffusion_loss(e, jnp.zeros_like(e), t, SCHEDULE), 0.5 * 16.0 * 16.0, rtol=1e-6)
-  np.testing.assert_allclose(gaussian.diffusion_loss(e, e, t, SCHEDULE), 0.0)
+  np.testing.assert_allclose(gaussian.diffusion_loss(e, jnp.zeros_like(e), jnp.array([0.25]), SCHEDULE),
+                             0.5 * 16.0 * np.exp(9.0 - 4.0) * 16.0, rtol=1e-5)
+  t = (jnp.arange(20000) + 0.5) / 20000  # midpoint rule
+  e_many = jnp.broadcast_to(e[:, :1], (20000, 1, 16))
+  mean = jnp.mean(gaussian.diffusion_loss(e_many, jnp.zeros_like(e_many), t, SCHEDULE))
+  np.testing.assert_allclose(mean, 0.5 * (np.exp(9.0) - np.exp(-7.0)) * 16.0, rtol=1e-4)
+  np.testing.assert_allclose(gaussian.diffusion_loss(e, e, jnp.array([0.1]), SCHEDULE), 0.0)
 
 
 def test_prior_kl_is_the_gaussian_kl_and_vanishes_without_signal():
@@ -143,21 +147,24 @@ def test_embedding_objective_needs_a_time_conditioned_transformer():
 
 
 def test_embedding_run_trains_evaluates_and_samples(tmp_path):
-  """The 'embedding' arm end to end on the tiny config: its NELBO terms are logged, the loss falls, the evaluation
-  NELBO is finite and positive, and the DDIM sampler writes samples of the run's characters."""
+  """The 'embedding' arm end to end on the tiny config: its NELBO terms are logged, the training loss (the rounding
+  cross-entropy) falls, the evaluation NELBO is finite and positive (24 steps are too few for the bound itself to
+  fall: its high-SNR draws dominate it), and the DDIM sampler writes samples."""
   import configs.default as default_config
   from conftest import tiny_config
   from dlm_jax.training import loop
-  c = tiny_config(**{"train.num_steps": 8, "train.sample_every": 8, "eval.every": 8, "tensorboard": False,
-                     "train.log_every": 4, "optimizer.warmup_steps": 1})
+  c = tiny_config(**{"train.num_steps": 24, "train.sample_every": 24, "eval.every": 24, "tensorboard": False,
+                     "train.log_every": 12, "train.checkpoint_every": 24})
   default_config.beyond_masking_arm(c, "embedding")
   summary = loop.train(c, str(tmp_path))
   history = summary["history"]
-  assert history[-1]["loss"] < history[0]["loss"]
+  losses = [h["loss"] for h in history]
+  np.testing.assert_allclose(losses, [h["embedding/rounding"] for h in history], rtol=1e-6)
+  assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.1, losses  # nats per token
   last = history[-1]
   np.testing.assert_allclose(last["nll_per_token"], last["embedding/diffusion"] + last["embedding/prior"]
                              + last["embedding/reconstruction"], rtol=1e-5)
   assert last["embedding/prior"] >= 0 and last["embedding/rounding"] > 0
-  assert 0 < summary["eval_nll_per_token"] < 1e3
+  assert 0 < summary["eval_nll_per_token"] < 1e5
   samples = (tmp_path / "samples.txt").read_text()
-  assert "=== step 8 samples ===" in samples and len(samples.splitlines()) >= 2
+  assert "=== step 24 samples ===" in samples and len(samples.splitlines()) >= 2

@@ -11,10 +11,11 @@ lambda_min at t = 1 (`LogSNRSchedule`). The negative ELBO of x (VDM eq. 11 with 
 
     -log p(x) <= L_prior + L_diffusion + L_reconstruction,
     L_prior          = KL(q(z_1 | e) || N(0, I)) = 1/2 sum_d (sigma_1^2 + alpha_1^2 e_d^2 - 1 - log sigma_1^2),
-    L_diffusion      = -1/2 E_{t ~ U(0, 1), eps} [ lambda'(t) ||e - e_hat(z_t, t)||^2 ],
+    L_diffusion      = -1/2 E_{t ~ U(0, 1), eps} [ SNR'(t) ||e - e_hat(z_t, t)||^2 ],   SNR(t) = exp(lambda(t)),
     L_reconstruction = -E_{z_0 ~ q(z_0 | e)} [ log p(x | z_0) ],
 
-summed over positions. e_hat is the denoiser's estimate of the clean embedding; with CDCD's parameterization
+summed over positions (equivalently -1/2 lambda'(t) ||eps - eps_hat||^2, as ||eps - eps_hat||^2 =
+SNR(t) ||e - e_hat||^2). e_hat is the denoiser's estimate of the clean embedding; with CDCD's parameterization
 (Dieleman et al. 2022) it is the expectation of the embedding under the denoiser's token distribution,
 e_hat = softmax(logits) @ E, so the network outputs token logits as every other denoiser here does. The decoder
 p(x | z_0) reads the nearest embedding out of z_0 / alpha_0 with a Gaussian likelihood of variance sigma_0^2 / alpha_0^2
@@ -22,7 +23,7 @@ p(x | z_0) reads the nearest embedding out of z_0 / alpha_0 with a Gaussian like
 
 Why this bound and not the seed's loss. The seed (004 §3) sums an unweighted MSE, a "terminal" loss and a decoder
 cross-entropy; an unweighted MSE is not a likelihood bound (it weights all noise levels alike), so its numbers could not
-sit in the same table as the masked and uniform NELBOs. The VDM weighting -lambda'(t)/2 makes the MSE term exact in
+sit in the same table as the masked and uniform NELBOs. The VDM weighting -SNR'(t)/2 makes the MSE term exact in
 nats, the prior KL is the seed's terminal loss done right, and the reconstruction term is its decoder loss evaluated at
 z_0. The bound holds for any embedding table (the table is the encoder), so learning it is allowed; what prevents the
 collapse the seed warns of (all embeddings shrinking to make the MSE small) is the normalization: every row of E has
@@ -42,10 +43,15 @@ from dlm_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class LogSNRSchedule:
-  """lambda(t) = lambda_max + (lambda_min - lambda_max) t: VDM's fixed linear log-SNR schedule (its defaults:
-  lambda_max = 13.3, lambda_min = -5.0 in units where the data have unit scale)."""
-  log_snr_max: float = 13.3
-  log_snr_min: float = -5.0
+  """lambda(t) = lambda_max + (lambda_min - lambda_max) t: VDM's fixed linear log-SNR schedule.
+
+  The defaults suit embeddings of norm sqrt(D) (VDM's 13.3 .. -5 were chosen for 8-bit pixels): at lambda_max = 5 two
+  tokens whose embeddings lie at squared distance >= 2 are read out with a logit gap >= e^5 = 148, so the
+  reconstruction term is all but exact, while the weight -SNR'(t)/2 of the MSE stays below 1.2e3 (it is e^lambda_max
+  times |lambda'| / 2); at lambda_min = -10 the prior term costs about D sigmoid(-10) / 2 = 2.3e-5 D nats per token
+  (0.02 at D = 768)."""
+  log_snr_max: float = 5.0
+  log_snr_min: float = -10.0
 
   def __post_init__(self):
     if not self.log_snr_max > self.log_snr_min:
@@ -87,9 +93,11 @@ def expected_embedding(logits_BxLxV, table_VxD):
 
 
 def diffusion_loss(e_BxLxD, e_hat_BxLxD, t_B, schedule: LogSNRSchedule):
-  """-1/2 lambda'(t) ||e - e_hat||^2 per position [B, L] (nats): the one-sample estimate of L_diffusion at time t."""
+  """-1/2 SNR'(t) ||e - e_hat||^2 = -1/2 lambda'(t) e^lambda(t) ||e - e_hat||^2 per position [B, L] (nats): the
+  one-sample estimate of L_diffusion at time t."""
   squared_BxL = jnp.sum(jnp.square(e_BxLxD - e_hat_BxLxD), axis=-1)
-  return -0.5 * schedule.dlog_snr(t_B)[:, None] * squared_BxL
+  weight_B = -0.5 * schedule.dlog_snr(t_B) * jnp.exp(schedule.log_snr(t_B))
+  return weight_B[:, None] * squared_BxL
 
 
 def prior_kl(e_BxLxD, schedule: LogSNRSchedule):

@@ -50,7 +50,7 @@ def report(nats_per_token: float, num_tokens: int, num_chars: int) -> dict:
       "nats_per_token": nats_per_token,
       "bits_per_token": bits_per_token,
       "bits_per_char": bits_per_token * num_tokens / max(num_chars, 1),
-      "perplexity": math.exp(nats_per_token),
+      "perplexity": math.exp(nats_per_token) if nats_per_token < 700 else math.inf,  # (exp overflows past 709)
   }
 
 

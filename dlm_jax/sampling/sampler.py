@@ -132,8 +132,8 @@ class SamplerConfig:
   # x_0 denoiser is this module's sampler; "uniform", or parameterization "score" (SEDD), run transition.py's.
   process: str = "absorbing"
   parameterization: str = "mean"  # (ignored by the masked sampler)
-  log_snr_max: float = 13.3  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
-  log_snr_min: float = -5.0
+  log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
+  log_snr_min: float = -10.0
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -255,8 +255,8 @@ def process_fields(diffusion_config) -> dict:
   process = objectives.process_of(objective, diffusion_config.get("sedd_process", "absorbing"))
   parameterization = "score" if objective == "sedd" else diffusion_config.get("parameterization", "mean")
   return {"process": process if process in ("uniform", "gaussian") else "absorbing",
-          "parameterization": parameterization, "log_snr_max": float(diffusion_config.get("log_snr_max", 13.3)),
-          "log_snr_min": float(diffusion_config.get("log_snr_min", -5.0))}
+          "parameterization": parameterization, "log_snr_max": float(diffusion_config.get("log_snr_max", 5.0)),
+          "log_snr_min": float(diffusion_config.get("log_snr_min", -10.0))}
 
 
 def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
