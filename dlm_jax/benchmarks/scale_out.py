@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from dlm_jax.diffusion import objectives
+from dlm_jax.models import partitioning
 from dlm_jax.training import optimizer, sharding, state as state_lib, step as step_lib
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -78,6 +79,13 @@ def collectives(hlo_text: str, num_devices: int) -> dict:
   return out
 
 
+def _rules(config) -> tuple:
+  """The config's logical-axis rules (mesh.rules), without building its mesh: the shapes measured here are others."""
+  mesh_cfg = config.get("mesh")
+  return (sharding.rules_from_config(mesh_cfg.get("rules")) if mesh_cfg is not None else ()) or \
+      partitioning.DEFAULT_RULES
+
+
 def _setup(config):
   config = config.copy_and_resolve_references()
   vocab = int(config.bench.vocab_size) or 128
@@ -89,7 +97,7 @@ def memory_rows(config, mesh_shapes, measure: bool = False) -> list[dict]:
   """Per-device bytes of the train state's parameters, optimizer state and EMA on each (data, fsdp, tensor) shape."""
   config, vocab, tx = _setup(config)
   abstract = state_lib.abstract_state(config, vocab, tx)
-  rules = sharding.MeshContext.from_config(config).rules
+  rules = _rules(config)
   rows = []
   for shape in mesh_shapes:
     mesh = sharding.MeshContext(sharding.make_mesh(*shape), rules)
@@ -119,7 +127,7 @@ def communication(config, mesh_shape, batch: int | None = None) -> dict:
   config.model.layer_loop = "unroll"
   batch = batch or int(config.train.batch_size)
   seq_len, accum = int(config.data.seq_len), int(config.train.grad_accum_steps)
-  mesh = sharding.MeshContext(sharding.make_mesh(*mesh_shape), sharding.MeshContext.from_config(config).rules)
+  mesh = sharding.MeshContext(sharding.make_mesh(*mesh_shape), _rules(config))
   objective = objectives.from_config(config, vocab)
   graphdef, other = state_lib.graph_and_other(config, vocab)
   abstract_state = mesh.abstract(state_lib.abstract_state(config, vocab, tx))

@@ -48,11 +48,10 @@ def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
       e_hat_BxLxD = gaussian.expected_embedding(logits_BxLxV / cfg.temperature, table_VxD)
     z_BxLxD = gaussian.ddim_step(z_BxLxD, e_hat_BxLxD, t_B, s_B, schedule, jax.random.fold_in(loop_rng, i), eta)
     z_BxLxD = jnp.where(fixed_BxL[..., None], clean_BxLxD, z_BxLxD)
-    tokens_BxL = jnp.where(fixed_BxL, tokens_BxL_fixed, argmax_BxL)
-    changed_BxL = jnp.where(tokens_BxL != current_BxL, i, changed_BxL)
-    return (z_BxLxD, tokens_BxL, changed_BxL, logits_BxLxV), (tokens_BxL if cfg.record_trajectory else None)
+    now_BxL = jnp.where(fixed_BxL, start_BxL, argmax_BxL)  # start_BxL holds the fixed tokens
+    changed_BxL = jnp.where(now_BxL != current_BxL, i, changed_BxL)
+    return (z_BxLxD, now_BxL, changed_BxL, logits_BxLxV), (now_BxL if cfg.record_trajectory else None)
 
-  tokens_BxL_fixed = tokens_BxL.astype(jnp.int32)
   init = (z_BxLxD, start_BxL, jnp.zeros((batch, length), jnp.int32),
           jnp.zeros((batch, length, table_VxD.shape[0]), jnp.float32))
   (_, final_BxL, changed_BxL, logits_BxLxV), trajectory = jax.lax.scan(step, init, jnp.arange(steps))

@@ -106,13 +106,14 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   if resumed_step is not None:  # onto this run's mesh, whatever the mesh that wrote the checkpoint
     resumed_step, state = checkpoint.restore_newest_intact(mngr, mesh.abstract(state), data_iter)
     print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
-  state = jax.device_put(state, mesh.shardings(state))
+  state_shardings = mesh.shardings(state)
+  state = jax.device_put(state, state_shardings)
   start_step = int(state.step)
 
   # Every jitted function runs (and is traced) under the mesh and its rules (MeshContext.bind).
   train_step = mesh.bind(step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
                                                   optimizer.learning_rate_schedule(config.optimizer, num_steps),
-                                                  state_sharding=mesh.shardings(state),
+                                                  state_sharding=state_shardings,
                                                   batch_sharding=mesh.train_batch,
                                                   ema_warmup=bool(tcfg.get("ema_warmup", False))))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
