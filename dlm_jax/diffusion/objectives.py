@@ -40,6 +40,10 @@ condition dropout, Ho & Salimans 2022) each example's prompt is replaced by mask
 scored), so that the same network also learns p(x_{P+1..L}), the unconditional model the sampler's guidance_scale
 contrasts with (the sampler's unconditional pass masks every fixed position).
 
+Thought tensors (`thought`, config.thought.enabled; diffusion/thought.py): the "elbo" objective on the last window of
+each row given a Gaussian-noised memory of thoughts that the earlier windows wrote, plus the thought's reconstruction,
+coherence and alignment losses; evaluation scores that window given the full memory.
+
 Evaluation (`evaluation_nll`) scores every arm on the same targets: tokens 2..L of each window given token 1,
     -log p(x_2..L | x_1) / (L - 1)  nats per scored token.
 For the AR arm this is its next-token NLL; for a diffusion model it is the NELBO of the forward process that never
@@ -57,6 +61,7 @@ import jax.numpy as jnp
 
 from dlm_jax.diffusion import corruption as corruption_lib
 from dlm_jax.diffusion import duality, forward, gaussian, losses, score_entropy, uniform
+from dlm_jax.diffusion import thought as thought_lib
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 
@@ -115,6 +120,9 @@ class DiffusionObjective:
   log_snr_min: float = -10.0
   anchor_weight: float = 1.0
   nelbo_weight: float = 0.0
+  # A thought tensor beside the masked text (diffusion/thought.py; config.thought): rows are K context windows and a
+  # target window; the loss and the evaluation are the ThoughtProcess's.
+  thought: thought_lib.ThoughtProcess | None = None
 
   def __post_init__(self):
     if self.kind not in OBJECTIVES:
@@ -152,6 +160,14 @@ class DiffusionObjective:
                         f"({self.nelbo_weight}) must be >= 0, and not both 0.")
     if self.prompt_length and self.is_autoregressive:
       raise ConfigError("diffusion.prompt_length is for diffusion objectives; the AR arm conditions on every prefix.")
+    if self.thought is not None and (self.kind != "elbo" or self.prompt_length or self.corruption is not None or
+                                     self.self_conditioning or self.loss_chunk):
+      raise ConfigError("config.thought trains masked text with the 'elbo' objective, without a prompt, script-aware "
+                        "corruption, self-conditioning or loss_chunk.")
+
+  def sample_length(self, seq_len: int) -> int:
+    """The tokens one generation fills: data.seq_len, or a thought run's window W = seq_len / (K + 1)."""
+    return seq_len if self.thought is None else self.thought.window_length(seq_len)
 
   @property
   def log_snr_schedule(self) -> gaussian.LogSNRSchedule:
@@ -290,6 +306,8 @@ class DiffusionObjective:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
       nll_BxLm1 = self.token_nll(output, x0_BxL, shift=True)
       loss, metrics = jnp.mean(nll_BxLm1), {"nll_per_token": jnp.mean(nll_BxLm1)}
+    elif self.thought is not None:
+      loss, output, metrics = self.thought.loss(self, denoise_fn, x0_BxL, rng)
     elif self.kind == "dcd":
       loss, output, metrics = self.distillation_loss(denoise_fn, teacher_fn, x0_BxL, rng, step)
     elif self.kind == "embedding":
@@ -391,6 +409,8 @@ class DiffusionObjective:
     if self.is_autoregressive:
       output = denoise_fn(x0_BxL, jnp.zeros((batch_size,), jnp.float32))
       return jnp.mean(self.token_nll(output, x0_BxL, shift=True))
+    if self.thought is not None:  # the target window given the memory of every context window
+      return self.thought.depth_nll(self, denoise_fn, x0_BxL, rng, self.thought.context_windows)
     first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
     if self.kind == "embedding":
       terms, _ = self.embedding_nelbo(denoise_fn, x0_BxL, rng, first_BxL)
@@ -444,4 +464,5 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> DiffusionObjecti
       log_snr_max=float(config.diffusion.get("log_snr_max", 5.0)),
       log_snr_min=float(config.diffusion.get("log_snr_min", -10.0)),
       anchor_weight=float(config.diffusion.get("anchor_weight", 1.0)),
-      nelbo_weight=float(config.diffusion.get("nelbo_weight", 0.0)))
+      nelbo_weight=float(config.diffusion.get("nelbo_weight", 0.0)),
+      thought=thought_lib.from_config(config))

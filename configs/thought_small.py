@@ -1,0 +1,58 @@
+"""Thought tensors at CPU scale (seed 003's "mini" model): 4 layers, width 256, thought (8, 8, 4), windows of 64.
+
+Arms:
+  "thought":  the transformer with the thought pathway (dlm_jax/models/thought.py): each row is 3 context windows and
+              a target window of 64 characters (data.seq_len 256); the target is denoised with the memory of the
+              context windows' evolved thoughts (dlm_jax/diffusion/thought.py).
+  "baseline": the same transformer without a thought, on windows of 64 characters, its SwiGLU widened so that it has
+              the thought model's parameter count (tests/test_configs.py checks it); the same optimizer, steps and
+              target windows per batch (it does not read the 192 context characters).
+Data: the embedded default corpus (runs anywhere); --config.data.path=en/tinyshakespeare.txt for Tiny Shakespeare.
+Commands (both arms and the report: `bash launch/compare_thought.sh`):
+  python -m launch.train --config=configs/thought_small.py:thought --workdir=runs/thought_small
+  python -m launch.train --config=configs/thought_small.py:baseline --workdir=runs/thought_small_base
+  python -m launch.thought_report --workdir=runs/thought_small --baseline_workdir=runs/thought_small_base
+Results: BENCHMARKS.md, "Thought tensors".
+"""
+from configs import default
+from dlm_jax.models import thought
+
+WIDTH, LAYERS, HIDDEN, MLP = 256, 4, 256, 683
+DIMS = (8, 8, 4)
+WINDOW, CONTEXT_WINDOWS = 64, 3
+
+
+def get_config(arm: str = "thought"):
+  if arm not in ("thought", "baseline"):
+    raise ValueError(f"configs/thought_small.py takes 'thought' or 'baseline', got {arm!r}.")
+  c = default.get_config()
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = LAYERS, 4, WIDTH, MLP
+  c.train.batch_size = 16
+  c.train.num_steps = 400
+  c.train.log_every = 50
+  c.train.checkpoint_every = 200
+  c.train.sample_every = 0
+  c.eval.every = 200
+  c.eval.num_windows = 64
+  c.eval.batch_size = 16
+  c.eval.time_samples = 4
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 40
+  c.diffusion.schedule = "loglinear"
+  if arm == "thought":
+    enable(c, DIMS, HIDDEN, CONTEXT_WINDOWS, WINDOW)
+  else:
+    c.data.seq_len = WINDOW
+    c.model.mlp_dim = MLP + round(thought.pathway_parameters(DIMS, WIDTH, HIDDEN, LAYERS) / (3 * WIDTH * LAYERS))
+  return c
+
+
+def enable(c, dims, hidden: int, context_windows: int, window: int):
+  """Turns a transformer "elbo" config into a thought run (in place): model.thought_dims, config.thought on, rows of
+  (context_windows + 1) windows."""
+  c.model.thought_dims = tuple(dims)
+  c.model.thought_hidden = hidden
+  c.thought.enabled = True
+  c.thought.context_windows = context_windows
+  c.data.seq_len = (context_windows + 1) * window
+  return c
