@@ -6,6 +6,9 @@
                           [--remasking=none|low_confidence|remdm_cap|remdm_loop] [--remask_eta=E]
                           [--guidance_scale=W] [--cache=none|unchanged|dual|prefix]
                           [--verifier=AR_RUN [--verifier_rounds=K] [--verifier_threshold=P]] [--stream]
+                          thought runs: [--thought_in=T.npy [--interpolate_with=U.npy --interpolate_alpha=A]
+                          [--thought_t_start=T]] [--thought_out=NEXT.npy] [--steer_toward=GOAL.npy --steer_scale=E]
+                          [--trajectory_out=TRAJ.npz]
 
 `--prompt` is fixed at the start, `--suffix` at the end (infilling); `--length` new tokens are generated between them.
 The decoding strategies (semi-autoregressive blocks, Fast-dLLM threshold decoding, the adaptive step budget, variable
@@ -13,10 +16,17 @@ length with EOS, low-confidence and ReMDM remasking, classifier-free guidance, M
 their equations in dlm_jax/sampling/sampler.py; every flag left out takes the run's config.sample value.
 `--verifier=AR_RUN` decodes with the hybrid AR verifier (dlm_jax/sampling/hybrid.py): the causal run AR_RUN, trained
 with the same tokenizer, scores the draft and the tokens it doubts are redrawn, `--verifier_rounds` times.
+A thought run (config.thought; dlm_jax/sampling/thought.py) samples one window with its thought: from noise, or
+`--thought_in` (persistence: the memory an earlier generation wrote with `--thought_out`, kept clean; with
+`--thought_t_start` > 0 noised to that time and denoised), blended first with `--interpolate_with` at
+`--interpolate_alpha` (interpolation), steered towards `--steer_toward` by `--steer_scale` (gradient steering);
+`--thought_out` saves the next generation's memory push(thought, evolved thought) as .npy, `--trajectory_out` the text
+and thought at every step as .npz.
 `--stream` replays the first sample's denoising trajectory in the terminal, step by step (with --steps equal to
 --length and --reveal_schedule=linear, one token per step). A causal (AR control) run samples left to right (and
 streams token by token).
 """
+import dataclasses
 import time
 
 import jax
@@ -25,6 +35,7 @@ from absl import app, flags, logging
 
 from dlm_jax import cli, special_tokens
 from dlm_jax.errors import ConfigError
+from dlm_jax.models import thought as thought_model
 from dlm_jax.sampling import SamplerConfig, display, make_text_sampler, prompt_batch
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint, sharding
@@ -67,6 +78,17 @@ flags.DEFINE_integer("verifier_steps", 16, "Reverse steps of each redraw.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_bool("stream", False, "Show the first sample filling in, step by step.")
 flags.DEFINE_float("stream_delay", 0.05, "Seconds between frames of --stream.")
+flags.DEFINE_string("thought_in", "", "Thought run: start from this thought (.npy of model.thought_dims, or one per "
+                    "sample), e.g. an earlier --thought_out.")
+flags.DEFINE_string("thought_out", "", "Thought run: save the next generation's thought (memory with this "
+                    "generation's evolved thought pushed in) as .npy.")
+flags.DEFINE_string("interpolate_with", "", "Thought run: blend --thought_in with this thought (.npy) first.")
+flags.DEFINE_float("interpolate_alpha", 0.5, "Blend weight of --interpolate_with: (1 - a) thought_in + a other.")
+flags.DEFINE_float("thought_t_start", 0.0, "Thought run: noise the start thought to this time and denoise it (0: "
+                   "keep it clean).")
+flags.DEFINE_string("steer_toward", "", "Thought run: steer the thought towards this thought (.npy).")
+flags.DEFINE_float("steer_scale", 0.1, "Steering step: the fraction of the way to --steer_toward per network call.")
+flags.DEFINE_string("trajectory_out", "", "Thought run: save the text and thought trajectories as .npz.")
 cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
 
@@ -93,14 +115,63 @@ def verified_texts(run, cfg, tokens, fixed):
   return [run.tokenizer.decode(row) for row in np.asarray(output.tokens_BxL)], output
 
 
+THOUGHT_FLAGS = ("thought_in", "thought_out", "interpolate_with", "steer_toward", "trajectory_out")
+
+
+def thought_main(run, cfg, tokens, fixed):
+  """Sample a thought run (module docstring): texts, thought files."""
+  from dlm_jax.sampling import thought
+  dims = run.model_config.thought_dims
+  batch = tokens.shape[0]
+  try:
+    load = lambda flag: thought.load_thought(getattr(FLAGS, flag), dims, batch, f"--{flag}")
+    steer = FLAGS.steer_toward and thought.distance_property(load("steer_toward"))
+    if FLAGS.interpolate_with and not FLAGS.thought_in:
+      raise ValueError("--interpolate_with blends with --thought_in: give both.")
+    if not 0.0 <= FLAGS.thought_t_start <= 1.0:
+      raise ValueError(f"--thought_t_start={FLAGS.thought_t_start} must be in [0, 1].")
+    if FLAGS.thought_in:
+      start_thought = load("thought_in")
+      if FLAGS.interpolate_with:
+        start_thought = thought_model.interpolate(start_thought, load("interpolate_with"), FLAGS.interpolate_alpha)
+      start = (thought.partially_noised(jax.random.key(FLAGS.seed + 1), start_thought, FLAGS.thought_t_start,
+                                        thought.process_of(run.model_config, cfg), cfg.schedule)
+               if FLAGS.thought_t_start > 0 else thought.given(start_thought))
+    else:
+      start = thought.from_noise(jax.random.key(FLAGS.seed + 1), batch, dims)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if steer:
+    cfg = dataclasses.replace(cfg, steer_scale=FLAGS.steer_scale)
+  cfg = dataclasses.replace(cfg, record_trajectory=bool(FLAGS.trajectory_out) or cfg.record_trajectory)
+  result = thought.make_thought_sampler(run.graphdef, run.other, cfg, steer or None)(
+      run.params, jax.random.key(FLAGS.seed), tokens, fixed, start)
+  if FLAGS.thought_out:
+    np.save(FLAGS.thought_out, np.asarray(result.next_memory_BxT))
+    print(f"# next thought {tuple(result.next_memory_BxT.shape)} saved to {FLAGS.thought_out}")
+  if FLAGS.trajectory_out:
+    np.savez(FLAGS.trajectory_out, text=np.asarray(result.text.trajectory_SxBxL),
+             estimate=np.asarray(result.estimate_trajectory), noisy=np.asarray(result.noisy_trajectory),
+             evolved=np.asarray(result.evolved_trajectory), calls=int(result.thought_calls))
+    print(f"# trajectories saved to {FLAGS.trajectory_out}")
+  return [run.tokenizer.decode(row) for row in np.asarray(result.text.tokens_BxL)], result.text
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   mesh = sharding.MeshContext.from_flag(FLAGS.mesh)
   run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint, mesh=mesh)
   autoregressive = run.objective.is_autoregressive
+  thought_run = run.objective.thought is not None
+  used = [f"--{flag}" for flag in THOUGHT_FLAGS if getattr(FLAGS, flag)]
+  if used and not thought_run:
+    raise app.UsageError(f"{', '.join(used)}: --workdir={FLAGS.workdir} is not a thought run (config.thought).")
+  if thought_run and (FLAGS.verifier or mesh is not None):
+    raise app.UsageError("A thought run samples on one device without --verifier.")
   try:
-    tokens, fixed = prompt_batch(run.tokenizer, FLAGS.num_samples, int(run.config.data.seq_len), FLAGS.length,
+    tokens, fixed = prompt_batch(run.tokenizer, FLAGS.num_samples,
+                                 run.objective.sample_length(int(run.config.data.seq_len)), FLAGS.length,
                                  FLAGS.prompt, FLAGS.suffix, autoregressive)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
@@ -114,7 +185,9 @@ def main(argv):
   print(f"# {run.describe()}")
   start = time.perf_counter()
   try:
-    if FLAGS.verifier:
+    if thought_run:
+      texts, output = thought_main(run, cfg, tokens, fixed)
+    elif FLAGS.verifier:
       texts, output = verified_texts(run, cfg, tokens, fixed)
     else:
       sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, autoregressive)

@@ -134,6 +134,12 @@ class SamplerConfig:
   parameterization: str = "mean"  # (ignored by the masked sampler)
   log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
   log_snr_min: float = -10.0
+  # A thought model (config.thought; sampling/thought.py): whether the run has a thought, its forward process and the
+  # steering step size.
+  thought: bool = False
+  thought_rate: float = 0.5
+  thought_saliency: float = 0.0
+  steer_scale: float = 0.0
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -142,6 +148,9 @@ class SamplerConfig:
     exponent and eps)."""
     fields = dict(config.sample)
     fields.update(process_fields(config.diffusion))
+    section = config.get("thought")
+    if section is not None and section.get("enabled", False):
+      fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency))
     fields.update(overrides)
     fields.pop("num_samples", None)
     name = fields.pop("reveal_schedule", "") or config.diffusion.schedule
@@ -223,6 +232,12 @@ class SamplerConfig:
       raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
     if self.cache not in CACHES:
       raise ConfigError(f"sampler cache must be one of {CACHES}, got {self.cache!r}.")
+    if self.steer_scale < 0 or (self.steer_scale and not self.thought):
+      raise ConfigError(f"sampler steer_scale must be >= 0 and is for thought models (config.thought), got "
+                        f"{self.steer_scale}.")
+    if self.thought and (self.cache != "none" or self.process != "absorbing"):
+      raise ConfigError(f"A thought model samples masked text with cache='none' (the thought changes at every call, so "
+                        f"no logits or keys can be reused); got cache={self.cache!r}.")
     if self.cache in KV_CACHES and (not self.block_length or self.guidance_scale):
       raise ConfigError(f"sampler cache={self.cache!r} caches keys and values across the blocks of block decoding: "
                         "it needs block_length > 0 and no guidance (guidance_scale=0).")
@@ -379,12 +394,13 @@ class _LoopState:
 
 
 def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig, priority_BxL=None,
-           init_carry=None, kv_cache_fns=None) -> SampleOutput:
+           init_carry=None, kv_cache_fns=None, return_carry: bool = False) -> SampleOutput:
   """Runs the reverse process. `tokens_BxL` holds the fixed tokens (other entries are ignored); pure and jittable.
   `denoise_fn(x, t, carry) -> (logits, step_priority_BxL or None, carry)`, the carry starting at `init_carry`.
   With cache="dual" or "prefix", `kv_cache_fns` = (prefill(x, t, positions_BxQ) -> (logits_BxQxV, kv),
   step(x, t, positions_BxQ, kv) -> (logits_BxQxV, kv)), e.g. `Transformer.kv_prefill` and `kv_step`. A uniform-state
-  or SEDD model's config runs `transition.transition_sample` instead."""
+  or SEDD model's config runs `transition.transition_sample` instead. `return_carry`: (output, the denoiser's carry
+  after the last step) (the masked sampler only)."""
   if cfg.moves_every_position:
     from dlm_jax.sampling import transition  # transition.py builds this module's SampleOutput
     return transition.transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry)
@@ -631,9 +647,10 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
   kept_BxL = gen_BxL & (x_BxL != special_tokens.PAD)
   if cfg.eos_stop:
     kept_BxL = kept_BxL & (x_BxL != special_tokens.EOS)
-  return SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=st.reveal_step_BxL, confidence_BxL=st.conf_BxL,
-                      trajectory_SxBxL=trajectory, steps_B=st.steps_B,
-                      lengths_B=jnp.sum(kept_BxL, axis=-1, dtype=jnp.int32), network_calls=st.calls)
+  output = SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=st.reveal_step_BxL, confidence_BxL=st.conf_BxL,
+                        trajectory_SxBxL=trajectory, steps_B=st.steps_B,
+                        lengths_B=jnp.sum(kept_BxL, axis=-1, dtype=jnp.int32), network_calls=st.calls)
+  return (output, model_carry) if return_carry else output
 
 
 def check_cache(model, cfg: SamplerConfig, batch: int, length: int):
@@ -674,6 +691,19 @@ def make_sampler(graphdef, other, cfg: SamplerConfig):
       return continuous.gaussian_sample(logits_fn, model().diffusion_table(), rng, tokens_BxL, fixed_BxL, cfg)
 
     return run_continuous
+
+  if cfg.thought:  # text and thought sampled jointly from noise (sampling/thought.py for persistence and steering)
+    from dlm_jax.sampling import thought
+
+    @jax.jit
+    def run_thought(params, rng, tokens_BxL, fixed_BxL):
+      model = lambda: nnx.merge(graphdef, params, other)
+      process = thought.process_of(model().cfg, cfg)
+      start_rng, loop_rng = jax.random.split(rng)
+      start = thought.from_noise(start_rng, tokens_BxL.shape[0], process.dims)
+      return thought.thought_sample(model, loop_rng, tokens_BxL, fixed_BxL, start, cfg, process).text
+
+    return run_thought
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):

@@ -317,6 +317,11 @@ class LoadedRun:
   def model(self) -> models.Denoiser:
     return nnx.merge(self.graphdef, self.params, self.other)
 
+  @property
+  def model_config(self) -> models.DenoiserConfig:
+    """The model's frozen dataclass config (e.g. `.thought_dims`)."""
+    return models.model_config(self.config, self.tokenizer.vocab_size)
+
 
 WEIGHTS = ("ema", "raw")  # what --weights selects
 

@@ -188,7 +188,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   if num_samples:
     sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
                                                objective.is_autoregressive))
-    no_prompt = (np.zeros((num_samples, seq_len), np.int32), np.zeros((num_samples, seq_len), bool))
+    sample_len = objective.sample_length(seq_len)  # a thought run generates one window
+    no_prompt = (np.zeros((num_samples, sample_len), np.int32), np.zeros((num_samples, sample_len), bool))
   flag = {"stop": False}
   last_eval = None
   stopped_early = False
