@@ -91,3 +91,18 @@ def trained_hrm_run(tmp_path_factory):
                            memory_cells=4, memory_content=2, memory_top_k=2))
   workdir = tmp_path_factory.mktemp("trained_hrm_run")
   return workdir, loop.train(config, str(workdir))
+
+
+def tiny_thought_config(**overrides):
+  """tiny_config with a thought (4, 4, 2) and rows of 2 context windows + 1 target window of 16 tokens."""
+  c = tiny_config(**{"data.seq_len": 48, "model.thought_dims": (4, 4, 2), "model.thought_hidden": 32,
+                     "thought.enabled": True, "thought.context_windows": 2, **overrides})
+  return c
+
+
+@pytest.fixture(scope="session")
+def trained_thought_run(tmp_path_factory):
+  """A tiny thought model (dlm_jax/models/thought.py) trained for 12 steps on the embedded corpus: (workdir, summary)."""
+  from dlm_jax.training import loop
+  workdir = tmp_path_factory.mktemp("trained_thought_run")
+  return workdir, loop.train(tiny_thought_config(), str(workdir))

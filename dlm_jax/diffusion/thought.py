@@ -14,7 +14,7 @@ alpha(t) (the run's masking schedule) and the thought is Gaussian-noised, z = a_
     a_i^2 = sigmoid(lambda_i(t)),  s_i^2 = sigmoid(-lambda_i(t)),  lambda_i(t) = logit(clip(alpha(t)^kappa)) + gamma S_i.
 kappa = thought.rate in (0, 1] makes the thought's signal fraction alpha(t)^kappa >= alpha(t): it is corrupted more
 slowly than the text at every t (the seed's "thoughts corrupt more slowly") and reaches the N(0, I) prior exactly where
-the text is fully masked (alpha(1) = 0; the clip keeps lambda in [-11.5, 11.5]). The seed's saliency noise
+the text is fully masked (alpha(1) = 0; the clip keeps lambda in [-11.51, 11.51]). The seed's saliency noise
 (eps (1 - importance)) changes the marginal's variance, so that z_1 would not be N(0, I); instead saliency S_i =
 |T_i| / max_j |T_j| (per example, no gradient) raises each element's log-SNR by gamma S_i (thought.saliency = gamma;
 0 = off): salient elements are noised less and every element stays variance-preserving. With probability
@@ -46,6 +46,7 @@ the trainer's validation figure); `depth_nll` gives it for any memory depth j (j
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,8 @@ from dlm_jax.diffusion import forward
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import thought as thought_model
 
-LOG_SNR_LIMIT = 11.5  # |lambda| clip: alpha^2 in [1e-5, 1 - 1e-5]
+SIGNAL_CLIP = 1e-5  # the thought's signal fraction a^2 stays in [1e-5, 1 - 1e-5] ...
+LOG_SNR_LIMIT = math.log((1.0 - SIGNAL_CLIP) / SIGNAL_CLIP)  # ... i.e. |lambda| <= 11.51, saliency offsets included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ class ThoughtProcess:
   # -- the forward process -------------------------------------------------------------------------------------------
   def log_snr(self, alpha_B, memory_BxT=None):
     """lambda_i(t) [B, *dims] (or [B, 1, ..] without saliency) from the text's keep probability alpha(t)."""
-    signal_B = jnp.clip(jnp.asarray(alpha_B, jnp.float32)**self.rate, 1e-5, 1.0 - 1e-5)
+    signal_B = jnp.clip(jnp.asarray(alpha_B, jnp.float32)**self.rate, SIGNAL_CLIP, 1.0 - SIGNAL_CLIP)
     lam_B = jnp.log(signal_B) - jnp.log1p(-signal_B)
     lam = lam_B.reshape((-1,) + (1,) * len(self.dims))
     if self.saliency and memory_BxT is not None:
