@@ -33,3 +33,11 @@ def test_inside_hrm_notebook_executes(trained_hrm_run, monkeypatch):
   figures, text = execute("inside_hrm.ipynb", trained_hrm_run[0], monkeypatch)
   assert figures == 2
   assert "mean L-iterations: masked" in text and "H-cycle 1:" in text
+
+
+def test_thought_evolution_notebook_executes(trained_thought_run, monkeypatch):
+  figures, text = execute("thought_evolution.ipynb", trained_thought_run[0], monkeypatch)
+  assert figures == 4
+  assert "step-to-step correlation: estimate" in text and "alpha 0.50:" in text
+  assert "steer_scale 0.1: final property" in text
+  assert "slot 1 of memory 2 is slot 0 of memory 1: True" in text
