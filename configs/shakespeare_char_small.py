@@ -7,6 +7,7 @@ Arms (matched parameter counts, checked by tests/test_configs.py):
   "ar":        the same transformer, causal, next-token loss.
   "eco":       EcoHybrid, 4 layers, 16 slots, kernel 7, SwiGLU 172 (352 - 4*128/3, less its learned positions).
   "hrm":       HRM denoiser, 2 L + 2 H layers, 2 H-cycles x up to 2 L-steps, 16 cells x 4, top-4, SwiGLU 224.
+  "duo", "sedd", "duo_dcd", "embedding": the beyond-masking arms (configs/default.beyond_masking_arm).
 Commands (all of them, and a summary table: `bash launch/compare_small.sh`):
   python -m launch.train --config=configs/shakespeare_char_small.py:eco --workdir=runs/small_eco
   python -m launch.train --config=configs/shakespeare_char_small.py:eco --workdir=runs/small_eco_m8 \
@@ -19,9 +20,9 @@ from configs import default
 
 
 def get_config(arm: str = "diffusion"):
-  if arm not in ("diffusion", "ar", "eco", "hrm", "duo", "sedd", "duo_dcd"):
-    raise ValueError(f"configs/shakespeare_char_small.py takes 'diffusion', 'ar', 'eco', 'hrm', 'duo', 'sedd' or "
-                     f"'duo_dcd', got {arm!r}.")
+  if arm not in ("diffusion", "ar", "eco", "hrm", "duo", "sedd", "duo_dcd", "embedding"):
+    raise ValueError(f"configs/shakespeare_char_small.py takes 'diffusion', 'ar', 'eco', 'hrm', 'duo', 'sedd', "
+                     f"'duo_dcd' or 'embedding', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
   # The log-linear schedule (MDLM) beat cosine at CPU scale in two seeds and over 2,000 steps: BENCHMARKS.md,
@@ -53,6 +54,6 @@ def get_config(arm: str = "diffusion"):
     c.model.causal = True
     c.diffusion.objective = "autoregressive"
     c.eval.time_samples = 1
-  if arm in ("duo", "sedd", "duo_dcd"):
+  if arm in ("duo", "sedd", "duo_dcd", "embedding"):
     default.beyond_masking_arm(c, arm)
   return c

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Masked diffusion vs Duo vs Duo + DCD vs SEDD (issue 12), at matched parameters, data and updates:
+# Masked diffusion vs Duo vs Duo + DCD vs SEDD (issue 12) vs continuous embedding diffusion (issue 15), at matched
+# parameters, data and updates:
 #   bash launch/compare_beyond_masking.sh [RUNS_DIR] [CONFIG]
 # CONFIG defaults to configs/shakespeare_char_small.py (2 CPU cores: ~25 min of training, ~15 of evaluation);
 # the GPU suite runs it with configs/shakespeare_char.py. Re-running continues: finished runs resume as finished,
 # interrupted ones where they stopped.
-# 1. trains the masked (":diffusion"), Duo (":duo"), SEDD (":sedd") and AR judge (":ar") arms;
+# 1. trains the masked (":diffusion"), Duo (":duo"), SEDD (":sedd"), embedding (":embedding") and AR judge (":ar") arms;
 # 2. distills the Duo run (launch.distill: 5 rounds, T = 64 teacher steps, the rounds splitting the arms' updates);
 # 3. validation NELBO of each diffusion run (launch.evaluate, 32 antithetic time draws per window);
 # 4. unconditional samples at 4, 8, 16, 32 and 64 steps, judged by the AR arm (launch.gen_eval: judge NLL, entropy).
@@ -21,14 +22,16 @@ train() {
 train diffusion diffusion
 train duo duo
 train sedd sedd
+train embedding embedding
 train ar ar
 steps=$(python -c "import importlib.util as u; s = u.spec_from_file_location('c', '$cfg'); m = u.module_from_spec(s); \
 s.loader.exec_module(m); print(int(m.get_config('duo').train.num_steps))")
 python -m launch.distill --teacher_workdir="$runs/duo" --workdir="$runs/duo_dcd" --teacher_steps=64 --rounds=5 \
   --round_steps=$((steps / 5)) >> "$runs/duo_dcd.log" 2>&1 || { echo "distillation failed, see $runs/duo_dcd.log" >&2; exit 1; }
 # Each run with its config's sampler (masked: confidence; Duo: ancestral; SEDD: Tweedie), plus the masked run's
-# ancestral sampler (MDLM's; what the Duo paper's table compares with) and Duo's greedy refinement.
-for name in diffusion duo duo_dcd sedd; do
+# ancestral sampler (MDLM's; what the Duo paper's table compares with), Duo's greedy refinement and, for the embedding
+# arm (DDIM by default), the ancestral DDPM step.
+for name in diffusion duo duo_dcd sedd embedding; do
   echo "## $name"
   python -m launch.evaluate --workdir="$runs/$name" --time_samples=32
   python -m launch.gen_eval --workdir="$runs/$name" --judge="$runs/ar" --prompt_len=0 --num_samples=64 \
@@ -36,6 +39,7 @@ for name in diffusion duo duo_dcd sedd; do
   case $name in
     diffusion) extra=ancestral ;;
     duo|duo_dcd) extra=greedy ;;
+    embedding) extra=ddpm ;;
     *) extra= ;;
   esac
   if [ -n "$extra" ]; then
