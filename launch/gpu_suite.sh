@@ -23,6 +23,9 @@
 #   bash launch/gpu_suite.sh scale_out  # base_110m on the one GPU with the mesh code (fsdp=1): the step time the
 #                                       # 8-GPU projection starts from, then that projection from the 8-device
 #                                       # collectives (simulated on the host's CPU: one GPU cannot compile for eight)
+#   bash launch/gpu_suite.sh thought    # thought tensors at the seed's size (configs/thought_gpu.py): the thought model
+#                                       # and its parameter-matched baseline, then launch.thought_report (a call that
+#                                       # runs out of time: call again; finished runs are kept)
 # On the device machine, prefix with the install line printed by ../shared/device/prepare.sh; rows go to
 # BENCHMARKS.md and run logs to ${OUT:-runs}/.
 set -euo pipefail
@@ -109,7 +112,9 @@ case "${1:-}" in
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m launch.bench --record --scale_out \
       --config=configs/base_110m.py --step_ms="$step_ms" 2>&1 | tee -a "$out/scale_out.log"
     cp BENCHMARKS.md "$out/" ;;
+  thought)
+    bash launch/compare_thought.sh "$out/thought" configs/thought_gpu.py ;;
   *)
-    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware|scale_out" >&2
+    echo "usage: bash launch/gpu_suite.sh bench|arms|scaling|anchor|hot_path|profile|sampling|beyond_masking|script_aware|scale_out|thought" >&2
     exit 2 ;;
 esac
