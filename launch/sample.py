@@ -35,7 +35,6 @@ from absl import app, flags, logging
 
 from dlm_jax import cli, special_tokens
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import thought as thought_model
 from dlm_jax.sampling import SamplerConfig, display, make_text_sampler, prompt_batch
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import checkpoint, sharding
@@ -120,6 +119,7 @@ THOUGHT_FLAGS = ("thought_in", "thought_out", "interpolate_with", "steer_toward"
 
 def thought_main(run, cfg, tokens, fixed):
   """Sample a thought run (module docstring): texts, thought files."""
+  from dlm_jax.diffusion import thought as thought_process
   from dlm_jax.sampling import thought
   dims = run.model_config.thought_dims
   batch = tokens.shape[0]
@@ -133,7 +133,7 @@ def thought_main(run, cfg, tokens, fixed):
     if FLAGS.thought_in:
       start_thought = load("thought_in")
       if FLAGS.interpolate_with:
-        start_thought = thought_model.interpolate(start_thought, load("interpolate_with"), FLAGS.interpolate_alpha)
+        start_thought = thought_process.interpolate(start_thought, load("interpolate_with"), FLAGS.interpolate_alpha)
       start = (thought.partially_noised(jax.random.key(FLAGS.seed + 1), start_thought, FLAGS.thought_t_start,
                                         thought.process_of(run.model_config, cfg), cfg.schedule)
                if FLAGS.thought_t_start > 0 else thought.given(start_thought))

@@ -44,9 +44,9 @@ def test_thought_dims_decoder_shapes_and_unit_rms_evolved_thought():
   for dims in ((4, 4, 2), (8, 8, 4), (6, 3)):
     model, _ = model_pair(dims, perturb=False)
     x = jax.random.randint(jax.random.key(0), (3, 10), 0, VOCAB)
-    out = model(x, thought=thought.ThoughtInput(jax.random.normal(jax.random.key(1), (3, *dims)), jnp.ones((3,))))
+    out = model(x, thought=thought_process.ThoughtInput(jax.random.normal(jax.random.key(1), (3, *dims)), jnp.ones((3,))))
     assert out.thought["reconstruction"].shape == (3, *dims)
-    assert out.thought["evolved"].shape == (3, *dims[:-1]) == (3, *thought.evolved_dims(dims))
+    assert out.thought["evolved"].shape == (3, *dims[:-1]) == (3, *thought_process.evolved_dims(dims))
     # unit mean square up to unit_rms's 1e-6 in the denominator (untrained outputs have a mean square ~3e-3)
     np.testing.assert_allclose(jnp.mean(jnp.square(out.thought["evolved"]), axis=tuple(range(1, len(dims)))), 1.0,
                                rtol=1e-3)
@@ -59,16 +59,16 @@ def test_without_a_thought_the_model_computes_the_baseline():
   x = jax.random.randint(jax.random.key(2), (2, 12), 0, VOCAB)
   t = jnp.array([0.3, 0.9])
   np.testing.assert_array_equal(model(x, t).logits_BxLxV, base(x, t).logits_BxLxV)
-  with_thought = model(x, t, thought=thought.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,)))).logits_BxLxV
+  with_thought = model(x, t, thought=thought_process.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,)))).logits_BxLxV
   assert float(jnp.max(jnp.abs(with_thought - base(x, t).logits_BxLxV))) > 1e-3  # the pathway is live
   with pytest.raises(ValueError, match="no thought pathway"):
-    base(x, t, thought=thought.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,))))
+    base(x, t, thought=thought_process.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,))))
 
 
 def test_an_untrained_pathway_adds_nothing_and_pathway_parameters_are_counted():
   model, base = model_pair(perturb=False)
   x = jax.random.randint(jax.random.key(3), (2, 12), 0, VOCAB)
-  out = model(x, thought=thought.ThoughtInput(jax.random.normal(jax.random.key(4), (2, 4, 4, 2)), jnp.ones((2,))))
+  out = model(x, thought=thought_process.ThoughtInput(jax.random.normal(jax.random.key(4), (2, 4, 4, 2)), jnp.ones((2,))))
   np.testing.assert_array_equal(out.logits_BxLxV, base(x).logits_BxLxV)  # zero-initialized cross-attention output
   count = lambda m: sum(v.size for v in jax.tree.leaves(nnx.state(m, nnx.Param)))
   assert count(model) - count(base) == thought.pathway_parameters((4, 4, 2), 16, 16, 2)
@@ -77,13 +77,13 @@ def test_an_untrained_pathway_adds_nothing_and_pathway_parameters_are_counted():
 def test_push_interpolate_and_saliency():
   memory = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4)
   evolved = -jnp.ones((2, 3))
-  pushed = thought.push(memory, evolved)
+  pushed = thought_process.push(memory, evolved)
   np.testing.assert_array_equal(pushed[..., 0], evolved)
   np.testing.assert_array_equal(pushed[..., 1:], memory[..., :-1])
   a, b = jnp.zeros((2, 3, 4)), memory
-  np.testing.assert_array_equal(thought.interpolate(a, b, 0.0), a)
-  np.testing.assert_array_equal(thought.interpolate(a, b, 1.0), b)
-  np.testing.assert_allclose(thought.interpolate(a, b, 0.25), 0.25 * b)
+  np.testing.assert_array_equal(thought_process.interpolate(a, b, 0.0), a)
+  np.testing.assert_array_equal(thought_process.interpolate(a, b, 1.0), b)
+  np.testing.assert_allclose(thought_process.interpolate(a, b, 0.25), 0.25 * b)
   start = thought_sampling.interpolation_start(None, a, b, 1.0, 0.0, None, None)
   np.testing.assert_array_equal(start.z, b)
   assert bool(jnp.all(start.given_B)) and float(jnp.max(start.t_B)) == 0.0

@@ -51,12 +51,46 @@ import math
 import jax
 import jax.numpy as jnp
 
+import flax.struct
+
 from dlm_jax.diffusion import forward
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import thought as thought_model
 
 SIGNAL_CLIP = 1e-5  # the thought's signal fraction a^2 stays in [1e-5, 1 - 1e-5] ...
 LOG_SNR_LIMIT = math.log((1.0 - SIGNAL_CLIP) / SIGNAL_CLIP)  # ... i.e. |lambda| <= 11.51, saliency offsets included
+
+
+@flax.struct.dataclass
+class ThoughtInput:
+  """The thought the denoiser reads: z [B, *thought_dims] (noisy, or clean with t = 0) and its noise level t_B."""
+  z: jax.Array
+  t_B: jax.Array
+
+
+def check_dims(dims) -> tuple:
+  """The validated thought shape as a tuple of ints (n >= 2 positive sizes), or () when the pathway is off."""
+  dims = tuple(int(d) for d in (dims or ()))
+  if dims and (len(dims) < 2 or min(dims) < 1):
+    raise ConfigError(f"model.thought_dims must be () (no thought) or n >= 2 positive sizes (the last one is the "
+                      f"memory depth), e.g. (8, 8, 4); got {dims}.")
+  return dims
+
+
+def evolved_dims(dims) -> tuple:
+  """The (n-1)-D evolved thought's shape: thought_dims without its last (memory-depth) axis."""
+  return tuple(dims[:-1])
+
+
+def push(memory_BxT, evolved_BxE):
+  """T_next = concat(e[..., None], T[..., :H-1]): the newest thought in slot 0, the oldest dropped."""
+  return jnp.concatenate([evolved_BxE[..., None].astype(memory_BxT.dtype), memory_BxT[..., :-1]], axis=-1)
+
+
+def interpolate(thought_a, thought_b, alpha):
+  """(1 - alpha) a + alpha b, elementwise (alpha a scalar or broadcastable): alpha = 0 gives a, alpha = 1 gives b. The
+  sampler then denoises from the blend (sampling/thought.py, `interpolation_start`)."""
+  alpha = jnp.asarray(alpha, jnp.float32)
+  return (1.0 - alpha) * jnp.asarray(thought_a, jnp.float32) + alpha * jnp.asarray(thought_b, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +108,7 @@ class ThoughtProcess:
   alignment_temperature: float = 0.1
 
   def __post_init__(self):
-    object.__setattr__(self, "dims", thought_model.check_dims(self.dims))
+    object.__setattr__(self, "dims", check_dims(self.dims))
     if not self.dims:
       raise ConfigError("config.thought is on but model.thought_dims=(): give the model a thought shape, e.g. "
                         "--config.model.thought_dims='(8, 8, 4)'.")
@@ -126,9 +160,9 @@ class ThoughtProcess:
 
     def read(memory, inputs):
       k, tokens_BxW = inputs
-      out = denoise_fn(tokens_BxW, zeros_B, thought=thought_model.ThoughtInput(memory, zeros_B))
+      out = denoise_fn(tokens_BxW, zeros_B, thought=ThoughtInput(memory, zeros_B))
       evolved = out.thought["evolved"]
-      return jnp.where(keep(k), thought_model.push(memory, evolved), memory), evolved
+      return jnp.where(keep(k), push(memory, evolved), memory), evolved
 
     return jax.lax.scan(read, empty, (jnp.arange(windows), jnp.swapaxes(context_BxKxW, 0, 1)))
 
@@ -152,7 +186,7 @@ class ThoughtProcess:
     z_BxT = self.noise(noise_rng, memory_BxT, alpha_B)
     z_BxT = jnp.where(clean_B.reshape(-1, *(1,) * len(self.dims)), memory_BxT, z_BxT)
     thought_t_B = jnp.where(clean_B, 0.0, t_B)
-    out = denoise_fn(xt_BxW, t_B, thought=thought_model.ThoughtInput(z_BxT, thought_t_B))
+    out = denoise_fn(xt_BxW, t_B, thought=ThoughtInput(z_BxT, thought_t_B))
     nelbo_B = text.sequence_nelbo(out, target_BxW, xt_BxW, t_B, corrupted_BxW)
     terms = {"text": jnp.sum(nelbo_B) / (batch * width),
              "reconstruction": jnp.mean(jnp.square(out.thought["reconstruction"] - jax.lax.stop_gradient(memory_BxT)))}
@@ -188,7 +222,7 @@ class ThoughtProcess:
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch, text.t_min)
     xt_BxW, corrupted_BxW = text.corrupt(mask_rng, target_BxW, t_B, first_BxW)
-    out = denoise_fn(xt_BxW, t_B, thought=thought_model.ThoughtInput(memory_BxT, jnp.zeros((batch,), jnp.float32)))
+    out = denoise_fn(xt_BxW, t_B, thought=ThoughtInput(memory_BxT, jnp.zeros((batch,), jnp.float32)))
     nelbo_B = text.sequence_nelbo(out, target_BxW, xt_BxW, t_B, corrupted_BxW, ~first_BxW)
     return jnp.sum(nelbo_B) / (batch * (width - 1))
 

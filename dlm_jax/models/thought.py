@@ -37,47 +37,12 @@ from __future__ import annotations
 
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.partitioning import EMBED, MLP, logical
-
-
-@flax.struct.dataclass
-class ThoughtInput:
-  """The thought the denoiser reads: z [B, *thought_dims] (noisy, or clean with t = 0) and its noise level t_B."""
-  z: jax.Array
-  t_B: jax.Array
-
-
-def check_dims(dims) -> tuple:
-  """The validated thought shape as a tuple of ints (n >= 2 positive sizes), or () when the pathway is off."""
-  dims = tuple(int(d) for d in (dims or ()))
-  if dims and (len(dims) < 2 or min(dims) < 1):
-    raise ConfigError(f"model.thought_dims must be () (no thought) or n >= 2 positive sizes (the last one is the "
-                      f"memory depth), e.g. (8, 8, 4); got {dims}.")
-  return dims
-
-
-def evolved_dims(dims) -> tuple:
-  """The (n-1)-D evolved thought's shape: thought_dims without its last (memory-depth) axis."""
-  return tuple(dims[:-1])
-
-
-def push(memory_BxT, evolved_BxE):
-  """T_next = concat(e[..., None], T[..., :H-1]): the newest thought in slot 0, the oldest dropped."""
-  return jnp.concatenate([evolved_BxE[..., None].astype(memory_BxT.dtype), memory_BxT[..., :-1]], axis=-1)
-
-
-def interpolate(thought_a, thought_b, alpha):
-  """(1 - alpha) a + alpha b, elementwise (alpha a scalar or broadcastable): alpha = 0 gives a, alpha = 1 gives b. The
-  sampler then denoises from the blend (sampling/thought.py, `interpolation_start`)."""
-  alpha = jnp.asarray(alpha, jnp.float32)
-  return (1.0 - alpha) * jnp.asarray(thought_a, jnp.float32) + alpha * jnp.asarray(thought_b, jnp.float32)
 
 
 def unit_rms(x, axes):

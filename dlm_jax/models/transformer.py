@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
+from dlm_jax.diffusion import thought as thought_process
 from dlm_jax.models import kernels, layers, thought
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
@@ -34,7 +35,7 @@ class TransformerConfig(DenoiserConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, "thought_dims", thought.check_dims(self.thought_dims))
+    object.__setattr__(self, "thought_dims", thought_process.check_dims(self.thought_dims))
     if self.thought_dims and self.causal:
       raise ConfigError("model.thought_dims gives a diffusion denoiser a thought; the AR arm (model.causal=True) has "
                         "none. Set model.thought_dims=().")
@@ -127,7 +128,7 @@ class Transformer(Denoiser):
     self.init_head(rngs)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
-               self_cond_BxLxV=None, embeddings_BxLxD=None, thought: "thought.ThoughtInput | None" = None
+               self_cond_BxLxV=None, embeddings_BxLxD=None, thought: "thought_process.ThoughtInput | None" = None
                ) -> DenoiserOutput:
     """With `thought` (a model built with thought_dims), the blocks cross-attend to its tokens and the output's
     `thought` holds the decoder's {"reconstruction", "evolved"} (models/thought.py); without, the baseline."""

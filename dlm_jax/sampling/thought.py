@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm_jax.diffusion import thought as thought_lib
 from dlm_jax.diffusion.thought import ThoughtProcess
 from dlm_jax.errors import ConfigError
-from dlm_jax.models import thought as thought_model
 from dlm_jax.sampling import sampler as sampler_lib
 
 
@@ -64,9 +64,9 @@ def partially_noised(rng, memory_BxT, t_start: float, process: ThoughtProcess, s
 
 
 def interpolation_start(rng, thought_a, thought_b, alpha, t_start: float, process: ThoughtProcess, schedule):
-  """The blend (1 - alpha) a + alpha b (models/thought.interpolate), noised to t_start: denoising then pulls it back
+  """The blend (1 - alpha) a + alpha b (diffusion/thought.interpolate), noised to t_start: denoising then pulls it back
   to a thought the model would produce (t_start = 0 keeps the blend as a given thought)."""
-  blend = thought_model.interpolate(thought_a, thought_b, alpha)
+  blend = thought_lib.interpolate(thought_a, thought_b, alpha)
   if t_start <= 0.0:
     return given(blend)
   return partially_noised(rng, blend, t_start, process, schedule)
@@ -129,7 +129,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
     lam_next = process.log_snr(schedule.alpha(t_next), carry.estimate)
     moved = _ddim(carry.z, carry.estimate, lam_prev, lam_next)
     z = jnp.where(expand(carry.given_B), carry.estimate, jnp.where(expand(carry.t_B > t_next), moved, carry.z))
-    out = model_fn()(x_BxL, t_B, thought=thought_model.ThoughtInput(z, t_next))
+    out = model_fn()(x_BxL, t_B, thought=thought_lib.ThoughtInput(z, t_next))
     estimate = steer(jnp.where(expand(carry.given_B), z, out.thought["reconstruction"]))
     calls = carry.calls + 1
     trajectories = carry.trajectories
@@ -140,7 +140,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
     return out.logits_BxLxV, None, new
 
   z0 = jnp.asarray(start.z, jnp.float32)
-  evolved0 = jnp.zeros((batch, *thought_model.evolved_dims(dims)), jnp.float32)
+  evolved0 = jnp.zeros((batch, *thought_lib.evolved_dims(dims)), jnp.float32)
   trajectories = None
   if cfg.record_trajectory:
     trajectories = tuple(jnp.broadcast_to(v[None], (max_steps + 1, *v.shape)) for v in (z0, z0, evolved0))
@@ -149,7 +149,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
   text, carry = sampler_lib.sample(step, rng, tokens_BxL, fixed_BxL, cfg, init_carry=init, return_carry=True)
   thought_BxT = carry.estimate
   zeros_B = jnp.zeros((batch,), jnp.float32)
-  evolved = model_fn()(text.tokens_BxL, zeros_B, thought=thought_model.ThoughtInput(thought_BxT, zeros_B)).thought
+  evolved = model_fn()(text.tokens_BxL, zeros_B, thought=thought_lib.ThoughtInput(thought_BxT, zeros_B)).thought
   evolved_BxE = evolved["evolved"]
   recorded = [None, None, None]
   if carry.trajectories is not None:  # rows after the last call repeat the final values
@@ -157,7 +157,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
     recorded = [jnp.where(after_Sx1.reshape(-1, *(1,) * (buffer.ndim - 1)), buffer[carry.calls][None], buffer)
                 for buffer in carry.trajectories]
   return ThoughtSample(text=text, thought_BxT=thought_BxT, evolved_BxE=evolved_BxE,
-                       next_memory_BxT=thought_model.push(thought_BxT, evolved_BxE), estimate_trajectory=recorded[0],
+                       next_memory_BxT=thought_lib.push(thought_BxT, evolved_BxE), estimate_trajectory=recorded[0],
                        noisy_trajectory=recorded[1], evolved_trajectory=recorded[2], thought_calls=carry.calls)
 
 
