@@ -1,7 +1,7 @@
 """Thought tensors at the seed's size for one GPU: 12 layers x 768 (seed 003's model), thought (32, 32, 16), windows of
 256 characters of Tiny Shakespeare.
 
-Arms (as configs/thought_small.py, whose `enable` turns the thought on):
+Arms (as configs/thought_small.py, whose `make_arm` builds both):
   "thought":  the thought transformer; rows of 3 context windows + 1 target window (data.seq_len 1024); the thought
               holds 16 evolved thoughts of 32 x 32, encoder/decoder hidden width 512 (the seed's).
   "baseline": no thought, windows of 256, SwiGLU widened to the thought model's parameter count
@@ -13,20 +13,16 @@ Commands (the GPU stage: `bash launch/gpu_suite.sh thought`):
 Expected: not measured yet (no GPU has run it; BENCHMARKS.md, "Thought tensors", lists it as owed).
 """
 from configs import default, thought_small
-from dlm_jax.models import thought
 
-WIDTH, LAYERS, HIDDEN, MLP = 768, 12, 512, 2048
-DIMS = (32, 32, 16)
+HIDDEN, DIMS = 512, (32, 32, 16)
 WINDOW, CONTEXT_WINDOWS = 256, 3
 
 
 def get_config(arm: str = "thought"):
-  if arm not in ("thought", "baseline"):
-    raise ValueError(f"configs/thought_gpu.py takes 'thought' or 'baseline', got {arm!r}.")
   c = default.get_config()
   c.data.path = "en/tinyshakespeare.txt"
   c.diffusion.schedule = "loglinear"
-  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = LAYERS, 12, WIDTH, MLP
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 2048
   c.optimizer.learning_rate = 6e-4
   c.optimizer.warmup_steps = 200
   c.train.batch_size = 32
@@ -38,9 +34,4 @@ def get_config(arm: str = "thought"):
   c.eval.num_windows = 100
   c.eval.batch_size = 32
   c.eval.time_samples = 4
-  if arm == "thought":
-    thought_small.enable(c, DIMS, HIDDEN, CONTEXT_WINDOWS, WINDOW)
-  else:
-    c.data.seq_len = WINDOW
-    c.model.mlp_dim = MLP + round(thought.pathway_parameters(DIMS, WIDTH, HIDDEN, LAYERS) / (3 * WIDTH * LAYERS))
-  return c
+  return thought_small.make_arm(c, arm, DIMS, HIDDEN, CONTEXT_WINDOWS, WINDOW)

@@ -17,16 +17,13 @@ Results: BENCHMARKS.md, "Thought tensors".
 from configs import default
 from dlm_jax.models import thought
 
-WIDTH, LAYERS, HIDDEN, MLP = 256, 4, 256, 683
-DIMS = (8, 8, 4)
+HIDDEN, DIMS = 256, (8, 8, 4)
 WINDOW, CONTEXT_WINDOWS = 64, 3
 
 
 def get_config(arm: str = "thought"):
-  if arm not in ("thought", "baseline"):
-    raise ValueError(f"configs/thought_small.py takes 'thought' or 'baseline', got {arm!r}.")
   c = default.get_config()
-  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = LAYERS, 4, WIDTH, MLP
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 256, 683
   c.train.batch_size = 16
   c.train.num_steps = 400
   c.train.log_every = 50
@@ -39,17 +36,21 @@ def get_config(arm: str = "thought"):
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 40
   c.diffusion.schedule = "loglinear"
-  if arm == "thought":
-    enable(c, DIMS, HIDDEN, CONTEXT_WINDOWS, WINDOW)
-  else:
-    c.data.seq_len = WINDOW
-    c.model.mlp_dim = MLP + round(thought.pathway_parameters(DIMS, WIDTH, HIDDEN, LAYERS) / (3 * WIDTH * LAYERS))
-  return c
+  return make_arm(c, arm, DIMS, HIDDEN, CONTEXT_WINDOWS, WINDOW)
 
 
-def enable(c, dims, hidden: int, context_windows: int, window: int):
-  """Turns a transformer "elbo" config into a thought run (in place): model.thought_dims, config.thought on, rows of
-  (context_windows + 1) windows."""
+def make_arm(c, arm: str, dims, hidden: int, context_windows: int, window: int):
+  """Turns a transformer "elbo" config (its model sizes set) into arm "thought" (model.thought_dims, config.thought on,
+  rows of (context_windows + 1) windows) or "baseline" (windows of `window`, its SwiGLU widened by the thought
+  pathway's parameters), in place."""
+  if arm not in ("thought", "baseline"):
+    raise ValueError(f"The thought configs take arm 'thought' or 'baseline', got {arm!r}.")
+  if arm == "baseline":
+    width, layers = int(c.model.width), int(c.model.num_layers)
+    c.data.seq_len = window
+    c.model.mlp_dim = int(c.model.mlp_dim) + round(thought.pathway_parameters(dims, width, hidden, layers)
+                                                    / (3 * width * layers))
+    return c
   c.model.thought_dims = tuple(dims)
   c.model.thought_hidden = hidden
   c.thought.enabled = True
