@@ -135,7 +135,7 @@ def thought_main(run, cfg, tokens, fixed):
       if FLAGS.interpolate_with:
         start_thought = thought_process.interpolate(start_thought, load("interpolate_with"), FLAGS.interpolate_alpha)
       start = (thought.partially_noised(jax.random.key(FLAGS.seed + 1), start_thought, FLAGS.thought_t_start,
-                                        thought.process_of(run.model_config, cfg), cfg.schedule)
+                                        thought.process_of(run.model_config, cfg), thought.noise_schedule(cfg))
                if FLAGS.thought_t_start > 0 else thought.given(start_thought))
     else:
       start = thought.from_noise(jax.random.key(FLAGS.seed + 1), batch, dims)

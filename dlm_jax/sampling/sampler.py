@@ -137,6 +137,7 @@ class SamplerConfig:
   # A thought model (config.thought; sampling/thought.py): whether the run has a thought, its forward process and the
   # steering step size.
   thought: bool = False
+  thought_schedule: MaskingSchedule | None = None  # the training schedule, on whose clock the thought is noised
   thought_rate: float = 0.5
   thought_saliency: float = 0.0
   steer_scale: float = 0.0
@@ -150,7 +151,8 @@ class SamplerConfig:
     fields.update(process_fields(config.diffusion))
     section = config.get("thought")
     if section is not None and section.get("enabled", False):
-      fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency))
+      fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency),
+                    thought_schedule=schedules.from_config(config.diffusion))
     fields.update(overrides)
     fields.pop("num_samples", None)
     name = fields.pop("reveal_schedule", "") or config.diffusion.schedule

@@ -113,7 +113,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
                       "CLI's --steer_toward=FILE.npy).")
   dims = process.dims
   batch, length = tokens_BxL.shape
-  schedule = cfg.schedule
+  schedule = noise_schedule(cfg)
   expand = lambda v_B: v_B.reshape(-1, *(1,) * len(dims))
   max_steps = cfg.max_steps(length)
 
@@ -159,6 +159,12 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
   return ThoughtSample(text=text, thought_BxT=thought_BxT, evolved_BxE=evolved_BxE,
                        next_memory_BxT=thought_lib.push(thought_BxT, evolved_BxE), estimate_trajectory=recorded[0],
                        noisy_trajectory=recorded[1], evolved_trajectory=recorded[2], thought_calls=carry.calls)
+
+
+def noise_schedule(cfg: sampler_lib.SamplerConfig):
+  """The masking schedule whose alpha(t)^rate noises the thought: the run's training schedule (the reveal schedule
+  `cfg.schedule` may differ; without a recorded one, the reveal schedule)."""
+  return cfg.thought_schedule or cfg.schedule
 
 
 def process_of(model_cfg, cfg: sampler_lib.SamplerConfig) -> ThoughtProcess:
