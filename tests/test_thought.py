@@ -33,7 +33,8 @@ def model_pair(dims=(4, 4, 2), seed=0, perturb=True):
     params = nnx.state(model, nnx.Param)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    nnx.update(model, jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]))
+    moved = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    nnx.update(model, jax.tree.unflatten(tree, moved))
     shared = {path: value for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     base_flat = nnx.to_flat_state(nnx.state(base, nnx.Param))
     nnx.update(base, nnx.from_flat_state([(path, shared[path]) for path, _ in base_flat]))
@@ -44,7 +45,8 @@ def test_thought_dims_decoder_shapes_and_unit_rms_evolved_thought():
   for dims in ((4, 4, 2), (8, 8, 4), (6, 3)):
     model, _ = model_pair(dims, perturb=False)
     x = jax.random.randint(jax.random.key(0), (3, 10), 0, VOCAB)
-    out = model(x, thought=thought_process.ThoughtInput(jax.random.normal(jax.random.key(1), (3, *dims)), jnp.ones((3,))))
+    z = jax.random.normal(jax.random.key(1), (3, *dims))
+    out = model(x, thought=thought_process.ThoughtInput(z, jnp.ones((3,))))
     assert out.thought["reconstruction"].shape == (3, *dims)
     assert out.thought["evolved"].shape == (3, *dims[:-1]) == (3, *thought_process.evolved_dims(dims))
     # unit mean square up to unit_rms's 1e-6 in the denominator (untrained outputs have a mean square ~3e-3)
@@ -68,7 +70,8 @@ def test_without_a_thought_the_model_computes_the_baseline():
 def test_an_untrained_pathway_adds_nothing_and_pathway_parameters_are_counted():
   model, base = model_pair(perturb=False)
   x = jax.random.randint(jax.random.key(3), (2, 12), 0, VOCAB)
-  out = model(x, thought=thought_process.ThoughtInput(jax.random.normal(jax.random.key(4), (2, 4, 4, 2)), jnp.ones((2,))))
+  z = jax.random.normal(jax.random.key(4), (2, 4, 4, 2))
+  out = model(x, thought=thought_process.ThoughtInput(z, jnp.ones((2,))))
   np.testing.assert_array_equal(out.logits_BxLxV, base(x).logits_BxLxV)  # zero-initialized cross-attention output
   count = lambda m: sum(v.size for v in jax.tree.leaves(nnx.state(m, nnx.Param)))
   assert count(model) - count(base) == thought.pathway_parameters((4, 4, 2), 16, 16, 2)

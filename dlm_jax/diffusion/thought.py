@@ -11,7 +11,7 @@ ablation, and the NELBO per depth a curve).
 
 **Joint forward process.** At one t ~ U[0, 1] (antithetic) the target's tokens are masked with keep probability
 alpha(t) (the run's masking schedule) and the thought is Gaussian-noised, z = a_i T + s_i eps per element, with
-    a_i^2 = sigmoid(lambda_i(t)),  s_i^2 = sigmoid(-lambda_i(t)),  lambda_i(t) = logit(clip(alpha(t)^kappa)) + gamma S_i.
+    a_i^2 = sigmoid(lambda_i(t)),  s_i^2 = sigmoid(-lambda_i(t)),  lambda_i(t) = logit(clip(alpha(t)^kappa)) + gamma S_i
 kappa = thought.rate in (0, 1] makes the thought's signal fraction alpha(t)^kappa >= alpha(t): it is corrupted more
 slowly than the text at every t (the seed's "thoughts corrupt more slowly") and reaches the N(0, I) prior exactly where
 the text is fully masked (alpha(1) = 0; the clip keeps lambda in [-11.51, 11.51]). The seed's saliency noise

@@ -1,5 +1,5 @@
-"""Thought-tensor metrics (seed 003, "Evaluation Metrics"), each a plain function of arrays, and `report`, which runs them
-all on a trained thought run (and a baseline) for `python -m launch.thought_report`.
+"""Thought-tensor metrics (seed 003, "Evaluation Metrics"), each a plain function of arrays, and `report`, which runs
+them all on a trained thought run (and a baseline) for `python -m launch.thought_report`.
 
 * Stability across denoising steps (`stability`): over a trajectory of thoughts [S, B, ...], the Pearson correlation
   between consecutive steps' thoughts of the same sample (flattened), averaged over steps and samples (seed target
