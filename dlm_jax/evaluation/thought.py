@@ -8,9 +8,10 @@ them all on a trained thought run (and a baseline) for `python -m launch.thought
   H = -sum_k p_k log p_k with p_k = lambda_k / sum lambda (nats; exp(H) is the effective rank, Roy & Vetterli 2007):
   0 when every thought lies on one line (collapse), log(rank) when they fill their space evenly.
 * Compression (`probe_r2`): information retained, as the held-out R^2 of a ridge-regression probe from the (n-1)-D
-  evolved thought of a window to that window's bag of tokens (its token histogram), against the same probe on the
-  window's own mean token embedding (`report`), with the ratio of raw sizes (W log2 V bits of text vs the thought's
-  floats).
+  evolved thought of a window to that window's bag of tokens (its token histogram), against the same probe given
+  another window's thought (the control: what the probe finds in no information), with the raw sizes (W log2 V bits of
+  text vs the thought's floats); and what the memory predicts of the next (target) window's bag, against the last
+  context window's own bag as the predictor.
 * Alignment (`retrieval_accuracy`): top-1 accuracy of each memory's alignment code picking the code of the text it
   precedes among N candidates (chance 1/N).
 * NELBO with and without the thought: `report` scores the target windows given memories of depth 0..K (0: the empty
@@ -62,9 +63,11 @@ def spectral_entropy(thoughts_Nx) -> dict:
   return {"entropy": entropy, "effective_rank": math.exp(entropy), "max_entropy": math.log(min(x.shape))}
 
 
-def probe_r2(features_NxF, targets_NxM, train_fraction: float = 0.5, ridge: float = 1e-3) -> float:
+def probe_r2(features_NxF, targets_NxM, train_fraction: float = 0.5, ridge: float = 1e-2) -> float:
   """Held-out R^2 of a ridge probe targets ~ [features, 1] W fitted on the first train_fraction of the rows:
-  1 - sum (y - y_hat)^2 / sum (y - mean_train y)^2 over the held-out rows (all target dimensions pooled)."""
+  1 - sum (y - y_hat)^2 / sum (y - mean_train y)^2 over the held-out rows (all target dimensions pooled). Features
+  are standardized on the training rows; the ridge penalty is `ridge` x n_train x |W|^2 (1e-2: chosen once on the
+  small thought run, where 1e-3 overfits the 256-float memory with 90 training rows and 1 shrinks everything)."""
   x = np.asarray(features_NxF, np.float64).reshape(len(features_NxF), -1)
   y = np.asarray(targets_NxM, np.float64).reshape(len(targets_NxM), -1)
   n_train = int(len(x) * train_fraction)
@@ -112,24 +115,27 @@ def context_thoughts(run, windows_NxL, batch_size: int):
 
 
 def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int) -> dict:
-  """Target-window NELBO (nats/token, with its Monte Carlo standard error) for every memory depth 0..K."""
+  """Target-window NELBO (nats/token, with its Monte Carlo standard error) for every memory depth 0..K, and each
+  depth's difference from depth 0 (the empty memory): every depth sees the same windows, times and masks, so the
+  difference's standard error over the time draws is far smaller than either figure's."""
   from dlm_jax import models
   objective = run.objective
   process = objective.thought
-  curve = {}
   n = (len(windows_NxL) // batch_size) * batch_size
+  draws = np.zeros((process.context_windows + 1, time_samples))
   for depth in range(process.context_windows + 1):
     step = jax.jit(lambda params, rows, key, depth=depth: process.depth_nll(
         objective, models.denoise_fn(run.graphdef, params, run.other), rows, key, depth))
-    draws = []
     for r in range(time_samples):
-      values = [float(step(run.params, windows_NxL[i:i + batch_size],
-                           jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), i // batch_size)))
-                for i in range(0, n, batch_size)]
-      draws.append(np.mean(values))
-    curve[depth] = {"nats_per_token": float(np.mean(draws)),
-                    "mc_stderr": float(np.std(draws, ddof=1) / math.sqrt(len(draws))) if len(draws) > 1 else 0.0}
-  return curve
+      draws[depth, r] = np.mean([float(step(run.params, windows_NxL[i:i + batch_size],
+                                            jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r),
+                                                               i // batch_size)))
+                                 for i in range(0, n, batch_size)])
+  stderr = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+  return {depth: {"nats_per_token": float(np.mean(draws[depth])), "mc_stderr": stderr(draws[depth]),
+                  "minus_empty_memory": float(np.mean(draws[depth] - draws[0])),
+                  "minus_empty_memory_stderr": stderr(draws[depth] - draws[0])}
+          for depth in range(process.context_windows + 1)}
 
 
 def baseline_nll(run, targets_NxW, batch_size: int, seed: int, time_samples: int) -> dict:
@@ -176,17 +182,24 @@ def report(run, windows_NxL, *, baseline=None, batch_size: int = 16, seed: int =
   thoughts = evolved.reshape(-1, *evolved.shape[2:])  # [N K, *E], window order within each row
   bags = bag_of_tokens(context.reshape(-1, context.shape[-1]), vocab)
   order = np.random.default_rng(seed).permutation(len(thoughts))  # the probe's train/held-out split
-  table = np.asarray(run.model().embedding[...])
-  mean_embedding = table[context.reshape(-1, context.shape[-1])].mean(1)
   width, floats = context.shape[-1], int(np.prod(evolved.shape[2:]))
+  shuffled = np.random.default_rng(seed + 1).permutation(len(thoughts))
+  target_bags = bag_of_tokens(target, vocab)
+  rows = np.random.default_rng(seed + 2).permutation(len(memory))
+  consecutive = stability(np.swapaxes(evolved, 0, 1))
   result = {
       "nelbo_by_memory_depth": depth_curve(run, windows_NxL, batch_size, seed, time_samples),
       "diversity": {"evolved": spectral_entropy(thoughts), "memory": spectral_entropy(memory)},
-      "compression": {"probe_r2_bag_of_tokens_from_thought": probe_r2(thoughts[order], bags[order]),
-                      "probe_r2_bag_of_tokens_from_mean_embedding": probe_r2(mean_embedding[order], bags[order]),
+      "compression": {"probe_r2_own_window_bag_from_thought": probe_r2(thoughts[order], bags[order]),
+                      "probe_r2_own_window_bag_from_another_windows_thought": probe_r2(thoughts[shuffled][order],
+                                                                                        bags[order]),
+                      "probe_r2_target_bag_from_memory": probe_r2(memory[rows], target_bags[rows]),
+                      "probe_r2_target_bag_from_last_context_bag": probe_r2(
+                          bag_of_tokens(context[:, -1], vocab)[rows], target_bags[rows]),
                       "text_bits_per_window": width * math.log2(vocab), "thought_floats": floats},
       "alignment": {"retrieval_top1": retrieval_accuracy(a, b), "chance": 1.0 / len(a), "candidates": len(a)},
-      "coherence": {"consecutive_window_correlation": stability(np.swapaxes(evolved, 0, 1))["step_correlation"]},
+      "coherence": {"consecutive_window_correlation": consecutive["step_correlation"],
+                    "specific_consecutive_window_correlation": consecutive["specific_step_correlation"]},
       "stability": sampling_stability(run, num_samples, steps, seed),
       "windows": int(len(windows_NxL)), "window_length": int(width), "context_windows": process.context_windows,
   }
