@@ -246,6 +246,9 @@ def test_metrics_on_known_inputs():
   x = rng.normal(size=(400, 6))
   assert metrics.probe_r2(x, x @ rng.normal(size=(6, 3))) > 0.999
   assert metrics.probe_r2(x, rng.normal(size=(400, 3))) < 0.05
+  sparse = np.zeros((400, 7))
+  sparse[200:, 6] = 1.0  # constant on the training half: ignored, not blown up by its zero spread
+  assert metrics.probe_r2(np.concatenate([x, sparse], axis=1), x @ np.ones((6, 1))) > 0.99
   np.testing.assert_allclose(metrics.bag_of_tokens(np.array([[1, 1, 2, 0]]), 3), [[0.25, 0.5, 0.25]])
   assert metrics.retrieval_accuracy(np.eye(5), np.eye(5)) == 1.0
 

@@ -10,8 +10,8 @@ them all on a trained thought run (and a baseline) for `python -m launch.thought
 * Compression (`probe_r2`): information retained, as the held-out R^2 of a ridge-regression probe from the (n-1)-D
   evolved thought of a window to that window's bag of tokens (its token histogram), against the same probe given
   another window's thought (the control: what the probe finds in no information), with the raw sizes (W log2 V bits of
-  text vs the thought's floats); and what the memory predicts of the next (target) window's bag, against the last
-  context window's own bag as the predictor.
+  text vs the thought's floats); and what the memory predicts of the next (target) window's bag, against the bags of
+  the last context window and of all K context windows as predictors.
 * Alignment (`retrieval_accuracy`): top-1 accuracy of each memory's alignment code picking the code of the text it
   precedes among N candidates (chance 1/N).
 * NELBO with and without the thought: `report` scores the target windows given memories of depth 0..K (0: the empty
@@ -63,23 +63,42 @@ def spectral_entropy(thoughts_Nx) -> dict:
   return {"entropy": entropy, "effective_rank": math.exp(entropy), "max_entropy": math.log(min(x.shape))}
 
 
-def probe_r2(features_NxF, targets_NxM, train_fraction: float = 0.5, ridge: float = 1e-2) -> float:
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _ridge_fit_r2(x_train, y_train, x_test, y_test, ridge: float) -> float:
+  mean, scale = x_train.mean(0), x_train.std(0)
+  scale = np.where(scale > 1e-8, scale, 1.0)  # a feature constant on the training rows gets no weight, not 1e8
+  design = lambda rows: np.concatenate([(rows - mean) / scale, np.ones((len(rows), 1))], axis=1)
+  a = design(x_train)
+  w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ y_train)
+  residual = y_test - design(x_test) @ w
+  return float(1.0 - np.sum(residual**2) / max(np.sum((y_test - y_train.mean(0))**2), 1e-300))
+
+
+def probe_r2(features_NxF, targets_NxM, train_fraction: float = 0.5, ridge: float | None = None) -> float:
   """Held-out R^2 of a ridge probe targets ~ [features, 1] W fitted on the first train_fraction of the rows:
-  1 - sum (y - y_hat)^2 / sum (y - mean_train y)^2 over the held-out rows (all target dimensions pooled). Features
-  are standardized on the training rows; the ridge penalty is `ridge` x n_train x |W|^2 (1e-2: chosen once on the
-  small thought run, where 1e-3 overfits the 256-float memory with 90 training rows and 1 shrinks everything)."""
+  1 - sum (y - y_hat)^2 / sum (y - mean_train y)^2 over the held-out rows (all target dimensions pooled). Features are
+  standardized on the training rows; the penalty is ridge x n_train x |W|^2 with `ridge` given, or chosen from
+  RIDGE_GRID by 3-fold cross-validation on the training rows (so that predictors of different sizes are each probed at
+  their best, none overfitted)."""
   x = np.asarray(features_NxF, np.float64).reshape(len(features_NxF), -1)
   y = np.asarray(targets_NxM, np.float64).reshape(len(targets_NxM), -1)
   n_train = int(len(x) * train_fraction)
-  if n_train < 2 or len(x) - n_train < 2:
-    raise ValueError(f"probe_r2 needs at least 2 training and 2 held-out rows, got {len(x)} rows.")
-  mean, scale = x[:n_train].mean(0), x[:n_train].std(0) + 1e-8
-  design = lambda rows: np.concatenate([(rows - mean) / scale, np.ones((len(rows), 1))], axis=1)
-  a = design(x[:n_train])
-  w = np.linalg.solve(a.T @ a + ridge * n_train * np.eye(a.shape[1]), a.T @ y[:n_train])
-  residual = y[n_train:] - design(x[n_train:]) @ w
-  total = y[n_train:] - y[:n_train].mean(0)
-  return float(1.0 - np.sum(residual**2) / max(np.sum(total**2), 1e-300))
+  if n_train < 6 or len(x) - n_train < 2:
+    raise ValueError(f"probe_r2 needs at least 6 training and 2 held-out rows, got {len(x)} rows.")
+  if ridge is None:
+    folds = np.array_split(np.arange(n_train), 3)
+
+    def cv(r):
+      scores = []
+      for fold in folds:
+        keep = np.setdiff1d(np.arange(n_train), fold)
+        scores.append(_ridge_fit_r2(x[keep], y[keep], x[fold], y[fold], r))
+      return np.mean(scores)
+
+    ridge = max(RIDGE_GRID, key=cv)
+  return _ridge_fit_r2(x[:n_train], y[:n_train], x[n_train:], y[n_train:], ridge)
 
 
 def bag_of_tokens(tokens_NxW, vocab_size: int):
@@ -196,6 +215,8 @@ def report(run, windows_NxL, *, baseline=None, batch_size: int = 16, seed: int =
                       "probe_r2_target_bag_from_memory": probe_r2(memory[rows], target_bags[rows]),
                       "probe_r2_target_bag_from_last_context_bag": probe_r2(
                           bag_of_tokens(context[:, -1], vocab)[rows], target_bags[rows]),
+                      "probe_r2_target_bag_from_context_bag": probe_r2(
+                          bag_of_tokens(context.reshape(len(context), -1), vocab)[rows], target_bags[rows]),
                       "text_bits_per_window": width * math.log2(vocab), "thought_floats": floats},
       "alignment": {"retrieval_top1": retrieval_accuracy(a, b), "chance": 1.0 / len(a), "candidates": len(a)},
       "coherence": {"consecutive_window_correlation": consecutive["step_correlation"],
