@@ -15,7 +15,7 @@ them all on a trained thought run (and a baseline) for `python -m launch.thought
 * Alignment (`retrieval_accuracy`): top-1 accuracy of each memory's alignment code picking the code of the text it
   precedes among N candidates (chance 1/N).
 * NELBO with and without the thought: `report` scores the target windows given memories of depth 0..K (0: the empty
-  memory, the same parameters) and a parameter-matched baseline on the same target windows.
+  memory, the same parameters) and a parameter-matched baseline on the same target windows, with paired differences.
 """
 from __future__ import annotations
 
@@ -133,37 +133,45 @@ def context_thoughts(run, windows_NxL, batch_size: int):
   return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(4))
 
 
-def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int) -> dict:
-  """Target-window NELBO (nats/token, with its Monte Carlo standard error) for every memory depth 0..K, and each
-  depth's difference from depth 0 (the empty memory): every depth sees the same windows, times and masks, so the
-  difference's standard error over the time draws is far smaller than either figure's."""
+def _draws(step, params, rows_NxL, batch_size: int, seed: int, time_samples: int):
+  """[time_samples] mean nats/token of `step(params, rows, key)` over whole batches; batch i of draw r uses key
+  fold_in(fold_in(key(seed), r), i), the keys of likelihood.evaluate, so every scorer sees the same times and masks."""
+  n = (len(rows_NxL) // batch_size) * batch_size
+  return np.array([np.mean([float(step(params, rows_NxL[i:i + batch_size],
+                                       jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), i // batch_size)))
+                            for i in range(0, n, batch_size)]) for r in range(time_samples)])
+
+
+def _stderr(x) -> float:
+  return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int, baseline=None) -> dict:
+  """Target-window NELBO (nats/token, with its Monte Carlo standard error) for every memory depth 0..K, each depth's
+  difference from depth 0 (the empty memory) and, with a `baseline` run (no thought, windows of W), from the
+  baseline's NELBO of the same target windows. Every scorer sees the same windows, times and masks (the same keys; a
+  thought run's target window is corrupted exactly as a W-token window), so a difference's standard error over the
+  time draws is far smaller than either figure's."""
   from dlm_jax import models
+  from dlm_jax.evaluation import likelihood
   objective = run.objective
   process = objective.thought
-  n = (len(windows_NxL) // batch_size) * batch_size
-  draws = np.zeros((process.context_windows + 1, time_samples))
+  draws = {}
   for depth in range(process.context_windows + 1):
     step = jax.jit(lambda params, rows, key, depth=depth: process.depth_nll(
         objective, models.denoise_fn(run.graphdef, params, run.other), rows, key, depth))
-    for r in range(time_samples):
-      draws[depth, r] = np.mean([float(step(run.params, windows_NxL[i:i + batch_size],
-                                            jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r),
-                                                               i // batch_size)))
-                                 for i in range(0, n, batch_size)])
-  stderr = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-  return {depth: {"nats_per_token": float(np.mean(draws[depth])), "mc_stderr": stderr(draws[depth]),
-                  "minus_empty_memory": float(np.mean(draws[depth] - draws[0])),
-                  "minus_empty_memory_stderr": stderr(draws[depth] - draws[0])}
-          for depth in range(process.context_windows + 1)}
-
-
-def baseline_nll(run, targets_NxW, batch_size: int, seed: int, time_samples: int) -> dict:
-  """A baseline run's NELBO of tokens 2..W of the target windows (its own evaluation_nll)."""
-  from dlm_jax.evaluation import likelihood
-  step = likelihood.make_eval_step(run.graphdef, run.other, run.objective)
-  result = likelihood.evaluate(step, run.params, targets_NxW, run.tokenizer, batch_size=batch_size, seed=seed,
-                               time_samples=time_samples)
-  return {"nats_per_token": result["nats_per_token"], "mc_stderr": result["mc_stderr"]}
+    draws[depth] = _draws(step, run.params, windows_NxL, batch_size, seed, time_samples)
+  curve = {depth: {"nats_per_token": float(np.mean(d)), "mc_stderr": _stderr(d),
+                   "minus_empty_memory": float(np.mean(d - draws[0])),
+                   "minus_empty_memory_stderr": _stderr(d - draws[0])} for depth, d in draws.items()}
+  if baseline is not None:
+    _, target = process.split(jnp.asarray(windows_NxL))
+    base = _draws(likelihood.make_eval_step(baseline.graphdef, baseline.other, baseline.objective), baseline.params,
+                  np.asarray(target), batch_size, seed, time_samples)
+    curve["baseline"] = {"nats_per_token": float(np.mean(base)), "mc_stderr": _stderr(base)}
+    for depth, d in draws.items():
+      curve[depth].update(minus_baseline=float(np.mean(d - base)), minus_baseline_stderr=_stderr(d - base))
+  return curve
 
 
 def sampling_stability(run, num_samples: int, steps: int, seed: int) -> dict:
@@ -207,7 +215,7 @@ def report(run, windows_NxL, *, baseline=None, batch_size: int = 16, seed: int =
   rows = np.random.default_rng(seed + 2).permutation(len(memory))
   consecutive = stability(np.swapaxes(evolved, 0, 1))
   result = {
-      "nelbo_by_memory_depth": depth_curve(run, windows_NxL, batch_size, seed, time_samples),
+      "nelbo_by_memory_depth": depth_curve(run, windows_NxL, batch_size, seed, time_samples, baseline),
       "diversity": {"evolved": spectral_entropy(thoughts), "memory": spectral_entropy(memory)},
       "compression": {"probe_r2_own_window_bag_from_thought": probe_r2(thoughts[order], bags[order]),
                       "probe_r2_own_window_bag_from_another_windows_thought": probe_r2(thoughts[shuffled][order],
@@ -224,6 +232,4 @@ def report(run, windows_NxL, *, baseline=None, batch_size: int = 16, seed: int =
       "stability": sampling_stability(run, num_samples, steps, seed),
       "windows": int(len(windows_NxL)), "window_length": int(width), "context_windows": process.context_windows,
   }
-  if baseline is not None:
-    result["baseline_nelbo"] = baseline_nll(baseline, target, batch_size, seed, time_samples)
   return result
