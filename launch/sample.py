@@ -119,7 +119,6 @@ THOUGHT_FLAGS = ("thought_in", "thought_out", "interpolate_with", "steer_toward"
 
 def thought_main(run, cfg, tokens, fixed):
   """Sample a thought run (module docstring): texts, thought files."""
-  from dlm_jax.diffusion import thought as thought_process
   from dlm_jax.sampling import thought
   dims = run.model_config.thought_dims
   batch = tokens.shape[0]
@@ -130,13 +129,14 @@ def thought_main(run, cfg, tokens, fixed):
       raise ValueError("--interpolate_with blends with --thought_in: give both.")
     if not 0.0 <= FLAGS.thought_t_start <= 1.0:
       raise ValueError(f"--thought_t_start={FLAGS.thought_t_start} must be in [0, 1].")
-    if FLAGS.thought_in:
-      start_thought = load("thought_in")
+    if FLAGS.thought_in:  # (without --interpolate_with: the blend of --thought_in with itself at 0, i.e. itself)
+      thought_in = load("thought_in")
+      other, alpha = (thought_in, 0.0)
       if FLAGS.interpolate_with:
-        start_thought = thought_process.interpolate(start_thought, load("interpolate_with"), FLAGS.interpolate_alpha)
-      start = (thought.partially_noised(jax.random.key(FLAGS.seed + 1), start_thought, FLAGS.thought_t_start,
-                                        thought.process_of(run.model_config, cfg), thought.noise_schedule(cfg))
-               if FLAGS.thought_t_start > 0 else thought.given(start_thought))
+        other, alpha = load("interpolate_with"), FLAGS.interpolate_alpha
+      start = thought.interpolation_start(jax.random.key(FLAGS.seed + 1), thought_in, other, alpha,
+                                          FLAGS.thought_t_start, thought.process_of(run.model_config, cfg),
+                                          thought.noise_schedule(cfg))
     else:
       start = thought.from_noise(jax.random.key(FLAGS.seed + 1), batch, dims)
   except ValueError as e:

@@ -135,18 +135,23 @@ def rounding_cross_entropy(logits_BxLxV, x0_BxL):
 
 
 def ddim_step(z_BxLxD, e_hat_BxLxD, t_B, s_B, schedule: LogSNRSchedule, rng=None, eta: float = 0.0):
-  """One reverse step from time t to s < t given the clean estimate e_hat (Song et al. 2021, DDIM, with eta = 0; with
-  eta = 1 and `rng` the ancestral DDPM step, sampling q(z_s | z_t, e_hat)):
-      eps_hat = (z_t - alpha_t e_hat) / sigma_t,
-      z_s = alpha_s e_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise,   c = eta sigma_{t->s},
+  """One reverse step from time t to s < t on `schedule` (`ddim_update` with each row's lambda(t), lambda(s))."""
+  lam_t, lam_s = schedule.log_snr(t_B)[:, None, None], schedule.log_snr(s_B)[:, None, None]
+  return ddim_update(z_BxLxD, e_hat_BxLxD, lam_t, lam_s, rng, eta)
+
+
+def ddim_update(z, x_hat, lam_t, lam_s, rng=None, eta: float = 0.0):
+  """One reverse step of the variance-preserving process from log-SNR lambda_t to lambda_s >= lambda_t given the clean
+  estimate x_hat (Song et al. 2021, DDIM, with eta = 0; with eta = 1 and `rng` the ancestral DDPM step, sampling
+  q(z_s | z_t, x_hat)), elementwise (the lambdas broadcast against z, so each element may have its own schedule):
+      eps_hat = (z_t - alpha_t x_hat) / sigma_t,
+      z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c noise,   c = eta sigma_{t->s},
   where sigma_{t->s}^2 = sigma_s^2 (1 - SNR(t)/SNR(s)) is the variance of q(z_s | z_t, x)."""
-  alpha_t, sigma_t = schedule.alpha_sigma(t_B)
-  alpha_s, sigma_s = schedule.alpha_sigma(s_B)
-  eps_hat = (z_BxLxD - alpha_t[:, None, None] * e_hat_BxLxD) / sigma_t[:, None, None]
-  snr_ratio = jnp.exp(schedule.log_snr(t_B) - schedule.log_snr(s_B))
-  c_B = eta * sigma_s * jnp.sqrt(jnp.clip(1.0 - snr_ratio, 0.0, 1.0))
-  z_s = (alpha_s[:, None, None] * e_hat_BxLxD
-         + jnp.sqrt(jnp.maximum(jnp.square(sigma_s) - jnp.square(c_B), 0.0))[:, None, None] * eps_hat)
+  alpha_t, sigma_t = jnp.sqrt(jax.nn.sigmoid(lam_t)), jnp.sqrt(jax.nn.sigmoid(-lam_t))
+  alpha_s, sigma_s = jnp.sqrt(jax.nn.sigmoid(lam_s)), jnp.sqrt(jax.nn.sigmoid(-lam_s))
+  eps_hat = (z - alpha_t * x_hat) / sigma_t
+  c = eta * sigma_s * jnp.sqrt(jnp.clip(1.0 - jnp.exp(lam_t - lam_s), 0.0, 1.0))
+  z_s = alpha_s * x_hat + jnp.sqrt(jnp.maximum(jnp.square(sigma_s) - jnp.square(c), 0.0)) * eps_hat
   if eta > 0.0 and rng is not None:
-    z_s = z_s + c_B[:, None, None] * jax.random.normal(rng, z_BxLxD.shape, jnp.float32)
+    z_s = z_s + c * jax.random.normal(rng, jnp.shape(z), jnp.float32)
   return z_s

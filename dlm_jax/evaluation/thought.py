@@ -19,6 +19,7 @@ them all on a trained thought run (and a baseline) for `python -m launch.thought
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -137,9 +138,10 @@ def _draws(step, params, rows_NxL, batch_size: int, seed: int, time_samples: int
   """[time_samples] mean nats/token of `step(params, rows, key)` over whole batches; batch i of draw r uses key
   fold_in(fold_in(key(seed), r), i), the keys of likelihood.evaluate, so every scorer sees the same times and masks."""
   n = (len(rows_NxL) // batch_size) * batch_size
-  return np.array([np.mean([float(step(params, rows_NxL[i:i + batch_size],
-                                       jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), i // batch_size)))
-                            for i in range(0, n, batch_size)]) for r in range(time_samples)])
+  key = lambda r, i: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), i // batch_size)
+  return np.array([np.mean([float(step(params, rows_NxL[i:i + batch_size], key(r, i)))
+                            for i in range(0, n, batch_size)])
+                   for r in range(time_samples)])
 
 
 def _stderr(x) -> float:
@@ -179,7 +181,6 @@ def sampling_stability(run, num_samples: int, steps: int, seed: int) -> dict:
   generations from noise, and of generations given a clean memory (persistence)."""
   from dlm_jax.sampling import SamplerConfig
   from dlm_jax.sampling import thought as thought_sampling
-  import dataclasses
   cfg = dataclasses.replace(SamplerConfig.from_config(run.config), steps=steps, record_trajectory=True)
   width = run.objective.sample_length(int(run.config.data.seq_len))
   tokens = np.zeros((num_samples, width), np.int32)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm_jax.diffusion import gaussian
 from dlm_jax.diffusion import thought as thought_lib
 from dlm_jax.diffusion.thought import ThoughtProcess
 from dlm_jax.errors import ConfigError
@@ -95,12 +96,6 @@ class ThoughtSample:
   thought_calls: jax.Array | None = None  # network calls that moved the thought (rows 1..calls of the trajectories)
 
 
-def _ddim(z, estimate, lam_prev, lam_next):
-  a_prev, s_prev = jnp.sqrt(jax.nn.sigmoid(lam_prev)), jnp.sqrt(jax.nn.sigmoid(-lam_prev))
-  a_next, s_next = jnp.sqrt(jax.nn.sigmoid(lam_next)), jnp.sqrt(jax.nn.sigmoid(-lam_next))
-  return a_next * estimate + s_next * (z - a_prev * estimate) / s_prev
-
-
 def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: ThoughtStart, cfg: sampler_lib.SamplerConfig,
                    process: ThoughtProcess, property_fn: Callable | None = None) -> ThoughtSample:
   """The reverse process of text and thought (module docstring). `model_fn()` returns the merged thought denoiser;
@@ -127,7 +122,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
     t_next = jnp.where(carry.given_B, 0.0, jnp.minimum(t_B, carry.t_B))
     lam_prev = process.log_snr(schedule.alpha(carry.t_B), carry.estimate)
     lam_next = process.log_snr(schedule.alpha(t_next), carry.estimate)
-    moved = _ddim(carry.z, carry.estimate, lam_prev, lam_next)
+    moved = gaussian.ddim_update(carry.z, carry.estimate, lam_prev, lam_next)
     z = jnp.where(expand(carry.given_B), carry.estimate, jnp.where(expand(carry.t_B > t_next), moved, carry.z))
     out = model_fn()(x_BxL, t_B, thought=thought_lib.ThoughtInput(z, t_next))
     estimate = steer(jnp.where(expand(carry.given_B), z, out.thought["reconstruction"]))
