@@ -126,6 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: stop after this many evaluations in a row without a better validation NELBO than the best so far (which is
   # always kept in WORKDIR/best); 0: run to num_steps
   c.train.early_stop_evals = 0
+  # > 0: wall-clock seconds from the trainer's start after which the run stops as on SIGTERM, with a final evaluation
+  # when the stopping step was not just evaluated (a batch-job limit; the GPU suite's fixed-time runs). The
+  # learning-rate schedule stays that of num_steps.
+  c.train.time_limit_s = 0.0
   c.train.sample_every = 300
 
   c.eval = ml_collections.ConfigDict()

@@ -223,6 +223,21 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     loop.train(config, str(tmp_path))
 
 
+def test_time_limit_stops_after_a_final_evaluation_and_a_checkpoint(tmp_path, capsys):
+  """train.time_limit_s: the first step alone (it compiles) outlasts 1 ms, so the run stops after it as on SIGTERM,
+  with that step evaluated (eval.every does not divide it) and checkpointed as the latest and the best."""
+  summary = loop.train(tiny_config(**{"train.time_limit_s": 1e-3, "eval.every": 6}), str(tmp_path / "run"))
+  assert summary["timed_out"] and summary["stopped"] and summary["step"] == 1 and not summary["stopped_early"]
+  rows = metrics.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  assert [r["step"] for r in rows if "eval/nll_per_token" in r] == [1]
+  assert summary["best"]["step"] == 1 and summary["eval_nll_per_token"] == summary["best"]["nll_per_token"]
+  assert checkpoint.manager(tmp_path / "run", create=False).latest_step() == 1
+  assert "Stopping at step 1: train.time_limit_s=0.001 s have passed." in capsys.readouterr().out
+  from dlm_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"train.time_limit_s=-1: give the seconds"):
+    loop.train(tiny_config(**{"train.time_limit_s": -1.0}), str(tmp_path / "negative"))
+
+
 def test_stop_on_signals_sets_flag():
   import os
   import signal

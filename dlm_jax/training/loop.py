@@ -2,8 +2,10 @@
 
 Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init
 (for a distillation, diffusion.objective="dcd": the teacher's weights, `start_from_teacher`).
-SIGTERM/SIGINT finish the step in flight, write a checkpoint and return; a non-finite loss stops the run with an error
-naming the step (the last good checkpoint stays). Metrics of step k are read after step k+1 is dispatched (nanodo).
+SIGTERM/SIGINT finish the step in flight, write a checkpoint and return, and so does `train.time_limit_s` once that
+many seconds have passed since the trainer started (after a final evaluation); a non-finite loss stops the run with
+an error naming the step (the last good checkpoint stays). Metrics of step k are read after step k+1 is dispatched
+(nanodo).
 """
 from __future__ import annotations
 
@@ -70,7 +72,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
 
 
 def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshContext):
+  started = time.monotonic()
   tcfg = config.train
+  time_limit = float(tcfg.get("time_limit_s", 0.0) or 0.0)
+  if time_limit < 0:
+    raise ConfigError(f"train.time_limit_s={time_limit:g}: give the seconds after which the run stops (> 0), or 0 for "
+                      "no limit.")
   num_steps, global_batch, accum = int(tcfg.num_steps), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
   mesh.check_batch(global_batch, accum)
 
@@ -192,7 +199,18 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     no_prompt = (np.zeros((num_samples, sample_len), np.int32), np.zeros((num_samples, sample_len), bool))
   flag = {"stop": False}
   last_eval = None
-  stopped_early = False
+  stopped_early = timed_out = False
+
+  def time_is_up(step) -> bool:
+    """Whether train.time_limit_s has passed; several processes decide together (process 0's clock, at log steps)."""
+    if not time_limit:
+      return False
+    if not multi_process:
+      return time.monotonic() - started >= time_limit
+    if step % int(tcfg.log_every):
+      return False
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(time.monotonic() - started >= time_limit)))
+
   # Several processes stop together: JAX's preemption service (jax.distributed) catches SIGTERM on any host and has
   # every host agree on the step at which all of them checkpoint and stop (reached_preemption_sync_point); a signal
   # handled by one process alone would leave the others waiting in the next collective. One process: our handler.
@@ -207,9 +225,16 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
       progress.dispatched(step, step_metrics)  # checks and logs the previous step's metrics: no stall
       if step % int(tcfg.log_every) == 0 or step == num_steps:
         progress.flush(console=True)
-      if int(config.eval.every) and (step % int(config.eval.every) == 0 or step == num_steps):
+      evaluated = bool(int(config.eval.every)) and (step % int(config.eval.every) == 0 or step == num_steps)
+      if evaluated:
         last_eval = run_eval(step)
         stopped_early = track_best(step, last_eval)
+      if not stopped_early and time_is_up(step):
+        timed_out = True
+        print(f"Stopping at step {step}: train.time_limit_s={time_limit:g} s have passed.", flush=True)
+        if int(config.eval.every) and not evaluated:
+          last_eval = run_eval(step)
+          track_best(step, last_eval)
       if num_samples and int(tcfg.sample_every) and step % int(tcfg.sample_every) == 0:
         texts = sample_texts(inference_params(), jax.random.key(step), *no_prompt).texts
         writer.text(step, "samples", "\n---\n".join(texts))
@@ -217,7 +242,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
       if multi_process and multihost_utils.reached_preemption_sync_point(step):
         print(f"Preempted: every process checkpoints at step {step} and stops.", flush=True)
         flag["stop"] = True
-      stopping = flag["stop"] or stopped_early or (stop_at_step is not None and step >= stop_at_step)
+      stopping = flag["stop"] or stopped_early or timed_out or (stop_at_step is not None and step >= stop_at_step)
       if step % int(tcfg.checkpoint_every) == 0 or stopping:
         progress.flush()  # never checkpoint a state whose loss has not been checked
         checkpoint.save(mngr, step, state, data_iter, meta)
@@ -235,7 +260,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     print(f"Best validation NELBO {best['nll_per_token']:.4f} nats/token at step {best['step']} (checkpoint in "
           f"{workdir / 'best'}; load it with --checkpoint=best).", flush=True)
   return {"step": step, "eval_nll_per_token": last_eval, "history": progress.history, "stopped": step < num_steps,
-          "stopped_early": stopped_early, "best": best, "tokenizer": tokenizer, "vocab_size": vocab_size}
+          "stopped_early": stopped_early, "timed_out": timed_out, "best": best, "tokenizer": tokenizer,
+          "vocab_size": vocab_size}
 
 
 def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Path):
