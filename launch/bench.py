@@ -1,6 +1,6 @@
 """Training and sampling throughput of a config; prints the result row, and appends it to BENCHMARKS.md with --record.
 
-  python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (H100 target: >= 55% MFU)
+  python -m launch.bench --config=configs/base_110m.py          # the GPU benchmark (target: >= 55% MFU)
   python -m launch.bench                                        # CPU-sized: configs/default.py
   python -m launch.bench --config=configs/base_110m.py:eco --seq_lens=1024,2048,4096,8192,16384,32768 --batch=1
                                                                 # sequence-length scaling
@@ -8,14 +8,18 @@
                                                                 # is EcoHybrid's conv + memory path memory-bound?
   python -m launch.bench --config=configs/base_110m.py --profile  # kernel time per step by class, and the top kernels
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m launch.bench --config=configs/base_110m.py --scale_out
-                                                                # per-device memory and collectives per mesh shape
+      --step_ms_from=OUT/results.jsonl                          # per-device memory and collectives per mesh shape;
+                                                                # the 8-GPU projection from the GPU suite's step time
+  ... --json_out=FILE                                           # any mode: its results as JSON too (the GPU suite)
 
-MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (800 TFLOP/s on the H100;
-n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time relative to one
-forward pass of the same batch.
+MFU = (6 N_matmul + 12 L T d) x tokens/s / peak, with peak the measured bf16 matmul ceiling (790 TFLOP/s on the H200,
+800 on the H100; n/a on CPU). Sampler: B=64 sequences of 256 new tokens in 64 steps (config.bench), with the step time
+relative to one forward pass of the same batch.
 """
 import datetime
+import json
 import math
+import os
 import pathlib
 import sys
 
@@ -55,8 +59,12 @@ flags.DEFINE_list("mesh_shapes", ["8x1x1", "1x8x1", "2x4x1", "2x2x2", "1x4x2", "
 flags.DEFINE_bool("measure", False, "Scale-out mode: also initialize the state on each mesh and read its bytes.")
 flags.DEFINE_float("step_ms", 0.0, "Scale-out mode: the measured single-device train step at the config's batch (ms, "
                    "from the throughput mode on the GPU) for the step-time projection; 0: no projection.")
+flags.DEFINE_string("step_ms_from", None, "Scale-out mode: read --step_ms from the GPU suite's results.jsonl (the "
+                    "train_step_ms of its bench_base_110m row).")
 flags.DEFINE_float("bus_gb_s", 450.0, "Scale-out mode: the assumed per-GPU bus bandwidth of the projection (GB/s; "
-                   "H100 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
+                   "H100/H200 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
+flags.DEFINE_string("json_out", None, "Also write the mode's results to this JSON file (rewritten as rows come in the "
+                    "scaling mode, so that a run cut short keeps its finished lengths).")
 FLAGS = flags.FLAGS
 SCALE_OUT_HEADER = ("| date | commit | device | command | mesh (data x fsdp x tensor) | params MB/device | "
                     "optimizer MB/device | measured MB/device (params + optimizer) | collectives per step (count: MB "
@@ -83,18 +91,25 @@ def main(argv):
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
   write = lambda header, rows: (report.append_rows(FLAGS.output, header, rows) if FLAGS.record
                                 else print(f"(not recorded; --record appends to {FLAGS.output})\n{header}{rows}"))
+  stamp = {"date": datetime.date.today().isoformat(), "commit": report.commit(REPO), "device": device,
+           "command": command.strip()}
   if FLAGS.head_memory:
-    print(f"{prefix[2:-2]}\n{throughput.head_loss_memory(FLAGS.config, FLAGS.head_memory)}")
+    memory = throughput.head_loss_memory(FLAGS.config, FLAGS.head_memory)
+    print(f"{prefix[2:-2]}\n{memory}")
+    write_json(stamp, memory)
   elif FLAGS.profile:
     print(f"{prefix[2:-2]}\n")
-    for title, summary in throughput.profile(FLAGS.config, FLAGS.profile_dir).items():
-      print(profile.format_summary(title, summary))
+    summaries = throughput.profile(FLAGS.config, FLAGS.profile_dir)
+    text = "\n".join(profile.format_summary(title, summary) for title, summary in summaries.items())
+    print(text)
+    write_json(stamp, {"summaries": summaries, "markdown": f"{prefix[2:-2]}\n\n{text}"})
   elif FLAGS.scale_out:
-    write(SCALE_OUT_HEADER, scale_out_rows(prefix, fmt))
+    write(SCALE_OUT_HEADER, scale_out_rows(prefix, fmt, stamp))
   elif FLAGS.hot_path:
-    write(HOT_PATH_HEADER, hot_path_rows(prefix, fmt))
+    write(HOT_PATH_HEADER, hot_path_rows(prefix, fmt, stamp))
   elif FLAGS.seq_lens:
-    rows = throughput.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch)
+    rows = throughput.scaling(FLAGS.config, [int(t) for t in FLAGS.seq_lens], FLAGS.batch,
+                              on_row=lambda rows: write_json(stamp, {"rows": rows}))
     for r in rows:
       print(r)
     write(SCALING_HEADER, "".join(f"{prefix} {r['model']} | {r['batch']} x {r['seq_len']} | {r['train_step_ms']:.1f} | "
@@ -103,6 +118,7 @@ def main(argv):
     r = throughput.run(FLAGS.config)
     for key, value in r.items():
       print(f"{key:>26}: {value}")
+    write_json(stamp, r)
     write(HEADER, f"{prefix} {r['params_M']:.1f} | {r['batch']} x {r['seq_len']} | {r['train_tokens_per_s']:,.0f} | "
                   f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['train_step_ms']:.1f} | "
                   f"{r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
@@ -110,7 +126,32 @@ def main(argv):
                   f"{r['sample_steps']}) | {r['sample_step_over_forward']:.2f} |\n")
 
 
-def scale_out_rows(prefix, fmt) -> str:
+def write_json(stamp: dict, result: dict):
+  """--json_out: the result with its date, commit, device and command, written whole (atomically)."""
+  if FLAGS.json_out:
+    path = pathlib.Path(FLAGS.json_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**stamp, **result}, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def step_ms_from_results(path: str) -> float:
+  """The single-GPU base_110m step time the GPU suite measured: train_step_ms of the last ok bench_base_110m row."""
+  try:
+    lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+  except OSError as e:
+    raise app.UsageError(f"--step_ms_from={path}: {e.strerror}; give the results.jsonl a GPU suite call returned.")
+  rows = [json.loads(line) for line in lines if line.strip()]
+  steps = [r["metrics"]["train_step_ms"] for r in rows if r.get("stage") == "bench_base_110m"
+           and r.get("status") == "ok" and "train_step_ms" in r.get("metrics", {})]
+  if not steps:
+    raise app.UsageError(f"--step_ms_from={path}: no finished bench_base_110m stage with a train_step_ms in it (run "
+                         "the headline call: bash launch/gpu_suite.sh).")
+  return float(steps[-1])
+
+
+def scale_out_rows(prefix, fmt, stamp) -> str:
   try:
     shapes = [tuple(int(x) for x in shape.split("x")) for shape in FLAGS.mesh_shapes]
   except ValueError:
@@ -118,35 +159,41 @@ def scale_out_rows(prefix, fmt) -> str:
   if not shapes or any(len(shape) != 3 for shape in shapes):
     raise app.UsageError(f"--mesh_shapes={','.join(FLAGS.mesh_shapes)}: give DATAxFSDPxTENSOR shapes, e.g. "
                          "8x1x1,1x8x1.")
+  step_ms = step_ms_from_results(FLAGS.step_ms_from) if FLAGS.step_ms_from else FLAGS.step_ms
   memory = scale_out.memory_rows(FLAGS.config, shapes, measure=FLAGS.measure)
-  lines = ""
+  lines, rows = "", []
   for shape, mem in zip(shapes, memory):
     comm = scale_out.communication(FLAGS.config, shape)
     ops = ", ".join(f"{op} {o['count']}: {o['sent_bytes'] / 1e6:,.1f}" for op, o in comm["ops"].items() if o["count"])
     measured = (f"{mem['measured_params'] / 1e6:,.1f} + {mem['measured_opt_state'] / 1e6:,.1f}"
                 if FLAGS.measure else "n/a")
-    projected = "n/a"
-    if FLAGS.step_ms:
-      low, high = scale_out.projection(FLAGS.step_ms / 1e3, comm["sent_bytes"], FLAGS.bus_gb_s * 1e9,
-                                       math.prod(shape))
-      projected = f"{1e3 * low:.1f} .. {1e3 * high:.1f} (projection: t_1 = {FLAGS.step_ms} ms, {FLAGS.bus_gb_s} GB/s)"
+    projected, low, high = "n/a", None, None
+    if step_ms:
+      low, high = scale_out.projection(step_ms / 1e3, comm["sent_bytes"], FLAGS.bus_gb_s * 1e9, math.prod(shape))
+      projected = f"{1e3 * low:.1f} .. {1e3 * high:.1f} (projection: t_1 = {step_ms} ms, {FLAGS.bus_gb_s} GB/s)"
     print(mem, comm["mesh"], ops)
+    rows.append({"mesh": comm["mesh"], **mem, "sent_bytes": comm["sent_bytes"], "ops": comm["ops"],
+                 "step_ms_one_device": step_ms or None, "projected_step_ms": None if low is None else
+                 [1e3 * low, 1e3 * high]})
     lines += (f"{prefix} {comm['mesh']} | {mem['params'] / 1e6:,.1f} | {mem['opt_state'] / 1e6:,.1f} | {measured} | "
               f"{ops or 'none'} | {comm['sent_bytes'] / 1e6:,.1f} | {projected} |\n")
+  write_json(stamp, {"rows": rows})
   return lines
 
 
-def hot_path_rows(prefix, fmt) -> str:
+def hot_path_rows(prefix, fmt, stamp) -> str:
   config = FLAGS.config
   if config.model.name != "eco_hybrid":
     raise app.UsageError(f"--hot_path measures EcoHybrid's conv + memory path; --config has model.name="
                          f"{config.model.name!r}. Use an ':eco' arm, e.g. --config=configs/base_110m.py:eco.")
   cfg = models.model_config(config, int(config.bench.vocab_size) or 128)
   peak = metrics.device_peak_flops(float(config.get("peak_flops", 0.0)))
-  lines = ""
+  lines, rows = "", []
   for seq_len in [int(t) for t in FLAGS.seq_lens] or [int(config.data.seq_len)]:
     for r in hot_path.analyze(cfg, FLAGS.batch, seq_len, peak_flops=peak):
       print(r)
+      rows.append(r)
+      write_json(stamp, {"rows": rows})
       lines += (f"{prefix} {r['mode']}, {r['form']} | "
                 f"{r['batch']} x {r['seq_len']} x {r['width']}, {r['slots']} ({r['dtype']}) | {r['kernels']} | "
                 f"{r['ms']:.3f} | {r['tflops_per_s']:.2f} | {r['xla_bytes'] / 1e6:,.1f} | "

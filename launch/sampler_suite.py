@@ -8,8 +8,10 @@
 Prompts are the first `--prompt_len` tokens of `--num_samples` validation windows spread over the split; every
 strategy completes them in one batch (compiled, then timed). One markdown row per strategy and step count, after the
 row of the real continuations: judge NLL (by --judge, the causal arm trained on the same data), unigram entropy,
-distinct-2/3, script errors, tokens/s, batch seconds, network calls and the steps used. `--record` appends the rows,
-with date, commit, device and command, to BENCHMARKS.md.
+distinct-2/3, script errors, tokens/s, batch seconds, network calls and the steps used. Each row is printed as soon as
+it is scored (and appended to --rows_out as a JSON line, and the markdown table of the rows so far rewritten to
+--table_out), so that a run cut short keeps its finished rows; the whole table is printed at the end. `--record`
+appends the rows, with date, commit, device and command, to BENCHMARKS.md.
 
 Seed 001's §10 sweeps, one command each:
   python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence --steps=8,12,16
@@ -18,6 +20,7 @@ Seed 001's §10 sweeps, one command each:
 """
 import datetime
 import json
+import os
 import pathlib
 import sys
 
@@ -48,6 +51,8 @@ flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy wit
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
+flags.DEFINE_string("rows_out", None, "Append each row to this JSONL file as soon as it is scored.")
+flags.DEFINE_string("table_out", None, "Rewrite the markdown table of the rows so far to this file after each row.")
 flags.DEFINE_bool("record", False, "Append the rows to --output.")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file --record appends to.")
 FLAGS = flags.FLAGS
@@ -66,11 +71,27 @@ def main(argv):
     run, judge, windows = judged.load_runs_and_windows(
         FLAGS.workdir, FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint, prompt_len=FLAGS.prompt_len,
         num_samples=FLAGS.num_samples)
+    streamed = []
+
+    def on_row(row):
+      """Each row as it comes: printed, appended to --rows_out, the table so far rewritten to --table_out."""
+      streamed.append(row)
+      print(sampling_suite.markdown_rows([row]), end="", flush=True)
+      if FLAGS.rows_out:
+        with open(FLAGS.rows_out, "a", encoding="utf-8") as f:
+          f.write(json.dumps(row) + "\n")
+      if FLAGS.table_out:
+        tmp = f"{FLAGS.table_out}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+          f.write(sampling_suite.HEADER + sampling_suite.markdown_rows(streamed))
+        os.replace(tmp, FLAGS.table_out)
+
+    print(sampling_suite.HEADER, end="", flush=True)
     rows = sampling_suite.run_suite(
         run, judge, windows, FLAGS.prompt_len, names, [int(s) for s in FLAGS.steps], block_length=FLAGS.block_length,
         threshold=FLAGS.threshold, confidence_stops=[float(c) for c in FLAGS.confidence_stops],
         remask_eta=FLAGS.remask_eta, guidance_scale=FLAGS.guidance_scale, verifier_rounds=FLAGS.verifier_rounds,
-        seed=FLAGS.seed)
+        seed=FLAGS.seed, on_row=on_row)
   except ValueError as e:
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
   command = "python -m launch.sampler_suite " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
@@ -80,7 +101,7 @@ def main(argv):
            f"{FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated; "
            f"{datetime.date.today().isoformat()}, commit {report.commit(REPO)}, {device}, `{command.strip()}`")
   table = sampling_suite.HEADER + sampling_suite.markdown_rows(rows)
-  print(f"{title}\n\n{table}")
+  print(f"\n{title}\n\n{table}")
   if FLAGS.json:
     for r in rows:
       print(json.dumps(r))

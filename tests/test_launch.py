@@ -139,10 +139,16 @@ def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, train
   # The strategies themselves are tested in tests/test_sampler.py; here one of each kind of row.
   strategies = ("confidence,ancestral_cache,blocks_dual_cache,blocks_prefix_cache,threshold_blocks_dual_cache,"
                 "confidence_stop,remdm_cap")
+  rows_out, table_out = tmp_path / "rows.jsonl", tmp_path / "table.md"
   stdout = run("launch.sampler_suite", f"--workdir={workdir}", f"--judge={trained_ar_run}", "--num_samples=4",
                "--prompt_len=8", "--steps=6", "--block_length=8", "--confidence_stops=0.5,0.99", "--verifier_rounds=1",
-               f"--strategies={strategies}", "--json", "--record", f"--output={output}")
+               f"--strategies={strategies}", "--json", "--record", f"--output={output}", f"--rows_out={rows_out}",
+               f"--table_out={table_out}")
   rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+  # Each row went to --rows_out (and the table so far to --table_out) as it was scored: the same rows as the end's.
+  assert rows_out.read_text().splitlines() == [line for line in stdout.splitlines() if line.startswith("{")]
+  table = table_out.read_text()
+  assert table.startswith("| strategy |") and table.count("\n") == 2 + len(rows)
   names = [r["strategy"] for r in rows]
   assert names[0] == "real text" and names.count("confidence_stop") == 2 and "verifier" in names
   assert set(strategies.split(",")) <= set(names)
@@ -170,7 +176,8 @@ def test_evaluate_reports_the_calibration_of_reveal_confidences(trained_run):
   assert calibration["predictions"] > 0 and 0 <= calibration["ece"] <= 1
 
 
-LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize", "sampler_suite")
+LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize", "sampler_suite",
+             "gpu_suite")
 
 
 def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):
@@ -217,9 +224,33 @@ def test_bench_prints_its_row_and_appends_only_with_record(tmp_path):
   assert "(not recorded; --record appends to" in stdout
   assert any(line.startswith("| 20") for line in stdout.splitlines())  # the row, printed
   assert not output.exists()
-  run("launch.bench", *small, "--record")
+  run("launch.bench", *small, "--record", f"--json_out={tmp_path / 'row.json'}")
   rows = [line for line in output.read_text(encoding="utf-8").splitlines() if line.startswith("| 20")]
   assert len(rows) == 1 and "`python -m launch.bench --config.model.num_layers=1" in rows[0]
+  result = json.loads((tmp_path / "row.json").read_text())  # --json_out: the same row's figures, with its stamp
+  assert f"| {result['train_tokens_per_s']:,.0f} |" in rows[0] and result["commit"] in rows[0]
+  assert result["device"].startswith("cpu") and result["peak_flops"] is None and result["mfu"] is None
+
+
+def test_scale_out_projection_takes_the_step_time_from_the_gpu_suite_results(tmp_path):
+  """--step_ms_from reads the bench_base_110m row of a GPU suite call's results.jsonl; on one device nothing is sent,
+  so the projected step is that step time exactly."""
+  results = tmp_path / "results.jsonl"
+  rows = [{"stage": "bench_base_110m", "status": "cut", "metrics": {}},
+          {"stage": "bench_base_110m", "status": "ok", "metrics": {"train_step_ms": 12.5}}]
+  results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  small = ["--config.model.num_layers=1", "--config.model.width=32", "--config.model.num_heads=2",
+           "--config.model.mlp_dim=64", "--scale_out", "--mesh_shapes=1x1x1", f"--json_out={tmp_path / 's.json'}"]
+  stdout = run("launch.bench", *small, f"--step_ms_from={results}")
+  (row,) = json.loads((tmp_path / "s.json").read_text())["rows"]
+  assert row["step_ms_one_device"] == 12.5 and row["sent_bytes"] == 0 and row["projected_step_ms"] == [12.5, 12.5]
+  assert "12.5 .. 12.5 (projection: t_1 = 12.5 ms" in stdout
+  results.write_text(json.dumps(rows[0]) + "\n")
+  bad = subprocess.run([sys.executable, "-m", "launch.bench", *small, f"--step_ms_from={results}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      f"error: --step_ms_from={results}: no finished bench_base_110m stage with a train_step_ms in it (run the "
+      "headline call: bash launch/gpu_suite.sh)."]
 
 
 def test_evaluate_cli_out_of_vocabulary_policies_on_a_text_file(trained_run, tmp_path):

@@ -66,10 +66,11 @@ def _time_train_steps(compiled, state, tokens, warmup: int, repeats: int):
   return statistics.median(times), state, metrics
 
 
-def scaling(config, seq_lens, batch: int) -> list[dict]:
+def scaling(config, seq_lens, batch: int, on_row=None) -> list[dict]:
   """Training step time and peak memory of `config`'s model at each sequence length, batch fixed (the baseline's
   attention is O(L^2), EcoHybrid's memory mixing O(L M)). Lengths run in increasing order, so the device's peak-memory
-  counter (a running maximum) is each row's own peak."""
+  counter (a running maximum) is each row's own peak. `on_row(rows so far)` runs after each length (so that a caller
+  cut short keeps the finished ones)."""
   vocab = int(config.bench.vocab_size) or 128
   rows = []
   for seq_len in sorted(seq_lens):
@@ -80,6 +81,8 @@ def scaling(config, seq_lens, batch: int) -> list[dict]:
                  "compile_s": compile_s, "peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
                  "loss_finite": bool(np.isfinite(float(metrics["loss"])))})
     del compiled, state, tokens
+    if on_row is not None:
+      on_row(rows)
   return rows
 
 
@@ -96,7 +99,7 @@ def run(config) -> dict:
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
       "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, "batch": batch, "seq_len": seq_len,
       "vocab": vocab, "train_step_ms": 1e3 * step_s, "train_tokens_per_s": tokens_per_s,
-      "mfu": metrics_lib.mfu(flops, tokens_per_s, peak), "flops_per_token": flops,
+      "mfu": metrics_lib.mfu(flops, tokens_per_s, peak), "flops_per_token": flops, "peak_flops": peak,
       "compile_s": compile_s, "train_peak_memory_GiB": (peak_memory_bytes() or 0) / 2**30 or None,
       "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
   }

@@ -89,10 +89,11 @@ def _timed(fn, *args):
 
 def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps_list, *, block_length: int = 32,
               threshold: float = 0.9, confidence_stops=(0.95, 0.98, 0.99), remask_eta: float = 0.02,
-              guidance_scale: float = 1.0, verifier_rounds: int = 0, seed: int = 0) -> list[dict]:
+              guidance_scale: float = 1.0, verifier_rounds: int = 0, seed: int = 0, on_row=None) -> list[dict]:
   """One row per (strategy, steps[, confidence_stop]) after the real-text row (module docstring). With
   `verifier_rounds` > 0 a "verifier" strategy (confidence decoding + the judge as AR verifier) is added per step
-  count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure."""
+  count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure.
+  `on_row(row)` is called with each row as soon as it is scored (a caller that may be cut short keeps them)."""
   tokens, fixed = generation.prompts_from_windows(windows_WxL, prompt_len)
   generated = ~fixed
   tokens_j, fixed_j = jnp.asarray(tokens), jnp.asarray(fixed)
@@ -100,8 +101,15 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
   judge_nll = generation.judge_nll_fn(judge_forward)
   presets = strategies(block_length, threshold, remask_eta, guidance_scale)
   check_names(names)
-  rows = [dict(strategy="real text", steps="n/a", settings="", **score(windows_WxL, generated, run.tokenizer,
-                                                                          judge_nll, prompt_len))]
+  rows = []
+
+  def add(row):
+    rows.append(row)
+    if on_row is not None:
+      on_row(row)
+
+  add(dict(strategy="real text", steps="n/a", settings="", **score(windows_WxL, generated, run.tokenizer, judge_nll,
+                                                                   prompt_len)))
   new_tokens = int(generated.sum())
   for name in names:
     for steps in steps_list:
@@ -127,10 +135,10 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
         settings = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         if name == "verifier":
           settings = f"rounds={verifier_rounds}, redraw steps={vcfg.steps}"
-        rows.append(dict(strategy=name, steps=int(steps), settings=settings, tokens_per_s=new_tokens / seconds,
-                         batch_s=seconds, network_calls=int(out.network_calls), steps_mean=steps_mean,
-                         cache_agreement=agreement,
-                         **score(np.asarray(out.tokens_BxL), generated, run.tokenizer, judge_nll, prompt_len)))
+        add(dict(strategy=name, steps=int(steps), settings=settings, tokens_per_s=new_tokens / seconds,
+                 batch_s=seconds, network_calls=int(out.network_calls), steps_mean=steps_mean,
+                 cache_agreement=agreement,
+                 **score(np.asarray(out.tokens_BxL), generated, run.tokenizer, judge_nll, prompt_len)))
   return rows
 
 

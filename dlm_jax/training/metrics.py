@@ -4,7 +4,9 @@ throughput accounting behind its MFU.
 MFU = model FLOPs per token x tokens per second / peak FLOP/s, with the model's FLOPs per token from its config
 (`DenoiserConfig.flops_per_token`: 6 N_matmul + 12 n_layers L D for the transformer, head included) and the peak the
 measured dense bf16 matmul ceiling of the device: 800 TFLOP/s on an H100 (a bf16 8192^3 matmul in JAX), 790 on an
-H200. On other devices (CPU) MFU is not reported unless config.peak_flops gives a peak.
+H200 (788: a bf16 8192^3 matmul on random data through PyTorch). On other devices (CPU) MFU is not reported unless
+config.peak_flops gives a peak. The copy bandwidths (bytes read + written per second of a large device-to-device copy)
+are the ceilings memory-bound figures are read against: 2.95 TB/s on the H100, 4.3 TB/s on the H200.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import jax
 
 # Measured dense bf16 matmul ceilings, FLOP/s.
 PEAK_FLOPS = {"H100": 800e12, "H200": 790e12}
+# Measured device-to-device copy bandwidths, bytes/s (read + written).
+PEAK_BANDWIDTH = {"H100": 2.95e12, "H200": 4.3e12}
 
 
 def device_peak_flops(override: float = 0.0):
@@ -25,6 +29,12 @@ def device_peak_flops(override: float = 0.0):
     return float(override)
   kind = jax.devices()[0].device_kind
   return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def device_peak_bandwidth():
+  """The measured copy bandwidth of a known device (bytes/s), else None."""
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_BANDWIDTH.items() if k in kind), None)
 
 
 def mfu(flops_per_token, tokens_per_s: float, peak):
