@@ -1,13 +1,15 @@
 """The benchmark model: a 12-layer, 768-wide bidirectional transformer, SentencePiece 32k vocabulary, T = 1024.
 
-Benchmark (GPU; writes a row to BENCHMARKS.md):
+Benchmark (GPU; prints the row, --record appends it to BENCHMARKS.md):
   python -m launch.bench --config=configs/base_110m.py
+  bash launch/gpu_suite.sh      # on the lent GPU: this row and the headline figures in one call (docs/gpu.md)
 Training on real text first needs the tokenizer:
   python -m launch.tokenizer --input=en,hi/dakshina_wiki.txt,hinglish --vocab_size=32000 --output=runs/spm32k/spm.model
   python -m launch.train --config=configs/base_110m.py --workdir=runs/base_110m
-Hardware: one H100 (bf16 activations, cuDNN attention, fp32 parameters and loss).
-Target: >= 55% MFU training at B=32, T=1024 (PyTorch peer: 29.7%); sampler step <= 1.15x a forward pass.
-Measured figures are in BENCHMARKS.md.
+Hardware: one GPU (the lent machine is an H200; bf16 activations, cuDNN attention, fp32 parameters and loss).
+Target: >= 55% MFU training at B=32, T=1024 (PyTorch peer, on an H100: 29.7%); sampler step <= 1.15x a forward pass;
+:eco >= the baseline's tokens/s, :hrm >= 0.6x. Measured figures (or that they are still to be measured) are in
+BENCHMARKS.md.
 
 Arms at matched parameter count: "diffusion" (baseline, 109.5M), "eco" (EcoHybrid, SwiGLU 1024: 110.4M with its
 learned positions), "hrm" (6 L + 6 H layers, SwiGLU 1792: 109.6M), e.g. `--config=configs/base_110m.py:eco`.

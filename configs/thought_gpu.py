@@ -6,7 +6,8 @@ Arms (as configs/thought_small.py, whose `make_arm` builds both):
               holds 16 evolved thoughts of 32 x 32, encoder/decoder hidden width 512 (the seed's).
   "baseline": no thought, windows of 256, SwiGLU widened to the thought model's parameter count
               (tests/test_configs.py).
-Commands (the GPU stage: `bash launch/gpu_suite.sh thought`):
+Commands (`bash launch/compare_thought.sh runs/thought_gpu configs/thought_gpu.py`; needs more GPU time than one
+device call, docs/gpu.md):
   python -m launch.train --config=configs/thought_gpu.py:thought --workdir=runs/thought_gpu
   python -m launch.train --config=configs/thought_gpu.py:baseline --workdir=runs/thought_gpu_base
   python -m launch.thought_report --workdir=runs/thought_gpu --baseline_workdir=runs/thought_gpu_base

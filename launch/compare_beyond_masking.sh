@@ -2,9 +2,9 @@
 # Masked diffusion vs Duo vs Duo + DCD vs SEDD (issue 12) vs continuous embedding diffusion (issue 15), at matched
 # parameters, data and updates:
 #   bash launch/compare_beyond_masking.sh [RUNS_DIR] [CONFIG]
-# CONFIG defaults to configs/shakespeare_char_small.py (2 CPU cores: ~25 min of training, ~15 of evaluation);
-# the GPU suite runs it with configs/shakespeare_char.py. Re-running continues: finished runs resume as finished,
-# interrupted ones where they stopped.
+# CONFIG defaults to configs/shakespeare_char_small.py (2 CPU cores: ~25 min of training, ~15 of evaluation); on a
+# GPU with configs/shakespeare_char.py (more than one 10-minute device call: docs/gpu.md). Re-running continues:
+# finished runs resume as finished, interrupted ones where they stopped.
 # 1. trains the masked (":diffusion"), Duo (":duo"), SEDD (":sedd"), embedding (":embedding") and AR judge (":ar") arms;
 # 2. distills the Duo run (launch.distill: 5 rounds, T = 64 teacher steps, the rounds splitting the arms' updates);
 # 3. validation NELBO of each diffusion run (launch.evaluate, 32 antithetic time draws per window);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Thought tensors (issue 15): the thought model against its parameter-matched baseline on the same target windows.
 #   bash launch/compare_thought.sh [RUNS_DIR] [CONFIG]
-# CONFIG defaults to configs/thought_small.py (2 CPU cores: ~20 min of training, ~3 of evaluation); the GPU suite runs
-# it with configs/thought_gpu.py. Re-running continues: finished runs resume as finished, interrupted ones where they
-# stopped.
+# CONFIG defaults to configs/thought_small.py (2 CPU cores: ~20 min of training, ~3 of evaluation); on a GPU with
+# configs/thought_gpu.py (more than one 10-minute device call: docs/gpu.md). Re-running continues: finished runs
+# resume as finished, interrupted ones where they stopped.
 # 1. trains the ":thought" and ":baseline" arms;
 # 2. python -m launch.thought_report: NELBO of the target windows per memory depth (0 = the thought model without its
 #    thought) and the baseline's on the same windows; diversity, compression probe, alignment, coherence and the
