@@ -404,7 +404,7 @@ def main(argv):
   stages = table[call]
   runner = suite.Suite(call, stages, FLAGS.out_dir, work, FLAGS.budget_s, grace_s=FLAGS.grace_s, stamp=stamp,
                        render=render, env=env, on_result=add_device_to_stamp,
-                       echo=lambda line: print(line, flush=True))
+                       echo=lambda line: print(line, flush=True), cwd=REPO)
   print(f"GPU suite, call {call!r}{' (dry run)' if FLAGS.dry_run else ''}: {len(stages)} stages, budget "
         f"{FLAGS.budget_s:.0f} s; OUT={FLAGS.out_dir}, work in {work}", flush=True)
   results = runner.run()

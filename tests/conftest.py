@@ -34,18 +34,24 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+_REPORTS_HERE = False  # whether this process writes DLM_TEST_REPORT's lines
+
+
 def pytest_configure(config):
+  global _REPORTS_HERE
   config.addinivalue_line("markers", "slow: longer than a few seconds on 2 CPU cores; excluded by default")
+  # An xdist worker has `workerinput`; its reports reach the controller, which writes them. (Not the environment's
+  # PYTEST_XDIST_WORKER: a pytest started by a test inside a worker inherits it.)
+  _REPORTS_HERE = bool(os.environ.get("DLM_TEST_REPORT")) and not hasattr(config, "workerinput")
 
 
 def pytest_runtest_logreport(report):
   """DLM_TEST_REPORT (module docstring): one line per test, from its call phase, or from the setup or teardown phase
   that failed or skipped it."""
-  path = os.environ.get("DLM_TEST_REPORT")
-  if not path or os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller sees every worker's reports
+  if not _REPORTS_HERE:
     return
   if report.when == "call" or report.outcome != "passed":
-    with open(path, "a", encoding="utf-8") as f:
+    with open(os.environ["DLM_TEST_REPORT"], "a", encoding="utf-8") as f:
       f.write(json.dumps({"nodeid": report.nodeid, "outcome": report.outcome, "when": report.when,
                           "duration": round(report.duration, 3)}) + "\n")
 

@@ -94,11 +94,11 @@ class Suite:
 
   `stamp` (commit, date, device, ...) is added to every results.jsonl line; `render(results)` returns summary.md's
   text (default: `summary_markdown`); `on_result(suite, result)` runs after each stage (e.g. to add the device the
-  first stage found to the stamp of the rest)."""
+  first stage found to the stamp of the rest); `cwd`: where the stages run (None: the runner's working directory)."""
 
   def __init__(self, call: str, stages, out_dir, work_dir, budget_s: float, *, grace_s: float = 15.0,
                stamp: dict | None = None, render: Callable | None = None, env: dict | None = None,
-               on_result: Callable | None = None, echo: Callable[[str], None] = print):
+               on_result: Callable | None = None, echo: Callable[[str], None] = print, cwd=None):
     self.call, self.stages = call, list(stages)
     names = [s.name for s in self.stages]
     if len(set(names)) != len(names):
@@ -114,6 +114,7 @@ class Suite:
     self.env = dict(os.environ if env is None else env)
     self.echo = echo
     self.on_result = on_result
+    self.cwd = cwd  # the stages' working directory (None: the runner's)
     self.t0 = time.monotonic()
     self.results: list[StageResult] = []
     self._stopped_by = None  # the signal that stopped the runner
@@ -179,7 +180,7 @@ class Suite:
       env = {**self.env, **{k: fill(v) for k, v in stage.env}}
       # Its own process group (so that a cut reaches its children: pytest's workers), in the runner's session (so
       # that whatever ends the runner's session ends it too).
-      proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, process_group=0)
+      proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, process_group=0, cwd=self.cwd)
       while True:
         try:
           result.rc = proc.wait(timeout=0.1)
