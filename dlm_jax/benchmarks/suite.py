@@ -280,7 +280,7 @@ def summary_markdown(call: str, stamp: dict, results, budget_s: float, extra: st
     figures = "; ".join(f"{k} {_short(r.metrics[k])}" for k in keys if k in r.metrics)
     note = r.reason.replace("|", "/")
     rows.append(f"| {r.stage} | {r.status} | {'' if r.wall_s is None else f'{r.wall_s:.1f}'} | "
-                f"{figures.replace('|', '/')}{' — ' + note if note else ''} |")
+                f"{'; '.join(x for x in (figures.replace('|', '/'), note) if x)} |")
   return (f"# GPU suite: {call}\n\n{head}; budget {budget_s:.0f} s\n\n"
           "| stage | status | wall s | figures |\n|---|---|---|---|\n" + "\n".join(rows) + "\n" + extra)
 
