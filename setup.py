@@ -15,8 +15,8 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0",
     "tensorboardX>=2.6",
     "numpy>=1.26",
-    "scipy>=1.11",
-    "regex>=2023.12",  # Unicode grapheme-cluster properties (UAX #29, InCB) for script-aware corruption  # (a jax dependency) log Phi for the Gaussian duality table, dlm_jax/diffusion/duality.py
+    "scipy>=1.11",  # (a jax dependency) log Phi for the Gaussian duality table, diffusion/duality.py
+    "regex>=2023.12",  # Unicode grapheme-cluster properties (UAX #29, InCB) for script-aware corruption
 ]
 
 EXTRAS = {

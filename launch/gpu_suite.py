@@ -186,8 +186,8 @@ def pytest_stage(name, files, *, workers, cap, min_s, what):
                env=(("DLM_TEST_REPORT", "{work}/report.jsonl"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false")), what=what)
 
 
-SAMPLER_STRATEGIES = ("confidence,threshold_blocks_dual_cache,blocks_dual_cache,blocks,threshold,blocks_prefix_cache,"
-                      "confidence_stop,ancestral,ancestral_cache,remdm_loop")
+SAMPLER_STRATEGIES = ("confidence,margin,entropy,threshold_blocks_dual_cache,blocks_dual_cache,blocks,threshold,"
+                      "blocks_prefix_cache,confidence_stop,ancestral,ancestral_cache,remdm_loop")
 
 
 def calls() -> dict[str, list[Stage]]:

@@ -1,7 +1,8 @@
 """Sample from a trained run with the jitted reverse sampler.
 
   python -m launch.sample --workdir=DIR [--prompt=TEXT] [--suffix=TEXT] [--num_samples=N] [--steps=S] [--length=L]
-                          [--method=confidence|ancestral] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
+                          [--method=confidence|ancestral] [--confidence=prob|margin|entropy] [--greedy]
+                          [--temperature=T] [--top_k=K] [--top_p=P]
                           [--block_length=B] [--threshold=C] [--confidence_stop=C] [--eos_stop]
                           [--remasking=none|low_confidence|remdm_cap|remdm_loop] [--remask_eta=E]
                           [--guidance_scale=W] [--cache=none|unchanged|dual|prefix]
@@ -13,7 +14,7 @@
 `--prompt` is fixed at the start, `--suffix` at the end (infilling); `--length` new tokens are generated between them.
 The decoding strategies (semi-autoregressive blocks, Fast-dLLM threshold decoding, the adaptive step budget, variable
 length with EOS, low-confidence and ReMDM remasking, classifier-free guidance, MDLM's cache) are SamplerConfig's, with
-their equations in dlm_jax/sampling/sampler.py; every flag left out takes the run's config.sample value.
+their equations in docs/sampling.md; every flag left out takes the run's config.sample value.
 `--verifier=AR_RUN` decodes with the hybrid AR verifier (dlm_jax/sampling/hybrid.py): the causal run AR_RUN, trained
 with the same tokenizer, scores the draft and the tokens it doubts are redrawn, `--verifier_rounds` times.
 A thought run (config.thought; dlm_jax/sampling/thought.py) samples one window with its thought: from noise, or
@@ -50,6 +51,9 @@ flags.DEFINE_integer("steps", None, "Reverse steps (default: the run's config.sa
 flags.DEFINE_integer("length", None, "New tokens to generate (default: fill the model's context).")
 flags.DEFINE_enum("method", None, list(sampler_lib.METHODS), "Sampler (default: the run's config): confidence or "
                   "ancestral for masked models; ancestral or greedy for uniform-state (Duo) ones; tweedie for SEDD.")
+flags.DEFINE_enum("confidence", None, list(sampler_lib.CONFIDENCES), "What ranks the masked positions for reveal "
+                  "(default: the run's config): the candidate's probability (prob), the top-2 margin (margin) or the "
+                  "predictive entropy, lowest first (entropy).")
 flags.DEFINE_bool("greedy", None, "Argmax candidates instead of sampling them.")
 flags.DEFINE_float("temperature", None, "Sampling temperature.")
 flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).")
@@ -92,8 +96,8 @@ cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
 
 
-SAMPLER_FLAGS = ("steps", "method", "greedy", "temperature", "top_k", "top_p", "reveal_schedule", "reveal_noise",
-                 "strategic_weight") + sampler_lib.STRATEGY_FIELDS
+SAMPLER_FLAGS = ("steps", "method", "confidence", "greedy", "temperature", "top_k", "top_p", "reveal_schedule",
+                 "reveal_noise", "strategic_weight") + sampler_lib.STRATEGY_FIELDS
 
 
 def verified_texts(run, cfg, tokens, fixed):

@@ -34,9 +34,9 @@ from launch import judged
 REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
 flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
-flags.DEFINE_list("strategies", ["confidence", "ancestral", "ancestral_cache", "blocks", "blocks_dual_cache",
-                                 "blocks_prefix_cache", "threshold", "threshold_blocks_dual_cache", "confidence_stop",
-                                 "low_confidence_remasking", "remdm_cap", "remdm_loop", "guidance"],
+flags.DEFINE_list("strategies", ["confidence", "margin", "entropy", "ancestral", "ancestral_cache", "blocks",
+                                 "blocks_dual_cache", "blocks_prefix_cache", "threshold", "threshold_blocks_dual_cache",
+                                 "confidence_stop", "low_confidence_remasking", "remdm_cap", "remdm_loop", "guidance"],
                   "Strategies to run (dlm_jax/evaluation/sampling_suite.strategies; 'verifier' needs "
                   "--verifier_rounds > 0).")
 flags.DEFINE_list("steps", ["16", "64"], "Reverse-step counts.")

@@ -54,3 +54,44 @@ def test_nothing_imports_launchers_and_configs_import_only_the_registries():
     assert "launch" not in imported, path
     if path.parent.name == "configs":
       assert imported <= {"configs", "models", "sampling"}, (path, imported)
+
+
+def module_imports():
+  """{module: the dlm_jax modules it imports} over every file of dlm_jax (imports inside functions too):
+  `from pkg import name` counts as importing pkg.name when that is a module, else pkg (its __init__)."""
+  modules = {}
+  for path in sorted((REPO / "dlm_jax").rglob("*.py")):
+    name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    modules[name.removesuffix(".__init__")] = path
+  edges = {}
+  for name, path in modules.items():
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      if isinstance(node, ast.Import):
+        found.update(alias.name for alias in node.names)
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+          base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    edges[name] = {target for target in found if target in modules and target != name}
+  return edges
+
+
+def test_no_module_imports_one_that_imports_it_back():
+  """No import circle of any length between the modules of dlm_jax (a package __init__ that re-exports its modules
+  is not a circle: its modules import their siblings by name)."""
+  edges = module_imports()
+  circles = []
+  for start in edges:  # a depth-first search for a path back to `start`
+    stack, seen = [(start, (start,))], set()
+    while stack:
+      node, path = stack.pop()
+      for nxt in edges[node]:
+        if nxt == start:
+          circles.append(" -> ".join(path + (start,)))
+        elif nxt not in seen:
+          seen.add(nxt)
+          stack.append((nxt, path + (nxt,)))
+  assert not circles, sorted(set(circles))[:10]

@@ -243,7 +243,7 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", ["confidence_stop", "eos_stop", "guidance"])  # the rest: the registry test below
 def test_every_strategy_keeps_fixed_tokens_and_leaves_no_mask(name):
   cfg = dataclasses.replace(STRATEGIES[name], record_trajectory=True)
   tokens, fixed, out = run_with(cfg, toy_denoiser())
@@ -447,3 +447,117 @@ def test_schedule_time_of_mask_rate_inverts_mask_rate():
   for schedule in (MaskingSchedule("linear"), MaskingSchedule("cosine"), MaskingSchedule("polynomial", exponent=3.0),
                    MaskingSchedule("loglinear")):
     np.testing.assert_allclose(schedule.time_of_mask_rate(schedule.mask_rate(t)), t, atol=1e-5)
+
+
+# -- the component registries (#25): every legal combination honours the sampler's contract --------------------------
+def tiny_transformer():
+  """A 1-layer transformer with a KV cache (so the dual/prefix networks run), random weights, vocabulary V."""
+  from flax import nnx
+
+  from configs import default
+  from dlm_jax import models
+  c = default.get_config()
+  c.data.seq_len = L
+  c.model.update(num_layers=1, width=16, num_heads=2, mlp_dim=32, dtype="float32")
+  return nnx.split(models.get_model(c, V, nnx.Rngs(0)), nnx.Param, ...)
+
+
+LEGAL = [row for row in sampler_lib.component_combinations() if not row[4]]
+# The fast suite runs every reveal x network pair and each remask with the plain network; the remasks with the caching
+# networks are @slow (each combination compiles a sampler with a real model).
+LEGAL_PARAMS = [pytest.param(*row[:4], id="-".join(row[:3]),
+                             marks=[pytest.mark.slow] if row[1] != "none" and row[2] != "none" else [])
+                for row in LEGAL]
+
+
+def test_the_rules_accept_every_component_at_least_once_and_refuse_with_a_reason():
+  """Each registered reveal policy, remask and network appears in some legal combination; refusals say why."""
+  for position, registry in ((0, sampler_lib.strategies.REVEALS), (1, sampler_lib.strategies.REMASKS),
+                             (2, sampler_lib.strategies.NETWORKS)):
+    assert {row[position] for row in LEGAL} == set(registry)
+  refused = [row for row in sampler_lib.component_combinations() if row[4]]
+  assert refused and all("remasking=" in row[4] for row in refused)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  return tiny_transformer()
+
+
+@pytest.mark.parametrize("reveal,remask,network,fields", LEGAL_PARAMS)
+def test_every_legal_component_combination_keeps_fixed_positions_and_leaves_no_mask(reveal, remask, network, fields,
+                                                                                     tiny_model):
+  """On a real (random) transformer, so that the KV-cache networks run: fixed tokens never change, no mask is left,
+  and without remasking the masked count never rises from one step to the next."""
+  graphdef, params, other = tiny_model
+  cfg = sampler_lib.SamplerConfig(steps=8, record_trajectory=True, **fields)
+  tokens = jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
+  fixed = np.zeros((B, L), bool)
+  fixed[:, :5] = True
+  fixed[:, -3:] = True
+  out = sampler_lib.make_sampler(graphdef, other, cfg)(params, jax.random.key(1), tokens, jnp.asarray(fixed))
+  final, traj = np.asarray(out.tokens_BxL), np.asarray(out.trajectory_SxBxL)
+  assert not np.any(final == MASK)
+  np.testing.assert_array_equal(traj[:, fixed], np.broadcast_to(np.asarray(tokens)[fixed], traj[:, fixed].shape))
+  np.testing.assert_array_equal(traj[-1], final)
+  masked_after = np.sum(traj == MASK, axis=-1)
+  assert masked_after[0, 0] == L - 8
+  if remask == "none":
+    assert np.all(np.diff(masked_after, axis=0) <= 0), masked_after
+  assert np.all((1 <= np.asarray(out.steps_B)) & (np.asarray(out.steps_B) <= cfg.max_steps(L)))
+
+
+def test_entropy_confidence_is_exp_of_minus_the_predictive_entropy():
+  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)))
+  p = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+  entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), axis=-1)
+  scores = np.asarray(sampler_lib.confidence_scores(logits, jnp.argmax(logits, -1), "entropy"))
+  np.testing.assert_allclose(scores, np.exp(-entropy), rtol=1e-5)
+  # One-hot: 1; uniform over the n sampled ids: 1 / n.
+  sure = jnp.full((1, 1, V), -1e4).at[0, 0, 7].set(1e4)
+  flat = sampler_lib.remove_never_sampled(jnp.zeros((1, 1, V)))
+  n = V - len(special_tokens.NEVER_SAMPLED)
+  np.testing.assert_allclose(sampler_lib.confidence_scores(sure, jnp.zeros((1, 1), jnp.int32), "entropy"), 1.0)
+  np.testing.assert_allclose(sampler_lib.confidence_scores(flat, jnp.zeros((1, 1), jnp.int32), "entropy"), 1.0 / n,
+                             rtol=1e-6)
+
+
+def test_entropy_ranked_reveal_reveals_the_lowest_entropy_position_first():
+  """One reveal per step from a denoiser whose rankings disagree: position 9 predicts one token with p = 0.55 and the
+  rest spread evenly (top probability and margin highest), position 14 two tokens at 1/2 each (lowest entropy), every
+  other position is uniform. Entropy-ranked reveal takes 14 first, top-probability and margin take 9."""
+  ids = np.arange(special_tokens.NUM_SPECIAL, V)
+  assert not np.isin(ids, special_tokens.NEVER_SAMPLED).any()
+  probs = np.zeros((L, V))
+  probs[:, ids] = 1.0 / len(ids)
+  probs[9, ids] = 0.45 / (len(ids) - 1)
+  probs[9, ids[0]] = 0.55
+  probs[14] = 0.0
+  probs[14, ids[:2]] = 0.5
+  logits_LxV = jnp.asarray(np.log(np.maximum(probs, 1e-30)), jnp.float32)
+  denoise = lambda x_BxL, t_B: jnp.broadcast_to(logits_LxV, x_BxL.shape + (V,))
+  first = {}
+  for kind in ("entropy", "prob", "margin"):
+    cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, confidence=kind, schedule=MaskingSchedule("linear"))
+    _, _, out = run_with(cfg, denoise)
+    first[kind] = np.argmax(np.asarray(out.reveal_step_BxL) == 0, axis=-1)
+  np.testing.assert_array_equal(first["entropy"], 14)
+  np.testing.assert_array_equal(first["prob"], 9)
+  np.testing.assert_array_equal(first["margin"], 9)
+
+
+def test_the_legal_combinations_table_of_docs_sampling_md_is_the_rules():
+  from conftest import REPO
+  text = (REPO / "docs" / "sampling.md").read_text(encoding="utf-8")
+  header = next(line for line in text.splitlines() if line.startswith("| reveal \\ remask |"))
+  remasks = [cell.strip(" `") for cell in header.split("|")[2:-1]]
+  assert remasks == list(sampler_lib.strategies.REMASKS)
+  documented = {}
+  for line in text.splitlines():
+    cells = [cell.strip(" `") for cell in line.split("|")[1:-1]]
+    if cells and cells[0] in sampler_lib.strategies.REVEALS:
+      documented.update({(cells[0], m): yes == "yes" for m, yes in zip(remasks, cells[1:])})
+  legal = {(row[0], row[1]): not row[4] for row in sampler_lib.component_combinations() if row[2] == "none"}
+  assert documented == legal
+  # ... and a legal pair takes every network
+  assert all(not row[4] for row in sampler_lib.component_combinations() if legal[(row[0], row[1])])

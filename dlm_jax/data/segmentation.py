@@ -22,7 +22,6 @@ import unicodedata
 
 import numpy as np
 
-from dlm_jax import special_tokens
 
 DEVANAGARI, LATIN, OTHER = "deva", "latn", "other"
 SCRIPTS = (DEVANAGARI, LATIN, OTHER)
@@ -164,22 +163,5 @@ class TokenClasses:
       script[i] = _script_code(piece)
     return cls(first, last, pending, transparent, space_first, space_last, script)
 
-  @classmethod
-  def from_tokenizer(cls, tokenizer) -> "TokenClasses":
-    """From a CharTokenizer (one character per id) or a SentencePieceTokenizer (pieces with U+2581 as a space;
-    byte-fallback pieces are their ASCII character, or GB_BYTE for the bytes of a multi-byte character)."""
-    if tokenizer.kind == "char":
-      return cls.from_pieces([None] * special_tokens.NUM_SPECIAL + list(tokenizer.alphabet))
-    from dlm_jax.data import tokenizers
-    processor, pieces = tokenizer.processor, []
-    for i in range(tokenizer.vocab_size):
-      if processor.is_control(i) or processor.is_unknown(i) or i < special_tokens.NUM_SPECIAL:
-        pieces.append(None)
-      elif processor.is_byte(i):  # "<0xNN>": an ASCII character, or one byte of a longer UTF-8 sequence
-        value = int(processor.id_to_piece(i)[1:-1], 16)
-        pieces.append(chr(value) if value < 0x80 else b"")
-      else:
-        pieces.append(tokenizers.unescape_spm_space(processor.id_to_piece(i).replace(tokenizers.SPM_SPACE, " ")))
-    return cls.from_pieces(pieces)
 
 

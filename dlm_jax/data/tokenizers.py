@@ -97,10 +97,14 @@ class CharTokenizer:
   def to_dict(self) -> dict:
     return {"kind": self.kind, "alphabet": self.alphabet}
 
+  def pieces(self) -> list:
+    """Each id's text: None for the special ids, then one character per id."""
+    return [None] * special_tokens.NUM_SPECIAL + list(self.alphabet)
+
   @functools.cache
   def token_classes(self):
     """The grapheme-boundary and script tables of every id (data/segmentation.py), built once."""
-    return segmentation.TokenClasses.from_tokenizer(self)
+    return segmentation.TokenClasses.from_pieces(self.pieces())
 
 
 SPM_SPACE = "\u2581"  # SentencePiece's whitespace symbol: in a text it would decode as a space
@@ -177,10 +181,25 @@ class SentencePieceTokenizer:
   def to_dict(self) -> dict:
     return {"kind": self.kind, "model_proto_b64": base64.b64encode(self.model_proto).decode("ascii")}
 
+  def pieces(self) -> list:
+    """Each id's text, as segmentation.TokenClasses.from_pieces reads it: None for control, unknown and special ids,
+    a piece with U+2581 read as a space, a byte-fallback piece "<0xNN>" as its ASCII character, or b"" for one byte of
+    a multi-byte character (GB_BYTE)."""
+    processor, pieces = self.processor, []
+    for i in range(self.vocab_size):
+      if processor.is_control(i) or processor.is_unknown(i) or i < special_tokens.NUM_SPECIAL:
+        pieces.append(None)
+      elif processor.is_byte(i):
+        value = int(processor.id_to_piece(i)[1:-1], 16)
+        pieces.append(chr(value) if value < 0x80 else b"")
+      else:
+        pieces.append(unescape_spm_space(processor.id_to_piece(i).replace(SPM_SPACE, " ")))
+    return pieces
+
   @functools.cache
   def token_classes(self):
     """The grapheme-boundary and script tables of every id (data/segmentation.py), built once."""
-    return segmentation.TokenClasses.from_tokenizer(self)
+    return segmentation.TokenClasses.from_pieces(self.pieces())
 
 
 def from_dict(spec: dict):

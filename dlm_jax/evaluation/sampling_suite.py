@@ -35,6 +35,8 @@ def strategies(block_length: int, threshold: float, remask_eta: float, guidance_
   """Strategy name -> SamplerConfig overrides (on top of the run's config.sample)."""
   return {
       "confidence": {},
+      "margin": {"confidence": "margin"},  # the rankings of Kim et al. (ICML 2025): top-2 margin, lowest entropy
+      "entropy": {"confidence": "entropy"},
       "ancestral": {"method": "ancestral"},
       "ancestral_cache": {"method": "ancestral", "cache": "unchanged"},
       "blocks": {"block_length": block_length},

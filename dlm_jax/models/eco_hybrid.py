@@ -297,7 +297,7 @@ class EcoHybrid(Denoiser):
     aux = {"eco_balance": cfg.balance_weight * jnp.mean(balance_per_layer)} if cfg.route_top_k else {}
     return self.output(h_BxLxD, aux)
 
-  # -- the KV caches of block decoding (dlm_jax/sampling/sampler.py, cache="dual" or "prefix") -------------------------
+  # -- the KV caches of block decoding (dlm_jax/sampling/strategies.py, cache="dual" or "prefix") ----------------------
   supports_kv_cache = True
 
   def kv_prefill(self, tokens_BxL, t_B, positions_BxQ):

@@ -154,7 +154,7 @@ class Transformer(Denoiser):
     text_BxLxD = jax.lax.stop_gradient(self.embedding[...])[tokens_BxL]
     return self.thought_decoder.alignment_codes(memory_BxT, text_BxLxD)
 
-  # -- Fast-dLLM's KV caches for block decoding (dlm_jax/sampling/sampler.py, cache="dual" or "prefix") ----------------
+  # -- Fast-dLLM's KV caches for block decoding (dlm_jax/sampling/strategies.py, cache="dual" or "prefix") -------------
   supports_kv_cache = True
 
   def _rope(self, length: int):

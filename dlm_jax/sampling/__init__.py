@@ -1,4 +1,5 @@
-"""Reverse samplers: one jitted loop, confidence-based reveal or ancestral, trajectory recording; text in and out."""
-from dlm_jax.sampling.sampler import (SampleOutput, SamplerConfig, autoregressive_sample, make_sampler, sample,
-                                      stateless)
+"""Reverse samplers: one per process family (sampler.SAMPLERS), the masked one built from decoding components
+(strategies.py); text in and out."""
+from dlm_jax.sampling.sampler import (SAMPLERS, SampleOutput, SamplerConfig, autoregressive_sample, make_sampler,
+                                      sample, stateless)
 from dlm_jax.sampling.text import TextSamples, make_text_sampler, prompt_batch

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import gaussian
 from dlm_jax.diffusion.losses import NEG_INF
+from dlm_jax.sampling.primitives import SampleOutput
 
 
 def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
   """`logits_fn(z_BxLxD, t_B) -> logits [B, L, V]`; `table_VxD` the normalized embedding table; `cfg` a
   SamplerConfig with process "gaussian" (method "ddim" or "ddpm", steps, greedy, temperature, log_snr_max/min,
-  record_trajectory). Returns a sampler.SampleOutput."""
-  from dlm_jax.sampling.sampler import SampleOutput
+  record_trajectory). Returns a SampleOutput."""
   schedule = gaussian.LogSNRSchedule(cfg.log_snr_max, cfg.log_snr_min)
   batch, length = tokens_BxL.shape
   steps, eta = int(cfg.steps), 1.0 if cfg.method == "ddpm" else 0.0

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from dlm_jax import special_tokens
@@ -46,18 +44,10 @@ def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None =
 def make_text_sampler(graphdef, other, tokenizer, cfg: sampler_lib.SamplerConfig, autoregressive: bool):
   """`sample_texts(params, rng, tokens_BxL, fixed_BxL) -> TextSamples`, compiled once.
 
-  A diffusion run samples with the jitted reverse process (`sampler.make_sampler`); the causal control arm decodes
-  left to right (`sampler.autoregressive_sample`), after an EOS ("a document starts here") at position 0 when nothing
-  is fixed there. `fixed_BxL` marks the prompt (and, for diffusion, any infilling context)."""
-  if autoregressive:
-
-    @jax.jit
-    def run(params, rng, tokens_BxL, fixed_BxL):
-      tokens_BxL = tokens_BxL.at[:, 0].set(jax.numpy.where(fixed_BxL[:, 0], tokens_BxL[:, 0], special_tokens.EOS))
-      logits_fn = lambda x, t: nnx.merge(graphdef, params, other)(x, t).logits_BxLxV
-      return sampler_lib.autoregressive_sample(logits_fn, rng, tokens_BxL, fixed_BxL.at[:, 0].set(True), cfg)
-  else:
-    run = sampler_lib.make_sampler(graphdef, other, cfg)
+  A diffusion run samples with its family's jitted reverse process (`sampler.make_sampler`); the causal control arm
+  decodes left to right (`sampler.SAMPLERS["autoregressive"]`), after an EOS ("a document starts here") at position 0
+  when nothing is fixed there. `fixed_BxL` marks the prompt (and, for diffusion, any infilling context)."""
+  run = sampler_lib.make_sampler(graphdef, other, cfg, family="autoregressive" if autoregressive else None)
 
   def sample_texts(params, rng, tokens_BxL, fixed_BxL) -> TextSamples:
     output = run(params, rng, tokens_BxL, fixed_BxL)

@@ -1,10 +1,10 @@
 """Sampling text together with a thought tensor (models/thought.py, diffusion/thought.py): persistence, interpolation,
 gradient steering and trajectories.
 
-The text runs the masked sampler (sampler.sample: every reveal policy that keeps no cache) and the thought rides in the
-denoiser's carry. At each network call with text time t the thought moves to its time t_th = min(t, previous t_th)
-(non-increasing, so block decoding, whose t restarts at each block, denoises the thought once) by one DDIM step
-(Song et al. 2021, eta = 0) elementwise on its own log-SNR lambda_i(t) (ThoughtProcess.log_snr, with saliency read off
+The text runs the masked sampler (masked.masked_sample: every reveal policy that keeps no cache) and the thought rides
+in the denoiser's carry. At each network call with text time t the thought moves to its time
+t_th = min(t, previous t_th) (non-increasing, so block decoding, whose t restarts at each block, denoises the thought
+once) by one DDIM step (Song et al. 2021, eta = 0) elementwise on its own log-SNR lambda_i(t) (ThoughtProcess.log_snr, with saliency read off
 the current estimate):
     eps_hat = (z - a_prev T_hat) / s_prev,    z <- a T_hat + s eps_hat,
 then the denoiser reads (x_t, t, z, t_th) and returns the logits and a new clean estimate T_hat = reconstruction. The
@@ -34,7 +34,9 @@ from dlm_jax.diffusion import gaussian
 from dlm_jax.diffusion import thought as thought_lib
 from dlm_jax.diffusion.thought import ThoughtProcess
 from dlm_jax.errors import ConfigError
-from dlm_jax.sampling import sampler as sampler_lib
+from dlm_jax.sampling import masked
+from dlm_jax.sampling.config import SamplerConfig
+from dlm_jax.sampling.primitives import SampleOutput
 
 
 @flax.struct.dataclass
@@ -86,7 +88,7 @@ class _Carry:
 
 @flax.struct.dataclass
 class ThoughtSample:
-  text: sampler_lib.SampleOutput
+  text: SampleOutput
   thought_BxT: jax.Array  # the generation's thought (last estimate, or the given/steered one)
   evolved_BxE: jax.Array  # its evolved (n-1)-D thought, read from the finished text
   next_memory_BxT: jax.Array  # push(thought, evolved): the next generation's thought
@@ -96,7 +98,7 @@ class ThoughtSample:
   thought_calls: jax.Array | None = None  # network calls that moved the thought (rows 1..calls of the trajectories)
 
 
-def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: ThoughtStart, cfg: sampler_lib.SamplerConfig,
+def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: ThoughtStart, cfg: SamplerConfig,
                    process: ThoughtProcess, property_fn: Callable | None = None) -> ThoughtSample:
   """The reverse process of text and thought (module docstring). `model_fn()` returns the merged thought denoiser;
   `cfg` a masked-sampler config without caches; `property_fn` the steering property when cfg.steer_scale > 0."""
@@ -141,7 +143,7 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
     trajectories = tuple(jnp.broadcast_to(v[None], (max_steps + 1, *v.shape)) for v in (z0, z0, evolved0))
   # Before any call the estimate of a noised start is its own z (a given start: the thought itself).
   init = _Carry(z0, start.t_B.astype(jnp.float32), z0, evolved0, start.given_B, jnp.int32(0), trajectories)
-  text, carry = sampler_lib.sample(step, rng, tokens_BxL, fixed_BxL, cfg, init_carry=init, return_carry=True)
+  text, carry = masked.masked_sample(step, rng, tokens_BxL, fixed_BxL, cfg, init_carry=init, return_carry=True)
   thought_BxT = carry.estimate
   zeros_B = jnp.zeros((batch,), jnp.float32)
   evolved = model_fn()(text.tokens_BxL, zeros_B, thought=thought_lib.ThoughtInput(thought_BxT, zeros_B)).thought
@@ -156,20 +158,20 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
                        noisy_trajectory=recorded[1], evolved_trajectory=recorded[2], thought_calls=carry.calls)
 
 
-def noise_schedule(cfg: sampler_lib.SamplerConfig):
+def noise_schedule(cfg: SamplerConfig):
   """The masking schedule whose alpha(t)^rate noises the thought: the run's training schedule (the reveal schedule
   `cfg.schedule` may differ; without a recorded one, the reveal schedule)."""
   return cfg.thought_schedule or cfg.schedule
 
 
-def process_of(model_cfg, cfg: sampler_lib.SamplerConfig) -> ThoughtProcess:
+def process_of(model_cfg, cfg: SamplerConfig) -> ThoughtProcess:
   """The thought's forward process for sampling: the model's thought_dims with the run's rate and saliency."""
   if not getattr(model_cfg, "thought_dims", ()):
     raise ConfigError("This run's model has no thought pathway (model.thought_dims=()).")
   return ThoughtProcess(dims=model_cfg.thought_dims, rate=cfg.thought_rate, saliency=cfg.thought_saliency)
 
 
-def make_thought_sampler(graphdef, other, cfg: sampler_lib.SamplerConfig, property_fn: Callable | None = None):
+def make_thought_sampler(graphdef, other, cfg: SamplerConfig, property_fn: Callable | None = None):
   """jit of `run(params, rng, tokens_BxL, fixed_BxL, start) -> ThoughtSample`."""
 
   @jax.jit

@@ -1,6 +1,6 @@
 """Reverse samplers that move every position at every step: uniform-state diffusion (Duo/UDLM) and SEDD's scores.
 
-The masked sampler (`sampler.sample`) reveals tokens once; here each of the S = `steps` steps t_k = 1 - k/S ->
+The masked sampler (`masked.masked_sample`) reveals tokens once; here each of the S = `steps` steps t_k = 1 - k/S ->
 s = 1 - (k+1)/S draws every non-fixed position afresh from a per-position reverse transition, so a token placed early
 can be corrected later ("self-correction"):
 
@@ -28,15 +28,14 @@ import jax.numpy as jnp
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import score_entropy, uniform
+from dlm_jax.sampling.primitives import SampleOutput, filter_logits
 
 ALPHA_FLOOR = 1e-6  # alpha_t at t = 1 for schedules with alpha(1) = 0 (the Tweedie step divides by alpha_t / alpha_s)
 
 
 def transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry=None):
   """Runs the reverse process of `cfg.process` / `cfg.parameterization` (module docstring); pure and jittable.
-  `denoise_fn(x, t, carry) -> (logits, priority or None, carry)` as for `sampler.sample`."""
-  from dlm_jax.sampling.sampler import SampleOutput, filter_logits
-
+  `denoise_fn(x, t, carry) -> (logits, priority or None, carry)` as for `masked.masked_sample`."""
   batch, length = tokens_BxL.shape
   steps = cfg.steps
   t0_B = jnp.ones((batch,), jnp.float32)

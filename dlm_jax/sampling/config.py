@@ -1,0 +1,187 @@
+"""`SamplerConfig`: every reverse sampler's settings in one frozen dataclass whose field names are `config.sample`'s
+and launch.sample's flags. The process family (absorbing, uniform/score, gaussian) decides which fields apply; a
+masked sampler's decoding components (strategies.py) check their own fields."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from dlm_jax.diffusion import objectives, schedules
+from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.errors import ConfigError
+from dlm_jax.sampling import primitives, strategies
+
+# greedy/tweedie: uniform-state / SEDD (transition.py); ddim/ddpm: continuous embedding diffusion (continuous.py)
+METHODS = ("confidence", "ancestral", "greedy", "tweedie", "ddim", "ddpm")
+GAUSSIAN_METHODS = ("ddim", "ddpm")
+PROCESSES = ("absorbing", "uniform", "gaussian")
+PARAMETERIZATIONS = ("posterior", "mean", "score")  # x_0 -> reverse step: uniform.py's two, or SEDD's scores
+CONFIDENCES = tuple(primitives.CONFIDENCES)
+REMASKING = tuple(strategies.REMASKS)
+CACHES = tuple(strategies.NETWORKS)
+KV_CACHES = strategies.KV_CACHES
+STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
+                   "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Every sampler's settings (strategies.py and docs/sampling.md give the masked sampler's equations); defaults are
+  plain confidence decoding of the whole sequence in `steps` steps."""
+  steps: int = 64
+  method: str = "confidence"
+  greedy: bool = False
+  temperature: float = 1.0
+  top_k: int = 0  # 0: no top-k filtering
+  top_p: float = 1.0  # 1.0: no nucleus filtering
+  confidence: str = "prob"
+  reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
+  strategic_weight: float = 0.0  # weight of a stateful denoiser's priority score in the reveal ranking
+  schedule: MaskingSchedule = MaskingSchedule("cosine")
+  record_trajectory: bool = False
+  block_length: int = 0  # semi-autoregressive blocks of this many generated positions; 0: one block
+  threshold: float = 0.0  # Fast-dLLM: reveal every masked position with confidence > threshold (>= 1 a step); 0: off
+  confidence_stop: float = 0.0  # seed 001 §9.1: reveal the rest of a block once all its confidences reach it; 0: off
+  eos_stop: bool = False  # variable length: nothing after the first generated EOS is revealed or counted
+  remasking: str = "none"  # "none", "low_confidence" (confidence method), "remdm_cap" or "remdm_loop" (ancestral)
+  remask_eta: float = 0.02  # ReMDM's eta (remask probability cap / loop rate); low_confidence: fraction per step
+  remask_t_on: float = 0.55  # remdm_loop: start of the loop (t runs 1 -> 0)
+  remask_t_off: float = 0.05  # remdm_loop: end of the loop; low_confidence: no remasking once t' <= remask_t_off
+  remask_alpha_on: float = 0.9  # remdm_loop: alpha held during the loop
+  guidance_scale: float = 0.0  # classifier-free guidance w: (1 + w) cond - w uncond (fixed positions masked)
+  cache: str = "none"  # "unchanged": logits reused while no token changes (MDLM); "dual"/"prefix": Fast-dLLM's
+  # The model's forward process and output (set from the run's diffusion config by from_config): "absorbing" with an
+  # x_0 denoiser is this module's sampler; "uniform", or parameterization "score" (SEDD), run transition.py's.
+  process: str = "absorbing"
+  parameterization: str = "mean"  # (ignored by the masked sampler)
+  log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
+  log_snr_min: float = -10.0
+  # A thought model (config.thought; sampling/thought.py): whether the run has a thought, its forward process and the
+  # steering step size.
+  thought: bool = False
+  thought_schedule: MaskingSchedule | None = None  # the training schedule, on whose clock the thought is noised
+  thought_rate: float = 0.5
+  thought_saliency: float = 0.0
+  steer_scale: float = 0.0
+
+  @classmethod
+  def from_config(cls, config, **overrides) -> "SamplerConfig":
+    """The sampler settings of a run's ml_collections config (`config.sample`, less `num_samples`), with `overrides`.
+    The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule `diffusion.schedule` (with its
+    exponent and eps)."""
+    fields = dict(config.sample)
+    fields.update(process_fields(config.diffusion))
+    section = config.get("thought")
+    if section is not None and section.get("enabled", False):
+      fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency),
+                    thought_schedule=schedules.from_config(config.diffusion))
+    fields.update(overrides)
+    fields.pop("num_samples", None)
+    name = fields.pop("reveal_schedule", "") or config.diffusion.schedule
+    reveal = dataclasses.replace(schedules.from_config(config.diffusion), name=name)
+    return cls(schedule=reveal, **fields)
+
+  @property
+  def moves_every_position(self) -> bool:
+    """Whether this is transition.py's sampler (uniform process or SEDD scores) rather than the masked one."""
+    return self.process == "uniform" or self.parameterization == "score"
+
+  @property
+  def family(self) -> str:
+    """Which sampler runs this config (the `sampler.SAMPLERS` entry): "gaussian" (continuous.py), "transition"
+    (uniform-state or SEDD scores, transition.py), "thought" (text and thought jointly, thought.py) or "absorbing"
+    (the masked sampler, masked.py)."""
+    if self.process == "gaussian":
+      return "gaussian"
+    if self.moves_every_position:
+      return "transition"
+    return "thought" if self.thought else "absorbing"
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ConfigError(f"sampler method must be one of {METHODS}, got {self.method!r}.")
+    if self.process not in PROCESSES or self.parameterization not in PARAMETERIZATIONS:
+      raise ConfigError(f"sampler process must be one of {PROCESSES} and parameterization one of "
+                        f"{PARAMETERIZATIONS}, got {self.process!r} and {self.parameterization!r}.")
+    if self.process == "gaussian" or self.method in GAUSSIAN_METHODS:
+      if self.process != "gaussian" or self.method not in GAUSSIAN_METHODS:
+        raise ConfigError(f"Continuous embedding diffusion (diffusion.objective='embedding') samples with method "
+                          f"'ddim' or 'ddpm', and only it does; got method {self.method!r} for a {self.process} "
+                          "model (sample.method / --method).")
+      defaults = {f.name: f.default for f in dataclasses.fields(self)}
+      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight", "top_k", "top_p")
+                     if getattr(self, name) != defaults[name]]
+      if masked_only:
+        raise ConfigError(f"The sampler options {sorted(masked_only)} are not DDIM/DDPM options; a continuous "
+                          "embedding model's sampler takes steps, greedy and temperature. Reset them.")
+    elif self.moves_every_position:
+      allowed = ("tweedie",) if self.parameterization == "score" else ("ancestral", "greedy")
+      if self.method not in allowed:
+        raise ConfigError(f"A {'SEDD score' if self.parameterization == 'score' else 'uniform-state'} model samples "
+                          f"with method {' or '.join(map(repr, allowed))} (sample.method / --method), not "
+                          f"{self.method!r}.")
+      defaults = {f.name: f.default for f in dataclasses.fields(self)}
+      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight")
+                     if getattr(self, name) != defaults[name]]
+      if masked_only:
+        raise ConfigError(f"The sampler options {sorted(masked_only)} are masked-diffusion decoding strategies; a "
+                          f"{self.process} {self.parameterization} model's sampler moves every position at every "
+                          "step and takes steps, greedy, temperature, top_k and top_p. Reset them.")
+    elif self.method in ("greedy", "tweedie"):
+      raise ConfigError(f"sampler method {self.method!r} is for uniform-state or SEDD models; a masked x_0 model "
+                        "samples with 'confidence' or 'ancestral'.")
+    if self.steps < 1:
+      raise ConfigError(f"sampler steps must be >= 1, got {self.steps}.")
+    if self.temperature <= 0 and not self.greedy:
+      raise ConfigError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
+    if self.block_length < 0:
+      raise ConfigError(f"sampler block_length must be >= 0 (0: one block), got {self.block_length}.")
+    if self.guidance_scale < 0:
+      raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
+    if self.steer_scale < 0 or (self.steer_scale and not self.thought):
+      raise ConfigError(f"sampler steer_scale must be >= 0 and is for thought models (config.thought), got "
+                        f"{self.steer_scale}.")
+    if self.thought and (self.cache != "none" or self.process != "absorbing"):
+      raise ConfigError(f"A thought model samples masked text with cache='none' (the thought changes at every call, so "
+                        f"no logits or keys can be reused); got cache={self.cache!r}.")
+    strategies.check(self)  # each decoding component's own fields, then the rules that span them
+
+  @classmethod
+  def strategy_defaults(cls) -> dict:
+    """The decoding-strategy fields (all off by default) with their defaults, for config.sample."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name in STRATEGY_FIELDS}
+
+  def max_steps(self, length: int) -> int:
+    """The loop's bound for sequences of `length` positions: `steps`, or `length` with threshold decoding."""
+    return length if self.threshold else self.steps
+
+
+def process_fields(diffusion_config) -> dict:
+  """{process, parameterization} of a run's diffusion config (its objective decides them: `objectives.process_of`).
+  The AR arm gets the masked sampler's fields (its own decoder ignores them)."""
+  objective = diffusion_config.objective
+  process = objectives.process_of(objective, diffusion_config.get("sedd_process", "absorbing"))
+  parameterization = "score" if objective == "sedd" else diffusion_config.get("parameterization", "mean")
+  return {"process": process if process in ("uniform", "gaussian") else "absorbing",
+          "parameterization": parameterization, "log_snr_max": float(diffusion_config.get("log_snr_max", 5.0)),
+          "log_snr_min": float(diffusion_config.get("log_snr_min", -10.0))}
+
+
+
+
+def component_combinations() -> list[tuple[str, str, str, dict, str]]:
+  """Every (reveal policy, remask, step network) of the masked sampler's registries (strategies.REVEALS, REMASKS,
+  NETWORKS) as (reveal, remask, network, fields, refusal): `fields` merges the three components' `selected_by`
+  SamplerConfig fields, `refusal` is "" when SamplerConfig(**fields) builds and the ConfigError's message when the
+  rules refuse the combination (docs/sampling.md prints this table; tests/test_sampler.py runs every legal row)."""
+  rows = []
+  for reveal, remask, network in itertools.product(strategies.REVEALS.values(), strategies.REMASKS.values(),
+                                                   strategies.NETWORKS.values()):
+    fields = {**reveal.selected_by, **remask.selected_by, **network.selected_by}
+    try:
+      SamplerConfig(**fields)
+      refusal = ""
+    except ConfigError as e:
+      refusal = str(e)
+    rows.append((reveal.name, remask.name, network.name, fields, refusal))
+  return rows
