@@ -15,7 +15,7 @@ their config dataclasses (see model_config).
 """
 import ml_collections
 
-from dlm_jax import models, sampling
+from dlm_jax import models, objectives, sampling
 from dlm_jax.models import partitioning
 
 
@@ -34,48 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 64
   c.data.seed = 0  # shuffling of the training crops
 
-  c.diffusion = ml_collections.ConfigDict()
-  # "elbo" (MD4/MDLM NELBO), "masked_mean" (not a bound), "autoregressive", "uniform" (uniform-state NELBO), "duo"
-  # (uniform + Duo's soft-token curriculum), "sedd" (score entropy), "dcd" (Duo's distillation: launch/distill.py),
-  # "embedding" (Gaussian diffusion of normalized token embeddings, VDM's bound; needs model.time_conditioning=True)
-  c.diffusion.objective = "elbo"
-  c.diffusion.schedule = "cosine"  # "linear", "cosine", "polynomial", "loglinear"
-  c.diffusion.schedule_exponent = 2.0  # polynomial schedule alpha = 1 - t^p
-  c.diffusion.schedule_eps = 1e-3  # loglinear schedule alpha(1)
-  c.diffusion.num_timesteps = 32  # discrete timesteps of the masked_mean objective
-  c.diffusion.t_min = 1e-5
-  # Conditional (SFT-style) training: the first prompt_length tokens of a window are never masked nor scored; each
-  # example's prompt is masked with probability prompt_drop (classifier-free guidance's unconditional model).
-  c.diffusion.prompt_length = 0
-  c.diffusion.prompt_drop = 0.0
-  # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
-  # (losses.tied_head_nll); 0: from the full logits.
-  c.diffusion.loss_chunk = 0
-  # Training-time masking of the absorbing objectives (dlm_jax/diffusion/corruption.py): "uniform" (token by token),
-  # "script_aware" (whole grapheme clusters, virama conjuncts included) or "span" (whole words); with the last two each
-  # unit of script s is masked on the schedule alpha(t)^kappa_s, kappa_s = script_rates.s. Not an ELBO of the sampled
-  # model (a bound given the segmentation): evaluation always reports the token-level NELBO.
-  c.diffusion.corruption = "uniform"
-  c.diffusion.script_rates = ml_collections.ConfigDict({"none": 1.0, "other": 1.0, "latn": 1.0, "deva": 1.0})
-  c.diffusion.unit_fraction = 1.0  # script_aware/span: the fraction of sequences masked by units (else token by token)
-  # Uniform-state objectives (dlm_jax/diffusion/uniform.py, duality.py, score_entropy.py).
-  # x_0 -> reverse ratios: Duo's plug-in "mean" or the exact mixture "posterior" (tight at the optimum, but its loss has
-  # a far larger variance: BENCHMARKS.md, "Beyond masking")
-  c.diffusion.parameterization = "mean"
-  c.diffusion.sedd_process = "absorbing"  # "sedd": "absorbing" or "uniform"
-  c.diffusion.curriculum_steps = 0  # "duo": updates with soft tokens (Gaussian latents, tempered softmax)
-  c.diffusion.soft_tau_log10_start = -1.0  # "duo": log10 of the soft tokens' temperature at step 0 ...
-  c.diffusion.soft_tau_log10_end = -2.0  # ... annealed log-linearly to this at curriculum_steps (hard tokens after)
-  # "embedding": the linear log-SNR schedule lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1); the training
-  # loss is anchor_weight x the rounding cross-entropy (CDCD's) + nelbo_weight x the NELBO, which is always logged and
-  # evaluated (dlm_jax/diffusion/gaussian.py; objectives.embedding_nelbo says why the NELBO weight defaults to 0)
-  c.diffusion.log_snr_max = 5.0
-  c.diffusion.log_snr_min = -10.0
-  c.diffusion.anchor_weight = 1.0
-  c.diffusion.nelbo_weight = 0.0
-  c.diffusion.distill_teacher_steps = 64  # "dcd": T, the teacher's step count (round n jumps 2^n / T)
-  c.diffusion.distill_round_steps = 100  # "dcd": updates per round (the teacher is refreshed from the student)
-  c.diffusion.distill_loss = "kl_bwd"  # "dcd": "kl_bwd" KL(student || teacher) or "kl_fwd"
+  # The training objective (dlm_jax/objectives/; docs/objectives.md): diffusion.objective names an OBJECTIVES class
+  # ("elbo": MD4/MDLM NELBO, "masked_mean", "autoregressive", "uniform", "duo", "sedd", "dcd", "embedding"), the
+  # masking schedule and the class's own fields, each declared once with its default and comment in its class
+  # (objectives.SECTION_FIELDS for the schedule and the script-aware corruption).
+  c.diffusion = objectives.config_section()
   # The teacher of a "dcd" run (python -m launch.distill sets these): its workdir, weights and checkpoint.
   c.distill = ml_collections.ConfigDict()
   c.distill.teacher_workdir = ""
@@ -207,6 +170,7 @@ def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections
   c.sample.method = "ancestral"
   if arm == "duo_dcd":
     c.diffusion.objective = "dcd"
+    c.diffusion.curriculum_steps = 0  # (the teacher's curriculum; the student trains on hard tokens)
     c.diffusion.distill_teacher_steps = int(c.sample.steps)
     c.diffusion.distill_round_steps = max(int(c.train.num_steps) // 5, 1)
     c.optimizer.warmup_steps = 0  # the student starts from trained weights

@@ -3,7 +3,7 @@
   python -m launch.distill --teacher_workdir=RUN --workdir=NEW [--teacher_steps=64] [--rounds=5] [--round_steps=100]
 
 The student is the teacher's model with the teacher's weights, config and tokenizer, trained with
-diffusion.objective="dcd" (dlm_jax/diffusion/objectives.DiffusionObjective.distillation_loss): round n (n = 0 ..
+diffusion.objective="dcd" (dlm_jax/objectives/uniform.ConsistencyDistillation): round n (n = 0 ..
 rounds-1, `round_steps` updates each) matches the student at t to the teacher at t - 2^n / T, the teacher being the
 student as it was at the round's start. After the last round one student step covers 2^(rounds-1) / T: sample it with
 --steps=T / 2^(rounds-1). Checkpoints, evaluation (the uniform NELBO) and resume are the trainer's: re-running with the

@@ -56,15 +56,15 @@ def main(argv):
                                   placement)
   objective = run.objective
   time_samples = 1 if objective.is_autoregressive else pick(FLAGS.time_samples, int(ev.time_samples))
-  if FLAGS.score == "training_loss" and objective.kind == "dcd":
+  if FLAGS.score == "training_loss" and objective.needs_teacher:
     raise app.UsageError(f"--score=training_loss: {FLAGS.workdir} is a distillation student, whose training loss "
                          "needs its teacher; score it with --score=nelbo.")
   eval_step = likelihood.make_eval_step(run.graphdef, run.other, objective, FLAGS.score)
   result = likelihood.evaluate(eval_step, run.params, windows, run.tokenizer,
                                batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
                                seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
-  result.update(seq_len=int(run.config.data.seq_len), objective=objective.kind, placement=placement, score=FLAGS.score,
-                text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
+  result.update(seq_len=int(run.config.data.seq_len), objective=run.config.diffusion.objective, placement=placement,
+                score=FLAGS.score, text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
                 weights=run.weights)
   if FLAGS.path:
     result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)

@@ -6,7 +6,7 @@ from flax import nnx
 
 from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small, thought_gpu, thought_small
 from dlm_jax import models
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.sampling import SamplerConfig
 
 

@@ -12,9 +12,9 @@ import pytest
 import regex
 
 from conftest import tiny_config
-from dlm_jax import special_tokens
+from dlm_jax import objectives, special_tokens
 from dlm_jax.data import corpus, segmentation, tokenizers
-from dlm_jax.diffusion import corruption, forward, objectives
+from dlm_jax.diffusion import corruption, forward
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import DenoiserOutput

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from dlm_jax.diffusion import objectives, uniform
+from dlm_jax import objectives
+from dlm_jax.diffusion import uniform
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.sampling import SamplerConfig, make_sampler
 from dlm_jax.training import optimizer, state as state_lib, step as step_lib

@@ -140,7 +140,7 @@ def test_gaussian_sampler_options_are_checked():
 
 def test_embedding_objective_needs_a_time_conditioned_transformer():
   from conftest import tiny_config
-  from dlm_jax.diffusion import objectives
+  from dlm_jax import objectives
   c = tiny_config(**{"diffusion.objective": "embedding"})
   with pytest.raises(ConfigError, match="model.time_conditioning=True"):
     objectives.from_config(c, 50)

@@ -1,20 +1,22 @@
 """The package layering holds: each dlm_jax subpackage imports only the layers below it (README, "Architecture").
 
-    launch -> benchmarks -> training -> evaluation -> sampling -> models -> diffusion, data -> special_tokens, errors
+    launch -> benchmarks -> training -> evaluation -> sampling -> objectives, models -> diffusion, data
+      -> special_tokens, errors
 
-(`models` may use `diffusion`'s constants, e.g. losses.NEG_INF and SUBS; `diffusion` and `data` import no other
-subpackage.) Nothing imports `launch` (but its own modules); `configs` imports only what declares the defaults it
-reads: the model registry and the sampler's SamplerConfig.
+(`models` may use `diffusion`'s constants, e.g. losses.NEG_INF and SUBS; `objectives` builds on `diffusion` alone;
+`diffusion` and `data` import no other subpackage.) Nothing imports `launch` (but its own modules); `configs` imports
+only what declares the defaults it reads: the model and objective registries and the sampler's SamplerConfig.
 """
 import ast
 
 from conftest import REPO
 
 ALLOWED = {
-    "benchmarks": {"training", "evaluation", "sampling", "models", "diffusion", "data"},
-    "training": {"evaluation", "sampling", "models", "diffusion", "data"},
-    "evaluation": {"sampling", "models", "diffusion", "data"},
-    "sampling": {"models", "diffusion", "data"},
+    "benchmarks": {"training", "evaluation", "sampling", "objectives", "models", "diffusion", "data"},
+    "training": {"evaluation", "sampling", "objectives", "models", "diffusion", "data"},
+    "evaluation": {"sampling", "objectives", "models", "diffusion", "data"},
+    "sampling": {"objectives", "models", "diffusion", "data"},
+    "objectives": {"diffusion"},
     "models": {"diffusion"},
     "diffusion": set(),
     "data": set(),
@@ -53,7 +55,7 @@ def test_nothing_imports_launchers_and_configs_import_only_the_registries():
     imported = imported_subpackages(path)
     assert "launch" not in imported, path
     if path.parent.name == "configs":
-      assert imported <= {"configs", "models", "sampling"}, (path, imported)
+      assert imported <= {"configs", "models", "objectives", "sampling"}, (path, imported)
 
 
 def module_imports():

@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import tiny_config
 from dlm_jax.data import pipeline
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.evaluation import likelihood
 from dlm_jax.training import checkpoint, loop
 

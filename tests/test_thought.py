@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import REPO, tiny_thought_config
 from dlm_jax import models
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.diffusion import thought as thought_process
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError

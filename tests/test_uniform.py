@@ -9,7 +9,7 @@ import pytest
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import duality, forward, losses, score_entropy, uniform
-from dlm_jax.diffusion.objectives import DiffusionObjective
+from dlm_jax.objectives import OBJECTIVES
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import DenoiserOutput
@@ -247,8 +247,7 @@ def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint
   mean, stderr = values.mean(), values.std() / math.sqrt(len(values))
   assert abs(mean - (-math.log(joint[x0_index]))) < 4 * stderr + 1e-3, (mean, stderr, -math.log(joint[x0_index]))
   with pytest.raises(ConfigError, match="prompt_drop"):
-    DiffusionObjective(schedule=schedule, mask_id=3, kind="uniform", vocab_size=VOCAB, prompt_length=2,
-                       prompt_drop=0.1)
+    OBJECTIVES["uniform"](schedule=schedule, mask_id=3, vocab_size=VOCAB, prompt_length=2, prompt_drop=0.1)
 
 
 def test_mean_parameterization_nelbo_matches_udlm_closed_form():

@@ -22,7 +22,7 @@ import re
 import jax
 import numpy as np
 
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.models import partitioning
 from dlm_jax.training import optimizer, sharding, state as state_lib, step as step_lib
 

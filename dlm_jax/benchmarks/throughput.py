@@ -14,7 +14,7 @@ import numpy as np
 
 from dlm_jax import models, special_tokens
 from dlm_jax.benchmarks import profile as profile_lib
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.sampling import sampler as sampler_lib
 from dlm_jax.training import metrics as metrics_lib, optimizer, sharding, state as state_lib, step as step_lib
 

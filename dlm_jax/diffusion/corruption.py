@@ -37,7 +37,7 @@ distribution, which pure unit masking never shows the model (BENCHMARKS.md, "See
 costs). So training under these policies optimizes a consistent denoising objective -- the minimizer of each
 position's cross-entropy is the true conditional p(x_0^i | x_t) under the script-aware corruption -- and is not a
 likelihood bound of the model we sample. Evaluation therefore always reports the exact token-level masked NELBO
-(`DiffusionObjective.evaluation_nll` corrupts uniformly whatever the training policy), and any gain of a policy must
+(`Objective.evaluation_nll` corrupts uniformly whatever the training policy), and any gain of a policy must
 show up there and in the script consistency of samples.
 
 Segmentation in JAX. Grapheme cluster boundaries depend on the characters on either side, so each token id carries the

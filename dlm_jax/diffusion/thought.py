@@ -173,7 +173,8 @@ class ThoughtProcess:
 
   # -- objective -----------------------------------------------------------------------------------------------------
   def loss(self, text, denoise_fn, x0_BxL, rng):
-    """(loss, metrics) of one training batch; `text` is the DiffusionObjective whose masked NELBO scores the text."""
+    """(loss, output, metrics) of one training batch; `text` is the masked objective (objectives.MaskedELBO) whose
+    NELBO scores the text."""
     context, target_BxW = self.split(x0_BxL)
     batch, width = target_BxW.shape
     depth_rng, t_rng, mask_rng, noise_rng, clean_rng = jax.random.split(rng, 5)
@@ -210,7 +211,7 @@ class ThoughtProcess:
 
   def depth_nll(self, text, denoise_fn, x0_BxL, rng, depth: int):
     """Nats per scored token of target tokens 2..W given token 1 and the clean memory of the last `depth` context
-    windows (0: the empty memory): one antithetic-t NELBO sample, as DiffusionObjective.evaluation_nll."""
+    windows (0: the empty memory): one antithetic-t NELBO sample, as Objective.evaluation_nll."""
     context, target_BxW = self.split(x0_BxL)
     batch, width = target_BxW.shape
     if not 0 <= depth <= self.context_windows:
@@ -248,20 +249,3 @@ def saliency(memory_BxT):
   magnitude = jnp.abs(jax.lax.stop_gradient(memory_BxT.astype(jnp.float32)))
   axes = tuple(range(1, magnitude.ndim))
   return magnitude / jnp.maximum(jnp.max(magnitude, axis=axes, keepdims=True), 1e-6)
-
-
-def from_config(config) -> ThoughtProcess | None:
-  """config.thought as a ThoughtProcess, or None when the run has no thought (config.thought missing or disabled)."""
-  section = config.get("thought")
-  if section is None or not section.get("enabled", False):
-    if tuple(config.model.get("thought_dims", ()) or ()):
-      raise ConfigError("model.thought_dims is set but config.thought.enabled is False: a thought model trains with "
-                        "the thought objective. Set --config.thought.enabled=true or model.thought_dims=().")
-    return None
-  if config.model.name != "transformer":  # (the objective's own settings are checked by DiffusionObjective)
-    raise ConfigError(f"config.thought gives the transformer denoiser a thought; got model {config.model.name!r}.")
-  return ThoughtProcess(
-      dims=tuple(config.model.thought_dims), context_windows=int(section.context_windows), rate=float(section.rate),
-      saliency=float(section.saliency), clean_prob=float(section.clean_prob), text_weight=float(section.text_weight),
-      reconstruction_weight=float(section.reconstruction_weight), coherence_weight=float(section.coherence_weight),
-      alignment_weight=float(section.alignment_weight), alignment_temperature=float(section.alignment_temperature))

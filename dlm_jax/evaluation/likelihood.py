@@ -1,6 +1,6 @@
 """Validation likelihood: the NELBO (AR arm: the exact next-token NLL) of fixed windows, in every unit.
 
-Every arm is scored on the same targets: tokens 2..L of each window given token 1 (`DiffusionObjective.
+Every arm is scored on the same targets: tokens 2..L of each window given token 1 (`Objective.
 evaluation_nll`), so "per token" is per scored token and bits per character count the characters of tokens 2..L.
 A diffusion model is scored by its NELBO whatever objective it trained with (masked_mean included).
 
@@ -20,15 +20,15 @@ import jax
 import numpy as np
 
 from dlm_jax import models
-from dlm_jax.diffusion.objectives import DiffusionObjective
+from dlm_jax.objectives import Objective
 
 
 SCORES = ("nelbo", "training_loss")
 
 
-def make_eval_step(graphdef, other, objective: DiffusionObjective, score: str = "nelbo"):
+def make_eval_step(graphdef, other, objective: Objective, score: str = "nelbo"):
   """Jitted `eval_step(params, x0_BxL, key) -> nats per scored token`: `score="nelbo"`, the likelihood bound every
-  table reports (`DiffusionObjective.evaluation_nll`: one antithetic-t estimate), or "training_loss", the run's own
+  table reports (`Objective.evaluation_nll`: one antithetic-t estimate), or "training_loss", the run's own
   training objective without auxiliary losses (for script-aware corruption the bound given the segmentation, not a
   likelihood: a diagnostic of what the model learned under the corruption it was trained with). No dropout."""
   if score not in SCORES:

@@ -232,7 +232,7 @@ class Denoiser(nnx.Module):
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
   """The pure `(x_BxL, t_B[, self_cond_BxLxV][, embeddings_BxLxD][, thought]) -> DenoiserOutput` callable of a split NNX
-  denoiser (what DiffusionObjective and the evaluation steps call), with `.diffusion_table()` (continuous embedding
+  denoiser (what the objectives and the evaluation steps call), with `.diffusion_table()` (continuous embedding
   diffusion's normalized table) and `.thought_alignment(memory, tokens)` (a thought model's alignment codes). The
   module is merged at each call, i.e. at trace time: a module merged outside a lax.scan must not be used inside it."""
 

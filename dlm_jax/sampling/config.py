@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from dlm_jax.diffusion import objectives, schedules
+from dlm_jax import objectives
+from dlm_jax.diffusion import schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import primitives, strategies
@@ -70,7 +71,7 @@ class SamplerConfig:
     The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule `diffusion.schedule` (with its
     exponent and eps)."""
     fields = dict(config.sample)
-    fields.update(process_fields(config.diffusion))
+    fields.update(process_fields(config))
     section = config.get("thought")
     if section is not None and section.get("enabled", False):
       fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency),
@@ -156,17 +157,17 @@ class SamplerConfig:
     return length if self.threshold else self.steps
 
 
-def process_fields(diffusion_config) -> dict:
-  """{process, parameterization} of a run's diffusion config (its objective decides them: `objectives.process_of`).
-  The AR arm gets the masked sampler's fields (its own decoder ignores them)."""
-  objective = diffusion_config.objective
-  process = objectives.process_of(objective, diffusion_config.get("sedd_process", "absorbing"))
-  parameterization = "score" if objective == "sedd" else diffusion_config.get("parameterization", "mean")
+def process_fields(config) -> dict:
+  """The SamplerConfig fields that a run's objective decides (`objectives.objective_class(config)`): its forward
+  process (masked objectives and the AR arm, whose own decoder ignores them: "absorbing"), the parameterization of
+  the reverse step ("score" for a score model, else diffusion.parameterization) and the log-SNR range."""
+  objective = objectives.objective_class(config)
+  process = objective.process_of(config.diffusion)
+  defaults = objectives.config_fields()
+  read = lambda name: config.diffusion.get(name, defaults[name])
   return {"process": process if process in ("uniform", "gaussian") else "absorbing",
-          "parameterization": parameterization, "log_snr_max": float(diffusion_config.get("log_snr_max", 5.0)),
-          "log_snr_min": float(diffusion_config.get("log_snr_min", -10.0))}
-
-
+          "parameterization": "score" if objective.outputs == "score" else read("parameterization"),
+          "log_snr_max": float(read("log_snr_max")), "log_snr_min": float(read("log_snr_min"))}
 
 
 def component_combinations() -> list[tuple[str, str, str, dict, str]]:

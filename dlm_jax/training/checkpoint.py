@@ -25,7 +25,7 @@ from flax import nnx
 
 from dlm_jax import models
 from dlm_jax.data import pipeline, tokenizers
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.models import layers
 from dlm_jax.training import optimizer, state as state_lib
 
@@ -310,7 +310,7 @@ class LoadedRun:
     return f"{self.workdir}: {kind} checkpoint, step {self.step}, {weights}"
 
   @property
-  def objective(self) -> objectives.DiffusionObjective:
+  def objective(self) -> objectives.Objective:
     """The run's training objective; `objective.is_autoregressive` says whether it is the causal control arm."""
     return objectives.from_config(self.config, self.tokenizer.vocab_size, self.tokenizer)
 

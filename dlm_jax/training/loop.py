@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from dlm_jax import models
 from dlm_jax.data import pipeline
-from dlm_jax.diffusion import objectives
+from dlm_jax import objectives
 from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import likelihood
 from dlm_jax.models import retrieval
@@ -94,7 +94,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
       print(f"Resuming step {resumed_step} with changed config fields: {'; '.join(allowed)}.", flush=True)
     saved_tokenizer = checkpoint.saved_tokenizer(saved_meta, config.data, workdir)
   teacher = None
-  if resumed_step is None and config.diffusion.objective == "dcd":
+  if resumed_step is None and objectives.objective_class(config).needs_teacher:
     teacher = load_teacher(config)
     saved_tokenizer = teacher.tokenizer  # the student reads the teacher's token ids
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)

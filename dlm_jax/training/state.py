@@ -8,7 +8,7 @@ import jax
 import optax
 from flax import nnx
 
-from dlm_jax import models
+from dlm_jax import models, objectives
 
 
 @flax.struct.dataclass
@@ -31,7 +31,7 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
     model.retrieval.fill(datastore)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
   ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
-  teacher = jax.tree.map(jax.numpy.copy, params) if config.diffusion.objective == "dcd" else None
+  teacher = jax.tree.map(jax.numpy.copy, params) if objectives.objective_class(config).needs_teacher else None
   state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
                      ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)),
                      teacher_params=teacher)

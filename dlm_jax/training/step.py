@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from dlm_jax import models
-from dlm_jax.diffusion.objectives import DiffusionObjective
+from dlm_jax.objectives import Objective
 from dlm_jax.training.state import TrainState
 
 
@@ -28,7 +28,7 @@ def ema_decay_at(step, ema_decay: float, warmup: bool):
   return jnp.minimum(jnp.float32(ema_decay), (1.0 + t) / (10.0 + t))
 
 
-def make_train_step(graphdef, other, objective: DiffusionObjective, tx: optax.GradientTransformation,
+def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTransformation,
                     ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True):
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`."""
 

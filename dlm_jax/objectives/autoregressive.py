@@ -1,0 +1,35 @@
+"""The causal control arm: the same network, causal, trained on next-token prediction."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar
+
+import jax.numpy as jnp
+
+from dlm_jax.errors import ConfigError
+from dlm_jax.objectives.base import Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoregressive(Objective):
+  """Next-token NLL, loss = mean over the B (L - 1) predictions of -log p_theta(x_{i+1} | x_{<=i}); its evaluation is
+  the same exact NLL of tokens 2..L given token 1, the figure every diffusion arm's bound is set beside."""
+  name: ClassVar[str] = "autoregressive"
+  process: ClassVar[str] = "autoregressive"
+  is_autoregressive: ClassVar[bool] = True
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.prompt_length:
+      raise ConfigError("diffusion.prompt_length is for diffusion objectives; the AR arm conditions on every prefix.")
+
+  def next_token_nll(self, denoise_fn: Callable, x0_BxL):
+    output = denoise_fn(x0_BxL, jnp.zeros((x0_BxL.shape[0],), jnp.float32))
+    return output, self.token_nll(output, x0_BxL, shift=True)
+
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+    output, nll_BxLm1 = self.next_token_nll(denoise_fn, x0_BxL)
+    return jnp.mean(nll_BxLm1), output, {"nll_per_token": jnp.mean(nll_BxLm1)}
+
+  def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
+    return jnp.mean(self.next_token_nll(denoise_fn, x0_BxL)[1])

@@ -1,0 +1,201 @@
+"""`Objective`: what every training objective shares, and the loop of the corruption-based ones.
+
+An objective is a frozen dataclass whose fields are its `config.diffusion` settings (declared once, with their
+defaults and comments, in its class) plus the run's context (`CONTEXT_FIELDS`: the masking schedule, the mask id, the
+vocabulary size, self-conditioning, the script-aware corruption). Its protocol:
+
+    objective(denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None, with_aux=True) -> (loss, metrics)
+    objective.evaluation_nll(denoise_fn, x0_BxL, rng) -> nats per scored token
+    name, process, is_autoregressive, needs_teacher, check_model(model_config)
+
+`denoise_fn(x_BxL, t_B)` is any pure function (a merged NNX model in the trainer, a lookup table in the tests)
+returning a `DenoiserOutput`: its aux_losses (already weighted: EcoHybrid's slot load balancing, HRM's memory, ACT and
+priority terms) are added to the loss and logged as `aux/NAME`, its aux_metrics only logged as `metric/NAME`; with
+`with_aux=False` (evaluation) both are left out. `nll_per_token` stays the pure likelihood term.
+
+Evaluation (`evaluation_nll`) scores every objective on the same targets: tokens 2..L of each window given token 1,
+-log p(x_2..L | x_1) / (L - 1) nats per scored token: the AR arm's next-token NLL, a diffusion model's NELBO of the
+forward process that never corrupts x_1 (docs/objectives.md says why).
+
+Conditional training (`prompt_length` = P > 0, LLaDA's SFT): the first P tokens of a window are never corrupted nor
+scored, -log p(x_{P+1..L} | x_{1..P}) <= sum_b NELBO_b / (B (L - P)); with `prompt_drop` = p each example's prompt is
+masked with probability p (classifier-free guidance's condition dropout, Ho & Salimans 2022).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from dlm_jax.diffusion import forward, losses
+from dlm_jax.diffusion.schedules import MaskingSchedule
+from dlm_jax.errors import ConfigError
+from dlm_jax.special_tokens import MASK
+
+# Fields given by the run rather than by config.diffusion.
+CONTEXT_FIELDS = ("schedule", "mask_id", "vocab_size", "self_conditioning", "corruption", "thought")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """The fields every objective has; a subclass sets `name` and `process` and implements `loss` and
+  `evaluation_nll` (or the hooks of `CorruptionObjective`)."""
+  name: ClassVar[str] = ""
+  process: ClassVar[str] = "absorbing"  # the forward process: "absorbing", "uniform", "gaussian", "autoregressive"
+  is_autoregressive: ClassVar[bool] = False
+  needs_teacher: ClassVar[bool] = False  # trained against a teacher's denoise function (distillation)
+  outputs: ClassVar[str] = "x0"  # what the denoiser's logits are: "x0" (p_theta(x_0 | x_t)) or "score" (SEDD)
+  thought: ClassVar[None] = None  # a thought run's ThoughtProcess (objectives/thought.py)
+  # Section fields (besides the dataclass's own) that this objective reads: see objectives.SECTION_FIELDS.
+  reads: ClassVar[tuple[str, ...]] = ()
+
+  schedule: MaskingSchedule = MaskingSchedule("cosine")
+  mask_id: int = MASK
+  vocab_size: int = 0  # the uniform-state and SEDD objectives draw from (and score) the states of this vocabulary
+  # Self-conditioning (model.self_conditioning): a first, gradient-free pass's estimate of x_0 is fed back to the
+  # denoiser; in training for a random half of the examples (zeros for the others), in evaluation for all.
+  self_conditioning: bool = False
+  t_min: float = 1e-5  # the smallest time drawn (antithetic t in [t_min, 1])
+  # > 0: the loss scores loss_chunk token rows at a time from the tied head, never holding [B, L, V] logits
+  # (losses.tied_head_nll); 0: from the full logits.
+  loss_chunk: int = 0
+  # Conditional (SFT-style) training: the first prompt_length tokens of a window are never masked nor scored; each
+  # example's prompt is masked with probability prompt_drop (classifier-free guidance's unconditional model).
+  prompt_length: int = 0
+  prompt_drop: float = 0.0
+
+  def __post_init__(self):
+    if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:
+      raise ConfigError(f"diffusion.prompt_length must be >= 0 and diffusion.prompt_drop in [0, 1), got "
+                        f"{self.prompt_length} and {self.prompt_drop}.")
+    if self.prompt_drop and not self.prompt_length:
+      raise ConfigError("diffusion.prompt_drop drops the prompt: set diffusion.prompt_length > 0 too.")
+
+  @classmethod
+  def process_of(cls, diffusion_config) -> str:
+    """The forward process a run's `config.diffusion` gives this objective (the sampler's family reads it)."""
+    return cls.process
+
+  @classmethod
+  def check_model(cls, model_config):
+    """Raises ConfigError when the denoiser of `model_config` (config.model) cannot be trained with this objective."""
+    if model_config.get("causal", False) != cls.is_autoregressive:
+      raise ConfigError(
+          f"config.model.causal={model_config.get('causal', False)} does not fit diffusion.objective={cls.name!r}: "
+          "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
+
+  def sample_length(self, seq_len: int) -> int:
+    """The tokens one generation fills: data.seq_len (a thought run: one window)."""
+    return seq_len
+
+  # -- shared pieces -------------------------------------------------------------------------------------------------
+  def token_nll(self, output, targets_BxL, shift: bool = False):
+    """-log p_theta(target) per position under SUBS (the mask id removed), from the logits or chunk by chunk. With
+    `shift`, position i scores target i + 1 (the AR arm): [B, L - 1]."""
+    if self.loss_chunk and output.hidden_BxLxD is not None:
+      hidden_BxLxD = output.hidden_BxLxD[:, :-1] if shift else output.hidden_BxLxD
+      targets_BxL = targets_BxL[:, 1:] if shift else targets_BxL
+      return losses.tied_head_nll(hidden_BxLxD, output.head_VxD, targets_BxL, self.mask_id, self.loss_chunk)
+    logits_BxLxV = losses.subs_logits(output.logits_BxLxV, self.mask_id)
+    return losses.next_token_nll(logits_BxLxV, targets_BxL) if shift else losses.token_nll(logits_BxLxV, targets_BxL)
+
+  def denoise(self, denoise_fn: Callable, xt_BxL, t_B, rng=None):
+    """The denoiser's output at x_t; with self-conditioning, a second pass given the first pass's estimate of x_0
+    (losses.self_condition_input): for every example when `rng` is None (evaluation), else for each example with
+    probability 1/2 (training; the others get zeros, the sampler's input at its first step)."""
+    if not self.self_conditioning:
+      return denoise_fn(xt_BxL, t_B)
+    estimate_BxLxV = losses.self_condition_input(denoise_fn(xt_BxL, t_B).logits_BxLxV, self.mask_id)
+    if rng is not None:
+      keep_B = jax.random.bernoulli(rng, 0.5, (xt_BxL.shape[0],))
+      estimate_BxLxV = jnp.where(keep_B[:, None, None], estimate_BxLxV, 0.0)
+    return denoise_fn(xt_BxL, t_B, estimate_BxLxV)
+
+  def prompt_mask(self, shape):
+    """bool [B, L]: the never-corrupted, never-scored prompt positions, or None without a prompt."""
+    return jnp.broadcast_to(jnp.arange(shape[1]) < self.prompt_length, shape) if self.prompt_length else None
+
+  # -- the protocol ----------------------------------------------------------------------------------------------------
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+    """(loss, the denoiser's output, metrics) of one batch, before the auxiliary losses."""
+    raise NotImplementedError
+
+  def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
+    """Nats per scored token of -log p(x_2..L | x_1) (module docstring); no auxiliary losses."""
+    raise NotImplementedError
+
+  def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None):
+    """(loss, metrics): `loss` plus the denoiser's auxiliary losses (`with_aux`). `step` (the update count) drives
+    Duo's curriculum and the distillation rounds; `teacher_fn` is the distillation teacher's denoise function."""
+    loss, output, metrics = self.loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn)
+    if with_aux:
+      for name, value in output.aux_losses.items():
+        metrics[f"aux/{name}"] = value
+        loss = loss + value
+      metrics.update({f"metric/{name}": value for name, value in output.aux_metrics.items()})
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptionObjective(Objective):
+  """An objective that corrupts x_0 at a random time and scores the denoiser's output: the masked and uniform-state
+  NELBOs, masked-mean and SEDD. Subclasses give `training_inputs`, `corrupt`, `sequence_nelbo` (and may override
+  `sample_times` and `batch_loss`)."""
+
+  def sample_times(self, rng, batch_size: int):
+    return forward.antithetic_times(rng, batch_size, self.t_min)
+
+  def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
+    """(x_t, corrupted) with hard tokens, token by token (the process every evaluation scores); fixed positions
+    untouched."""
+    raise NotImplementedError
+
+  def training_inputs(self, rng, x0_BxL, t_B, prompt_BxL, step):
+    """(x_t, the denoiser's input, corrupted_BxL, weight_BxL or None) of a training batch: `corrupt` by default."""
+    xt_BxL, corrupted_BxL = self.corrupt(rng, x0_BxL, t_B, prompt_BxL)
+    return xt_BxL, xt_BxL, corrupted_BxL, None
+
+  def sequence_nelbo(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL=None, weight_BxL=None):
+    """Each sequence's one-sample NELBO in nats."""
+    raise NotImplementedError
+
+  def corruption_metrics(self, x0_BxL, xt_BxL, corrupted_BxL):
+    """Positions whose token differs from x_0 (a uniform redraw may give x_0 back)."""
+    return {"corrupted_fraction": jnp.mean((xt_BxL != x0_BxL).astype(jnp.float32))}
+
+  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics):
+    """The scalar loss: sum_b NELBO_b / (B (L - P)), an unbiased per-token NELBO, logged as nll_per_token."""
+    batch_size, seq_len = x0_BxL.shape
+    nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL)
+    loss = jnp.sum(nelbo_B) / (batch_size * (seq_len - self.prompt_length))
+    metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
+    return loss
+
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+    batch_size = x0_BxL.shape[0]
+    t_rng, mask_rng = jax.random.split(rng)
+    t_B = self.sample_times(t_rng, batch_size)
+    prompt_BxL = self.prompt_mask(x0_BxL.shape)
+    scored_BxL = None if prompt_BxL is None else ~prompt_BxL
+    xt_BxL, input_BxL, corrupted_BxL, weight_BxL = self.training_inputs(mask_rng, x0_BxL, t_B, prompt_BxL, step)
+    if self.prompt_drop:
+      drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
+      input_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
+    output = self.denoise(denoise_fn, input_BxL, t_B, jax.random.fold_in(rng, 1))
+    metrics = self.corruption_metrics(x0_BxL, xt_BxL, corrupted_BxL)
+    loss = self.batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics)
+    return loss, output, metrics
+
+  def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
+    """A one-sample NELBO with x_1 never corrupted (hard tokens, token by token, whatever the training curriculum)."""
+    batch_size, seq_len = x0_BxL.shape
+    first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
+    t_rng, mask_rng = jax.random.split(rng)
+    t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
+    xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)
+    output = self.denoise(denoise_fn, xt_BxL, t_B)
+    nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, ~first_BxL)
+    return jnp.sum(nelbo_B) / (batch_size * (seq_len - 1))

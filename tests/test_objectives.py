@@ -1,0 +1,133 @@
+"""The objective registry's contract: every registered objective builds from a config, trains (finite loss and
+gradients under jit) and evaluates above the true conditional entropy of its data; config.diffusion is generated
+from the classes, and a field the chosen objective ignores draws one warning naming it."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import logging
+from flax import nnx
+
+from conftest import tiny_config, tiny_thought_config
+from configs import default
+from dlm_jax import models, objectives, special_tokens
+from dlm_jax.errors import ConfigError
+
+# A stationary Markov chain over 3 data tokens: the true conditional entropy of tokens 2..L given token 1 is
+# (L - 1) h, h its entropy rate; no model, and no bound on a model's NLL, can average below it.
+TRANSITION = np.asarray([[0.8, 0.15, 0.05], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5]])
+STATES = special_tokens.NUM_SPECIAL + np.arange(3)
+VOCAB = special_tokens.NUM_SPECIAL + 3
+
+
+def stationary():
+  eigenvalues, vectors = np.linalg.eig(TRANSITION.T)
+  pi = np.real(vectors[:, np.argmin(np.abs(eigenvalues - 1))])
+  return pi / pi.sum()
+
+
+def entropy_rate():
+  pi = stationary()
+  return float(-np.sum(pi[:, None] * TRANSITION * np.log(TRANSITION)))
+
+
+def markov_rows(rows: int, length: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  states = np.empty((rows, length), np.int64)
+  states[:, 0] = rng.choice(3, size=rows, p=stationary())
+  for i in range(1, length):
+    cumulative = np.cumsum(TRANSITION[states[:, i - 1]], axis=1)
+    states[:, i] = np.argmax(rng.random((rows, 1)) < cumulative, axis=1)
+  return jnp.asarray(STATES[states], jnp.int32)
+
+
+def config_of(name):
+  """A tiny config (1 layer, width 16) whose objective is OBJECTIVES[name]."""
+  if name == "thought":
+    c = tiny_thought_config(**{"model.thought_hidden": 16})
+  else:
+    c = tiny_config(**{"data.seq_len": 16, "diffusion.objective": name})
+  c.model.update(num_layers=1, num_heads=2, width=16, mlp_dim=32, dtype="float32")
+  if name == "autoregressive":
+    c.model.causal = True
+  if name in ("uniform", "duo", "dcd", "sedd", "embedding"):
+    c.model.time_conditioning = True
+  if name == "duo":
+    c.diffusion.curriculum_steps = 4
+  return c
+
+
+@pytest.mark.parametrize("name", list(objectives.OBJECTIVES))
+def test_every_objective_trains_finitely_under_jit_and_evaluates_above_the_true_nll(name):
+  config = config_of(name)
+  objective = objectives.from_config(config, VOCAB)
+  assert objective.name == name and type(objective) is objectives.OBJECTIVES[name]
+  graphdef, params, other = nnx.split(models.get_model(config, VOCAB, nnx.Rngs(0)), nnx.Param, ...)
+  x0_BxL = markov_rows(128, int(config.data.seq_len))
+
+  @jax.jit
+  def run(params, rng):
+    fn = models.denoise_fn(graphdef, params, other)
+    teacher = fn if objective.needs_teacher else None
+
+    def loss(p):
+      return objective(models.denoise_fn(graphdef, p, other), x0_BxL[:16], rng, step=jnp.int32(1),
+                       teacher_fn=teacher)[0]
+
+    value, grads = jax.value_and_grad(loss)(params)
+    evaluations = jax.vmap(lambda key: objective.evaluation_nll(fn, x0_BxL, key))(jax.random.split(rng, 8))
+    return value, grads, evaluations
+
+  value, grads, evaluations = run(params, jax.random.key(1))
+  assert np.isfinite(float(value))
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+  assert np.all(np.isfinite(np.asarray(evaluations)))
+  mean, stderr = float(np.mean(evaluations)), float(np.std(evaluations)) / math.sqrt(len(evaluations))
+  assert mean > entropy_rate() - 4 * stderr, (mean, entropy_rate(), stderr)
+
+
+def test_config_diffusion_is_generated_from_the_classes():
+  section = default.get_config().diffusion
+  fields = objectives.config_fields()
+  assert dict(section.to_dict()) == {k: (dict(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+  assert set(objectives.SECTION_FIELDS) <= set(fields)
+  # each class's own fields, with their class defaults
+  assert fields["num_timesteps"] == objectives.MaskedMean.num_timesteps
+  assert fields["curriculum_steps"] == objectives.Duo.curriculum_steps
+  assert fields["log_snr_max"] == objectives.EmbeddingDiffusion.log_snr_max
+  assert objectives.from_config(tiny_config(**{"diffusion.num_timesteps": 7, "diffusion.objective": "masked_mean"}),
+                                VOCAB).num_timesteps == 7
+
+
+def test_a_field_the_objective_ignores_draws_one_warning_naming_it(monkeypatch):
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(message % args))
+  monkeypatch.setattr(objectives, "_WARNED", set())
+  for _ in range(3):  # a run builds its objective more than once: one warning all the same
+    objectives.from_config(tiny_config(**{"diffusion.curriculum_steps": 5, "diffusion.nelbo_weight": 0.5}), VOCAB)
+  assert len(warnings) == 1
+  assert "curriculum_steps=5" in warnings[0] and "nelbo_weight=0.5" in warnings[0] and "'elbo'" in warnings[0]
+  warnings.clear()
+  objectives.from_config(tiny_config(**{"diffusion.objective": "duo", "diffusion.curriculum_steps": 5,
+                                        "model.time_conditioning": True}), VOCAB)
+  assert not warnings  # duo reads it
+  objectives.from_config(tiny_config(), VOCAB)
+  assert not warnings  # defaults never warn
+
+
+def test_unknown_objectives_and_unfit_models_are_refused_by_name():
+  with pytest.raises(ConfigError, match="Unknown objective 'nelbo'"):
+    objectives.from_config(tiny_config(**{"diffusion.objective": "nelbo"}), VOCAB)
+  with pytest.raises(ConfigError, match="model.causal=True does not fit"):
+    objectives.from_config(tiny_config(**{"model.causal": True}), VOCAB)
+  with pytest.raises(ConfigError, match="time_conditioning=True"):
+    objectives.from_config(tiny_config(**{"diffusion.objective": "embedding"}), VOCAB)
+  with pytest.raises(ConfigError, match="absorbing objective"):
+    objectives.from_config(tiny_config(**{"diffusion.objective": "sedd", "diffusion.corruption": "span",
+                                          "model.time_conditioning": True}), VOCAB)
+  hrm = tiny_config(**{"diffusion.objective": "uniform"})
+  hrm.model = default.model_config("hrm")
+  with pytest.raises(ConfigError, match="with model hrm"):
+    objectives.from_config(hrm, VOCAB)
