@@ -7,7 +7,7 @@ resumes from its latest checkpoint.
 
 Several devices: --config.mesh.data/fsdp/tensor shape the mesh (dlm_jax/training/sharding.py). Several hosts: start the
 same command on each; under SLURM (srun, one task per host) JAX finds its peers itself; elsewhere pass
---coordinator_address=HOST0:PORT --num_processes=N --process_id=I (README, "Scale-out").
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I (docs/scale-out.md).
 """
 import os
 import pathlib

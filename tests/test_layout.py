@@ -1,4 +1,4 @@
-"""The package layering holds: each dlm_jax subpackage imports only the layers below it (README, "Architecture").
+"""The package layering holds: each dlm_jax subpackage imports only the layers below it (docs/architecture.md).
 
     launch -> benchmarks -> training -> evaluation -> sampling -> objectives, models -> diffusion, data
       -> special_tokens, errors

@@ -259,7 +259,7 @@ def test_sample_cli_prompt_and_suffix_are_kept(trained_run):
   for s in samples:
     text = s.split("\n", 1)[1].split("\n[")[0].rstrip("\n")
     assert text.startswith("The ") and text.endswith(".") and len(text) == 4 + 10 + 1, repr(text)
-  # README's one-token-per-step demo shows text, not one character repeated.
+  # the tour's one-token-per-step demo (docs/tour.md) shows text, not one character repeated.
   demo = subprocess.run(
       [sys.executable, "-m", "launch.sample", f"--workdir={workdir}", "--prompt=The ", "--length=20", "--steps=20",
        "--reveal_schedule=linear", "--temperature=0.8", "--num_samples=2"], cwd=REPO, capture_output=True, text=True,
