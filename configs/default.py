@@ -103,23 +103,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.time_samples = 2  # antithetic time draws per window
   c.eval.seed = 1234
 
-  c.sample = ml_collections.ConfigDict()
-  c.sample.num_samples = 2  # samples written to the log every train.sample_every steps
-  c.sample.steps = 64
-  c.sample.method = "confidence"  # "confidence" (MaskGIT/LLaDA) or "ancestral" (MD4)
-  c.sample.greedy = False
-  c.sample.temperature = 1.0
-  c.sample.top_k = 0
-  c.sample.top_p = 1.0
-  c.sample.confidence = "prob"  # "prob" or "margin"
-  # MaskGIT choice temperature: Gumbel noise on the log-confidence ranking, annealed to 0 (0 = pure confidence ranking).
-  # Without it the small default model fills samples with spaces, its most predictable character.
+  # The sampler (dlm_jax/sampling/config.py, docs/sampling.md): every field declared once, with its default and comment,
+  # in SamplerConfig. The embedded default ranks reveals with MaskGIT's choice temperature (Gumbel noise on the
+  # log-confidence, annealed to 0): without it the small default model fills samples with spaces, its most
+  # predictable character.
+  c.sample = ml_collections.ConfigDict(sampling.SamplerConfig.config_section())
   c.sample.reveal_noise = 4.5
-  c.sample.strategic_weight = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
-  c.sample.reveal_schedule = ""  # empty: follow diffusion.schedule
-  # Decoding strategies, all off by default and declared in one place (dlm_jax/sampling/sampler.SamplerConfig):
-  # block_length, threshold, confidence_stop, eos_stop, remasking (+ remask_*), guidance_scale, cache.
-  c.sample.update(sampling.SamplerConfig.strategy_defaults())
 
   # The device mesh (dlm_jax/training/sharding.py): data x fsdp x tensor = the device count (-1: the rest). fsdp splits
   # every parameter and optimizer moment (ZeRO-3), tensor the MLP hidden and attention-head dimensions (Megatron).
@@ -154,7 +143,7 @@ def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections
   width, layers = int(c.model.width), int(c.model.num_layers)
   c.model.time_conditioning = True
   c.model.mlp_dim = int(c.model.mlp_dim) - round((2 * width * width + 2 * width) / (3 * width * layers))
-  c.sample.reveal_noise = 0.0  # a masked-sampler option
+  c.sample.reveal_noise = sampling.SamplerConfig.reveal_noise  # the masked sampler's option back to its default
   if arm == "embedding":
     c.diffusion.objective = "embedding"
     c.diffusion.loss_chunk = 0

@@ -21,6 +21,8 @@ CONFIDENCES = tuple(primitives.CONFIDENCES)
 REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
+PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min")  # the objective's (process_fields)
+THOUGHT_FIELDS = ("thought", "thought_schedule", "thought_rate", "thought_saliency", "steer_scale")
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
                    "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -35,9 +37,9 @@ class SamplerConfig:
   temperature: float = 1.0
   top_k: int = 0  # 0: no top-k filtering
   top_p: float = 1.0  # 1.0: no nucleus filtering
-  confidence: str = "prob"
+  confidence: str = "prob"  # what ranks the reveals: "prob", "margin" or "entropy" (primitives.CONFIDENCES)
   reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
-  strategic_weight: float = 0.0  # weight of a stateful denoiser's priority score in the reveal ranking
+  strategic_weight: float = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
   block_length: int = 0  # semi-autoregressive blocks of this many generated positions; 0: one block
@@ -149,8 +151,18 @@ class SamplerConfig:
 
   @classmethod
   def strategy_defaults(cls) -> dict:
-    """The decoding-strategy fields (all off by default) with their defaults, for config.sample."""
+    """The decoding-strategy fields (all off by default) with their defaults."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.name in STRATEGY_FIELDS}
+
+  @classmethod
+  def config_section(cls) -> dict:
+    """config.sample with every field's default: `num_samples`, the fields a user sets (each declared once, above,
+    with its comment) and `reveal_schedule`; not the fields the run decides (the schedule object, the process fields
+    its objective gives, a thought run's) nor `record_trajectory` (a launcher's choice)."""
+    decided = {"schedule", "record_trajectory", *PROCESS_FIELDS, *THOUGHT_FIELDS}
+    return {"num_samples": 2,  # samples written to the log every train.sample_every steps
+            **{f.name: f.default for f in dataclasses.fields(cls) if f.name not in decided},
+            "reveal_schedule": ""}  # the reveal schedule's name; empty: follow diffusion.schedule
 
   def max_steps(self, length: int) -> int:
     """The loop's bound for sequences of `length` positions: `steps`, or `length` with threshold decoding."""
