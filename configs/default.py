@@ -46,8 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.distill.teacher_checkpoint = "latest"  # "latest" or "best"
 
   # Thought tensors (dlm_jax/models/thought.py, dlm_jax/diffusion/thought.py; seed 003): with enabled=True (and
-  # model.thought_dims set) each row of data.seq_len = (context_windows + 1) W tokens is context_windows windows whose
-  # evolved thoughts fill the memory, and a target window denoised together with the Gaussian-noised memory.
+  # model.name="thought" with its thought_dims) each row of data.seq_len = (context_windows + 1) W tokens is
+  # context_windows windows whose evolved thoughts fill the memory, and a target window denoised together with the
+  # Gaussian-noised memory.
   c.thought = ml_collections.ConfigDict()
   c.thought.enabled = False
   c.thought.context_windows = 3

@@ -51,6 +51,9 @@ def make_arm(c, arm: str, dims, hidden: int, context_windows: int, window: int):
     c.model.mlp_dim = int(c.model.mlp_dim) + round(thought.pathway_parameters(dims, width, hidden, layers)
                                                     / (3 * width * layers))
     return c
+  sizes = {k: v for k, v in c.model.items() if k != "name"}
+  c.model = default.model_config("thought")  # the transformer with the thought pathway (models/thought.py)
+  c.model.update(sizes)
   c.model.thought_dims = tuple(dims)
   c.model.thought_hidden = hidden
   c.thought.enabled = True

@@ -118,8 +118,18 @@ def trained_hrm_run(tmp_path_factory):
 
 def tiny_thought_config(**overrides):
   """tiny_config with a thought (4, 4, 2) and rows of 2 context windows + 1 target window of 16 tokens."""
-  c = tiny_config(**{"data.seq_len": 48, "model.thought_dims": (4, 4, 2), "model.thought_hidden": 32,
-                     "thought.enabled": True, "thought.context_windows": 2, **overrides})
+  from configs import default
+  c = tiny_config(**{"data.seq_len": 48, "thought.enabled": True, "thought.context_windows": 2})
+  sizes = {k: v for k, v in c.model.items() if k != "name"}
+  c.model = default.model_config("thought")
+  c.model.update(sizes)
+  c.model.thought_dims, c.model.thought_hidden = (4, 4, 2), 32
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
   return c
 
 

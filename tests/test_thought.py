@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, tiny_thought_config
+from conftest import REPO, tiny_config, tiny_thought_config
 from dlm_jax import models
 from dlm_jax import objectives
 from dlm_jax.diffusion import thought as thought_process
@@ -16,6 +16,7 @@ from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import thought as metrics
 from dlm_jax.models import thought
+from dlm_jax.models.thought import ThoughtTransformer, ThoughtTransformerConfig
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 from dlm_jax.sampling import SamplerConfig
 from dlm_jax.sampling import thought as thought_sampling
@@ -27,7 +28,8 @@ def model_pair(dims=(4, 4, 2), seed=0, perturb=True):
   """A thought transformer and the baseline of the same seed; with `perturb`, every parameter of the thought model is
   moved by noise (so the zero-initialized cross-attention is live) and the baseline gets the shared ones."""
   kwargs = dict(vocab_size=VOCAB, max_len=32, num_layers=2, num_heads=2, width=16, mlp_dim=32, dtype="float32")
-  model = Transformer(TransformerConfig(**kwargs, thought_dims=dims, thought_hidden=16), rngs=nnx.Rngs(seed))
+  model = ThoughtTransformer(ThoughtTransformerConfig(**kwargs, thought_dims=dims, thought_hidden=16),
+                             rngs=nnx.Rngs(seed))
   base = Transformer(TransformerConfig(**kwargs), rngs=nnx.Rngs(seed))
   if perturb:
     params = nnx.state(model, nnx.Param)
@@ -53,7 +55,9 @@ def test_thought_dims_decoder_shapes_and_unit_rms_evolved_thought():
     np.testing.assert_allclose(jnp.mean(jnp.square(out.thought["evolved"]), axis=tuple(range(1, len(dims)))), 1.0,
                                rtol=1e-3)
   with pytest.raises(ConfigError, match="n >= 2"):
-    TransformerConfig(vocab_size=VOCAB, max_len=8, thought_dims=(5,))
+    ThoughtTransformerConfig(vocab_size=VOCAB, max_len=8, thought_dims=(5,))
+  with pytest.raises(ConfigError, match="needs a thought shape"):
+    ThoughtTransformerConfig(vocab_size=VOCAB, max_len=8, thought_dims=())
 
 
 def test_without_a_thought_the_model_computes_the_baseline():
@@ -63,7 +67,7 @@ def test_without_a_thought_the_model_computes_the_baseline():
   np.testing.assert_array_equal(model(x, t).logits_BxLxV, base(x, t).logits_BxLxV)
   with_thought = model(x, t, thought=thought_process.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,)))).logits_BxLxV
   assert float(jnp.max(jnp.abs(with_thought - base(x, t).logits_BxLxV))) > 1e-3  # the pathway is live
-  with pytest.raises(ValueError, match="no thought pathway"):
+  with pytest.raises(TypeError, match="thought"):  # the baseline transformer has no thought input at all
     base(x, t, thought=thought_process.ThoughtInput(jnp.ones((2, 4, 4, 2)), jnp.zeros((2,))))
 
 
@@ -135,8 +139,7 @@ def test_thought_objective_logs_every_term_and_evaluates_like_the_baseline_at_in
   config = tiny_thought_config(**{"model.dtype": "float32"})
   objective = objective_for(config)
   model = models.get_model(config, VOCAB, nnx.Rngs(0))
-  base_config = tiny_thought_config(**{"model.dtype": "float32", "thought.enabled": False, "model.thought_dims": (),
-                                       "data.seq_len": 16})
+  base_config = tiny_config(**{"model.dtype": "float32", "data.seq_len": 16})
   base = models.get_model(base_config, VOCAB, nnx.Rngs(0))
   x0 = jax.random.randint(jax.random.key(6), (4, 48), 5, VOCAB)
   fn = models.denoise_fn(*nnx.split(model, nnx.Param, ...))
@@ -163,7 +166,7 @@ def test_thought_config_errors():
     objective_for(tiny_thought_config(**{"model.thought_dims": ()}))
   with pytest.raises(ConfigError, match="multiple of 3"):
     objective_for(tiny_thought_config(**{"data.seq_len": 50})).sample_length(50)
-  with pytest.raises(ConfigError, match="config.thought.enabled is False"):
+  with pytest.raises(ConfigError, match="thought.enabled=true"):
     objective_for(tiny_thought_config(**{"thought.enabled": False}))
   with pytest.raises(ConfigError, match="cache='none'"):
     SamplerConfig.from_config(tiny_thought_config(), cache="unchanged")

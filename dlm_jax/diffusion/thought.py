@@ -206,8 +206,8 @@ class ThoughtProcess:
   def alignment(self, denoise_fn, memory_BxT, tokens_BxW, valid_B=None):
     """(symmetric InfoNCE loss, top-1 accuracy of picking each thought's own text in the batch) over the rows in
     `valid_B` (rows with an empty memory carry no thought to align: neither anchors nor candidates)."""
-    return alignment_scores(*denoise_fn.thought_alignment(memory_BxT, tokens_BxW), self.alignment_temperature,
-                            valid_B)
+    codes = denoise_fn.model().thought_alignment(memory_BxT, tokens_BxW)
+    return alignment_scores(*codes, self.alignment_temperature, valid_B)
 
   def depth_nll(self, text, denoise_fn, x0_BxL, rng, depth: int):
     """Nats per scored token of target tokens 2..W given token 1 and the clean memory of the last `depth` context

@@ -127,7 +127,7 @@ def context_thoughts(run, windows_NxL, batch_size: int):
     fn = models.denoise_fn(run.graphdef, params, run.other)
     context, target = process.split(rows)
     memory, evolved = process.memories(fn, context)
-    a, b = fn.thought_alignment(memory, target)
+    a, b = fn.model().thought_alignment(memory, target)
     return jnp.swapaxes(evolved, 0, 1), memory, a, b
 
   parts = [read(run.params, windows_NxL[i:i + batch_size]) for i in range(0, len(windows_NxL), batch_size)]

@@ -111,15 +111,13 @@ class DenoiserOutput:
   hidden_BxLxD, head_VxD: for a tied linear head, its input (the normalized final states) and weights, logits =
     hidden @ head^T. With them the objective can score tokens chunk by chunk (diffusion.loss_chunk) without the
     [B, L, V] logits, which XLA then never computes; None for a denoiser whose logits are not that product.
-  thought: with a thought input (models/thought.py), {"reconstruction": x_0 estimate of the thought [B, *dims],
-    "evolved": the (n-1)-D evolved thought [B, *dims[:-1]]}; None otherwise.
+  A denoiser with more to say returns a subclass (models/thought.ThoughtOutput).
   """
   logits_BxLxV: jax.Array
   aux_losses: dict = flax.struct.field(default_factory=dict)
   aux_metrics: dict = flax.struct.field(default_factory=dict)
   hidden_BxLxD: Any = None
   head_VxD: Any = None
-  thought: Any = None
 
 
 class Denoiser(nnx.Module):
@@ -231,20 +229,19 @@ class Denoiser(nnx.Module):
 
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
-  """The pure `(x_BxL, t_B[, self_cond_BxLxV][, embeddings_BxLxD][, thought]) -> DenoiserOutput` callable of a split NNX
-  denoiser (what the objectives and the evaluation steps call), with `.diffusion_table()` (continuous embedding
-  diffusion's normalized table) and `.thought_alignment(memory, tokens)` (a thought model's alignment codes). The
-  module is merged at each call, i.e. at trace time: a module merged outside a lax.scan must not be used inside it."""
+  """The pure `(x_BxL, t_B[, self_cond_BxLxV], **inputs) -> DenoiserOutput` callable of a split NNX denoiser (what the
+  objectives and the evaluation steps call); `inputs` that are not None (e.g. `embeddings_BxLxD`, a thought model's
+  `thought`) go to the model. `.diffusion_table()` is continuous embedding diffusion's normalized table and `.model()`
+  the merged module (for a model's own methods). The module is merged at each call, i.e. at trace time: a module
+  merged outside a lax.scan must not be used inside it."""
 
-  def fn(x_BxL, t_B, self_cond_BxLxV=None, embeddings_BxLxD=None, thought=None):
-    model = nnx.merge(graphdef, params, other)
-    kwargs = {} if self_cond_BxLxV is None else {"self_cond_BxLxV": self_cond_BxLxV}
-    if embeddings_BxLxD is not None:
-      kwargs["embeddings_BxLxD"] = embeddings_BxLxD
-    if thought is not None:
-      kwargs["thought"] = thought
-    return model(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key, **kwargs)
+  def fn(x_BxL, t_B, self_cond_BxLxV=None, **inputs):
+    kwargs = {name: value for name, value in inputs.items() if value is not None}
+    if self_cond_BxLxV is not None:
+      kwargs["self_cond_BxLxV"] = self_cond_BxLxV
+    return nnx.merge(graphdef, params, other)(x_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key,
+                                              **kwargs)
 
-  fn.diffusion_table = lambda: nnx.merge(graphdef, params, other).diffusion_table()
-  fn.thought_alignment = lambda memory, tokens: nnx.merge(graphdef, params, other).thought_alignment(memory, tokens)
+  fn.model = lambda: nnx.merge(graphdef, params, other)
+  fn.diffusion_table = lambda: fn.model().diffusion_table()
   return fn

@@ -20,7 +20,7 @@ masked: the denoiser must be told the thought's noise level even when it infers 
 
 **Cross-attention** (every transformer block, after self-attention): h <- h + CrossAttn(RMSNorm(h), u) with a
 zero-initialized output projection, so an untrained thought pathway adds nothing; called without a thought, a block
-skips it and computes exactly the baseline's function (`Transformer(..., thought=None)`).
+skips it and computes exactly the baseline's function (`ThoughtTransformer(..., thought=None)`).
 
 **Decoder** (the seed pools the text and maps it to the thought; we let each thought token read the text): the tokens
 read the final normalized text states, r = u + CrossAttn(RMSNorm(u), RMSNorm(h_L)), r <- r + SwiGLU(RMSNorm(r)), and
@@ -35,14 +35,21 @@ for the contrastive thought-text alignment loss and metric (diffusion/thought.py
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm_jax.diffusion import thought as thought_process
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
+from dlm_jax.models.base import DenoiserOutput
 from dlm_jax.models.partitioning import EMBED, MLP, logical
+from dlm_jax.models.transformer import Block, Transformer, TransformerConfig, make_blocks, run_blocks
 
 
 def unit_rms(x, axes):
@@ -127,3 +134,85 @@ def pathway_parameters(dims, width: int, hidden: int, num_layers: int) -> int:
   encoder = features * hidden + hidden + hidden * d + d + rows * d + (2 * d * d + 2 * d)
   decoder = (3 * d + 4 * d * d + 3 * d * hidden + d * features + features + d * evolved + evolved + total * d + d * d)
   return num_layers * cross_attention + encoder + decoder
+
+
+# -- the thought denoiser: the baseline transformer with the pathway (model.name "thought") ----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ThoughtTransformerConfig(TransformerConfig):
+  # The n-D thought's shape (n >= 2; the last axis is the memory depth), e.g. (8, 8, 4) (seed 003's mini model).
+  thought_dims: tuple = (8, 8, 4)
+  thought_hidden: int = 256  # the encoder's and decoder's MLP width
+
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, "thought_dims", thought_process.check_dims(self.thought_dims))
+    if not self.thought_dims:
+      raise ConfigError("model.name='thought' needs a thought shape: model.thought_dims of n >= 2 sizes, e.g. "
+                        "(8, 8, 4); without a thought use model.name='transformer'.")
+    if self.causal:
+      raise ConfigError("model.thought_dims gives a diffusion denoiser a thought; the AR arm (model.causal=True) has "
+                        "none. Use model.name='transformer'.")
+
+
+@flax.struct.dataclass
+class ThoughtOutput(DenoiserOutput):
+  """DenoiserOutput plus the decoder's {"reconstruction": x_0 estimate of the thought [B, *dims], "evolved": the
+  (n-1)-D evolved thought [B, *dims[:-1]]}."""
+  thought: Any = None
+
+
+class ThoughtBlock(Block):
+  """The transformer block with a cross-attention to the thought tokens after self-attention (module docstring);
+  called without thought tokens it is exactly the baseline block."""
+
+  def __init__(self, cfg: ThoughtTransformerConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    # Created last, so that a thought model's other parameters equal the baseline's of the same seed.
+    self.thought = ThoughtCrossAttention(cfg.width, cfg.num_heads, dtype=layers.compute_dtype(cfg.dtype), rngs=rngs)
+
+  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool, return_kv: bool = False, thought_BxJxD=None):
+    """h + attn, then + CrossAttn(RMSNorm(.), thought tokens), then the MLP residual."""
+    if thought_BxJxD is None:
+      return super().__call__(h_BxLxD, rope, dropout_key, deterministic, return_kv)
+    attn_BxLxD, kv, (attn_key, mlp_key) = self.self_attention(h_BxLxD, rope, dropout_key, deterministic, return_kv)
+    h_BxLxD = h_BxLxD + self.dropout(attn_BxLxD, deterministic=deterministic, rngs=attn_key)
+    cross_BxLxD = self.thought(h_BxLxD, thought_BxJxD)  # the MLP residual adds it
+    h_BxLxD = self.mlp_residual(h_BxLxD, self.dropout(cross_BxLxD, deterministic=deterministic, rngs=attn_key),
+                                mlp_key, deterministic)
+    return (h_BxLxD, kv) if return_kv else h_BxLxD
+
+
+class ThoughtTransformer(Transformer):
+  """The transformer denoiser with the thought pathway: `model(tokens, t, thought=ThoughtInput(z, t_thought))` ->
+  ThoughtOutput; without `thought`, the baseline's function (and DenoiserOutput)."""
+
+  def __init__(self, cfg: ThoughtTransformerConfig, *, rngs: nnx.Rngs):
+    self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
+    self.blocks = make_blocks(cfg, rngs, ThoughtBlock)
+    self.thought_encoder = ThoughtEncoder(cfg.thought_dims, cfg.width, cfg.thought_hidden, dtype=self.dtype,
+                                          rngs=rngs)
+    self.thought_decoder = ThoughtDecoder(cfg.thought_dims, cfg.width, cfg.thought_hidden, cfg.num_heads,
+                                          dtype=self.dtype, rngs=rngs)
+    self.init_head(rngs)
+
+  def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None, self_cond_BxLxV=None,
+               embeddings_BxLxD=None, thought: "thought_process.ThoughtInput | None" = None) -> DenoiserOutput:
+    if thought is None:
+      return super().__call__(tokens_BxL, t_B, deterministic=deterministic, dropout_key=dropout_key,
+                              self_cond_BxLxV=self_cond_BxLxV, embeddings_BxLxD=embeddings_BxLxD)
+    h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV,
+                         embeddings_BxLxD=embeddings_BxLxD)
+    tokens_BxJxD = self.thought_encoder(thought.z, thought.t_B)
+    h_BxLxD = run_blocks(self.blocks, h_BxLxD, self._rope(tokens_BxL.shape[1]), dropout_key, deterministic, self.cfg,
+                         thought_BxJxD=tokens_BxJxD)
+    output = self.output(h_BxLxD)
+    return ThoughtOutput(**{f.name: getattr(output, f.name) for f in dataclasses.fields(output)},
+                         thought=self.thought_decoder(tokens_BxJxD, output.hidden_BxLxD))
+
+  def thought_alignment(self, memory_BxT, tokens_BxL):
+    """The unit-norm (thought code, text code) pair of ThoughtDecoder.alignment_codes; the text side reads the token
+    embeddings through stop_gradient (the alignment loss must not move the embedding table)."""
+    text_BxLxD = jax.lax.stop_gradient(self.embedding[...])[tokens_BxL]
+    return self.thought_decoder.alignment_codes(memory_BxT, text_BxLxD)

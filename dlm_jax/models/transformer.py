@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.errors import ConfigError
-from dlm_jax.diffusion import thought as thought_process
-from dlm_jax.models import kernels, layers, thought
+from dlm_jax.models import kernels, layers
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 
@@ -28,17 +27,9 @@ from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 class TransformerConfig(DenoiserConfig):
   num_layers: int = 6
   position: str = "rope"  # "rope" or "learned"
-  # Thought tensors (models/thought.py): () = no thought pathway; else the n-D thought's shape (n >= 2; the last axis
-  # is the memory depth), e.g. (8, 8, 4). thought_hidden: the encoder's and decoder's MLP width.
-  thought_dims: tuple = ()
-  thought_hidden: int = 256
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, "thought_dims", thought_process.check_dims(self.thought_dims))
-    if self.thought_dims and self.causal:
-      raise ConfigError("model.thought_dims gives a diffusion denoiser a thought; the AR arm (model.causal=True) has "
-                        "none. Set model.thought_dims=().")
     if self.position not in ("rope", "learned"):
       raise ConfigError(f"model.position must be 'rope' or 'learned', got {self.position!r}.")
 
@@ -66,23 +57,20 @@ class Block(nnx.Module):
     self.mlp = layers.SwiGLU(cfg.width, cfg.mlp_dim, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
     self.fused_add_norm = cfg.fused_add_norm
-    # Created last, so that a thought model's other parameters equal the baseline's of the same seed.
-    self.thought = (thought.ThoughtCrossAttention(cfg.width, cfg.num_heads, dtype=dtype, rngs=rngs)
-                    if cfg.thought_dims else None)
 
-  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool, return_kv: bool = False, thought_BxJxD=None):
-    """The block; with thought tokens `thought_BxJxD`, h + attn then + CrossAttn(RMSNorm(.), thought) before the MLP
-    (models/thought.py); without, exactly the baseline block."""
+  def __call__(self, h_BxLxD, rope, dropout_key, deterministic: bool, return_kv: bool = False):
+    attn_BxLxD, kv, (attn_key, mlp_key) = self.self_attention(h_BxLxD, rope, dropout_key, deterministic, return_kv)
+    h_BxLxD = self.mlp_residual(h_BxLxD, self.dropout(attn_BxLxD, deterministic=deterministic, rngs=attn_key),
+                                mlp_key, deterministic)
+    return (h_BxLxD, kv) if return_kv else h_BxLxD
+
+  def self_attention(self, h_BxLxD, rope, dropout_key, deterministic: bool, return_kv: bool = False):
+    """(Attn(RMSNorm(h)), its keys and values or None, (attention dropout key, MLP dropout key))."""
     attn_key, mlp_key = jax.random.split(dropout_key)
     probs_key = None if deterministic else jax.random.fold_in(dropout_key, ATTENTION_DROPOUT_STREAM)
     attn_BxLxD = self.attn(self.attn_norm(h_BxLxD), rope, probs_key, return_kv=return_kv)
     attn_BxLxD, kv = attn_BxLxD if return_kv else (attn_BxLxD, None)
-    if thought_BxJxD is not None:
-      h_BxLxD = h_BxLxD + self.dropout(attn_BxLxD, deterministic=deterministic, rngs=attn_key)
-      attn_BxLxD = self.thought(h_BxLxD, thought_BxJxD)  # the MLP residual adds it
-    h_BxLxD = self.mlp_residual(h_BxLxD, self.dropout(attn_BxLxD, deterministic=deterministic, rngs=attn_key),
-                                mlp_key, deterministic)
-    return (h_BxLxD, kv) if return_kv else h_BxLxD
+    return attn_BxLxD, kv, (attn_key, mlp_key)
 
   def mlp_residual(self, h_BxLxD, attn_BxLxD, mlp_key, deterministic: bool):
     """h + attn, then + SwiGLU(RMSNorm(.)) (the residual add and the norm as one kernel with fused_add_norm)."""
@@ -101,14 +89,14 @@ class Block(nnx.Module):
     return self.mlp_residual(h_BxQxD, attn_BxQxD, None, True), kv_cache
 
 
-def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs):
-  """cfg.num_layers Blocks with their parameters stacked on a leading axis."""
-  return layers.stack_blocks(cfg.num_layers, lambda r: Block(cfg, rngs=r), rngs)
+def make_blocks(cfg: TransformerConfig, rngs: nnx.Rngs, block_class=Block):
+  """cfg.num_layers blocks (Block, or a subclass) with their parameters stacked on a leading axis."""
+  return layers.stack_blocks(cfg.num_layers, lambda r: block_class(cfg, rngs=r), rngs)
 
 
-def run_blocks(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, cfg: DenoiserConfig, thought_BxJxD=None):
-  """h through every stacked Block in turn (cfg: remat and layer_loop), each reading the thought tokens if given."""
-  apply = lambda block, h, _, key: (block(h, rope, key, deterministic, thought_BxJxD=thought_BxJxD), None)
+def run_blocks(blocks, h_BxLxD, rope, dropout_key, deterministic: bool, cfg: DenoiserConfig, **block_inputs):
+  """h through every stacked block in turn (cfg: remat and layer_loop); `block_inputs` go to every block."""
+  apply = lambda block, h, _, key: (block(h, rope, key, deterministic, **block_inputs), None)
   return layers.run_stack(blocks, h_BxLxD, apply, dropout_key, cfg.remat, cfg.unroll_layers)[0]
 
 
@@ -118,41 +106,14 @@ class Transformer(Denoiser):
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.init_embedding(cfg, rngs, learned_positions=cfg.position == "learned")
     self.blocks = make_blocks(cfg, rngs)
-    if cfg.thought_dims:
-      self.thought_encoder = thought.ThoughtEncoder(cfg.thought_dims, cfg.width, cfg.thought_hidden, dtype=self.dtype,
-                                                    rngs=rngs)
-      self.thought_decoder = thought.ThoughtDecoder(cfg.thought_dims, cfg.width, cfg.thought_hidden, cfg.num_heads,
-                                                    dtype=self.dtype, rngs=rngs)
-    else:
-      self.thought_encoder = self.thought_decoder = None
     self.init_head(rngs)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
-               self_cond_BxLxV=None, embeddings_BxLxD=None, thought: "thought_process.ThoughtInput | None" = None
-               ) -> DenoiserOutput:
-    """With `thought` (a model built with thought_dims), the blocks cross-attend to its tokens and the output's
-    `thought` holds the decoder's {"reconstruction", "evolved"} (models/thought.py); without, the baseline."""
-    cfg = self.cfg
+               self_cond_BxLxV=None, embeddings_BxLxD=None) -> DenoiserOutput:
     h_BxLxD = self.embed(tokens_BxL, t_B, deterministic, dropout_key, self_cond_BxLxV,
                          embeddings_BxLxD=embeddings_BxLxD)
-    rope = None if cfg.position == "learned" else layers.rope_tables(tokens_BxL.shape[1], cfg.width // cfg.num_heads,
-                                                                     cfg.rope_base)
-    tokens_BxJxD = None
-    if thought is not None:
-      if self.thought_encoder is None:
-        raise ValueError("This model has no thought pathway (model.thought_dims=()); call it without a thought.")
-      tokens_BxJxD = self.thought_encoder(thought.z, thought.t_B)
-    h_BxLxD = run_blocks(self.blocks, h_BxLxD, rope, dropout_key, deterministic, cfg, tokens_BxJxD)
-    output = self.output(h_BxLxD)
-    if thought is not None:
-      output = output.replace(thought=self.thought_decoder(tokens_BxJxD, output.hidden_BxLxD))
-    return output
-
-  def thought_alignment(self, memory_BxT, tokens_BxL):
-    """The unit-norm (thought code, text code) pair of ThoughtDecoder.alignment_codes; the text side reads the token
-    embeddings through stop_gradient (the alignment loss must not move the embedding table)."""
-    text_BxLxD = jax.lax.stop_gradient(self.embedding[...])[tokens_BxL]
-    return self.thought_decoder.alignment_codes(memory_BxT, text_BxLxD)
+    h_BxLxD = run_blocks(self.blocks, h_BxLxD, self._rope(tokens_BxL.shape[1]), dropout_key, deterministic, self.cfg)
+    return self.output(h_BxLxD)
 
   # -- Fast-dLLM's KV caches for block decoding (dlm_jax/sampling/strategies.py, cache="dual" or "prefix") -------------
   supports_kv_cache = True

@@ -42,15 +42,19 @@ class ThoughtELBO(MaskedELBO):
 def thought_process(config) -> thought_lib.ThoughtProcess | None:
   """config.thought as a ThoughtProcess, or None when the run has no thought (config.thought missing or disabled)."""
   section = config.get("thought")
+  # (a config saved before the thought denoiser had its name calls it a "transformer" with thought_dims)
+  thought_model = config.model.name == "thought" or tuple(config.model.get("thought_dims", ()) or ())
   if section is None or not section.get("enabled", False):
-    if tuple(config.model.get("thought_dims", ()) or ()):
-      raise ConfigError("model.thought_dims is set but config.thought.enabled is False: a thought model trains with "
-                        "the thought objective. Set --config.thought.enabled=true or model.thought_dims=().")
+    if thought_model:
+      raise ConfigError("model.name='thought' (a thought shape) needs the thought objective: set "
+                        "--config.thought.enabled=true, or use model.name='transformer'.")
     return None
-  if config.model.name != "transformer":
-    raise ConfigError(f"config.thought gives the transformer denoiser a thought; got model {config.model.name!r}.")
+  if config.model.name not in ("thought", "transformer"):
+    raise ConfigError(f"config.thought gives the transformer denoiser a thought: set model.name='thought' "
+                      f"(models/thought.py); got model {config.model.name!r}.")
   return thought_lib.ThoughtProcess(
-      dims=tuple(config.model.thought_dims), context_windows=int(section.context_windows), rate=float(section.rate),
+      dims=tuple(config.model.get("thought_dims", ()) or ()), context_windows=int(section.context_windows),
+      rate=float(section.rate),
       saliency=float(section.saliency), clean_prob=float(section.clean_prob), text_weight=float(section.text_weight),
       reconstruction_weight=float(section.reconstruction_weight), coherence_weight=float(section.coherence_weight),
       alignment_weight=float(section.alignment_weight), alignment_temperature=float(section.alignment_temperature))

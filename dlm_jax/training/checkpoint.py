@@ -23,9 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from dlm_jax import models
+from dlm_jax import models, objectives
 from dlm_jax.data import pipeline, tokenizers
-from dlm_jax import objectives
 from dlm_jax.models import layers
 from dlm_jax.training import optimizer, state as state_lib
 
@@ -142,6 +141,9 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         out[f"{prefix}{key}"] = value
     return out
 
+  if isinstance(saved.get("model"), dict):  # a config saved before a rename of its model (models.migrate)
+    name, fields = models.migrate(saved["model"].get("name"), {k: v for k, v in saved["model"].items() if k != "name"})
+    saved = {**saved, "model": {"name": name, **fields}}
   before, after = flat(saved), flat(current)
   changed = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in sorted(set(before) & set(after)) if before[k] != after[k]]
   refused = [c for c in changed if c.split(":")[0].startswith(FIXED_ON_RESUME)]
