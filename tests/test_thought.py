@@ -276,3 +276,22 @@ def test_thought_run_trains_samples_persists_and_reports(trained_thought_run, tm
   assert report.returncode == 0, report.stderr
   for key in ("nelbo_by_memory_depth", "diversity", "compression", "alignment", "stability"):
     assert f'"{key}"' in report.stdout
+
+
+def test_configs_saved_before_the_thought_model_had_its_name_load_and_resume():
+  """Before models/thought.py's ThoughtTransformer, a thought model was a "transformer" with thought_dims, and every
+  transformer config carried thought_dims=() and thought_hidden: both still build the model they meant."""
+  from dlm_jax.training import checkpoint
+  legacy_thought = tiny_thought_config().to_dict()
+  legacy_thought["model"]["name"] = "transformer"
+  fields = {k: v for k, v in legacy_thought["model"].items() if k != "name"}
+  assert models.migrate("transformer", fields)[0] == "thought"
+  legacy_plain = tiny_config().to_dict()
+  legacy_plain["model"].update(thought_dims=(), thought_hidden=256)
+  name, fields = models.migrate("transformer", {k: v for k, v in legacy_plain["model"].items() if k != "name"})
+  assert name == "transformer" and "thought_dims" not in fields and "thought_hidden" not in fields
+  import ml_collections
+  for legacy, cls in ((legacy_thought, ThoughtTransformerConfig), (legacy_plain, TransformerConfig)):
+    assert type(models.model_config(ml_collections.ConfigDict(legacy), VOCAB)) is cls
+  refused, _ = checkpoint.config_changes(legacy_thought, tiny_thought_config().to_dict())
+  assert not refused, refused  # an old thought run resumes under today's thought config
