@@ -1,8 +1,9 @@
 """Golden values of the embedded default (`python -m launch.train` with no flags): a change that moves its losses shows
 up here, whatever file it touched.
 
-The values were recorded at commit e950d5b (before the one-home-per-concept refactor, which kept them bit for bit) on
-the 2-core CPU machine, jax 0.10.2, Python 3.11.7. The embedded corpus is CPython's `pydoc_data.topics`, which changes
+The values were recorded at commit e950d5b (before the one-home-per-concept refactor, which kept them bit for bit)
+on the 2-core CPU machine, jax 0.10.2, Python 3.11.7 (the step-900 NELBO re-recorded on 2026-12-06: see below).
+The embedded corpus is CPython's `pydoc_data.topics`, which changes
 between Python releases, so the values are keyed by a fingerprint of the corpus; on another corpus the tests skip and
 say so. Tolerances are relative 1e-3: far above the float32 rounding a jax or XLA release reorders (~1e-6 after 20
 steps), far below what a change to the data, model, objective or optimizer does (percents).
@@ -21,8 +22,11 @@ from dlm_jax.training import loop
 # corpus fingerprint -> {step: training loss (nats/token)} and the validation NELBO at step 900 (nats/token).
 GOLDEN_TRAIN_LOSS = {"d816f8d22e0cf35d": {1: 4.383554935455322, 2: 4.48512077331543, 10: 3.8721840381622314,
                                           20: 3.6162354946136475}}
-# Recorded at the commit that scores tokens 2..L given token 1 (before it, over all L tokens: 2.508629709482193).
-GOLDEN_EVAL_900 = {"d816f8d22e0cf35d": 2.4983557164669037}  # 3.6044 bits/char: the README's figure
+# Re-recorded on 2026-12-06 on the machine CI runs on: 2.4983557164669037 (3.6044 bits/char) was recorded on
+# 2026-11-23 at 0c2aded, but that same commit gives 2.5166445672512054 here today, as do the 7 commits up to 8084ce9
+# that a bisect tested, f48499f and d41cbb1: after 900 steps the float32 rounding of another XLA build or CPU is no
+# longer ~1e-6 but 0.7% (the 20-step losses above still agree within their 1e-3).
+GOLDEN_EVAL_900 = {"d816f8d22e0cf35d": 2.5166445672512054}  # 3.6308 bits/char: the README's figure
 
 
 def embedded_default():
@@ -61,7 +65,7 @@ def test_embedded_default_losses_of_the_first_20_steps(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_default_reaches_the_documented_validation_nelbo(tmp_path):
-  """The whole embedded default, 900 steps (about 4 minutes on 2 CPU cores): the README's 3.60 bits/char."""
+  """The whole embedded default, 900 steps (about 4 minutes on 2 CPU cores): the README's 3.63 bits/char."""
   expected = golden(GOLDEN_EVAL_900)
   with jax.default_matmul_precision("highest"):
     summary = loop.train(embedded_default(), str(tmp_path))
