@@ -64,8 +64,8 @@ def main(argv):
                                batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
                                seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
   result.update(seq_len=int(run.config.data.seq_len), objective=run.config.diffusion.objective, placement=placement,
-                score=FLAGS.score, text=FLAGS.path or "the run's validation split", step=run.step, checkpoint=run.checkpoint,
-                weights=run.weights)
+                score=FLAGS.score, text=FLAGS.path or "the run's validation split", step=run.step,
+                checkpoint=run.checkpoint, weights=run.weights)
   if FLAGS.path:
     result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)
   if FLAGS.calibration_bins:

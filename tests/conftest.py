@@ -76,6 +76,11 @@ def tiny_config(**overrides):
   c.optimizer.warmup_steps = 2
   c.eval.every, c.eval.num_windows, c.eval.batch_size, c.eval.time_samples = 12, 16, 8, 1
   c.sample.num_samples, c.sample.steps = 2, 8
+  return with_overrides(c, overrides)
+
+
+def with_overrides(c, overrides: dict):
+  """c with each "section.field": value of `overrides` set (in place; returns c)."""
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")
@@ -118,19 +123,9 @@ def trained_hrm_run(tmp_path_factory):
 
 def tiny_thought_config(**overrides):
   """tiny_config with a thought (4, 4, 2) and rows of 2 context windows + 1 target window of 16 tokens."""
-  from configs import default
-  c = tiny_config(**{"data.seq_len": 48, "thought.enabled": True, "thought.context_windows": 2})
-  sizes = {k: v for k, v in c.model.items() if k != "name"}
-  c.model = default.model_config("thought")
-  c.model.update(sizes)
-  c.model.thought_dims, c.model.thought_hidden = (4, 4, 2), 32
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  from configs import thought_small
+  c = thought_small.make_arm(tiny_config(), "thought", (4, 4, 2), hidden=32, context_windows=2, window=16)
+  return with_overrides(c, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ masked with probability p (classifier-free guidance's condition dropout, Ho & Sa
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Callable, ClassVar
 
@@ -39,9 +40,9 @@ CONTEXT_FIELDS = ("schedule", "mask_id", "vocab_size", "self_conditioning", "cor
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class Objective(abc.ABC):
   """The fields every objective has; a subclass sets `name` and `process` and implements `loss` and
-  `evaluation_nll` (or the hooks of `CorruptionObjective`)."""
+  `evaluation_nll` (or the hooks of `CorruptionObjective`); the abstract methods below are that contract."""
   name: ClassVar[str] = ""
   process: ClassVar[str] = "absorbing"  # the forward process: "absorbing", "uniform", "gaussian", "autoregressive"
   is_autoregressive: ClassVar[bool] = False
@@ -118,13 +119,13 @@ class Objective:
     return jnp.broadcast_to(jnp.arange(shape[1]) < self.prompt_length, shape) if self.prompt_length else None
 
   # -- the protocol ----------------------------------------------------------------------------------------------------
+  @abc.abstractmethod
   def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
     """(loss, the denoiser's output, metrics) of one batch, before the auxiliary losses."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
     """Nats per scored token of -log p(x_2..L | x_1) (module docstring); no auxiliary losses."""
-    raise NotImplementedError
 
   def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None):
     """(loss, metrics): `loss` plus the denoiser's auxiliary losses (`with_aux`). `step` (the update count) drives
@@ -148,19 +149,19 @@ class CorruptionObjective(Objective):
   def sample_times(self, rng, batch_size: int):
     return forward.antithetic_times(rng, batch_size, self.t_min)
 
+  @abc.abstractmethod
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
     """(x_t, corrupted) with hard tokens, token by token (the process every evaluation scores); fixed positions
     untouched."""
-    raise NotImplementedError
 
   def training_inputs(self, rng, x0_BxL, t_B, prompt_BxL, step):
     """(x_t, the denoiser's input, corrupted_BxL, weight_BxL or None) of a training batch: `corrupt` by default."""
     xt_BxL, corrupted_BxL = self.corrupt(rng, x0_BxL, t_B, prompt_BxL)
     return xt_BxL, xt_BxL, corrupted_BxL, None
 
+  @abc.abstractmethod
   def sequence_nelbo(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL=None, weight_BxL=None):
     """Each sequence's one-sample NELBO in nats."""
-    raise NotImplementedError
 
   def corruption_metrics(self, x0_BxL, xt_BxL, corrupted_BxL):
     """Positions whose token differs from x_0 (a uniform redraw may give x_0 back)."""

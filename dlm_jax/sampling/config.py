@@ -111,9 +111,7 @@ class SamplerConfig:
         raise ConfigError(f"Continuous embedding diffusion (diffusion.objective='embedding') samples with method "
                           f"'ddim' or 'ddpm', and only it does; got method {self.method!r} for a {self.process} "
                           "model (sample.method / --method).")
-      defaults = {f.name: f.default for f in dataclasses.fields(self)}
-      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight", "top_k", "top_p")
-                     if getattr(self, name) != defaults[name]]
+      masked_only = self.changed(STRATEGY_FIELDS + ("reveal_noise", "strategic_weight", "top_k", "top_p"))
       if masked_only:
         raise ConfigError(f"The sampler options {sorted(masked_only)} are not DDIM/DDPM options; a continuous "
                           "embedding model's sampler takes steps, greedy and temperature. Reset them.")
@@ -123,9 +121,7 @@ class SamplerConfig:
         raise ConfigError(f"A {'SEDD score' if self.parameterization == 'score' else 'uniform-state'} model samples "
                           f"with method {' or '.join(map(repr, allowed))} (sample.method / --method), not "
                           f"{self.method!r}.")
-      defaults = {f.name: f.default for f in dataclasses.fields(self)}
-      masked_only = [name for name in STRATEGY_FIELDS + ("reveal_noise", "strategic_weight")
-                     if getattr(self, name) != defaults[name]]
+      masked_only = self.changed(STRATEGY_FIELDS + ("reveal_noise", "strategic_weight"))
       if masked_only:
         raise ConfigError(f"The sampler options {sorted(masked_only)} are masked-diffusion decoding strategies; a "
                           f"{self.process} {self.parameterization} model's sampler moves every position at every "
@@ -148,6 +144,11 @@ class SamplerConfig:
       raise ConfigError(f"A thought model samples masked text with cache='none' (the thought changes at every call, so "
                         f"no logits or keys can be reused); got cache={self.cache!r}.")
     strategies.check(self)  # each decoding component's own fields, then the rules that span them
+
+  def changed(self, names) -> list[str]:
+    """The fields among `names` whose value is not their default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    return [name for name in names if getattr(self, name) != defaults[name]]
 
   @classmethod
   def strategy_defaults(cls) -> dict:

@@ -89,7 +89,6 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
   fixed_BxL = jnp.asarray(fixed_BxL, bool)
   x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
   gen_BxL = ~fixed_BxL
-  position_1xL = jnp.arange(length, dtype=jnp.int32)[None]
   reveal = strategies.REVEALS[strategies.reveal_name(cfg)].from_config(cfg)
   remask = strategies.REMASKS[cfg.remasking].from_config(cfg)
   max_steps = reveal.max_steps(cfg.steps, length)
@@ -97,6 +96,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
     raise ConfigError(f"block decoding gives every block at least one step: with block_length={cfg.block_length} "
                       f"and {length} positions, steps must be >= {-(-length // cfg.block_length)}, got {cfg.steps}.")
   blocks = Blocks.of(fixed_BxL, cfg.block_length)
+  position_1xL = blocks.position_1xL
   network = strategies.step_network(cfg, denoise_fn, blocks, kv_cache_fns)
 
   def body(st: _LoopState) -> _LoopState:

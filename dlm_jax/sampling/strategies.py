@@ -110,7 +110,7 @@ class NoRemask:
 
   @classmethod
   def check(cls, cfg):
-    pass
+    """No fields of its own: nothing to check."""
 
   def ranked(self, view: StepView):
     """(positions to mask again, how many) for a ranked reveal."""
@@ -428,7 +428,7 @@ class PlainNetwork:
 
   @classmethod
   def check(cls, cfg):
-    pass
+    """No fields of its own: nothing to check."""
 
   def init_state(self, x_BxL, init_carry, blocks: Blocks):
     return None

@@ -4,8 +4,8 @@ gradient steering and trajectories.
 The text runs the masked sampler (masked.masked_sample: every reveal policy that keeps no cache) and the thought rides
 in the denoiser's carry. At each network call with text time t the thought moves to its time
 t_th = min(t, previous t_th) (non-increasing, so block decoding, whose t restarts at each block, denoises the thought
-once) by one DDIM step (Song et al. 2021, eta = 0) elementwise on its own log-SNR lambda_i(t) (ThoughtProcess.log_snr, with saliency read off
-the current estimate):
+once) by one DDIM step (Song et al. 2021, eta = 0) elementwise on its own log-SNR lambda_i(t)
+(ThoughtProcess.log_snr, with saliency read off the current estimate):
     eps_hat = (z - a_prev T_hat) / s_prev,    z <- a T_hat + s eps_hat,
 then the denoiser reads (x_t, t, z, t_th) and returns the logits and a new clean estimate T_hat = reconstruction. The
 first call (t = t_th = 1) leaves z ~ N(0, I) as it is. After the text is done, the generation's thought T is the last
