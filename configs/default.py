@@ -45,22 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.distill.teacher_weights = "ema"  # "ema" (when the teacher kept them) or "raw"
   c.distill.teacher_checkpoint = "latest"  # "latest" or "best"
 
-  # Thought tensors (dlm_jax/models/thought.py, dlm_jax/diffusion/thought.py; seed 003): with enabled=True (and
-  # model.name="thought" with its thought_dims) each row of data.seq_len = (context_windows + 1) W tokens is
-  # context_windows windows whose evolved thoughts fill the memory, and a target window denoised together with the
-  # Gaussian-noised memory.
-  c.thought = ml_collections.ConfigDict()
-  c.thought.enabled = False
-  c.thought.context_windows = 3
-  c.thought.rate = 0.5  # the thought's signal fraction is alpha(t)^rate: corrupted more slowly than the text
-  c.thought.saliency = 0.0  # gamma: each element's log-SNR + gamma |T_i| / max |T| (0: off)
-  c.thought.clean_prob = 0.5  # share of target windows given the clean memory (the conditional model p(x | T))
-  c.thought.text_weight = 1.0  # the loss weights (seed 003's 1, 0.5, 0.1, 0.1), each term logged as thought/NAME
-  c.thought.reconstruction_weight = 0.5
-  c.thought.coherence_weight = 0.1
-  c.thought.alignment_weight = 0.1
-  c.thought.alignment_temperature = 0.1
-
   c.model = model_config("transformer")
   c.model.num_layers = 4
   c.model.num_heads = 4

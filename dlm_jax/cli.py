@@ -36,6 +36,68 @@ def define_checkpoint_flags():
                     module_name=sys.argv[0])
 
 
+def define_sample_flags(default_samples: int = 4):
+  """The flags of sampling a trained run: --workdir, --prompt, --suffix, --length, --num_samples, --seed, the
+  checkpoint flags and one flag per field a user sets in config.sample (`SamplerConfig.config_section`, less
+  num_samples), default None: the run's value (launch.sample and a wing's sampling CLI share them;
+  `sampler_overrides(FLAGS)` reads the latter back)."""
+  from absl import flags
+  from dlm_jax.sampling import sampler as sampler_lib
+  here = {"module_name": sys.argv[0]}
+  flags.DEFINE_string("workdir", "runs/default", "Training run to sample from.", **here)
+  flags.DEFINE_string("prompt", "", "Text fixed at the start of every sample.", **here)
+  flags.DEFINE_string("suffix", "", "Text fixed at the end (infilling between --prompt and --suffix).", **here)
+  flags.DEFINE_integer("num_samples", default_samples, "Batch size.", **here)
+  flags.DEFINE_integer("length", None, "New tokens to generate (default: fill the model's context).", **here)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", **here)
+  flags.DEFINE_integer("steps", None, "Reverse steps (default: the run's config.sample.steps).", **here)
+  flags.DEFINE_enum("method", None, list(sampler_lib.METHODS), "Sampler (default: the run's config): confidence or "
+                    "ancestral for masked models; ancestral or greedy for uniform-state (Duo) ones; tweedie for SEDD.",
+                    **here)
+  flags.DEFINE_enum("confidence", None, list(sampler_lib.CONFIDENCES), "What ranks the masked positions for reveal "
+                    "(default: the run's config): the candidate's probability (prob), the top-2 margin (margin) or "
+                    "the predictive entropy, lowest first (entropy).", **here)
+  flags.DEFINE_bool("greedy", None, "Argmax candidates instead of sampling them.", **here)
+  flags.DEFINE_float("temperature", None, "Sampling temperature.", **here)
+  flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).", **here)
+  flags.DEFINE_float("top_p", None, "Nucleus filtering (1.0 = off).", **here)
+  flags.DEFINE_string("reveal_schedule", None, "Reveal schedule (linear, cosine, ...; default: the training "
+                      "schedule).", **here)
+  flags.DEFINE_float("reveal_noise", None, "MaskGIT choice temperature on the reveal ranking (0 = pure confidence).",
+                     **here)
+  flags.DEFINE_float("strategic_weight", None, "HRM denoiser: weight of the H-module's priority in the reveal "
+                     "ranking.", **here)
+  flags.DEFINE_integer("block_length", None, "Semi-autoregressive blocks of this many new tokens (0: one block).",
+                       **here)
+  flags.DEFINE_float("threshold", None, "Fast-dLLM: reveal every masked token with confidence above this (0: off).",
+                     **here)
+  flags.DEFINE_float("confidence_stop", None, "Reveal the rest of a block once all its confidences reach this (0: "
+                     "off).", **here)
+  flags.DEFINE_bool("eos_stop", None, "Variable length: nothing after the first generated EOS is kept.", **here)
+  flags.DEFINE_enum("remasking", None, list(sampler_lib.REMASKING), "Remasking policy (ReMDM needs "
+                    "--method=ancestral).", **here)
+  flags.DEFINE_float("remask_eta", None, "ReMDM's eta, or low_confidence's fraction remasked per step.", **here)
+  flags.DEFINE_float("remask_t_on", None, "remdm_loop: start of the loop.", **here)
+  flags.DEFINE_float("remask_t_off", None, "remdm_loop: end of the loop; low_confidence: last remasking time.", **here)
+  flags.DEFINE_float("remask_alpha_on", None, "remdm_loop: alpha held during the loop.", **here)
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance w: (1 + w) cond - w (prompt masked); 0: off.",
+                     **here)
+  flags.DEFINE_enum("cache", None, list(sampler_lib.CACHES), "'unchanged': skip the network when no token changed; "
+                    "'dual'/'prefix': Fast-dLLM's KV caches (block decoding).", **here)
+  define_checkpoint_flags()
+
+
+def sampler_flag_names() -> list[str]:
+  """The config.sample fields that define_sample_flags makes flags of."""
+  from dlm_jax.sampling import SamplerConfig
+  return [name for name in SamplerConfig.config_section() if name != "num_samples"]
+
+
+def sampler_overrides(flag_values) -> dict:
+  """The sampler flags given on the command line, as SamplerConfig overrides."""
+  return {name: getattr(flag_values, name) for name in sampler_flag_names() if getattr(flag_values, name) is not None}
+
+
 def user_errors() -> tuple:
   from dlm_jax.data import corpus, tokenizers
   from dlm_jax.errors import ConfigError

@@ -1,6 +1,7 @@
 """What launch.gen_eval and launch.sampler_suite share: a diffusion run, its AR judge and the prompt windows."""
 from dlm_jax.data import pipeline
 from dlm_jax.evaluation import generation
+from dlm_jax.sampling import hybrid
 from dlm_jax.training import checkpoint
 
 
@@ -12,7 +13,7 @@ def load_runs_and_windows(workdir: str, judge_dir: str, *, weights: str, which: 
   run = checkpoint.load_for_inference(workdir, weights=weights, which=which)
   judge = checkpoint.load_for_inference(judge_dir, weights=weights, which=which)
   seq_len = int(run.config.data.seq_len)
-  generation.check_judge(run, judge)
+  hybrid.check_causal_run(run, judge)
   if not 0 <= prompt_len < seq_len:
     raise ValueError(f"--prompt_len={prompt_len} must be in [0, {seq_len}) (data.seq_len of the run; 0: unprompted "
                      "samples).")

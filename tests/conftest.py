@@ -123,14 +123,14 @@ def trained_hrm_run(tmp_path_factory):
 
 def tiny_thought_config(**overrides):
   """tiny_config with a thought (4, 4, 2) and rows of 2 context windows + 1 target window of 16 tokens."""
-  from configs import thought_small
-  c = thought_small.make_arm(tiny_config(), "thought", (4, 4, 2), hidden=32, context_windows=2, window=16)
+  from dlm_jax.proj.thought.configs import small
+  c = small.make_arm(tiny_config(), "thought", (4, 4, 2), hidden=32, context_windows=2, window=16)
   return with_overrides(c, overrides)
 
 
 @pytest.fixture(scope="session")
 def trained_thought_run(tmp_path_factory):
-  """A tiny thought model (dlm_jax/models/thought.py) trained for 12 steps on the embedded corpus: (workdir, summary)."""
+  """A tiny thought model (dlm_jax/proj/thought/) trained for 12 steps on the embedded corpus: (workdir, summary)."""
   from dlm_jax.training import loop
   workdir = tmp_path_factory.mktemp("trained_thought_run")
   return workdir, loop.train(tiny_thought_config(), str(workdir))

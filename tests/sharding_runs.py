@@ -72,7 +72,7 @@ def sample_tokens(workdir, mesh=None):
   run = checkpoint.load_for_inference(workdir, step=3, weights="raw", mesh=ctx)
   cfg = SamplerConfig.from_config(run.config, greedy=True, reveal_noise=0.0, steps=8)
   tokens, fixed = prompt_batch(run.tokenizer, 8, int(run.config.data.seq_len), prompt="The ")
-  sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, False)
+  sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, run.objective)
   if ctx is not None:
     sample_texts, tokens, fixed = ctx.bind(sample_texts), ctx.place_rows(tokens), ctx.place_rows(fixed)
   output = sample_texts(run.params, jax.random.key(0), tokens, fixed).output

@@ -4,7 +4,7 @@ import jax
 import pytest
 from flax import nnx
 
-from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small, thought_gpu, thought_small
+from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small
 from dlm_jax import models
 from dlm_jax import objectives
 from dlm_jax.sampling import SamplerConfig
@@ -34,19 +34,6 @@ def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
     counts[arm] = num_params(config, vocab)
   for arm, count in counts.items():
     assert abs(count / counts["diffusion"] - 1) < 0.02, (arm, counts)
-
-
-@pytest.mark.parametrize("module, vocab", [(thought_small, 108), (thought_gpu, 70)], ids=["small", "gpu"])
-def test_thought_baselines_match_the_thought_models_parameters(module, vocab):
-  """The baseline arm's wider SwiGLU pays for the whole thought pathway (within 0.1%); the thought arm's rows are
-  (K + 1) windows of the baseline's length."""
-  thought_config, baseline_config = module.get_config("thought"), module.get_config("baseline")
-  thought_objective = objectives.from_config(thought_config, vocab)
-  assert objectives.from_config(baseline_config, vocab).thought is None
-  assert thought_objective.sample_length(int(thought_config.data.seq_len)) == int(baseline_config.data.seq_len)
-  assert SamplerConfig.from_config(thought_config).thought
-  thought_count, baseline_count = num_params(thought_config, vocab), num_params(baseline_config, vocab)
-  assert abs(thought_count / baseline_count - 1) < 1e-3, (thought_count, baseline_count)
 
 
 def test_default_config_model_and_unknown_fields():

@@ -6,6 +6,8 @@
 (`models` may use `diffusion`'s constants, e.g. losses.NEG_INF and SUBS; `objectives` builds on `diffusion` alone;
 `diffusion` and `data` import no other subpackage.) Nothing imports `launch` (but its own modules); `configs` imports
 only what declares the defaults it reads: the model and objective registries and the sampler's SamplerConfig.
+A research wing (`dlm_jax/proj/NAME/`) may import any layer but `launch`, and nothing outside it imports it: the
+registries name its components by import path (dlm_jax/registry.py).
 """
 import ast
 
@@ -38,7 +40,7 @@ def imported_subpackages(path):
         found.add(parts[1])
       elif parts[0] in ("launch", "configs"):
         found.add(parts[0])
-  return found - {"special_tokens", "errors"}  # leaf modules every layer may use
+  return found - {"special_tokens", "errors", "registry"}  # leaf modules every layer may use
 
 
 def test_subpackages_import_only_the_layers_below_them():
@@ -55,7 +57,17 @@ def test_nothing_imports_launchers_and_configs_import_only_the_registries():
     imported = imported_subpackages(path)
     assert "launch" not in imported, path
     if path.parent.name == "configs":
-      assert imported <= {"configs", "models", "objectives", "sampling"}, (path, imported)
+      assert imported <= {"configs", "models", "objectives", "sampling", "proj"}, (path, imported)
+
+
+def test_nothing_outside_a_wing_imports_it():
+  """No module of the library, no launcher and no config imports dlm_jax.proj (a wing's own files may)."""
+  paths = [p for p in sorted((REPO / "dlm_jax").rglob("*.py")) if "proj" not in p.relative_to(REPO).parts]
+  paths += sorted((REPO / "launch").glob("*.py")) + sorted((REPO / "configs").glob("*.py"))
+  importers = [str(path.relative_to(REPO)) for path in paths if "proj" in imported_subpackages(path)]
+  assert not importers, importers
+  wings = [p for p in (REPO / "dlm_jax" / "proj").iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+  assert wings and all((wing / "README.md").exists() for wing in wings), wings
 
 
 def module_imports():

@@ -1,4 +1,5 @@
-"""Thought tensors (dlm_jax/models/thought.py, diffusion/thought.py, sampling/thought.py, evaluation/thought.py)."""
+"""Thought tensors, the research wing dlm_jax/proj/thought/ (model.py, process.py, objective.py, sampler.py,
+metrics.py, its configs and CLIs), and its registration by path in the library's registries."""
 import subprocess
 import sys
 
@@ -9,17 +10,20 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, tiny_config, tiny_thought_config
+from test_configs import num_params
 from dlm_jax import models
 from dlm_jax import objectives
-from dlm_jax.diffusion import thought as thought_process
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
-from dlm_jax.evaluation import thought as metrics
-from dlm_jax.models import thought
-from dlm_jax.models.thought import ThoughtTransformer, ThoughtTransformerConfig
 from dlm_jax.models.transformer import Transformer, TransformerConfig
-from dlm_jax.sampling import SamplerConfig
-from dlm_jax.sampling import thought as thought_sampling
+from dlm_jax.proj.thought import metrics
+from dlm_jax.proj.thought import model as thought
+from dlm_jax.proj.thought import process as thought_process
+from dlm_jax.proj.thought import sampler as thought_sampling
+from dlm_jax.proj.thought.configs import gpu as thought_gpu
+from dlm_jax.proj.thought.configs import small as thought_small
+from dlm_jax.proj.thought.model import ThoughtTransformer, ThoughtTransformerConfig
+from dlm_jax.sampling import SamplerConfig, make_sampler
 
 VOCAB = 24
 
@@ -166,12 +170,18 @@ def test_thought_config_errors():
     objective_for(tiny_thought_config(**{"model.thought_dims": ()}))
   with pytest.raises(ConfigError, match="multiple of 3"):
     objective_for(tiny_thought_config(**{"data.seq_len": 50})).sample_length(50)
-  with pytest.raises(ConfigError, match="thought.enabled=true"):
-    objective_for(tiny_thought_config(**{"thought.enabled": False}))
+  with pytest.raises(ConfigError, match="diffusion.objective=thought"):  # the thought model with another objective
+    models.model_config(tiny_thought_config(**{"diffusion.objective": "elbo"}), VOCAB)
+  with pytest.raises(ConfigError, match="model.name='thought'"):  # the thought objective with another model
+    objective_for(tiny_config(**{"diffusion.objective": "thought"}))
+  config = tiny_thought_config()
+  graphdef, _, other = nnx.split(models.get_model(config, VOCAB, nnx.Rngs(0)), nnx.Param, ...)
   with pytest.raises(ConfigError, match="cache='none'"):
-    SamplerConfig.from_config(tiny_thought_config(), cache="unchanged")
+    make_sampler(graphdef, other, SamplerConfig.from_config(config, cache="unchanged"), objective_for(config))
   with pytest.raises(ConfigError, match="steer_scale"):
-    SamplerConfig(steer_scale=0.5)
+    thought_sampling.ThoughtSampling.of(objective_for(config), steer_scale=-0.5)
+  with pytest.raises(ConfigError, match="thought objective"):
+    thought_sampling.ThoughtSampling.of(objective_for(tiny_config()))
 
 
 def test_alignment_infonce_exact_values():
@@ -189,8 +199,9 @@ def toy_sampler(steer_scale=0.0, property_fn=None, record=False, steps=6):
   config = tiny_thought_config(**{"model.dtype": "float32"})
   model, _ = model_pair()
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
-  cfg = SamplerConfig.from_config(config, steps=steps, steer_scale=steer_scale, record_trajectory=record)
-  return thought_sampling.make_thought_sampler(graphdef, other, cfg, property_fn), params
+  cfg = SamplerConfig.from_config(config, steps=steps, record_trajectory=record)
+  settings = thought_sampling.ThoughtSampling.of(objective_for(config), steer_scale)
+  return thought_sampling.make_thought_sampler(graphdef, other, cfg, settings, property_fn), params
 
 
 def test_sampling_keeps_a_given_thought_and_pushes_the_evolved_one():
@@ -259,8 +270,9 @@ def test_metrics_on_known_inputs():
 def test_thought_run_trains_samples_persists_and_reports(trained_thought_run, tmp_path):
   workdir, summary = trained_thought_run
   assert np.isfinite(summary["final_eval"]["nats_per_token"]) if "final_eval" in summary else True
-  run = lambda *args: subprocess.run([sys.executable, "-m", "launch.sample", f"--workdir={workdir}", "--steps=4",
-                                      "--num_samples=2", *args], cwd=REPO, capture_output=True, text=True)
+  run = lambda *args, cli="dlm_jax.proj.thought.sample": subprocess.run(
+      [sys.executable, "-m", cli, f"--workdir={workdir}", "--steps=4", "--num_samples=2", *args], cwd=REPO,
+      capture_output=True, text=True)
   first = run(f"--thought_out={tmp_path / 'a.npy'}")
   assert first.returncode == 0, first.stderr
   a = np.load(tmp_path / "a.npy")
@@ -270,28 +282,64 @@ def test_thought_run_trains_samples_persists_and_reports(trained_thought_run, tm
   np.testing.assert_allclose(np.load(tmp_path / "b.npy")[..., 1:], a[..., :-1], rtol=1e-6)  # persistence
   bad = run(f"--thought_in={tmp_path / 'missing.npy'}")
   assert bad.returncode != 0 and "--thought_in=" in bad.stderr and "Traceback" not in bad.stderr
-  report = subprocess.run([sys.executable, "-m", "launch.thought_report", f"--workdir={workdir}", "--num_windows=16",
-                           "--time_samples=2", "--batch_size=8", "--num_samples=4", "--steps=4"],
+  # the library's launcher samples a thought run with the wing's sampler (thought from noise), as training does
+  plain = run(cli="launch.sample")
+  assert plain.returncode == 0 and plain.stdout.count("--- sample ") == 2, plain.stderr
+  report = subprocess.run([sys.executable, "-m", "dlm_jax.proj.thought.report", f"--workdir={workdir}",
+                           "--num_windows=16", "--time_samples=2", "--batch_size=8", "--num_samples=4", "--steps=4"],
                           cwd=REPO, capture_output=True, text=True)
   assert report.returncode == 0, report.stderr
   for key in ("nelbo_by_memory_depth", "diversity", "compression", "alignment", "stability"):
     assert f'"{key}"' in report.stdout
 
 
-def test_configs_saved_before_the_thought_model_had_its_name_load_and_resume():
-  """Before models/thought.py's ThoughtTransformer, a thought model was a "transformer" with thought_dims, and every
-  transformer config carried thought_dims=() and thought_hidden: both still build the model they meant."""
+@pytest.mark.parametrize("module, vocab", [(thought_small, 108), (thought_gpu, 70)], ids=["small", "gpu"])
+def test_thought_baselines_match_the_thought_models_parameters(module, vocab):
+  """The baseline arm's wider SwiGLU pays for the whole thought pathway (within 0.1%); the thought arm's rows are
+  (K + 1) windows of the baseline's length."""
+  thought_config, baseline_config = module.get_config("thought"), module.get_config("baseline")
+  thought_objective = objectives.from_config(thought_config, vocab)
+  assert objectives.from_config(baseline_config, vocab).name == "elbo" and thought_objective.name == "thought"
+  assert thought_objective.sample_length(int(thought_config.data.seq_len)) == int(baseline_config.data.seq_len)
+  SamplerConfig.from_config(thought_config)
+  thought_count, baseline_count = num_params(thought_config, vocab), num_params(baseline_config, vocab)
+  assert abs(thought_count / baseline_count - 1) < 1e-3, (thought_count, baseline_count)
+
+
+def test_configs_saved_before_the_thought_wing_load_and_resume():
+  """Before the wing, a thought run was a "transformer" with thought_dims and config.thought.enabled=True with the
+  "elbo" objective, and every other run carried thought_dims=(), thought_hidden and a disabled config.thought:
+  checkpoint.migrate_config reads both as today's configs, which build the model they meant and resume."""
+  import ml_collections
   from dlm_jax.training import checkpoint
+  today = tiny_thought_config().to_dict()
   legacy_thought = tiny_thought_config().to_dict()
   legacy_thought["model"]["name"] = "transformer"
-  fields = {k: v for k, v in legacy_thought["model"].items() if k != "name"}
-  assert models.migrate("transformer", fields)[0] == "thought"
+  legacy_thought["diffusion"]["objective"] = "elbo"
+  legacy_thought["thought"]["enabled"] = True
+  assert checkpoint.migrate_config(legacy_thought) == today
   legacy_plain = tiny_config().to_dict()
   legacy_plain["model"].update(thought_dims=(), thought_hidden=256)
-  name, fields = models.migrate("transformer", {k: v for k, v in legacy_plain["model"].items() if k != "name"})
-  assert name == "transformer" and "thought_dims" not in fields and "thought_hidden" not in fields
-  import ml_collections
+  legacy_plain["thought"] = {"enabled": False, **today["thought"]}
+  assert checkpoint.migrate_config(legacy_plain) == tiny_config().to_dict()
   for legacy, cls in ((legacy_thought, ThoughtTransformerConfig), (legacy_plain, TransformerConfig)):
-    assert type(models.model_config(ml_collections.ConfigDict(legacy), VOCAB)) is cls
-  refused, _ = checkpoint.config_changes(legacy_thought, tiny_thought_config().to_dict())
+    config = ml_collections.ConfigDict(checkpoint.migrate_config(legacy))
+    assert type(models.model_config(config, VOCAB)) is cls
+  refused, _ = checkpoint.config_changes(legacy_thought, today)
   assert not refused, refused  # an old thought run resumes under today's thought config
+
+
+def test_the_library_names_the_wing_only_by_import_path():
+  """The registries resolve "thought" to the wing's components on lookup; no module outside dlm_jax/proj imports it
+  (tests/test_layout.py checks the imports), and a config of the library's own kinds never loads it."""
+  from dlm_jax import objectives
+  from dlm_jax.sampling import SAMPLERS
+  assert models.MODELS["thought"] == (ThoughtTransformer, ThoughtTransformerConfig)
+  assert objectives.OBJECTIVES["thought"].sampler == "thought"
+  assert SAMPLERS["thought"] is thought_sampling.make_sampler
+  assert "thought" not in objectives.OBJECTIVES.builtin() and "thought" in objectives.NAMES
+  code = ("import sys; from configs import default; from dlm_jax import objectives, models, sampling; "
+          "from dlm_jax.training import loop; c = default.get_config(); objectives.from_config(c, 70); "
+          "models.model_config(c, 70); print(sorted(m for m in sys.modules if m.startswith('dlm_jax.proj')))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

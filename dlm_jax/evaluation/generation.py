@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax import models, special_tokens
-from dlm_jax.data import pipeline, tokenizers
+from dlm_jax.data import pipeline
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
 from dlm_jax.sampling import SamplerConfig, make_sampler
@@ -112,21 +112,6 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
   return report
 
 
-def check_judge(run, judge, flag: str = "--judge"):
-  """Raises ValueError unless `run` is a diffusion run and `judge` a causal run with its tokenizer and a context at
-  least as long (run, judge: `training.checkpoint.LoadedRun`s); `flag` names the judge in the message."""
-  if run.objective.is_autoregressive:
-    raise ValueError(f"--workdir is a causal (AR) run; {flag} checks diffusion runs.")
-  if not judge.objective.is_autoregressive:
-    raise ValueError(f"{flag} is not a causal (AR) run: train one with the config's ':ar' arm.")
-  if tokenizers.fingerprint(judge.tokenizer) != tokenizers.fingerprint(run.tokenizer):
-    raise ValueError(f"{flag} was trained with a different tokenizer than --workdir; train it on the same "
-                     "corpus (same config, ':ar' arm).")
-  if int(judge.config.data.seq_len) < int(run.config.data.seq_len):
-    raise ValueError(f"{flag}'s context ({judge.config.data.seq_len}) is shorter than the run's "
-                     f"({run.config.data.seq_len}).")
-
-
 def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
             temperature: float | None = None, method: str | None = None) -> list[dict]:
   """Generation quality of `run` prompted with the first `prompt_len` tokens of each window, one row per reverse-step
@@ -139,7 +124,8 @@ def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, se
   for steps in steps_list:
     overrides = {"steps": int(steps), "temperature": temperature, "method": method}
     overrides = {name: value for name, value in overrides.items() if value is not None}
-    sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides))
+    sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides),
+                          run.objective)
     rng = jax.random.key(seed)
     jax.block_until_ready(sample(run.params, rng, jnp.asarray(tokens), jnp.asarray(fixed)))  # compile
     start = time.perf_counter()

@@ -1,4 +1,7 @@
-"""NNX denoisers and their registry: `get_model(config, vocab_size, rngs)`, `model_config`, `config_defaults`."""
+"""NNX denoisers and their registry: `get_model(config, vocab_size, rngs)`, `model_config`, `config_defaults`.
+
+`MODELS[name]` is (the denoiser class, its config dataclass); a research wing's model is registered by the import path
+of that pair (dlm_jax/registry.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,22 +12,20 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput, denoise_fn
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
-from dlm_jax.models.thought import ThoughtTransformer, ThoughtTransformerConfig
 from dlm_jax.models.transformer import Transformer, TransformerConfig
+from dlm_jax.registry import Registry
 
-MODELS = {
+MODELS = Registry("model", field="config model.name", entries={
     "transformer": (Transformer, TransformerConfig),
     "eco_hybrid": (EcoHybrid, EcoHybridConfig),
     "hrm": (HRMDenoiser, HRMConfig),
-    "thought": (ThoughtTransformer, ThoughtTransformerConfig),
-}
+    "thought": "dlm_jax.proj.thought.model:REGISTERED",  # thought tensors (dlm_jax/proj/thought/)
+})
 # Given by the data, not by config.model: the tokenizer's vocabulary and data.seq_len.
 DATA_FIELDS = ("vocab_size", "max_len")
 
 
 def _config_class(name: str):
-  if name not in MODELS:
-    raise ConfigError(f"Unknown model {name!r} (config model.name); choose one of {sorted(MODELS)}.")
   return MODELS[name][1]
 
 
@@ -38,9 +39,11 @@ def model_config(config, vocab_size: int) -> DenoiserConfig:
   """The frozen dataclass config of the model named by config.model.name, from the ml_collections config.
 
   A field missing from config.model (a config saved in a checkpoint before the field existed) takes the value in the
-  dataclass's FIELDS_ADDED_LATER, so the model is rebuilt as it was trained; an unknown field is an error."""
-  name, fields = migrate(config.model.name, {k: v for k, v in config.model.items() if k != "name"})
+  dataclass's FIELDS_ADDED_LATER, so the model is rebuilt as it was trained; an unknown field is an error, as is an
+  objective the model refuses (`DenoiserConfig.check_objective`)."""
+  name, fields = config.model.name, {k: v for k, v in config.model.items() if k != "name"}
   config_cls = _config_class(name)
+  config_cls.check_objective(config.diffusion.objective)
   known = {f.name for f in dataclasses.fields(config_cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
@@ -49,17 +52,6 @@ def model_config(config, vocab_size: int) -> DenoiserConfig:
   return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, **fields)
 
 
-def migrate(name: str, fields: dict) -> tuple[str, dict]:
-  """(name, fields) of a config.model saved before thought tensors became their own denoiser ("thought"): then every
-  "transformer" carried thought_dims (and thought_hidden), a non-empty shape meaning the thought model. A config of
-  today passes unchanged."""
-  if name == "transformer" and ("thought_dims" in fields or "thought_hidden" in fields):
-    if tuple(fields.get("thought_dims") or ()):
-      return "thought", fields
-    return name, {k: v for k, v in fields.items() if k not in ("thought_dims", "thought_hidden")}
-  return name, fields
-
-
 def get_model(config, vocab_size: int, rngs: nnx.Rngs) -> Denoiser:
-  model_cls, _ = MODELS[migrate(config.model.name, dict(config.model))[0]]
+  model_cls, _ = MODELS[config.model.name]
   return model_cls(model_config(config, vocab_size), rngs=rngs)

@@ -87,6 +87,12 @@ class DenoiserConfig:
     if self.layer_loop not in ("auto", "scan", "unroll"):
       raise ConfigError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
 
+  @classmethod
+  def check_objective(cls, objective: str):
+    """Raises ConfigError when this denoiser cannot be trained with config.diffusion.objective `objective` (every
+    denoiser here takes every objective; the objective checks the model's side, `Objective.check_model`)."""
+    del objective
+
   @property
   def unroll_layers(self) -> bool:
     """Whether `layers.run_stack` unrolls the layer scan (`layer_loop`, "auto" by backend)."""
@@ -111,7 +117,7 @@ class DenoiserOutput:
   hidden_BxLxD, head_VxD: for a tied linear head, its input (the normalized final states) and weights, logits =
     hidden @ head^T. With them the objective can score tokens chunk by chunk (diffusion.loss_chunk) without the
     [B, L, V] logits, which XLA then never computes; None for a denoiser whose logits are not that product.
-  A denoiser with more to say returns a subclass (models/thought.ThoughtOutput).
+  A denoiser with more to say returns a subclass (a wing's, e.g. dlm_jax/proj/thought/model.ThoughtOutput).
   """
   logits_BxLxV: jax.Array
   aux_losses: dict = flax.struct.field(default_factory=dict)
@@ -230,8 +236,8 @@ class Denoiser(nnx.Module):
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):
   """The pure `(x_BxL, t_B[, self_cond_BxLxV], **inputs) -> DenoiserOutput` callable of a split NNX denoiser (what the
-  objectives and the evaluation steps call); `inputs` that are not None (e.g. `embeddings_BxLxD`, a thought model's
-  `thought`) go to the model. `.diffusion_table()` is continuous embedding diffusion's normalized table and `.model()`
+  objectives and the evaluation steps call); `inputs` that are not None (e.g. `embeddings_BxLxD`, a wing model's own
+  inputs) go to the model. `.diffusion_table()` is continuous embedding diffusion's normalized table and `.model()`
   the merged module (for a model's own methods). The module is merged at each call, i.e. at trace time: a module
   merged outside a lax.scan must not be used inside it."""
 

@@ -11,10 +11,11 @@
 | dcd | ConsistencyDistillation (Duo's DCD) | uniform | uniform.py |
 | sedd | ScoreEntropy (SEDD) | absorbing or uniform | sedd.py |
 | embedding | EmbeddingDiffusion (VDM bound on embeddings) | gaussian | embedding.py |
-| thought | ThoughtELBO (config.thought; masked text with a thought) | absorbing | thought.py |
+| thought | ThoughtELBO (masked text with a thought; settings in config.thought) | absorbing | dlm_jax/proj/thought/ |
 
 A new objective is one class (a subclass of `base.Objective` or `base.CorruptionObjective`, its config fields as
-dataclass fields with their defaults and comments) and one entry here.
+dataclass fields with their defaults and comments) and one entry here; a research wing's objective is registered by
+its import path (dlm_jax/registry.py) and keeps its settings in a config section of its own (`run_context`).
 """
 from __future__ import annotations
 
@@ -31,17 +32,19 @@ from dlm_jax.objectives.base import CONTEXT_FIELDS, CorruptionObjective, Objecti
 from dlm_jax.objectives.embedding import EmbeddingDiffusion
 from dlm_jax.objectives.masked import MaskedELBO, MaskedMean
 from dlm_jax.objectives.sedd import ScoreEntropy
-from dlm_jax.objectives.thought import ThoughtELBO, thought_process
 from dlm_jax.objectives.uniform import ConsistencyDistillation, Duo, UniformELBO
+from dlm_jax.registry import Registry
 from dlm_jax.special_tokens import MASK
 
-OBJECTIVES = {cls.name: cls for cls in (MaskedELBO, MaskedMean, Autoregressive, UniformELBO, Duo,
-                                        ConsistencyDistillation, ScoreEntropy, EmbeddingDiffusion, ThoughtELBO)}
+OBJECTIVES = Registry("objective", field="config diffusion.objective", entries={
+    **{cls.name: cls for cls in (MaskedELBO, MaskedMean, Autoregressive, UniformELBO, Duo, ConsistencyDistillation,
+                                 ScoreEntropy, EmbeddingDiffusion)},
+    "thought": "dlm_jax.proj.thought.objective:ThoughtELBO",  # thought tensors (dlm_jax/proj/thought/)
+})
 
 # The config.diffusion fields that are no objective's dataclass field (the objective holds what they build).
 SECTION_FIELDS = {
-    # the objective: a name of OBJECTIVES ("thought" is chosen by config.thought.enabled with "elbo")
-    "objective": "elbo",
+    "objective": "elbo",  # the objective: a name of OBJECTIVES
     "schedule": "cosine",  # the masking schedule alpha(t): "linear", "cosine", "polynomial", "loglinear"
     "schedule_exponent": 2.0,  # polynomial schedule alpha = 1 - t^p
     "schedule_eps": 1e-3,  # loglinear schedule alpha(1)
@@ -53,15 +56,15 @@ SECTION_FIELDS = {
     "script_rates": {"none": 1.0, "other": 1.0, "latn": 1.0, "deva": 1.0},
     "unit_fraction": 1.0,  # script_aware/span: the fraction of sequences masked by units (else token by token)
 }
-NAMES = tuple(name for name in OBJECTIVES if name != "thought")  # the values of diffusion.objective
+NAMES = tuple(OBJECTIVES)  # the values of diffusion.objective
 _WARNED = set()  # (objective, ignored fields) already warned about
 
 
 def config_fields() -> dict:
-  """Every config.diffusion field with its default: SECTION_FIELDS, then each class's own fields in registry order
-  (a field shared by several classes is declared once, in their common base)."""
+  """Every config.diffusion field with its default: SECTION_FIELDS, then each library class's own fields in registry
+  order (a field shared by several classes is declared once, in their common base; a wing's objective adds none)."""
   fields = dict(SECTION_FIELDS)
-  for cls in OBJECTIVES.values():
+  for cls in OBJECTIVES.builtin().values():
     for field in dataclasses.fields(cls):
       if field.name in CONTEXT_FIELDS:
         continue
@@ -78,17 +81,8 @@ def config_section() -> ml_collections.ConfigDict:
 
 
 def objective_class(config):
-  """The OBJECTIVES class of a run's config: config.diffusion.objective, or ThoughtELBO for a thought run."""
-  name = config.diffusion.objective
-  if name not in NAMES:
-    raise ConfigError(f"Unknown objective {name!r} (config diffusion.objective); choose one of {NAMES}.")
-  section = config.get("thought")
-  if section is not None and section.get("enabled", False):
-    if name != "elbo":
-      raise ConfigError("config.thought trains masked text with the 'elbo' objective, without a prompt, script-aware "
-                        "corruption, self-conditioning or loss_chunk.")
-    return ThoughtELBO
-  return OBJECTIVES[name]
+  """The OBJECTIVES class named by a run's config.diffusion.objective."""
+  return OBJECTIVES[config.diffusion.objective]
 
 
 def process_of(config) -> str:
@@ -124,17 +118,17 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
   """The objective of a run's config: its class's fields from `config.diffusion` (missing ones, e.g. in a config saved
   before they existed, take the class default), the masking schedule, the model's self-conditioning, the script-aware
   corruption of `tokenizer` (needed only for diffusion.corruption "script_aware"/"span") and the vocabulary size (the
-  uniform-state and SEDD objectives'). A field the objective ignores, set to a non-default value, gets one warning
-  naming it."""
+  uniform-state and SEDD objectives') and what the class reads from the rest of the config (`run_context`: a wing's
+  own section). A field the objective ignores, set to a non-default value, gets one warning naming it."""
   cls = objective_class(config)
   section = config.diffusion
   cls.check_model(config.model)
-  process = thought_process(config)  # (also refuses model.thought_dims without config.thought)
+  extra = cls.run_context(config)
   prompt_length = int(section.get("prompt_length", 0))
   if prompt_length >= int(config.data.seq_len):
     raise ConfigError(f"diffusion.prompt_length={prompt_length} leaves nothing to score in windows of "
                       f"{config.data.seq_len} tokens (data.seq_len): make it smaller.")
-  own = {f.name: f for f in dataclasses.fields(cls) if f.name not in CONTEXT_FIELDS}
+  own = {f.name: f for f in dataclasses.fields(cls) if f.name not in CONTEXT_FIELDS and f.name not in extra}
   values = {name: _cast(field.default, section.get(name, field.default)) for name, field in own.items()}
   context = {"schedule": schedules.from_config(section), "mask_id": MASK, "vocab_size": int(vocab_size),
              "self_conditioning": bool(config.model.get("self_conditioning", False))}
@@ -145,8 +139,7 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
                       f"('elbo' or 'masked_mean'), not {cls.name!r}. Set diffusion.corruption='uniform'.")
   else:
     corruption_lib.from_config(section, tokenizer)  # (refuses script_rates without a script-aware corruption)
-  if cls is ThoughtELBO:
-    context["thought"] = process
+  context.update(extra)
   ignored = ", ".join(f"{name}={section[name]!r}" for name in ignored_fields(cls, section))
   if ignored and (cls.name, ignored) not in _WARNED:  # once per process (a run's objective is built more than once)
     _WARNED.add((cls.name, ignored))
@@ -157,5 +150,5 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
 
 __all__ = ["OBJECTIVES", "NAMES", "SECTION_FIELDS", "Objective", "CorruptionObjective", "MaskedELBO", "MaskedMean",
            "Autoregressive", "UniformELBO", "Duo", "ConsistencyDistillation", "ScoreEntropy", "EmbeddingDiffusion",
-           "ThoughtELBO", "config_fields", "config_section", "from_config", "objective_class", "process_of",
+           "config_fields", "config_section", "from_config", "objective_class", "process_of",
            "ignored_fields"]

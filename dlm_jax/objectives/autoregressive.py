@@ -15,6 +15,7 @@ class Autoregressive(Objective):
   """Next-token NLL, loss = mean over the B (L - 1) predictions of -log p_theta(x_{i+1} | x_{<=i}); its evaluation is
   the same exact NLL of tokens 2..L given token 1, the figure every diffusion arm's bound is set beside."""
   name: ClassVar[str] = "autoregressive"
+  sampler: ClassVar[str] = "autoregressive"  # left to right (sampling/autoregressive.py)
   process: ClassVar[str] = "autoregressive"
   is_autoregressive: ClassVar[bool] = True
 

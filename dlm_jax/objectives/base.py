@@ -2,11 +2,12 @@
 
 An objective is a frozen dataclass whose fields are its `config.diffusion` settings (declared once, with their
 defaults and comments, in its class) plus the run's context (`CONTEXT_FIELDS`: the masking schedule, the mask id, the
-vocabulary size, self-conditioning, the script-aware corruption). Its protocol:
+vocabulary size, self-conditioning, the script-aware corruption; a class's `run_context` adds its own, e.g. a wing's
+config section). Its protocol:
 
     objective(denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None, with_aux=True) -> (loss, metrics)
     objective.evaluation_nll(denoise_fn, x0_BxL, rng) -> nats per scored token
-    name, process, is_autoregressive, needs_teacher, check_model(model_config)
+    name, process, is_autoregressive, needs_teacher, sampler, check_model(model_config), sample_length(seq_len)
 
 `denoise_fn(x_BxL, t_B)` is any pure function (a merged NNX model in the trainer, a lookup table in the tests)
 returning a `DenoiserOutput`: its aux_losses (already weighted: EcoHybrid's slot load balancing, HRM's memory, ACT and
@@ -36,7 +37,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.special_tokens import MASK
 
 # Fields given by the run rather than by config.diffusion.
-CONTEXT_FIELDS = ("schedule", "mask_id", "vocab_size", "self_conditioning", "corruption", "thought")
+CONTEXT_FIELDS = ("schedule", "mask_id", "vocab_size", "self_conditioning", "corruption")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,9 @@ class Objective(abc.ABC):
   is_autoregressive: ClassVar[bool] = False
   needs_teacher: ClassVar[bool] = False  # trained against a teacher's denoise function (distillation)
   outputs: ClassVar[str] = "x0"  # what the denoiser's logits are: "x0" (p_theta(x_0 | x_t)) or "score" (SEDD)
-  thought: ClassVar[None] = None  # a thought run's ThoughtProcess (objectives/thought.py)
+  # The sampling.SAMPLERS family that generates from a model trained so; "": the family of the run's SamplerConfig
+  # (its forward process).
+  sampler: ClassVar[str] = ""
   # Section fields (besides the dataclass's own) that this objective reads: see objectives.SECTION_FIELDS.
   reads: ClassVar[tuple[str, ...]] = ()
 
@@ -80,6 +83,11 @@ class Objective(abc.ABC):
     return cls.process
 
   @classmethod
+  def run_context(cls, config) -> dict:
+    """Fields of this class that come from the run's config outside config.diffusion (none here)."""
+    return {}
+
+  @classmethod
   def check_model(cls, model_config):
     """Raises ConfigError when the denoiser of `model_config` (config.model) cannot be trained with this objective."""
     if model_config.get("causal", False) != cls.is_autoregressive:
@@ -88,7 +96,8 @@ class Objective(abc.ABC):
           "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
 
   def sample_length(self, seq_len: int) -> int:
-    """The tokens one generation fills: data.seq_len (a thought run: one window)."""
+    """The tokens one generation fills: data.seq_len (an objective whose rows hold more than one generation says
+    otherwise)."""
     return seq_len
 
   # -- shared pieces -------------------------------------------------------------------------------------------------

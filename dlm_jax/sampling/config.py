@@ -22,7 +22,6 @@ REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
 PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min")  # the objective's (process_fields)
-THOUGHT_FIELDS = ("thought", "thought_schedule", "thought_rate", "thought_saliency", "steer_scale")
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
                    "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -59,13 +58,6 @@ class SamplerConfig:
   parameterization: str = "mean"  # (ignored by the masked sampler)
   log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
   log_snr_min: float = -10.0
-  # A thought model (config.thought; sampling/thought.py): whether the run has a thought, its forward process and the
-  # steering step size.
-  thought: bool = False
-  thought_schedule: MaskingSchedule | None = None  # the training schedule, on whose clock the thought is noised
-  thought_rate: float = 0.5
-  thought_saliency: float = 0.0
-  steer_scale: float = 0.0
 
   @classmethod
   def from_config(cls, config, **overrides) -> "SamplerConfig":
@@ -74,10 +66,6 @@ class SamplerConfig:
     exponent and eps)."""
     fields = dict(config.sample)
     fields.update(process_fields(config))
-    section = config.get("thought")
-    if section is not None and section.get("enabled", False):
-      fields.update(thought=True, thought_rate=float(section.rate), thought_saliency=float(section.saliency),
-                    thought_schedule=schedules.from_config(config.diffusion))
     fields.update(overrides)
     fields.pop("num_samples", None)
     name = fields.pop("reveal_schedule", "") or config.diffusion.schedule
@@ -91,14 +79,12 @@ class SamplerConfig:
 
   @property
   def family(self) -> str:
-    """Which sampler runs this config (the `sampler.SAMPLERS` entry): "gaussian" (continuous.py), "transition"
-    (uniform-state or SEDD scores, transition.py), "thought" (text and thought jointly, thought.py) or "absorbing"
-    (the masked sampler, masked.py)."""
+    """Which sampler runs this config's process (the `sampler.SAMPLERS` entry, unless the run's objective names its
+    own): "gaussian" (continuous.py), "transition" (uniform-state or SEDD scores, transition.py) or "absorbing" (the
+    masked sampler, masked.py)."""
     if self.process == "gaussian":
       return "gaussian"
-    if self.moves_every_position:
-      return "transition"
-    return "thought" if self.thought else "absorbing"
+    return "transition" if self.moves_every_position else "absorbing"
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -137,12 +123,6 @@ class SamplerConfig:
       raise ConfigError(f"sampler block_length must be >= 0 (0: one block), got {self.block_length}.")
     if self.guidance_scale < 0:
       raise ConfigError(f"sampler guidance_scale must be >= 0 (0: no guidance), got {self.guidance_scale}.")
-    if self.steer_scale < 0 or (self.steer_scale and not self.thought):
-      raise ConfigError(f"sampler steer_scale must be >= 0 and is for thought models (config.thought), got "
-                        f"{self.steer_scale}.")
-    if self.thought and (self.cache != "none" or self.process != "absorbing"):
-      raise ConfigError(f"A thought model samples masked text with cache='none' (the thought changes at every call, so "
-                        f"no logits or keys can be reused); got cache={self.cache!r}.")
     strategies.check(self)  # each decoding component's own fields, then the rules that span them
 
   def changed(self, names) -> list[str]:
@@ -159,8 +139,8 @@ class SamplerConfig:
   def config_section(cls) -> dict:
     """config.sample with every field's default: `num_samples`, the fields a user sets (each declared once, above,
     with its comment) and `reveal_schedule`; not the fields the run decides (the schedule object, the process fields
-    its objective gives, a thought run's) nor `record_trajectory` (a launcher's choice)."""
-    decided = {"schedule", "record_trajectory", *PROCESS_FIELDS, *THOUGHT_FIELDS}
+    its objective gives) nor `record_trajectory` (a launcher's choice)."""
+    decided = {"schedule", "record_trajectory", *PROCESS_FIELDS}
     return {"num_samples": 2,  # samples written to the log every train.sample_every steps
             **{f.name: f.default for f in dataclasses.fields(cls) if f.name not in decided},
             "reveal_schedule": ""}  # the reveal schedule's name; empty: follow diffusion.schedule

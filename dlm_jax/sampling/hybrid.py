@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import special_tokens
+from dlm_jax.data import tokenizers
 from dlm_jax.diffusion import losses
 from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import sampler as sampler_lib
@@ -118,3 +119,19 @@ def make_verified_sampler(graphdef, other, verifier_graphdef, verifier_other, cf
                            kv_cache_fns=sampler_lib.kv_cache_functions(model, cfg))
 
   return run
+
+
+def check_causal_run(run, judge, flag: str = "--judge"):
+  """Raises ValueError unless `run` is a diffusion run and `judge` (a verifier here, a judge of generation quality in
+  evaluation/generation.py) a causal run with its tokenizer and a context at least as long (run, judge:
+  `training.checkpoint.LoadedRun`s); `flag` names the judge in the message."""
+  if run.objective.is_autoregressive:
+    raise ValueError(f"--workdir is a causal (AR) run; {flag} checks diffusion runs.")
+  if not judge.objective.is_autoregressive:
+    raise ValueError(f"{flag} is not a causal (AR) run: train one with the config's ':ar' arm.")
+  if tokenizers.fingerprint(judge.tokenizer) != tokenizers.fingerprint(run.tokenizer):
+    raise ValueError(f"{flag} was trained with a different tokenizer than --workdir; train it on the same "
+                     "corpus (same config, ':ar' arm).")
+  if int(judge.config.data.seq_len) < int(run.config.data.seq_len):
+    raise ValueError(f"{flag}'s context ({judge.config.data.seq_len}) is shorter than the run's "
+                     f"({run.config.data.seq_len}).")

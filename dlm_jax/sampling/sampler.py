@@ -6,11 +6,12 @@ reverse process of a denoising function.
 | absorbing | masked reverse process: blocks, reveal policies, remasking, caches, guidance | masked.py, strategies.py |
 | transition | uniform-state (Duo) and SEDD score samplers: every position moves at every step | transition.py |
 | gaussian | DDIM / DDPM in embedding space | continuous.py |
-| thought | masked text with a thought tensor in the denoiser's carry | thought.py |
 | autoregressive | left to right, for the causal control arm | autoregressive.py |
+| thought | masked text with a thought tensor in the denoiser's carry | dlm_jax/proj/thought/sampler.py |
 
-`SamplerConfig.family` picks the entry (the causal arm is chosen by its caller, whose objective says so). This module
-also re-exports the names its callers use (`SamplerConfig`, `SampleOutput`, the primitives).
+The run's objective picks the entry (`Objective.sampler`: the causal arm's "autoregressive", a wing's own), else
+`SamplerConfig.family` (its forward process). A wing's sampler is registered by its import path. This module also
+re-exports the names its callers use (`SamplerConfig`, `SampleOutput`, the primitives).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import jax
 from flax import nnx
 
 from dlm_jax.diffusion.schedules import MaskingSchedule  # noqa: F401  (re-exported)
-from dlm_jax.sampling import continuous, masked, strategies, thought, transition  # noqa: F401
+from dlm_jax.registry import Registry
+from dlm_jax.sampling import continuous, masked, strategies, transition  # noqa: F401
 from dlm_jax.sampling.autoregressive import autoregressive_sample
 from dlm_jax.sampling.config import (CACHES, CONFIDENCES, GAUSSIAN_METHODS, KV_CACHES, METHODS,  # noqa: F401
                                      PARAMETERIZATIONS, PROCESSES, REMASKING, STRATEGY_FIELDS, SamplerConfig,
@@ -41,11 +43,12 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
                               init_carry=init_carry, kv_cache_fns=kv_cache_fns, return_carry=return_carry)
 
 
-# Each builder: (graphdef, other, cfg) -> jit(run(params, rng, tokens_BxL, fixed_BxL) -> SampleOutput), the NNX
-# denoiser merged at each call site (a module must not cross into a loop's trace level).
+# Each builder: (graphdef, other, cfg, objective) -> jit(run(params, rng, tokens_BxL, fixed_BxL) -> SampleOutput), the
+# NNX denoiser merged at each call site (a module must not cross into a loop's trace level); `objective` is the run's
+# (None when the caller has none: a bare denoiser).
 
 
-def _denoiser_sampler(graphdef, other, cfg: SamplerConfig):
+def _denoiser_sampler(graphdef, other, cfg: SamplerConfig, objective=None):
   """The absorbing and transition families, through the denoiser's `sample_step` and `init_sample_carry`."""
 
   @jax.jit
@@ -60,7 +63,7 @@ def _denoiser_sampler(graphdef, other, cfg: SamplerConfig):
   return run
 
 
-def _gaussian_sampler(graphdef, other, cfg: SamplerConfig):
+def _gaussian_sampler(graphdef, other, cfg: SamplerConfig, objective=None):
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
     model = lambda: nnx.merge(graphdef, params, other)
@@ -70,21 +73,7 @@ def _gaussian_sampler(graphdef, other, cfg: SamplerConfig):
   return run
 
 
-def _thought_sampler(graphdef, other, cfg: SamplerConfig):
-  """Text and thought sampled jointly from noise (thought.py for persistence and steering); returns the text."""
-
-  @jax.jit
-  def run(params, rng, tokens_BxL, fixed_BxL):
-    model = lambda: nnx.merge(graphdef, params, other)
-    process = thought.process_of(model().cfg, cfg)
-    start_rng, loop_rng = jax.random.split(rng)
-    start = thought.from_noise(start_rng, tokens_BxL.shape[0], process.dims)
-    return thought.thought_sample(model, loop_rng, tokens_BxL, fixed_BxL, start, cfg, process).text
-
-  return run
-
-
-def _autoregressive_sampler(graphdef, other, cfg: SamplerConfig):
+def _autoregressive_sampler(graphdef, other, cfg: SamplerConfig, objective=None):
   """Left to right after an EOS ("a document starts here") at position 0 when nothing is fixed there."""
 
   @jax.jit
@@ -97,14 +86,19 @@ def _autoregressive_sampler(graphdef, other, cfg: SamplerConfig):
   return run
 
 
-SAMPLERS = {"absorbing": _denoiser_sampler, "transition": _denoiser_sampler, "gaussian": _gaussian_sampler,
-            "thought": _thought_sampler, "autoregressive": _autoregressive_sampler}
+SAMPLERS = Registry("sampler family", {
+    "absorbing": _denoiser_sampler, "transition": _denoiser_sampler, "gaussian": _gaussian_sampler,
+    "autoregressive": _autoregressive_sampler,
+    "thought": "dlm_jax.proj.thought.sampler:make_sampler",  # thought tensors (dlm_jax/proj/thought/)
+})
 
 
-def make_sampler(graphdef, other, cfg: SamplerConfig, family: str | None = None):
+def family_of(cfg: SamplerConfig, objective=None) -> str:
+  """The SAMPLERS entry that samples a run: its objective's `sampler`, else the config's process family."""
+  return (objective.sampler if objective is not None else "") or cfg.family
+
+
+def make_sampler(graphdef, other, cfg: SamplerConfig, objective=None):
   """jit(run(params, rng, tokens_BxL, fixed_BxL) -> SampleOutput) for a split NNX denoiser: the `SAMPLERS` entry of
-  `family` (default `cfg.family`; the causal control arm passes "autoregressive")."""
-  family = family or cfg.family
-  if family not in SAMPLERS:
-    raise ValueError(f"Unknown sampler family {family!r}; choose from {tuple(SAMPLERS)}.")
-  return SAMPLERS[family](graphdef, other, cfg)
+  the run's `objective` (`family_of`; without one, the config's process family)."""
+  return SAMPLERS[family_of(cfg, objective)](graphdef, other, cfg, objective)

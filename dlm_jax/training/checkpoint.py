@@ -6,6 +6,7 @@ when complete, so an interrupted save never leaves a half checkpoint that a resu
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import json
@@ -129,6 +130,29 @@ def check_writable(workdir):
 FIXED_ON_RESUME = ("model.", "data.", "diffusion.objective", "seed", "train.batch_size", "train.grad_accum_steps")
 
 
+def migrate_config(saved: dict) -> dict:
+  """A run config saved by an older version, in today's names (a config of today passes unchanged). Before thought
+  tensors became a wing (dlm_jax/proj/thought/), a thought run was a "transformer" with a non-empty
+  model.thought_dims and config.thought.enabled=True with diffusion.objective "elbo"; every other run carried
+  model.thought_dims=() (and thought_hidden) and a disabled config.thought. Now the first is model "thought" with
+  objective "thought" (config.thought without `enabled`), the others have neither."""
+  saved = copy.deepcopy(saved)
+  model, thought = saved.get("model"), saved.get("thought")
+  if isinstance(model, dict) and model.get("name") == "transformer" and ("thought_dims" in model
+                                                                          or "thought_hidden" in model):
+    if tuple(model.get("thought_dims") or ()):
+      model["name"] = "thought"
+    else:
+      model.pop("thought_dims", None)
+      model.pop("thought_hidden", None)
+  if isinstance(thought, dict) and "enabled" in thought:
+    if thought.pop("enabled"):
+      saved["diffusion"]["objective"] = "thought"
+    else:
+      del saved["thought"]
+  return saved
+
+
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """(refused, allowed): 'field: saved -> current' for each field both configs have and that differs, split by
   FIXED_ON_RESUME. Fields only one side has (added to the code since the checkpoint) are not compared."""
@@ -141,10 +165,7 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         out[f"{prefix}{key}"] = value
     return out
 
-  if isinstance(saved.get("model"), dict):  # a config saved before a rename of its model (models.migrate)
-    name, fields = models.migrate(saved["model"].get("name"), {k: v for k, v in saved["model"].items() if k != "name"})
-    saved = {**saved, "model": {"name": name, **fields}}
-  before, after = flat(saved), flat(current)
+  before, after = flat(migrate_config(saved)), flat(current)
   changed = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in sorted(set(before) & set(after)) if before[k] != after[k]]
   refused = [c for c in changed if c.split(":")[0].startswith(FIXED_ON_RESUME)]
   return refused, [c for c in changed if c not in refused]
@@ -321,7 +342,7 @@ class LoadedRun:
 
   @property
   def model_config(self) -> models.DenoiserConfig:
-    """The model's frozen dataclass config (e.g. `.thought_dims`)."""
+    """The model's frozen dataclass config (e.g. `.num_layers`)."""
     return models.model_config(self.config, self.tokenizer.vocab_size)
 
 
@@ -354,7 +375,7 @@ def load_for_inference(workdir, step: int | None = None, weights: str = "ema", w
                           f"No checkpoint in {folder}. Train first: python -m launch.train --workdir={workdir}")
   step = mngr.latest_step() if step is None else step
   meta = restore_meta(mngr, step)
-  config = ml_collections.ConfigDict(meta["config"])
+  config = ml_collections.ConfigDict(migrate_config(meta["config"]))
   tokenizer = tokenizers.from_dict(meta["tokenizer"])
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
   abstract = state_lib.abstract_state(config, tokenizer.vocab_size, tx)

@@ -194,8 +194,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   num_samples = int(config.sample.num_samples)
   if num_samples:
     sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
-                                               objective.is_autoregressive))
-    sample_len = objective.sample_length(seq_len)  # a thought run generates one window
+                                               objective))
+    sample_len = objective.sample_length(seq_len)
     no_prompt = (np.zeros((num_samples, sample_len), np.int32), np.zeros((num_samples, sample_len), bool))
   flag = {"stop": False}
   last_eval = None

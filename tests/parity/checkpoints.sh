@@ -31,13 +31,18 @@ if [ "$MODE" = train ]; then
     python -m launch.train --config=configs/default.py --workdir="$OUT/runs/$k" $TINY ${ARGS[$k]} > "$OUT/runs/$k.log" 2>&1 || echo "FAILED $k"
   done
   python -m launch.distill --teacher_workdir="$OUT/runs/duo" --workdir="$OUT/runs/dcd" --teacher_steps=8 --rounds=2 --round_steps=5 > "$OUT/runs/dcd.log" 2>&1 || echo "FAILED dcd"
-  python -m launch.train --config=configs/thought_small.py:thought --workdir="$OUT/runs/thought" \
+  THOUGHT_CONFIG=configs/thought_small.py  # (the wing's since the move: dlm_jax/proj/thought/configs/small.py)
+  [ -f "$THOUGHT_CONFIG" ] || THOUGHT_CONFIG=dlm_jax/proj/thought/configs/small.py
+  python -m launch.train --config="$THOUGHT_CONFIG:thought" --workdir="$OUT/runs/thought" \
     --config.train.num_steps=10 --config.train.batch_size=4 --config.model.num_layers=2 --config.model.width=64 \
     --config.model.num_heads=2 --config.model.mlp_dim=170 --config.eval.every=10 --config.eval.num_windows=8 \
     --config.eval.batch_size=4 --config.train.checkpoint_every=10 --config.tensorboard=false > "$OUT/runs/thought.log" 2>&1 || echo "FAILED thought"
   exit 0
 fi
 for k in $KINDS dcd thought; do
+  # a thought run's thought mode was launch.sample's before the wing, is the wing's CLI since
+  SAMPLE=launch.sample
+  [ "$k" = thought ] && [ -f dlm_jax/proj/thought/sample.py ] && SAMPLE=dlm_jax.proj.thought.sample
   python -m launch.evaluate --workdir="$OUT/runs/$k" > "$OUT/scores/$k.eval" 2>&1 || echo "FAILED eval $k"
-  python -m launch.sample --workdir="$OUT/runs/$k" --num_samples=3 --seed=3 --prompt="The " 2>&1 | grep -v "new tokens in" > "$OUT/scores/$k.sample" || echo "FAILED sample $k"
+  python -m $SAMPLE --workdir="$OUT/runs/$k" --num_samples=3 --seed=3 --prompt="The " 2>&1 | grep -v "new tokens in" > "$OUT/scores/$k.sample" || echo "FAILED sample $k"
 done

@@ -4,7 +4,7 @@ The idea (our seed 003, "diffusion thought tensors"; no published system has the
 diffusion LM: a tensor T that is noised and denoised together with the text, conditions every position through
 cross-attention, and after a generation is compressed into a new thought that seeds the next generation. The sketch
 leaves open what T holds, where a clean T comes from in training and how an (n-1)-D output can seed an n-D input; we
-choose (and the objective, diffusion/thought.py, trains) this:
+choose (and the objective, process.py, trains) this:
 
 **T is a memory of past generations.** With `model.thought_dims` = (d_1, ..., d_n), n >= 2, the last axis is the
 memory depth H = d_n: T[..., k] is the (n-1)-D evolved thought e of the k-th most recent generation (window of text),
@@ -31,7 +31,7 @@ read the final normalized text states, r = u + CrossAttn(RMSNorm(u), RMSNorm(h_L
                 Gaussian prior the thought is diffused towards (as diffusion/gaussian.py normalizes token embeddings),
                 and it cannot collapse to zero.
 **Alignment heads**: a linear code of the flattened thought and of the mean (stop-gradient) token embedding of a text,
-for the contrastive thought-text alignment loss and metric (diffusion/thought.py).
+for the contrastive thought-text alignment loss and metric (process.py).
 """
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm_jax.diffusion import thought as thought_process
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.base import DenoiserOutput
 from dlm_jax.models.partitioning import EMBED, MLP, logical
 from dlm_jax.models.transformer import Block, Transformer, TransformerConfig, make_blocks, run_blocks
+from dlm_jax.proj.thought import process as thought_process
 
 
 def unit_rms(x, axes):
@@ -127,7 +127,7 @@ class ThoughtCrossAttention(nnx.Module):
 
 def pathway_parameters(dims, width: int, hidden: int, num_layers: int) -> int:
   """The parameters the thought pathway adds to a transformer (per-block cross-attention, encoder, decoder and
-  alignment heads), for parameter-matched baselines (configs/thought_small.py)."""
+  alignment heads), for parameter-matched baselines (dlm_jax/proj/thought/configs/small.py)."""
   rows, features, evolved, total = dims[0], math.prod(dims[1:]), math.prod(dims[1:-1]), math.prod(dims)
   d = width
   cross_attention = 4 * d * d + d  # norm + q, kv, out (no biases)
@@ -154,6 +154,14 @@ class ThoughtTransformerConfig(TransformerConfig):
     if self.causal:
       raise ConfigError("model.thought_dims gives a diffusion denoiser a thought; the AR arm (model.causal=True) has "
                         "none. Use model.name='transformer'.")
+
+  @classmethod
+  def check_objective(cls, objective: str):
+    """The thought pathway is trained by the thought objective only (objective.py)."""
+    if objective != "thought":
+      raise ConfigError(f"model.name='thought' (a thought shape) is trained by the thought objective: set "
+                        f"--config.diffusion.objective=thought (dlm_jax/proj/thought/configs/small.py), or use "
+                        f"model.name='transformer'; got diffusion.objective={objective!r}.")
 
 
 @flax.struct.dataclass
@@ -216,3 +224,6 @@ class ThoughtTransformer(Transformer):
     embeddings through stop_gradient (the alignment loss must not move the embedding table)."""
     text_BxLxD = jax.lax.stop_gradient(self.embedding[...])[tokens_BxL]
     return self.thought_decoder.alignment_codes(memory_BxT, text_BxLxD)
+
+
+REGISTERED = (ThoughtTransformer, ThoughtTransformerConfig)  # models.MODELS["thought"]

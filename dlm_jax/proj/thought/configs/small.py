@@ -1,21 +1,22 @@
 """Thought tensors at CPU scale (seed 003's "mini" model): 4 layers, width 256, thought (8, 8, 4), windows of 64.
 
 Arms:
-  "thought":  the transformer with the thought pathway (dlm_jax/models/thought.py): each row is 3 context windows and
-              a target window of 64 characters (data.seq_len 256); the target is denoised with the memory of the
-              context windows' evolved thoughts (dlm_jax/diffusion/thought.py).
+  "thought":  the transformer with the thought pathway (../model.py): each row is 3 context windows and a target
+              window of 64 characters (data.seq_len 256); the target is denoised with the memory of the context
+              windows' evolved thoughts (../process.py).
   "baseline": the same transformer without a thought, on windows of 64 characters, its SwiGLU widened so that it has
               the thought model's parameter count (tests/test_configs.py checks it); the same optimizer, steps and
               target windows per batch (it does not read the 192 context characters).
 Data: the embedded default corpus (runs anywhere); --config.data.path=en/tinyshakespeare.txt for Tiny Shakespeare.
-Commands (both arms and the report: `bash launch/compare_thought.sh`):
-  python -m launch.train --config=configs/thought_small.py:thought --workdir=runs/thought_small
-  python -m launch.train --config=configs/thought_small.py:baseline --workdir=runs/thought_small_base
-  python -m launch.thought_report --workdir=runs/thought_small --baseline_workdir=runs/thought_small_base
+Commands (both arms and the report: `bash dlm_jax/proj/thought/compare.sh`):
+  python -m launch.train --config=dlm_jax/proj/thought/configs/small.py:thought --workdir=runs/thought_small
+  python -m launch.train --config=dlm_jax/proj/thought/configs/small.py:baseline --workdir=runs/thought_small_base
+  python -m dlm_jax.proj.thought.report --workdir=runs/thought_small --baseline_workdir=runs/thought_small_base
 Results: BENCHMARKS.md, "Thought tensors".
 """
 from configs import default
-from dlm_jax.models import thought
+from dlm_jax.proj.thought import model as thought
+from dlm_jax.proj.thought import objective
 
 HIDDEN, DIMS = 256, (8, 8, 4)
 WINDOW, CONTEXT_WINDOWS = 64, 3
@@ -40,9 +41,9 @@ def get_config(arm: str = "thought"):
 
 
 def make_arm(c, arm: str, dims, hidden: int, context_windows: int, window: int):
-  """Turns a transformer "elbo" config (its model sizes set) into arm "thought" (model.thought_dims, config.thought on,
-  rows of (context_windows + 1) windows) or "baseline" (windows of `window`, its SwiGLU widened by the thought
-  pathway's parameters), in place."""
+  """Turns a transformer "elbo" config (its model sizes set) into arm "thought" (model "thought" with thought_dims,
+  objective "thought" with config.thought, rows of (context_windows + 1) windows) or "baseline" (windows of `window`,
+  its SwiGLU widened by the thought pathway's parameters), in place."""
   if arm not in ("thought", "baseline"):
     raise ValueError(f"The thought configs take arm 'thought' or 'baseline', got {arm!r}.")
   if arm == "baseline":
@@ -52,11 +53,12 @@ def make_arm(c, arm: str, dims, hidden: int, context_windows: int, window: int):
                                                     / (3 * width * layers))
     return c
   sizes = {k: v for k, v in c.model.items() if k != "name"}
-  c.model = default.model_config("thought")  # the transformer with the thought pathway (models/thought.py)
+  c.model = default.model_config("thought")  # the transformer with the thought pathway (model.py)
   c.model.update(sizes)
   c.model.thought_dims = tuple(dims)
   c.model.thought_hidden = hidden
-  c.thought.enabled = True
+  c.diffusion.objective = "thought"
+  c.thought = objective.config_section()  # the thought's process and loss weights (process.ThoughtProcess)
   c.thought.context_windows = context_windows
   c.data.seq_len = (context_windows + 1) * window
   return c

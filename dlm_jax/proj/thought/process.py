@@ -1,6 +1,6 @@
-"""Training and scoring a masked-diffusion LM with a Gaussian thought tensor (models/thought.py; seed 003).
+"""Training and scoring a masked-diffusion LM with a Gaussian thought tensor (model.py; seed 003).
 
-**Where a clean thought comes from.** A thought is a memory of earlier generations (models/thought.py), so training
+**Where a clean thought comes from.** A thought is a memory of earlier generations (model.py), so training
 unrolls the persistence it is meant for. Each training row of (K + 1) W tokens (data.seq_len, K = thought.
 context_windows) is K context windows and one target window of W tokens. The memory starts empty (T_0 = 0) and each
 context window is read clean, with the memory clean (t = 0), and pushes its evolved thought:
@@ -88,20 +88,23 @@ def push(memory_BxT, evolved_BxE):
 
 def interpolate(thought_a, thought_b, alpha):
   """(1 - alpha) a + alpha b, elementwise (alpha a scalar or broadcastable): alpha = 0 gives a, alpha = 1 gives b. The
-  sampler then denoises from the blend (sampling/thought.py, `interpolation_start`)."""
+  sampler then denoises from the blend (sampler.py, `interpolation_start`)."""
   alpha = jnp.asarray(alpha, jnp.float32)
   return (1.0 - alpha) * jnp.asarray(thought_a, jnp.float32) + alpha * jnp.asarray(thought_b, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class ThoughtProcess:
-  """The thought's forward process and loss weights (config.thought; module docstring)."""
+  """The thought's forward process and loss weights (module docstring): `dims` is model.thought_dims, every other
+  field a config.thought field, declared (with its default) here only (objective.config_section)."""
   dims: tuple
+  # Each row of data.seq_len = (context_windows + 1) W tokens is context_windows windows whose evolved thoughts fill
+  # the memory, and a target window denoised together with the Gaussian-noised memory.
   context_windows: int = 3
-  rate: float = 0.5
-  saliency: float = 0.0
-  clean_prob: float = 0.5
-  text_weight: float = 1.0
+  rate: float = 0.5  # the thought's signal fraction is alpha(t)^rate: corrupted more slowly than the text
+  saliency: float = 0.0  # gamma: each element's log-SNR + gamma |T_i| / max |T| (0: off)
+  clean_prob: float = 0.5  # share of target windows given the clean memory (the conditional model p(x | T))
+  text_weight: float = 1.0  # the loss weights (seed 003's 1, 0.5, 0.1, 0.1), each term logged as thought/NAME
   reconstruction_weight: float = 0.5
   coherence_weight: float = 0.1
   alignment_weight: float = 0.1
@@ -110,7 +113,7 @@ class ThoughtProcess:
   def __post_init__(self):
     object.__setattr__(self, "dims", check_dims(self.dims))
     if not self.dims:
-      raise ConfigError("config.thought is on but model.thought_dims=(): give the model a thought shape, e.g. "
+      raise ConfigError("The thought objective needs a thought shape: model.thought_dims=(), give one, e.g. "
                         "--config.model.thought_dims='(8, 8, 4)'.")
     if self.context_windows < 1:
       raise ConfigError(f"thought.context_windows must be >= 1, got {self.context_windows}.")

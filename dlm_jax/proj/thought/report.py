@@ -1,7 +1,7 @@
-"""The thought-tensor metrics of a trained thought run (dlm_jax/evaluation/thought.py), as JSON.
+"""The thought-tensor metrics of a trained thought run (dlm_jax/proj/thought/metrics.py), as JSON.
 
-  python -m launch.thought_report --workdir=RUN [--baseline_workdir=BASE] [--num_windows=N] [--time_samples=K]
-                                  [--num_samples=B] [--steps=S] [--out=FILE.json]
+  python -m dlm_jax.proj.thought.report --workdir=RUN [--baseline_workdir=BASE] [--num_windows=N] [--time_samples=K]
+                                         [--num_samples=B] [--steps=S] [--out=FILE.json]
 
 Scores the run's validation rows (the first N non-overlapping rows of (K + 1) W tokens, its eval.* settings by
 default): the target-window NELBO for every memory depth 0..K (0: the empty memory, i.e. the same network without its
@@ -15,7 +15,7 @@ from absl import app, flags, logging
 
 from dlm_jax import cli
 from dlm_jax.data import pipeline
-from dlm_jax.evaluation import thought as thought_eval
+from dlm_jax.proj.thought import metrics as thought_eval
 from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", None, "The thought run.", required=True)
@@ -35,8 +35,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  if run.objective.thought is None:
-    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a thought run (its config.thought.enabled is False).")
+  if run.objective.name != "thought":
+    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a thought run (its diffusion.objective is "
+                         f"{run.objective.name!r}).")
   ev = run.config.eval
   pick = lambda flag, default: default if flag is None else flag
   seq_len = int(run.config.data.seq_len)
@@ -44,7 +45,7 @@ def main(argv):
   if FLAGS.baseline_workdir:
     baseline = checkpoint.load_for_inference(FLAGS.baseline_workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
     width = run.objective.sample_length(seq_len)
-    if baseline.objective.thought is not None or int(baseline.config.data.seq_len) != width:
+    if baseline.objective.name == "thought" or int(baseline.config.data.seq_len) != width:
       raise app.UsageError(f"--baseline_workdir={FLAGS.baseline_workdir} must be a run without a thought on windows "
                            f"of {width} tokens (the thought run's W), got data.seq_len="
                            f"{baseline.config.data.seq_len}.")

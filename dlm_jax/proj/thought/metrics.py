@@ -1,5 +1,5 @@
 """Thought-tensor metrics (seed 003, "Evaluation Metrics"), each a plain function of arrays, and `report`, which runs
-them all on a trained thought run (and a baseline) for `python -m launch.thought_report`.
+them all on a trained thought run (and a baseline) for `python -m dlm_jax.proj.thought.report`.
 
 * Stability across denoising steps (`stability`): over a trajectory of thoughts [S, B, ...], the Pearson correlation
   between consecutive steps' thoughts of the same sample (flattened), averaged over steps and samples (seed target
@@ -25,6 +25,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dlm_jax import models
+from dlm_jax.evaluation import likelihood
+from dlm_jax.proj.thought import sampler as thought_sampling
+from dlm_jax.sampling import SamplerConfig
 
 
 def _consecutive_correlation(flat_SxBxF):
@@ -119,7 +124,6 @@ def retrieval_accuracy(a_NxD, b_NxD) -> float:
 def context_thoughts(run, windows_NxL, batch_size: int):
   """For N eval rows: (evolved thoughts of the K context windows [N, K, *E], full memory [N, *dims], alignment codes
   of memory and target text [N, D] each), in batches."""
-  from dlm_jax import models
   process = run.objective.thought
 
   @jax.jit
@@ -154,8 +158,6 @@ def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int,
   baseline's NELBO of the same target windows. Every scorer sees the same windows, times and masks (the same keys; a
   thought run's target window is corrupted exactly as a W-token window), so a difference's standard error over the
   time draws is far smaller than either figure's."""
-  from dlm_jax import models
-  from dlm_jax.evaluation import likelihood
   objective = run.objective
   process = objective.thought
   draws = {}
@@ -179,13 +181,12 @@ def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int,
 def sampling_stability(run, num_samples: int, steps: int, seed: int) -> dict:
   """Stability of the thought estimate and of the evolved thought along the reverse process of `num_samples`
   generations from noise, and of generations given a clean memory (persistence)."""
-  from dlm_jax.sampling import SamplerConfig
-  from dlm_jax.sampling import thought as thought_sampling
   cfg = dataclasses.replace(SamplerConfig.from_config(run.config), steps=steps, record_trajectory=True)
   width = run.objective.sample_length(int(run.config.data.seq_len))
   tokens = np.zeros((num_samples, width), np.int32)
   fixed = np.zeros((num_samples, width), bool)
-  sampler = thought_sampling.make_thought_sampler(run.graphdef, run.other, cfg)
+  sampler = thought_sampling.make_thought_sampler(run.graphdef, run.other, cfg,
+                                                 thought_sampling.ThoughtSampling.of(run.objective))
   dims = run.model_config.thought_dims
   first = sampler(run.params, jax.random.key(seed), tokens, fixed,
                   thought_sampling.from_noise(jax.random.key(seed + 1), num_samples, dims))
@@ -201,9 +202,9 @@ def sampling_stability(run, num_samples: int, steps: int, seed: int) -> dict:
 def report(run, windows_NxL, *, baseline=None, batch_size: int = 16, seed: int = 0, time_samples: int = 4,
            num_samples: int = 8, steps: int = 64) -> dict:
   """Every metric of the module docstring for a thought run on eval rows [N, (K + 1) W]."""
-  process = run.objective.thought
+  process = getattr(run.objective, "thought", None)
   if process is None:
-    raise ValueError(f"{run.workdir} is not a thought run (config.thought.enabled is False).")
+    raise ValueError(f"{run.workdir} is not a thought run (its diffusion.objective is {run.objective.name!r}).")
   context, target = (np.asarray(a) for a in process.split(jnp.asarray(windows_NxL)))
   evolved, memory, a, b = context_thoughts(run, windows_NxL, batch_size)
   vocab = run.tokenizer.vocab_size

@@ -1,4 +1,4 @@
-"""Sampling text together with a thought tensor (models/thought.py, diffusion/thought.py): persistence, interpolation,
+"""Sampling text together with a thought tensor (model.py, process.py): persistence, interpolation,
 gradient steering and trajectories.
 
 The text runs the masked sampler (masked.masked_sample: every reveal policy that keeps no cache) and the thought rides
@@ -16,6 +16,10 @@ Starts (`ThoughtStart`): `from_noise` (text and thought sampled jointly), `given
 an earlier generation, never noised), `partially_noised(T, t_start)` (SDEdit, Meng et al. 2022: T noised to t_start
 and denoised from there while the text runs its whole process; `interpolation_start` blends two thoughts first).
 
+Settings: the text's are the run's SamplerConfig (every masked-sampler field; no cache, as the thought changes at every
+call); the thought's forward process (dims, rate, saliency) and the schedule on whose clock it is noised (the training
+schedule, which the reveal schedule may not be) are the run's objective's (`ThoughtSampling.of`).
+
 Gradient steering: with `steer_scale` = eta > 0 and a differentiable `property_fn(T_BxT) -> [B]`, every estimate is
 moved down the property's gradient, T_hat <- T_hat - eta grad property(T_hat), before the next DDIM step uses it
 (guidance on the x_0 estimate; a given thought is steered in place). Trajectories (`cfg.record_trajectory`): the
@@ -23,20 +27,51 @@ estimate T_hat, the noisy z and the evolved thought after every call, [max_steps
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dlm_jax.diffusion import gaussian
-from dlm_jax.diffusion import thought as thought_lib
-from dlm_jax.diffusion.thought import ThoughtProcess
+from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
+from dlm_jax.proj.thought import process as thought_lib
+from dlm_jax.proj.thought.process import ThoughtProcess
 from dlm_jax.sampling import masked
 from dlm_jax.sampling.config import SamplerConfig
 from dlm_jax.sampling.primitives import SampleOutput
+from dlm_jax.sampling.text import prompt_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class ThoughtSampling:
+  """The thought's side of a generation: its forward process, the schedule that noises it and the steering step."""
+  process: ThoughtProcess
+  schedule: MaskingSchedule  # the training schedule: the thought's signal fraction is schedule.alpha(t)^rate
+  steer_scale: float = 0.0  # eta of gradient steering (module docstring); 0: off
+
+  def __post_init__(self):
+    if self.steer_scale < 0:
+      raise ConfigError(f"--steer_scale must be >= 0 (0: no steering), got {self.steer_scale}.")
+
+  @classmethod
+  def of(cls, objective, steer_scale: float = 0.0) -> "ThoughtSampling":
+    """The settings of a thought run whose objective is `objective` (objective.ThoughtELBO)."""
+    if getattr(objective, "thought", None) is None:
+      raise ConfigError(f"The thought sampler samples runs of the thought objective, not {objective.name!r}.")
+    return cls(objective.thought, objective.schedule, steer_scale)
+
+
+def check_text_config(cfg: SamplerConfig):
+  """Raises ConfigError unless `cfg` is a masked sampler without caches (the thought changes at every call, so no
+  logits or keys can be reused)."""
+  if cfg.family != "absorbing" or cfg.cache != "none":
+    raise ConfigError(f"A thought model samples masked text with cache='none' (the thought changes at every call, so "
+                      f"no logits or keys can be reused); got a {cfg.family} sampler with cache={cfg.cache!r}.")
 
 
 @flax.struct.dataclass
@@ -67,7 +102,7 @@ def partially_noised(rng, memory_BxT, t_start: float, process: ThoughtProcess, s
 
 
 def interpolation_start(rng, thought_a, thought_b, alpha, t_start: float, process: ThoughtProcess, schedule):
-  """The blend (1 - alpha) a + alpha b (diffusion/thought.interpolate), noised to t_start: denoising then pulls it back
+  """The blend (1 - alpha) a + alpha b (process.interpolate), noised to t_start: denoising then pulls it back
   to a thought the model would produce (t_start = 0 keeps the blend as a given thought)."""
   blend = thought_lib.interpolate(thought_a, thought_b, alpha)
   if t_start <= 0.0:
@@ -99,26 +134,24 @@ class ThoughtSample:
 
 
 def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: ThoughtStart, cfg: SamplerConfig,
-                   process: ThoughtProcess, property_fn: Callable | None = None) -> ThoughtSample:
+                   settings: ThoughtSampling, property_fn: Callable | None = None) -> ThoughtSample:
   """The reverse process of text and thought (module docstring). `model_fn()` returns the merged thought denoiser;
-  `cfg` a masked-sampler config without caches; `property_fn` the steering property when cfg.steer_scale > 0."""
-  if not cfg.thought:
-    raise ConfigError("thought_sample needs a thought run's sampler config (SamplerConfig.from_config of a run with "
-                      "config.thought.enabled, or thought=True).")
-  if cfg.steer_scale and property_fn is None:
-    raise ConfigError("sampler steer_scale > 0 steers the thought down a property's gradient: pass property_fn (the "
-                      "CLI's --steer_toward=FILE.npy).")
+  `cfg` a masked-sampler config without caches; `property_fn` the steering property when settings.steer_scale > 0."""
+  check_text_config(cfg)
+  if settings.steer_scale and property_fn is None:
+    raise ConfigError("steer_scale > 0 steers the thought down a property's gradient: pass property_fn (the CLI's "
+                      "--steer_toward=FILE.npy).")
+  process, schedule, steer_scale = settings.process, settings.schedule, settings.steer_scale
   dims = process.dims
   batch, length = tokens_BxL.shape
-  schedule = noise_schedule(cfg)
   expand = lambda v_B: v_B.reshape(-1, *(1,) * len(dims))
   max_steps = cfg.max_steps(length)
 
   def steer(estimate):
-    if not cfg.steer_scale:
+    if not steer_scale:
       return estimate
     grad = jax.grad(lambda e: jnp.sum(property_fn(e)))(estimate)
-    return estimate - cfg.steer_scale * grad
+    return estimate - steer_scale * grad
 
   def step(x_BxL, t_B, carry: _Carry):
     t_next = jnp.where(carry.given_B, 0.0, jnp.minimum(t_B, carry.t_B))
@@ -158,27 +191,30 @@ def thought_sample(model_fn: Callable, rng, tokens_BxL, fixed_BxL, start: Though
                        noisy_trajectory=recorded[1], evolved_trajectory=recorded[2], thought_calls=carry.calls)
 
 
-def noise_schedule(cfg: SamplerConfig):
-  """The masking schedule whose alpha(t)^rate noises the thought: the run's training schedule (the reveal schedule
-  `cfg.schedule` may differ; without a recorded one, the reveal schedule)."""
-  return cfg.thought_schedule or cfg.schedule
-
-
-def process_of(model_cfg, cfg: SamplerConfig) -> ThoughtProcess:
-  """The thought's forward process for sampling: the model's thought_dims with the run's rate and saliency."""
-  if not getattr(model_cfg, "thought_dims", ()):
-    raise ConfigError("This run's model has no thought pathway (model.thought_dims=()).")
-  return ThoughtProcess(dims=model_cfg.thought_dims, rate=cfg.thought_rate, saliency=cfg.thought_saliency)
-
-
-def make_thought_sampler(graphdef, other, cfg: SamplerConfig, property_fn: Callable | None = None):
+def make_thought_sampler(graphdef, other, cfg: SamplerConfig, settings: ThoughtSampling,
+                         property_fn: Callable | None = None):
   """jit of `run(params, rng, tokens_BxL, fixed_BxL, start) -> ThoughtSample`."""
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL, start: ThoughtStart):
     model_fn = lambda: nnx.merge(graphdef, params, other)
-    return thought_sample(model_fn, rng, tokens_BxL, fixed_BxL, start, cfg, process_of(model_fn().cfg, cfg),
-                          property_fn)
+    return thought_sample(model_fn, rng, tokens_BxL, fixed_BxL, start, cfg, settings, property_fn)
+
+  return run
+
+
+def make_sampler(graphdef, other, cfg: SamplerConfig, objective):
+  """sampling.SAMPLERS["thought"]: jit of `run(params, rng, tokens_BxL, fixed_BxL) -> SampleOutput`, the text of a
+  generation whose thought starts from noise (text and thought sampled jointly)."""
+  settings = ThoughtSampling.of(objective)
+  check_text_config(cfg)
+
+  @jax.jit
+  def run(params, rng, tokens_BxL, fixed_BxL):
+    model_fn = lambda: nnx.merge(graphdef, params, other)
+    start_rng, loop_rng = jax.random.split(rng)
+    start = from_noise(start_rng, tokens_BxL.shape[0], settings.process.dims)
+    return thought_sample(model_fn, loop_rng, tokens_BxL, fixed_BxL, start, cfg, settings).text
 
   return run
 
@@ -194,7 +230,6 @@ def distance_property(target_BxT):
 def load_thought(path: str, dims, batch: int, flag: str):
   """A thought from a .npy file as [batch, *dims] float32 (a single [*dims] thought is repeated for every row).
   Raises ValueError naming `flag` when the file is missing, unreadable or of another shape."""
-  import numpy as np
   try:
     array = np.load(path, allow_pickle=False)
   except (OSError, ValueError) as e:
@@ -210,3 +245,37 @@ def load_thought(path: str, dims, batch: int, flag: str):
   if not np.all(np.isfinite(array)):
     raise ValueError(f"{flag}={path}: the thought has non-finite values.")
   return np.ascontiguousarray(array, np.float32)
+
+
+def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", length: int | None = None, seed: int = 0,
+             overrides: dict | None = None, thought_in=None, interpolate_with=None, interpolate_alpha: float = 0.5,
+             thought_t_start: float = 0.0, steer_toward=None, steer_scale: float = 0.1,
+             record_trajectory: bool = False) -> tuple[list[str], ThoughtSample]:
+  """(texts, ThoughtSample) of `num_samples` generations of a thought run (a training.checkpoint.LoadedRun) with the
+  run's config.sample and `overrides`: the thought from noise, or `thought_in` [B, *dims] (persistence: kept clean;
+  with `thought_t_start` > 0 noised to that time and denoised), first blended with `interpolate_with` at
+  `interpolate_alpha`; steered towards `steer_toward` by `steer_scale` when given. The start thought draws from key
+  seed + 1, the text from key seed. Raises ValueError (ConfigError) naming the flag at fault."""
+  settings = ThoughtSampling.of(run.objective)
+  tokens, fixed = prompt_batch(run.tokenizer, num_samples,
+                               run.objective.sample_length(int(run.config.data.seq_len)), length, prompt, suffix)
+  if interpolate_with is not None and thought_in is None:
+    raise ValueError("--interpolate_with blends with --thought_in: give both.")
+  if not 0.0 <= thought_t_start <= 1.0:
+    raise ValueError(f"--thought_t_start={thought_t_start} must be in [0, 1].")
+  start_rng = jax.random.key(seed + 1)
+  if thought_in is not None:  # (without interpolate_with: the blend of thought_in with itself at 0, i.e. itself)
+    other, alpha = (thought_in, 0.0) if interpolate_with is None else (interpolate_with, interpolate_alpha)
+    start = interpolation_start(start_rng, thought_in, other, alpha, thought_t_start, settings.process,
+                                settings.schedule)
+  else:
+    start = from_noise(start_rng, num_samples, settings.process.dims)
+  steer = None
+  if steer_toward is not None:
+    steer = distance_property(steer_toward)
+    settings = dataclasses.replace(settings, steer_scale=steer_scale)
+  cfg = SamplerConfig.from_config(run.config, **(overrides or {}))
+  cfg = dataclasses.replace(cfg, record_trajectory=record_trajectory or cfg.record_trajectory)
+  result = make_thought_sampler(run.graphdef, run.other, cfg, settings, steer)(
+      run.params, jax.random.key(seed), tokens, fixed, start)
+  return [run.tokenizer.decode(row) for row in np.asarray(result.text.tokens_BxL)], result

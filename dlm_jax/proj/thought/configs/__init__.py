@@ -1,0 +1,1 @@
+"""The thought wing's experiment configs (`--config=dlm_jax/proj/thought/configs/small.py:thought`)."""
