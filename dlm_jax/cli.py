@@ -98,6 +98,11 @@ def sampler_overrides(flag_values) -> dict:
   return {name: getattr(flag_values, name) for name in sampler_flag_names() if getattr(flag_values, name) is not None}
 
 
+def flag_or(value, default):
+  """A flag's value, or `default` (the run's config value) when the flag was left out (None)."""
+  return default if value is None else value
+
+
 def user_errors() -> tuple:
   from dlm_jax.data import corpus, tokenizers
   from dlm_jax.errors import ConfigError

@@ -48,21 +48,20 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   ev = run.config.eval
-  pick = lambda flag, default: default if flag is None else flag
-  placement = pick(FLAGS.windows, ev.get("windows", "first"))
+  placement = cli.flag_or(FLAGS.windows, ev.get("windows", "first"))
   stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path,
                                       oov=FLAGS.oov)
-  windows = pipeline.eval_windows(stream, int(run.config.data.seq_len), pick(FLAGS.num_windows, int(ev.num_windows)),
-                                  placement)
+  windows = pipeline.eval_windows(stream, int(run.config.data.seq_len),
+                                  cli.flag_or(FLAGS.num_windows, int(ev.num_windows)), placement)
   objective = run.objective
-  time_samples = 1 if objective.is_autoregressive else pick(FLAGS.time_samples, int(ev.time_samples))
+  time_samples = 1 if objective.is_autoregressive else cli.flag_or(FLAGS.time_samples, int(ev.time_samples))
   if FLAGS.score == "training_loss" and objective.needs_teacher:
     raise app.UsageError(f"--score=training_loss: {FLAGS.workdir} is a distillation student, whose training loss "
                          "needs its teacher; score it with --score=nelbo.")
   eval_step = likelihood.make_eval_step(run.graphdef, run.other, objective, FLAGS.score)
   result = likelihood.evaluate(eval_step, run.params, windows, run.tokenizer,
-                               batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
-                               seed=pick(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
+                               batch_size=cli.flag_or(FLAGS.batch_size, int(ev.batch_size)),
+                               seed=cli.flag_or(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
   result.update(seq_len=int(run.config.data.seq_len), objective=run.config.diffusion.objective, placement=placement,
                 score=FLAGS.score, text=FLAGS.path or "the run's validation split", step=run.step,
                 checkpoint=run.checkpoint, weights=run.weights)
@@ -70,8 +69,8 @@ def main(argv):
     result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)
   if FLAGS.calibration_bins:
     try:
-      result["calibration"] = calibration.calibrate(run, windows, pick(FLAGS.batch_size, int(ev.batch_size)),
-                                                    seed=pick(FLAGS.seed, int(ev.seed)),
+      result["calibration"] = calibration.calibrate(run, windows, cli.flag_or(FLAGS.batch_size, int(ev.batch_size)),
+                                                    seed=cli.flag_or(FLAGS.seed, int(ev.seed)),
                                                     num_bins=FLAGS.calibration_bins, time_samples=time_samples)
     except ValueError as e:
       raise app.UsageError(f"--calibration_bins with --workdir={FLAGS.workdir}: {e}") from e

@@ -27,9 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax import models
+from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import likelihood
 from dlm_jax.proj.thought import sampler as thought_sampling
 from dlm_jax.sampling import SamplerConfig
+
+
+def load_thought_run(workdir: str, *, weights: str, which: str):
+  """The thought run at `workdir` for inference (training.checkpoint.load_for_inference); ConfigError when the run
+  there trained another objective."""
+  from dlm_jax.training import checkpoint
+  run = checkpoint.load_for_inference(workdir, weights=weights, which=which)
+  if run.objective.name != "thought":
+    raise ConfigError(f"--workdir={workdir} is not a thought run (its diffusion.objective is {run.objective.name!r}); "
+                      "train one with --config=dlm_jax/proj/thought/configs/small.py:thought.")
+  return run
 
 
 def _consecutive_correlation(flat_SxBxF):

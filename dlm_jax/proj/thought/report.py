@@ -34,12 +34,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  if run.objective.name != "thought":
-    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a thought run (its diffusion.objective is "
-                         f"{run.objective.name!r}).")
+  run = thought_eval.load_thought_run(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   ev = run.config.eval
-  pick = lambda flag, default: default if flag is None else flag
   seq_len = int(run.config.data.seq_len)
   baseline = None
   if FLAGS.baseline_workdir:
@@ -52,10 +48,11 @@ def main(argv):
     if baseline.tokenizer.vocab_size != run.tokenizer.vocab_size:
       raise app.UsageError(f"--baseline_workdir={FLAGS.baseline_workdir} has another tokenizer than --workdir.")
   stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, "")
-  windows = pipeline.eval_windows(stream, seq_len, pick(FLAGS.num_windows, int(ev.num_windows)),
+  windows = pipeline.eval_windows(stream, seq_len, cli.flag_or(FLAGS.num_windows, int(ev.num_windows)),
                                   ev.get("windows", "first"))
-  result = thought_eval.report(run, windows, baseline=baseline, batch_size=pick(FLAGS.batch_size, int(ev.batch_size)),
-                               seed=FLAGS.seed, time_samples=pick(FLAGS.time_samples, int(ev.time_samples)),
+  result = thought_eval.report(run, windows, baseline=baseline,
+                               batch_size=cli.flag_or(FLAGS.batch_size, int(ev.batch_size)), seed=FLAGS.seed,
+                               time_samples=cli.flag_or(FLAGS.time_samples, int(ev.time_samples)),
                                num_samples=FLAGS.num_samples, steps=FLAGS.steps)
   result.update(workdir=FLAGS.workdir, step=run.step, weights=run.weights, checkpoint=run.checkpoint,
                 baseline_workdir=FLAGS.baseline_workdir)

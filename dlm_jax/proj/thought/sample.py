@@ -16,8 +16,8 @@ from absl import app, flags, logging
 
 from dlm_jax import cli
 from dlm_jax.errors import ConfigError
+from dlm_jax.proj.thought import metrics as thought_metrics
 from dlm_jax.proj.thought import sampler as thought_sampler
-from dlm_jax.training import checkpoint
 
 cli.define_sample_flags()
 flags.DEFINE_string("thought_in", "", "Start from this thought (.npy of model.thought_dims, or one per sample), e.g. an "
@@ -36,10 +36,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
-  if run.objective.name != "thought":
-    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a thought run (its diffusion.objective is "
-                         f"{run.objective.name!r}); sample it with python -m launch.sample.")
+  run = thought_metrics.load_thought_run(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   print(f"# {run.describe()}")
   dims = run.model_config.thought_dims
   load = lambda flag: (thought_sampler.load_thought(getattr(FLAGS, flag), dims, FLAGS.num_samples, f"--{flag}")
