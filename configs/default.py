@@ -78,6 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
   # when the stopping step was not just evaluated (a batch-job limit; the GPU suite's fixed-time runs). The
   # learning-rate schedule stays that of num_steps.
   c.train.time_limit_s = 0.0
+  # Divergence (dlm_jax/training/loop.py): a non-finite loss or gradient stops the run ("stop") or drops that update
+  # and goes on ("skip_step"; max_skipped_steps in a row stop it); a loss above spike_factor x the median of the last
+  # spike_window recorded losses stops it (0: no spike check). Stopping removes the suspect checkpoints.
+  c.train.nan_policy = "stop"
+  c.train.max_skipped_steps = 10
+  c.train.spike_factor = 10.0
+  c.train.spike_window = 100
   c.train.sample_every = 300
 
   c.eval = ml_collections.ConfigDict()

@@ -1,8 +1,8 @@
 """How every `launch/*` entry point runs: `cli.run(main)` instead of `absl.app.run(main)`.
 
 * A user error -- a bad corpus (DataError), text the tokenizer cannot take (TokenizerError), a checkpoint that does
-  not fit or is missing (CheckpointError), a config value the code cannot take (ConfigError), a bad flag value
-  (absl's UsageError) -- prints one line, "error: <what
+  not fit or is missing (CheckpointError), a config value the code cannot take (ConfigError), a run that diverged
+  (TrainingDiverged), a bad flag value (absl's UsageError) -- prints one line, "error: <what
   and what to do>", on stderr and exits with status 2; with DLM_DEBUG=1 the traceback comes first. (absl would print
   a traceback, or the whole --help before a usage error.)
 * `--help`, `--helpshort`, `--helpfull` and `--helpxml` exit with status 0 (absl exits 1 after printing help).
@@ -13,9 +13,12 @@
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
+import inspect
 import os
+import pathlib
 import sys
 import traceback
 
@@ -105,9 +108,10 @@ def flag_or(value, default):
 
 def user_errors() -> tuple:
   from dlm_jax.data import corpus, tokenizers
-  from dlm_jax.errors import ConfigError
+  from dlm_jax.errors import ConfigError, TrainingDiverged
   from dlm_jax.training import checkpoint
-  return (corpus.DataError, tokenizers.TokenizerError, checkpoint.CheckpointError, ConfigError, app.UsageError)
+  return (corpus.DataError, tokenizers.TokenizerError, checkpoint.CheckpointError, ConfigError, TrainingDiverged,
+          app.UsageError)
 
 
 def run(main, argv=None):
@@ -132,14 +136,50 @@ def _guarded(main, args):
 
 
 def load_config(spec: str):
-  """The ConfigDict of a config file spec "path/to/file.py[:arg]" (its get_config(arg), or get_config())."""
+  """The ConfigDict of a config file spec "path/to/file.py[:arg]" (its get_config(arg), or get_config()). Raises
+  UsageError naming the spec when the file is missing, does not load, takes no such arm or fails to build."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise app.UsageError(f"--config={spec}: {path} is not a file.")
+    raise app.UsageError(f"--config={spec}: {path} is not a file. The configs are configs/*.py (and a research "
+                         "wing's configs/ folder).")
   module_spec = importlib.util.spec_from_file_location("config_under_check", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # a syntax or import error in the file: its own one line
+    raise app.UsageError(f"--config={spec}: {path} does not load ({type(e).__name__}: {e}).") from None
+  if not hasattr(module, "get_config"):
+    raise app.UsageError(f"--config={spec}: {path} has no get_config() function.")
+  takes_arm = bool(inspect.signature(module.get_config).parameters)
+  if arg and not takes_arm:
+    raise app.UsageError(f"--config={spec}: {path} has no arms; use --config={path}.")
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except (ValueError, KeyError) as e:  # an unknown arm: the config's message lists the arms it takes
+    raise app.UsageError(f"--config={spec}: {e}") from None
+
+
+def config_summary(default_path: str, argv=None) -> list[str]:
+  """The lines a training launcher prints first about its config: the spec and the overrides given, then the
+  config docstring's "Hardware..." and "Expected..." paragraphs (its expected wall time and result)."""
+  argv = list(sys.argv if argv is None else argv)
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), default_path)
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  lines = [f"Config {spec}" + (f" with {' '.join(overrides)}" if overrides else " (no overrides)")]
+  try:
+    doc = ast.get_docstring(ast.parse(pathlib.Path(spec.partition(":")[0]).read_text(encoding="utf-8"))) or ""
+  except (OSError, SyntaxError):
+    return lines
+  keep = False
+  for line in doc.splitlines():
+    head = line.split(":", 1)[0]
+    if line and not line[0].isspace() and ":" in line and len(head) < 40:  # a new "Key: ..." paragraph
+      keep = head.startswith(("Hardware", "Expected"))
+    elif not line.strip():
+      keep = False
+    if keep:
+      lines.append(f"  {line.strip()}")
+  return lines
 
 
 def config_fields(tree: dict, prefix: str = "") -> list[str]:
@@ -152,11 +192,14 @@ def config_fields(tree: dict, prefix: str = "") -> list[str]:
 def config_preflight(default_path: str, argv=None):
   """See the module docstring; exits (0 after --help_config, 2 on an unknown field) or returns."""
   argv = list(sys.argv if argv is None else argv)
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  given = dict(a[len("--config."):].split("=", 1) if "=" in a else (a[len("--config."):], None)
+               for a in argv[1:] if a.startswith("--config."))
+  overrides = list(given)
   wants_help = "--help_config" in argv
-  if not overrides and not wants_help:
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if not overrides and not wants_help and spec is None:
     return
-  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), default_path)
+  spec = spec or default_path
   try:
     config = load_config(spec)
   except app.UsageError as e:
@@ -174,3 +217,39 @@ def config_preflight(default_path: str, argv=None):
       print(f"error: --config.{key}: {spec} has no field {key!r}.{hint} See every field with --help_config.",
             file=sys.stderr)
       sys.exit(2)
+  flat = {key: value for key, value in _flat_items(config.to_dict())}
+  for key, text in given.items():
+    problem = _parse_problem(flat.get(key), text) if key in flat and text is not None else None
+    if problem:
+      print(f"error: --config.{key}={text}: {problem}", file=sys.stderr)
+      sys.exit(2)
+
+
+def _flat_items(tree: dict, prefix: str = ""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_items(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def _parse_problem(current, text: str) -> str | None:
+  """Why `text` cannot be the new value of a field whose value is `current` (ml_collections keeps a field's type), or
+  None when it can."""
+  kind = type(current)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        return "the field is a bool: give true or false."
+    elif kind is int:
+      int(text)
+    elif kind is float:
+      float(text)
+    elif kind in (tuple, list):
+      value = ast.literal_eval(text)
+      if not isinstance(value, (tuple, list)):
+        return f"the field is a {kind.__name__}: give e.g. '{tuple(current)!r}'."
+  except (ValueError, SyntaxError):
+    article = "an" if kind is int else "a"
+    return f"the field is {article} {kind.__name__} (now {current!r}); give {article} {kind.__name__}."
+  return None

@@ -9,7 +9,6 @@ Several devices: --config.mesh.data/fsdp/tensor shape the mesh (dlm_jax/training
 same command on each; under SLURM (srun, one task per host) JAX finds its peers itself; elsewhere pass
 --coordinator_address=HOST0:PORT --num_processes=N --process_id=I (docs/scale-out.md).
 """
-import os
 import pathlib
 
 from absl import flags, logging
@@ -40,7 +39,8 @@ def main(argv):
   FLAGS = flags.FLAGS
   sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  if sharding.is_primary():
+    print("\n".join(cli.config_summary(str(REPO / "configs" / "default.py"))), flush=True)
   summary = loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
   status = "stopped early" if summary["stopped"] else "finished"
   print(f"Training {status} at step {summary['step']}; checkpoint in {flags.FLAGS.workdir}/checkpoints. "

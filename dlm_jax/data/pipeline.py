@@ -33,6 +33,7 @@ class TokenStreams:
   train: np.ndarray  # int32, memory-mapped
   valid: np.ndarray
   tokenizer: object
+  summary: str = ""  # what was read (corpus.Corpus.summary of the train and the valid corpus)
 
 
 def _encode_documents(docs, tokenizer, source, oov: str = "error"):
@@ -68,9 +69,10 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
   """Reads, tokenizes (once; cached) and splits the corpus. `tokenizer=None` builds one (a resumed run passes the
   tokenizer saved in its checkpoint, so the ids never change under it). `oov`: the character tokenizer's policy for
   characters outside its alphabet (tokenizers.OOV_POLICIES; training keeps "error")."""
-  docs, key = corpus.load_documents(data_config.path, "data.path")
-  valid_docs, valid_key = (corpus.load_documents(data_config.valid_path, "data.valid_path")
-                           if data_config.get("valid_path") else (None, None))
+  text = corpus.load_documents(data_config.path, "data.path")
+  valid_text = corpus.load_documents(data_config.valid_path, "data.valid_path") if data_config.get("valid_path") else None
+  docs, key = text.docs, text.key
+  valid_docs, valid_key = (valid_text.docs, valid_text.key) if valid_text is not None else (None, None)
   if tokenizer is None:
     tokenizer = build_tokenizer(data_config, docs + (valid_docs or []))
   tok_key = tokenizers.fingerprint(tokenizer) + ("" if oov == "error" else f"|oov={oov}")
@@ -92,7 +94,8 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
       raise corpus.DataError(
           f"The {name} split of {data_config.path!r} has {len(tokens)} tokens, fewer than data.seq_len={seq_len}. "
           f"Use a larger corpus ({flag}) or a smaller data.seq_len.")
-  return TokenStreams(train=train, valid=valid, tokenizer=tokenizer)
+  summary = text.summary + (f"; {valid_text.summary}" if valid_text is not None else "")
+  return TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary)
 
 
 def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: str = "error") -> np.ndarray:
@@ -107,7 +110,7 @@ def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: st
 def oov_report(path: str, tokenizer, oov: str) -> dict:
   """What `oov` did to the text at `path`: {"policy", "characters" (mapped to <unk> or skipped), "distinct" (each
   character with its count, most frequent first)}."""
-  docs, _ = corpus.load_documents(path, "--path")
+  docs = corpus.load_documents(path, "--path").docs
   counts = collections.Counter()
   for doc in docs:
     counts.update(tokenizer.oov_counts(doc))

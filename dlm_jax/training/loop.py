@@ -3,12 +3,20 @@
 Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init
 (for a distillation, diffusion.objective="dcd": the teacher's weights, `start_from_teacher`).
 SIGTERM/SIGINT finish the step in flight, write a checkpoint and return, and so does `train.time_limit_s` once that
-many seconds have passed since the trainer started (after a final evaluation); a non-finite loss stops the run with
-an error naming the step (the last good checkpoint stays). Metrics of step k are read after step k+1 is dispatched
-(nanodo).
+many seconds have passed since the trainer started (after a final evaluation). Metrics of step k are read after step
+k+1 is dispatched (nanodo).
+
+Divergence (`_Progress`): a non-finite loss, gradient norm or parameter norm stops the run (train.nan_policy "stop")
+or drops that update inside the jitted step and goes on, counting it ("skip_step"; `train.max_skipped_steps` in a row
+stop it); a loss above `train.spike_factor` times the median of the last `train.spike_window` recorded losses (floored
+at 0.1 nats, so that a near-zero distillation loss does not make every wobble a spike) stops it, and so does a
+non-finite validation NELBO. Stopping raises errors.TrainingDiverged naming the step and the likely cause, after
+removing the checkpoints of the suspect states (the step whose loss gave it away used the parameters of the step
+before): the last good checkpoint is the latest, and no diverged state is ever saved as the best.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import pathlib
@@ -25,16 +33,12 @@ from jax.experimental import multihost_utils
 from dlm_jax import models
 from dlm_jax.data import pipeline
 from dlm_jax import objectives
-from dlm_jax.errors import ConfigError
+from dlm_jax.errors import ConfigError, TrainingDiverged
 from dlm_jax.evaluation import likelihood
 from dlm_jax.models import retrieval
 from dlm_jax.sampling import SamplerConfig, make_text_sampler
-from dlm_jax.training import checkpoint, metrics as metrics_lib, optimizer, sharding, state as state_lib
+from dlm_jax.training import checkpoint, config_checks, metrics as metrics_lib, optimizer, sharding, state as state_lib
 from dlm_jax.training import step as step_lib
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite; the message names the step."""
 
 
 @contextlib.contextmanager
@@ -62,8 +66,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
 
   One trainer per workdir (`checkpoint.workdir_lock`); the checkpoints folder must be writable. A resumed run may
   change what does not alter the model or its data (`checkpoint.config_changes`): the changes are printed."""
+  config_checks.check(config)  # before anything is created
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # a file in the way, a read-only file system, no space, no permission
+    what = "is a file, not a folder" if workdir.is_file() or isinstance(e, (FileExistsError, NotADirectoryError)) \
+        else f"cannot be created ({e.strerror})"
+    raise checkpoint.CheckpointError(f"--workdir={workdir} {what}: choose another --workdir.") from None
   # One lock per workdir, held by the primary process of a multi-host run (its peers share the workdir).
   lock = checkpoint.workdir_lock(workdir) if sharding.is_primary() else contextlib.nullcontext()
   with lock:
@@ -75,9 +85,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   started = time.monotonic()
   tcfg = config.train
   time_limit = float(tcfg.get("time_limit_s", 0.0) or 0.0)
-  if time_limit < 0:
-    raise ConfigError(f"train.time_limit_s={time_limit:g}: give the seconds after which the run stops (> 0), or 0 for "
-                      "no limit.")
+  nan_policy = tcfg.get("nan_policy", "stop")
   num_steps, global_batch, accum = int(tcfg.num_steps), int(tcfg.batch_size), int(tcfg.grad_accum_steps)
   mesh.check_batch(global_batch, accum)
 
@@ -122,7 +130,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                                   optimizer.learning_rate_schedule(config.optimizer, num_steps),
                                                   state_sharding=state_shardings,
                                                   batch_sharding=mesh.train_batch,
-                                                  ema_warmup=bool(tcfg.get("ema_warmup", False))))
+                                                  ema_warmup=bool(tcfg.get("ema_warmup", False)),
+                                                  skip_nonfinite=nan_policy == "skip_step"))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
                                        config.eval.get("windows", "first"))
@@ -136,6 +145,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
         f"train {len(train_tokens):,} tokens"
         f"{'' if datastore is None else f' (+ {datastore.size:,} in the retrieval datastore)'}, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
+  print(f"Corpus {streams.summary}.", flush=True)
 
   mesh.check_batch(min(int(config.eval.batch_size), len(eval_windows)), 1,
                    "eval.batch_size (or the number of evaluation windows)")
@@ -176,6 +186,10 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   def track_best(step, nll) -> bool:
     """Saves the state to WORKDIR/best when `nll` is the best so far; True when the run should stop early."""
     nonlocal best, evals_since_best
+    if not np.isfinite(nll):
+      raise TrainingDiverged(f"The validation NELBO is non-finite ({nll}) at step {step}: the run diverged. Lower "
+                             "optimizer.learning_rate or raise optimizer.warmup_steps, then resume from the last good "
+                             "checkpoint.", step)
     if best is None or nll < best["nll_per_token"]:
       best, evals_since_best = {"step": step, "nll_per_token": nll}, 0
       checkpoint.save(best_mngr, step, state, None, {**meta, "best": best}, force=True)
@@ -190,7 +204,9 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     return False
 
   progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token,
-                       metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))))
+                       metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))),
+                       Divergence(nan_policy, float(tcfg.get("spike_factor", 0.0)), int(tcfg.get("spike_window", 100)),
+                                  int(tcfg.get("max_skipped_steps", 10)), global_batch))
   num_samples = int(config.sample.num_samples)
   if num_samples:
     sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
@@ -215,7 +231,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   # every host agree on the step at which all of them checkpoint and stop (reached_preemption_sync_point); a signal
   # handled by one process alone would leave the others waiting in the next collective. One process: our handler.
   multi_process = jax.process_count() > 1
-  with stop_on_signals(flag, signals=() if multi_process else (signal.SIGTERM, signal.SIGINT)):
+  with stop_on_signals(flag, signals=() if multi_process else (signal.SIGTERM, signal.SIGINT)), \
+      discard_on_divergence(mngr, best_mngr):
     step = start_step
     while step < num_steps:
       rows = next(data_iter).reshape(accum, -1, seq_len)  # this process's rows of each micro-batch
@@ -311,12 +328,72 @@ def start_from_teacher(state, teacher: checkpoint.LoadedRun, tx):
                        ema_params=None if state.ema_params is None else copy())
 
 
+@contextlib.contextmanager
+def discard_on_divergence(mngr, best_mngr):
+  """On TrainingDiverged, deletes the checkpoints (latest and best) of step `error.step` on, then re-raises it naming
+  the checkpoint that remains."""
+  try:
+    yield
+  except TrainingDiverged as e:
+    for manager in (mngr, best_mngr):
+      manager.wait_until_finished()
+      for saved in [saved for saved in manager.all_steps() if saved >= e.step]:
+        manager.delete(saved)
+    kept = mngr.latest_step()
+    tail = (f"The checkpoints from step {e.step} on were removed; the latest is step {kept}, where a resumed run starts."
+            if kept is not None else "No checkpoint was written before it.")
+    raise TrainingDiverged(f"{e} {tail}", e.step) from None
+
+
+class Divergence:
+  """The divergence checks of each recorded step (module docstring): `check(step, values)` returns whether the update
+  was skipped, or raises TrainingDiverged."""
+
+  def __init__(self, nan_policy: str = "stop", spike_factor: float = 0.0, spike_window: int = 100,
+               max_skipped: int = 10, batch_size: int = 0):
+    self.nan_policy, self.spike_factor, self.max_skipped = nan_policy, spike_factor, max_skipped
+    self.batch_size = batch_size
+    self.recent = collections.deque(maxlen=spike_window)
+    self.skipped = self.skipped_in_a_row = 0
+
+  def check(self, step: int, values: dict) -> bool:
+    cause = ("Lower optimizer.learning_rate, raise optimizer.warmup_steps or train.batch_size "
+             f"({self.batch_size}), or check the data")
+    if values.get("skipped", 0.0) > 0:
+      self.skipped += 1
+      self.skipped_in_a_row += 1
+      if self.skipped_in_a_row >= self.max_skipped:
+        raise TrainingDiverged(f"{self.skipped_in_a_row} updates in a row had a non-finite loss or gradient, the last at "
+                               f"step {step} (train.max_skipped_steps={self.max_skipped}): the run diverged. {cause}.",
+                               step - self.skipped_in_a_row)
+      return True
+    self.skipped_in_a_row = 0
+    norms = {name: values[name] for name in ("loss", "grad_norm", "param_norm") if name in values}
+    if not all(np.isfinite(v) for v in norms.values()):
+      shown = ", ".join(f"{name} {value:.4g}" for name, value in norms.items())
+      # a non-finite loss indicts the parameters it was computed with (step - 1's), a non-finite gradient the update
+      raise TrainingDiverged(f"The training loss or gradient became non-finite at step {step} ({shown}): the run "
+                             f"diverged. {cause}; or set train.nan_policy=skip_step to drop such updates.",
+                             step - 1 if not np.isfinite(norms.get("loss", 0.0)) else step)
+    loss = values["loss"]
+    if self.spike_factor and len(self.recent) >= min(20, self.recent.maxlen):
+      median = float(np.median(self.recent))
+      if loss > self.spike_factor * max(median, 0.1):
+        raise TrainingDiverged(f"The training loss jumped to {loss:.4g} at step {step}, {loss / max(median, 0.1):.0f} "
+                               f"times its running median {median:.4g} (train.spike_factor={self.spike_factor:g}): "
+                               f"the run diverged. {cause}; or raise train.spike_factor (0: no check).", step - 1)
+    self.recent.append(loss)
+    return False
+
+
 class _Progress:
   """Reads each step's metrics one step late (after the next step is dispatched, so the device never waits on the
-  host), stops on a non-finite loss naming the step, and writes JSONL/TensorBoard scalars and the console line."""
+  host), runs the divergence checks, and writes JSONL/TensorBoard scalars and the console line."""
 
-  def __init__(self, writer, num_steps, start_step, tokens_per_step, flops_per_token, peak):
+  def __init__(self, writer, num_steps, start_step, tokens_per_step, flops_per_token, peak,
+               divergence: Divergence | None = None):
     self.writer, self.num_steps, self.start_step = writer, num_steps, start_step
+    self.divergence = divergence or Divergence()
     self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
     self.pending = None
     self.history = []
@@ -336,10 +413,11 @@ class _Progress:
 
   def _record(self, step, metrics, console=False):
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not np.isfinite(values["loss"]):
-      raise NonFiniteLossError(
-          f"The training loss became non-finite ({values['loss']}) at step {step}; the last checkpoint is kept. "
-          "Lower optimizer.learning_rate, raise optimizer.warmup_steps or check the data, then resume.")
+    if self.divergence.check(step, values):  # a skipped update: only its count is logged
+      print(f"step {step}: update skipped, non-finite loss or gradient ({self.divergence.skipped} skipped so far).",
+            flush=True)
+      self.writer.scalars(step, "train", {"skipped_total": float(self.divergence.skipped)})
+      return
     if console:
       now = time.perf_counter()
       tokens_per_s = self.steps_since_console * self.tokens_per_step / max(now - self.t_last, 1e-9)

@@ -29,8 +29,12 @@ def ema_decay_at(step, ema_decay: float, warmup: bool):
 
 
 def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTransformation,
-                    ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True):
-  """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`."""
+                    ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True,
+                    skip_nonfinite: bool = False):
+  """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`. With `skip_nonfinite` (train.nan_policy
+  "skip_step"), an update whose loss, gradient or new parameters are not finite is dropped: the parameters, optimizer
+  moments and EMA stay as they were, the step counter (and so the data and the schedule) advances, and
+  metrics["skipped"] is 1."""
 
   def loss_fn(params, x0_BxL, key, step, teacher_params):
     loss_key, dropout_key = jax.random.split(key)
@@ -67,6 +71,12 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
                    param_norm=optax.global_norm(params), learning_rate=lr_schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                               teacher_params=teacher)
+    if skip_nonfinite:
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      new_state = new_state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                                    ema_params=None if ema is None else keep(ema, state.ema_params))
+      metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
