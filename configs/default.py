@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.valid_fraction = 0.1
   c.data.tokenizer = "char"  # "char" (alphabet built from the corpus) or "sentencepiece"
   c.data.tokenizer_path = ""  # .model file from `python -m launch.tokenizer` when tokenizer="sentencepiece"
-  c.data.seq_len = 64
+  c.data.seq_len = 64  # tokens per training and evaluation window (the model's context)
   c.data.seed = 0  # shuffling of the training crops
 
   # The training objective (dlm_jax/objectives/; docs/objectives.md): diffusion.objective names an OBJECTIVES class
@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mlp_dim = 352
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 2e-3  # the peak: linear warmup over warmup_steps, then cosine to min_lr_ratio x it
   c.optimizer.warmup_steps = 50
   c.optimizer.min_lr_ratio = 0.1
   c.optimizer.b1 = 0.9
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.slow_slots_lr_scale = 0.1
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 900
+  c.train.num_steps = 900  # optimizer updates (the learning-rate schedule's length)
   c.train.batch_size = 32  # global batch (sequences per optimizer step)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
@@ -88,7 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_every = 300
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every = 300
+  c.eval.every = 300  # steps between validation NELBO evaluations (and best checkpoints); 0: none
   c.eval.num_windows = 128  # fixed non-overlapping validation windows
   c.eval.windows = "first"  # "first": the first num_windows of the valid stream; "spread": evenly over all of it
   c.eval.batch_size = 32

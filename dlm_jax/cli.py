@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import inspect
 import os
 import pathlib
+import re
 import sys
+import textwrap
 import traceback
 
 from absl import app
@@ -114,9 +117,13 @@ def user_errors() -> tuple:
           app.UsageError)
 
 
-def run(main, argv=None):
+def run(main, argv=None, first_help=None):
+  """Runs an absl `main` (module docstring); `first_help()` (built only then) is printed before absl's list on
+  --help/--helpshort."""
   argv = list(sys.argv if argv is None else argv)
   asked_for_help = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:])
+  if first_help and any(a.split("=")[0] in ("--help", "-help", "--helpshort", "-?") for a in argv[1:]):
+    print(first_help() + "\n", flush=True)
   try:
     app.run(lambda args: _guarded(main, args), argv=argv)
   except SystemExit as e:
@@ -163,7 +170,7 @@ def config_summary(default_path: str, argv=None) -> list[str]:
   """The lines a training launcher prints first about its config: the spec and the overrides given, then the
   config docstring's "Hardware..." and "Expected..." paragraphs (its expected wall time and result)."""
   argv = list(sys.argv if argv is None else argv)
-  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), default_path)
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), os.path.relpath(default_path))
   overrides = [a for a in argv[1:] if a.startswith("--config.")]
   lines = [f"Config {spec}" + (f" with {' '.join(overrides)}" if overrides else " (no overrides)")]
   try:
@@ -180,6 +187,115 @@ def config_summary(default_path: str, argv=None) -> list[str]:
     if keep:
       lines.append(f"  {line.strip()}")
   return lines
+
+
+_ASSIGNMENT = re.compile(r"^\s*c\.([\w.]+)\s*=\s*(?P<rest>.*)$")
+_FIELD = re.compile(r"^\s{2}(\w+)\s*:\s*[^=#]+=(?P<rest>.*)$")
+_ENTRY = re.compile(r"^\s*(?:return \{)?\"(\w+)\":\s*(?P<rest>.*)$")
+
+
+def _trailing_comment(rest: str) -> str:
+  """The comment after the code of `rest` (a '#' inside a string literal is not one)."""
+  quote = None
+  for i, ch in enumerate(rest):
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in "\"'":
+      quote = ch
+    elif ch == "#":
+      return rest[i + 1:].strip()
+  return ""
+
+
+def _docs_of_lines(lines, pattern, prefix: str = "") -> dict:
+  """name -> doc of each line matching `pattern`: its trailing comment, else the comment lines just above it."""
+  docs, block = {}, []
+  for line in lines:
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      block.append(stripped.lstrip("#").strip())
+      continue
+    match = pattern.match(line)
+    if match:
+      doc = _trailing_comment(match.group("rest")) or " ".join(block)
+      if doc:
+        docs.setdefault(prefix + match.group(1), doc)
+    block = []
+  return docs
+
+
+def field_docs(config, config_path: str = "") -> dict:
+  """"section.field" -> what it means, read from where each field is declared: the config file's and configs/default.py's
+  comments, and the comments of the dataclass fields that config.model, config.diffusion and config.sample are
+  generated from (the model's config class, the objective classes, SamplerConfig)."""
+  from dlm_jax import models, objectives
+  from dlm_jax.sampling import SamplerConfig
+  docs = {}
+  default_path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  for path in (config_path, default_path):
+    if path and pathlib.Path(path).is_file():
+      docs.update({k: v for k, v in _docs_of_lines(pathlib.Path(path).read_text(encoding="utf-8").splitlines(),
+                                                    _ASSIGNMENT).items() if k not in docs})
+  for section, module in (("diffusion", objectives), ("sample", inspect.getmodule(SamplerConfig))):
+    lines = inspect.getsource(module).splitlines()  # the section fields declared as dict entries with comments
+    docs.update({k: v for k, v in _docs_of_lines(lines, _ENTRY, f"{section}.").items() if k not in docs})
+  sections = {"sample": [SamplerConfig], "diffusion": list(objectives.OBJECTIVES.builtin().values())}
+  model_name = config.get("model", {}).get("name", "transformer")
+  if model_name in models.MODELS:
+    sections["model"] = [models.MODELS[model_name][1]]
+  for section, classes in sections.items():
+    for cls in classes:
+      for klass in cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+          continue
+        try:
+          lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+          continue
+        for name, doc in _docs_of_lines(lines, _FIELD, f"{section}.").items():
+          docs.setdefault(name, doc)
+  return docs
+
+
+def config_listing(config, spec: str, config_path: str = "") -> str:
+  """--help_config: every field of `config` by section, with its value and, below it, what it means (field_docs)."""
+  docs = field_docs(config, config_path)
+  out = [f"Fields of {spec}, by section (set any with --config.SECTION.FIELD=VALUE):"]
+  for section, fields in _sections(config.to_dict()).items():
+    out.append(f"\n{section or '(top level)'}")
+    for name, value in fields:
+      key = f"{section}.{name}" if section else name
+      out.append(f"  {name}: {value!r}" if isinstance(value, str) else f"  {name}: {value}")
+      if docs.get(key):
+        out.extend(textwrap.wrap(docs[key], 116, initial_indent="      ", subsequent_indent="      "))
+  return "\n".join(out)
+
+
+def _sections(tree: dict) -> dict:
+  """{section path: [(field, value)]} of a nested config dict, top-level scalars under ""."""
+  sections = {}
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        sections.setdefault(prefix.rstrip("."), []).append((key, value))
+  walk(tree, "")
+  return sections
+
+
+def newcomer_help(fields, config_path: str) -> str:
+  """The first lines of a training launcher's --help: the flags a newcomer needs, each with what it means."""
+  config = load_config(config_path)
+  docs = field_docs(config, config_path)
+  lines = ["Start here (every flag below this block; every config field with --help_config):",
+           "  --workdir=DIR            checkpoints, metrics and the token cache; re-running with it resumes",
+           "  --config=FILE[:ARM]      the experiment (default configs/default.py: the embedded corpus, CPU-sized)"]
+  for field in fields:
+    section, _, name = field.partition(".")
+    flag = f"  --config.{field}={config[section][name]}"
+    lines.append(f"{flag:<45} {docs.get(field, '')}"[:200])
+  return "\n".join(lines)
 
 
 def config_fields(tree: dict, prefix: str = "") -> list[str]:
@@ -199,14 +315,14 @@ def config_preflight(default_path: str, argv=None):
   spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
   if not overrides and not wants_help and spec is None:
     return
-  spec = spec or default_path
+  spec = spec or os.path.relpath(default_path)
   try:
     config = load_config(spec)
   except app.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if wants_help:
-    print(f"Fields of {spec} (set any with --config.FIELD=VALUE):\n{config}")
+    print(config_listing(config, spec, spec.partition(":")[0]))
     sys.exit(0)
   fields = config_fields(config.to_dict())
   groups = {f.rsplit(".", 1)[0] for f in fields if "." in f}

@@ -47,5 +47,9 @@ def main(argv):
         f"Sample with: python -m launch.sample --workdir={flags.FLAGS.workdir}")
 
 
+# The --config fields a newcomer sets first, shown (with what each means) before absl's list on --help.
+FIRST_FIELDS = ("data.path", "data.seq_len", "train.num_steps", "train.batch_size", "optimizer.learning_rate",
+                "model.num_layers", "model.width", "diffusion.objective", "eval.every", "sample.num_samples")
+
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, first_help=lambda: cli.newcomer_help(FIRST_FIELDS, str(REPO / "configs" / "default.py")))

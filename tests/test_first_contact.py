@@ -147,3 +147,17 @@ def test_divergence_checks_on_recorded_values():
   for step in range(1, 21):
     floor.check(step, {"loss": 1e-4})  # a distillation loss near 0: the median is floored at 0.1
   assert not floor.check(21, {"loss": 0.9})
+
+
+def test_help_starts_with_what_a_newcomer_needs_and_help_config_explains_each_field():
+  shown = train_cli("--help")
+  first_block = shown.stdout.split("\n\n", 1)[0]
+  assert shown.returncode == 0 and first_block.startswith("Start here"), shown.stdout[:500]
+  for flag, meaning in [("--workdir=DIR", "resumes"), ("--config.train.num_steps=900", "optimizer updates"),
+                        ("--config.data.path=embedded:pydoc_topics", "files/folders")]:
+    assert any(flag in line and meaning in line for line in first_block.splitlines()), (flag, first_block)
+  listing = train_cli("--help_config").stdout
+  assert listing.startswith("Fields of configs/default.py, by section")
+  assert "\ntrain\n" in listing and "\n  num_steps: 900\n      optimizer updates" in listing
+  assert "\n  tokenizer: 'char'\n      \"char\" (alphabet built from the corpus) or \"sentencepiece\"" in listing
+  assert "\nmodel\n" in listing and "\n  width: 128\n      the model width D" in listing  # a dataclass field's comment

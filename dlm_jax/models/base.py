@@ -41,8 +41,8 @@ class DenoiserConfig:
   default is declared here and only here (configs/default.model_config builds the ConfigDict from these fields)."""
   vocab_size: int
   max_len: int
-  num_heads: int = 6
-  width: int = 384
+  num_heads: int = 6  # attention heads (width must be divisible by it)
+  width: int = 384  # the model width D: embeddings and the residual stream
   mlp_dim: int = 1024  # SwiGLU hidden width
   dropout: float = 0.0  # on each residual branch's output (attention/mixing and MLP), as nanoGPT's resid_dropout
   attention_dropout: float = 0.0  # on the self-attention probabilities (nanoGPT's attn_dropout; transformer blocks)

@@ -25,7 +25,7 @@ from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig(DenoiserConfig):
-  num_layers: int = 6
+  num_layers: int = 6  # transformer blocks
   position: str = "rope"  # "rope" or "learned"
 
   def __post_init__(self):

@@ -44,7 +44,7 @@ OBJECTIVES = Registry("objective", field="config diffusion.objective", entries={
 
 # The config.diffusion fields that are no objective's dataclass field (the objective holds what they build).
 SECTION_FIELDS = {
-    "objective": "elbo",  # the objective: a name of OBJECTIVES
+    "objective": "elbo",  # a name of OBJECTIVES: elbo (MD4/MDLM), masked_mean, autoregressive, uniform, duo, dcd, ...
     "schedule": "cosine",  # the masking schedule alpha(t): "linear", "cosine", "polynomial", "loglinear"
     "schedule_exponent": 2.0,  # polynomial schedule alpha = 1 - t^p
     "schedule_eps": 1e-3,  # loglinear schedule alpha(1)
