@@ -5,7 +5,8 @@ this runs anywhere with no download and no ../shared/data.
 
 Command:   python -m launch.train                       (same as --config=configs/default.py --workdir=runs/default)
 Then:      python -m launch.sample --workdir=runs/default --prompt="The " --length=48
-Hardware:  CPU (2 cores): 4 min 11 s for 900 steps of 32 x 64 characters (about 8k characters/s).
+Hardware:  CPU (2 cores): about 3 minutes for 900 steps of 32 x 64 characters, compilation and evaluation included
+           (183 s on a fresh clone with an empty compilation cache, 170 s with a warm one; BENCHMARKS.md).
 Expected:  validation NELBO about 3.6 bits/char at step 900 (3.63 measured, README results). An AR control arm
            (--config.model.causal=true --config.diffusion.objective=autoregressive) gets much lower in the same
            time: diffusion LMs learn more slowly per step, the price of any-order generation.

@@ -6,6 +6,7 @@
   and what to do>", on stderr and exits with status 2; with DLM_DEBUG=1 the traceback comes first. (absl would print
   a traceback, or the whole --help before a usage error.)
 * `--help`, `--helpshort`, `--helpfull` and `--helpxml` exit with status 0 (absl exits 1 after printing help).
+* JAX's persistent compilation cache is on (`compilation_cache_dir`): a second launch reuses what the first compiled.
 * A launcher with a config file (`--config=FILE[:ARG]`) calls `config_preflight` before defining that flag:
   `--help_config` prints every field of the config with its value, and an override `--config.a.b=v` of a field the
   config does not have is one error line naming the closest fields (ml_collections would raise a 50-line traceback at
@@ -117,6 +118,23 @@ def user_errors() -> tuple:
           app.UsageError)
 
 
+def compilation_cache_dir() -> pathlib.Path:
+  """JAX's persistent compilation cache of the launchers and the tests: $JAX_COMPILATION_CACHE_DIR, else
+  $XDG_CACHE_HOME (or ~/.cache)/dlm_jax/jax_compilation_cache, outside the clone so that every clone shares it."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+  return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "dlm_jax" / \
+      "jax_compilation_cache"
+
+
+def use_compilation_cache():
+  """Points JAX's persistent compilation cache at compilation_cache_dir() (a second launch of the same run reuses the
+  compiled step, sampler and evaluation instead of compiling them again)."""
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir()))
+
+
 def run(main, argv=None, first_help=None):
   """Runs an absl `main` (module docstring); `first_help()` (built only then) is printed before absl's list on
   --help/--helpshort."""
@@ -124,6 +142,7 @@ def run(main, argv=None, first_help=None):
   asked_for_help = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:])
   if first_help and any(a.split("=")[0] in ("--help", "-help", "--helpshort", "-?") for a in argv[1:]):
     print(first_help() + "\n", flush=True)
+  use_compilation_cache()
   try:
     app.run(lambda args: _guarded(main, args), argv=argv)
   except SystemExit as e:

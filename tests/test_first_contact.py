@@ -84,6 +84,10 @@ def test_folders_skip_hidden_folders_and_files_that_are_not_text(tmp_path):
   (only_binary / "x.dat").write_bytes(b"\x00\x01" * 10)
   with pytest.raises(corpus.DataError, match="none of its 1 file"):
     corpus.load_documents(str(only_binary))
+  late = tmp_path / "late_controls.txt"  # text for the first 64 KiB, then control characters
+  late.write_bytes(b"a" * 70000 + b"\x01" * 150000)
+  with pytest.raises(corpus.DataError, match="150,000 of its 220,000 characters are control characters"):
+    corpus.load_documents(str(late))
 
 
 class NaNFrom:

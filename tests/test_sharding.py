@@ -291,6 +291,9 @@ def test_sigterm_on_one_host_stops_every_process_at_one_checkpoint_and_they_resu
                        capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-3000:]
   assert f"at step {saved[0] + 2}." in one.stdout and f"Training finished at step {saved[0] + 4}" in one.stdout
+  # a run says what it is first: the config with its overrides, then (after the model line) the corpus it read
+  assert one.stdout.startswith("Config ") and f"--config.train.num_steps={saved[0] + 4}" in one.stdout.splitlines()[0]
+  assert "\nCorpus embedded:pydoc_topics: 79 documents" in one.stdout
 
 
 def test_collective_bytes_are_read_off_the_hlo_per_ring_step():
