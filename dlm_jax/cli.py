@@ -280,7 +280,11 @@ def config_listing(config, spec: str, config_path: str = "") -> str:
   """--help_config: every field of `config` by section, with its value and, below it, what it means (field_docs)."""
   docs = field_docs(config, config_path)
   out = [f"Fields of {spec}, by section (set any with --config.SECTION.FIELD=VALUE):"]
-  for section, fields in _sections(config.to_dict()).items():
+  sections = {}
+  for key, value in _flat_items(config.to_dict()):
+    section, _, name = key.rpartition(".")
+    sections.setdefault(section, []).append((name, value))
+  for section, fields in sections.items():
     out.append(f"\n{section or '(top level)'}")
     for name, value in fields:
       key = f"{section}.{name}" if section else name
@@ -288,19 +292,6 @@ def config_listing(config, spec: str, config_path: str = "") -> str:
       if docs.get(key):
         out.extend(textwrap.wrap(docs[key], 116, initial_indent="      ", subsequent_indent="      "))
   return "\n".join(out)
-
-
-def _sections(tree: dict) -> dict:
-  """{section path: [(field, value)]} of a nested config dict, top-level scalars under ""."""
-  sections = {}
-  def walk(node, prefix):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        sections.setdefault(prefix.rstrip("."), []).append((key, value))
-  walk(tree, "")
-  return sections
 
 
 def newcomer_help(fields, config_path: str) -> str:
@@ -315,13 +306,6 @@ def newcomer_help(fields, config_path: str) -> str:
     flag = f"  --config.{field}={config[section][name]}"
     lines.append(f"{flag:<45} {docs.get(field, '')}"[:200])
   return "\n".join(lines)
-
-
-def config_fields(tree: dict, prefix: str = "") -> list[str]:
-  out = []
-  for key, value in tree.items():
-    out += config_fields(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
-  return out
 
 
 def config_preflight(default_path: str, argv=None):
@@ -343,7 +327,8 @@ def config_preflight(default_path: str, argv=None):
   if wants_help:
     print(config_listing(config, spec, spec.partition(":")[0]))
     sys.exit(0)
-  fields = config_fields(config.to_dict())
+  flat = dict(_flat_items(config.to_dict()))
+  fields = list(flat)
   groups = {f.rsplit(".", 1)[0] for f in fields if "." in f}
   for key in overrides:
     if key not in fields and key not in groups:
@@ -352,7 +337,6 @@ def config_preflight(default_path: str, argv=None):
       print(f"error: --config.{key}: {spec} has no field {key!r}.{hint} See every field with --help_config.",
             file=sys.stderr)
       sys.exit(2)
-  flat = {key: value for key, value in _flat_items(config.to_dict())}
   for key, text in given.items():
     problem = _parse_problem(flat.get(key), text) if key in flat and text is not None else None
     if problem:
@@ -361,6 +345,7 @@ def config_preflight(default_path: str, argv=None):
 
 
 def _flat_items(tree: dict, prefix: str = ""):
+  """("section.field", value) of every leaf of a nested config dict, in order."""
   for key, value in tree.items():
     if isinstance(value, dict):
       yield from _flat_items(value, f"{prefix}{key}.")

@@ -6,7 +6,7 @@ SIGTERM/SIGINT finish the step in flight, write a checkpoint and return, and so 
 many seconds have passed since the trainer started (after a final evaluation). Metrics of step k are read after step
 k+1 is dispatched (nanodo).
 
-Divergence (`_Progress`): a non-finite loss, gradient norm or parameter norm stops the run (train.nan_policy "stop")
+Divergence (`Divergence`, run on each recorded step): a non-finite loss, gradient norm or parameter norm stops the run (train.nan_policy "stop")
 or drops that update inside the jitted step and goes on, counting it ("skip_step"; `train.max_skipped_steps` in a row
 stop it); a loss above `train.spike_factor` times the median of the last `train.spike_window` recorded losses (floored
 at 0.1 nats, so that a near-zero distillation loss does not make every wobble a spike) stops it, and so does a
@@ -205,7 +205,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
 
   progress = _Progress(writer, num_steps, start_step, global_batch * seq_len, flops_per_token,
                        metrics_lib.device_peak_flops(float(config.get("peak_flops", 0.0))),
-                       Divergence(nan_policy, float(tcfg.get("spike_factor", 0.0)), int(tcfg.get("spike_window", 100)),
+                       Divergence(float(tcfg.get("spike_factor", 0.0)), int(tcfg.get("spike_window", 100)),
                                   int(tcfg.get("max_skipped_steps", 10)), global_batch))
   num_samples = int(config.sample.num_samples)
   if num_samples:
@@ -349,9 +349,8 @@ class Divergence:
   """The divergence checks of each recorded step (module docstring): `check(step, values)` returns whether the update
   was skipped, or raises TrainingDiverged."""
 
-  def __init__(self, nan_policy: str = "stop", spike_factor: float = 0.0, spike_window: int = 100,
-               max_skipped: int = 10, batch_size: int = 0):
-    self.nan_policy, self.spike_factor, self.max_skipped = nan_policy, spike_factor, max_skipped
+  def __init__(self, spike_factor: float = 0.0, spike_window: int = 100, max_skipped: int = 10, batch_size: int = 0):
+    self.spike_factor, self.max_skipped = spike_factor, max_skipped
     self.batch_size = batch_size
     self.recent = collections.deque(maxlen=spike_window)
     self.skipped = self.skipped_in_a_row = 0
