@@ -42,6 +42,8 @@ flags.DEFINE_string("stage", None, "Prepare a device call in this folder (launch
                     "--wheels, the corpora the calls read and the commit id; print the device command and carry.")
 flags.DEFINE_string("wheels", str(REPO.parent / "shared" / "device" / "wheels-py312"),
                     "With --stage: the folder of the device's missing wheels.")
+flags.DEFINE_string("stage_call", "headline", "With --stage: the call whose dry run (GPU_DRY_RUN=1 on this CPU) must "
+                    "pass before anything is staged; '' stages without one (env GPU_SKIP_DRY_RUN=1 does the same).")
 FLAGS = flags.FLAGS
 
 # The targets the figures are read against (issue #24; base_110m at B=32, T=1024 unless said).
@@ -349,9 +351,10 @@ def add_device_to_stamp(s, result):
 
 # ---- Staging (launch/stage_gpu.sh) ----
 
-def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path) -> list[str]:
+def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path, dry_run_call: str = "") -> list[str]:
   """Fills `folder` (inside the repo, git-ignored) with what a device call reads: whl/ (the wheels the device lacks),
-  data/ (DATA_FILES from DLM_DATA_DIR) and COMMIT; returns the lines to print."""
+  data/ (DATA_FILES from DLM_DATA_DIR) and COMMIT, after the dry run of `dry_run_call` passed (none if ''); returns
+  the lines to print."""
   if not wheels.is_dir() or not list(wheels.glob("*.whl")):
     raise app.UsageError(f"--wheels={wheels}: no .whl files there (the device's missing packages: "
                          "../shared/device/wheels-py312).")
@@ -359,6 +362,7 @@ def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path) -> list[str]:
   missing = [str(p) for p, _ in sources if not p.is_file()]
   if missing:
     raise app.UsageError(f"corpora not found: {', '.join(missing)}; set DLM_DATA_DIR to the shared corpora.")
+  checked = dry_run_before_staging(dry_run_call) if dry_run_call else ["No dry run before staging (--stage_call='')."]
   if folder.exists():
     shutil.rmtree(folder)
   copied = suite.copy_tree_files([(w, f"whl/{w.name}") for w in sorted(wheels.glob("*.whl"))], folder)
@@ -366,11 +370,35 @@ def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path) -> list[str]:
   commit = report.commit(REPO)
   (folder / "COMMIT").write_text(commit + "\n", encoding="utf-8")
   rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder
-  return [f"Staged {copied / 2**20:.1f} MiB in {rel}/ for commit {commit}.",
+  return checked + [f"Staged {copied / 2**20:.1f} MiB in {rel}/ for commit {commit}.",
           f'carry: ["{rel}"]',
           "command: bash launch/gpu_suite.sh        (the headline call; or: tests, quality, sampling, profile, "
           "variants, hot_path)",
           "timeout_s: 600 (the call ends by itself within GPU_BUDGET_S = 510 s plus start-up)"]
+
+
+def dry_run_before_staging(call: str) -> list[str]:
+  """The call shrunk on this CPU (GPU_DRY_RUN=1 bash launch/gpu_suite.sh CALL), as the last check before device
+  time is spent on it: every stage must end "ok". Its files go to a temporary folder; returns the lines to print."""
+  import subprocess
+  import tempfile
+  with tempfile.TemporaryDirectory(prefix="dlm_stage_dry_run_") as tmp:
+    out = pathlib.Path(tmp) / "out"
+    print(f"Dry run of the {call!r} call on this CPU before staging (~2 minutes; --stage_call='' skips it) ...",
+          flush=True)
+    env = {**os.environ, "GPU_DRY_RUN": "1", "OUT": str(out), "GPU_WORK_DIR": str(pathlib.Path(tmp) / "work")}
+    result = subprocess.run(["bash", str(REPO / "launch" / "gpu_suite.sh"), *([] if call == "headline" else [call])],
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    bad = [f"{r['stage']} {r['status']}" for r in rows if r["status"] != "ok"]
+    if result.returncode != 0 or bad or not rows:
+      tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+      raise app.UsageError(f"the dry run of the {call!r} call failed ({', '.join(bad) or tail[0]}): run "
+                           f"'GPU_DRY_RUN=1 bash launch/gpu_suite.sh {'' if call == 'headline' else call}' and fix it "
+                           "before spending device time on it.")
+    return [f"Dry run of the {call!r} call: {len(rows)} stages ok in "
+            f"{sum(r.get('wall_s') or 0 for r in rows):.0f} s."]
 
 
 def main(argv):
@@ -379,7 +407,10 @@ def main(argv):
     print("\n".join(DATA_FILES))
     return
   if FLAGS.stage:
-    print("\n".join(stage_device_call(pathlib.Path(FLAGS.stage).resolve(), pathlib.Path(FLAGS.wheels))))
+    call = "" if os.environ.get("GPU_SKIP_DRY_RUN", "") not in ("", "0") else FLAGS.stage_call
+    if call and call not in calls():
+      raise app.UsageError(f"--stage_call={call!r}: choose one of {', '.join(calls())}, or '' for no dry run.")
+    print("\n".join(stage_device_call(pathlib.Path(FLAGS.stage).resolve(), pathlib.Path(FLAGS.wheels), call)))
     return
   table = calls()
   if FLAGS.list_calls:

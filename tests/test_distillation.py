@@ -84,6 +84,7 @@ def total_variation(p, q):
   return 0.5 * sum(abs(p[k] / n_p - q[k] / n_q) for k in set(p) | set(q))
 
 
+@pytest.mark.slow
 def test_distilled_student_at_half_the_steps_matches_the_teacher_better_than_the_teacher_does():
   graphdef, other, teacher, _ = train(tiny_config("uniform", 500))
   teacher_params = teacher.params

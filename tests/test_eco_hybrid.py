@@ -19,6 +19,9 @@ from dlm_jax.special_tokens import MASK
 from dlm_jax.training import checkpoint, loop
 
 # float32: these tests check math (the GPU's "auto" dtype is bfloat16); the information-flow test also runs in bf16.
+# The second and third variants of a parametrized equality run in the slow run (-m slow): the first guards the code
+# path, the others the options' branches.
+SLOW = pytest.mark.slow
 SMALL = dict(vocab_size=20, max_len=1024, num_layers=2, num_heads=2, width=32, mlp_dim=64, memory_slots=4,
              dtype="float32")
 
@@ -149,12 +152,13 @@ def test_information_flows_globally_through_memory(order, dtype):
   def position_0_logits(positions):
     return jnp.sum(nnx.merge(graphdef, positions, rest)(tokens).logits_BxLxV[0, 0].astype(jnp.float32))
 
-  grad_LxD = np.asarray(jax.tree.leaves(jax.grad(position_0_logits)(positions))[0], np.float32)
+  grad_LxD = np.asarray(jax.tree.leaves(jax.jit(jax.grad(position_0_logits))(positions))[0], np.float32)
   assert np.abs(grad_LxD[63]).max() > 0, "no path from position 63 to position 0"
   assert np.abs(grad_LxD[:3]).min(axis=-1).max() > 100 * np.abs(grad_LxD[3:]).max(), "the conv reach dominates"
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", slow_slots=4), dict(route_top_k=3)])
+@pytest.mark.parametrize("overrides", [dict(), pytest.param(dict(memory_order="read_write", slow_slots=4), marks=SLOW),
+                                       pytest.param(dict(route_top_k=3), marks=SLOW)])
 def test_memory_attention_forms_compute_the_same_function_and_gradient(overrides):
   """"projected", "absorbed" and "pallas" (the read as a Pallas kernel, interpret mode here) are one function of the
   same parameters: equal logits, aux losses and gradients up to float32 rounding."""
@@ -169,7 +173,7 @@ def test_memory_attention_forms_compute_the_same_function_and_gradient(overrides
       out = nnx.merge(graphdef, p)(tokens)
       return jnp.sum(jnp.sin(out.logits_BxLxV)) + sum(out.aux_losses.values())
 
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
   with jax.default_matmul_precision("highest"):
     results = {form: loss_and_grads(form) for form in forms}
@@ -277,19 +281,20 @@ def test_hot_path_flop_formula_matches_xla_and_the_analysis_runs(form):
     assert isinstance(r["memory_bound"], bool) and isinstance(r["write_kernel"], bool)
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(memory_order="read_write", route_top_k=2,
-                                                    memory_attention="projected", conv_kernel=5)])
+@pytest.mark.parametrize("overrides", [dict(), pytest.param(dict(memory_order="read_write", route_top_k=2,
+                                                                 memory_attention="projected", conv_kernel=5),
+                                                            marks=SLOW)])
 def test_dual_cache_prefill_and_unchanged_step_equal_the_full_forward(overrides):
   """EcoHybrid's dual cache keeps each layer's input states (the convolution's neighbours) and the slots it read:
   with nothing changed, a step over some rows recomputes the full forward's logits there; the sampler runs with it."""
   model = build(**overrides)
   tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 20)
   positions = jnp.asarray([[0, 1, 2, 3], [20, 21, 22, 23]], jnp.int32)  # both sequence ends: the zero padding
-  full = model(tokens).logits_BxLxV
+  full = nnx.jit(lambda m, x: m(x).logits_BxLxV)(model, tokens)  # (jitted: one compile, not one per operation)
   gathered = jnp.take_along_axis(full, positions[..., None], axis=1)
-  prefill_logits, cache = model.kv_prefill(tokens, None, positions)
+  prefill_logits, cache = nnx.jit(lambda m, x, p: m.kv_prefill(x, None, p))(model, tokens, positions)
   np.testing.assert_allclose(prefill_logits, gathered, rtol=1e-5, atol=1e-5)
-  step_logits, new_cache = model.kv_step(tokens, None, positions, cache)
+  step_logits, new_cache = nnx.jit(lambda m, x, p, c: m.kv_step(x, None, p, c))(model, tokens, positions, cache)
   np.testing.assert_allclose(step_logits, gathered, rtol=1e-4, atol=1e-4)
   chex.assert_trees_all_close(new_cache, cache, rtol=1e-5, atol=1e-5)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)

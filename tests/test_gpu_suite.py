@@ -195,10 +195,23 @@ def test_stage_gpu_copies_the_wheels_corpora_and_commit_and_prints_the_call(tmp_
   wheels.mkdir()
   (wheels / "grain-0.2.18-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"wheel")
   staged = tmp_path / "stage"
-  result = subprocess.run(["bash", "launch/stage_gpu.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "GPU_STAGE_DIR": str(staged), "DLM_DEVICE_WHEELS": str(wheels),
-                               "DLM_DATA_DIR": str(corpus.data_dir())})
+  env = {**os.environ, "GPU_STAGE_DIR": str(staged), "DLM_DEVICE_WHEELS": str(wheels),
+         "DLM_DATA_DIR": str(corpus.data_dir())}
+  # Staging runs the call's dry run first and stages nothing unless every stage ends ok: with a 1-second budget
+  # every stage is skipped (its minimum is not left), so the staging is refused in one line.
+  refused = subprocess.run(["bash", "launch/stage_gpu.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**env, "GPU_BUDGET_S": "1"})
+  assert refused.returncode == 2 and not staged.exists(), refused.stderr[-2000:]
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      "error: the dry run of the 'headline' call failed (environment skipped, bench_base_110m skipped"), refused.stderr
+  unknown = subprocess.run(["bash", "launch/stage_gpu.sh", "--stage_call=benchmark"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120, env=env)
+  assert unknown.returncode == 2 and "--stage_call='benchmark': choose one of headline, tests" in unknown.stderr
+  # (the dry run that passes is tests/test_gpu_suite.py's slow test_dry_run_of_the_headline_call)
+  result = subprocess.run(["bash", "launch/stage_gpu.sh", "--stage_call="], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith("No dry run before staging (--stage_call='').\n")
   from launch import gpu_suite
   for rel in gpu_suite.DATA_FILES:
     assert (staged / "data" / rel).read_bytes() == (corpus.data_dir() / rel).read_bytes()
@@ -208,6 +221,7 @@ def test_stage_gpu_copies_the_wheels_corpora_and_commit_and_prints_the_call(tmp_
   assert f'carry: ["{staged}"]' in result.stdout and "command: bash launch/gpu_suite.sh" in result.stdout
   empty = subprocess.run(["bash", "launch/stage_gpu.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GPU_STAGE_DIR": str(staged), "DLM_DEVICE_WHEELS": str(tmp_path)})
+  # (the wheels and corpora are checked before the dry run: a bad --wheels costs no dry run)
   assert empty.returncode == 2 and empty.stderr.strip().splitlines()[-1].startswith(f"error: --wheels={tmp_path}")
 
 
@@ -251,8 +265,10 @@ def dry_run(call: str, tmp_path, budget_s: int = 510) -> tuple[list[dict], pathl
   return rows, out
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_headline_call(tmp_path):
-  """The headline call at a shrunk size on CPU: every stage runs its real command and returns its figures."""
+  """The headline call at a shrunk size on CPU: every stage runs its real command and returns its figures. (Slow: two
+  minutes of subprocesses; launch/stage_gpu.sh runs this dry run before it stages any device call.)"""
   if corpus.data_dir() is None:
     pytest.skip("../shared/data is absent: the AR anchor stage trains on Tiny Shakespeare")
   rows, out = dry_run("", tmp_path)

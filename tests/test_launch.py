@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO, tiny_config
 from dlm_jax.data import tokenizers
@@ -180,12 +181,26 @@ LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "s
              "gpu_suite")
 
 
-def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):
-  for name in LAUNCHERS:
+def assert_help_exits_zero(names):
+  for name in names:
     result = subprocess.run([sys.executable, "-m", f"launch.{name}", "--help"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, (name, result.stderr[-500:])
     assert "flags" in result.stdout.lower()
+
+
+# Launchers that import no model code (about a second and a half each); every other launcher runs in a default test of
+# its own (train's --help in tests/test_first_contact.py), and its --help in the slow run.
+LIGHT_LAUNCHERS = ("tokenizer", "summarize", "gpu_suite")
+
+
+@pytest.mark.slow
+def test_help_of_every_launcher_exits_zero():
+  assert_help_exits_zero(LAUNCHERS)
+
+
+def test_help_exits_zero_and_user_errors_are_one_line_with_status_2(tmp_path):
+  assert_help_exits_zero(LIGHT_LAUNCHERS)
   missing = tmp_path / "no_such_run"
   for name in ("sample", "evaluate"):
     result = subprocess.run([sys.executable, "-m", f"launch.{name}", f"--workdir={missing}"], cwd=REPO,

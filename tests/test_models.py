@@ -69,13 +69,13 @@ def test_remat_changes_nothing_but_memory(tokens):
   def loss_and_grads(model):
     graphdef, params = nnx.split(model)
     f = lambda p: jnp.sum(logits(nnx.merge(graphdef, p), tokens) ** 2)
-    return jax.value_and_grad(f)(params)
+    return jax.jit(jax.value_and_grad(f))(params)
 
   plain, remat = loss_and_grads(build()), loss_and_grads(build(remat="full"))
   chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["transformer", "eco_hybrid"])
+@pytest.mark.parametrize("model", ["transformer", pytest.param("eco_hybrid", marks=pytest.mark.slow)])
 def test_unrolled_layer_loop_computes_the_same_function_and_gradient(tokens, model):
   from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
   make = (lambda **kw: build(**kw)) if model == "transformer" else (
@@ -84,7 +84,7 @@ def test_unrolled_layer_loop_computes_the_same_function_and_gradient(tokens, mod
   def loss_and_grads(m):
     graphdef, params = nnx.split(m)
     f = lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens).logits_BxLxV ** 2)
-    return jax.value_and_grad(f)(params)
+    return jax.jit(jax.value_and_grad(f))(params)
 
   scanned, unrolled = make(layer_loop="scan"), make(layer_loop="unroll")
   assert not scanned.cfg.unroll_layers and unrolled.cfg.unroll_layers
@@ -136,7 +136,7 @@ def test_fused_add_norm_computes_the_same_function_and_gradient(tokens):
   def loss_and_grads(fused):
     model = build(fused_add_norm=fused)
     graphdef, params = nnx.split(model)
-    return jax.value_and_grad(lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(tokens).logits_BxLxV)))(params)
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(tokens).logits_BxLxV))))(params)
 
   with jax.default_matmul_precision("highest"):
     chex.assert_trees_all_close(loss_and_grads(True), loss_and_grads(False), rtol=1e-5, atol=1e-6)

@@ -35,6 +35,7 @@ def test_inside_hrm_notebook_executes(trained_hrm_run, monkeypatch):
   assert "mean L-iterations: masked" in text and "H-cycle 1:" in text
 
 
+@pytest.mark.slow  # the wing's own tests (tests/test_thought.py) cover what it draws; 35 s cold
 def test_thought_evolution_notebook_executes(trained_thought_run, monkeypatch):
   figures, text = execute("thought_evolution.ipynb", trained_thought_run[0], monkeypatch)
   assert figures == 4

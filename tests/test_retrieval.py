@@ -98,7 +98,7 @@ def test_retrieved_slots_condition_the_memory_and_train():
 
   def loss(p):
     return jnp.mean(nnx.merge(graphdef, p, other)(tokens).logits_BxLxV ** 2)
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   assert float(jnp.abs(grads["retrieval"]["proj"]["kernel"][...]).max()) > 0
   assert float(jnp.abs(grads["retrieval"]["slot_offsets"][...]).max()) > 0
 

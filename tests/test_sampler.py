@@ -187,8 +187,11 @@ def test_logsumexp_confidence_equals_the_softmax_and_greedy_outputs_are_unchange
   chex.assert_trees_all_equal(new.trajectory_SxBxL, old.trajectory_SxBxL)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.3, 0, 0.8)])
+@pytest.mark.parametrize("dtype, temperature, top_k, top_p", [
+    (jnp.float32, 0.7, 4, 1.0), (jnp.bfloat16, 1.3, 0, 0.8),  # top-k in float32, top-p in bfloat16
+    *(pytest.param(*case, marks=pytest.mark.slow)
+      for case in [(jnp.float32, 1.0, 0, 1.0), (jnp.bfloat16, 1.0, 0, 1.0), (jnp.bfloat16, 0.7, 4, 1.0),
+                   (jnp.float32, 1.3, 0, 0.8)])])
 def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, top_p):
   """One reverse step over 8192 single-position rows: the counts of each token match softmax(filter(logits / T)) of
   the model's logits (never-sampled ids removed) within 5 standard deviations, and filtered ids never appear."""

@@ -133,19 +133,33 @@ def mesh_runs(tmp_path_factory):
   return result
 
 
-def test_every_mesh_trains_like_one_device(mesh_runs):
-  """(8,1,1), (1,8,1), (2,2,2), (1,4,2): the same first losses as one device (1e-5 relative, float32) and the same
-  parameters after 3 steps."""
-  assert mesh_runs["devices"] == 8
-  reference = mesh_runs["losses"]["1"]
+def assert_meshes_train_like_one_device(runs, meshes):
+  """The same first losses as one device (1e-5 relative, float32) and the same parameters after 3 steps."""
+  reference = runs["losses"]["1"]
   assert len(reference) == 3
-  for mesh in ("8x1x1", "1x8x1", "2x2x2", "1x4x2"):
-    np.testing.assert_allclose(mesh_runs["losses"][mesh][0], reference[0], rtol=1e-5, err_msg=mesh)
-    np.testing.assert_allclose(mesh_runs["losses"][mesh], reference, rtol=1e-4, err_msg=mesh)
-    params, ref_params = mesh_runs["params"][mesh], mesh_runs["params"]["1"]
+  for mesh in meshes:
+    np.testing.assert_allclose(runs["losses"][mesh][0], reference[0], rtol=1e-5, err_msg=mesh)
+    np.testing.assert_allclose(runs["losses"][mesh], reference, rtol=1e-4, err_msg=mesh)
+    params, ref_params = runs["params"][mesh], runs["params"]["1"]
     assert params.keys() == ref_params.keys()
     for key in ref_params:
       np.testing.assert_allclose(params[key], ref_params[key], rtol=1e-4, atol=1e-6, err_msg=f"{mesh} {key}")
+
+
+def test_fsdp_and_the_three_axes_train_like_one_device(mesh_runs):
+  """(1,8,1) and (2,2,2) (data x fsdp x tensor); (8,1,1) and (1,4,2) in the slow run."""
+  assert mesh_runs["devices"] == 8
+  assert_meshes_train_like_one_device(mesh_runs, ("1x8x1", "2x2x2"))
+
+
+@pytest.mark.slow
+def test_data_parallel_and_fsdp_by_tensor_train_like_one_device(mesh_runs, tmp_path):
+  run_worker("more_meshes", tmp_path, 8)
+  more = json.loads((tmp_path / "more_meshes.json").read_text())
+  runs = {"losses": {**mesh_runs["losses"], **more["losses"]},
+          "params": {**mesh_runs["params"], **{p.stem[len("params_"):]: dict(np.load(p))
+                                               for p in tmp_path.glob("params_*.npz")}}}
+  assert_meshes_train_like_one_device(runs, ("8x1x1", "1x4x2"))
 
 
 def test_fsdp_splits_parameter_and_optimizer_bytes_eight_ways(mesh_runs):
@@ -199,6 +213,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_localhost_train_like_one_and_read_disjoint_shards(tmp_path):
   """jax.distributed over loopback: 2 processes x 4 CPU devices, data parallel over all 8. Each process reads only
   its half of every batch; the training losses and the evaluation NELBO (windows split over the processes) are those

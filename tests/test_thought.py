@@ -52,7 +52,7 @@ def test_thought_dims_decoder_shapes_and_unit_rms_evolved_thought():
     model, _ = model_pair(dims, perturb=False)
     x = jax.random.randint(jax.random.key(0), (3, 10), 0, VOCAB)
     z = jax.random.normal(jax.random.key(1), (3, *dims))
-    out = model(x, thought=thought_process.ThoughtInput(z, jnp.ones((3,))))
+    out = nnx.jit(lambda m, x, z: m(x, thought=thought_process.ThoughtInput(z, jnp.ones((3,)))))(model, x, z)
     assert out.thought["reconstruction"].shape == (3, *dims)
     assert out.thought["evolved"].shape == (3, *dims[:-1]) == (3, *thought_process.evolved_dims(dims))
     # unit mean square up to unit_rms's 1e-6 in the denominator (untrained outputs have a mean square ~3e-3)
@@ -147,7 +147,8 @@ def test_thought_objective_logs_every_term_and_evaluates_like_the_baseline_at_in
   base = models.get_model(base_config, VOCAB, nnx.Rngs(0))
   x0 = jax.random.randint(jax.random.key(6), (4, 48), 5, VOCAB)
   fn = models.denoise_fn(*nnx.split(model, nnx.Param, ...))
-  loss, metrics_ = objective(fn, x0, jax.random.key(7))
+  # (each computation jitted: one compile each instead of one per operation)
+  loss, metrics_ = jax.jit(lambda x, key: objective(fn, x, key))(x0, jax.random.key(7))
   for name in ("text", "reconstruction", "coherence", "alignment"):
     assert np.isfinite(float(metrics_[f"thought/{name}"])), name
   weights = (1.0, 0.5, 0.1, 0.1)
@@ -158,11 +159,13 @@ def test_thought_objective_logs_every_term_and_evaluates_like_the_baseline_at_in
   # At initialization the cross-attention adds nothing: the target window's NELBO is the baseline's on it.
   base_fn = models.denoise_fn(*nnx.split(base, nnx.Param, ...))
   base_objective = objective_for(base_config)
+  depth_nll = jax.jit(lambda x, key, depth: objective.thought.depth_nll(objective, fn, x, key, depth),
+                      static_argnums=2)
+  base_nll = jax.jit(lambda x, key: base_objective.evaluation_nll(base_fn, x, key))(x0[:, 32:], jax.random.key(8))
   for depth in (0, 2):
-    np.testing.assert_allclose(objective.thought.depth_nll(objective, fn, x0, jax.random.key(8), depth),
-                               base_objective.evaluation_nll(base_fn, x0[:, 32:], jax.random.key(8)), rtol=1e-6)
-  np.testing.assert_allclose(objective.evaluation_nll(fn, x0, jax.random.key(8)),
-                             objective.thought.depth_nll(objective, fn, x0, jax.random.key(8), 2))
+    np.testing.assert_allclose(depth_nll(x0, jax.random.key(8), depth), base_nll, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(lambda x, key: objective.evaluation_nll(fn, x, key))(x0, jax.random.key(8)),
+                             depth_nll(x0, jax.random.key(8), 2))
 
 
 def test_thought_config_errors():
@@ -267,24 +270,31 @@ def test_metrics_on_known_inputs():
   assert metrics.retrieval_accuracy(np.eye(5), np.eye(5)) == 1.0
 
 
-def test_thought_run_trains_samples_persists_and_reports(trained_thought_run, tmp_path):
+def thought_cli(workdir, *args, cli="dlm_jax.proj.thought.sample"):
+  return subprocess.run([sys.executable, "-m", cli, f"--workdir={workdir}", "--steps=4", "--num_samples=2", *args],
+                        cwd=REPO, capture_output=True, text=True)
+
+
+def test_thought_run_trains_and_the_librarys_launcher_samples_it(trained_thought_run, tmp_path):
   workdir, summary = trained_thought_run
-  assert np.isfinite(summary["final_eval"]["nats_per_token"]) if "final_eval" in summary else True
-  run = lambda *args, cli="dlm_jax.proj.thought.sample": subprocess.run(
-      [sys.executable, "-m", cli, f"--workdir={workdir}", "--steps=4", "--num_samples=2", *args], cwd=REPO,
-      capture_output=True, text=True)
-  first = run(f"--thought_out={tmp_path / 'a.npy'}")
+  assert np.isfinite(summary["eval_nll_per_token"])
+  # the library's launcher samples a thought run with the wing's sampler (thought from noise), as training does
+  plain = thought_cli(workdir, cli="launch.sample")
+  assert plain.returncode == 0 and plain.stdout.count("--- sample ") == 2, plain.stderr
+
+
+@pytest.mark.slow
+def test_thought_cli_persists_the_thought_and_reports(trained_thought_run, tmp_path):
+  workdir, _ = trained_thought_run
+  first = thought_cli(workdir, f"--thought_out={tmp_path / 'a.npy'}")
   assert first.returncode == 0, first.stderr
   a = np.load(tmp_path / "a.npy")
   assert a.shape == (2, 4, 4, 2)
-  second = run(f"--thought_in={tmp_path / 'a.npy'}", f"--thought_out={tmp_path / 'b.npy'}")
+  second = thought_cli(workdir, f"--thought_in={tmp_path / 'a.npy'}", f"--thought_out={tmp_path / 'b.npy'}")
   assert second.returncode == 0, second.stderr
   np.testing.assert_allclose(np.load(tmp_path / "b.npy")[..., 1:], a[..., :-1], rtol=1e-6)  # persistence
-  bad = run(f"--thought_in={tmp_path / 'missing.npy'}")
+  bad = thought_cli(workdir, f"--thought_in={tmp_path / 'missing.npy'}")
   assert bad.returncode != 0 and "--thought_in=" in bad.stderr and "Traceback" not in bad.stderr
-  # the library's launcher samples a thought run with the wing's sampler (thought from noise), as training does
-  plain = run(cli="launch.sample")
-  assert plain.returncode == 0 and plain.stdout.count("--- sample ") == 2, plain.stderr
   report = subprocess.run([sys.executable, "-m", "dlm_jax.proj.thought.report", f"--workdir={workdir}",
                            "--num_windows=16", "--time_samples=2", "--batch_size=8", "--num_samples=4", "--steps=4"],
                           cwd=REPO, capture_output=True, text=True)
