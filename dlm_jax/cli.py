@@ -68,6 +68,9 @@ def define_sample_flags(default_samples: int = 4):
   flags.DEFINE_float("temperature", None, "Sampling temperature.", **here)
   flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).", **here)
   flags.DEFINE_float("top_p", None, "Nucleus filtering (1.0 = off).", **here)
+  flags.DEFINE_enum("draw_precision", None, list(sampler_lib.DRAW_PRECISIONS), "Gumbel noise of every categorical "
+                    "draw: float32 (JAX's default; the noise stops at 15.9, cutting the far tails) or float64 (64 random bits; no "
+                    "event a float64 draw can make is cut).", **here)
   flags.DEFINE_string("reveal_schedule", None, "Reveal schedule (linear, cosine, ...; default: the training "
                       "schedule).", **here)
   flags.DEFINE_float("reveal_noise", None, "MaskGIT choice temperature on the reveal ranking (0 = pure confidence).",

@@ -49,6 +49,8 @@ flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
 flags.DEFINE_float("guidance_scale", 1.0, "w of the guidance strategy (classifier-free guidance against the prompt).")
 flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_enum("draw_precision", "float64", ["float32", "float64"], "Gumbel noise of the draws (see launch.sample "
+                  "--draw_precision); float64 by default, as the field's evaluations need.")
 cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 flags.DEFINE_string("rows_out", None, "Append each row to this JSONL file as soon as it is scored.")
@@ -91,14 +93,14 @@ def main(argv):
         run, judge, windows, FLAGS.prompt_len, names, [int(s) for s in FLAGS.steps], block_length=FLAGS.block_length,
         threshold=FLAGS.threshold, confidence_stops=[float(c) for c in FLAGS.confidence_stops],
         remask_eta=FLAGS.remask_eta, guidance_scale=FLAGS.guidance_scale, verifier_rounds=FLAGS.verifier_rounds,
-        seed=FLAGS.seed, on_row=on_row)
+        seed=FLAGS.seed, on_row=on_row, draw_precision=FLAGS.draw_precision)
   except ValueError as e:
     raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
   command = "python -m launch.sampler_suite " + " ".join(a for a in sys.argv[1:] if not a.startswith("--output"))
   device = f"{jax.devices()[0].device_kind} ({jax.default_backend()}, jax {jax.__version__})"
   seq_len = int(run.config.data.seq_len)
   title = (f"Sampler suite: {run.describe()}; judge {judge.describe()}; {FLAGS.num_samples} prompts x "
-           f"{FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated; "
+           f"{FLAGS.prompt_len} tokens, {seq_len - FLAGS.prompt_len} generated, {FLAGS.draw_precision} draws; "
            f"{datetime.date.today().isoformat()}, commit {report.commit(REPO)}, {device}, `{command.strip()}`")
   table = sampling_suite.HEADER + sampling_suite.markdown_rows(rows)
   print(f"\n{title}\n\n{table}")

@@ -100,6 +100,7 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, trained_ar_run)
                "--steps=4,24", "--json")
   rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
   assert [r["steps"] for r in rows] == ["n/a", 4, 24]
+  assert "with float64 draws; judge" in stdout  # the evaluation default: no tail of the draws cut
   assert rows[0]["sample_s"] is None and all(r["sample_s"] > 0 for r in rows[1:])
   for r in rows:
     assert 0 < r["judge_nll"] < 20 and 0 < r["entropy"] and r["words"] > 0
@@ -163,6 +164,7 @@ def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, train
   assert all(r["network_calls"] == 6 for r in fixed_budget)
   recorded = output.read_text()
   assert "Sampler suite:" in recorded and recorded.count("| threshold_blocks_dual_cache |") == 1
+  assert ", float64 draws; " in recorded
   result = subprocess.run([sys.executable, "-m", "launch.sampler_suite", f"--workdir={workdir}",
                            f"--judge={trained_ar_run}", "--strategies=nucleus"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)

@@ -187,18 +187,18 @@ def test_logsumexp_confidence_equals_the_softmax_and_greedy_outputs_are_unchange
   chex.assert_trees_all_equal(new.trajectory_SxBxL, old.trajectory_SxBxL)
 
 
-@pytest.mark.parametrize("dtype, temperature, top_k, top_p", [
-    (jnp.float32, 0.7, 4, 1.0), (jnp.bfloat16, 1.3, 0, 0.8),  # top-k in float32, top-p in bfloat16
+@pytest.mark.parametrize("dtype, temperature, top_k, top_p, precision", [
+    (jnp.float32, 0.7, 4, 1.0, "float32"), (jnp.bfloat16, 1.3, 0, 0.8, "float64"),  # top-k; top-p with float64 noise
     *(pytest.param(*case, marks=pytest.mark.slow)
-      for case in [(jnp.float32, 1.0, 0, 1.0), (jnp.bfloat16, 1.0, 0, 1.0), (jnp.bfloat16, 0.7, 4, 1.0),
-                   (jnp.float32, 1.3, 0, 0.8)])])
-def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, top_p):
+      for case in [(jnp.float32, 1.0, 0, 1.0, "float32"), (jnp.bfloat16, 1.0, 0, 1.0, "float64"),
+                   (jnp.bfloat16, 0.7, 4, 1.0, "float32"), (jnp.float32, 1.3, 0, 0.8, "float64")])])
+def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, top_p, precision):
   """One reverse step over 8192 single-position rows: the counts of each token match softmax(filter(logits / T)) of
   the model's logits (never-sampled ids removed) within 5 standard deviations, and filtered ids never appear."""
   n = 8192
   logits_V = (2 * jax.random.normal(jax.random.key(11), (V,))).astype(dtype)
   denoise = sampler_lib.stateless(lambda x, t: jnp.broadcast_to(logits_V, x.shape + (V,)))
-  cfg = sampler_lib.SamplerConfig(steps=1, temperature=temperature, top_k=top_k, top_p=top_p)
+  cfg = sampler_lib.SamplerConfig(steps=1, temperature=temperature, top_k=top_k, top_p=top_p, draw_precision=precision)
   out = jax.jit(lambda r: sampler_lib.sample(denoise, r, jnp.zeros((n, 1), jnp.int32), jnp.zeros((n, 1), bool), cfg))(
       jax.random.key(5))
   counts = np.bincount(np.asarray(out.tokens_BxL[:, 0]), minlength=V)
@@ -207,6 +207,30 @@ def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, to
   assert np.all(counts[p < 1e-12] == 0)
   sigma = np.sqrt(n * p * (1 - p)) + 1e-9
   assert np.all(np.abs(counts - n * p) < 5 * sigma + 1), (counts, n * p)
+
+
+def test_draw_precision_picks_the_gumbel_noise_and_float32_noise_cuts_the_tail():
+  """"float32" is JAX's default Gumbel noise and "float64" its 64-bit mode="highest", draw for draw. With float32 noise
+  g lies in [-log(-log(tiny)), -log(-log(1 - 2^-23))] = [-4.47, 15.9], so a token 22 nats below another (true
+  probability e^-22 ~ 2.8e-10) can never win: g_1 - g_0 <= 20.4. The float64 noise reaches ~44 (no float64 event cut)."""
+  from dlm_jax.sampling import primitives
+  logits = jax.random.normal(jax.random.key(0), (64, 9))
+  key = jax.random.key(1)
+  np.testing.assert_array_equal(primitives.categorical(key, logits, "float32"), jax.random.categorical(key, logits))
+  np.testing.assert_array_equal(primitives.categorical(key, logits, "float64"),
+                                jax.random.categorical(key, logits, mode="highest"))
+  assert not np.array_equal(primitives.categorical(key, logits, "float64"), primitives.categorical(key, logits))
+  info = np.finfo(np.float32)
+  low, high = -np.log(-np.log(np.float64(info.tiny))), -np.log(-np.log1p(-2.0 ** -23))
+  assert high - low < 22 and -np.log(-np.log1p(-2.0 ** -64)) > 44  # the bounds the docstrings state
+  noise = jax.random.gumbel(jax.random.key(2), (1 << 20,))  # float32 noise: within its bounds
+  assert low - 1e-3 <= float(noise.min()) and float(noise.max()) <= high + 1e-3
+  gap_BxV = jnp.broadcast_to(jnp.asarray([0.0, -22.0]), (1 << 16, 2))
+  assert not np.any(np.asarray(primitives.categorical(jax.random.key(3), gap_BxV, "float32")))
+  with pytest.raises(ValueError, match="draw precision must be one of"):
+    primitives.categorical(key, logits, "float16")
+  with pytest.raises(ConfigError, match="draw_precision must be one of"):
+    sampler_lib.SamplerConfig(draw_precision="float16")
 
 
 # -- decoding strategies (#11) ----------------------------------------------------------------------------------------

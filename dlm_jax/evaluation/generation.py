@@ -113,16 +113,19 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
 
 
 def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, seed: int = 0,
-            temperature: float | None = None, method: str | None = None) -> list[dict]:
+            temperature: float | None = None, method: str | None = None,
+            draw_precision: str | None = "float64") -> list[dict]:
   """Generation quality of `run` prompted with the first `prompt_len` tokens of each window, one row per reverse-step
   count in `steps_list` (each with `sample_s`, the seconds one batch took after compilation), after the row of the real
-  continuations (`steps` "n/a"). `temperature` and `method` override the run's sampler config."""
+  continuations (`steps` "n/a"). `temperature`, `method` and `draw_precision` override the run's sampler config; the
+  draws' noise is float64-exact by default (primitives.categorical: float32 noise cuts the tails and flatters the
+  judge NLL and the entropy)."""
   tokens, fixed = prompts_from_windows(windows_WxL, prompt_len)
   generated = ~fixed
   judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
   rows = [dict(steps="n/a", sample_s=None, **quality(windows_WxL, generated, run.tokenizer, judge_nll, prompt_len))]
   for steps in steps_list:
-    overrides = {"steps": int(steps), "temperature": temperature, "method": method}
+    overrides = {"steps": int(steps), "temperature": temperature, "method": method, "draw_precision": draw_precision}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides),
                           run.objective)

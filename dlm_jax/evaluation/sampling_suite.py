@@ -91,8 +91,10 @@ def _timed(fn, *args):
 
 def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps_list, *, block_length: int = 32,
               threshold: float = 0.9, confidence_stops=(0.95, 0.98, 0.99), remask_eta: float = 0.02,
-              guidance_scale: float = 1.0, verifier_rounds: int = 0, seed: int = 0, on_row=None) -> list[dict]:
-  """One row per (strategy, steps[, confidence_stop]) after the real-text row (module docstring). With
+              guidance_scale: float = 1.0, verifier_rounds: int = 0, seed: int = 0, on_row=None,
+              draw_precision: str = "float64") -> list[dict]:
+  """One row per (strategy, steps[, confidence_stop]) after the real-text row (module docstring); every strategy draws
+  with `draw_precision` noise (float64-exact by default, as generation.compare). With
   `verifier_rounds` > 0 a "verifier" strategy (confidence decoding + the judge as AR verifier) is added per step
   count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure.
   `on_row(row)` is called with each row as soon as it is scored (a caller that may be cut short keeps them)."""
@@ -118,7 +120,7 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
       variants = ([{"confidence_stop": c} for c in confidence_stops] if name == "confidence_stop"
                   else [presets.get(name, {})])
       for overrides in variants:
-        cfg = SamplerConfig.from_config(run.config, steps=int(steps), **overrides)
+        cfg = SamplerConfig.from_config(run.config, steps=int(steps), draw_precision=draw_precision, **overrides)
         if name == "verifier":
           vcfg = hybrid.VerifierConfig(rounds=verifier_rounds, steps=max(int(steps) // 4, 1))
           fn = hybrid.make_verified_sampler(run.graphdef, run.other, judge.graphdef, judge.other, cfg, vcfg)

@@ -18,6 +18,7 @@ GAUSSIAN_METHODS = ("ddim", "ddpm")
 PROCESSES = ("absorbing", "uniform", "gaussian")
 PARAMETERIZATIONS = ("posterior", "mean", "score")  # x_0 -> reverse step: uniform.py's two, or SEDD's scores
 CONFIDENCES = tuple(primitives.CONFIDENCES)
+DRAW_PRECISIONS = tuple(primitives.DRAW_PRECISIONS)
 REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
@@ -36,6 +37,10 @@ class SamplerConfig:
   temperature: float = 1.0
   top_k: int = 0  # 0: no top-k filtering
   top_p: float = 1.0  # 1.0: no nucleus filtering
+  # The Gumbel noise of every categorical draw: "float32" (JAX's default; stops at 15.9, cutting the far tails) or
+  # "float64" (64 random bits: no event a float64 draw can make is cut; launch.gen_eval and the sampler suite's
+  # default). primitives.categorical says how and why.
+  draw_precision: str = "float32"
   confidence: str = "prob"  # what ranks the reveals: "prob", "margin" or "entropy" (primitives.CONFIDENCES)
   reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
   strategic_weight: float = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
@@ -117,6 +122,9 @@ class SamplerConfig:
                         "samples with 'confidence' or 'ancestral'.")
     if self.steps < 1:
       raise ConfigError(f"sampler steps must be >= 1, got {self.steps}.")
+    if self.draw_precision not in primitives.DRAW_PRECISIONS:
+      raise ConfigError(f"sampler draw_precision must be one of {tuple(primitives.DRAW_PRECISIONS)}, got "
+                        f"{self.draw_precision!r} (sample.draw_precision / --draw_precision).")
     if self.temperature <= 0 and not self.greedy:
       raise ConfigError("sampler temperature must be > 0 (use greedy=True for argmax decoding).")
     if self.block_length < 0:

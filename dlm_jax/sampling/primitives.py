@@ -45,10 +45,36 @@ def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
   return logits_BxLxV
 
 
+# sample.draw_precision -> the mode of JAX's Gumbel noise (`draw`'s docstring says what each resolves).
+DRAW_PRECISIONS = {"float32": "low", "float64": "highest"}
+
+
+def categorical(key, logits_xV, precision: str = "float32"):
+  """A categorical draw from logits [..., V] by Gumbel-max, argmax(logits + g), at the noise resolution `precision`
+  (`DRAW_PRECISIONS`):
+
+  * "float32": JAX's default noise, g = -log(-log u) with u a float32 uniform on a 2^-23 grid in [tiny, 1), so
+    -4.47 <= g <= -log(-log(1 - 2^-23)) ~= 15.9 (exact noise exceeds 15.9 with probability 1.2e-7 per token). A
+    token more than ~20.4 nats below the best can never be drawn, and the far tail of every position's distribution
+    is thinned: a sampler that reveals many positions over a large vocabulary loses low-probability tokens, and the
+    entropy and generative perplexity of its samples come out too low (the float32-noise bias that ReMDM's and
+    MDLM's users report).
+  * "float64": JAX's mode="highest": u is a 64-bit fixed-point uniform made of two 32-bit words, and the noise is
+    -log(-log1p(-u)) for u < 1/2 and -log(-log(u)) for u >= 1/2, each branch evaluating the exponential -log(1 - u) with
+    float32's relative precision where it is small or large. The uniform's resolution, 2^-64, is finer than a float64
+    uniform's (2^-53): g reaches ~44.4, past float64 noise's ~36.7, so no event a float64 draw can produce is cut. The
+    sum and argmax stay float32 (their rounding moves near-ties by ~1e-7 relative; it cuts no tail). Twice the random
+    bits of "float32"."""
+  if precision not in DRAW_PRECISIONS:
+    raise ValueError(f"draw precision must be one of {tuple(DRAW_PRECISIONS)}, got {precision!r}.")
+  return jax.random.categorical(key, logits_xV, axis=-1, mode=DRAW_PRECISIONS[precision]).astype(jnp.int32)
+
+
 def draw(logits_xV, cfg, key):
   """Token ids from logits [..., V] in any float dtype: the argmax when cfg.greedy, else a categorical draw (Gumbel-max:
-  argmax(logits / temperature + g), g ~ Gumbel) after top-k and nucleus filtering, each only when switched on
-  (`cfg`: anything with greedy, temperature, top_k, top_p).
+  argmax(logits / temperature + g), g ~ Gumbel at the resolution cfg.draw_precision, `categorical`) after top-k and
+  nucleus filtering, each only when switched on (`cfg`: anything with greedy, temperature, top_k, top_p and
+  draw_precision).
 
   The division, the noise and the sum are float32 elementwise work that XLA fuses into the argmax's reduction, so no
   float32 copy of bfloat16 logits is kept. (Adding the noise in bfloat16 would quantize the sums to 1/16 at |logit|
@@ -60,7 +86,7 @@ def draw(logits_xV, cfg, key):
     logits_xV = logits_xV / cfg.temperature
   if cfg.top_k or cfg.top_p < 1.0:
     logits_xV = filter_logits(logits_xV, 1.0, cfg.top_k, cfg.top_p)
-  return jax.random.categorical(key, logits_xV, axis=-1).astype(jnp.int32)
+  return categorical(key, logits_xV, cfg.draw_precision)
 
 
 def remove_never_sampled(logits_xV):

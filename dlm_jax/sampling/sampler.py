@@ -24,8 +24,8 @@ from dlm_jax.diffusion.schedules import MaskingSchedule  # noqa: F401  (re-expor
 from dlm_jax.registry import Registry
 from dlm_jax.sampling import continuous, masked, strategies, transition  # noqa: F401
 from dlm_jax.sampling.autoregressive import autoregressive_sample
-from dlm_jax.sampling.config import (CACHES, CONFIDENCES, GAUSSIAN_METHODS, KV_CACHES, METHODS,  # noqa: F401
-                                     PARAMETERIZATIONS, PROCESSES, REMASKING, STRATEGY_FIELDS, SamplerConfig,
+from dlm_jax.sampling.config import (CACHES, CONFIDENCES, DRAW_PRECISIONS, GAUSSIAN_METHODS, KV_CACHES,  # noqa: F401
+                                     METHODS, PARAMETERIZATIONS, PROCESSES, REMASKING, STRATEGY_FIELDS, SamplerConfig,
                                      component_combinations, process_fields)
 from dlm_jax.sampling.masked import check_cache, kv_cache_functions  # noqa: F401
 from dlm_jax.sampling.primitives import (SampleOutput, confidence_scores, draw, filter_logits,  # noqa: F401

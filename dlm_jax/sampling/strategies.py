@@ -389,11 +389,12 @@ class Predictor:
   top_k: int
   top_p: float
   confidence: str
+  draw_precision: str = "float32"
 
   @classmethod
   def from_config(cls, cfg) -> "Predictor":
     return cls(greedy=cfg.greedy, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-               confidence=cfg.confidence)
+               confidence=cfg.confidence, draw_precision=cfg.draw_precision)
 
   def __call__(self, logits_xV, key):
     logits_xV = primitives.remove_never_sampled(logits_xV)  # in the model's dtype

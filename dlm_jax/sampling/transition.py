@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from dlm_jax import special_tokens
 from dlm_jax.diffusion import score_entropy, uniform
+from dlm_jax.sampling import primitives
 from dlm_jax.sampling.primitives import SampleOutput, filter_logits
 
 ALPHA_FLOOR = 1e-6  # alpha_t at t = 1 for schedules with alpha(1) = 0 (the Tweedie step divides by alpha_t / alpha_s)
@@ -71,8 +72,7 @@ def transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry=No
     if cfg.greedy or cfg.method == "greedy":
       new_BxL = jnp.argmax(probs_BxLxV, axis=-1).astype(jnp.int32)
     else:
-      new_BxL = jax.random.categorical(jax.random.fold_in(loop_key, k), jnp.log(probs_BxLxV), axis=-1)
-      new_BxL = new_BxL.astype(jnp.int32)
+      new_BxL = primitives.categorical(jax.random.fold_in(loop_key, k), jnp.log(probs_BxLxV), cfg.draw_precision)
     new_BxL = jnp.where(fixed_BxL, x_BxL, new_BxL)
     changed_BxL = new_BxL != x_BxL
     prob_BxL = jnp.take_along_axis(probs_BxLxV, new_BxL[..., None], axis=-1)[..., 0]
