@@ -45,7 +45,7 @@ def filter_logits(logits_BxLxV, temperature: float, top_k: int, top_p: float):
   return logits_BxLxV
 
 
-# sample.draw_precision -> the mode of JAX's Gumbel noise (`draw`'s docstring says what each resolves).
+# sample.draw_precision -> the mode of JAX's Gumbel noise (`categorical`'s docstring says what each resolves).
 DRAW_PRECISIONS = {"float32": "low", "float64": "highest"}
 
 
