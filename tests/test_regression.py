@@ -9,6 +9,9 @@ say so. Tolerances are relative 1e-3: far above the float32 rounding a jax or XL
 steps), far below what a change to the data, model, objective or optimizer does (percents).
 """
 import hashlib
+import json
+import os
+import subprocess
 import sys
 
 import jax
@@ -65,9 +68,15 @@ def test_embedded_default_losses_of_the_first_20_steps(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_default_reaches_the_documented_validation_nelbo(tmp_path):
-  """The whole embedded default, 900 steps (about 4 minutes on 2 CPU cores): the README's 3.63 bits/char."""
+  """`python -m launch.train` exactly as the README gives it, about 4 minutes on 2 CPU cores: the README's 3.63
+  bits/char. In a subprocess with the user's XLA flags: the tests' level-0 compilation (tests/conftest.py) changes the
+  float32 rounding, which 900 steps amplify to ~0.14% (2.5132 against 2.5166 nats), past the 1e-3 tolerance."""
   expected = golden(GOLDEN_EVAL_900)
-  with jax.default_matmul_precision("highest"):
-    summary = loop.train(embedded_default(), str(tmp_path))
-  assert summary["step"] == 900
-  np.testing.assert_allclose(summary["eval_nll_per_token"], expected, rtol=1e-3)
+  user_flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+  result = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={tmp_path}"], cwd=REPO,
+                          env=dict(os.environ, XLA_FLAGS=user_flags), capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluations = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                 if "eval/nll_per_token" in line]
+  assert evaluations[-1]["step"] == 900
+  np.testing.assert_allclose(evaluations[-1]["eval/nll_per_token"], expected, rtol=1e-3)
