@@ -43,6 +43,17 @@ def define_checkpoint_flags():
                     module_name=sys.argv[0])
 
 
+def define_draw_precision_flag(default: str | None, default_says: str):
+  """--draw_precision: the Gumbel noise of every categorical draw (SamplerConfig.draw_precision), listed under the
+  launcher's own flags."""
+  from absl import flags
+  from dlm_jax.sampling import sampler as sampler_lib
+  flags.DEFINE_enum("draw_precision", default, list(sampler_lib.DRAW_PRECISIONS), "Gumbel noise of every categorical "
+                    "draw: float32 (JAX's default; it stops at 15.9, cutting the far tails) or float64 (64 random "
+                    f"bits; no event a float64 draw can make is cut). Default: {default_says}.",
+                    module_name=sys.argv[0])
+
+
 def define_sample_flags(default_samples: int = 4):
   """The flags of sampling a trained run: --workdir, --prompt, --suffix, --length, --num_samples, --seed, the
   checkpoint flags and one flag per field a user sets in config.sample (`SamplerConfig.config_section`, less
@@ -68,9 +79,7 @@ def define_sample_flags(default_samples: int = 4):
   flags.DEFINE_float("temperature", None, "Sampling temperature.", **here)
   flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).", **here)
   flags.DEFINE_float("top_p", None, "Nucleus filtering (1.0 = off).", **here)
-  flags.DEFINE_enum("draw_precision", None, list(sampler_lib.DRAW_PRECISIONS), "Gumbel noise of every categorical "
-                    "draw: float32 (JAX's default; the noise stops at 15.9, cutting the far tails) or float64 (64 random bits; no "
-                    "event a float64 draw can make is cut).", **here)
+  define_draw_precision_flag(None, "the run's config")
   flags.DEFINE_string("reveal_schedule", None, "Reveal schedule (linear, cosine, ...; default: the training "
                       "schedule).", **here)
   flags.DEFINE_float("reveal_noise", None, "MaskGIT choice temperature on the reveal ranking (0 = pure confidence).",

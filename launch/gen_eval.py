@@ -33,8 +33,7 @@ flags.DEFINE_list("steps", ["16", "32", "96"], "Reverse-step counts to sweep.")
 flags.DEFINE_float("temperature", None, "Sampling temperature (default: the run's config).")
 flags.DEFINE_string("method", None, "Sampler method (default: the run's config; see launch.sample --method).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_enum("draw_precision", "float64", ["float32", "float64"], "Gumbel noise of the draws (see launch.sample "
-                  "--draw_precision); float64 by default: float32 noise cuts the tails and flatters NLL and entropy.")
+cli.define_draw_precision_flag("float64", "float64 (float32 noise flatters the judge NLL and the entropy)")
 cli.define_checkpoint_flags()
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 FLAGS = flags.FLAGS

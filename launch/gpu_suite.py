@@ -16,7 +16,9 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -371,17 +373,15 @@ def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path, dry_run_call: 
   (folder / "COMMIT").write_text(commit + "\n", encoding="utf-8")
   rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder
   return checked + [f"Staged {copied / 2**20:.1f} MiB in {rel}/ for commit {commit}.",
-          f'carry: ["{rel}"]',
-          "command: bash launch/gpu_suite.sh        (the headline call; or: tests, quality, sampling, profile, "
-          "variants, hot_path)",
-          "timeout_s: 600 (the call ends by itself within GPU_BUDGET_S = 510 s plus start-up)"]
+                    f'carry: ["{rel}"]',
+                    "command: bash launch/gpu_suite.sh        (the headline call; or: tests, quality, sampling, "
+                    "profile, variants, hot_path)",
+                    "timeout_s: 600 (the call ends by itself within GPU_BUDGET_S = 510 s plus start-up)"]
 
 
 def dry_run_before_staging(call: str) -> list[str]:
   """The call shrunk on this CPU (GPU_DRY_RUN=1 bash launch/gpu_suite.sh CALL), as the last check before device
   time is spent on it: every stage must end "ok". Its files go to a temporary folder; returns the lines to print."""
-  import subprocess
-  import tempfile
   with tempfile.TemporaryDirectory(prefix="dlm_stage_dry_run_") as tmp:
     out = pathlib.Path(tmp) / "out"
     print(f"Dry run of the {call!r} call on this CPU before staging (~2 minutes; --stage_call='' skips it) ...",

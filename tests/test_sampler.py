@@ -212,7 +212,8 @@ def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, to
 def test_draw_precision_picks_the_gumbel_noise_and_float32_noise_cuts_the_tail():
   """"float32" is JAX's default Gumbel noise and "float64" its 64-bit mode="highest", draw for draw. With float32 noise
   g lies in [-log(-log(tiny)), -log(-log(1 - 2^-23))] = [-4.47, 15.9], so a token 22 nats below another (true
-  probability e^-22 ~ 2.8e-10) can never win: g_1 - g_0 <= 20.4. The float64 noise reaches ~44 (no float64 event cut)."""
+  probability e^-22 ~ 2.8e-10) can never win: g_1 - g_0 <= 20.4. The float64 noise reaches ~44 (no float64 event
+  cut)."""
   from dlm_jax.sampling import primitives
   logits = jax.random.normal(jax.random.key(0), (64, 9))
   key = jax.random.key(1)

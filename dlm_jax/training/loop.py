@@ -6,13 +6,14 @@ SIGTERM/SIGINT finish the step in flight, write a checkpoint and return, and so 
 many seconds have passed since the trainer started (after a final evaluation). Metrics of step k are read after step
 k+1 is dispatched (nanodo).
 
-Divergence (`Divergence`, run on each recorded step): a non-finite loss, gradient norm or parameter norm stops the run (train.nan_policy "stop")
-or drops that update inside the jitted step and goes on, counting it ("skip_step"; `train.max_skipped_steps` in a row
-stop it); a loss above `train.spike_factor` times the median of the last `train.spike_window` recorded losses (floored
-at 0.1 nats, so that a near-zero distillation loss does not make every wobble a spike) stops it, and so does a
-non-finite validation NELBO. Stopping raises errors.TrainingDiverged naming the step and the likely cause, after
-removing the checkpoints of the suspect states (the step whose loss gave it away used the parameters of the step
-before): the last good checkpoint is the latest, and no diverged state is ever saved as the best.
+Divergence (`Divergence`, run on each recorded step): a non-finite loss, gradient norm or parameter norm stops the run
+(train.nan_policy "stop") or drops that update inside the jitted step and goes on, counting it ("skip_step";
+`train.max_skipped_steps` in a row stop it); a loss above `train.spike_factor` times the median of the last
+`train.spike_window` recorded losses (floored at 0.1 nats, so that a near-zero distillation loss does not make every
+wobble a spike) stops it, and so does a non-finite validation NELBO. Stopping raises errors.TrainingDiverged naming the
+step and the likely cause, after removing the checkpoints of the suspect states (the step whose loss gave it away used
+the parameters of the step before): the last good checkpoint is the latest, and no diverged state is ever saved as the
+best.
 """
 from __future__ import annotations
 
@@ -340,8 +341,8 @@ def discard_on_divergence(mngr, best_mngr):
       for saved in [saved for saved in manager.all_steps() if saved >= e.step]:
         manager.delete(saved)
     kept = mngr.latest_step()
-    tail = (f"The checkpoints from step {e.step} on were removed; the latest is step {kept}, where a resumed run starts."
-            if kept is not None else "No checkpoint was written before it.")
+    tail = (f"The checkpoints from step {e.step} on were removed; the latest is step {kept}, where a resumed run "
+            "starts." if kept is not None else "No checkpoint was written before it.")
     raise TrainingDiverged(f"{e} {tail}", e.step) from None
 
 
@@ -362,8 +363,9 @@ class Divergence:
       self.skipped += 1
       self.skipped_in_a_row += 1
       if self.skipped_in_a_row >= self.max_skipped:
-        raise TrainingDiverged(f"{self.skipped_in_a_row} updates in a row had a non-finite loss or gradient, the last at "
-                               f"step {step} (train.max_skipped_steps={self.max_skipped}): the run diverged. {cause}.",
+        raise TrainingDiverged(f"{self.skipped_in_a_row} updates in a row had a non-finite loss or gradient, the "
+                               f"last at step {step} (train.max_skipped_steps={self.max_skipped}): the run "
+                               f"diverged. {cause}.",
                                step - self.skipped_in_a_row)
       return True
     self.skipped_in_a_row = 0
