@@ -20,7 +20,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
+             "tokenizers>=0.20"],
+    # Hugging Face tokenizers (data.tokenizer="hf:PATH"); not in the GPU machine's wheels, where those tests skip.
+    "hf": ["tokenizers>=0.20"],
     "notebooks": ["jupyterlab>=4", "matplotlib>=3.8"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.12"],
 }

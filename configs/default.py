@@ -30,7 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = "embedded:pydoc_topics"  # or files/folders (comma-separated), relative to cwd or $DLM_DATA_DIR
   c.data.valid_path = ""  # empty: the last valid_fraction of the token stream is the validation split
   c.data.valid_fraction = 0.1
-  c.data.tokenizer = "char"  # "char" (alphabet built from the corpus) or "sentencepiece"
+  # "char" (alphabet built from the corpus), "sentencepiece" (data.tokenizer_path) or "hf:PATH" (a Hugging Face
+  # tokenizer.json or tokenizer folder, e.g. GPT-2's or bert-base-uncased's: data/tokenizers.py)
+  c.data.tokenizer = "char"
   c.data.tokenizer_path = ""  # .model file from `python -m launch.tokenizer` when tokenizer="sentencepiece"
   c.data.seq_len = 64  # tokens per training and evaluation window (the model's context)
   c.data.seed = 0  # shuffling of the training crops

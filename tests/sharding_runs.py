@@ -69,11 +69,11 @@ def sample_tokens(workdir, mesh=None):
   """Greedy confidence-ordered samples [8, L] of checkpoint 3, as launch.sample --mesh draws them (one device when
   `mesh` is None)."""
   import jax
-  from dlm_jax.sampling import SamplerConfig, make_text_sampler, prompt_batch
+  from dlm_jax.sampling import make_text_sampler, prompt_batch
   from dlm_jax.training import checkpoint, sharding
   ctx = None if mesh is None else sharding.MeshContext(sharding.make_mesh(*mesh))
   run = checkpoint.load_for_inference(workdir, step=3, weights="raw", mesh=ctx)
-  cfg = SamplerConfig.from_config(run.config, greedy=True, reveal_noise=0.0, steps=8)
+  cfg = run.sampler_config(greedy=True, reveal_noise=0.0, steps=8)
   tokens, fixed = prompt_batch(run.tokenizer, 8, int(run.config.data.seq_len), prompt="The ")
   sample_texts = make_text_sampler(run.graphdef, run.other, run.tokenizer, cfg, run.objective)
   if ctx is not None:

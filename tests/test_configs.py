@@ -6,7 +6,7 @@ from flax import nnx
 
 from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small
 from dlm_jax import models
-from dlm_jax import objectives
+from dlm_jax import objectives, special_tokens
 from dlm_jax.sampling import SamplerConfig
 
 
@@ -30,7 +30,7 @@ def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   for arm in arms:
     config = module.get_config(arm)
     objectives.from_config(config, vocab)  # causal/objective agree
-    SamplerConfig.from_config(config)  # the sampler fits the objective
+    SamplerConfig.from_config(config, special_tokens.DEFAULT)  # the sampler fits the objective
     counts[arm] = num_params(config, vocab)
   for arm, count in counts.items():
     assert abs(count / counts["diffusion"] - 1) < 0.02, (arm, counts)

@@ -134,7 +134,7 @@ def test_monte_carlo_objective_is_unbiased_and_bounds_a_wrong_model(toy):
   """The jitted training objective (antithetic t, sampled masks) averages to -log p(x0) for the exact model and to
   more than -log p(x0) for a model that ignores context (a bound never beats the truth)."""
   joint, table = toy
-  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_id=MASK)
+  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"))
   x0 = (2, 0, 1)
   x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
   marginal_table = jnp.broadcast_to(table[4**L - 1], table.shape)  # p(x_i) regardless of context
@@ -157,7 +157,7 @@ def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
   """The evaluation convention: diffusion's evaluation NELBO averages to -log p(x_2..L | x_1) / (L - 1) for the exact
   model (x_1 is never masked); the AR arm's evaluation figure is its next-token NLL over the same L - 1 targets."""
   joint, table = toy
-  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_id=MASK)
+  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"))
   x0 = (2, 0, 1)
   x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
   seen_first = []
@@ -172,11 +172,11 @@ def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
   truth = -math.log(joint[x0] / joint[x0[0]].sum()) / (L - 1)
   estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(16)
   assert abs(estimate - truth) < 5 * stderr + 1e-3, (estimate, truth, stderr)
-  masked_mean = OBJECTIVES["masked_mean"](MaskingSchedule("cosine"), mask_id=MASK)
+  masked_mean = OBJECTIVES["masked_mean"](MaskingSchedule("cosine"))
   key = jax.random.key(3)  # a model trained on the masked mean is still scored by its NELBO
   assert masked_mean.evaluation_nll(denoise, x0_BxL, key) == objective.evaluation_nll(denoise, x0_BxL, key)
 
-  autoregressive = OBJECTIVES["autoregressive"](MaskingSchedule("cosine"), mask_id=MASK)
+  autoregressive = OBJECTIVES["autoregressive"](MaskingSchedule("cosine"))
   logits = jax.random.normal(jax.random.key(1), (4, L, V + 1))
   causal = lambda xt_BxL, t_B: DenoiserOutput(logits)
   tokens = jnp.asarray([[0, 1, 2], [2, 2, 0], [1, 0, 0], [0, 0, 1]], jnp.int32)
@@ -185,7 +185,7 @@ def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
 
 
 def test_self_conditioning_feeds_a_first_pass_estimate_to_half_the_examples_in_training_and_all_in_evaluation():
-  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_id=MASK, self_conditioning=True)
+  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), self_conditioning=True)
   calls = []
 
   def denoise(xt_BxL, t_B, self_cond_BxLxV=None):
@@ -247,7 +247,7 @@ def test_chunked_tied_head_loss_matches_the_logits_path(dtype, rtol, grad_rtol, 
   x0 = jax.random.randint(jax.random.key(1), (3, 32), 5, 40)
 
   def loss(p, chunk):
-    objective = OBJECTIVES[kind](MaskingSchedule("cosine"), mask_id=3, loss_chunk=chunk)
+    objective = OBJECTIVES[kind](MaskingSchedule("cosine"), loss_chunk=chunk)
     return objective(lambda x, t: nnx.merge(graphdef, p)(x, t), x0, jax.random.key(2))[0]
 
   value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)  # (jitted: one compile, not one per op)
@@ -278,7 +278,7 @@ def test_prompt_conditioned_training_scores_the_rest_given_the_prompt_and_drops_
   conditional = -math.log(joint[x0] / joint[x0[0]].sum()) / (L - 1)
   unconditional = -math.log(joint[:, x0[1], x0[2]].sum()) / (L - 1)
   for drop, truth in ((0.0, conditional), (0.5, 0.5 * (conditional + unconditional))):
-    objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_id=MASK, prompt_length=1, prompt_drop=drop)
+    objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), prompt_length=1, prompt_drop=drop)
     first = []
 
     def denoise(xt_BxL, t_B):
@@ -292,4 +292,4 @@ def test_prompt_conditioned_training_scores_the_rest_given_the_prompt_and_drops_
     estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(16)
     assert abs(estimate - truth) < 5 * stderr + 1e-3, (drop, estimate, truth, stderr)
   with pytest.raises(ConfigError, match="set diffusion.prompt_length > 0"):
-    OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_id=MASK, prompt_drop=0.1)
+    OBJECTIVES["elbo"](MaskingSchedule("cosine"), prompt_drop=0.1)

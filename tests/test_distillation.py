@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from configs import default
-from dlm_jax import objectives
+from dlm_jax import objectives, special_tokens
 from dlm_jax.diffusion import uniform
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.sampling import SamplerConfig, make_sampler
 from dlm_jax.training import optimizer, state as state_lib, step as step_lib
 
 VOCAB, L, TEACHER_STEPS, ROUND_STEPS = 9, 8, 8, 120  # states {2, 5, 6, 7, 8}
-STATE_IDS = np.flatnonzero(uniform.states(VOCAB))
+STATE_IDS = np.flatnonzero(uniform.states(VOCAB, special_tokens.DEFAULT))
 
 
 def toy_batch(rng, batch):

@@ -163,5 +163,5 @@ def test_help_starts_with_what_a_newcomer_needs_and_help_config_explains_each_fi
   listing = train_cli("--help_config").stdout
   assert listing.startswith("Fields of configs/default.py, by section")
   assert "\ntrain\n" in listing and "\n  num_steps: 900\n      optimizer updates" in listing
-  assert "\n  tokenizer: 'char'\n      \"char\" (alphabet built from the corpus) or \"sentencepiece\"" in listing
+  assert "\n  tokenizer: 'char'\n      \"char\" (alphabet built from the corpus), \"sentencepiece\"" in listing
   assert "\nmodel\n" in listing and "\n  width: 128\n      the model width D" in listing  # a dataclass field's comment

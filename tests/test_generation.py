@@ -70,7 +70,7 @@ def test_quality_expects_the_prompts_script():
     report = generation.quality(tokens, generated[:, :tokens.shape[1]], tok, judge, len(prompt))
     assert report["script_error_rate"] == error
     np.testing.assert_allclose(report["judge_nll"], np.log(tok.vocab_size), rtol=1e-6)  # uniform judge
-  tokens, fixed = generation.prompts_from_windows(good, len(prompt))
+  tokens, fixed = generation.prompts_from_windows(good, len(prompt), special_tokens.MASK)
   assert np.all(tokens[:, len(prompt):] == special_tokens.MASK) and fixed.sum() == len(prompt)
 
 

@@ -191,7 +191,7 @@ def test_inspect_replays_the_samplers_model_calls_and_reports_act_and_memory():
     # carried from step to step) is the sampler's own computation.
     revealed = (trajectory[s] == special_tokens.MASK) & (trajectory[s + 1] != special_tokens.MASK)
     assert revealed.any()
-    candidates = np.asarray(jnp.argmax(sampler_lib.sampling_logits(logits), axis=-1))
+    candidates = np.asarray(jnp.argmax(sampler_lib.sampling_logits(logits, special_tokens.DEFAULT), axis=-1))
     np.testing.assert_array_equal(candidates[revealed], trajectory[s + 1][revealed])
     iterations = np.asarray(trace["l_iterations_CxBxL"])
     assert iterations.shape == (2, 2, 32)

@@ -109,3 +109,18 @@ def test_no_module_imports_one_that_imports_it_back():
           seen.add(nxt)
           stack.append((nxt, path + (nxt,)))
   assert not circles, sorted(set(circles))[:10]
+
+
+def test_special_ids_come_from_the_tokenizer():
+  """Past the tokenizers, no module or notebook names our fixed ids (special_tokens.PAD/BOS/EOS/MASK/UNK or
+  NEVER_SAMPLED): a Hugging Face tokenizer's ids differ, so each site reads `tokenizer.special` or the SpecialIds its
+  caller built from it (special_tokens.DEFAULT where a module means our ids on purpose)."""
+  import re
+  fixed = re.compile(r"special_tokens\.(PAD|BOS|EOS|MASK|UNK|NEVER_SAMPLED)\b|"
+                     r"from dlm_jax\.special_tokens import .*\b(PAD|BOS|EOS|MASK|UNK|NEVER_SAMPLED)\b")
+  exempt = {REPO / "dlm_jax" / "special_tokens.py", REPO / "dlm_jax" / "data" / "tokenizers.py"}
+  paths = [p for folder in ("dlm_jax", "launch", "configs", "notebooks") for pattern in ("*.py", "*.ipynb")
+           for p in sorted((REPO / folder).rglob(pattern)) if p not in exempt]
+  named = [f"{p.relative_to(REPO)}:{i}" for p in paths
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if fixed.search(line)]
+  assert not named, named

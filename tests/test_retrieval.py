@@ -37,7 +37,7 @@ def test_top_k_is_exact_against_brute_force():
   vocab, length, num_windows, k = 50, 16, 300, 5
   windows = rng.integers(special_tokens.NUM_SPECIAL, vocab, (num_windows, length))
   queries = rng.integers(special_tokens.NUM_SPECIAL, vocab, (7, length))
-  projection = retrieval.key_projection(vocab, 32)
+  projection = retrieval.key_projection(vocab, 32, special_tokens.DEFAULT)
   keys = retrieval.encode(jnp.asarray(windows), jnp.asarray(projection))
   scores, index = retrieval.top_k_neighbours(retrieval.encode(jnp.asarray(queries), jnp.asarray(projection)), keys, k)
   expected_index, expected_scores = brute_force_top_k(queries, windows, projection, k)
@@ -50,7 +50,7 @@ def test_top_k_is_exact_against_brute_force():
 
 
 def test_query_ignores_masked_and_special_tokens():
-  projection = jnp.asarray(retrieval.key_projection(30, 16))
+  projection = jnp.asarray(retrieval.key_projection(30, 16, special_tokens.DEFAULT))
   tokens = jnp.asarray([[7, 8, 9, 10, 11, 12]])
   masked = tokens.at[0, 1:3].set(special_tokens.MASK)
   visible_only = jnp.asarray([[7, 10, 11, 12]])
@@ -115,7 +115,7 @@ def test_rejects_bad_retrieval_config():
 
 def test_datastore_windows_are_spread_and_cut_out_of_training():
   stream = np.arange(special_tokens.NUM_SPECIAL, 1000)
-  windows, rest = retrieval.datastore_windows(stream, 10, 20)
+  windows, rest = retrieval.datastore_windows(stream, 10, 20, special_tokens.EOS)
   assert windows.shape == (20, 10)
   assert windows[0, 0] < 60 and windows[-1, -1] > 940  # spread over the whole stream
   kept = rest[rest != special_tokens.EOS]
@@ -123,7 +123,7 @@ def test_datastore_windows_are_spread_and_cut_out_of_training():
   np.testing.assert_array_equal(np.sort(np.concatenate([kept, windows.ravel()])), stream)  # nothing else is lost
   assert (rest == special_tokens.EOS).sum() == 20  # each cut is a document boundary
   with pytest.raises(ValueError, match="more than half"):
-    retrieval.datastore_windows(stream, 10, 60)
+    retrieval.datastore_windows(stream, 10, 60, special_tokens.EOS)
 
 
 def test_retrieval_run_trains_saves_its_datastore_and_reloads(tmp_path):

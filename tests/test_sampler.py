@@ -105,7 +105,7 @@ def test_greedy_reveals_most_confident_first():
   cfg = sampler_lib.SamplerConfig(steps=16, greedy=True, schedule=MaskingSchedule("linear"))
   tokens, fixed, out = run(cfg)
   x0 = jnp.where(fixed, tokens, MASK)
-  probs = jax.nn.softmax(sampler_lib.sampling_logits(toy_denoiser()(x0, None)), axis=-1)
+  probs = jax.nn.softmax(sampler_lib.sampling_logits(toy_denoiser()(x0, None), special_tokens.DEFAULT), axis=-1)
   conf = np.where(np.asarray(fixed), -np.inf, np.asarray(jnp.max(probs, -1)))
   first = np.asarray(out.reveal_step_BxL) == 0
   np.testing.assert_array_equal(np.argmax(first, axis=-1), np.argmax(conf, axis=-1))
@@ -131,7 +131,7 @@ def test_autoregressive_sampler_keeps_prompt_and_fills_rest_left_to_right():
   assert not np.any(final == MASK)
   np.testing.assert_array_equal(np.asarray(out.reveal_step_BxL)[0], [-1, -1, -1] + list(range(2, L - 1)))
   # Greedy: position i is the argmax of the prediction at i - 1 given everything before it.
-  logits = np.asarray(sampler_lib.sampling_logits(denoise(jnp.asarray(final), None)))
+  logits = np.asarray(sampler_lib.sampling_logits(denoise(jnp.asarray(final), None), special_tokens.DEFAULT))
   np.testing.assert_array_equal(final[:, 3:], np.argmax(logits[:, 2:-1], axis=-1))
   trajectory = np.asarray(out.trajectory_SxBxL)  # one position more after every step
   assert trajectory.shape == (L, B, L)
@@ -172,7 +172,7 @@ def softmax_scores(logits_BxLxV, cand_BxL, kind):
 
 @pytest.mark.parametrize("kind", ["prob", "margin"])
 def test_logsumexp_confidence_equals_the_softmax_and_greedy_outputs_are_unchanged(kind, monkeypatch):
-  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)))
+  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)), special_tokens.DEFAULT)
   cand = jnp.argmax(logits, axis=-1)
   np.testing.assert_allclose(sampler_lib.confidence_scores(logits, cand, kind), softmax_scores(logits, cand, kind),
                              rtol=1e-5, atol=1e-7)
@@ -202,7 +202,8 @@ def test_sampled_draws_follow_the_filtered_softmax(dtype, temperature, top_k, to
   out = jax.jit(lambda r: sampler_lib.sample(denoise, r, jnp.zeros((n, 1), jnp.int32), jnp.zeros((n, 1), bool), cfg))(
       jax.random.key(5))
   counts = np.bincount(np.asarray(out.tokens_BxL[:, 0]), minlength=V)
-  reference = sampler_lib.filter_logits(sampler_lib.sampling_logits(logits_V)[None], temperature, top_k, top_p)[0]
+  clean_1xV = sampler_lib.sampling_logits(logits_V, special_tokens.DEFAULT)[None]
+  reference = sampler_lib.filter_logits(clean_1xV, temperature, top_k, top_p)[0]
   p = np.asarray(jax.nn.softmax(reference))
   assert np.all(counts[p < 1e-12] == 0)
   sigma = np.sqrt(n * p * (1 - p)) + 1e-9
@@ -412,7 +413,8 @@ def test_guidance_combines_conditional_and_prompt_masked_logits():
   _, _, guided = run_with(cfg, base)
   x0 = jnp.where(fixed, tokens, MASK)
   expected = (2.5 * base(x0, None) - 1.5 * base(jnp.full_like(x0, MASK), None))
-  expected = np.where(fixed, tokens, np.asarray(jnp.argmax(sampler_lib.sampling_logits(expected), -1)))
+  expected = np.where(fixed, tokens,
+                      np.asarray(jnp.argmax(sampler_lib.sampling_logits(expected, special_tokens.DEFAULT), -1)))
   np.testing.assert_array_equal(guided.tokens_BxL, expected)
   assert int(guided.network_calls) == 2
   _, _, zero = run_with(dataclasses.replace(cfg, guidance_scale=0.0), base)
@@ -536,14 +538,14 @@ def test_every_legal_component_combination_keeps_fixed_positions_and_leaves_no_m
 
 
 def test_entropy_confidence_is_exp_of_minus_the_predictive_entropy():
-  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)))
+  logits = sampler_lib.remove_never_sampled(3 * jax.random.normal(jax.random.key(3), (B, L, V)), special_tokens.DEFAULT)
   p = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
   entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), axis=-1)
   scores = np.asarray(sampler_lib.confidence_scores(logits, jnp.argmax(logits, -1), "entropy"))
   np.testing.assert_allclose(scores, np.exp(-entropy), rtol=1e-5)
   # One-hot: 1; uniform over the n sampled ids: 1 / n.
   sure = jnp.full((1, 1, V), -1e4).at[0, 0, 7].set(1e4)
-  flat = sampler_lib.remove_never_sampled(jnp.zeros((1, 1, V)))
+  flat = sampler_lib.remove_never_sampled(jnp.zeros((1, 1, V)), special_tokens.DEFAULT)
   n = V - len(special_tokens.NEVER_SAMPLED)
   np.testing.assert_allclose(sampler_lib.confidence_scores(sure, jnp.zeros((1, 1), jnp.int32), "entropy"), 1.0)
   np.testing.assert_allclose(sampler_lib.confidence_scores(flat, jnp.zeros((1, 1), jnp.int32), "entropy"), 1.0 / n,

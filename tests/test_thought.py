@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import REPO, tiny_config, tiny_thought_config
 from test_configs import num_params
 from dlm_jax import models
-from dlm_jax import objectives
+from dlm_jax import objectives, special_tokens
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax.models.transformer import Transformer, TransformerConfig
@@ -180,7 +180,8 @@ def test_thought_config_errors():
   config = tiny_thought_config()
   graphdef, _, other = nnx.split(models.get_model(config, VOCAB, nnx.Rngs(0)), nnx.Param, ...)
   with pytest.raises(ConfigError, match="cache='none'"):
-    make_sampler(graphdef, other, SamplerConfig.from_config(config, cache="unchanged"), objective_for(config))
+    cfg = SamplerConfig.from_config(config, special_tokens.DEFAULT, cache="unchanged")
+    make_sampler(graphdef, other, cfg, objective_for(config))
   with pytest.raises(ConfigError, match="steer_scale"):
     thought_sampling.ThoughtSampling.of(objective_for(config), steer_scale=-0.5)
   with pytest.raises(ConfigError, match="thought objective"):
@@ -202,7 +203,7 @@ def toy_sampler(steer_scale=0.0, property_fn=None, record=False, steps=6):
   config = tiny_thought_config(**{"model.dtype": "float32"})
   model, _ = model_pair()
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
-  cfg = SamplerConfig.from_config(config, steps=steps, record_trajectory=record)
+  cfg = SamplerConfig.from_config(config, special_tokens.DEFAULT, steps=steps, record_trajectory=record)
   settings = thought_sampling.ThoughtSampling.of(objective_for(config), steer_scale)
   return thought_sampling.make_thought_sampler(graphdef, other, cfg, settings, property_fn), params
 
@@ -311,7 +312,7 @@ def test_thought_baselines_match_the_thought_models_parameters(module, vocab):
   thought_objective = objectives.from_config(thought_config, vocab)
   assert objectives.from_config(baseline_config, vocab).name == "elbo" and thought_objective.name == "thought"
   assert thought_objective.sample_length(int(thought_config.data.seq_len)) == int(baseline_config.data.seq_len)
-  SamplerConfig.from_config(thought_config)
+  SamplerConfig.from_config(thought_config, special_tokens.DEFAULT)
   thought_count, baseline_count = num_params(thought_config, vocab), num_params(baseline_config, vocab)
   assert abs(thought_count / baseline_count - 1) < 1e-3, (thought_count, baseline_count)
 

@@ -13,7 +13,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import SamplerConfig, sample, stateless
 
 VOCAB, B, L = 12, 64, 10
-STATES = uniform.states(VOCAB)
+STATES = uniform.states(VOCAB, special_tokens.DEFAULT)
 STATE_IDS = np.flatnonzero(STATES)
 K = len(STATE_IDS)
 

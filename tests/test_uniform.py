@@ -17,7 +17,7 @@ from dlm_jax.models import DenoiserOutput
 # Toy: vocabulary of 7 ids whose states (data tokens) are {2, 5, 6} (PAD, BOS, MASK, UNK are not), length 3, a random
 # joint over the 27 sequences.
 VOCAB, L = 7, 3
-STATES = uniform.states(VOCAB)
+STATES = uniform.states(VOCAB, special_tokens.DEFAULT)
 STATE_IDS = np.flatnonzero(STATES)
 K = len(STATE_IDS)
 SEQUENCES = np.asarray(list(itertools.product(STATE_IDS, repeat=L)), np.int32)  # [27, L]
@@ -143,7 +143,7 @@ def test_uniform_forward_process_statistics_and_fixed_positions():
 def test_gaussian_argmax_flip_rate_matches_the_derived_discrete_schedule(num_states):
   """argmax(abar x + sbar eps) with abar = T^{-1}(alpha(t)) leaves x with the rate 1 - alpha (K - 1) / K."""
   vocab = num_states + len(special_tokens.NEVER_SAMPLED)
-  states_V = uniform.states(vocab)
+  states_V = uniform.states(vocab, special_tokens.DEFAULT)
   dual = duality.GaussianDuality(num_states)
   schedule = MaskingSchedule("cosine")
   token = int(np.flatnonzero(states_V)[-1])
@@ -247,7 +247,7 @@ def test_uniform_objectives_are_unbiased_estimates_of_the_enumerated_nelbo(joint
   mean, stderr = values.mean(), values.std() / math.sqrt(len(values))
   assert abs(mean - (-math.log(joint[x0_index]))) < 4 * stderr + 1e-3, (mean, stderr, -math.log(joint[x0_index]))
   with pytest.raises(ConfigError, match="prompt_drop"):
-    OBJECTIVES["uniform"](schedule=schedule, mask_id=3, vocab_size=VOCAB, prompt_length=2, prompt_drop=0.1)
+    OBJECTIVES["uniform"](schedule=schedule, vocab_size=VOCAB, prompt_length=2, prompt_drop=0.1)
 
 
 def test_mean_parameterization_nelbo_matches_udlm_closed_form():

@@ -120,8 +120,9 @@ def _sampler_and_forward(config, graphdef, other, params):
   tokens in bench.sample_steps steps, a fresh key each call) and one forward pass of the same batch."""
   b = config.bench
   sb, sl, ss = int(b.sample_batch), int(b.sample_new_tokens), int(b.sample_steps)
-  sample_fn = sampler_lib.make_sampler(graphdef, other, sampler_lib.SamplerConfig.from_config(config, steps=ss))
-  x = jnp.full((sb, sl), special_tokens.MASK, jnp.int32)
+  sampler_cfg = sampler_lib.SamplerConfig.from_config(config, special_tokens.DEFAULT, steps=ss)
+  sample_fn = sampler_lib.make_sampler(graphdef, other, sampler_cfg)
+  x = jnp.full((sb, sl), special_tokens.DEFAULT.mask, jnp.int32)
   fixed = jnp.zeros((sb, sl), bool)
   t_B = jnp.ones((sb,), jnp.float32)
   forward_fn = jax.jit(lambda p, x_: models.denoise_fn(graphdef, p, other)(x_, t_B).logits_BxLxV)
@@ -170,11 +171,13 @@ def head_loss_memory(config, chunk: int) -> dict:
   head = jax.ShapeDtypeStruct((vocab, width), dtype)
   targets = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
 
+  mask_id = special_tokens.DEFAULT.mask  # synthetic tokens in our character/SentencePiece ids
+
   def loss(hidden_BxLxD, head_VxD, targets_BxL, chunk):
     if chunk:
-      nll_BxL = losses.tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, special_tokens.MASK, chunk)
+      nll_BxL = losses.tied_head_nll(hidden_BxLxD, head_VxD, targets_BxL, mask_id, chunk)
     else:
-      nll_BxL = losses.token_nll(losses.subs_logits(hidden_BxLxD @ head_VxD.T, special_tokens.MASK), targets_BxL)
+      nll_BxL = losses.token_nll(losses.subs_logits(hidden_BxLxD @ head_VxD.T, mask_id), targets_BxL)
     return jnp.mean(nll_BxL)
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=3)

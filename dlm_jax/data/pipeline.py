@@ -23,7 +23,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlm_jax import special_tokens
 from dlm_jax.data import corpus, tokenizers
 from dlm_jax.errors import ConfigError
 
@@ -37,11 +36,12 @@ class TokenStreams:
 
 
 def _encode_documents(docs, tokenizer, source, oov: str = "error"):
-  pieces = []
-  for i, doc in enumerate(docs):
+  """The documents' ids joined by the tokenizer's EOS id."""
+  pieces, eos = [], np.asarray([tokenizer.special.eos], np.int32)
+  for i, ids in enumerate(tokenizer.encode_batch(docs, oov=oov, source=source)):
     if i:
-      pieces.append(np.asarray([special_tokens.EOS], np.int32))
-    pieces.append(tokenizer.encode(doc, source=f"{source} (document {i})", oov=oov))
+      pieces.append(eos)
+    pieces.append(ids)
   return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
 
 
@@ -56,13 +56,22 @@ def _cached(cache_dir: pathlib.Path, key: str, build):
   return np.load(path, mmap_mode="r")
 
 
+def tokenizer_kind(spec: str) -> str:
+  """The `kind` of the tokenizer a data.tokenizer value names: "char", "sentencepiece" or "hf" (for "hf:PATH")."""
+  return tokenizers.HFTokenizer.kind if tokenizers.is_hf(spec) else spec
+
+
 def build_tokenizer(data_config, train_docs=None):
-  """The tokenizer named by data.tokenizer: 'char' (alphabet from the train+valid text) or 'sentencepiece'."""
+  """The tokenizer named by data.tokenizer: 'char' (alphabet from the train+valid text), 'sentencepiece' (the model at
+  data.tokenizer_path) or 'hf:PATH' (a Hugging Face tokenizer.json or tokenizer folder; data/tokenizers.py)."""
   if data_config.tokenizer == "char":
     return tokenizers.CharTokenizer.from_texts(train_docs)
   if data_config.tokenizer == "sentencepiece":
     return tokenizers.SentencePieceTokenizer.from_file(data_config.tokenizer_path)
-  raise corpus.DataError(f"data.tokenizer must be 'char' or 'sentencepiece', got {data_config.tokenizer!r}.")
+  if tokenizers.is_hf(data_config.tokenizer):
+    return tokenizers.HFTokenizer.from_path(data_config.tokenizer[len(tokenizers.HF_PREFIX):])
+  raise corpus.DataError(f"data.tokenizer must be 'char', 'sentencepiece' or 'hf:PATH' (a Hugging Face tokenizer.json "
+                         f"or tokenizer folder), got {data_config.tokenizer!r}.")
 
 
 def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error") -> TokenStreams:

@@ -1,6 +1,10 @@
-"""Character and SentencePiece tokenizers with the reserved ids of `dlm_jax.special_tokens`.
+"""The tokenizers: character and SentencePiece, with the reserved ids 0..4 of `dlm_jax.special_tokens`
+(`special_tokens.DEFAULT`), and Hugging Face tokenizers (`HFTokenizer`, data.tokenizer="hf:PATH") with their own ids.
 
-Both serialize to a small JSON-able dict (`to_dict` / `from_dict`) that every checkpoint carries, so a run can always
+A tokenizer has: `kind`, `vocab_size`, `special` (its `special_tokens.SpecialIds`), `encode(text, source, oov)`,
+`encode_batch(texts, oov, source)`, `decode(ids, mask_glyph)`, `oov_counts(text)`, `pieces()`, `token_classes()` and
+`to_dict()`.
+Each serializes to a small JSON-able dict (`to_dict` / `from_dict`) that every checkpoint carries, so a run can always
 be sampled with exactly the tokenizer it was trained with.
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ class TokenizerError(ValueError):
 class CharTokenizer:
   """One id per Unicode code point of an alphabet built from the corpus; ids NUM_SPECIAL.. in sorted order."""
   kind = "char"
+  special = special_tokens.DEFAULT
 
   def __init__(self, alphabet: str):
     if len(set(alphabet)) != len(alphabet):
@@ -83,6 +88,10 @@ class CharTokenizer:
             "(each becomes <unk>) or --oov=skip (they are dropped).")
     return ids.astype(np.int32)
 
+  def encode_batch(self, texts, oov: str = "error", source: str = "text") -> list:
+    """`encode` of each text (an error names `source` and the text's index)."""
+    return [self.encode(text, source=f"{source} (document {i})", oov=oov) for i, text in enumerate(texts)]
+
   def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
     out = []
     for i in np.asarray(ids).tolist():
@@ -129,6 +138,7 @@ class SentencePieceTokenizer:
   (SentencePiece's own whitespace symbol, which would come back as a space) is escaped with the private-use U+E000
   before encoding and unescaped after decoding (`escape_spm_space`)."""
   kind = "sentencepiece"
+  special = special_tokens.DEFAULT
 
   def __init__(self, model_proto: bytes):
     import sentencepiece as spm
@@ -164,6 +174,12 @@ class SentencePieceTokenizer:
   def encode(self, text: str, source: str = "text", oov: str = "error") -> np.ndarray:
     del source, oov  # byte fallback: nothing is out of vocabulary
     return np.asarray(self.processor.encode(escape_spm_space(text), out_type=int), np.int32)
+
+  def encode_batch(self, texts, oov: str = "error", source: str = "text") -> list:
+    """`encode` of each text, in one SentencePiece call (its own threads)."""
+    del oov, source
+    ids = self.processor.encode([escape_spm_space(text) for text in texts], out_type=int)
+    return [np.asarray(row, np.int32) for row in ids]
 
   def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
     """Decodes runs of ordinary ids with SentencePiece; a mask id is drawn as `mask_glyph`, EOS as a newline."""
@@ -202,16 +218,247 @@ class SentencePieceTokenizer:
     return segmentation.TokenClasses.from_pieces(self.pieces())
 
 
+# Hugging Face tokenizers (`data.tokenizer = "hf:PATH"`): a local `tokenizer.json`, or a tokenizer folder holding
+# one, read with the `tokenizers` library (Rust, no torch, no network): GPT-2's byte-level BPE, bert-base-uncased's
+# WordPiece, LLaMA's and Qwen's tokenizers, or one trained here.
+#
+# **Special ids** (`HFTokenizer.special`, a `special_tokens.SpecialIds`) are the tokenizer's own, so that token ids can
+# meet a pretrained checkpoint's embedding rows. Each role is read, in order, from the folder's `tokenizer_config.json`
+# and `special_tokens_map.json` (`bos_token`, `eos_token`, `pad_token`, `mask_token`, `unk_token`, and `cls_token` /
+# `sep_token`), else from the tokenizer's special tokens by their conventional names (`HF_ROLE_NAMES`). Then, as MDLM's
+# data pipeline does for the tokenizers it uses:
+#
+# * bos falls back to cls, then to eos (GPT-2: <|endoftext|> is both); eos falls back to sep, then to bos (BERT: [CLS]
+#   starts and [SEP] ends a document). A tokenizer with neither is refused: documents need a separator.
+# * pad, if absent, is a new id past the vocabulary (MDLM adds "[PAD]" to GPT-2); then mask, if absent, is the next one
+#   (MDLM's mask_index = vocab_size for GPT-2). bert-base-uncased keeps its own [PAD] 0 and [MASK] 103.
+#
+# `vocab_size` counts those new ids (GPT-2: 50257 + pad + mask = 50259); the model's embedding has a row for each.
+#
+# **Encoding** never adds the tokenizer's template tokens ([CLS] ... [SEP]): the pipeline joins documents with EOS
+# itself. `encode_batch` runs the Rust batch encoder on all cores. A byte-level BPE round-trips every text exactly
+# (`decode(encode(text)) == text`); WordPiece lowercases, strips accents and re-spaces punctuation by design, so its
+# text does not come back, but its ids do (`encode(decode_exact(ids)) == ids`): both are tested on the held-in corpora.
+# An encoder that cannot spell a piece gives its unknown token, as the papers' runs score it.
+HF_PREFIX = "hf:"
+HF_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# Conventional names of each role's token, tried in order when no config file names it.
+HF_ROLE_NAMES = {
+    "pad": ("[PAD]", "<pad>", "<|pad|>", "<|padding|>", "<|finetune_right_pad_id|>"),
+    "bos": ("<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", "<|im_start|>"),
+    "eos": ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>"),
+    "mask": ("[MASK]", "<mask>", "<|mask|>", "<|mdm_mask|>", "<mask_token>"),
+    "unk": ("[UNK]", "<unk>", "<|unk|>"),
+    "cls": ("[CLS]", "<cls>"),
+    "sep": ("[SEP]", "<sep>"),
+}
+
+
+def is_hf(spec: str) -> bool:
+  """Whether a `data.tokenizer` value names a Hugging Face tokenizer ("hf:PATH")."""
+  return isinstance(spec, str) and spec.startswith(HF_PREFIX)
+
+
+def _hf_library():
+  try:
+    import tokenizers
+  except ImportError as e:
+    raise TokenizerError("data.tokenizer='hf:...' reads Hugging Face tokenizers with the `tokenizers` library, which "
+                         "is not installed: pip install tokenizers (or pip install -e '.[hf]').") from e
+  return tokenizers
+
+
+def _token_text(value):
+  """A config file's token entry: a string, or {"content": ...} (AddedToken's form)."""
+  if isinstance(value, dict):
+    return value.get("content")
+  return value if isinstance(value, str) else None
+
+
+def resolve_hf_special_ids(tokenizer, config: dict) -> tuple[special_tokens.SpecialIds, int, dict]:
+  """(SpecialIds, vocab_size, added) for a `tokenizers.Tokenizer` and its config files' merged dict (the rules: the
+  section above `HF_PREFIX`); `added` maps each role given a new id past the vocabulary to that id."""
+  base = tokenizer.get_vocab_size(with_added_tokens=True)
+  specials = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+
+  def find(role):
+    text = _token_text(config.get(f"{role}_token"))
+    if text is not None:
+      found = tokenizer.token_to_id(text)
+      if found is None:
+        raise TokenizerError(f"The tokenizer's config names {role}_token={text!r}, which is not in its vocabulary.")
+      return found
+    for name in HF_ROLE_NAMES[role]:
+      if name in specials or (role in ("cls", "sep", "unk") and tokenizer.token_to_id(name) is not None):
+        return tokenizer.token_to_id(name)
+    return None
+
+  ids = {role: find(role) for role in HF_ROLE_NAMES}
+  ids["eos"] = next((ids[r] for r in ("eos", "sep", "bos") if ids[r] is not None), None)
+  if ids["eos"] is None:
+    raise TokenizerError("This tokenizer has no end-of-text token (eos_token / sep_token in tokenizer_config.json, "
+                         f"or one of {HF_ROLE_NAMES['eos'] + HF_ROLE_NAMES['sep']}); documents need a separator. "
+                         "Add one to its tokenizer_config.json.")
+  ids["bos"] = next(ids[r] for r in ("bos", "cls", "eos") if ids[r] is not None)
+  added, next_id = {}, base
+  for role in ("pad", "mask"):
+    if ids[role] is None:
+      ids[role] = added[role] = next_id
+      next_id += 1
+  special = special_tokens.SpecialIds(pad=ids["pad"], bos=ids["bos"], eos=ids["eos"], mask=ids["mask"],
+                                      unk=ids["unk"])
+  return special, next_id, added
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizers.Tokenizer` with its special ids (the section above `HF_PREFIX`). Built by
+  `from_path`; serialized whole (its tokenizer.json and config) into every checkpoint by `to_dict`."""
+  kind = "hf"
+
+  def __init__(self, tokenizer_json: str, config: dict | None = None, source: str = ""):
+    tokenizers = _hf_library()
+    self.tokenizer_json, self.config, self.source = tokenizer_json, dict(config or {}), source
+    self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
+    self.tokenizer.no_padding()
+    self.tokenizer.no_truncation()
+    self.special, self._vocab_size, self.added = resolve_hf_special_ids(self.tokenizer, self.config)
+    self.base_vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  @classmethod
+  def from_path(cls, path: str, flag: str = "data.tokenizer") -> "HFTokenizer":
+    """A `tokenizer.json` file, or a folder holding one, as the `transformers` library saves them; the
+    tokenizer_config.json / special_tokens_map.json beside it are read when present."""
+    p = pathlib.Path(path).expanduser()
+    folder, file = (p, p / "tokenizer.json") if p.is_dir() else (p.parent, p)
+    if not file.is_file():
+      what = (f"the folder {p} has no tokenizer.json" if p.is_dir() else f"{p} does not exist")
+      raise TokenizerError(
+          f"{flag}=hf:{path}: {what}. Name a tokenizer.json file or a folder holding one (what "
+          "`AutoTokenizer.from_pretrained(...).save_pretrained(DIR)` writes for GPT-2, BERT, LLaMA, ...); a folder "
+          "with only vocab.json/merges.txt or vocab.txt must be converted to tokenizer.json first.")
+    config = {}
+    for name in reversed(HF_CONFIG_FILES):  # tokenizer_config.json wins
+      extra = folder / name
+      if extra.is_file():
+        try:
+          config.update({k: v for k, v in json.loads(extra.read_text(encoding="utf-8")).items()
+                         if k.endswith("_token")})
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+          raise TokenizerError(f"{flag}=hf:{path}: {extra} is not valid JSON ({e}).") from e
+    try:
+      text = file.read_text(encoding="utf-8")
+      return cls(text, config, source=str(path))
+    except TokenizerError:
+      raise
+    except Exception as e:  # the Rust library's parse error
+      raise TokenizerError(f"{flag}=hf:{path}: {file} is not a tokenizer the `tokenizers` library reads ({e}).") from e
+
+  @classmethod
+  def from_dict(cls, spec: dict) -> "HFTokenizer":
+    return cls(spec["tokenizer_json"], spec.get("config"), spec.get("source", ""))
+
+  def to_dict(self) -> dict:
+    return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "config": self.config, "source": self.source}
+
+  @property
+  def vocab_size(self) -> int:
+    """The tokenizer's vocabulary, its added tokens and the ids added for pad / mask."""
+    return self._vocab_size
+
+  def _ids(self, encoding, oov: str) -> np.ndarray:
+    ids = np.asarray(encoding.ids, np.int32)
+    if oov == "skip" and self.special.unk is not None:
+      ids = ids[ids != self.special.unk]
+    return ids
+
+  def encode(self, text: str, source: str = "text", oov: str = "error") -> np.ndarray:
+    """Ids of `text`, no template tokens added. What the tokenizer cannot spell becomes its own unknown token (as the
+    papers' runs score it) under `oov` "error" and "unk"; "skip" drops it."""
+    del source
+    if oov not in OOV_POLICIES:
+      raise TokenizerError(f"Unknown out-of-vocabulary policy {oov!r}; choose one of {OOV_POLICIES}.")
+    return self._ids(self.tokenizer.encode(text, add_special_tokens=False), oov)
+
+  def encode_batch(self, texts, oov: str = "error", source: str = "text") -> list:
+    """`encode` of each text, in one call of the Rust batch encoder (all cores)."""
+    del source
+    if oov not in OOV_POLICIES:
+      raise TokenizerError(f"Unknown out-of-vocabulary policy {oov!r}; choose one of {OOV_POLICIES}.")
+    encodings = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [self._ids(e, oov) for e in encodings]
+
+  def oov_counts(self, text: str) -> collections.Counter:
+    """How often each piece of `text` that became the unknown token occurs."""
+    counts = collections.Counter()
+    if self.special.unk is None:
+      return counts
+    encoding = self.tokenizer.encode(text, add_special_tokens=False)
+    for i, (start, end) in zip(encoding.ids, encoding.offsets):
+      if i == self.special.unk:
+        counts[text[start:end]] += 1
+    return counts
+
+  def decode(self, ids, mask_glyph: str = MASK_GLYPH) -> str:
+    """Runs of ordinary ids decoded by the tokenizer's decoder; the mask id drawn as `mask_glyph`, EOS as a newline,
+    pad (and bos, when it is not EOS) dropped, as the other tokenizers decode."""
+    special = self.special
+    dropped = {special.pad, special.bos} - {special.eos}
+    out, run = [], []
+    for i in np.asarray(ids).tolist():
+      if i in (special.mask, special.eos):
+        out.append(self.tokenizer.decode(run, skip_special_tokens=False))
+        run = []
+        out.append(mask_glyph if i == special.mask else "\n")
+      elif i not in dropped and i < self.base_vocab_size:
+        run.append(i)
+    out.append(self.tokenizer.decode(run, skip_special_tokens=False))
+    return "".join(out)
+
+  def decode_exact(self, ids) -> str:
+    """The tokenizer's own decoding of `ids` (special tokens written out), for round-trip checks."""
+    return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+  def pieces(self) -> list:
+    """Each id's text, as segmentation.TokenClasses.from_pieces reads it: None for special and added ids; a WordPiece
+    continuation "##x" as "x" and a word-initial piece with the space the decoder puts before it; otherwise the
+    decoder's text of the id alone, b"" when that is part of a multi-byte character (U+FFFD)."""
+    added = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
+    model = self.tokenizer.model
+    prefix = getattr(model, "continuing_subword_prefix", None) if type(model).__name__ == "WordPiece" else None
+    pieces = []
+    for i in range(self.vocab_size):
+      if i >= self.base_vocab_size or i in added:
+        pieces.append(None)
+        continue
+      if prefix is not None:
+        token = self.tokenizer.id_to_token(i)
+        pieces.append(token[len(prefix):] if token.startswith(prefix) else " " + token)
+        continue
+      text = self.tokenizer.decode([i], skip_special_tokens=False)
+      pieces.append(b"" if "\ufffd" in text and self.tokenizer.id_to_token(i) != "\ufffd" else text)
+    return pieces
+
+  @functools.cache
+  def token_classes(self):
+    """The grapheme-boundary and script tables of every id (data/segmentation.py), built once."""
+    return segmentation.TokenClasses.from_pieces(self.pieces())
+
+
 def from_dict(spec: dict):
+  """The tokenizer a checkpoint's `to_dict` describes."""
   if spec["kind"] == CharTokenizer.kind:
     return CharTokenizer(spec["alphabet"])
   if spec["kind"] == SentencePieceTokenizer.kind:
     return SentencePieceTokenizer(base64.b64decode(spec["model_proto_b64"]))
+  if spec["kind"] == HFTokenizer.kind:
+    return HFTokenizer.from_dict(spec)
   raise TokenizerError(f"Unknown tokenizer kind {spec['kind']!r} in checkpoint.")
 
 
 def fingerprint(tokenizer) -> str:
-  return hashlib.sha256(json.dumps(tokenizer.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+  """A hash of what the tokenizer maps (not of where it was read from: an HF tokenizer's `source`)."""
+  spec = {k: v for k, v in tokenizer.to_dict().items() if k != "source"}
+  return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_sentencepiece_to_file(input_spec: str, output, vocab_size: int, model_type: str = "bpe",

@@ -1,8 +1,8 @@
 """Uniform-state discrete diffusion (UDLM, Schiff et al. 2025; Duo, Sahoo et al. 2025): the forward process, its
 continuous-time NELBO and the reverse posterior, as pure functions of arrays.
 
-**State space.** The K tokens that data can hold: every id but `special_tokens.NEVER_SAMPLED` (PAD, BOS, MASK, UNK),
-marked by `states_V`. There is no absorbing state.
+**State space.** The K tokens that data can hold: every id but the tokenizer's `special.never_sampled` (pad, bos,
+mask, unk), marked by `states_V`. There is no absorbing state.
 
 **Forward process.** Each token is kept with probability alpha(t) and otherwise replaced by a uniform draw over the K
 states (which may redraw the token itself):
@@ -55,10 +55,11 @@ from dlm_jax.diffusion.losses import NEG_INF
 PARAMETERIZATIONS = ("posterior", "mean")
 
 
-def states(vocab_size: int) -> np.ndarray:
-  """bool [V]: the ids a uniform-state process moves between (every id but PAD, BOS, MASK and UNK)."""
+def states(vocab_size: int, special: special_tokens.SpecialIds) -> np.ndarray:
+  """bool [V]: the ids a uniform-state process moves between (every id but `special.never_sampled`: pad, bos, mask
+  and unk)."""
   states_V = np.ones(vocab_size, bool)
-  states_V[list(special_tokens.NEVER_SAMPLED)] = False
+  states_V[list(special.never_sampled)] = False
   return states_V
 
 

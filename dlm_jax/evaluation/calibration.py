@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import models
+from dlm_jax import models, special_tokens
 from dlm_jax.diffusion import forward
 from dlm_jax.sampling import sampler as sampler_lib
 
@@ -42,16 +42,16 @@ def reliability(confidence_N, correct_N, num_bins: int = 10) -> dict:
               mean_confidence=float(confidence_N.mean()), bins=bins)
 
 
-def make_prediction_step(graphdef, other, schedule, mask_id: int, t_min: float = 1e-5):
+def make_prediction_step(graphdef, other, schedule, special: special_tokens.SpecialIds, t_min: float = 1e-5):
   """Jitted `(params, x0_BxL, rng) -> (confidence_BxL, correct_BxL, masked_BxL)` at one forward-process draw."""
 
   @jax.jit
   def step(params, x0_BxL, rng):
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, x0_BxL.shape[0], t_min)
-    xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, schedule, mask_id)
+    xt_BxL, masked_BxL = forward.corrupt(mask_rng, x0_BxL, t_B, schedule, special.mask)
     logits_BxLxV = sampler_lib.remove_never_sampled(models.denoise_fn(graphdef, params, other)(xt_BxL, t_B)
-                                                    .logits_BxLxV)
+                                                    .logits_BxLxV, special)
     candidate_BxL = jnp.argmax(logits_BxLxV, axis=-1).astype(jnp.int32)
     confidence_BxL = sampler_lib.confidence_scores(logits_BxLxV, candidate_BxL, "prob")
     return confidence_BxL, candidate_BxL == x0_BxL, masked_BxL
@@ -65,7 +65,7 @@ def calibrate(run, windows_WxL: np.ndarray, batch_size: int, seed: int = 0, num_
   forward-process draws per window."""
   if run.objective.is_autoregressive:
     raise ValueError("Calibration measures a diffusion run's reveal confidences; this run is the causal (AR) arm.")
-  step = make_prediction_step(run.graphdef, run.other, run.objective.schedule, run.objective.mask_id,
+  step = make_prediction_step(run.graphdef, run.other, run.objective.schedule, run.tokenizer.special,
                               run.objective.t_min)
   confidences, corrects = [], []
   key = jax.random.key(seed)

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import models, special_tokens
+from dlm_jax import models
 from dlm_jax.data import pipeline
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
-from dlm_jax.sampling import SamplerConfig, make_sampler
+from dlm_jax.sampling import make_sampler
 
 
 def judge_nll_fn(judge_forward):
@@ -85,10 +85,10 @@ def select_windows(tokens: np.ndarray, seq_len: int, num: int, prompt_len: int, 
   return np.stack([np.asarray(tokens[o:o + seq_len], np.int32) for o in chosen])
 
 
-def prompts_from_windows(windows_WxL: np.ndarray, prompt_len: int):
-  """Tokens with the first `prompt_len` positions of each window kept and the rest masked, and the fixed mask."""
+def prompts_from_windows(windows_WxL: np.ndarray, prompt_len: int, mask_id: int):
+  """Tokens with the first `prompt_len` positions of each window kept and the rest `mask_id`, and the fixed mask."""
   tokens = np.array(windows_WxL, np.int32)
-  tokens[:, prompt_len:] = special_tokens.MASK
+  tokens[:, prompt_len:] = mask_id
   fixed = np.zeros(tokens.shape, bool)
   fixed[:, :prompt_len] = True
   return tokens, fixed
@@ -101,7 +101,7 @@ def quality(tokens_BxL: np.ndarray, generated_BxL: np.ndarray, tokenizer, judge_
   is no prompt or the prompt has no letters)."""
   tokens_BxL = np.asarray(tokens_BxL)
   # PAD is what a sampler with eos_stop leaves after the EOS: not a generated token.
-  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [special_tokens.MASK, special_tokens.PAD])
+  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [tokenizer.special.mask, tokenizer.special.pad])
   nll_sum, count = judge_nll(jnp.asarray(tokens_BxL), jnp.asarray(scored))
   texts = [tokenizer.decode(row[keep]) for row, keep in zip(tokens_BxL, np.asarray(generated_BxL, bool))]
   expected = [script.majority_script(tokenizer.decode(row[:prompt_len])) if prompt_len else None
@@ -120,14 +120,14 @@ def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, se
   continuations (`steps` "n/a"). `temperature`, `method` and `draw_precision` override the run's sampler config; the
   draws' noise is float64-exact by default (primitives.categorical: float32 noise cuts the tails and flatters the
   judge NLL and the entropy)."""
-  tokens, fixed = prompts_from_windows(windows_WxL, prompt_len)
+  tokens, fixed = prompts_from_windows(windows_WxL, prompt_len, run.tokenizer.special.mask)
   generated = ~fixed
   judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
   rows = [dict(steps="n/a", sample_s=None, **quality(windows_WxL, generated, run.tokenizer, judge_nll, prompt_len))]
   for steps in steps_list:
     overrides = {"steps": int(steps), "temperature": temperature, "method": method, "draw_precision": draw_precision}
     overrides = {name: value for name, value in overrides.items() if value is not None}
-    sample = make_sampler(run.graphdef, run.other, SamplerConfig.from_config(run.config, **overrides),
+    sample = make_sampler(run.graphdef, run.other, run.sampler_config(**overrides),
                           run.objective)
     rng = jax.random.key(seed)
     jax.block_until_ready(sample(run.params, rng, jnp.asarray(tokens), jnp.asarray(fixed)))  # compile

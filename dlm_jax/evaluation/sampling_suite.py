@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import models, special_tokens
+from dlm_jax import models
 from dlm_jax.evaluation import generation
-from dlm_jax.sampling import SamplerConfig, hybrid, make_sampler
+from dlm_jax.sampling import hybrid, make_sampler
 
 
 def strategies(block_length: int, threshold: float, remask_eta: float, guidance_scale: float = 1.0) -> dict[str, dict]:
@@ -75,7 +75,7 @@ def distinct_n(tokens_BxL: np.ndarray, scored_BxL: np.ndarray, n: int) -> float:
 def score(tokens_BxL, generated_BxL, tokenizer, judge_nll, prompt_len: int) -> dict:
   """generation.quality plus distinct-2/3, over the generated positions that hold a token (not PAD after an EOS)."""
   tokens_BxL = np.asarray(tokens_BxL)
-  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [special_tokens.MASK, special_tokens.PAD])
+  scored = np.asarray(generated_BxL, bool) & ~np.isin(tokens_BxL, [tokenizer.special.mask, tokenizer.special.pad])
   report = generation.quality(tokens_BxL, generated_BxL, tokenizer, judge_nll, prompt_len)
   report.update(distinct_2=distinct_n(tokens_BxL, scored, 2), distinct_3=distinct_n(tokens_BxL, scored, 3))
   return report
@@ -98,7 +98,7 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
   `verifier_rounds` > 0 a "verifier" strategy (confidence decoding + the judge as AR verifier) is added per step
   count; its judge NLL is then scored by the model that repaired the draft, so it is not an independent figure.
   `on_row(row)` is called with each row as soon as it is scored (a caller that may be cut short keeps them)."""
-  tokens, fixed = generation.prompts_from_windows(windows_WxL, prompt_len)
+  tokens, fixed = generation.prompts_from_windows(windows_WxL, prompt_len, run.tokenizer.special.mask)
   generated = ~fixed
   tokens_j, fixed_j = jnp.asarray(tokens), jnp.asarray(fixed)
   judge_forward = lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV
@@ -120,7 +120,7 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
       variants = ([{"confidence_stop": c} for c in confidence_stops] if name == "confidence_stop"
                   else [presets.get(name, {})])
       for overrides in variants:
-        cfg = SamplerConfig.from_config(run.config, steps=int(steps), draw_precision=draw_precision, **overrides)
+        cfg = run.sampler_config(steps=int(steps), draw_precision=draw_precision, **overrides)
         if name == "verifier":
           vcfg = hybrid.VerifierConfig(rounds=verifier_rounds, steps=max(int(steps) // 4, 1))
           fn = hybrid.make_verified_sampler(run.graphdef, run.other, judge.graphdef, judge.other, cfg, vcfg)
@@ -132,8 +132,8 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
           steps_mean = float(np.mean(np.asarray(out.steps_B)))
         agreement = None
         if overrides.get("cache", "none") != "none":
-          greedy = lambda cache: np.asarray(make_sampler(run.graphdef, run.other, SamplerConfig.from_config(
-              run.config, steps=int(steps), **{**overrides, "cache": cache, "greedy": True}))(
+          greedy = lambda cache: np.asarray(make_sampler(run.graphdef, run.other, run.sampler_config(
+              steps=int(steps), **{**overrides, "cache": cache, "greedy": True}))(
                   run.params, jax.random.key(seed), tokens_j, fixed_j).tokens_BxL)
           agreement = float(np.mean((greedy(overrides["cache"]) == greedy("none"))[generated]))
         settings = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))

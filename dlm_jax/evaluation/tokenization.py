@@ -21,7 +21,6 @@ import unicodedata
 
 import numpy as np
 
-from dlm_jax import special_tokens
 from dlm_jax.evaluation import script
 
 WORD_GROUPS = ("deva", "latn", "other", "mixed", "none")
@@ -74,7 +73,7 @@ def report(tokenizer, text: str) -> dict:
   return {"scripts": scripts, "tokens": int(len(ids)),
           "byte_fallback_rate": byte_fallback_count(tokenizer, ids) / total,
           "newline_byte_rate": byte_fallback_count(tokenizer, ids, newline=True) / total,
-          "unk_rate": int(np.sum(ids == special_tokens.UNK)) / total}
+          "unk_rate": int(np.sum(ids == tokenizer.special.unk)) / total}
 
 
 def markdown(reports: dict) -> str:

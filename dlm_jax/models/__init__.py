@@ -1,4 +1,4 @@
-"""NNX denoisers and their registry: `get_model(config, vocab_size, rngs)`, `model_config`, `config_defaults`.
+"""NNX denoisers and their registry: `get_model(config, vocab_size, rngs, special)`, `model_config`, `config_defaults`.
 
 `MODELS[name]` is (the denoiser class, its config dataclass); a research wing's model is registered by the import path
 of that pair (dlm_jax/registry.py)."""
@@ -8,6 +8,7 @@ import dataclasses
 
 from flax import nnx
 
+from dlm_jax import special_tokens
 from dlm_jax.errors import ConfigError
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput, denoise_fn
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
@@ -21,8 +22,8 @@ MODELS = Registry("model", field="config model.name", entries={
     "hrm": (HRMDenoiser, HRMConfig),
     "thought": "dlm_jax.proj.thought.model:REGISTERED",  # thought tensors (dlm_jax/proj/thought/)
 })
-# Given by the data, not by config.model: the tokenizer's vocabulary and data.seq_len.
-DATA_FIELDS = ("vocab_size", "max_len")
+# Given by the data, not by config.model: the tokenizer's vocabulary and special ids, and data.seq_len.
+DATA_FIELDS = ("vocab_size", "max_len", "special")
 
 
 def _config_class(name: str):
@@ -35,8 +36,10 @@ def config_defaults(name: str) -> dict:
   return {f.name: f.default for f in dataclasses.fields(_config_class(name)) if f.name not in DATA_FIELDS}
 
 
-def model_config(config, vocab_size: int) -> DenoiserConfig:
-  """The frozen dataclass config of the model named by config.model.name, from the ml_collections config.
+def model_config(config, vocab_size: int, special: special_tokens.SpecialIds = special_tokens.DEFAULT
+                 ) -> DenoiserConfig:
+  """The frozen dataclass config of the model named by config.model.name, from the ml_collections config, for a
+  tokenizer of `vocab_size` ids with the special ids `special` (`tokenizer.special`).
 
   A field missing from config.model (a config saved in a checkpoint before the field existed) takes the value in the
   dataclass's FIELDS_ADDED_LATER, so the model is rebuilt as it was trained; an unknown field is an error, as is an
@@ -49,9 +52,10 @@ def model_config(config, vocab_size: int) -> DenoiserConfig:
   if unknown:
     raise ConfigError(f"config.model has fields {unknown} that model {name!r} does not take.")
   fields = {**{k: v for k, v in config_cls.FIELDS_ADDED_LATER.items() if k not in fields}, **fields}
-  return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, **fields)
+  return config_cls(vocab_size=vocab_size, max_len=config.data.seq_len, special=special, **fields)
 
 
-def get_model(config, vocab_size: int, rngs: nnx.Rngs) -> Denoiser:
+def get_model(config, vocab_size: int, rngs: nnx.Rngs,
+              special: special_tokens.SpecialIds = special_tokens.DEFAULT) -> Denoiser:
   model_cls, _ = MODELS[config.model.name]
-  return model_cls(model_config(config, vocab_size), rngs=rngs)
+  return model_cls(model_config(config, vocab_size, special), rngs=rngs)

@@ -22,7 +22,7 @@ from flax import nnx
 from dlm_jax.diffusion import gaussian, losses
 from dlm_jax.models import layers, partitioning
 from dlm_jax.models.partitioning import EMBED, LENGTH, VOCAB, logical
-from dlm_jax.special_tokens import MASK
+from dlm_jax import special_tokens
 from dlm_jax.errors import ConfigError
 
 RESIDUAL_AXES = (partitioning.BATCH, partitioning.LENGTH, partitioning.ACT_EMBED)  # the residual stream's names
@@ -37,10 +37,14 @@ EMBEDDING_DROPOUT_STREAM = 1_000_001
 class DenoiserConfig:
   """The fields every denoiser takes (config.model, less `name`); each model's config adds its own.
 
-  `vocab_size` comes from the tokenizer and `max_len` from data.seq_len; every other field is a config.model field whose
-  default is declared here and only here (configs/default.model_config builds the ConfigDict from these fields)."""
+  `vocab_size` and `special` come from the tokenizer (`tokenizer.vocab_size`, `tokenizer.special`) and `max_len` from
+  data.seq_len; every other field is a config.model field whose default is declared here and only here
+  (configs/default.model_config builds the ConfigDict from these fields)."""
   vocab_size: int
   max_len: int
+  # The tokenizer's special ids: the mask id marks self-conditioning's and HRM's masked positions; retrieval keys skip
+  # the special ids.
+  special: special_tokens.SpecialIds = special_tokens.DEFAULT
   num_heads: int = 6  # attention heads (width must be divisible by it)
   width: int = 384  # the model width D: embeddings and the residual stream
   mlp_dim: int = 1024  # SwiGLU hidden width
@@ -74,6 +78,10 @@ class DenoiserConfig:
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).
   FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {}
+
+  @property
+  def mask_id(self) -> int:
+    return self.special.mask
 
   def __post_init__(self):
     if self.remat not in layers.REMAT_POLICIES:
@@ -230,7 +238,7 @@ class Denoiser(nnx.Module):
     """One reverse step's model call: (logits_BxLxV, priority_BxL or None, carry for the next step)."""
     logits_BxLxV = self(tokens_BxL, t_B, deterministic=True, self_cond_BxLxV=carry).logits_BxLxV
     if self.self_condition is not None:
-      carry = losses.self_condition_input(logits_BxLxV, MASK)
+      carry = losses.self_condition_input(logits_BxLxV, self.cfg.mask_id)
     return logits_BxLxV, None, carry
 
 

@@ -263,7 +263,8 @@ class EcoHybrid(Denoiser):
     self.blocks = layers.stack_blocks(cfg.num_layers, lambda r: EcoBlock(cfg, rngs=r), rngs)
     # Created after everything else, so that with the same seed every shared parameter equals plain EcoHybrid's.
     self.retrieval = (retrieval.RetrievalSlots(cfg.width, cfg.vocab_size, cfg.retrieval_slots, cfg.retrieval_windows,
-                                               cfg.max_len, cfg.retrieval_key_dim, dtype=self.dtype, rngs=rngs)
+                                               cfg.max_len, cfg.retrieval_key_dim, cfg.special, dtype=self.dtype,
+                                               rngs=rngs)
                       if cfg.retrieval_slots else None)
     self.init_head(rngs)
 

@@ -77,7 +77,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm_jax import special_tokens
 from dlm_jax.diffusion import losses
 from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
@@ -387,8 +386,8 @@ class HRMDenoiser(Denoiser):
                             learned_content=content)
     output = hrm_pass.output
     if self.cfg.use_h_module and self.cfg.priority_weight:
-      masked_BxL = tokens_BxL == special_tokens.MASK
-      probs_BxLxV = jax.nn.softmax(losses.subs_logits(output.logits_BxLxV, special_tokens.MASK))
+      masked_BxL = tokens_BxL == self.cfg.mask_id
+      probs_BxLxV = jax.nn.softmax(losses.subs_logits(output.logits_BxLxV, self.cfg.mask_id))
       confidence_BxL = jax.lax.stop_gradient(jnp.max(probs_BxLxV, -1))
       err_BxL = jnp.where(masked_BxL, jnp.square(hrm_pass.priority_BxL - confidence_BxL), 0.0)
       priority_loss = self.cfg.priority_weight * jnp.sum(err_BxL) / jnp.maximum(jnp.sum(masked_BxL), 1)

@@ -44,11 +44,11 @@ class Datastore(nnx.Variable):
   checkpointed with the parameters."""
 
 
-def key_projection(vocab_size: int, key_dim: int) -> np.ndarray:
-  """The fixed projection P [V, E] of the bag-of-tokens key: Gaussian / sqrt(K), zero rows for the special ids (mask,
-  padding, ...), float32; the same on every machine (numpy's PCG64 with a fixed seed)."""
+def key_projection(vocab_size: int, key_dim: int, special: special_tokens.SpecialIds) -> np.ndarray:
+  """The fixed projection P [V, E] of the bag-of-tokens key: Gaussian / sqrt(K), zero rows for the special ids
+  (`special`: pad, bos, eos, mask, unk), float32; the same on every machine (numpy's PCG64 with a fixed seed)."""
   rows = np.random.default_rng(KEY_SEED).standard_normal((vocab_size, key_dim)).astype(np.float32) / np.sqrt(key_dim)
-  rows[:special_tokens.NUM_SPECIAL] = 0.0
+  rows[[i for i in (*special.never_sampled, special.eos) if i < vocab_size]] = 0.0
   return rows
 
 
@@ -69,11 +69,11 @@ class RetrievalSlots(nnx.Module):
   """k memory slots from the k nearest datastore windows of the visible input (module docstring)."""
 
   def __init__(self, width: int, vocab_size: int, num_slots: int, num_windows: int, window_len: int, key_dim: int,
-               *, dtype, rngs: nnx.Rngs):
-    self.num_slots, self.dtype = num_slots, dtype
+               special: special_tokens.SpecialIds, *, dtype, rngs: nnx.Rngs):
+    self.num_slots, self.dtype, self.special = num_slots, dtype, special
     self.windows = Datastore(jnp.zeros((num_windows, window_len), jnp.int32))
     self.keys = Datastore(jnp.zeros((num_windows, key_dim), jnp.float32))
-    self.projection = Datastore(jnp.asarray(key_projection(vocab_size, key_dim)))
+    self.projection = Datastore(jnp.asarray(key_projection(vocab_size, key_dim, special)))
     self.norm = layers.rms_norm(width, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=layers.DEFAULT_INIT, rngs=rngs,
                            kernel_metadata=logical(EMBED, None))
@@ -87,7 +87,7 @@ class RetrievalSlots(nnx.Module):
       raise ValueError(f"The retrieval datastore holds {self.windows.shape[0]} windows of {self.windows.shape[1]} "
                        f"tokens (model.retrieval_windows, data.seq_len); got {windows_WxL.shape}.")
     # Every value is set concretely, so that an abstract model (nnx.eval_shape: a checkpoint's graph) can be filled.
-    projection_VxE = jnp.asarray(key_projection(*self.projection.shape))
+    projection_VxE = jnp.asarray(key_projection(*self.projection.shape, self.special))
     self.projection.set_value(projection_VxE)
     self.windows.set_value(windows_WxL)
     self.keys.set_value(encode(windows_WxL, projection_VxE))
@@ -104,10 +104,10 @@ class RetrievalSlots(nnx.Module):
     return self.slot_offsets[...].astype(self.dtype)[None] + self.proj(self.norm(pooled_BxRxD))
 
 
-def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int):
+def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int, eos_id: int):
   """(datastore windows [W, L], the training stream without them): W = num_windows non-overlapping windows spread
   evenly over the training stream (so every training file has its share), cut out of it; the pieces left are joined
-  with EOS, as documents are. Raises ValueError when the windows would take more than half of the stream."""
+  with EOS (`eos_id`), as documents are. Raises ValueError when the windows would take more than half of the stream."""
   size = num_windows * seq_len
   if size > len(train_tokens) // 2:
     raise ValueError(f"model.retrieval_windows={num_windows} windows of {seq_len} tokens would take more than half of "
@@ -115,7 +115,7 @@ def datastore_windows(train_tokens: np.ndarray, seq_len: int, num_windows: int):
   stride = len(train_tokens) // num_windows
   starts = np.arange(num_windows) * stride + (stride - seq_len) // 2
   windows = np.stack([np.asarray(train_tokens[s:s + seq_len], np.int32) for s in starts])
-  eos = np.asarray([special_tokens.EOS], np.asarray(train_tokens[:0]).dtype)
+  eos = np.asarray([eos_id], np.asarray(train_tokens[:0]).dtype)
   pieces, previous_end = [], 0
   for s in starts:
     pieces += [train_tokens[previous_end:s], eos]

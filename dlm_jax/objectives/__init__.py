@@ -34,7 +34,7 @@ from dlm_jax.objectives.masked import MaskedELBO, MaskedMean
 from dlm_jax.objectives.sedd import ScoreEntropy
 from dlm_jax.objectives.uniform import ConsistencyDistillation, Duo, UniformELBO
 from dlm_jax.registry import Registry
-from dlm_jax.special_tokens import MASK
+from dlm_jax import special_tokens
 
 OBJECTIVES = Registry("objective", field="config diffusion.objective", entries={
     **{cls.name: cls for cls in (MaskedELBO, MaskedMean, Autoregressive, UniformELBO, Duo, ConsistencyDistillation,
@@ -117,8 +117,9 @@ def ignored_fields(cls, diffusion_config) -> list[str]:
 def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
   """The objective of a run's config: its class's fields from `config.diffusion` (missing ones, e.g. in a config saved
   before they existed, take the class default), the masking schedule, the model's self-conditioning, the script-aware
-  corruption of `tokenizer` (needed only for diffusion.corruption "script_aware"/"span") and the vocabulary size (the
-  uniform-state and SEDD objectives') and what the class reads from the rest of the config (`run_context`: a wing's
+  corruption of `tokenizer` (needed only for diffusion.corruption "script_aware"/"span"), the tokenizer's special ids
+  (`tokenizer.special`: the mask id; without a tokenizer our 0..4) and the vocabulary size (the uniform-state and SEDD
+  objectives') and what the class reads from the rest of the config (`run_context`: a wing's
   own section). A field the objective ignores, set to a non-default value, gets one warning naming it."""
   cls = objective_class(config)
   section = config.diffusion
@@ -130,7 +131,8 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
                       f"{config.data.seq_len} tokens (data.seq_len): make it smaller.")
   own = {f.name: f for f in dataclasses.fields(cls) if f.name not in CONTEXT_FIELDS and f.name not in extra}
   values = {name: _cast(field.default, section.get(name, field.default)) for name, field in own.items()}
-  context = {"schedule": schedules.from_config(section), "mask_id": MASK, "vocab_size": int(vocab_size),
+  special = tokenizer.special if tokenizer is not None else special_tokens.DEFAULT
+  context = {"schedule": schedules.from_config(section), "special": special, "vocab_size": int(vocab_size),
              "self_conditioning": bool(config.model.get("self_conditioning", False))}
   if "corruption" in {f.name for f in dataclasses.fields(cls)}:
     context["corruption"] = corruption_lib.from_config(section, tokenizer)

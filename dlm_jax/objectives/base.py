@@ -1,9 +1,9 @@
 """`Objective`: what every training objective shares, and the loop of the corruption-based ones.
 
 An objective is a frozen dataclass whose fields are its `config.diffusion` settings (declared once, with their
-defaults and comments, in its class) plus the run's context (`CONTEXT_FIELDS`: the masking schedule, the mask id, the
-vocabulary size, self-conditioning, the script-aware corruption; a class's `run_context` adds its own, e.g. a wing's
-config section). Its protocol:
+defaults and comments, in its class) plus the run's context (`CONTEXT_FIELDS`: the masking schedule, the tokenizer's
+special ids, the vocabulary size, self-conditioning, the script-aware corruption; a class's `run_context` adds its own,
+e.g. a wing's config section). Its protocol:
 
     objective(denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None, with_aux=True) -> (loss, metrics)
     objective.evaluation_nll(denoise_fn, x0_BxL, rng) -> nats per scored token
@@ -34,10 +34,10 @@ import jax.numpy as jnp
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
-from dlm_jax.special_tokens import MASK
+from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
-CONTEXT_FIELDS = ("schedule", "mask_id", "vocab_size", "self_conditioning", "corruption")
+CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Objective(abc.ABC):
   reads: ClassVar[tuple[str, ...]] = ()
 
   schedule: MaskingSchedule = MaskingSchedule("cosine")
-  mask_id: int = MASK
+  special: special_tokens.SpecialIds = special_tokens.DEFAULT  # the tokenizer's (`mask_id` is its mask)
   vocab_size: int = 0  # the uniform-state and SEDD objectives draw from (and score) the states of this vocabulary
   # Self-conditioning (model.self_conditioning): a first, gradient-free pass's estimate of x_0 is fed back to the
   # denoiser; in training for a random half of the examples (zeros for the others), in evaluation for all.
@@ -69,6 +69,11 @@ class Objective(abc.ABC):
   # example's prompt is masked with probability prompt_drop (classifier-free guidance's unconditional model).
   prompt_length: int = 0
   prompt_drop: float = 0.0
+
+  @property
+  def mask_id(self) -> int:
+    """The absorbing state: the tokenizer's mask id."""
+    return self.special.mask
 
   def __post_init__(self):
     if self.prompt_length < 0 or not 0.0 <= self.prompt_drop < 1.0:

@@ -32,7 +32,7 @@ class StateObjective:
     if not self.vocab_size:
       raise ValueError(f"diffusion.objective={self.name!r} needs the vocabulary size: build it with "
                        "objectives.from_config(config, vocab_size).")
-    return uniform.states(self.vocab_size)
+    return uniform.states(self.vocab_size, self.special)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dlm_jax import special_tokens
 from dlm_jax.sampling.primitives import SampleOutput, draw, sampling_logits
 
 
@@ -17,11 +16,11 @@ def autoregressive_sample(logits_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg) 
   model's probability of the token. Position 0 must be fixed (a prompt, or EOS: "a document starts here").
   `cfg.record_trajectory` keeps the tokens after every position ([L, B, L])."""
   batch, length = tokens_BxL.shape
-  x_BxL = jnp.where(fixed_BxL, tokens_BxL, special_tokens.MASK).astype(jnp.int32)
+  x_BxL = jnp.where(fixed_BxL, tokens_BxL, cfg.special.mask).astype(jnp.int32)
 
   def step(carry, i):
     x_BxL, reveal_step_BxL, conf_BxL = carry
-    logits = sampling_logits(logits_fn(x_BxL, jnp.zeros((batch,), jnp.float32)))[:, i - 1]
+    logits = sampling_logits(logits_fn(x_BxL, jnp.zeros((batch,), jnp.float32)), cfg.special)[:, i - 1]
     nxt_B = draw(logits, cfg, jax.random.fold_in(rng, i))
     prob_B = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), nxt_B[:, None], axis=-1)[:, 0]
     new_B = ~fixed_BxL[:, i]

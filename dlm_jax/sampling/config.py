@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from dlm_jax import objectives
+from dlm_jax import objectives, special_tokens
 from dlm_jax.diffusion import schedules
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
@@ -63,13 +63,17 @@ class SamplerConfig:
   parameterization: str = "mean"  # (ignored by the masked sampler)
   log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
   log_snr_min: float = -10.0
+  # The tokenizer's special ids (mask, pad, eos, ...; special_tokens.SpecialIds): set by from_config from the run's
+  # tokenizer; the default is our character and SentencePiece tokenizers' 0..4.
+  special: special_tokens.SpecialIds = special_tokens.DEFAULT
 
   @classmethod
-  def from_config(cls, config, **overrides) -> "SamplerConfig":
-    """The sampler settings of a run's ml_collections config (`config.sample`, less `num_samples`), with `overrides`.
-    The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule `diffusion.schedule` (with its
-    exponent and eps)."""
-    fields = dict(config.sample)
+  def from_config(cls, config, special: special_tokens.SpecialIds, **overrides) -> "SamplerConfig":
+    """The sampler settings of a run's ml_collections config (`config.sample`, less `num_samples`) for a tokenizer
+    with the special ids `special` (`tokenizer.special`; a LoadedRun's `sampler_config` passes its own), with
+    `overrides`. The reveal schedule is `sample.reveal_schedule` or, when empty, the training schedule
+    `diffusion.schedule` (with its exponent and eps)."""
+    fields = dict(config.sample, special=special)
     fields.update(process_fields(config))
     fields.update(overrides)
     fields.pop("num_samples", None)
@@ -148,7 +152,7 @@ class SamplerConfig:
     """config.sample with every field's default: `num_samples`, the fields a user sets (each declared once, above,
     with its comment) and `reveal_schedule`; not the fields the run decides (the schedule object, the process fields
     its objective gives) nor `record_trajectory` (a launcher's choice)."""
-    decided = {"schedule", "record_trajectory", *PROCESS_FIELDS}
+    decided = {"schedule", "record_trajectory", "special", *PROCESS_FIELDS}
     return {"num_samples": 2,  # samples written to the log every train.sample_every steps
             **{f.name: f.default for f in dataclasses.fields(cls) if f.name not in decided},
             "reveal_schedule": ""}  # the reveal schedule's name; empty: follow diffusion.schedule

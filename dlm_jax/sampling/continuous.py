@@ -16,7 +16,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dlm_jax import special_tokens
 from dlm_jax.diffusion import gaussian
 from dlm_jax.diffusion.losses import NEG_INF
 from dlm_jax.sampling.primitives import SampleOutput
@@ -34,13 +33,13 @@ def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
   init_rng, loop_rng = jax.random.split(rng)
   z_BxLxD = jnp.where(fixed_BxL[..., None], clean_BxLxD,
                       jax.random.normal(init_rng, clean_BxLxD.shape, jnp.float32))
-  start_BxL = jnp.where(fixed_BxL, tokens_BxL, special_tokens.MASK).astype(jnp.int32)
+  start_BxL = jnp.where(fixed_BxL, tokens_BxL, cfg.special.mask).astype(jnp.int32)
 
   def step(carry, i):
     z_BxLxD, current_BxL, changed_BxL, _ = carry
     t_B = jnp.full((batch,), (steps - i) / steps, jnp.float32)
     s_B = jnp.full((batch,), (steps - i - 1) / steps, jnp.float32)
-    logits_BxLxV = logits_fn(z_BxLxD, t_B).astype(jnp.float32).at[..., special_tokens.MASK].set(NEG_INF)
+    logits_BxLxV = logits_fn(z_BxLxD, t_B).astype(jnp.float32).at[..., cfg.special.mask].set(NEG_INF)
     argmax_BxL = jnp.argmax(logits_BxLxV, axis=-1).astype(jnp.int32)
     if cfg.greedy:
       e_hat_BxLxD = table_VxD[argmax_BxL]

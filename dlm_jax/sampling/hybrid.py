@@ -58,9 +58,9 @@ class VerifiedOutput:
   verifier_calls: int  # forward passes of the verifier (rounds + 1: the last scores the final tokens)
 
 
-def token_probabilities(verifier_logits_fn: Callable, x_BxL):
+def token_probabilities(verifier_logits_fn: Callable, x_BxL, special: special_tokens.SpecialIds):
   """p_AR(x_i | x_<i) for i >= 1 from one causal forward pass (logits at i - 1 predict i); 1 at position 0."""
-  nll_BxLm1 = losses.next_token_nll(sampler_lib.sampling_logits(verifier_logits_fn(x_BxL)), x_BxL)
+  nll_BxLm1 = losses.next_token_nll(sampler_lib.sampling_logits(verifier_logits_fn(x_BxL), special), x_BxL)
   return jnp.concatenate([jnp.ones_like(x_BxL[:, :1], jnp.float32), jnp.exp(-nll_BxLm1)], axis=1)
 
 
@@ -89,14 +89,14 @@ def verified_sample(denoise_fn: Callable, verifier_logits_fn: Callable, rng, tok
                                    cache="none" if cfg.cache in sampler_lib.KV_CACHES else cfg.cache)
   x_BxL, calls, rejected = draft.tokens_BxL, draft.network_calls, []
   for r in range(vcfg.rounds):
-    scored_BxL = ~fixed_BxL & (x_BxL != special_tokens.PAD)
-    prob_BxL = token_probabilities(verifier_logits_fn, x_BxL)
+    scored_BxL = ~fixed_BxL & (x_BxL != cfg.special.pad)
+    prob_BxL = token_probabilities(verifier_logits_fn, x_BxL, cfg.special)
     reject_BxL = rejected_positions(prob_BxL, scored_BxL, vcfg.threshold, vcfg.window)
     rejected.append(jnp.sum(reject_BxL, axis=-1, dtype=jnp.int32))
     redraw = sampler_lib.sample(denoise_fn, keys[r + 1], x_BxL, ~reject_BxL, redraw_cfg, init_carry=init_carry)
     x_BxL, calls = redraw.tokens_BxL, calls + redraw.network_calls
-  scored_BxL = ~fixed_BxL & (x_BxL != special_tokens.PAD)
-  final_prob_BxL = jnp.where(scored_BxL, token_probabilities(verifier_logits_fn, x_BxL), 1.0)
+  scored_BxL = ~fixed_BxL & (x_BxL != cfg.special.pad)
+  final_prob_BxL = jnp.where(scored_BxL, token_probabilities(verifier_logits_fn, x_BxL, cfg.special), 1.0)
   return VerifiedOutput(tokens_BxL=x_BxL, draft_BxL=draft.tokens_BxL, rejected_RxB=jnp.stack(rejected),
                         verifier_prob_BxL=final_prob_BxL, network_calls=calls, verifier_calls=vcfg.rounds + 1)
 

@@ -46,21 +46,22 @@ class _LoopState:
   trajectory: object  # [max_steps + 1, B, L] with record_trajectory
 
 
-def step_view(st: _LoopState, blocks: Blocks, reveal, steps: int, eos_stop: bool) -> StepView:
+def step_view(st: _LoopState, blocks: Blocks, reveal, steps: int, eos_stop: bool,
+              special: special_tokens.SpecialIds) -> StepView:
   """The step's `StepView` of the loop state: the current block, its counts, budget and times."""
-  mask_id = special_tokens.MASK
+  mask_id = special.mask
   x_BxL = st.x_BxL
   masked_BxL = x_BxL == mask_id
   live_B = st.block_B < blocks.num_blocks_B
   in_block_BxL = blocks.block_of_BxL == st.block_B[:, None]
   masked_blk_BxL = masked_BxL & in_block_BxL
-  open_blk_BxL = in_block_BxL & (x_BxL != special_tokens.PAD)  # closed (after EOS) positions hold PAD
+  open_blk_BxL = in_block_BxL & (x_BxL != special.pad)  # closed (after EOS) positions hold PAD
   blocks_B = jnp.maximum(blocks.num_blocks_B, 1)
   budget_B = jnp.maximum(((st.block_B + 1) * steps) // blocks_B - (st.block_B * steps) // blocks_B, 1)
   last_B = st.block_step_B + 1 >= budget_B
   revised_BxL = open_blk_BxL & ~masked_BxL
   if eos_stop:
-    revised_BxL = revised_BxL & (x_BxL != special_tokens.EOS)
+    revised_BxL = revised_BxL & (x_BxL != special.eos)
   view = StepView(step=st.step, x_BxL=x_BxL, masked_BxL=masked_BxL, live_B=live_B, block_B=st.block_B,
                   block_step_B=st.block_step_B, in_block_BxL=in_block_BxL, masked_blk_BxL=masked_blk_BxL,
                   n_masked_blk_B=jnp.sum(masked_blk_BxL, axis=-1, dtype=jnp.int32),
@@ -84,7 +85,8 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
   `network_calls` (a guided step counts two) and with `record_trajectory` the tokens after every step
   [max_steps + 1, B, L] (entries after the batch's last step repeat its final tokens). A mask left when the loop's
   bound is reached is filled with the argmax at t = 0."""
-  mask_id = special_tokens.MASK
+  special = cfg.special
+  mask_id = special.mask
   batch, length = tokens_BxL.shape
   fixed_BxL = jnp.asarray(fixed_BxL, bool)
   x_BxL = jnp.where(fixed_BxL, tokens_BxL, mask_id).astype(jnp.int32)
@@ -101,7 +103,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
 
   def body(st: _LoopState) -> _LoopState:
     key, sample_key, reveal_key = jax.random.split(st.key, 3)
-    view = step_view(st, blocks, reveal, cfg.steps, cfg.eos_stop)
+    view = step_view(st, blocks, reveal, cfg.steps, cfg.eos_stop, special)
     net = network(st.network_state, view, st.model_carry, sample_key)
     step_priority_BxL = priority_BxL
     if cfg.strategic_weight and net.priority_BxL is not None:
@@ -117,9 +119,9 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
       reveal_step_BxL = jnp.where(remask_BxL, max_steps, reveal_step_BxL)
       conf_BxL = jnp.where(remask_BxL, 0.0, conf_BxL)
     if cfg.eos_stop:
-      first_eos_B = jnp.min(jnp.where(gen_BxL & (new_x_BxL == special_tokens.EOS), position_1xL, length), axis=-1)
+      first_eos_B = jnp.min(jnp.where(gen_BxL & (new_x_BxL == special.eos), position_1xL, length), axis=-1)
       closed_BxL = gen_BxL & (position_1xL > first_eos_B[:, None])
-      new_x_BxL = jnp.where(closed_BxL, special_tokens.PAD, new_x_BxL)
+      new_x_BxL = jnp.where(closed_BxL, special.pad, new_x_BxL)
       reveal_step_BxL = jnp.where(closed_BxL, max_steps, reveal_step_BxL)
       conf_BxL = jnp.where(closed_BxL, 0.0, conf_BxL)
     # A block is done when nothing in it is masked (with ReMDM: and its time has reached 0); the row then moves to the
@@ -128,7 +130,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
     if remask.keeps_revising:
       done_blk_B = done_blk_B & view.last_B
     live_B = view.live_B
-    block_B = jnp.where(live_B & done_blk_B, blocks.first_masked(new_x_BxL), st.block_B)
+    block_B = jnp.where(live_B & done_blk_B, blocks.first_masked(new_x_BxL, mask_id), st.block_B)
     block_step_B = jnp.where(block_B != st.block_B, 0, st.block_step_B + 1)
     # Rows that were already done take no step (their tokens cannot change: nothing of theirs is masked or revisable).
     new_x_BxL = jnp.where(live_B[:, None], new_x_BxL, view.x_BxL)
@@ -147,7 +149,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
   init = _LoopState(step=jnp.int32(0), x_BxL=x_BxL,
                     reveal_step_BxL=jnp.where(fixed_BxL, -1, max_steps).astype(jnp.int32),
                     conf_BxL=jnp.zeros(x_BxL.shape, jnp.float32), key=rng, model_carry=init_carry,
-                    block_B=blocks.first_masked(x_BxL), block_step_B=jnp.zeros((batch,), jnp.int32),
+                    block_B=blocks.first_masked(x_BxL, mask_id), block_step_B=jnp.zeros((batch,), jnp.int32),
                     steps_B=jnp.zeros((batch,), jnp.int32), calls=jnp.int32(0),
                     network_state=network.init_state(x_BxL, init_carry, blocks), trajectory=trajectory)
   st = jax.lax.while_loop(lambda st: (st.step < max_steps) & jnp.any(st.block_B < blocks.num_blocks_B), body, init)
@@ -155,7 +157,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
 
   def fallback_fill(x_BxL):
     t0_B = jnp.zeros((batch,), jnp.float32)
-    logits = primitives.sampling_logits(denoise_fn(x_BxL, t0_B, model_carry)[0])
+    logits = primitives.sampling_logits(denoise_fn(x_BxL, t0_B, model_carry)[0], special)
     return jnp.where(x_BxL == mask_id, jnp.argmax(logits, axis=-1).astype(jnp.int32), x_BxL)
 
   x_BxL = jax.lax.cond(jnp.any(x_BxL == mask_id), fallback_fill, lambda x: x, x_BxL)
@@ -163,9 +165,9 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
   if cfg.record_trajectory:
     after_last_Sx1x1 = (jnp.arange(max_steps + 1) > st.step)[:, None, None]
     trajectory = jnp.where(after_last_Sx1x1, x_BxL[None], trajectory).at[-1].set(x_BxL)
-  kept_BxL = gen_BxL & (x_BxL != special_tokens.PAD)
+  kept_BxL = gen_BxL & (x_BxL != special.pad)
   if cfg.eos_stop:
-    kept_BxL = kept_BxL & (x_BxL != special_tokens.EOS)
+    kept_BxL = kept_BxL & (x_BxL != special.eos)
   output = SampleOutput(tokens_BxL=x_BxL, reveal_step_BxL=st.reveal_step_BxL, confidence_BxL=st.conf_BxL,
                         trajectory_SxBxL=trajectory, steps_B=st.steps_B,
                         lengths_B=jnp.sum(kept_BxL, axis=-1, dtype=jnp.int32), network_calls=st.calls)

@@ -89,15 +89,16 @@ def draw(logits_xV, cfg, key):
   return categorical(key, logits_xV, cfg.draw_precision)
 
 
-def remove_never_sampled(logits_xV):
-  """Logits (any dtype, kept) with the ids that are never data tokens (special_tokens.NEVER_SAMPLED: pad, bos, mask,
-  unk) set to NEG_INF; mask removal is SUBS, the others only matter for an undertrained model."""
-  return logits_xV.at[..., jnp.asarray(special_tokens.NEVER_SAMPLED)].set(jnp.asarray(losses.NEG_INF, logits_xV.dtype))
+def remove_never_sampled(logits_xV, special: special_tokens.SpecialIds):
+  """Logits (any dtype, kept) with the ids that are never data tokens (`special.never_sampled`: pad, bos, mask, unk,
+  less eos) set to NEG_INF; mask removal is SUBS, the others only matter for an undertrained model."""
+  never_sampled = jnp.asarray(special.never_sampled, jnp.int32)
+  return logits_xV.at[..., never_sampled].set(jnp.asarray(losses.NEG_INF, logits_xV.dtype))
 
 
-def sampling_logits(logits_BxLxV):
+def sampling_logits(logits_BxLxV, special: special_tokens.SpecialIds):
   """Float32 logits with the never-sampled ids removed (`remove_never_sampled`)."""
-  return remove_never_sampled(logits_BxLxV.astype(jnp.float32))
+  return remove_never_sampled(logits_BxLxV.astype(jnp.float32), special)
 
 
 # Confidence scores: how sure the model is of a position's candidate, in [0, 1], higher revealed first. A masked

@@ -78,8 +78,7 @@ def _autoregressive_sampler(graphdef, other, cfg: SamplerConfig, objective=None)
 
   @jax.jit
   def run(params, rng, tokens_BxL, fixed_BxL):
-    from dlm_jax import special_tokens
-    tokens_BxL = tokens_BxL.at[:, 0].set(jax.numpy.where(fixed_BxL[:, 0], tokens_BxL[:, 0], special_tokens.EOS))
+    tokens_BxL = tokens_BxL.at[:, 0].set(jax.numpy.where(fixed_BxL[:, 0], tokens_BxL[:, 0], cfg.special.eos))
     logits_fn = lambda x, t: nnx.merge(graphdef, params, other)(x, t).logits_BxLxV
     return autoregressive_sample(logits_fn, rng, tokens_BxL, fixed_BxL.at[:, 0].set(True), cfg)
 

@@ -53,9 +53,9 @@ class Blocks:
   def position_1xL(self):
     return jnp.arange(self.length, dtype=jnp.int32)[None]
 
-  def first_masked(self, x_BxL):
+  def first_masked(self, x_BxL, mask_id: int):
     """The first block of each row that holds a mask (num_blocks_B when none does)."""
-    blocks_BxL = jnp.where(x_BxL == special_tokens.MASK, self.block_of_BxL, jnp.iinfo(jnp.int32).max)
+    blocks_BxL = jnp.where(x_BxL == mask_id, self.block_of_BxL, jnp.iinfo(jnp.int32).max)
     return jnp.minimum(jnp.min(blocks_BxL, axis=-1), self.num_blocks_B)
 
   def positions(self, block_B):
@@ -390,19 +390,20 @@ class Predictor:
   top_p: float
   confidence: str
   draw_precision: str = "float32"
+  special: special_tokens.SpecialIds = special_tokens.DEFAULT
 
   @classmethod
   def from_config(cls, cfg) -> "Predictor":
     return cls(greedy=cfg.greedy, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-               confidence=cfg.confidence, draw_precision=cfg.draw_precision)
+               confidence=cfg.confidence, draw_precision=cfg.draw_precision, special=cfg.special)
 
   def __call__(self, logits_xV, key):
-    logits_xV = primitives.remove_never_sampled(logits_xV)  # in the model's dtype
+    logits_xV = primitives.remove_never_sampled(logits_xV, self.special)  # in the model's dtype
     cand_x = primitives.draw(logits_xV, self, key)
     return cand_x, primitives.confidence_scores(logits_xV, cand_x, self.confidence)
 
 
-def denoiser_call(denoise_fn: Callable, fixed_BxL, guidance_scale: float) -> Callable:
+def denoiser_call(denoise_fn: Callable, fixed_BxL, guidance_scale: float, mask_id: int) -> Callable:
   """`(x, t, carry) -> (logits, priority, carry, passes)`: the denoiser, guided when guidance_scale = w > 0
   (classifier-free guidance, Ho & Salimans 2022 as used by LLaDA): (1 + w) l(x_t) - w l(x_t with every fixed position
   masked); the unconditional pass sees the same carry and its new carry is dropped."""
@@ -411,7 +412,7 @@ def denoiser_call(denoise_fn: Callable, fixed_BxL, guidance_scale: float) -> Cal
     logits_BxLxV, priority_BxL, new_carry = denoise_fn(x_BxL, t_B, model_carry)
     if not guidance_scale:
       return logits_BxLxV, priority_BxL, new_carry, jnp.int32(1)
-    unconditional_BxLxV = denoise_fn(jnp.where(fixed_BxL, special_tokens.MASK, x_BxL), t_B, model_carry)[0]
+    unconditional_BxLxV = denoise_fn(jnp.where(fixed_BxL, mask_id, x_BxL), t_B, model_carry)[0]
     w = guidance_scale
     guided = (1.0 + w) * logits_BxLxV.astype(jnp.float32) - w * unconditional_BxLxV.astype(jnp.float32)
     return guided.astype(logits_BxLxV.dtype), priority_BxL, new_carry, jnp.int32(2)
@@ -569,7 +570,8 @@ def step_network(cfg, denoise_fn: Callable, blocks: Blocks, kv_cache_fns=None):
       raise ConfigError(f"sampler cache={cfg.cache!r} needs the denoiser's KV-cache functions (kv_cache_fns); "
                         "make_sampler passes them for a denoiser that has them.")
     return NETWORKS[cfg.cache](prefill=kv_cache_fns[0], step=kv_cache_fns[1], predict=predict, blocks=blocks)
-  return NETWORKS[cfg.cache](call=denoiser_call(denoise_fn, blocks.fixed_BxL, cfg.guidance_scale), predict=predict)
+  call = denoiser_call(denoise_fn, blocks.fixed_BxL, cfg.guidance_scale, cfg.special.mask)
+  return NETWORKS[cfg.cache](call=call, predict=predict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlm_jax import special_tokens
 from dlm_jax.errors import ConfigError
 from dlm_jax.sampling import hybrid
 from dlm_jax.sampling import sampler as sampler_lib
@@ -41,7 +40,7 @@ def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None =
   if not 1 <= length <= room:
     raise ValueError(f"--length={length} must be between 1 and {room}: the model's context is {max_len} tokens "
                      f"(data.seq_len of the run) and --prompt and --suffix take {fixed_len}.")
-  row = np.concatenate([prompt_ids, np.full((length,), special_tokens.MASK, np.int32), suffix_ids])
+  row = np.concatenate([prompt_ids, np.full((length,), tokenizer.special.mask, np.int32), suffix_ids])
   fixed_row = np.concatenate([np.ones(len(prompt_ids), bool), np.zeros(length, bool), np.ones(len(suffix_ids), bool)])
   return np.tile(row, (num_samples, 1)).astype(np.int32), np.tile(fixed_row, (num_samples, 1))
 
@@ -87,7 +86,7 @@ class Generation:
       parts.append(f"verifier rejected per round {[int(r.sum()) for r in np.asarray(out.rejected_RxB)]}")
     if self.cfg.eos_stop:
       tokens_BxL = np.asarray(out.tokens_BxL)
-      kept_BxL = ~self.fixed_BxL & ~np.isin(tokens_BxL, [special_tokens.PAD, special_tokens.EOS])
+      kept_BxL = ~self.fixed_BxL & ~np.isin(tokens_BxL, [self.cfg.special.pad, self.cfg.special.eos])
       parts.append(f"lengths {kept_BxL.sum(-1).tolist()}")
     return "; ".join(parts)
 
@@ -104,7 +103,7 @@ def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", lengt
   autoregressive = objective.is_autoregressive
   tokens, fixed = prompt_batch(run.tokenizer, num_samples, objective.sample_length(int(run.config.data.seq_len)),
                                length, prompt, suffix, autoregressive)
-  cfg = sampler_lib.SamplerConfig.from_config(run.config, **(overrides or {}), record_trajectory=record_trajectory)
+  cfg = run.sampler_config(**(overrides or {}), record_trajectory=record_trajectory)
   family = sampler_lib.family_of(cfg, objective)
   if mesh is not None and family not in sampler_lib.SAMPLERS.builtin():
     raise ConfigError(f"A {objective.name!r} run samples with the {family!r} sampler, on one device: drop --mesh.")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dlm_jax import special_tokens
 from dlm_jax.diffusion import score_entropy, uniform
 from dlm_jax.sampling import primitives
 from dlm_jax.sampling.primitives import SampleOutput, filter_logits
@@ -41,8 +40,8 @@ def transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry=No
   steps = cfg.steps
   t0_B = jnp.ones((batch,), jnp.float32)
   vocab = jax.eval_shape(lambda x: denoise_fn(x, t0_B, init_carry)[0], tokens_BxL).shape[-1]
-  states_V = uniform.states(vocab)
-  mask_id = special_tokens.MASK
+  states_V = uniform.states(vocab, cfg.special)
+  mask_id = cfg.special.mask
   init_key, loop_key = jax.random.split(rng)
   fixed_BxL = fixed_BxL.astype(bool)
   if cfg.process == "uniform":

@@ -294,17 +294,18 @@ def saved_tokenizer(meta: dict, data_config, workdir):
   """The tokenizer stored in a checkpoint's `meta` (`restore_meta`), after checking that `data_config` asks for the
   same one (a resumed run must keep its token ids). Raises CheckpointError naming the mismatch and what to do."""
   saved = tokenizers.from_dict(meta["tokenizer"])
-  if data_config.tokenizer != saved.kind:
+  if pipeline.tokenizer_kind(data_config.tokenizer) != saved.kind:
     raise CheckpointError(
         f"{workdir} holds a checkpoint trained with a {saved.kind!r} tokenizer but data.tokenizer="
         f"{data_config.tokenizer!r}. Use the same tokenizer, or a new --workdir.")
-  if data_config.tokenizer == "sentencepiece":
+  if saved.kind != "char":
     current = pipeline.build_tokenizer(data_config)
     if tokenizers.fingerprint(current) != tokenizers.fingerprint(saved):
+      named = (f"data.tokenizer_path={data_config.tokenizer_path!r}" if saved.kind == "sentencepiece"
+               else f"data.tokenizer={data_config.tokenizer!r}")
       raise CheckpointError(
-          f"data.tokenizer_path={data_config.tokenizer_path!r} is not the SentencePiece model the checkpoint in "
-          f"{workdir} was trained with (vocab {current.vocab_size} vs {saved.vocab_size}). Point it at the original "
-          "model, or use a new --workdir.")
+          f"{named} is not the tokenizer the checkpoint in {workdir} was trained with (vocab {current.vocab_size} vs "
+          f"{saved.vocab_size}). Point it at the original one, or use a new --workdir.")
   return saved
 
 
@@ -343,7 +344,12 @@ class LoadedRun:
   @property
   def model_config(self) -> models.DenoiserConfig:
     """The model's frozen dataclass config (e.g. `.num_layers`)."""
-    return models.model_config(self.config, self.tokenizer.vocab_size)
+    return models.model_config(self.config, self.tokenizer.vocab_size, self.tokenizer.special)
+
+  def sampler_config(self, **overrides):
+    """The run's `sampling.SamplerConfig` (config.sample, its tokenizer's special ids) with `overrides`."""
+    from dlm_jax.sampling.config import SamplerConfig
+    return SamplerConfig.from_config(self.config, self.tokenizer.special, **overrides)
 
 
 WEIGHTS = ("ema", "raw")  # what --weights selects
@@ -388,7 +394,7 @@ def load_for_inference(workdir, step: int | None = None, weights: str = "ema", w
   # The graph structure only: parameters come from the checkpoint; the only non-Param state, a retrieval datastore,
   # from the run's datastore file.
   datastore = load_datastore(workdir) if int(config.model.get("retrieval_slots", 0) or 0) else None
-  graphdef, other = state_lib.graph_and_other(config, tokenizer.vocab_size, datastore)
+  graphdef, other = state_lib.graph_and_other(config, tokenizer.vocab_size, datastore, tokenizer.special)
   if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(other)):
     raise CheckpointError(f"Model {config.model.name!r} holds non-parameter state that neither checkpoints nor the "
                           "run's files carry.")

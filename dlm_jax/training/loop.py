@@ -111,8 +111,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
 
   objective = objectives.from_config(config, vocab_size, tokenizer)
   tx = optimizer.make_optimizer(config.optimizer, num_steps, config.model)
-  train_tokens, datastore = retrieval_datastore(config, streams.train, seq_len, workdir)
-  graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore)
+  train_tokens, datastore = retrieval_datastore(config, streams.train, seq_len, workdir, tokenizer.special.eos)
+  graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore, tokenizer.special)
   micro_batch = global_batch // accum
   data_shard = mesh.data_shard(micro_batch, mesh.train_batch, axis=1)
   data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed), data_shard, accum)
@@ -138,7 +138,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                        config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
                                     resumed_step=resumed_step, enabled=sharding.is_primary())
-  flops_per_token = models.model_config(config, vocab_size).flops_per_token(seq_len)
+  flops_per_token = models.model_config(config, vocab_size, tokenizer.special).flops_per_token(seq_len)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
         f"{jax.device_count()} {jax.default_backend()} device(s) ({mesh.describe()}"
@@ -210,8 +210,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                   int(tcfg.get("max_skipped_steps", 10)), global_batch))
   num_samples = int(config.sample.num_samples)
   if num_samples:
-    sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, SamplerConfig.from_config(config),
-                                               objective))
+    sampler_cfg = SamplerConfig.from_config(config, tokenizer.special)
+    sample_texts = mesh.bind(make_text_sampler(graphdef, other, tokenizer, sampler_cfg, objective))
     sample_len = objective.sample_length(seq_len)
     no_prompt = (np.zeros((num_samples, sample_len), np.int32), np.zeros((num_samples, sample_len), bool))
   flag = {"stop": False}
@@ -282,16 +282,17 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
           "vocab_size": vocab_size}
 
 
-def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Path):
+def retrieval_datastore(config, train_tokens, seq_len: int, workdir: pathlib.Path, eos_id: int):
   """(training stream, datastore windows or None). With model.retrieval_slots > 0 the datastore is
-  model.retrieval_windows windows spread over the training stream and cut out of it (models/retrieval.py),
+  model.retrieval_windows windows spread over the training stream and cut out of it (models/retrieval.py; the pieces
+  left joined by `eos_id`),
   written to WORKDIR/retrieval_datastore.npy for every later load; a resumed run checks that its data still gives the
   same windows."""
   if not int(config.model.get("retrieval_slots", 0) or 0):
     return train_tokens, None
   num_windows = int(config.model.retrieval_windows)
   try:
-    windows, rest = retrieval.datastore_windows(train_tokens, seq_len, num_windows)
+    windows, rest = retrieval.datastore_windows(train_tokens, seq_len, num_windows, eos_id)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   saved = workdir / checkpoint.DATASTORE_FILE

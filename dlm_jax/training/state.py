@@ -8,7 +8,7 @@ import jax
 import optax
 from flax import nnx
 
-from dlm_jax import models, objectives
+from dlm_jax import models, objectives, special_tokens
 
 
 @flax.struct.dataclass
@@ -23,10 +23,12 @@ class TrainState:
   teacher_params: Any = None
 
 
-def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation, datastore=None):
-  """Returns (graphdef, other_state, TrainState). `other_state` holds the non-Param variables: empty, except for
-  EcoHybrid's retrieval datastore (models/retrieval.py), which `datastore` (windows [N, L]) fills."""
-  model = models.get_model(config, vocab_size, nnx.Rngs(params=int(config.seed)))
+def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation, datastore=None,
+                         special: special_tokens.SpecialIds = special_tokens.DEFAULT):
+  """Returns (graphdef, other_state, TrainState) of the config's model for a tokenizer of `vocab_size` ids with the
+  special ids `special`. `other_state` holds the non-Param variables: empty, except for EcoHybrid's retrieval
+  datastore (models/retrieval.py), which `datastore` (windows [N, L]) fills."""
+  model = models.get_model(config, vocab_size, nnx.Rngs(params=int(config.seed)), special)
   if datastore is not None:
     model.retrieval.fill(datastore)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
@@ -38,7 +40,8 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
   return graphdef, other, state
 
 
-def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh, datastore=None):
+def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh, datastore=None,
+                 special: special_tokens.SpecialIds = special_tokens.DEFAULT):
   """`init_model_and_state` with the TrainState laid out on `mesh` (training/sharding.MeshContext) by its parameters'
   logical axes. With config `mesh.sharded_init` (default) and more than one device the state is initialized inside
   one jit whose out_shardings are those layouts, so that no device ever holds the whole of an FSDP-split model (the
@@ -47,18 +50,20 @@ def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh
   whole state must fit on one device)."""
   mesh_cfg = config.get("mesh")
   if mesh.mesh.size == 1 or not (mesh_cfg is None or mesh_cfg.get("sharded_init", True)):
-    graphdef, other, state = init_model_and_state(config, vocab_size, tx, datastore)
+    graphdef, other, state = init_model_and_state(config, vocab_size, tx, datastore, special)
     return graphdef, other, mesh.place(state)
-  build = lambda: init_model_and_state(config, vocab_size, tx, datastore)[2]
+  build = lambda: init_model_and_state(config, vocab_size, tx, datastore, special)[2]
   state = jax.jit(build, out_shardings=mesh.shardings(jax.eval_shape(build)))()
-  graphdef, other = graph_and_other(config, vocab_size, datastore)
+  graphdef, other = graph_and_other(config, vocab_size, datastore, special)
   return graphdef, other, state
 
 
-def graph_and_other(config, vocab_size: int, datastore=None):
-  """(graphdef, non-parameter state) of the config's model without allocating its parameters: the graph structure,
-  and the only non-Param state, EcoHybrid's retrieval datastore, filled from `datastore` (windows [N, L])."""
-  model = nnx.eval_shape(lambda: models.get_model(config, vocab_size, nnx.Rngs(0)))
+def graph_and_other(config, vocab_size: int, datastore=None,
+                    special: special_tokens.SpecialIds = special_tokens.DEFAULT):
+  """(graphdef, non-parameter state) of the config's model without allocating its parameters: the graph structure
+  (which holds the model's config, its mask id included), and the only non-Param state, EcoHybrid's retrieval
+  datastore, filled from `datastore` (windows [N, L])."""
+  model = nnx.eval_shape(lambda: models.get_model(config, vocab_size, nnx.Rngs(0), special))
   if getattr(model, "retrieval", None) is not None:
     if datastore is None:
       raise ValueError("This model has retrieval slots: pass its datastore windows.")

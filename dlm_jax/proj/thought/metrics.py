@@ -30,7 +30,6 @@ from dlm_jax import models
 from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import likelihood
 from dlm_jax.proj.thought import sampler as thought_sampling
-from dlm_jax.sampling import SamplerConfig
 
 
 def load_thought_run(workdir: str, *, weights: str, which: str):
@@ -193,7 +192,7 @@ def depth_curve(run, windows_NxL, batch_size: int, seed: int, time_samples: int,
 def sampling_stability(run, num_samples: int, steps: int, seed: int) -> dict:
   """Stability of the thought estimate and of the evolved thought along the reverse process of `num_samples`
   generations from noise, and of generations given a clean memory (persistence)."""
-  cfg = dataclasses.replace(SamplerConfig.from_config(run.config), steps=steps, record_trajectory=True)
+  cfg = dataclasses.replace(run.sampler_config(), steps=steps, record_trajectory=True)
   width = run.objective.sample_length(int(run.config.data.seq_len))
   tokens = np.zeros((num_samples, width), np.int32)
   fixed = np.zeros((num_samples, width), bool)

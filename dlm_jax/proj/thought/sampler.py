@@ -274,7 +274,7 @@ def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", lengt
   if steer_toward is not None:
     steer = distance_property(steer_toward)
     settings = dataclasses.replace(settings, steer_scale=steer_scale)
-  cfg = SamplerConfig.from_config(run.config, **(overrides or {}))
+  cfg = run.sampler_config(**(overrides or {}))
   cfg = dataclasses.replace(cfg, record_trajectory=record_trajectory or cfg.record_trajectory)
   result = make_thought_sampler(run.graphdef, run.other, cfg, settings, steer)(
       run.params, jax.random.key(seed), tokens, fixed, start)
