@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = "char"
   c.data.tokenizer_path = ""  # .model file from `python -m launch.tokenizer` when tokenizer="sentencepiece"
   c.data.seq_len = 64  # tokens per training and evaluation window (the model's context)
+  # "wrapped": documents joined by EOS, random windows of seq_len; "padded": one document per window, then EOS and
+  # padding, which is never corrupted nor scored (MDLM's two layouts; padded needs a prepared folder as data.path)
+  c.data.layout = "wrapped"
   c.data.seed = 0  # shuffling of the training crops
 
   # The training objective (dlm_jax/objectives/; docs/objectives.md): diffusion.objective names an OBJECTIVES class

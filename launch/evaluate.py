@@ -49,10 +49,9 @@ def main(argv):
   run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint)
   ev = run.config.eval
   placement = cli.flag_or(FLAGS.windows, ev.get("windows", "first"))
-  stream = pipeline.validation_stream(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer, FLAGS.path,
-                                      oov=FLAGS.oov)
-  windows = pipeline.eval_windows(stream, int(run.config.data.seq_len),
-                                  cli.flag_or(FLAGS.num_windows, int(ev.num_windows)), placement)
+  windows = pipeline.validation_windows(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer,
+                                        cli.flag_or(FLAGS.num_windows, int(ev.num_windows)), placement, FLAGS.path,
+                                        oov=FLAGS.oov)
   objective = run.objective
   time_samples = 1 if objective.is_autoregressive else cli.flag_or(FLAGS.time_samples, int(ev.time_samples))
   if FLAGS.score == "training_loss" and objective.needs_teacher:

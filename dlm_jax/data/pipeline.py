@@ -9,6 +9,13 @@
   of its files).
 * Split: `data.valid_path` if set, else the last `valid_fraction` of the token stream (nanoGPT's 90/10 split).
 Documents are joined with EOS between them.
+
+A prepared folder (data/prepared.py, `python -m launch.prepare_data`) as data.path is read from its memory-mapped
+shards, never whole; its tokenizer is the run's. Its documents also give MDLM's second layout, `data.layout`:
+* "wrapped" (default): the documents joined by EOS, random windows of seq_len (MDLM's wrap; MD4's text8 crops);
+* "padded": one document per window, from its start, followed by EOS, then the tokenizer's pad id (a longer document
+  is cut at seq_len); the objective neither corrupts nor scores the padding. The validation split is then the last
+  valid_fraction of the documents, and evaluation scores the first (or spread) eval.num_windows documents.
 """
 from __future__ import annotations
 
@@ -23,16 +30,41 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlm_jax.data import corpus, tokenizers
+from dlm_jax.data import corpus, prepared, tokenizers
 from dlm_jax.errors import ConfigError
+
+
+LAYOUTS = ("wrapped", "padded")
+
+
+@dataclasses.dataclass
+class Documents:
+  """Documents of a token stream: `rows_Nx2` holds each one's (start, length) in `stream`."""
+  stream: object  # np.ndarray or prepared.TokenStream
+  rows_Nx2: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.rows_Nx2)
+
+  def window(self, index: int, seq_len: int, special) -> np.ndarray:
+    """int32 [seq_len]: document `index`, then EOS, cut at seq_len, then `special.pad` (the padded layout)."""
+    start, length = (int(v) for v in self.rows_Nx2[index])
+    tokens = np.asarray(self.stream[start:start + min(length, seq_len)], np.int32)
+    row = np.full((seq_len,), special.pad, np.int32)
+    row[:len(tokens)] = tokens
+    if len(tokens) < seq_len:
+      row[len(tokens)] = special.eos
+    return row
 
 
 @dataclasses.dataclass
 class TokenStreams:
-  train: np.ndarray  # int32, memory-mapped
-  valid: np.ndarray
+  train: object  # int32 np.ndarray (memory-mapped cache), or a prepared folder's TokenStream
+  valid: object
   tokenizer: object
   summary: str = ""  # what was read (corpus.Corpus.summary of the train and the valid corpus)
+  train_docs: Documents | None = None  # the documents of each split (prepared folders; the padded layout reads them)
+  valid_docs: Documents | None = None
 
 
 def _encode_documents(docs, tokenizer, source, oov: str = "error"):
@@ -77,7 +109,16 @@ def build_tokenizer(data_config, train_docs=None):
 def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error") -> TokenStreams:
   """Reads, tokenizes (once; cached) and splits the corpus. `tokenizer=None` builds one (a resumed run passes the
   tokenizer saved in its checkpoint, so the ids never change under it). `oov`: the character tokenizer's policy for
-  characters outside its alphabet (tokenizers.OOV_POLICIES; training keeps "error")."""
+  characters outside its alphabet (tokenizers.OOV_POLICIES; training keeps "error"). A prepared folder is read by
+  `load_prepared_streams`."""
+  if data_config.get("layout", "wrapped") not in LAYOUTS:
+    raise ConfigError(f"data.layout must be one of {LAYOUTS}, got {data_config.layout!r}.")
+  if prepared.is_prepared(data_config.path):
+    return load_prepared_streams(data_config, cache_dir, tokenizer, oov)
+  if data_config.get("layout", "wrapped") != "wrapped":
+    raise corpus.DataError(f"data.layout={data_config.layout!r} reads documents from a prepared folder; "
+                           f"data.path={data_config.path!r} is text. Prepare it first (python -m launch.prepare_data "
+                           "--input=... --output=DIR) and set data.path=DIR, or use data.layout='wrapped'.")
   text = corpus.load_documents(data_config.path, "data.path")
   valid_text = corpus.load_documents(data_config.valid_path, "data.valid_path") if data_config.get("valid_path") else None
   docs, key = text.docs, text.key
@@ -97,14 +138,81 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
       raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
     split = int(len(stream) * (1.0 - fraction))  # nanoGPT: data[:int(n * 0.9)]
     train, valid = stream[:split], stream[split:]
-  seq_len = int(data_config.seq_len)
-  for name, tokens, flag in (("train", train, "data.path"), ("valid", valid, "data.valid_path/valid_fraction")):
-    if len(tokens) < seq_len:
+  summary = text.summary + (f"; {valid_text.summary}" if valid_text is not None else "")
+  return _checked(TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary), data_config)
+
+
+def _checked(streams: TokenStreams, data_config) -> TokenStreams:
+  """`streams`, after checking that each split fills a window (the wrapped layout) or holds a document (padded)."""
+  seq_len, padded = int(data_config.seq_len), data_config.get("layout", "wrapped") == "padded"
+  for name, tokens, docs, flag in (("train", streams.train, streams.train_docs, "data.path"),
+                                   ("valid", streams.valid, streams.valid_docs, "data.valid_path/valid_fraction")):
+    if padded and not len(docs):
+      raise corpus.DataError(f"The {name} split of {data_config.path!r} holds no document. Use a larger corpus "
+                             f"({flag}).")
+    if not padded and len(tokens) < seq_len:
       raise corpus.DataError(
           f"The {name} split of {data_config.path!r} has {len(tokens)} tokens, fewer than data.seq_len={seq_len}. "
           f"Use a larger corpus ({flag}) or a smaller data.seq_len.")
-  summary = text.summary + (f"; {valid_text.summary}" if valid_text is not None else "")
-  return TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary)
+  return streams
+
+
+def _same_tokenizer(expected, found, what: str):
+  if tokenizers.fingerprint(expected) != tokenizers.fingerprint(found):
+    raise corpus.DataError(f"{what} was prepared with another tokenizer ({found.kind}, vocab {found.vocab_size}) than "
+                           f"this run's ({expected.kind}, vocab {expected.vocab_size}). Prepare it with the run's "
+                           "tokenizer.")
+
+
+def load_prepared_streams(data_config, cache_dir, tokenizer=None, oov: str = "error") -> TokenStreams:
+  """The splits of a prepared folder at data.path (module docstring), with its tokenizer: data.tokenizer must name the
+  same kind (and, for sentencepiece and hf, the same tokenizer); a resumed run's `tokenizer` must equal it. The
+  validation split: data.valid_path (another prepared folder, or text encoded with this tokenizer), else the last
+  valid_fraction of the tokens (wrapped) or of the documents (padded)."""
+  corpus_ = prepared.PreparedCorpus.open(data_config.path)
+  own = corpus_.tokenizer
+  if tokenizer_kind(data_config.tokenizer) != own.kind:
+    raise corpus.DataError(f"data.path={data_config.path} was prepared with a {own.kind!r} tokenizer, but "
+                           f"data.tokenizer={data_config.tokenizer!r}. Set data.tokenizer to the one it was prepared "
+                           "with, or prepare the corpus again.")
+  if own.kind != "char":
+    _same_tokenizer(build_tokenizer(data_config), own, f"data.path={data_config.path}")
+  if tokenizer is not None:
+    _same_tokenizer(tokenizer, own, f"data.path={data_config.path}")
+  train = corpus_.stream
+  train_docs = Documents(train, corpus_.documents_Nx2)
+  summary = corpus_.summary()
+  valid_path = data_config.get("valid_path", "")
+  padded = data_config.get("layout", "wrapped") == "padded"
+  if valid_path and prepared.is_prepared(valid_path):
+    valid_corpus = prepared.PreparedCorpus.open(valid_path, "data.valid_path")
+    _same_tokenizer(own, valid_corpus.tokenizer, f"data.valid_path={valid_path}")
+    valid, valid_docs = valid_corpus.stream, Documents(valid_corpus.stream, valid_corpus.documents_Nx2)
+    summary += "; " + valid_corpus.summary("data.valid_path")
+  elif valid_path:
+    if padded:
+      raise corpus.DataError("data.layout='padded' reads the validation documents from a prepared folder: prepare "
+                             f"data.valid_path={valid_path!r} too, or leave it empty (valid_fraction).")
+    text = corpus.load_documents(valid_path, "data.valid_path")
+    valid = _cached(pathlib.Path(cache_dir), f"{text.key}|{tokenizers.fingerprint(own)}",
+                    lambda: _encode_documents(text.docs, own, valid_path, oov))
+    valid_docs = None
+    summary += "; " + text.summary
+  else:
+    fraction = float(data_config.valid_fraction)
+    if not 0.0 < fraction < 1.0:
+      raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
+    rows = corpus_.documents_Nx2
+    if padded:  # whole documents: the last `fraction` of them
+      cut = int(len(rows) * (1.0 - fraction))
+      train_docs, valid_docs = Documents(train, rows[:cut]), Documents(train, rows[cut:])
+      split = int(rows[cut, 0]) if cut < len(rows) else len(train)
+    else:
+      split = int(len(train) * (1.0 - fraction))
+      valid_docs = None
+    train, valid = train.view(0, split), train.view(split, len(train))
+  return _checked(TokenStreams(train=train, valid=valid, tokenizer=own, summary=summary, train_docs=train_docs,
+                               valid_docs=valid_docs), data_config)
 
 
 def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: str = "error") -> np.ndarray:
@@ -159,6 +267,54 @@ def train_iterator(tokens: np.ndarray, seq_len: int, batch_size: int, seed: int,
   dataset = (grain.MapDataset.range(len(tokens) - seq_len + 1).seed(seed).shuffle().repeat()
              .batch(batch_size, drop_remainder=True).map(_ShardCrops(tokens, seq_len, shard, accum)))
   return iter(dataset.to_iter_dataset())
+
+
+class _ShardDocuments(grain.transforms.Map):
+  """`_ShardCrops` for the padded layout: a global batch of document indices -> this shard's rows of every
+  micro-batch, each the document's padded window (`Documents.window`)."""
+
+  def __init__(self, docs: Documents, seq_len: int, shard: grain.sharding.ShardOptions, accum: int, special):
+    self.docs, self.seq_len, self.shard, self.accum, self.special = docs, seq_len, shard, accum, special
+
+  def map(self, indices_B):
+    micro_AxM = np.asarray(indices_B).reshape(self.accum, -1)
+    rows = micro_AxM.shape[1] // self.shard.shard_count
+    mine = micro_AxM[:, self.shard.shard_index * rows:(self.shard.shard_index + 1) * rows].reshape(-1)
+    return np.stack([self.docs.window(int(i), self.seq_len, self.special) for i in mine])
+
+
+def document_iterator(docs: Documents, seq_len: int, batch_size: int, seed: int, special,
+                      shard: grain.sharding.ShardOptions | None = None, accum: int = 1):
+  """`train_iterator` for the padded layout: one seeded shuffle of the document indices, batched; row = the document's
+  padded window. Sharded over processes and micro-batches as `train_iterator`; checkpointable."""
+  shard = shard or grain.sharding.ShardByJaxProcess()
+  if batch_size % (accum * shard.shard_count):
+    raise ConfigError(f"train.batch_size={batch_size} must be divisible by train.grad_accum_steps={accum} x "
+                      f"{shard.shard_count} data shards (processes).")
+  dataset = (grain.MapDataset.range(len(docs)).seed(seed).shuffle().repeat()
+             .batch(batch_size, drop_remainder=True).map(_ShardDocuments(docs, seq_len, shard, accum, special)))
+  return iter(dataset.to_iter_dataset())
+
+
+def document_windows(docs: Documents, seq_len: int, max_windows: int, special, placement: str = "first") -> np.ndarray:
+  """`eval_windows` for the padded layout: [N, seq_len] padded windows of N = min(max_windows, documents) documents,
+  the first N or N spread evenly over the split."""
+  n = min(int(max_windows), len(docs))
+  if placement not in ("first", "spread"):
+    raise ConfigError(f"eval.windows must be 'first' or 'spread', got {placement!r}.")
+  indices = range(n) if placement == "first" else np.linspace(0, len(docs) - 1, n).astype(np.int64)
+  return np.stack([docs.window(int(i), seq_len, special) for i in indices]) if n else np.zeros((0, seq_len), np.int32)
+
+
+def validation_windows(data_config, cache_dir, tokenizer, max_windows: int, placement: str = "first", path: str = "",
+                       oov: str = "error") -> np.ndarray:
+  """The evaluation windows of a run: `eval_windows` of its validation stream (or of the text at `path`), or, for
+  the padded layout and no `path`, `document_windows` of its validation documents."""
+  seq_len = int(data_config.seq_len)
+  if data_config.get("layout", "wrapped") == "padded" and not path:
+    streams = load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov)
+    return document_windows(streams.valid_docs, seq_len, max_windows, tokenizer.special, placement)
+  return eval_windows(validation_stream(data_config, cache_dir, tokenizer, path, oov), seq_len, max_windows, placement)
 
 
 def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int, placement: str = "first") -> np.ndarray:

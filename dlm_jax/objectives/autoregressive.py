@@ -18,6 +18,7 @@ class Autoregressive(Objective):
   sampler: ClassVar[str] = "autoregressive"  # left to right (sampling/autoregressive.py)
   process: ClassVar[str] = "autoregressive"
   is_autoregressive: ClassVar[bool] = True
+  supports_padded: ClassVar[bool] = True  # the padding is never a target
 
   def __post_init__(self):
     super().__post_init__()
@@ -28,9 +29,17 @@ class Autoregressive(Objective):
     output = denoise_fn(x0_BxL, jnp.zeros((x0_BxL.shape[0],), jnp.float32))
     return output, self.token_nll(output, x0_BxL, shift=True)
 
+  def mean_nll(self, nll_BxLm1, x0_BxL):
+    """The mean over the targets x_2..L (with `padded`, over those that are not padding)."""
+    if not self.padded:
+      return jnp.mean(nll_BxLm1)
+    target_BxLm1 = x0_BxL[:, 1:] != self.special.pad
+    return jnp.sum(jnp.where(target_BxLm1, nll_BxLm1, 0.0)) / self.scored_count(target_BxLm1, 0)
+
   def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
     output, nll_BxLm1 = self.next_token_nll(denoise_fn, x0_BxL)
-    return jnp.mean(nll_BxLm1), output, {"nll_per_token": jnp.mean(nll_BxLm1)}
+    loss = self.mean_nll(nll_BxLm1, x0_BxL)
+    return loss, output, {"nll_per_token": loss}
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
-    return jnp.mean(self.next_token_nll(denoise_fn, x0_BxL)[1])
+    return self.mean_nll(self.next_token_nll(denoise_fn, x0_BxL)[1], x0_BxL)

@@ -37,7 +37,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
-CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption")
+CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Objective(abc.ABC):
   sampler: ClassVar[str] = ""
   # Section fields (besides the dataclass's own) that this objective reads: see objectives.SECTION_FIELDS.
   reads: ClassVar[tuple[str, ...]] = ()
+  supports_padded: ClassVar[bool] = False  # trains on data.layout="padded" windows (padding never corrupted/scored)
 
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   special: special_tokens.SpecialIds = special_tokens.DEFAULT  # the tokenizer's (`mask_id` is its mask)
@@ -69,6 +70,10 @@ class Objective(abc.ABC):
   # example's prompt is masked with probability prompt_drop (classifier-free guidance's unconditional model).
   prompt_length: int = 0
   prompt_drop: float = 0.0
+  # data.layout == "padded" (data/pipeline.py): one document per window, then the tokenizer's pad id; pad positions
+  # are fixed (never corrupted) and never scored, and per-token figures divide by the tokens that are not padding
+  # (MDLM's attention-mask-weighted loss).
+  padded: bool = False
 
   @property
   def mask_id(self) -> int:
@@ -81,6 +86,9 @@ class Objective(abc.ABC):
                         f"{self.prompt_length} and {self.prompt_drop}.")
     if self.prompt_drop and not self.prompt_length:
       raise ConfigError("diffusion.prompt_drop drops the prompt: set diffusion.prompt_length > 0 too.")
+    if self.padded and not self.supports_padded:
+      raise ConfigError(f"data.layout='padded' trains objectives 'elbo', 'masked_mean' and 'autoregressive', not "
+                        f"{self.name!r}: use data.layout='wrapped'.")
 
   @classmethod
   def process_of(cls, diffusion_config) -> str:
@@ -131,6 +139,18 @@ class Objective(abc.ABC):
   def prompt_mask(self, shape):
     """bool [B, L]: the never-corrupted, never-scored prompt positions, or None without a prompt."""
     return jnp.broadcast_to(jnp.arange(shape[1]) < self.prompt_length, shape) if self.prompt_length else None
+
+  def fixed_mask(self, x0_BxL, prompt_BxL):
+    """bool [B, L] or None: the positions never corrupted nor scored: the prompt's and, with `padded`, the padding."""
+    if not self.padded:
+      return prompt_BxL
+    pad_BxL = x0_BxL == self.special.pad
+    return pad_BxL if prompt_BxL is None else prompt_BxL | pad_BxL
+
+  def scored_count(self, scored_BxL, default: int):
+    """The per-token figures' denominator: the scored positions with `padded`, else `default` (B (L - P) or
+    B (L - 1): every window full)."""
+    return jnp.maximum(jnp.sum(scored_BxL), 1) if self.padded else default
 
   # -- the protocol ----------------------------------------------------------------------------------------------------
   @abc.abstractmethod
@@ -185,7 +205,7 @@ class CorruptionObjective(Objective):
     """The scalar loss: sum_b NELBO_b / (B (L - P)), an unbiased per-token NELBO, logged as nll_per_token."""
     batch_size, seq_len = x0_BxL.shape
     nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL)
-    loss = jnp.sum(nelbo_B) / (batch_size * (seq_len - self.prompt_length))
+    loss = jnp.sum(nelbo_B) / self.scored_count(scored_BxL, batch_size * (seq_len - self.prompt_length))
     metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
     return loss
 
@@ -194,8 +214,9 @@ class CorruptionObjective(Objective):
     t_rng, mask_rng = jax.random.split(rng)
     t_B = self.sample_times(t_rng, batch_size)
     prompt_BxL = self.prompt_mask(x0_BxL.shape)
-    scored_BxL = None if prompt_BxL is None else ~prompt_BxL
-    xt_BxL, input_BxL, corrupted_BxL, weight_BxL = self.training_inputs(mask_rng, x0_BxL, t_B, prompt_BxL, step)
+    fixed_BxL = self.fixed_mask(x0_BxL, prompt_BxL)
+    scored_BxL = None if fixed_BxL is None else ~fixed_BxL
+    xt_BxL, input_BxL, corrupted_BxL, weight_BxL = self.training_inputs(mask_rng, x0_BxL, t_B, fixed_BxL, step)
     if self.prompt_drop:
       drop_B = jax.random.bernoulli(jax.random.fold_in(rng, 2), self.prompt_drop, (batch_size,))
       input_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
@@ -205,12 +226,13 @@ class CorruptionObjective(Objective):
     return loss, output, metrics
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
-    """A one-sample NELBO with x_1 never corrupted (hard tokens, token by token, whatever the training curriculum)."""
+    """A one-sample NELBO with x_1 never corrupted (hard tokens, token by token, whatever the training curriculum);
+    with `padded`, the padding neither."""
     batch_size, seq_len = x0_BxL.shape
-    first_BxL = jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True)
+    first_BxL = self.fixed_mask(x0_BxL, jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True))
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
     xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)
     output = self.denoise(denoise_fn, xt_BxL, t_B)
     nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, ~first_BxL)
-    return jnp.sum(nelbo_B) / (batch_size * (seq_len - 1))
+    return jnp.sum(nelbo_B) / self.scored_count(~first_BxL, batch_size * (seq_len - 1))

@@ -23,6 +23,7 @@ class MaskedELBO(CorruptionObjective):
   is a bound given the segmentation, not on -log p(x_0), so `evaluation_nll` always masks token by token."""
   name: ClassVar[str] = "elbo"
   reads: ClassVar[tuple[str, ...]] = ("corruption", "script_rates", "unit_fraction")
+  supports_padded: ClassVar[bool] = True
   corruption: corruption_lib.ScriptAwareCorruption | None = None  # None: token by token
 
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):

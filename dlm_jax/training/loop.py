@@ -115,7 +115,14 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore, tokenizer.special)
   micro_batch = global_batch // accum
   data_shard = mesh.data_shard(micro_batch, mesh.train_batch, axis=1)
-  data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed), data_shard, accum)
+  padded = config.data.get("layout", "wrapped") == "padded"
+  if padded and datastore is not None:
+    raise ConfigError("model.retrieval_slots cuts its datastore out of the token stream: use data.layout='wrapped'.")
+  if padded:
+    data_iter = pipeline.document_iterator(streams.train_docs, seq_len, global_batch, int(config.data.seed),
+                                           tokenizer.special, data_shard, accum)
+  else:
+    data_iter = pipeline.train_iterator(train_tokens, seq_len, global_batch, int(config.data.seed), data_shard, accum)
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if teacher is not None:
     state = start_from_teacher(state, teacher, tx)
@@ -134,8 +141,12 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                                   ema_warmup=bool(tcfg.get("ema_warmup", False)),
                                                   skip_nonfinite=nan_policy == "skip_step"))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
-  eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
-                                       config.eval.get("windows", "first"))
+  if padded:
+    eval_windows = pipeline.document_windows(streams.valid_docs, seq_len, int(config.eval.num_windows),
+                                             tokenizer.special, config.eval.get("windows", "first"))
+  else:
+    eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
+                                         config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
                                     resumed_step=resumed_step, enabled=sharding.is_primary())
   flops_per_token = models.model_config(config, vocab_size, tokenizer.special).flops_per_token(seq_len)
@@ -143,7 +154,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   print(f"Model {config.model.name}: {num_params / 1e6:.2f}M parameters, vocab {vocab_size}, "
         f"{jax.device_count()} {jax.default_backend()} device(s) ({mesh.describe()}"
         f"{f', {jax.process_count()} processes' if jax.process_count() > 1 else ''}); "
-        f"train {len(train_tokens):,} tokens"
+        f"train {len(train_tokens):,} tokens{f' ({len(streams.train_docs):,} documents, padded)' if padded else ''}"
         f"{'' if datastore is None else f' (+ {datastore.size:,} in the retrieval datastore)'}, "
         f"valid {len(streams.valid):,} tokens.", flush=True)
   print(f"Corpus {streams.summary}.", flush=True)

@@ -21,6 +21,7 @@ class ThoughtELBO(MaskedELBO):
   name: ClassVar[str] = "thought"
   sampler: ClassVar[str] = "thought"
   reads: ClassVar[tuple[str, ...]] = ()
+  supports_padded: ClassVar[bool] = False  # its loss and evaluation do not exclude padding
   thought: thought_lib.ThoughtProcess | None = None  # config.thought and model.thought_dims (run_context)
 
   def __post_init__(self):
