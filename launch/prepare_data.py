@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags
 
 from dlm_jax import cli
-from dlm_jax.data import pipeline, prepared, tokenizers
+from dlm_jax.data import prepared, tokenizers
 
 flags.DEFINE_string("input", None, "Text to prepare: files, folders and globs, comma-separated (relative to the "
                     "working directory or $DLM_DATA_DIR).")
@@ -38,6 +38,7 @@ def build_tokenizer():
     for doc in prepared.iter_documents(prepared.resolve_inputs(FLAGS.input), FLAGS.text_field):
       alphabet.update(doc.text)
     return tokenizers.CharTokenizer("".join(alphabet))
+  from dlm_jax.data import pipeline  # (imports jax and grain: not at the top, which each worker process imports)
   return pipeline.build_tokenizer(ml_collections.ConfigDict(
       {"tokenizer": FLAGS.tokenizer, "tokenizer_path": FLAGS.tokenizer_path}))
 

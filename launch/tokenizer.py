@@ -1,8 +1,10 @@
-"""Train a SentencePiece tokenizer with dlm_jax's reserved ids (pad 0, bos 1, eos 2, <mask> 3, unk 4), or report how
-a tokenizer cuts each script.
+"""Train a SentencePiece tokenizer with dlm_jax's reserved ids (pad 0, bos 1, eos 2, <mask> 3, unk 4) or a byte-level
+BPE in GPT-2's layout (a Hugging Face tokenizer folder), or report how a tokenizer cuts each script.
 
   python -m launch.tokenizer --input=en/tinyshakespeare.txt,hi/dakshina_wiki.txt --vocab_size=32000 \
       --output=runs/spm32k/spm.model
+  python -m launch.tokenizer --input=en/,hi/ --model_type=byte_bpe --vocab_size=8000 --output=runs/bpe8k
+      # then --config.data.tokenizer=hf:runs/bpe8k (GPT-2's layout: <|endoftext|>, pad and mask past the vocabulary)
   python -m launch.tokenizer --report --model=runs/spm32k/spm.model      # or --workdir=RUN: the run's own tokenizer
       [--report_paths=en/wikitext2_valid.tokens.txt,hi/valid_flores_ntrex.txt,hinglish/lince_mt_dev.txt] [--json]
 
@@ -28,7 +30,9 @@ DEFAULT_REPORT_PATHS = ("en/wikitext2_valid.tokens.txt,hi/valid_flores_ntrex.txt
                         "hinglish/cmdialog_dev.txt")
 flags.DEFINE_string("input", None, "Training text: files/folders, comma-separated.")
 flags.DEFINE_integer("vocab_size", 32000, "Vocabulary size, reserved ids included.")
-flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece model type.")
+flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram", "byte_bpe"], "SentencePiece's 'bpe' or 'unigram' (a .model "
+                  "file), or 'byte_bpe': a byte-level BPE in GPT-2's layout, written as a Hugging Face tokenizer folder "
+                  "(the `tokenizers` library).")
 flags.DEFINE_string("output", "runs/spm/spm.model", "Where to write the .model file.")
 flags.DEFINE_integer("input_sentence_size", 2_000_000, "Lines sampled for training (0 = all).")
 flags.DEFINE_bool("report", False, "Report fertility and characters per token per script on --report_paths.")
@@ -53,6 +57,14 @@ def tokenizer_to_report():
 
 def main(argv):
   del argv
+  if FLAGS.input is not None and FLAGS.model_type == "byte_bpe":
+    texts = corpus.load_documents(FLAGS.input, "--input").docs
+    tok = tokenizers.train_byte_level_bpe(texts, FLAGS.output, FLAGS.vocab_size)
+    print(f"Wrote {FLAGS.output}/tokenizer.json (vocab {tok.vocab_size}: {tok.base_vocab_size} + pad and mask, trained "
+          f"on {FLAGS.input}); use it with --config.data.tokenizer=hf:{FLAGS.output}.")
+    if FLAGS.report:
+      raise app.UsageError("--report reads SentencePiece models and runs; report a byte_bpe folder through a run.")
+    return
   if FLAGS.input is not None:
     tok = tokenizers.train_sentencepiece_to_file(FLAGS.input, FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
                                                  FLAGS.input_sentence_size)

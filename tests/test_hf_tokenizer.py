@@ -25,21 +25,9 @@ def embedded_docs():
   return corpus.load_documents(EMBEDDED, "data.path").docs
 
 
-def train_byte_level_bpe(texts, folder, vocab_size=600, config=True):
-  """GPT-2's layout: byte-level BPE, no prefix space, <|endoftext|> its only special token (and, with `config`,
-  GPT-2's tokenizer_config.json naming it bos, eos and unk)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                     show_progress=False))
-  folder.mkdir(parents=True, exist_ok=True)
-  tok.save(str(folder / "tokenizer.json"))
-  if config:
-    eot = "<|endoftext|>"
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": eot, "eos_token": eot, "unk_token": eot}))
+def train_byte_level_bpe(texts, folder, vocab_size=600):
+  """GPT-2's layout (tokenizers.train_byte_level_bpe: launch.tokenizer --model_type=byte_bpe): the tokenizer folder."""
+  tokenizers.train_byte_level_bpe(texts, folder, vocab_size)
   return folder
 
 
@@ -202,3 +190,17 @@ def test_a_run_trains_checkpoints_and_samples_with_hf_ids(bpe_dir, tmp_path):
   tokens = np.asarray(generation.output.tokens_BxL)
   assert not np.isin(tokens, special.never_sampled).any()
   assert all(t.startswith("The") for t in generation.texts)
+
+
+def test_tokenizer_cli_trains_a_byte_level_bpe_folder(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  (tmp_path / "text.txt").write_text("\n".join(embedded_docs()[:20]), encoding="utf-8")
+  out = subprocess.run([sys.executable, "-m", "launch.tokenizer", f"--input={tmp_path / 'text.txt'}",
+                        "--model_type=byte_bpe", "--vocab_size=400", f"--output={tmp_path / 'bpe'}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  tok = tokenizers.HFTokenizer.from_path(str(tmp_path / "bpe"))
+  assert tok.base_vocab_size == 400 and tok.vocab_size == 402 and f"hf:{tmp_path / 'bpe'}" in out.stdout
+  assert tok.decode(tok.encode("def f(x):\n  return x")) == "def f(x):\n  return x"

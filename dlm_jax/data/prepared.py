@@ -23,9 +23,11 @@ recorded shard, and the folder it completes is byte for byte the one an uninterr
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import glob
+import io
 import json
 import multiprocessing
 import os
@@ -81,8 +83,25 @@ def resolve_inputs(spec: str, flag: str = "--input") -> list[pathlib.Path]:
 class Document:
   file_index: int
   doc_index: int  # within its file
-  text: str
+  text: object  # the text (str), or with `raw` a .jsonl line's bytes, parsed by `document_text` in the encoder
   consumed: int  # input bytes read up to the end of this document, within its file
+  where: str = ""  # "path:line" of a .jsonl line
+
+
+def document_text(payload, where: str, text_field: str) -> str:
+  """The text of a document's payload: itself, or the `text_field` string of a .jsonl line (DataError naming
+  `where` when the line is not a JSON object with that string)."""
+  if isinstance(payload, str):
+    return payload
+  try:
+    record = json.loads(payload)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"{where}: not a JSON object ({e}). Fix the line or remove the file.") from None
+  text = record.get(text_field) if isinstance(record, dict) else None
+  if not isinstance(text, str):
+    raise DataError(f"{where}: no string field {text_field!r} (keys: "
+                    f"{sorted(record) if isinstance(record, dict) else type(record).__name__}); set --text_field.")
+  return text
 
 
 def _parquet_texts(path: pathlib.Path, text_field: str):
@@ -97,67 +116,73 @@ def _parquet_texts(path: pathlib.Path, text_field: str):
   for batch in reader.iter_batches(columns=[text_field]):
     for text in batch.column(0).to_pylist():
       done += 1
-      yield (text or ""), size * done // max(rows, 1)
+      yield (text or ""), size * done // max(rows, 1), ""
 
 
-def _jsonl_texts(path: pathlib.Path, text_field: str):
+def _jsonl_lines(path: pathlib.Path):
   consumed = 0
   with open(path, "rb") as f:
     for number, raw in enumerate(f, 1):
       consumed += len(raw)
-      if not raw.strip():
-        continue
-      try:
-        record = json.loads(raw)
-      except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}:{number}: not a JSON object ({e}). Fix the line or remove the file.") from None
-      text = record.get(text_field) if isinstance(record, dict) else None
-      if not isinstance(text, str):
-        raise DataError(f"{path}:{number}: no string field {text_field!r} (keys: "
-                        f"{sorted(record) if isinstance(record, dict) else type(record).__name__}); set --text_field.")
-      yield text, consumed
+      if raw.strip():
+        yield raw, consumed, f"{path}:{number}"
 
 
-def iter_documents(files, text_field: str = "text", start: tuple[int, int] = (0, 0)) -> Iterator[Document]:
-  """The documents of `files` in order (module docstring), from document `start` = (file, index in file) on."""
+def iter_documents(files, text_field: str = "text", start: tuple[int, int] = (0, 0),
+                   raw: bool = False) -> Iterator[Document]:
+  """The documents of `files` in order (module docstring), from document `start` = (file, index in file) on; with
+  `raw`, a .jsonl line's text is left as its bytes (parsed later by the encoder, `document_text`)."""
   for file_index, path in enumerate(files):
     if file_index < start[0]:
       continue
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-      texts = _jsonl_texts(path, text_field)
+      payloads = _jsonl_lines(path)
     elif suffix == ".parquet":
-      texts = _parquet_texts(path, text_field)
+      payloads = _parquet_texts(path, text_field)
     else:
-      raw = path.read_bytes()
-      problem = corpus.not_text(raw)
+      data = path.read_bytes()
+      problem = corpus.not_text(data)
       if problem:
         print(f"Skipping {path}: not text ({problem}).", file=sys.stderr)
         continue
-      texts = iter([(corpus.read_utf8(path, raw), len(raw))])
-    for doc_index, (text, consumed) in enumerate(texts):
+      payloads = iter([(corpus.read_utf8(path, data), len(data), "")])
+    for doc_index, (payload, consumed, where) in enumerate(payloads):
       if file_index == start[0] and doc_index < start[1]:
         continue
-      yield Document(file_index, doc_index, text, consumed)
+      if not raw and not isinstance(payload, str):
+        payload = document_text(payload, where, text_field)
+      yield Document(file_index, doc_index, payload, consumed, where)
+
+
+def encode_documents(tokenizer, payloads, wheres, text_field: str, dtype):
+  """(ids of the documents concatenated [dtype], their lengths int64 [n], their UTF-8 bytes): one batch's work, in a
+  worker process or in this one."""
+  texts = [document_text(p, w, text_field) for p, w in zip(payloads, wheres)]
+  encoded = tokenizer.encode_batch(texts, oov="error", source="--input")
+  lengths = np.asarray([len(e) for e in encoded], np.int64)
+  ids = np.concatenate(encoded).astype(dtype) if encoded else np.zeros((0,), dtype)
+  return ids, lengths, sum(len(t.encode("utf-8")) for t in texts)
 
 
 # Each worker process builds the tokenizer once (a process pool's initializer) and encodes batches of documents.
-_WORKER_TOKENIZER = None
+_WORKER = None
 
 
-def _init_worker(spec: dict):
-  global _WORKER_TOKENIZER
+def _init_worker(spec: dict, text_field: str, dtype: str):
+  global _WORKER
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
-  _WORKER_TOKENIZER = tokenizers.from_dict(spec)
+  _WORKER = (tokenizers.from_dict(spec), text_field, np.dtype(dtype))
 
 
-def _encode_in_worker(texts):
-  return _WORKER_TOKENIZER.encode_batch(texts, oov="error", source="--input")
+def _encode_in_worker(payloads, wheres):
+  tokenizer, text_field, dtype = _WORKER
+  return encode_documents(tokenizer, payloads, wheres, text_field, dtype)
 
 
 class Progress:
-  """One line on stderr: MB of input read, MB/s, ETA, documents, tokens, shards; redrawn in place on a terminal,
-  every `every_s` seconds as new lines otherwise."""
+  """One line on stderr: MB of input read, MB/s of text, ETA, documents, tokens, shards; redrawn in place on a
+  terminal, every `every_s` seconds (at least 10 s) as new lines otherwise."""
 
   def __init__(self, total_bytes: int, stream=sys.stderr, every_s: float = 0.5):
     self.total, self.stream, self.start, self.last = total_bytes, stream, time.perf_counter(), 0.0
@@ -196,7 +221,6 @@ def _write_atomic(path: pathlib.Path, write: Callable[[pathlib.Path], None]):
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-  import io
   buffer = io.BytesIO()
   np.save(buffer, array)
   return buffer.getvalue()
@@ -204,6 +228,72 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _write_meta(output: pathlib.Path, meta: dict):
   _write_atomic(output / META, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+
+
+class _ShardWriter:
+  """Joins encoded documents with EOS into shards of whole documents, each closed after the document that brings it
+  to `shard_tokens`, written atomically and then recorded in meta.json with the position of the next document."""
+
+  def __init__(self, output: pathlib.Path, meta: dict, dtype, eos: int, shard_tokens: int):
+    self.output, self.meta, self.dtype, self.eos, self.shard_tokens = output, meta, dtype, eos, shard_tokens
+    self.first = not meta["shards"]  # the corpus's first document has no EOS before it
+    self.pieces, self.rows, self.tokens = [], [], 0  # the open shard
+
+  @property
+  def shards(self) -> list:
+    return self.meta["shards"]
+
+  def add(self, ids, lengths, positions_Nx2, stop_after: int | None = None) -> bool:
+    """Appends a batch of documents (ids concatenated, their lengths, each one's (file, index)); returns True once
+    `stop_after` shards are recorded (the rest of the batch is then dropped: a resumed run redoes it)."""
+    n = len(lengths)
+    separated = np.ones(n, bool)
+    if self.first and n:
+      separated[0], self.first = False, False
+    starts = np.cumsum(lengths + separated) - lengths  # each document's first token, in the joined batch
+    ends = starts + lengths
+    joined = np.full(int(ends[-1]) if n else 0, self.eos, self.dtype)
+    keep = np.ones(len(joined), bool)
+    keep[(starts - 1)[separated]] = False
+    joined[keep] = ids
+    while n:
+      j = int(np.searchsorted(self.tokens + ends, self.shard_tokens, side="left"))
+      if j >= n:
+        self._append(joined, starts, lengths)
+        return False
+      cut = int(ends[j])
+      self._append(joined[:cut], starts[:j + 1], lengths[:j + 1])
+      self._flush(positions_Nx2[j] + (0, 1))
+      if stop_after is not None and len(self.shards) >= stop_after:
+        return True
+      joined, starts, lengths, ends = joined[cut:], starts[j + 1:] - cut, lengths[j + 1:], ends[j + 1:] - cut
+      positions_Nx2, n = positions_Nx2[j + 1:], n - j - 1
+    return False
+
+  def _append(self, joined, starts, lengths):
+    self.pieces.append(joined)
+    self.rows.append(np.stack([self.tokens + starts, lengths], axis=1))
+    self.tokens += len(joined)
+
+  def _flush(self, next_position):
+    index = len(self.shards)
+    tokens = np.concatenate(self.pieces) if self.pieces else np.zeros((0,), self.dtype)
+    rows = np.concatenate(self.rows).astype(np.int64) if self.rows else np.zeros((0, 2), np.int64)
+    name = f"tokens_{index:05d}.bin"
+    _write_atomic(self.output / name, tokens.tofile)
+    _write_atomic(self.output / f"docs_{index:05d}.npy", lambda p: p.write_bytes(_npy_bytes(rows)))
+    self.shards.append({"file": name, "tokens": int(len(tokens)), "documents": int(len(rows)),
+                        "next": [int(v) for v in next_position]})
+    _write_meta(self.output, self.meta)
+    self.pieces, self.rows, self.tokens = [], [], 0
+
+  def finish(self, next_position):
+    if self.pieces:
+      self._flush(next_position)
+    self.meta["complete"] = True
+    self.meta["documents"] = sum(s["documents"] for s in self.shards)
+    self.meta["tokens"] = sum(s["tokens"] for s in self.shards)
+    _write_meta(self.output, self.meta)
 
 
 @dataclasses.dataclass
@@ -225,55 +315,36 @@ def prepare(input_spec: str, tokenizer, output, *, text_field: str = "text", sha
             workers: int | None = None, batch_bytes: int = 1 << 20, progress: bool = True,
             stop_after_shards: int | None = None, flag: str = "--input") -> PrepareReport:
   """Tokenizes the documents of `input_spec` into `output` (module docstring), resuming a preparation of the same
-  inputs and settings found there. `workers` processes encode batches of about `batch_bytes` of text (default: every
-  core; 1: in this process). `stop_after_shards` stops once that many shards are recorded (a test's interruption)."""
+  inputs and settings found there. `workers` processes encode batches of about `batch_bytes` of input, in order
+  (default: one per core; 1: this process; the main process reads the inputs and writes the shards). Stops once
+  `stop_after_shards` shards are recorded (a test's interruption)."""
   files = resolve_inputs(input_spec, flag)
   output = pathlib.Path(output).expanduser()
   output.mkdir(parents=True, exist_ok=True)
   settings = _settings(files, tokenizer, text_field, shard_tokens)
   dtype = token_dtype(tokenizer.vocab_size)
-  meta_path = output / META
-  if meta_path.is_file():
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+  if (output / META).is_file():
+    meta = json.loads((output / META).read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT or meta.get("settings") != settings:
       changed = sorted(k for k in settings if meta.get("settings", {}).get(k) != settings[k])
       raise DataError(f"--output={output} holds a preparation of other inputs or settings (differing: {changed}). "
                       "Rerun with its own flags to finish it, or choose a new --output.")
   else:
     meta = {"format": FORMAT, "settings": settings, "tokenizer": tokenizer.to_dict(), "shards": [], "complete": False}
-  shards = meta["shards"]
-  resumed_from = len(shards)
-  sizes = [f.stat().st_size for f in files]
-  before_file = np.concatenate([[0], np.cumsum(sizes)]).tolist()  # input bytes before each file
-  total_bytes = before_file[-1]
-  started = time.perf_counter()
-  if meta["complete"]:
-    return PrepareReport(output, sum(s["documents"] for s in shards), sum(s["tokens"] for s in shards), 0, 0.0,
-                         len(shards), resumed_from)
-  start = tuple(shards[-1]["next"]) if shards else (0, 0)
-  first_document = not shards
-  done_bytes = before_file[start[0]]
+  writer = _ShardWriter(output, meta, dtype, tokenizer.special.eos, int(shard_tokens))
+  shards = writer.shards
+  resumed_from, started = len(shards), time.perf_counter()
   counts = {"docs": sum(s["documents"] for s in shards), "tokens": sum(s["tokens"] for s in shards), "text": 0}
-  bar = Progress(total_bytes) if progress else None
-  eos = np.asarray([tokenizer.special.eos], dtype)
-  pending_ids, pending_rows, pending_tokens = [], [], 0  # the open shard: id arrays, (start, length) per document
-  last_position = start
-
-  def flush(next_position):
-    nonlocal pending_ids, pending_rows, pending_tokens
-    index = len(shards)
-    tokens = np.concatenate(pending_ids) if pending_ids else np.zeros((0,), dtype)
-    rows = np.asarray(pending_rows, np.int64).reshape(-1, 2)
-    name = f"tokens_{index:05d}.bin"
-    _write_atomic(output / name, tokens.tofile)
-    _write_atomic(output / f"docs_{index:05d}.npy", lambda p: p.write_bytes(_npy_bytes(rows)))
-    shards.append({"file": name, "tokens": int(len(tokens)), "documents": int(len(rows)), "next": list(next_position)})
-    _write_meta(output, meta)
-    pending_ids, pending_rows, pending_tokens = [], [], 0
+  if meta["complete"]:
+    return PrepareReport(output, counts["docs"], counts["tokens"], 0, 0.0, len(shards), resumed_from)
+  start = tuple(shards[-1]["next"]) if shards else (0, 0)
+  before_file = np.concatenate([[0], np.cumsum([f.stat().st_size for f in files])]).tolist()  # bytes before each file
+  bar = Progress(before_file[-1]) if progress else None
 
   def batches():
+    """Lists of documents of about batch_bytes of input each."""
     batch, size = [], 0
-    for doc in iter_documents(files, text_field, start):
+    for doc in iter_documents(files, text_field, start, raw=True):
       batch.append(doc)
       size += len(doc.text)
       if size >= batch_bytes:
@@ -282,72 +353,53 @@ def prepare(input_spec: str, tokenizer, output, *, text_field: str = "text", sha
     if batch:
       yield batch
 
-  workers = os.cpu_count() or 1 if workers is None else int(workers)
+  workers = (os.cpu_count() or 1) if workers is None else int(workers)
   pool = None
   if workers > 1:
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(tokenizer.to_dict(),))
+                                                  initializer=_init_worker,
+                                                  initargs=(tokenizer.to_dict(), text_field, np.dtype(dtype).name))
+
+  def encoded_batches():
+    """(batch, (ids, lengths, text bytes)) in input order; with a pool, up to 2 batches per worker in flight."""
+    if pool is None:
+      for batch in batches():
+        yield batch, encode_documents(tokenizer, [d.text for d in batch], [d.where for d in batch], text_field, dtype)
+      return
+    in_flight, source = collections.deque(), batches()
+    for batch in source:
+      in_flight.append((batch, pool.submit(_encode_in_worker, [d.text for d in batch], [d.where for d in batch])))
+      if len(in_flight) >= 2 * workers:
+        done_batch, future = in_flight.popleft()
+        yield done_batch, future.result()
+    while in_flight:
+      done_batch, future = in_flight.popleft()
+      yield done_batch, future.result()
+
+  last = start
   try:
-    encode = (lambda texts: pool.submit(_encode_in_worker, texts)) if pool else None
-    in_flight = []
-    source = batches()
-
-    def results():
-      exhausted = False
-      while True:
-        while pool is not None and not exhausted and len(in_flight) < 2 * workers:
-          batch = next(source, None)
-          if batch is None:
-            exhausted = True
-            break
-          in_flight.append((batch, encode([d.text for d in batch])))
-        if pool is None:
-          batch = next(source, None)
-          if batch is None:
-            return
-          yield batch, tokenizer.encode_batch([d.text for d in batch], oov="error", source=flag)
-          continue
-        if not in_flight:
-          return
-        batch, future = in_flight.pop(0)
-        yield batch, future.result()
-
-    for batch, encoded in results():
-      for doc, ids in zip(batch, encoded):
-        ids = np.asarray(ids, dtype)
-        if not first_document:  # EOS between documents
-          pending_ids.append(eos)
-          pending_tokens += 1
-          counts["tokens"] += 1
-        pending_ids.append(ids)
-        pending_rows.append((pending_tokens, len(ids)))
-        pending_tokens += len(ids)
-        first_document = False
-        counts["docs"] += 1
-        counts["tokens"] += len(ids)
-        counts["text"] += len(doc.text.encode("utf-8"))
-        last_position = (doc.file_index, doc.doc_index + 1)
-        if pending_tokens >= shard_tokens:
-          flush(last_position)
-          if stop_after_shards is not None and len(shards) >= stop_after_shards:
-            return PrepareReport(output, counts["docs"], counts["tokens"], counts["text"],
-                                 time.perf_counter() - started, len(shards), resumed_from)
-        if bar is not None:
-          bar.update(max(done_bytes, before_file[doc.file_index] + doc.consumed), counts["text"], counts["docs"], counts["tokens"], len(shards))
+    for batch, (ids, lengths, text_bytes) in encoded_batches():
+      positions = np.asarray([(d.file_index, d.doc_index) for d in batch], np.int64)
+      if writer.add(ids, lengths, positions, stop_after_shards):
+        return PrepareReport(output, sum(s["documents"] for s in shards), sum(s["tokens"] for s in shards),
+                             counts["text"], time.perf_counter() - started, len(shards), resumed_from)
+      counts["docs"] += len(batch)
+      counts["tokens"] = sum(s["tokens"] for s in shards) + writer.tokens
+      counts["text"] += text_bytes
+      last = (batch[-1].file_index, batch[-1].doc_index + 1)
+      if bar is not None:
+        bar.update(before_file[batch[-1].file_index] + batch[-1].consumed, counts["text"], counts["docs"],
+                   counts["tokens"], len(shards))
     if not counts["docs"]:
       raise DataError(f"{flag}={input_spec!r}: no documents (empty files, or a .jsonl/.parquet without rows).")
-    if pending_ids:
-      flush(last_position)
-    meta["complete"] = True
-    meta["documents"], meta["tokens"] = counts["docs"], counts["tokens"]
-    _write_meta(output, meta)
+    writer.finish(last)
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
-  seconds = time.perf_counter() - started
   if bar is not None:
-    bar.update(total_bytes, counts["text"], counts["docs"], counts["tokens"], len(shards), final=True)
-  return PrepareReport(output, counts["docs"], counts["tokens"], counts["text"], seconds, len(shards), resumed_from)
+    bar.update(before_file[-1], counts["text"], counts["docs"], counts["tokens"], len(shards), final=True)
+  return PrepareReport(output, meta["documents"], meta["tokens"], counts["text"], time.perf_counter() - started,
+                       len(shards), resumed_from)
 
 
 class TokenStream:

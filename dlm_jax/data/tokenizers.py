@@ -444,6 +444,29 @@ class HFTokenizer:
     return segmentation.TokenClasses.from_pieces(self.pieces())
 
 
+def train_byte_level_bpe(texts, output, vocab_size: int, end_of_text: str = "<|endoftext|>") -> HFTokenizer:
+  """Trains a byte-level BPE with GPT-2's layout (byte alphabet, no prefix space, `end_of_text` its only special token)
+  on the strings `texts` and writes it as a tokenizer folder (tokenizer.json, and GPT-2's tokenizer_config.json naming
+  `end_of_text` bos, eos and unk) to `output`, atomically per file. Returns it as an HFTokenizer (pad and mask then
+  take the two ids past the vocabulary)."""
+  tokenizers_lib = _hf_library()
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  tok = tokenizers_lib.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[end_of_text],
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                     show_progress=False))
+  out = pathlib.Path(output)
+  out.mkdir(parents=True, exist_ok=True)
+  config = json.dumps({"bos_token": end_of_text, "eos_token": end_of_text, "unk_token": end_of_text})
+  for name, text in (("tokenizer.json", tok.to_str()), ("tokenizer_config.json", config)):
+    tmp = out / f"{name}.tmp{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out / name)
+  return HFTokenizer.from_path(str(out))
+
+
 def from_dict(spec: dict):
   """The tokenizer a checkpoint's `to_dict` describes."""
   if spec["kind"] == CharTokenizer.kind:
