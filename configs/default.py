@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = "embedded:pydoc_topics"  # or files/folders (comma-separated), relative to cwd or $DLM_DATA_DIR
   c.data.valid_path = ""  # empty: the last valid_fraction of the token stream is the validation split
   c.data.valid_fraction = 0.1
+  # > 0: the last test_fraction of the corpus is a test split (before it, valid_fraction validates): never trained or
+  # validated on, scored by `launch.evaluate --split=test` (text8's 90/5/5)
+  c.data.test_fraction = 0.0
   # "char" (alphabet built from the corpus), "sentencepiece" (data.tokenizer_path) or "hf:PATH" (a Hugging Face
   # tokenizer.json or tokenizer folder, e.g. GPT-2's or bert-base-uncased's: data/tokenizers.py)
   c.data.tokenizer = "char"
@@ -99,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.windows = "first"  # "first": the first num_windows of the valid stream; "spread": evenly over all of it
   c.eval.batch_size = 32
   c.eval.time_samples = 2  # antithetic time draws per window
+  # False: score tokens 2..L of a window given the first (what the AR arm's exact NLL scores); True: all L tokens, the
+  # first with no context (MD4/MDLM's text8 and OpenWebText protocol; diffusion objectives only)
+  c.eval.score_all_tokens = False
   c.eval.seed = 1234
 
   # The sampler (dlm_jax/sampling/config.py, docs/sampling.md): every field declared once, with its default and comment,

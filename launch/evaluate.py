@@ -1,11 +1,13 @@
 """Validation NELBO of a trained run (AR arm: exact NLL) in nats/token, bits/token, bits/char and perplexity.
 
-  python -m launch.evaluate --workdir=DIR [--path=FILES] [--num_windows=N] [--windows=first|spread] [--time_samples=K]
+  python -m launch.evaluate --workdir=DIR [--path=FILES | --split=test] [--num_windows=N] [--windows=first|spread]
+      [--time_samples=K]
 
 By default it scores exactly what the run's in-training evaluation scored (the config's eval.num_windows windows,
 eval.windows placement, eval.time_samples draws, eval.batch_size, eval.seed), so the figure equals the training log's;
 each flag overrides one of them (e.g. --num_windows=100000 --time_samples=8 for a tighter figure over the whole
-split). Windows are non-overlapping `seq_len` windows of the run's validation split (or of --path): the first N, or N
+split). Windows are non-overlapping `seq_len` windows of the run's validation split (its test split with --split=test
+and data.test_fraction > 0, e.g. configs/text8.py; or of --path; the padded layout: one document each): the first N, or N
 spread evenly over all of it (--windows=spread). Every figure comes with its Monte Carlo standard error over the time
 draws (`mc_stderr`, nats/token) and the window set it used.
 
@@ -23,6 +25,8 @@ from dlm_jax.training import checkpoint
 
 flags.DEFINE_string("workdir", "runs/default", "Training run to evaluate.")
 flags.DEFINE_string("path", "", "Text to score instead of the run's validation split (files/folders).")
+flags.DEFINE_enum("split", "valid", ["valid", "test"], "The run's split to score: validation, or the test split its "
+                  "data.test_fraction held out.")
 flags.DEFINE_enum("oov", "error", ["error", "unk", "skip"],
                   "Characters of --path outside a char model's alphabet: stop and list them all (error), score each "
                   "as <unk> (unk), or drop them (skip); the report says how many.")
@@ -51,7 +55,7 @@ def main(argv):
   placement = cli.flag_or(FLAGS.windows, ev.get("windows", "first"))
   windows = pipeline.validation_windows(run.config.data, f"{FLAGS.workdir}/data_cache", run.tokenizer,
                                         cli.flag_or(FLAGS.num_windows, int(ev.num_windows)), placement, FLAGS.path,
-                                        oov=FLAGS.oov)
+                                        oov=FLAGS.oov, split=FLAGS.split)
   objective = run.objective
   time_samples = 1 if objective.is_autoregressive else cli.flag_or(FLAGS.time_samples, int(ev.time_samples))
   if FLAGS.score == "training_loss" and objective.needs_teacher:
@@ -62,8 +66,9 @@ def main(argv):
                                batch_size=cli.flag_or(FLAGS.batch_size, int(ev.batch_size)),
                                seed=cli.flag_or(FLAGS.seed, int(ev.seed)), time_samples=time_samples)
   result.update(seq_len=int(run.config.data.seq_len), objective=run.config.diffusion.objective, placement=placement,
-                score=FLAGS.score, text=FLAGS.path or "the run's validation split", step=run.step,
-                checkpoint=run.checkpoint, weights=run.weights)
+                score=FLAGS.score,
+                text=FLAGS.path or f"the run's {'test' if FLAGS.split == 'test' else 'validation'} split",
+                step=run.step, checkpoint=run.checkpoint, weights=run.weights)
   if FLAGS.path:
     result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)
   if FLAGS.calibration_bins:

@@ -122,7 +122,7 @@ def test_pipeline_reads_both_layouts(inputs, docs, tokenizer, tmp_path):
   np.testing.assert_array_equal(wrapped.valid[:], expected[split:])
   batch = next(pipeline.train_iterator(wrapped.train, 64, 8, seed=0))
   assert batch.shape == (8, 64) and batch.dtype == np.int32
-  # Padded: the last 10% of the documents validate; a row is a document, EOS, then padding, cut at seq_len.
+  # Padded: the last 10% of the documents validate; a row is BOS, a document, EOS, then padding, cut at seq_len.
   padded = pipeline.load_token_streams(data_config(tmp_path / "p", layout="padded", seq_len=256), tmp_path / "cache")
   assert (len(padded.train_docs), len(padded.valid_docs)) == (73, 9)  # int(82 x 0.9) and the rest
   special = tokenizer.special
@@ -130,12 +130,13 @@ def test_pipeline_reads_both_layouts(inputs, docs, tokenizer, tmp_path):
   assert rows.shape == (9, 256)
   for row, doc in zip(rows, docs[73:]):
     ids = tokenizer.encode(doc)
-    if len(ids) >= 256:
-      np.testing.assert_array_equal(row, ids[:256])
+    framed = np.concatenate([[special.bos], ids, [special.eos]])
+    if len(framed) >= 256:
+      np.testing.assert_array_equal(row, framed[:256])
     else:
-      np.testing.assert_array_equal(row[:len(ids) + 1], np.append(ids, special.eos))
-      assert np.all(row[len(ids) + 1:] == special.pad)
-  assert any(len(tokenizer.encode(d)) < 256 for d in docs[73:]) and any(len(tokenizer.encode(d)) >= 256 for d in docs)
+      np.testing.assert_array_equal(row[:len(framed)], framed)
+      assert np.all(row[len(framed):] == special.pad)
+  assert any(len(tokenizer.encode(d)) < 254 for d in docs[73:]) and any(len(tokenizer.encode(d)) >= 256 for d in docs)
   it = pipeline.document_iterator(padded.train_docs, 256, 8, seed=1, special=special)
   first = next(it)
   state = it.get_state()
@@ -145,6 +146,16 @@ def test_pipeline_reads_both_layouts(inputs, docs, tokenizer, tmp_path):
   np.testing.assert_array_equal(next(resumed), after)
   windows = {tuple(row) for row in pipeline.document_windows(padded.train_docs, 256, 73, special)}
   assert all(tuple(row) in windows for row in first)
+  # The last N documents as the validation split (MDLM's OpenWebText protocol), and a test split before it.
+  by_docs = pipeline.load_token_streams(data_config(tmp_path / "p", valid_documents=5, test_fraction=0.1),
+                                        tmp_path / "cache")
+  corpus_ = prepared.PreparedCorpus.open(tmp_path / "p")
+  rows_ = corpus_.documents_Nx2
+  test_doc = pipeline.split_points(len(rows_), 0.0, 0.1)[1]
+  assert test_doc == int(len(rows_) * 0.9) == 73
+  np.testing.assert_array_equal(by_docs.valid[:], corpus_.stream[int(rows_[test_doc - 5, 0]):int(rows_[test_doc, 0])])
+  np.testing.assert_array_equal(by_docs.test[:], corpus_.stream[int(rows_[test_doc, 0]):])
+  assert len(by_docs.train) + len(by_docs.valid) + len(by_docs.test) == len(expected)
   # A text corpus cannot be read padded; a prepared folder with another tokenizer kind is refused.
   with pytest.raises(corpus.DataError, match="prepared folder"):
     pipeline.load_token_streams(data_config(inputs.split(",")[0], layout="padded"), tmp_path / "cache")
@@ -231,3 +242,48 @@ def test_parquet_rows_are_documents(docs, tokenizer, tmp_path):
                                 pipeline._encode_documents(docs[:10], tokenizer, "x"))
   with pytest.raises(corpus.DataError, match="no column 'text'"):
     prepared.prepare(str(tmp_path / "part.parquet"), tokenizer, tmp_path / "q", workers=1, progress=False)
+
+
+def test_split_points_cut_text8_exactly_and_keep_nanogpts_split():
+  assert pipeline.split_points(100_000_000, 0.05, 0.05) == (90_000_000, 95_000_000)  # MD4's text8 split
+  for n in (1, 7, 1000, 465_123, 3_010_294):
+    assert pipeline.split_points(n, 0.1) == (int(n * 0.9), n)  # nanoGPT's data[:int(n * 0.9)]
+  with pytest.raises(corpus.DataError, match="leave a training split"):
+    pipeline.split_points(100, 0.5, 0.5)
+
+
+def test_a_text_corpus_holds_out_a_test_split(tmp_path):
+  (tmp_path / "t.txt").write_text("abcdefghij" * 100, encoding="utf-8")
+  streams = pipeline.load_token_streams(data_config(tmp_path / "t.txt", seq_len=8, valid_fraction=0.05,
+                                                    test_fraction=0.05), tmp_path / "cache")
+  assert (len(streams.train), len(streams.valid), len(streams.test)) == (900, 50, 50)
+  whole = np.concatenate([streams.train, streams.valid, streams.test])
+  np.testing.assert_array_equal(whole, streams.tokenizer.encode("abcdefghij" * 100))
+  assert streams.split("test")[0] is streams.test
+  plain = pipeline.load_token_streams(data_config(tmp_path / "t.txt", seq_len=8), tmp_path / "cache")
+  with pytest.raises(corpus.DataError, match="no test split"):
+    plain.split("test")
+
+
+def test_score_all_tokens_scores_the_first_token_without_context():
+  """Logits that cost C0 nats at position 0 and C1 elsewhere: tokens 2..L average C1 exactly in expectation; all L
+  tokens average (C0 + (L - 1) C1) / L."""
+  V, L, a = 12, 8, 6.0
+  special = special_tokens.DEFAULT
+  first_V = jnp.zeros((V,)).at[special.pad].set(a)  # a data token costs C0 = log(V - 2 + e^a) at position 0
+  c0, c1 = float(np.log(V - 2 + np.exp(a))), float(np.log(V - 1))
+
+  class Output:
+    def __init__(self, x):
+      logits = jnp.zeros(x.shape + (V,))
+      self.logits_BxLxV = logits.at[:, 0].set(first_V)
+      self.hidden_BxLxD, self.aux_losses, self.aux_metrics = None, {}, {}
+
+  denoise = lambda x, t, *rest: Output(x)
+  x0 = jnp.asarray(np.random.default_rng(0).integers(5, V, (8192, L)), jnp.int32)
+  for score_all, expected in ((False, c1), (True, (c0 + (L - 1) * c1) / L)):
+    objective = objectives.OBJECTIVES["elbo"](MaskingSchedule("linear"), score_all_tokens=score_all)
+    got = float(objective.evaluation_nll(denoise, x0, jax.random.key(0)))
+    assert abs(got - expected) < 0.02 * expected, (score_all, got, expected)
+  with pytest.raises(Exception, match="eval.score_all_tokens scores a window's first token"):
+    objectives.OBJECTIVES["autoregressive"](score_all_tokens=True)

@@ -7,15 +7,20 @@
 * Evaluation: `eval.num_windows` non-overlapping windows of the valid stream: the first ones, in order (default), or
   spread evenly over the whole stream (`eval.windows = "spread"`: a multi-file validation set is then scored on all
   of its files).
-* Split: `data.valid_path` if set, else the last `valid_fraction` of the token stream (nanoGPT's 90/10 split).
+* Split: `data.valid_path` if set, else the last `valid_fraction` of the token stream (nanoGPT's 90/10 split); with
+  `data.test_fraction` > 0 the last test_fraction is held out as a test split first (text8's 90/5/5: MD4's protocol),
+  scored by `launch.evaluate --split=test` and never trained or validated on.
 Documents are joined with EOS between them.
 
 A prepared folder (data/prepared.py, `python -m launch.prepare_data`) as data.path is read from its memory-mapped
 shards, never whole; its tokenizer is the run's. Its documents also give MDLM's second layout, `data.layout`:
 * "wrapped" (default): the documents joined by EOS, random windows of seq_len (MDLM's wrap; MD4's text8 crops);
-* "padded": one document per window, from its start, followed by EOS, then the tokenizer's pad id (a longer document
-  is cut at seq_len); the objective neither corrupts nor scores the padding. The validation split is then the last
-  valid_fraction of the documents, and evaluation scores the first (or spread) eval.num_windows documents.
+* "padded": one document per window: BOS, the document from its start, EOS, then the tokenizer's pad id, cut at
+  seq_len (MDLM's `[CLS] sentence [SEP] [PAD]...` for LM1B with BERT's tokenizer); the objective neither corrupts nor
+  scores the padding. The validation split is then the last valid_fraction of the documents, and evaluation scores
+  the first (or spread) eval.num_windows documents.
+A prepared folder's validation split may instead be its last `data.valid_documents` documents (MDLM's OpenWebText
+protocol: the last 100,000 documents), in either layout.
 """
 from __future__ import annotations
 
@@ -47,13 +52,12 @@ class Documents:
     return len(self.rows_Nx2)
 
   def window(self, index: int, seq_len: int, special) -> np.ndarray:
-    """int32 [seq_len]: document `index`, then EOS, cut at seq_len, then `special.pad` (the padded layout)."""
+    """int32 [seq_len]: BOS, document `index`, EOS, cut at seq_len, then `special.pad` (the padded layout)."""
     start, length = (int(v) for v in self.rows_Nx2[index])
     tokens = np.asarray(self.stream[start:start + min(length, seq_len)], np.int32)
+    framed = np.concatenate([[special.bos], tokens, [special.eos]]).astype(np.int32)[:seq_len]
     row = np.full((seq_len,), special.pad, np.int32)
-    row[:len(tokens)] = tokens
-    if len(tokens) < seq_len:
-      row[len(tokens)] = special.eos
+    row[:len(framed)] = framed
     return row
 
 
@@ -65,6 +69,29 @@ class TokenStreams:
   summary: str = ""  # what was read (corpus.Corpus.summary of the train and the valid corpus)
   train_docs: Documents | None = None  # the documents of each split (prepared folders; the padded layout reads them)
   valid_docs: Documents | None = None
+  test: object = None  # data.test_fraction > 0: the held-out end of the corpus
+  test_docs: Documents | None = None
+
+  def split(self, name: str):
+    """(tokens, documents) of split "valid" or "test"."""
+    if name == "valid":
+      return self.valid, self.valid_docs
+    if name == "test":
+      if self.test is None:
+        raise corpus.DataError("This run has no test split: set data.test_fraction > 0 (training on the rest), or "
+                               "score a held-out file with --path.")
+      return self.test, self.test_docs
+    raise ConfigError(f"split must be 'valid' or 'test', got {name!r}.")
+
+
+def split_points(n: int, valid_fraction: float, test_fraction: float = 0.0) -> tuple[int, int]:
+  """(valid start, test start) of n items: the last `test_fraction` is the test split and the `valid_fraction` before
+  it the validation split; int(round(n f, 6)) so that float error cannot move a cut (1 - 0.05 - 0.05 cuts text8's 100M
+  characters at exactly 90M); with test_fraction 0, nanoGPT's int(n (1 - valid_fraction))."""
+  if not 0.0 <= test_fraction < 1.0 or not 0.0 <= valid_fraction < 1.0 or valid_fraction + test_fraction >= 1.0:
+    raise corpus.DataError(f"data.valid_fraction={valid_fraction} and data.test_fraction={test_fraction} must be in "
+                           "[0, 1) and leave a training split (their sum < 1).")
+  return (int(round(n * (1.0 - valid_fraction - test_fraction), 6)), int(round(n * (1.0 - test_fraction), 6)))
 
 
 def _encode_documents(docs, tokenizer, source, oov: str = "error"):
@@ -128,18 +155,20 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
   tok_key = tokenizers.fingerprint(tokenizer) + ("" if oov == "error" else f"|oov={oov}")
   cache_dir = pathlib.Path(cache_dir)
   stream = _cached(cache_dir, f"{key}|{tok_key}", lambda: _encode_documents(docs, tokenizer, data_config.path, oov))
+  test_fraction = float(data_config.get("test_fraction", 0.0))
   if valid_docs is not None:
-    train = stream
     valid = _cached(cache_dir, f"{valid_key}|{tok_key}",
                     lambda: _encode_documents(valid_docs, tokenizer, data_config.valid_path, oov))
+    valid_cut = test_cut = split_points(len(stream), 0.0, test_fraction)[1]
   else:
     fraction = float(data_config.valid_fraction)
     if not 0.0 < fraction < 1.0:
       raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
-    split = int(len(stream) * (1.0 - fraction))  # nanoGPT: data[:int(n * 0.9)]
-    train, valid = stream[:split], stream[split:]
+    valid_cut, test_cut = split_points(len(stream), fraction, test_fraction)  # nanoGPT: data[:int(n * 0.9)]
+    valid = stream[valid_cut:test_cut]
+  train, test = stream[:valid_cut], (stream[test_cut:] if test_fraction else None)
   summary = text.summary + (f"; {valid_text.summary}" if valid_text is not None else "")
-  return _checked(TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary), data_config)
+  return _checked(TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary, test=test), data_config)
 
 
 def _checked(streams: TokenStreams, data_config) -> TokenStreams:
@@ -168,7 +197,7 @@ def load_prepared_streams(data_config, cache_dir, tokenizer=None, oov: str = "er
   """The splits of a prepared folder at data.path (module docstring), with its tokenizer: data.tokenizer must name the
   same kind (and, for sentencepiece and hf, the same tokenizer); a resumed run's `tokenizer` must equal it. The
   validation split: data.valid_path (another prepared folder, or text encoded with this tokenizer), else the last
-  valid_fraction of the tokens (wrapped) or of the documents (padded)."""
+  valid_fraction of the tokens (wrapped) or of the documents (padded), before the test split (data.test_fraction)."""
   corpus_ = prepared.PreparedCorpus.open(data_config.path)
   own = corpus_.tokenizer
   if tokenizer_kind(data_config.tokenizer) != own.kind:
@@ -179,11 +208,35 @@ def load_prepared_streams(data_config, cache_dir, tokenizer=None, oov: str = "er
     _same_tokenizer(build_tokenizer(data_config), own, f"data.path={data_config.path}")
   if tokenizer is not None:
     _same_tokenizer(tokenizer, own, f"data.path={data_config.path}")
-  train = corpus_.stream
-  train_docs = Documents(train, corpus_.documents_Nx2)
-  summary = corpus_.summary()
-  valid_path = data_config.get("valid_path", "")
+  stream, rows = corpus_.stream, corpus_.documents_Nx2
   padded = data_config.get("layout", "wrapped") == "padded"
+  test_fraction = float(data_config.get("test_fraction", 0.0))
+  valid_path = data_config.get("valid_path", "")
+  summary = corpus_.summary()
+  valid_fraction = 0.0 if valid_path else float(data_config.valid_fraction)
+  valid_documents = 0 if valid_path else int(data_config.get("valid_documents", 0))
+  if not valid_path and not valid_documents and not 0.0 < valid_fraction < 1.0:
+    raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {valid_fraction}.")
+  if not 0 <= valid_documents < len(rows):
+    raise corpus.DataError(f"data.valid_documents={valid_documents} must be >= 0 and below the folder's {len(rows):,} "
+                           "documents.")
+  # The cuts: of the documents (padded, or data.valid_documents) or of the tokens (wrapped), valid and test at the end
+  # (`split_points`).
+  if padded or valid_documents:
+    valid_doc, test_doc = split_points(len(rows), 0.0 if valid_documents else valid_fraction, test_fraction)
+    if valid_documents:
+      valid_doc = test_doc - valid_documents
+    start_of = lambda d: int(rows[d, 0]) if d < len(rows) else len(stream)
+    valid_cut, test_cut = start_of(valid_doc), start_of(test_doc)
+    docs = [Documents(stream, rows[:valid_doc]), Documents(stream, rows[valid_doc:test_doc]),
+            Documents(stream, rows[test_doc:])]
+    if not padded:  # wrapped windows over whole-document splits
+      docs = [Documents(stream, rows), None, None]
+  else:
+    valid_cut, test_cut = split_points(len(stream), valid_fraction, test_fraction)
+    docs = [Documents(stream, rows), None, None]
+  train, valid, test = stream.view(0, valid_cut), stream.view(valid_cut, test_cut), stream.view(test_cut, len(stream))
+  train_docs, valid_docs, test_docs = docs
   if valid_path and prepared.is_prepared(valid_path):
     valid_corpus = prepared.PreparedCorpus.open(valid_path, "data.valid_path")
     _same_tokenizer(own, valid_corpus.tokenizer, f"data.valid_path={valid_path}")
@@ -198,21 +251,10 @@ def load_prepared_streams(data_config, cache_dir, tokenizer=None, oov: str = "er
                     lambda: _encode_documents(text.docs, own, valid_path, oov))
     valid_docs = None
     summary += "; " + text.summary
-  else:
-    fraction = float(data_config.valid_fraction)
-    if not 0.0 < fraction < 1.0:
-      raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {fraction}.")
-    rows = corpus_.documents_Nx2
-    if padded:  # whole documents: the last `fraction` of them
-      cut = int(len(rows) * (1.0 - fraction))
-      train_docs, valid_docs = Documents(train, rows[:cut]), Documents(train, rows[cut:])
-      split = int(rows[cut, 0]) if cut < len(rows) else len(train)
-    else:
-      split = int(len(train) * (1.0 - fraction))
-      valid_docs = None
-    train, valid = train.view(0, split), train.view(split, len(train))
+  if not test_fraction:
+    test, test_docs = None, None
   return _checked(TokenStreams(train=train, valid=valid, tokenizer=own, summary=summary, train_docs=train_docs,
-                               valid_docs=valid_docs), data_config)
+                               valid_docs=valid_docs, test=test, test_docs=test_docs), data_config)
 
 
 def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: str = "error") -> np.ndarray:
@@ -220,7 +262,7 @@ def validation_stream(data_config, cache_dir, tokenizer, path: str = "", oov: st
   out-of-vocabulary policy `oov`."""
   data_config = ml_collections.ConfigDict(data_config.to_dict())
   if path:
-    data_config.path, data_config.valid_path = path, path
+    data_config.path, data_config.valid_path, data_config.test_fraction = path, path, 0.0
   return load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov).valid
 
 
@@ -307,14 +349,17 @@ def document_windows(docs: Documents, seq_len: int, max_windows: int, special, p
 
 
 def validation_windows(data_config, cache_dir, tokenizer, max_windows: int, placement: str = "first", path: str = "",
-                       oov: str = "error") -> np.ndarray:
-  """The evaluation windows of a run: `eval_windows` of its validation stream (or of the text at `path`), or, for
-  the padded layout and no `path`, `document_windows` of its validation documents."""
+                       oov: str = "error", split: str = "valid") -> np.ndarray:
+  """The evaluation windows of a run: `eval_windows` of the text at `path` when given, else of its `split` ("valid" or
+  "test"), or for the padded layout `document_windows` of the split's documents."""
   seq_len = int(data_config.seq_len)
-  if data_config.get("layout", "wrapped") == "padded" and not path:
-    streams = load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov)
-    return document_windows(streams.valid_docs, seq_len, max_windows, tokenizer.special, placement)
-  return eval_windows(validation_stream(data_config, cache_dir, tokenizer, path, oov), seq_len, max_windows, placement)
+  if path:
+    return eval_windows(validation_stream(data_config, cache_dir, tokenizer, path, oov), seq_len, max_windows,
+                        placement)
+  tokens, docs = load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov).split(split)
+  if data_config.get("layout", "wrapped") == "padded":
+    return document_windows(docs, seq_len, max_windows, tokenizer.special, placement)
+  return eval_windows(tokens, seq_len, max_windows, placement)
 
 
 def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int, placement: str = "first") -> np.ndarray:

@@ -37,7 +37,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
-CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded")
+CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded", "score_all_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Objective(abc.ABC):
   # Section fields (besides the dataclass's own) that this objective reads: see objectives.SECTION_FIELDS.
   reads: ClassVar[tuple[str, ...]] = ()
   supports_padded: ClassVar[bool] = False  # trains on data.layout="padded" windows (padding never corrupted/scored)
+  supports_score_all_tokens: ClassVar[bool] = False  # its evaluation can score token 1 too (eval.score_all_tokens)
 
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   special: special_tokens.SpecialIds = special_tokens.DEFAULT  # the tokenizer's (`mask_id` is its mask)
@@ -74,6 +75,10 @@ class Objective(abc.ABC):
   # are fixed (never corrupted) and never scored, and per-token figures divide by the tokens that are not padding
   # (MDLM's attention-mask-weighted loss).
   padded: bool = False
+  # eval.score_all_tokens: evaluation scores every token of a window, the first with no context (MD4's and MDLM's
+  # protocol: a window's NELBO over all L tokens), instead of tokens 2..L given the first (the figure the AR arm's
+  # exact NLL is set beside).
+  score_all_tokens: bool = False
 
   @property
   def mask_id(self) -> int:
@@ -86,6 +91,10 @@ class Objective(abc.ABC):
                         f"{self.prompt_length} and {self.prompt_drop}.")
     if self.prompt_drop and not self.prompt_length:
       raise ConfigError("diffusion.prompt_drop drops the prompt: set diffusion.prompt_length > 0 too.")
+    if self.score_all_tokens and not self.supports_score_all_tokens:
+      raise ConfigError(f"eval.score_all_tokens scores a window's first token without context; objective "
+                        f"{self.name!r} scores tokens 2..L given the first (the AR arm has no distribution for token 1 "
+                        "without a BOS). Set eval.score_all_tokens=False.")
     if self.padded and not self.supports_padded:
       raise ConfigError(f"data.layout='padded' trains objectives 'elbo', 'masked_mean' and 'autoregressive', not "
                         f"{self.name!r}: use data.layout='wrapped'.")
@@ -179,6 +188,7 @@ class CorruptionObjective(Objective):
   """An objective that corrupts x_0 at a random time and scores the denoiser's output: the masked and uniform-state
   NELBOs, masked-mean and SEDD. Subclasses give `training_inputs`, `corrupt`, `sequence_nelbo` (and may override
   `sample_times` and `batch_loss`)."""
+  supports_score_all_tokens: ClassVar[bool] = True
 
   def sample_times(self, rng, batch_size: int):
     return forward.antithetic_times(rng, batch_size, self.t_min)
@@ -226,13 +236,17 @@ class CorruptionObjective(Objective):
     return loss, output, metrics
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
-    """A one-sample NELBO with x_1 never corrupted (hard tokens, token by token, whatever the training curriculum);
-    with `padded`, the padding neither."""
+    """A one-sample NELBO per scored token (hard tokens, token by token, whatever the training curriculum): of tokens
+    2..L with x_1 never corrupted, or of all L with `score_all_tokens`; with `padded`, the padding never corrupted nor
+    counted."""
     batch_size, seq_len = x0_BxL.shape
-    first_BxL = self.fixed_mask(x0_BxL, jnp.zeros(x0_BxL.shape, bool).at[:, 0].set(True))
+    first_BxL = jnp.zeros(x0_BxL.shape, bool)
+    if not self.score_all_tokens:
+      first_BxL = first_BxL.at[:, 0].set(True)
+    first_BxL = self.fixed_mask(x0_BxL, first_BxL)
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
     xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)
     output = self.denoise(denoise_fn, xt_BxL, t_B)
     nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, ~first_BxL)
-    return jnp.sum(nelbo_B) / self.scored_count(~first_BxL, batch_size * (seq_len - 1))
+    return jnp.sum(nelbo_B) / self.scored_count(~first_BxL, batch_size * (seq_len - 1 + self.score_all_tokens))

@@ -22,6 +22,7 @@ class ThoughtELBO(MaskedELBO):
   sampler: ClassVar[str] = "thought"
   reads: ClassVar[tuple[str, ...]] = ()
   supports_padded: ClassVar[bool] = False  # its loss and evaluation do not exclude padding
+  supports_score_all_tokens: ClassVar[bool] = False  # its evaluation conditions on the first token
   thought: thought_lib.ThoughtProcess | None = None  # config.thought and model.thought_dims (run_context)
 
   def __post_init__(self):
