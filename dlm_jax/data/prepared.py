@@ -68,9 +68,9 @@ def resolve_inputs(spec: str, flag: str = "--input") -> list[pathlib.Path]:
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
     if any(ch in part for ch in "*?["):
       root = corpus.data_dir()
-      matches = sorted(glob.glob(os.path.expanduser(part)))
+      matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
       if not matches and root is not None and not os.path.isabs(part):
-        matches = sorted(glob.glob(str(root / part)))
+        matches = sorted(glob.glob(str(root / part), recursive=True))
       if not matches:
         raise DataError(f"{flag}={spec!r}: the pattern {part!r} matches no file.")
       files.extend(pathlib.Path(m) for m in matches if os.path.isfile(m))
