@@ -170,6 +170,56 @@ def beyond_masking_arm(c: ml_collections.ConfigDict, arm: str) -> ml_collections
   return c
 
 
+def mdlm_recipe(c: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
+  """MDLM's "small" model and training recipe (Sahoo et al. 2024; its configs/config.yaml and model/small.yaml) on the
+  config `c` (in place; returns it): 12 layers, 12 heads, width 768, dropout 0.1 (SwiGLU 2048 where the DiT has GELU
+  3072: the same parameters), no time conditioning; the log-linear schedule and the continuous-time NELBO; AdamW lr
+  3e-4 after 2,500 warmup steps then constant, b2 0.999, no weight decay, gradient clip 1.0; EMA 0.9999; batch 512;
+  every token of a window scored (eval.score_all_tokens)."""
+  c.diffusion.objective = "elbo"
+  c.diffusion.schedule = "loglinear"
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 2048
+  c.model.dropout = 0.1
+  c.model.time_conditioning = False
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.warmup_steps = 2500
+  c.optimizer.min_lr_ratio = 1.0  # constant after the warmup (MDLM's constant_warmup)
+  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip = 1.0
+  c.train.batch_size = 512
+  c.train.num_steps = num_steps
+  c.train.ema_decay = 0.9999
+  c.train.log_every = 500
+  c.train.checkpoint_every = 5000
+  c.train.sample_every = 0
+  c.eval.every = 10_000
+  c.eval.score_all_tokens = True
+  return c
+
+
+def causal_arm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The AR control arm of a protocol config (in place; returns it): the same backbone causal, next-token loss; its
+  evaluation scores tokens 2..L given the first (a causal model has no distribution for token 1 without a BOS)."""
+  c.model.causal = True
+  c.diffusion.objective = "autoregressive"
+  c.eval.score_all_tokens = False
+  return c
+
+
+def tiny_arm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A protocol config at test size (in place; returns it): its data path, layout, splits and scoring kept; 2 layers
+  x 32, 8 updates of 8 windows, one evaluation of 8 windows."""
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 2, 2, 32, 64
+  c.diffusion.loss_chunk = 0
+  c.optimizer.warmup_steps = 2
+  c.train.batch_size, c.train.grad_accum_steps, c.train.num_steps = 8, 1, 8
+  c.train.log_every = c.train.checkpoint_every = c.eval.every = 8
+  c.eval.num_windows, c.eval.batch_size = 8, 8
+  c.sample.steps = 8
+  return c
+
+
 def model_config(name: str) -> ml_collections.ConfigDict:
   """The fields of one denoiser (config.model) with their defaults: "transformer", "eco_hybrid" or "hrm".
 

@@ -49,50 +49,20 @@ def get_config(arm: str = "diffusion"):
   c.data.seq_len = 1024
   c.data.layout = "wrapped"
 
-  c.diffusion.objective = "elbo"
-  c.diffusion.schedule = "loglinear"
+  default.mdlm_recipe(c, num_steps=1_000_000)
   c.diffusion.loss_chunk = 4096
-
-  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 2048
-  c.model.dropout = 0.1
-  c.model.time_conditioning = False
-
-  c.optimizer.learning_rate = 3e-4
-  c.optimizer.warmup_steps = 2500
-  c.optimizer.min_lr_ratio = 1.0  # constant after the warmup (MDLM's constant_warmup)
-  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.grad_clip = 1.0
-
-  c.train.batch_size = 512
   c.train.grad_accum_steps = 16  # 32 sequences of 1,024 per micro-batch on one 80 GB GPU
-  c.train.num_steps = 1_000_000
-  c.train.ema_decay = 0.9999
-  c.train.log_every = 500
-  c.train.checkpoint_every = 5000
-  c.train.sample_every = 0
-
-  c.eval.every = 10_000
   c.eval.num_windows = 2048
   c.eval.windows = "spread"
   c.eval.batch_size = 32
-  c.eval.score_all_tokens = True
 
   c.sample.draw_precision = "float64"
   c.sample.steps = 1000
 
   if arm == "ar":
-    c.model.causal = True
-    c.diffusion.objective = "autoregressive"
-    c.eval.score_all_tokens = False
+    default.causal_arm(c)
   if arm == "tiny":
+    default.tiny_arm(c)
     c.data.seq_len = 64
     c.data.valid_documents = 4
-    c.diffusion.loss_chunk = 0
-    c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 2, 2, 32, 64
-    c.optimizer.warmup_steps = 2
-    c.train.batch_size, c.train.grad_accum_steps, c.train.num_steps = 8, 1, 8
-    c.train.log_every = c.train.checkpoint_every = c.eval.every = 8
-    c.eval.num_windows, c.eval.batch_size = 8, 8
-    c.sample.steps = 8
   return c

@@ -87,7 +87,5 @@ def get_config(arm: str = "diffusion"):
     c.eval.num_windows = 256
     c.eval.batch_size = 32
   if arm.endswith("ar"):
-    c.model.causal = True
-    c.diffusion.objective = "autoregressive"
-    c.eval.score_all_tokens = False
+    default.causal_arm(c)
   return c
