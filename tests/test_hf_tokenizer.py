@@ -172,7 +172,9 @@ def test_a_run_trains_checkpoints_and_samples_with_hf_ids(bpe_dir, tmp_path):
   sampler read it from the checkpoint's tokenizer, and a resumed run keeps it."""
   from dlm_jax.sampling import text as text_lib
   from dlm_jax.training import checkpoint, loop
-  config = tiny_config(**{"data.tokenizer": f"hf:{bpe_dir}", "train.num_steps": 4, "train.checkpoint_every": 4,
+  import shutil
+  shutil.copytree(bpe_dir, tmp_path / "tok")
+  config = tiny_config(**{"data.tokenizer": f"hf:{tmp_path / 'tok'}", "train.num_steps": 4, "train.checkpoint_every": 4,
                           "eval.every": 4, "eval.num_windows": 4, "model.self_conditioning": True})
   summary = loop.train(config, str(tmp_path / "run"))
   assert summary["vocab_size"] == tokenizers.HFTokenizer.from_path(str(bpe_dir)).vocab_size
@@ -190,6 +192,14 @@ def test_a_run_trains_checkpoints_and_samples_with_hf_ids(bpe_dir, tmp_path):
   tokens = np.asarray(generation.output.tokens_BxL)
   assert not np.isin(tokens, special.never_sampled).any()
   assert all(t.startswith("The") for t in generation.texts)
+  # A resumed run keeps the checkpoint's tokenizer (data.tokenizer names the same one: fingerprints compared).
+  config.train.num_steps = 6
+  resumed = loop.train(config, str(tmp_path / "run"))
+  assert resumed["step"] == 6 and resumed["tokenizer"].special == special
+  train_byte_level_bpe(embedded_docs()[:10], tmp_path / "tok", 300)  # another tokenizer at the same path
+  config.train.num_steps = 8
+  with pytest.raises(checkpoint.CheckpointError, match="is not the tokenizer the checkpoint"):
+    loop.train(config, str(tmp_path / "run"))
 
 
 def test_tokenizer_cli_trains_a_byte_level_bpe_folder(tmp_path):

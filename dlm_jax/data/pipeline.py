@@ -216,7 +216,8 @@ def load_prepared_streams(data_config, cache_dir, tokenizer=None, oov: str = "er
   valid_fraction = 0.0 if valid_path else float(data_config.valid_fraction)
   valid_documents = 0 if valid_path else int(data_config.get("valid_documents", 0))
   if not valid_path and not valid_documents and not 0.0 < valid_fraction < 1.0:
-    raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got {valid_fraction}.")
+    raise corpus.DataError(f"data.valid_fraction must be in (0, 1) when data.valid_path is unset, got "
+                           f"{valid_fraction}.")
   if not 0 <= valid_documents < len(rows):
     raise corpus.DataError(f"data.valid_documents={valid_documents} must be >= 0 and below the folder's {len(rows):,} "
                            "documents.")
