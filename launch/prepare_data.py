@@ -34,10 +34,8 @@ FLAGS = flags.FLAGS
 def build_tokenizer():
   """The tokenizer the flags name; for "char", the alphabet of every input document (one pass over them)."""
   if FLAGS.tokenizer == "char":
-    alphabet = set()
-    for doc in prepared.iter_documents(prepared.resolve_inputs(FLAGS.input), FLAGS.text_field):
-      alphabet.update(doc.text)
-    return tokenizers.CharTokenizer("".join(alphabet))
+    docs = prepared.iter_documents(prepared.resolve_inputs(FLAGS.input), FLAGS.text_field)
+    return tokenizers.CharTokenizer.from_texts(doc.text for doc in docs)
   from dlm_jax.data import pipeline  # (imports jax and grain: not at the top, which each worker process imports)
   return pipeline.build_tokenizer(ml_collections.ConfigDict(
       {"tokenizer": FLAGS.tokenizer, "tokenizer_path": FLAGS.tokenizer_path}))

@@ -1,7 +1,6 @@
 """Hugging Face tokenizers (data.tokenizer="hf:PATH"): special ids as the tokenizer's property, exact round trips on
 the held-in corpora with a byte-level BPE (GPT-2's layout) and a WordPiece (bert-base-uncased's layout) trained here,
 and a run that trains, checkpoints and samples with ids that are not our 0..4."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -32,20 +31,8 @@ def train_byte_level_bpe(texts, folder, vocab_size=600):
 
 
 def train_wordpiece(texts, folder, vocab_size=600):
-  """bert-base-uncased's layout: lowercasing BERT normalizer and pre-tokenizer, WordPiece "##" continuations, the five
-  special tokens [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, and BERT's tokenizer_config.json."""
-  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-  tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.decoder = decoders.WordPiece()
-  tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
-  folder.mkdir(parents=True, exist_ok=True)
-  tok.save(str(folder / "tokenizer.json"))
-  (folder / "tokenizer_config.json").write_text(json.dumps(
-      {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]",
-       "unk_token": "[UNK]", "do_lower_case": True}))
+  """bert-base-uncased's layout (tokenizers.train_wordpiece): the tokenizer folder."""
+  tokenizers.train_wordpiece(texts, folder, vocab_size)
   return folder
 
 

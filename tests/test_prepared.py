@@ -82,7 +82,7 @@ def test_a_resumed_preparation_equals_an_uninterrupted_one(inputs, tokenizer, tm
   meta = json.loads((tmp_path / "cut" / prepared.META).read_text())
   meta["shards"] = meta["shards"][:2]
   (tmp_path / "cut" / prepared.META).write_text(json.dumps(meta))
-  (tmp_path / "cut" / "tokens_00002.bin.tmp123").write_bytes(b"partial")
+  (tmp_path / "cut" / "tokens_00002.tmp123.bin").write_bytes(b"partial")
   resumed = prepared.prepare(inputs, tokenizer, tmp_path / "cut", shard_tokens=20_000, workers=1, progress=False)
   assert resumed.resumed_from == 2
   for name in folder_files(tmp_path / "whole"):

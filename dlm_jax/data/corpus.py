@@ -98,6 +98,14 @@ def read_utf8(path: pathlib.Path, raw: bytes | None = None) -> str:
                     "Convert the file to UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`) or remove it from the corpus.") from None
 
 
+def write_atomic(path: pathlib.Path, write):
+  """`write(tmp)` to a temporary file beside `path` (same suffix: np.save keeps the name), then renames it onto `path`:
+  a reader never sees half a file, and an interrupted write leaves only the temporary file behind."""
+  tmp = path.with_suffix(f".tmp{os.getpid()}{path.suffix}")
+  write(tmp)
+  os.replace(tmp, path)
+
+
 def embedded_documents(name: str) -> list[str]:
   if name == "pydoc_topics":
     from pydoc_data import topics

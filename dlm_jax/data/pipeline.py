@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import os
 import pathlib
 
 import grain
@@ -109,9 +108,7 @@ def _cached(cache_dir: pathlib.Path, key: str, build):
   cache_dir.mkdir(parents=True, exist_ok=True)
   path = cache_dir / f"tokens_{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
   if not path.exists():
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, build())
-    os.replace(tmp, path)
+    corpus.write_atomic(path, lambda tmp: np.save(tmp, build()))
   return np.load(path, mmap_mode="r")
 
 
@@ -357,9 +354,18 @@ def validation_windows(data_config, cache_dir, tokenizer, max_windows: int, plac
   if path:
     return eval_windows(validation_stream(data_config, cache_dir, tokenizer, path, oov), seq_len, max_windows,
                         placement)
-  tokens, docs = load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov).split(split)
+  streams = load_token_streams(data_config, cache_dir, tokenizer=tokenizer, oov=oov)
+  return split_windows(streams, data_config, max_windows, placement, split)
+
+
+def split_windows(streams: TokenStreams, data_config, max_windows: int, placement: str = "first",
+                  split: str = "valid") -> np.ndarray:
+  """The evaluation windows of a split ("valid" or "test") in the run's layout: `eval_windows` of its tokens, or for
+  the padded layout `document_windows` of its documents."""
+  tokens, docs = streams.split(split)
+  seq_len = int(data_config.seq_len)
   if data_config.get("layout", "wrapped") == "padded":
-    return document_windows(docs, seq_len, max_windows, tokenizer.special, placement)
+    return document_windows(docs, seq_len, max_windows, streams.tokenizer.special, placement)
   return eval_windows(tokens, seq_len, max_windows, placement)
 
 

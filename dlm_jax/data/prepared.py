@@ -27,14 +27,13 @@ import collections
 import concurrent.futures
 import dataclasses
 import glob
-import io
 import json
 import multiprocessing
 import os
 import pathlib
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -214,20 +213,8 @@ def _settings(files, tokenizer, text_field: str, shard_tokens: int) -> dict:
           "shard_tokens": int(shard_tokens), "dtype": np.dtype(token_dtype(tokenizer.vocab_size)).name}
 
 
-def _write_atomic(path: pathlib.Path, write: Callable[[pathlib.Path], None]):
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  write(tmp)
-  os.replace(tmp, path)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  np.save(buffer, array)
-  return buffer.getvalue()
-
-
 def _write_meta(output: pathlib.Path, meta: dict):
-  _write_atomic(output / META, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+  corpus.write_atomic(output / META, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
 
 
 class _ShardWriter:
@@ -280,8 +267,8 @@ class _ShardWriter:
     tokens = np.concatenate(self.pieces) if self.pieces else np.zeros((0,), self.dtype)
     rows = np.concatenate(self.rows).astype(np.int64) if self.rows else np.zeros((0, 2), np.int64)
     name = f"tokens_{index:05d}.bin"
-    _write_atomic(self.output / name, tokens.tofile)
-    _write_atomic(self.output / f"docs_{index:05d}.npy", lambda p: p.write_bytes(_npy_bytes(rows)))
+    corpus.write_atomic(self.output / name, tokens.tofile)
+    corpus.write_atomic(self.output / f"docs_{index:05d}.npy", lambda tmp: np.save(tmp, rows))
     self.shards.append({"file": name, "tokens": int(len(tokens)), "documents": int(len(rows)),
                         "next": [int(v) for v in next_position]})
     _write_meta(self.output, self.meta)

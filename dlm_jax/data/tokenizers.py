@@ -461,9 +461,30 @@ def train_byte_level_bpe(texts, output, vocab_size: int, end_of_text: str = "<|e
   out.mkdir(parents=True, exist_ok=True)
   config = json.dumps({"bos_token": end_of_text, "eos_token": end_of_text, "unk_token": end_of_text})
   for name, text in (("tokenizer.json", tok.to_str()), ("tokenizer_config.json", config)):
-    tmp = out / f"{name}.tmp{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / name)
+    corpus.write_atomic(out / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+  return HFTokenizer.from_path(str(out))
+
+
+def train_wordpiece(texts, output, vocab_size: int) -> HFTokenizer:
+  """Trains a WordPiece with bert-base-uncased's layout (lowercasing BERT normalizer and pre-tokenizer, "##"
+  continuations, [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, the [CLS] $A [SEP] template) on the strings `texts` and
+  writes it as a tokenizer folder (tokenizer.json and BERT's tokenizer_config.json) to `output`, atomically per file."""
+  tokenizers_lib = _hf_library()
+  from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+  tok = tokenizers_lib.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece()
+  tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+      vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+  tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                     special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  config = json.dumps({"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "mask_token": "[MASK]",
+                       "unk_token": "[UNK]", "do_lower_case": True})
+  out = pathlib.Path(output)
+  out.mkdir(parents=True, exist_ok=True)
+  for name, text in (("tokenizer.json", tok.to_str()), ("tokenizer_config.json", config)):
+    corpus.write_atomic(out / name, lambda tmp: tmp.write_text(text, encoding="utf-8"))
   return HFTokenizer.from_path(str(out))
 
 
@@ -496,9 +517,7 @@ def train_sentencepiece_to_file(input_spec: str, output, vocab_size: int, model_
   tokenizer = SentencePieceTokenizer(proto)
   out = pathlib.Path(output)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(out.suffix + f".tmp{os.getpid()}")
-  tmp.write_bytes(proto)
-  os.replace(tmp, out)
+  corpus.write_atomic(out, lambda tmp: tmp.write_bytes(proto))
   return tokenizer
 
 

@@ -141,12 +141,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                                   ema_warmup=bool(tcfg.get("ema_warmup", False)),
                                                   skip_nonfinite=nan_policy == "skip_step"))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
-  if padded:
-    eval_windows = pipeline.document_windows(streams.valid_docs, seq_len, int(config.eval.num_windows),
-                                             tokenizer.special, config.eval.get("windows", "first"))
-  else:
-    eval_windows = pipeline.eval_windows(streams.valid, seq_len, int(config.eval.num_windows),
-                                         config.eval.get("windows", "first"))
+  eval_windows = pipeline.split_windows(streams, config.data, int(config.eval.num_windows),
+                                        config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
                                     resumed_step=resumed_step, enabled=sharding.is_primary())
   flops_per_token = models.model_config(config, vocab_size, tokenizer.special).flops_per_token(seq_len)
