@@ -40,7 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 64  # tokens per training and evaluation window (the model's context)
   # "wrapped": documents joined by EOS, random windows of seq_len; "padded": one document per window, then EOS and
   # padding, which is never corrupted nor scored (MDLM's two layouts; padded needs a prepared folder as data.path)
+  # "chat": data.path is JSON lines of conversations, one per window, the prompt given and the response the target
+  # (data/chat.py; LLaDA's SFT)
   c.data.layout = "wrapped"
+  c.data.chat_template = "plain"  # "chat" layout: "plain" (User:/Assistant: lines) or "tokenizer" (its Jinja template)
+  c.data.chat_fill = "eos"  # "chat" layout: after the response's EOS, "eos" (LLaDA: scored) or "pad" (never scored)
   c.data.seed = 0  # shuffling of the training crops
 
   # The training objective (dlm_jax/objectives/; docs/objectives.md): diffusion.objective names an OBJECTIVES class
@@ -76,6 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32  # global batch (sequences per optimizer step)
   c.train.grad_accum_steps = 1
   c.train.ema_decay = 0.0  # 0 disables the EMA of parameters
+  # "hf:PATH": start from a Hugging Face checkpoint folder (BERT, ModernBERT, GPT-2, LLaMA, Qwen2/Dream): its weights,
+  # its architecture as config.model (name "pretrained") and its tokenizer (training/hf_checkpoints.py).
+  c.train.init_from = ""
+  # LoRA on an imported checkpoint (> 0: rank r; only the adapters train; launch.export merges them): adapters on the
+  # projections named in lora_targets, a comma list of "qkv", "out" and "mlp" (models/pretrained.py)
+  c.train.lora_rank = 0
+  c.train.lora_targets = "qkv,out"
   c.train.ema_warmup = True  # decay_t = min(ema_decay, (1 + t) / (10 + t)); False: ema_decay from the first step
   c.train.log_every = 50
   c.train.checkpoint_every = 300

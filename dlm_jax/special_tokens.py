@@ -74,3 +74,20 @@ class SpecialIds:
 DEFAULT = SpecialIds()
 # Never data tokens, so never sampled (the samplers remove their logits); EOS may be generated (document boundary).
 NEVER_SAMPLED = DEFAULT.never_sampled
+
+
+# Conditioning positions of a training window (data.layout="chat": the prompt of an SFT example; the per-example
+# generalization of diffusion.prompt_length): the window's int32 ids carry this bit where the token is given, never
+# corrupted nor scored. Every vocabulary is far below 2^30 ids. The objectives read and clear it
+# (`Objective.split_condition`); the samplers never see it (they take a `fixed` mask).
+FIXED_FLAG = 1 << 30
+
+
+def mark_fixed(ids, fixed):
+  """`ids` with FIXED_FLAG set where `fixed` (numpy or jax int32 arrays)."""
+  return ids | (fixed.astype(ids.dtype) * FIXED_FLAG)
+
+
+def split_fixed(ids):
+  """(the ids without the flag, bool: where it was set)."""
+  return ids & (FIXED_FLAG - 1), ids >= FIXED_FLAG

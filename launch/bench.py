@@ -63,6 +63,10 @@ flags.DEFINE_string("step_ms_from", None, "Scale-out mode: read --step_ms from t
                     "train_step_ms of its bench_base_110m row).")
 flags.DEFINE_float("bus_gb_s", 450.0, "Scale-out mode: the assumed per-GPU bus bandwidth of the projection (GB/s; "
                    "H100/H200 SXM NVLink 4: 900 GB/s both directions, 450 one way).")
+flags.DEFINE_string("hf_import", None, "Import mode: wall time and peak host memory of loading a Hugging Face "
+                    "checkpoint folder, or 'llama:SIZE' (small, 1b) for a random LLaDA-shaped one written to "
+                    "--hf_synth_dir first; with a projection to LLaDA-8B (dlm_jax/benchmarks/hf_import.py).")
+flags.DEFINE_string("hf_synth_dir", "runs/hf_synth", "Import mode: where 'llama:SIZE' checkpoints are written once.")
 flags.DEFINE_string("json_out", None, "Also write the mode's results to this JSON file (rewritten as rows come in the "
                     "scaling mode, so that a run cut short keeps its finished lengths).")
 FLAGS = flags.FLAGS
@@ -93,7 +97,9 @@ def main(argv):
                                 else print(f"(not recorded; --record appends to {FLAGS.output})\n{header}{rows}"))
   stamp = {"date": datetime.date.today().isoformat(), "commit": report.commit(REPO), "device": device,
            "command": command.strip()}
-  if FLAGS.head_memory:
+  if FLAGS.hf_import:
+    write(IMPORT_HEADER, import_rows(prefix, stamp))
+  elif FLAGS.head_memory:
     memory = throughput.head_loss_memory(FLAGS.config, FLAGS.head_memory)
     print(f"{prefix[2:-2]}\n{memory}")
     write_json(stamp, memory)
@@ -124,6 +130,44 @@ def main(argv):
                   f"{r['compile_s']:.1f} | {fmt(r['train_peak_memory_GiB'], '.2f')} | "
                   f"{r['sample_tokens_per_s']:,.0f} ({r['sample_batch']}, {r['sample_new_tokens']}, "
                   f"{r['sample_steps']}) | {r['sample_step_over_forward']:.2f} |\n")
+
+
+IMPORT_HEADER = ("| date | commit | device | command | checkpoint | params (M) | file MB | load s | read MB/s | "
+                 "peak host MB over baseline | float32 params MB | projected LLaDA-8B: load s, device GB, host GB "
+                 "beyond the model |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def import_rows(prefix: str, stamp: dict) -> str:
+  """--hf_import: the checkpoint loaded in a fresh process (peak memory is a high-water mark), one row."""
+  import subprocess
+  from dlm_jax.benchmarks import hf_import
+  spec = FLAGS.hf_import
+  if spec.startswith("llama:"):
+    size = spec.split(":", 1)[1]
+    if size not in hf_import.SHAPES:
+      raise app.UsageError(f"--hf_import={spec}: the sizes are {sorted(hf_import.SHAPES)}.")
+    folder = hf_import.synthesize(pathlib.Path(FLAGS.hf_synth_dir) / size, size)
+  else:
+    folder = pathlib.Path(spec.removeprefix("hf:"))
+  code = ("import json; from configs import default; from dlm_jax.benchmarks import hf_import; "
+          f"print('RESULT', json.dumps(hf_import.measure({str(folder)!r}, default.get_config())))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+  lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+  if out.returncode or not lines:
+    raise app.UsageError(f"--hf_import={spec}: loading failed:\n{out.stderr[-3000:]}")
+  measured = json.loads(lines[-1][len("RESULT "):])
+  # A projection from a checkpoint small enough for per-file latency to dominate would be noise.
+  projected = hf_import.projection(measured, "8b") if measured["file_MB"] >= 100 else None
+  print(json.dumps({"measured": measured, "projected_8b": projected}, indent=1))
+  write_json(stamp, {"measured": measured, "projected_8b": projected})
+  if projected is None:
+    projection = "n/a (file < 100 MB)"
+  else:
+    projection = (f"{projected['load_s']:.0f} s, {projected['device_GB_float32']:.1f} GB, "
+                  f"{projected['host_beyond_model_GB']:.1f} GB")
+  return (f"{prefix} {spec} | {measured['params_M']:.2f} | {measured['file_MB']:.1f} | {measured['load_s']:.2f} | "
+          f"{measured['read_MB_per_s']:.0f} | {measured['peak_host_MB_over_baseline']:.0f} | "
+          f"{measured['float32_params_MB']:.0f} | {projection} |\n")
 
 
 def write_json(stamp: dict, result: dict):

@@ -1,6 +1,7 @@
-"""Generation quality of a diffusion run, judged by an AR run on the same data (dlm_jax/evaluation/generation.py).
+"""Generation quality of a diffusion run, judged by an AR run on the same data or by a Hugging Face GPT-2 (MDLM's
+protocol: samples decoded and retokenized; the judge runs in JAX, no torch) (dlm_jax/evaluation/generation.py).
 
-  python -m launch.gen_eval --workdir=DIFFUSION_RUN --judge=AR_RUN [--path=FILES] [--prompt_len=32]
+  python -m launch.gen_eval --workdir=DIFFUSION_RUN --judge=AR_RUN|hf:GPT2_DIR [--path=FILES] [--prompt_len=32]
                             [--num_samples=64] [--steps=16,32,96] [--prompt_scripts=any|deva|latn|mixed] [--seed=0]
 
 Prompts are the first `--prompt_len` tokens of `--num_samples` windows spread evenly over `--path` (default: the run's
@@ -22,7 +23,8 @@ from dlm_jax.evaluation import generation
 from launch import judged
 
 flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=True)
-flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
+flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer, or hf:PATH, a "
+                    "Hugging Face GPT-2 folder (the papers' judge; samples retokenized).", required=True)
 flags.DEFINE_string("path", "", "Text whose windows give the prompts (files/folders); default: the validation split.")
 flags.DEFINE_string("label", "", "Name of the prompt set in the table (default: --path or 'valid').")
 flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window (0: unconditional).")

@@ -60,7 +60,8 @@ TEST_FILES = ("test_diffusion", "test_uniform", "test_gaussian", "test_corruptio
               "test_eco_hybrid", "test_hrm", "test_transition", "test_sampler", "test_thought", "test_retrieval",
               "test_distillation", "test_learning", "test_regression", "test_profile", "test_layout", "test_configs",
               "test_training", "test_data", "test_tokenization", "test_generation", "test_launch", "test_sharding",
-              "test_notebooks", "test_gpu_suite")
+              "test_notebooks", "test_gpu_suite", "test_objectives", "test_first_contact", "test_prepared",
+              "test_protocols", "test_hf_tokenizer", "test_hf_fixtures", "test_hf_import")
 
 # Dry-run sizes: the same configs shrunk to compile and run in seconds on 2 CPU cores.
 SMALL_MODEL = ("--config.model.width=64", "--config.model.num_heads=2", "--config.model.mlp_dim=128")
@@ -164,6 +165,16 @@ def bench_stage(name, arm, *flags_, cap, min_s, what):
                cap_s=cap, min_s=min_s, collect=bench_figures, show=BENCH_SHOWN, what=what)
 
 
+def llada_stage(name, *flags_, cap, min_s, what):
+  """configs/llada.py's 1B bench (the tiny arm in a dry run): the sampler of a LLaDA-shaped model (issue 28)."""
+  arm = "tiny" if FLAGS.dry_run else "1b"
+  if FLAGS.dry_run:  # blocks that divide the tiny arm's 32 new tokens
+    flags_ = tuple(f.replace("block_length=32", "block_length=8") for f in flags_)
+  return Stage(name, ("python", "-m", "launch.bench", f"--config=configs/llada.py:{arm}", *flags_,
+                      "--json_out={work}/result.json"),
+               cap_s=cap, min_s=min_s, collect=bench_figures, show=BENCH_SHOWN, what=what)
+
+
 def train_stage(name, arm, *flags_, cap, min_s, time_limit_s, what, targets=()):
   """A Shakespeare-char run that stops itself (train.time_limit_s: checkpoint + final evaluation) before its cap."""
   return Stage(name, ("python", "-m", "launch.train", f"--config=configs/shakespeare_char.py:{arm}",
@@ -245,6 +256,15 @@ def calls() -> dict[str, list[Stage]]:
           bench_stage("bench_sampler_dual_cache", "diffusion", "--config.sample.block_length=32",
                       "--config.sample.cache=dual", cap=150, min_s=90,
                       what="base_110m sampler with blocks of 32 + the dual KV cache"),
+      ],
+      "pretrained": [
+          env,
+          llada_stage("bench_llada_1b_confidence", cap=230, min_s=120,
+                      what="LLaDA-shaped random 1B (configs/llada.py): train tok/s and plain confidence decoding, "
+                           "B=8, 256 new tokens in 256 steps"),
+          llada_stage("bench_llada_1b_dual_threshold", "--config.sample.block_length=32", "--config.sample.cache=dual",
+                      "--config.sample.threshold=0.9", cap=230, min_s=120,
+                      what="the same model decoded in blocks of 32 with the dual KV cache and threshold 0.9"),
       ],
       "profile": [
           env,

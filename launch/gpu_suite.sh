@@ -3,7 +3,7 @@
 #
 #   bash launch/stage_gpu.sh                # on this machine first: wheels, corpora and commit into .gpu_stage/
 #   bash launch/gpu_suite.sh                # on the device (carry [".gpu_stage"]): the headline call
-#   bash launch/gpu_suite.sh tests          # or: quality, sampling, profile, variants, hot_path
+#   bash launch/gpu_suite.sh tests          # or: quality, sampling, pretrained, profile, variants, hot_path
 #   GPU_DRY_RUN=1 bash launch/gpu_suite.sh [CALL]   # on a CPU: every stage shrunk, the same files and deadlines
 #
 # Each call ends within GPU_BUDGET_S (default 510 s) of its start. $OUT (default runs/gpu_suite) receives

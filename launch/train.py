@@ -3,7 +3,10 @@
   python -m launch.train [--config=configs/NAME.py[:ARG]] [--workdir=DIR] [--config.a.b=value ...]
 
 With no flags: the embedded default (configs/default.py) into runs/default. Re-running with the same --workdir
-resumes from its latest checkpoint.
+resumes from its latest checkpoint. `--init_from=hf:PATH` starts from a Hugging Face checkpoint (its weights,
+architecture and tokenizer; docs/pretrained.md), e.g. seed 002's recipe, a BERT fine-tuned with the masked NELBO:
+
+  python -m launch.train --init_from=hf:bert-base-uncased/ --config.data.path=CORPUS --workdir=runs/bert_dlm
 
 Several devices: --config.mesh.data/fsdp/tensor shape the mesh (dlm_jax/training/sharding.py). Several hosts: start the
 same command on each; under SLURM (srun, one task per host) JAX finds its peers itself; elsewhere pass
@@ -24,6 +27,8 @@ config_flags.DEFINE_config_file("config", str(REPO / "configs" / "default.py"), 
                                 lock_config=True)
 flags.DEFINE_bool("help_config", False, "Print every field of --config with its value, then exit.")
 flags.DEFINE_string("workdir", "runs/default", "Directory for checkpoints, metrics and the token cache.")
+flags.DEFINE_string("init_from", None, "hf:PATH: fine-tune a Hugging Face checkpoint folder (BERT, ModernBERT, GPT-2, "
+                    "LLaMA, Qwen2/Dream): its weights, architecture and tokenizer (= --config.train.init_from).")
 flags.DEFINE_enum("distributed", "auto", sharding.DISTRIBUTED_MODES,
                   "Multi-host start-up (jax.distributed.initialize): 'auto' when a coordinator address is given or a "
                   "SLURM/Open MPI launch with several tasks is detected; 'on' always; 'off' never.")
@@ -41,7 +46,11 @@ def main(argv):
                                   FLAGS.process_id)
   if sharding.is_primary():
     print("\n".join(cli.config_summary(str(REPO / "configs" / "default.py"))), flush=True)
-  summary = loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
+  config = flags.FLAGS.config
+  if FLAGS.init_from is not None:
+    with config.unlocked():
+      config.train.init_from = FLAGS.init_from
+  summary = loop.train(config, flags.FLAGS.workdir)
   status = "stopped early" if summary["stopped"] else "finished"
   print(f"Training {status} at step {summary['step']}; checkpoint in {flags.FLAGS.workdir}/checkpoints. "
         f"Sample with: python -m launch.sample --workdir={flags.FLAGS.workdir}")

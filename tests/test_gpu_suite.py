@@ -230,8 +230,8 @@ def test_an_unknown_call_is_one_line_naming_the_calls(tmp_path):
                           timeout=120, env={**os.environ, "OUT": str(tmp_path / "out"),
                                             "GPU_WORK_DIR": str(tmp_path / "work")})
   assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-      "error: call 'benchmark': choose one of headline, tests, quality, sampling, profile, variants, hot_path (no "
-      "argument: headline)."]
+      "error: call 'benchmark': choose one of headline, tests, quality, sampling, pretrained, profile, variants, "
+      "hot_path (no argument: headline)."]
   assert not (tmp_path / "out").exists()
 
 
@@ -292,7 +292,7 @@ def test_dry_run_of_the_headline_call(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("call", ["tests", "quality", "sampling", "profile", "variants", "hot_path"])
+@pytest.mark.parametrize("call", ["tests", "quality", "sampling", "pretrained", "profile", "variants", "hot_path"])
 def test_dry_run_of_every_other_call(call, tmp_path):
   if corpus.data_dir() is None and call in ("quality", "sampling"):
     pytest.skip("../shared/data is absent: the call trains on Tiny Shakespeare")
@@ -302,3 +302,9 @@ def test_dry_run_of_every_other_call(call, tmp_path):
     assert (out / "sampler_suite.md").read_text().count("\n") >= 4
   if call == "profile":
     assert "## train step:" in (out / "profile.md").read_text()
+
+
+def test_the_gpu_tests_call_runs_every_test_file():
+  from launch import gpu_suite
+  present = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+  assert set(gpu_suite.TEST_FILES) == present

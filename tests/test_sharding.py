@@ -31,6 +31,9 @@ MODEL_VARIANTS = [
     ("eco_hybrid", {"route_top_k": 2, "slow_slots": 2}),
     ("eco_hybrid", {"retrieval_slots": 2, "retrieval_windows": 4, "memory_attention": "projected"}),
     ("hrm", {"use_memory": True, "act": True}),
+    ("pretrained", {"num_kv_heads": 1, "bias": "qkv", "head": "untied", "lora_rank": 2, "lora_targets": "qkv,out,mlp"}),
+    ("pretrained", {"norm": "layer", "norm_position": "post", "mlp": "gelu", "bias": "all", "position": "learned",
+                    "embedding_norm": True, "token_types": 2, "head": "mlm", "head_bias": True}),
 ]
 
 

@@ -22,9 +22,9 @@ import re
 import jax
 import numpy as np
 
-from dlm_jax import objectives
+from dlm_jax import models, objectives
 from dlm_jax.models import partitioning
-from dlm_jax.training import optimizer, sharding, state as state_lib, step as step_lib
+from dlm_jax.training import hf_checkpoints, optimizer, sharding, state as state_lib, step as step_lib
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
@@ -87,7 +87,10 @@ def _rules(config) -> tuple:
 
 
 def _setup(config):
-  config = config.copy_and_resolve_references()
+  """(config, vocabulary size, optimizer); with train.init_from="hf:PATH" the config takes the checkpoint's model
+  (only its config.json is read: nothing is loaded), so e.g. LoRA's per-device bytes of an 8B layout are measured
+  from its shapes (bench.vocab_size: the checkpoint's vocabulary)."""
+  config = hf_checkpoints.configure(config.copy_and_resolve_references())
   vocab = int(config.bench.vocab_size) or 128
   tx = optimizer.make_optimizer(config.optimizer, int(config.train.num_steps), config.model)
   return config, vocab, tx
@@ -135,7 +138,8 @@ def communication(config, mesh_shape, batch: int | None = None) -> dict:
   with mesh.activate():
     train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
                                           optimizer.learning_rate_schedule(config.optimizer, 10),
-                                          mesh.shardings(abstract_state), mesh.train_batch)
+                                          mesh.shardings(abstract_state), mesh.train_batch,
+                                          trainable=models.trainable_filter(config.model))
     hlo = train_step.lower(abstract_state, tokens).compile().as_text()
   ops = collectives(hlo, mesh.mesh.size)
   param_bytes = sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract_state.params))

@@ -44,7 +44,8 @@ def _train_step_and_inputs(config, vocab, seq_len, batch):
   with mesh.activate():
     train_step = step_lib.make_train_step(graphdef, other, objective, tx, float(config.train.ema_decay),
                                           optimizer.learning_rate_schedule(config.optimizer, 10),
-                                          mesh.shardings(state), mesh.train_batch)
+                                          mesh.shardings(state), mesh.train_batch,
+                                          trainable=models.trainable_filter(config.model))
     accum = int(config.train.grad_accum_steps)
     tokens = jax.device_put(np.random.default_rng(0).integers(
         special_tokens.NUM_SPECIAL, vocab, (accum, batch // accum, seq_len)).astype(np.int32), mesh.train_batch)

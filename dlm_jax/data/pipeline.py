@@ -21,6 +21,9 @@ shards, never whole; its tokenizer is the run's. Its documents also give MDLM's 
   the first (or spread) eval.num_windows documents.
 A prepared folder's validation split may instead be its last `data.valid_documents` documents (MDLM's OpenWebText
 protocol: the last 100,000 documents), in either layout.
+* "chat": data.path is JSON lines of conversations (data/chat.py): one window per example, its prompt given (never
+  corrupted nor scored), its response the target, then EOS or padding (data.chat_fill); the last valid_fraction of the
+  examples is the validation split. Windows are built as the padded layout's are (`document_iterator`).
 """
 from __future__ import annotations
 
@@ -34,11 +37,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlm_jax.data import corpus, prepared, tokenizers
+from dlm_jax.data import chat, corpus, prepared, tokenizers
 from dlm_jax.errors import ConfigError
 
 
-LAYOUTS = ("wrapped", "padded")
+LAYOUTS = ("wrapped", "padded", "chat")
+PER_EXAMPLE_LAYOUTS = ("padded", "chat")  # one example per window (`document_iterator`, `document_windows`)
 
 
 @dataclasses.dataclass
@@ -137,6 +141,8 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
   `load_prepared_streams`."""
   if data_config.get("layout", "wrapped") not in LAYOUTS:
     raise ConfigError(f"data.layout must be one of {LAYOUTS}, got {data_config.layout!r}.")
+  if data_config.get("layout") == "chat":
+    return load_chat_streams(data_config, tokenizer)
   if prepared.is_prepared(data_config.path):
     return load_prepared_streams(data_config, cache_dir, tokenizer, oov)
   if data_config.get("layout", "wrapped") != "wrapped":
@@ -168,9 +174,31 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
   return _checked(TokenStreams(train=train, valid=valid, tokenizer=tokenizer, summary=summary, test=test), data_config)
 
 
+def load_chat_streams(data_config, tokenizer=None) -> TokenStreams:
+  """The TokenStreams of data.layout="chat" (data/chat.py): train_docs/valid_docs are ChatExamples; train/valid the
+  examples' ids joined (for counts); the last valid_fraction of the conversations validates."""
+  template, fill = data_config.get("chat_template", "plain"), data_config.get("chat_fill", "eos")
+  chat.check(template, fill)
+  conversations = chat.read_conversations(data_config.path)
+  if tokenizer is None and template == "tokenizer":
+    tokenizer = build_tokenizer(data_config)
+  pairs = [chat.render(messages, template, tokenizer) for messages in conversations]
+  if tokenizer is None:  # a character alphabet covers the rendered text, template included
+    tokenizer = build_tokenizer(data_config, [text for pair in pairs for text in pair])
+  examples = chat.encode(pairs, tokenizer, template, fill)
+  train, valid = chat.split(examples, float(data_config.valid_fraction))
+  joined = lambda ex: np.concatenate([np.concatenate([p, r]) for p, r in zip(ex.prompts, ex.responses)]).astype(np.int32)
+  seq_len = int(data_config.seq_len)
+  cut_prompts, cut_responses = examples.overflow(seq_len)
+  summary = (f"{len(examples):,} conversations from {data_config.path} ({len(train):,} train, {len(valid):,} valid; "
+             f"{cut_prompts} prompts and {cut_responses} responses cut at data.seq_len={seq_len})")
+  return TokenStreams(train=joined(train), valid=joined(valid), tokenizer=tokenizer, summary=summary,
+                      train_docs=train, valid_docs=valid)
+
+
 def _checked(streams: TokenStreams, data_config) -> TokenStreams:
   """`streams`, after checking that each split fills a window (the wrapped layout) or holds a document (padded)."""
-  seq_len, padded = int(data_config.seq_len), data_config.get("layout", "wrapped") == "padded"
+  seq_len, padded = int(data_config.seq_len), data_config.get("layout", "wrapped") in PER_EXAMPLE_LAYOUTS
   for name, tokens, docs, flag in (("train", streams.train, streams.train_docs, "data.path"),
                                    ("valid", streams.valid, streams.valid_docs, "data.valid_path/valid_fraction")):
     if padded and not len(docs):
@@ -364,7 +392,7 @@ def split_windows(streams: TokenStreams, data_config, max_windows: int, placemen
   the padded layout `document_windows` of its documents."""
   tokens, docs = streams.split(split)
   seq_len = int(data_config.seq_len)
-  if data_config.get("layout", "wrapped") == "padded":
+  if data_config.get("layout", "wrapped") in PER_EXAMPLE_LAYOUTS:
     return document_windows(docs, seq_len, max_windows, streams.tokenizer.special, placement)
   return eval_windows(tokens, seq_len, max_windows, placement)
 

@@ -4,9 +4,12 @@ The standard measures of MDLM (Sahoo et al. 2024, §4) and Duo (Sahoo et al. 202
 
 * **judge NLL** ("generative perplexity"): an autoregressive model p_AR trained on the same data scores the generated
   tokens, NLL = -(1/|G|) sum_{i in G} log p_AR(x_i | x_<i), with G the generated positions (for an unprompted sample,
-  positions 1..L-1: position 0 has no context to be scored in). exp(NLL) is the generative perplexity. MDLM uses GPT-2
-  Large as the judge; here it is the causal control arm of the same config (`:ar`), trained on the same corpus with the
-  same tokenizer. Low judge NLL alone is gamed by repetitive text, hence
+  positions 1..L-1: position 0 has no context to be scored in). exp(NLL) is the generative perplexity. The judge is
+  the causal control arm of the same config (`:ar`), trained on the same corpus with the same tokenizer, or, as in
+  MDLM/Duo/ReMDM, GPT-2 (Large, in the papers) loaded from a Hugging Face folder (`--judge=hf:PATH`) and run in JAX:
+  then each sample is decoded to text and retokenized with the judge's tokenizer (`retokenizing_judge`; MDLM's
+  `eval_retokenize`), the judge scores the tokens past the retokenized prompt (truncated at the judge's context).
+  Low judge NLL alone is gamed by repetitive text, hence
 * **unigram entropy**: H = -sum_v p_v log p_v of each sample's own token histogram over its generated positions, in
   nats, averaged over samples (MDLM/Duo report it to expose low-entropy, repetitive samples);
 * **script error rate** (`dlm_jax.evaluation.script`): words spelled in two scripts or in a script other than the
@@ -24,25 +27,66 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax import models
-from dlm_jax.data import pipeline
+from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
 from dlm_jax.sampling import make_sampler
 
 
-def judge_nll_fn(judge_forward):
+def judge_nll_fn(judge_forward, excluded_ids=()):
   """Jitted `(tokens_BxL, scored_BxL) -> (nll_sum_B, count_B)` for a causal `judge_forward(tokens_BxL, t_B) -> logits`:
   the next-token NLL of every position i >= 1 with scored[:, i] True, under the judge's SUBS-free logits (the mask id
-  is never a target of a finished sample)."""
+  is never a target of a finished sample). `excluded_ids` leave the judge's softmax: the pad/mask ids our tokenizer
+  added past an imported checkpoint's vocabulary, which are not part of the distribution it was trained as (with
+  them, the tiny GPT-2's NLL of tests/fixtures is 5.740, not transformers' 5.734)."""
 
   @jax.jit
   def run(tokens_BxL, scored_BxL):
     logits_BxLxV = judge_forward(tokens_BxL, jnp.zeros((tokens_BxL.shape[0],), jnp.float32))
+    if excluded_ids:
+      logits_BxLxV = logits_BxLxV.at[..., jnp.asarray(excluded_ids)].set(losses.NEG_INF)
     nll_BxLm1 = losses.next_token_nll(logits_BxLxV.astype(jnp.float32), tokens_BxL)
     scored_BxLm1 = scored_BxL[:, 1:]
     return jnp.sum(jnp.where(scored_BxLm1, nll_BxLm1, 0.0), axis=-1), jnp.sum(scored_BxLm1, axis=-1)
 
   return run
+
+
+def retokenizing_judge(judge_nll, run_tokenizer, judge_tokenizer, context: int, pad_to: int = 64):
+  """`judge_nll` (judge_nll_fn of a judge with its own tokenizer) as a function of the run's tokens: `(tokens_BxL,
+  scored_BxL) -> (nll_sum_B, count_B)`. Each row's prompt (the tokens before its first scored position) and its whole
+  text (prompt + scored tokens) are decoded with `run_tokenizer` and encoded with `judge_tokenizer`; the judge scores
+  the positions past the prompt's tokens (and past position 0), truncated at `context` tokens. Rows are padded to a
+  multiple of `pad_to` (fewer compilations) with the judge's pad id, which a causal judge never reads before the
+  scored positions."""
+
+  def score(tokens_BxL, scored_BxL):
+    rows, prompt_lengths = [], []
+    for row, keep in zip(np.asarray(tokens_BxL), np.asarray(scored_BxL, bool)):
+      positions = np.flatnonzero(keep)
+      first = int(positions[0]) if len(positions) else len(row)
+      text = run_tokenizer.decode(np.concatenate([row[:first], row[positions]]))
+      rows.append(np.asarray(judge_tokenizer.encode(text, oov="unk"), np.int32)[:context])
+      prompt_lengths.append(len(judge_tokenizer.encode(run_tokenizer.decode(row[:first]), oov="unk")) if first else 0)
+    width = min(context, max(pad_to, -(-max(len(r) for r in rows) // pad_to) * pad_to))
+    ids_BxJ = np.full((len(rows), width), judge_tokenizer.special.pad, np.int32)
+    scored_BxJ = np.zeros((len(rows), width), bool)
+    for b, (ids, start) in enumerate(zip(rows, prompt_lengths)):
+      ids_BxJ[b, :len(ids)] = ids
+      scored_BxJ[b, max(start, 1):len(ids)] = True
+    return judge_nll(jnp.asarray(ids_BxJ), jnp.asarray(scored_BxJ))
+
+  return score
+
+
+def judge_for(run, judge):
+  """The `(tokens_BxL, scored_BxL) -> (nll_sum_B, count_B)` judge of `run`'s samples: `judge`'s next-token NLL on the
+  run's tokens when both share a tokenizer, on the retokenized text otherwise (`retokenizing_judge`)."""
+  judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV,
+                           tuple(sorted(getattr(judge.tokenizer, "added", {}).values())))
+  if tokenizers.fingerprint(judge.tokenizer) == tokenizers.fingerprint(run.tokenizer):
+    return judge_nll
+  return retokenizing_judge(judge_nll, run.tokenizer, judge.tokenizer, int(judge.config.data.seq_len))
 
 
 def unigram_entropy(tokens_BxL: np.ndarray, scored_BxL: np.ndarray) -> np.ndarray:
@@ -122,7 +166,7 @@ def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, se
   judge NLL and the entropy)."""
   tokens, fixed = prompts_from_windows(windows_WxL, prompt_len, run.tokenizer.special.mask)
   generated = ~fixed
-  judge_nll = judge_nll_fn(lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV)
+  judge_nll = judge_for(run, judge)
   rows = [dict(steps="n/a", sample_s=None, **quality(windows_WxL, generated, run.tokenizer, judge_nll, prompt_len))]
   for steps in steps_list:
     overrides = {"steps": int(steps), "temperature": temperature, "method": method, "draw_precision": draw_precision}

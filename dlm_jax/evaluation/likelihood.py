@@ -19,6 +19,7 @@ import math
 import jax
 import numpy as np
 
+from dlm_jax import special_tokens
 from dlm_jax import models
 from dlm_jax.objectives import Objective
 
@@ -72,10 +73,12 @@ def evaluate(eval_step, params, windows_WxL, tokenizer, *, batch_size: int, seed
       batch = place(batch) if place is not None else batch
       draw_total += float(eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i)))
     draw_totals.append(draw_total)
-  scored = windows_WxL[:num_batches * batch_size, 1:]  # the targets: tokens 2..L of each window
-  num_chars = sum(len(tokenizer.decode(row)) for row in scored)
-  result = report(sum(draw_totals) / (time_samples * num_batches), scored.size, num_chars)
+  # The targets: tokens 2..L of each window, less padding and conditioning positions (data.layout "padded"/"chat").
+  ids_WxL, given_WxL = special_tokens.split_fixed(np.asarray(windows_WxL[:num_batches * batch_size]))
+  targets_WxLm1 = ~given_WxL[:, 1:] & (ids_WxL[:, 1:] != tokenizer.special.pad)
+  num_chars = sum(len(tokenizer.decode(row[keep])) for row, keep in zip(ids_WxL[:, 1:], targets_WxLm1))
+  result = report(sum(draw_totals) / (time_samples * num_batches), int(targets_WxLm1.sum()), num_chars)
   draw_means = np.asarray(draw_totals) / num_batches
   stderr = float(np.std(draw_means, ddof=1) / np.sqrt(time_samples)) if time_samples > 1 else None
-  result.update(windows=int(len(scored)), time_samples=int(time_samples), mc_stderr=stderr)
+  result.update(windows=int(len(ids_WxL)), time_samples=int(time_samples), mc_stderr=stderr)
   return result

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax import models
+from dlm_jax.data import tokenizers
 from dlm_jax.evaluation import generation
 from dlm_jax.sampling import hybrid, make_sampler
 
@@ -101,8 +101,10 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
   tokens, fixed = generation.prompts_from_windows(windows_WxL, prompt_len, run.tokenizer.special.mask)
   generated = ~fixed
   tokens_j, fixed_j = jnp.asarray(tokens), jnp.asarray(fixed)
-  judge_forward = lambda x, t: models.denoise_fn(judge.graphdef, judge.params, judge.other)(x, t).logits_BxLxV
-  judge_nll = generation.judge_nll_fn(judge_forward)
+  judge_nll = generation.judge_for(run, judge)
+  if "verifier" in names and tokenizers.fingerprint(judge.tokenizer) != tokenizers.fingerprint(run.tokenizer):
+    raise ValueError("The 'verifier' strategy redraws with the judge as AR verifier, which needs the run's tokenizer; "
+                     "this judge has its own (a Hugging Face judge scores retokenized text only).")
   presets = strategies(block_length, threshold, remask_eta, guidance_scale)
   check_names(names)
   rows = []

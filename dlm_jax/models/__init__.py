@@ -13,6 +13,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.models.base import Denoiser, DenoiserConfig, DenoiserOutput, denoise_fn
 from dlm_jax.models.eco_hybrid import EcoHybrid, EcoHybridConfig
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
+from dlm_jax.models.pretrained import PretrainedConfig, PretrainedTransformer
 from dlm_jax.models.transformer import Transformer, TransformerConfig
 from dlm_jax.registry import Registry
 
@@ -20,6 +21,7 @@ MODELS = Registry("model", field="config model.name", entries={
     "transformer": (Transformer, TransformerConfig),
     "eco_hybrid": (EcoHybrid, EcoHybridConfig),
     "hrm": (HRMDenoiser, HRMConfig),
+    "pretrained": (PretrainedTransformer, PretrainedConfig),  # published checkpoints' layouts (models/hf.py)
     "thought": "dlm_jax.proj.thought.model:REGISTERED",  # thought tensors (dlm_jax/proj/thought/)
 })
 # Given by the data, not by config.model: the tokenizer's vocabulary and special ids, and data.seq_len.
@@ -59,3 +61,21 @@ def get_model(config, vocab_size: int, rngs: nnx.Rngs,
               special: special_tokens.SpecialIds = special_tokens.DEFAULT) -> Denoiser:
   model_cls, _ = MODELS[config.model.name]
   return model_cls(model_config(config, vocab_size, special), rngs=rngs)
+
+
+def trainable_filter(model_config):
+  """The nnx filter of the parameters the optimizer updates: the LoRA adapters (nnx.LoRAParam) when config.model has
+  lora_rank > 0, the base weights then frozen; None (every parameter) otherwise."""
+  return nnx.LoRAParam if int(model_config.get("lora_rank", 0) or 0) else None
+
+
+def split_trainable(params, trainable):
+  """(the parameters the optimizer updates, the frozen rest or None) of the nnx.State `params` (`trainable_filter`)."""
+  if trainable is None:
+    return params, None
+  return nnx.split_state(params, trainable, ...)
+
+
+def join_trainable(trainable_params, frozen_params):
+  """The inverse of `split_trainable`."""
+  return trainable_params if frozen_params is None else nnx.merge_state(trainable_params, frozen_params)

@@ -141,14 +141,18 @@ class Denoiser(nnx.Module):
   creation order), and implements `__call__` with `embed` and `head`."""
   cfg: DenoiserConfig
 
-  def init_embedding(self, cfg: DenoiserConfig, rngs: nnx.Rngs, *, learned_positions: bool):
+  def init_embedding(self, cfg: DenoiserConfig, rngs: nnx.Rngs, *, learned_positions: bool,
+                     position_rows: int | None = None):
+    """The embedding table [V, D], with `learned_positions` a position table [position_rows (default max_len), D]
+    (an imported checkpoint keeps all of its rows), the time embedding and self-conditioning's map."""
     self.cfg = cfg
     self.dtype = layers.compute_dtype(cfg.dtype)
     self.embedding = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.vocab_size, cfg.width), jnp.float32),
                                **logical(VOCAB, EMBED))
     if learned_positions:
-      self.positions = nnx.Param(layers.DEFAULT_INIT(rngs.params(), (cfg.max_len, cfg.width), jnp.float32),
-                                 **logical(LENGTH, EMBED))
+      self.positions = nnx.Param(
+          layers.DEFAULT_INIT(rngs.params(), (position_rows or cfg.max_len, cfg.width), jnp.float32),
+          **logical(LENGTH, EMBED))
     else:
       self.positions = None
     self.time_embedding = (layers.TimeEmbedding(cfg.width, dtype=self.dtype, rngs=rngs)
@@ -200,11 +204,17 @@ class Denoiser(nnx.Module):
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
     if self.self_condition is not None and self_cond_BxLxV is not None:
       h_BxLxD = h_BxLxD + self.self_condition(self_cond_BxLxV.astype(self.dtype) @ table_VxD)
+    h_BxLxD = self.finish_embedding(h_BxLxD)
     if cfg.embedding_dropout and not deterministic:
       key = dropout_key if dropout_key is not None else jax.random.key(0)
       h_BxLxD = self.embedding_dropout(h_BxLxD, deterministic=False,
                                        rngs=jax.random.fold_in(key, EMBEDDING_DROPOUT_STREAM))
     return partitioning.constrain(h_BxLxD, RESIDUAL_AXES)
+
+  def finish_embedding(self, h_BxLxD):
+    """What a denoiser does to the summed input embeddings before their dropout: nothing here (an imported BERT adds
+    its token-type row and normalizes, models/pretrained.py)."""
+    return h_BxLxD
 
   def head(self, h_BxLxD):
     """logits = RMSNorm(h) E^T, tied to the input embedding, in the activation dtype."""

@@ -23,9 +23,9 @@ REMAT_POLICIES = {
 }
 
 
-def rms_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
+def rms_norm(width: int, *, dtype, rngs: nnx.Rngs, epsilon: float = 1e-6) -> nnx.RMSNorm:
   """nnx.RMSNorm over the last axis with its scale [D] named ("norm",) (replicated by the default rules)."""
-  return nnx.RMSNorm(width, dtype=dtype, rngs=rngs, scale_metadata=logical(NORM))
+  return nnx.RMSNorm(width, epsilon=epsilon, dtype=dtype, rngs=rngs, scale_metadata=logical(NORM))
 
 
 def compute_dtype(name: str):
@@ -68,38 +68,58 @@ def apply_rope(x_BxLxHxK, cos_LxK2, sin_LxK2):
 class SelfAttention(nnx.Module):
   """Multi-head self-attention (bidirectional, or causal for the AR arm) through `jax.nn.dot_product_attention`.
 
+      q = x W_q (+ b_q), k = x W_k (+ b_k), v = x W_v (+ b_v)        (one fused [D, (H + 2 H_kv) K] projection `qkv`)
+      out = concat_h softmax(q_h k_g(h)^T / sqrt(K) + mask) v_g(h)  W_o (+ b_o),   g(h) = h // (H / H_kv)
+
+  With `num_kv_heads` < `num_heads` this is grouped-query attention (Ainslie et al. 2023; LLaMA 2/3, Qwen2): each
+  key/value head serves H / H_kv query heads (jax.nn.dot_product_attention broadcasts them). `head_dim` K defaults to
+  D / H; `qkv_bias` / `out_bias` add the biases of BERT, GPT-2 (both) and Qwen2 (qkv only). The baseline denoisers use
+  the defaults: H_kv = H, K = D / H, no biases (parameters `qkv` [D, 3D] and `out` [D, D]).
+
   With `dropout` > 0 and a `dropout_key` (training), the attention probabilities are dropped out (nanoGPT's
   attn_dropout): softmax(q k^T / sqrt(K)) -> mask / (1 - p). jax.nn.dot_product_attention takes no dropout, so that
   case is computed explicitly (XLA, never cuDNN's fused kernel); evaluation and sampling keep the fused path."""
 
   def __init__(self, width: int, num_heads: int, *, causal: bool, implementation: str | None, dtype, rngs: nnx.Rngs,
-               dropout: float = 0.0):
-    if width % num_heads:
+               dropout: float = 0.0, num_kv_heads: int | None = None, head_dim: int | None = None,
+               qkv_bias: bool = False, out_bias: bool = False):
+    if head_dim is None and width % num_heads:
       raise ConfigError(f"model.width={width} must be divisible by model.num_heads={num_heads}.")
-    self.num_heads, self.head_dim = num_heads, width // num_heads
+    num_kv_heads = num_kv_heads or num_heads
+    if num_heads % num_kv_heads:
+      raise ConfigError(f"model.num_heads={num_heads} must be a multiple of model.num_kv_heads={num_kv_heads}.")
+    self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim or width // num_heads
     self.causal, self.implementation, self.dropout = causal, implementation, dropout
-    self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
-                          kernel_metadata=logical(EMBED, HEADS))
-    self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
-                          kernel_metadata=logical(HEADS, EMBED))
+    self.qkv = nnx.Linear(width, (num_heads + 2 * num_kv_heads) * self.head_dim, use_bias=qkv_bias, dtype=dtype,
+                          kernel_init=DEFAULT_INIT, rngs=rngs, kernel_metadata=logical(EMBED, HEADS),
+                          bias_metadata=logical(HEADS))
+    self.out = nnx.Linear(num_heads * self.head_dim, width, use_bias=out_bias, dtype=dtype, kernel_init=DEFAULT_INIT,
+                          rngs=rngs, kernel_metadata=logical(HEADS, EMBED), bias_metadata=logical(EMBED))
 
-  def __call__(self, x_BxLxD, rope=None, dropout_key=None, return_kv: bool = False):
-    """The attention output [B, L, D]; with `return_kv` also the keys and values [B, L, H, K] (RoPE applied), which
-    a sampler's KV cache keeps."""
+  def __call__(self, x_BxLxD, rope=None, dropout_key=None, return_kv: bool = False, mask_LxL=None):
+    """The attention output [B, L, D]; with `return_kv` also the keys and values [B, L, H_kv, K] (RoPE applied),
+    which a sampler's KV cache keeps. `mask_LxL`: a boolean [L, L] (True = may attend) besides causality (local
+    attention windows)."""
     batch, length, _ = x_BxLxD.shape
     q, k, v = self.project(x_BxLxD, rope)
     if self.dropout and dropout_key is not None:
-      out_BxLxHxK = self.attend_with_dropout(q, k, v, dropout_key)
+      out_BxLxHxK = self.attend_with_dropout(q, k, v, dropout_key, mask_LxL)
     else:
-      out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
+      out_BxLxHxK = jax.nn.dot_product_attention(
+          q, k, v, is_causal=self.causal, implementation=self.implementation if mask_LxL is None else "xla",
+          mask=None if mask_LxL is None else mask_LxL[None, None])
     out_BxLxD = self.out(out_BxLxHxK.reshape(batch, length, -1))
     return (out_BxLxD, (k, v)) if return_kv else out_BxLxD
 
   def project(self, x_BxQxD, rope=None, positions_BxQ=None):
-    """Queries, keys and values [B, Q, H, K] of the rows x, rotated (RoPE) to positions 0..Q-1 or `positions_BxQ`."""
+    """Queries [B, Q, H, K], keys and values [B, Q, H_kv, K] of the rows x, rotated (RoPE) to positions 0..Q-1 or
+    `positions_BxQ`."""
     batch, length, _ = x_BxQxD.shape
-    qkv_BxQx3xHxK = self.qkv(x_BxQxD).reshape(batch, length, 3, self.num_heads, self.head_dim)
-    q, k, v = (qkv_BxQx3xHxK[:, :, i] for i in range(3))
+    qkv_BxQxF = self.qkv(x_BxQxD)
+    q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+    q = qkv_BxQxF[..., :q_size].reshape(batch, length, self.num_heads, self.head_dim)
+    k = qkv_BxQxF[..., q_size:q_size + kv_size].reshape(batch, length, self.num_kv_heads, self.head_dim)
+    v = qkv_BxQxF[..., q_size + kv_size:].reshape(batch, length, self.num_kv_heads, self.head_dim)
     if rope is not None:
       cos, sin = rope
       if positions_BxQ is not None:
@@ -107,24 +127,32 @@ class SelfAttention(nnx.Module):
       q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     return q, k, v
 
-  def attend_with_cache(self, x_BxQxD, rope, positions_BxQ, k_cache_BxLxHxK, v_cache_BxLxHxK):
+  def attend_with_cache(self, x_BxQxD, rope, positions_BxQ, k_cache_BxLxHxK, v_cache_BxLxHxK, mask_LxL=None):
     """Attention of the rows x (at `positions_BxQ` of an L-long sequence) over all L positions, whose keys and values
     come from the cache except at the rows' own positions, which are recomputed and written back (Fast-dLLM's dual
-    cache step; bidirectional). Returns (output [B, Q, D], updated cache)."""
+    cache step; bidirectional). `mask_LxL` as in `__call__` (its rows at the queries' positions are used). Returns
+    (output [B, Q, D], updated cache)."""
     batch, queries, _ = x_BxQxD.shape
     q, k, v = self.project(x_BxQxD, rope, positions_BxQ)
     rows_Bx1 = jnp.arange(batch)[:, None]
     k_all = k_cache_BxLxHxK.at[rows_Bx1, positions_BxQ].set(k.astype(k_cache_BxLxHxK.dtype))
     v_all = v_cache_BxLxHxK.at[rows_Bx1, positions_BxQ].set(v.astype(v_cache_BxLxHxK.dtype))
-    out_BxQxHxK = jax.nn.dot_product_attention(q, k_all, v_all, implementation=self.implementation)
+    mask = None if mask_LxL is None else mask_LxL[positions_BxQ][:, None]  # [B, 1, Q, L]
+    out_BxQxHxK = jax.nn.dot_product_attention(q, k_all, v_all, mask=mask,
+                                               implementation=self.implementation if mask is None else "xla")
     return self.out(out_BxQxHxK.reshape(batch, queries, -1)), (k_all, v_all)
 
-  def attend_with_dropout(self, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dropout_key):
+  def attend_with_dropout(self, q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, dropout_key, mask_LxL=None):
+    groups = self.num_heads // self.num_kv_heads  # grouped-query attention: each key/value head serves `groups`
+    k_BxLxHxK = jnp.repeat(k_BxLxGxK, groups, axis=2)
+    v_BxLxHxK = jnp.repeat(v_BxLxGxK, groups, axis=2)
     logits_BxHxLxL = jnp.einsum("bqhk,bjhk->bhqj", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32)
     logits_BxHxLxL = logits_BxHxLxL * (self.head_dim**-0.5)
-    if self.causal:
-      length = q_BxLxHxK.shape[1]
-      logits_BxHxLxL = jnp.where(jnp.tril(jnp.ones((length, length), bool))[None, None], logits_BxHxLxL, NEG_INF)
+    length = q_BxLxHxK.shape[1]
+    allowed_LxL = jnp.tril(jnp.ones((length, length), bool)) if self.causal else jnp.ones((length, length), bool)
+    if mask_LxL is not None:
+      allowed_LxL = allowed_LxL & mask_LxL
+    logits_BxHxLxL = jnp.where(allowed_LxL[None, None], logits_BxHxLxL, NEG_INF)
     probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
     keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout, probs_BxHxLxL.shape)
     probs_BxHxLxL = jnp.where(keep, probs_BxHxLxL / (1.0 - self.dropout), 0.0).astype(v_BxLxHxK.dtype)
@@ -237,9 +265,13 @@ def attention_bias(chosen_BxQxJ, dtype):
 
 
 class SwiGLU(nnx.Module):
-  """FFN(x) = W_down (silu(W_gate x) * W_up x)  (Shazeer 2020)."""
+  """FFN(x) = W_down (silu(W_gate x) * W_up x)  (Shazeer 2020); W_gate|W_up as one [D, 2F] projection `gate_up`.
 
-  def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs, out_features: int | None = None):
+  `activation` replaces silu by another gate (GeGLU: exact GELU, ModernBERT)."""
+
+  def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs, out_features: int | None = None,
+               activation: Callable = jax.nn.silu):
+    self.activation = activation
     self.gate_up = nnx.Linear(width, 2 * hidden, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT, rngs=rngs,
                               kernel_metadata=logical(EMBED, MLP))
     self.down = nnx.Linear(hidden, out_features or width, use_bias=False, dtype=dtype, kernel_init=DEFAULT_INIT,
@@ -247,7 +279,7 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x):
     gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
-    return self.down(jax.nn.silu(gate) * up)
+    return self.down(self.activation(gate) * up)
 
 
 def sinusoidal_embedding(t_B, dim: int, max_period: float = 10000.0):

@@ -29,17 +29,21 @@ class Autoregressive(Objective):
     output = denoise_fn(x0_BxL, jnp.zeros((x0_BxL.shape[0],), jnp.float32))
     return output, self.token_nll(output, x0_BxL, shift=True)
 
-  def mean_nll(self, nll_BxLm1, x0_BxL):
-    """The mean over the targets x_2..L (with `padded`, over those that are not padding)."""
-    if not self.padded:
+  def mean_nll(self, nll_BxLm1, x0_BxL, condition_BxL=None):
+    """The mean over the targets x_2..L (with `padded`, over those that are not padding; with `conditioned`, over
+    those that are not conditioning positions)."""
+    fixed_BxL = self.fixed_mask(x0_BxL, None, condition_BxL)
+    if fixed_BxL is None:
       return jnp.mean(nll_BxLm1)
-    target_BxLm1 = x0_BxL[:, 1:] != self.special.pad
+    target_BxLm1 = ~fixed_BxL[:, 1:]
     return jnp.sum(jnp.where(target_BxLm1, nll_BxLm1, 0.0)) / self.scored_count(target_BxLm1, 0)
 
   def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+    x0_BxL, condition_BxL = self.split_condition(x0_BxL)
     output, nll_BxLm1 = self.next_token_nll(denoise_fn, x0_BxL)
-    loss = self.mean_nll(nll_BxLm1, x0_BxL)
+    loss = self.mean_nll(nll_BxLm1, x0_BxL, condition_BxL)
     return loss, output, {"nll_per_token": loss}
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
-    return self.mean_nll(self.next_token_nll(denoise_fn, x0_BxL)[1], x0_BxL)
+    x0_BxL, condition_BxL = self.split_condition(x0_BxL)
+    return self.mean_nll(self.next_token_nll(denoise_fn, x0_BxL)[1], x0_BxL, condition_BxL)

@@ -37,7 +37,8 @@ from dlm_jax.errors import ConfigError
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
-CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded", "score_all_tokens")
+CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded", "score_all_tokens",
+                  "conditioned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,10 @@ class Objective(abc.ABC):
   # are fixed (never corrupted) and never scored, and per-token figures divide by the tokens that are not padding
   # (MDLM's attention-mask-weighted loss).
   padded: bool = False
+  # data.layout == "chat" (data/chat.py): each window's given positions (an SFT example's prompt) carry
+  # special_tokens.FIXED_FLAG; they are never corrupted nor scored, per-token figures divide by the scored tokens
+  # (LLaDA's SFT: the loss over the response only). The per-example form of prompt_length.
+  conditioned: bool = False
   # eval.score_all_tokens: evaluation scores every token of a window, the first with no context (MD4's and MDLM's
   # protocol: a window's NELBO over all L tokens), instead of tokens 2..L given the first (the figure the AR arm's
   # exact NLL is set beside).
@@ -95,9 +100,10 @@ class Objective(abc.ABC):
       raise ConfigError(f"eval.score_all_tokens scores a window's first token without context; objective "
                         f"{self.name!r} scores tokens 2..L given the first (the AR arm has no distribution for token 1 "
                         "without a BOS). Set eval.score_all_tokens=False.")
-    if self.padded and not self.supports_padded:
-      raise ConfigError(f"data.layout='padded' trains objectives 'elbo', 'masked_mean' and 'autoregressive', not "
-                        f"{self.name!r}: use data.layout='wrapped'.")
+    if (self.padded or self.conditioned) and not self.supports_padded:
+      layout = "chat" if self.conditioned else "padded"
+      raise ConfigError(f"data.layout='{layout}' trains objectives 'elbo', 'masked_mean' and 'autoregressive', not "
+                        f"{self.name!r}: use another objective (or data.layout='wrapped').")
 
   @classmethod
   def process_of(cls, diffusion_config) -> str:
@@ -149,17 +155,29 @@ class Objective(abc.ABC):
     """bool [B, L]: the never-corrupted, never-scored prompt positions, or None without a prompt."""
     return jnp.broadcast_to(jnp.arange(shape[1]) < self.prompt_length, shape) if self.prompt_length else None
 
-  def fixed_mask(self, x0_BxL, prompt_BxL):
-    """bool [B, L] or None: the positions never corrupted nor scored: the prompt's and, with `padded`, the padding."""
-    if not self.padded:
-      return prompt_BxL
-    pad_BxL = x0_BxL == self.special.pad
-    return pad_BxL if prompt_BxL is None else prompt_BxL | pad_BxL
+  def split_condition(self, x0_BxL):
+    """(the window's ids, bool [B, L] of its conditioning positions or None): with `conditioned`, the positions that
+    carry special_tokens.FIXED_FLAG (which is cleared)."""
+    if not self.conditioned:
+      return x0_BxL, None
+    return special_tokens.split_fixed(x0_BxL)
+
+  def fixed_mask(self, x0_BxL, prompt_BxL, condition_BxL=None):
+    """bool [B, L] or None: the positions never corrupted nor scored: the prompt's, the conditioning positions
+    (`split_condition`) and, with `padded`, the padding."""
+    masks = [m for m in (prompt_BxL, condition_BxL, x0_BxL == self.special.pad if self.padded else None)
+             if m is not None]
+    if not masks:
+      return None
+    fixed_BxL = masks[0]
+    for m in masks[1:]:
+      fixed_BxL = fixed_BxL | m
+    return fixed_BxL
 
   def scored_count(self, scored_BxL, default: int):
-    """The per-token figures' denominator: the scored positions with `padded`, else `default` (B (L - P) or
-    B (L - 1): every window full)."""
-    return jnp.maximum(jnp.sum(scored_BxL), 1) if self.padded else default
+    """The per-token figures' denominator: the scored positions with `padded` or `conditioned`, else `default`
+    (B (L - P) or B (L - 1): every window full)."""
+    return jnp.maximum(jnp.sum(scored_BxL), 1) if self.padded or self.conditioned else default
 
   # -- the protocol ----------------------------------------------------------------------------------------------------
   @abc.abstractmethod
@@ -221,10 +239,11 @@ class CorruptionObjective(Objective):
 
   def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
     batch_size = x0_BxL.shape[0]
+    x0_BxL, condition_BxL = self.split_condition(x0_BxL)
     t_rng, mask_rng = jax.random.split(rng)
     t_B = self.sample_times(t_rng, batch_size)
     prompt_BxL = self.prompt_mask(x0_BxL.shape)
-    fixed_BxL = self.fixed_mask(x0_BxL, prompt_BxL)
+    fixed_BxL = self.fixed_mask(x0_BxL, prompt_BxL, condition_BxL)
     scored_BxL = None if fixed_BxL is None else ~fixed_BxL
     xt_BxL, input_BxL, corrupted_BxL, weight_BxL = self.training_inputs(mask_rng, x0_BxL, t_B, fixed_BxL, step)
     if self.prompt_drop:
@@ -240,10 +259,11 @@ class CorruptionObjective(Objective):
     2..L with x_1 never corrupted, or of all L with `score_all_tokens`; with `padded`, the padding never corrupted nor
     counted."""
     batch_size, seq_len = x0_BxL.shape
+    x0_BxL, condition_BxL = self.split_condition(x0_BxL)
     first_BxL = jnp.zeros(x0_BxL.shape, bool)
     if not self.score_all_tokens:
       first_BxL = first_BxL.at[:, 0].set(True)
-    first_BxL = self.fixed_mask(x0_BxL, first_BxL)
+    first_BxL = self.fixed_mask(x0_BxL, first_BxL, condition_BxL)
     t_rng, mask_rng = jax.random.split(rng)
     t_B = forward.antithetic_times(t_rng, batch_size, self.t_min)
     xt_BxL, corrupted_BxL = self.corrupt(mask_rng, x0_BxL, t_B, first_BxL)

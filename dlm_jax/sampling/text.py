@@ -21,10 +21,14 @@ class TextSamples:
 
 
 def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None = None, prompt: str = "",
-                 suffix: str = "", autoregressive: bool = False):
-  """(tokens_BxL, fixed_BxL) for `num_samples` rows of: the prompt's tokens, `length` new positions (default: fill the
-  context of `max_len` tokens), the suffix's tokens (infilling). Raises ValueError naming the flag at fault."""
-  prompt_ids = tokenizer.encode(prompt, source="--prompt") if prompt else np.zeros((0,), np.int32)
+                 suffix: str = "", autoregressive: bool = False, prompt_ids=None):
+  """(tokens_BxL, fixed_BxL) for `num_samples` rows of: the prompt's tokens (`prompt_ids` when given: e.g. a chat
+  prompt as data/chat.py frames it), `length` new positions (default: fill the context of `max_len` tokens), the
+  suffix's tokens (infilling). Raises ValueError naming the flag at fault."""
+  if prompt_ids is not None:
+    prompt_ids = np.asarray(prompt_ids, np.int32)
+  else:
+    prompt_ids = tokenizer.encode(prompt, source="--prompt") if prompt else np.zeros((0,), np.int32)
   suffix_ids = tokenizer.encode(suffix, source="--suffix") if suffix else np.zeros((0,), np.int32)
   if autoregressive and len(suffix_ids):
     raise ValueError("--suffix (infilling) needs a diffusion model; this run is the causal control arm.")
@@ -93,7 +97,7 @@ class Generation:
 
 def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", length: int | None = None, seed: int = 0,
              overrides: dict | None = None, record_trajectory: bool = False, mesh=None, verifier=None,
-             verifier_config: hybrid.VerifierConfig | None = None) -> Generation:
+             verifier_config: hybrid.VerifierConfig | None = None, prompt_ids=None) -> Generation:
   """`num_samples` generations of a trained `run` (a training.checkpoint.LoadedRun): `prompt` fixed at the start,
   `suffix` at the end, `length` new tokens between them (default: fill one generation's context), with the run's
   config.sample settings and `overrides` (SamplerConfig fields). With `mesh` (training/sharding.MeshContext) the rows
@@ -102,7 +106,7 @@ def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", lengt
   objective = run.objective
   autoregressive = objective.is_autoregressive
   tokens, fixed = prompt_batch(run.tokenizer, num_samples, objective.sample_length(int(run.config.data.seq_len)),
-                               length, prompt, suffix, autoregressive)
+                               length, prompt, suffix, autoregressive, prompt_ids)
   cfg = run.sampler_config(**(overrides or {}), record_trajectory=record_trajectory)
   family = sampler_lib.family_of(cfg, objective)
   if mesh is not None and family not in sampler_lib.SAMPLERS.builtin():

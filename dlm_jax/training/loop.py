@@ -1,7 +1,8 @@
 """The trainer: data, model, optimizer, jitted step, evaluation, samples, metrics, Orbax checkpoints, resume.
 
 Resume order (big_vision): a checkpoint in WORKDIR/checkpoints (its tokenizer and iterator included) -> fresh init
-(for a distillation, diffusion.objective="dcd": the teacher's weights, `start_from_teacher`).
+(for a distillation, diffusion.objective="dcd": the teacher's weights, `start_from_teacher`; with
+train.init_from="hf:PATH": a Hugging Face checkpoint's weights, model and tokenizer, training/hf_checkpoints.py).
 SIGTERM/SIGINT finish the step in flight, write a checkpoint and return, and so does `train.time_limit_s` once that
 many seconds have passed since the trainer started (after a final evaluation). Metrics of step k are read after step
 k+1 is dispatched (nanodo).
@@ -38,7 +39,8 @@ from dlm_jax.errors import ConfigError, TrainingDiverged
 from dlm_jax.evaluation import likelihood
 from dlm_jax.models import retrieval
 from dlm_jax.sampling import SamplerConfig, make_text_sampler
-from dlm_jax.training import checkpoint, config_checks, metrics as metrics_lib, optimizer, sharding, state as state_lib
+from dlm_jax.training import checkpoint, config_checks, hf_checkpoints, metrics as metrics_lib, optimizer, sharding
+from dlm_jax.training import state as state_lib
 from dlm_jax.training import step as step_lib
 
 
@@ -67,6 +69,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | N
 
   One trainer per workdir (`checkpoint.workdir_lock`); the checkpoints folder must be writable. A resumed run may
   change what does not alter the model or its data (`checkpoint.config_changes`): the changes are printed."""
+  config = hf_checkpoints.configure(config)  # train.init_from="hf:PATH": the checkpoint's model and tokenizer
   config_checks.check(config)  # before anything is created
   workdir = pathlib.Path(workdir)
   try:
@@ -112,10 +115,17 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   objective = objectives.from_config(config, vocab_size, tokenizer)
   tx = optimizer.make_optimizer(config.optimizer, num_steps, config.model)
   train_tokens, datastore = retrieval_datastore(config, streams.train, seq_len, workdir, tokenizer.special.eos)
-  graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore, tokenizer.special)
+  if resumed_step is None and config.train.get("init_from", ""):
+    if datastore is not None or teacher is not None:
+      raise ConfigError("train.init_from starts from a checkpoint's weights; it takes neither retrieval slots nor a "
+                        "distillation teacher.")
+    graphdef, other, state = hf_checkpoints.init_train_state(config, vocab_size, tx, mesh, tokenizer.special)
+    print(f"Initialized from {config.train.init_from} ({config.model.family}).", flush=True)
+  else:
+    graphdef, other, state = state_lib.init_on_mesh(config, vocab_size, tx, mesh, datastore, tokenizer.special)
   micro_batch = global_batch // accum
   data_shard = mesh.data_shard(micro_batch, mesh.train_batch, axis=1)
-  padded = config.data.get("layout", "wrapped") == "padded"
+  padded = config.data.get("layout", "wrapped") in pipeline.PER_EXAMPLE_LAYOUTS
   if padded and datastore is not None:
     raise ConfigError("model.retrieval_slots cuts its datastore out of the token stream: use data.layout='wrapped'.")
   if padded:
@@ -139,7 +149,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                                   state_sharding=state_shardings,
                                                   batch_sharding=mesh.train_batch,
                                                   ema_warmup=bool(tcfg.get("ema_warmup", False)),
-                                                  skip_nonfinite=nan_policy == "skip_step"))
+                                                  skip_nonfinite=nan_policy == "skip_step",
+                                                  trainable=models.trainable_filter(config.model)))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   eval_windows = pipeline.split_windows(streams, config.data, int(config.eval.num_windows),
                                         config.eval.get("windows", "first"))

@@ -32,12 +32,18 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
   if datastore is not None:
     model.retrieval.fill(datastore)
   graphdef, params, other = nnx.split(model, nnx.Param, ...)
+  return graphdef, other, state_from_params(config, params, tx)
+
+
+def state_from_params(config, params, tx: optax.GradientTransformation) -> TrainState:
+  """The first TrainState of a run whose parameters are `params`: step 0, a fresh optimizer over the trainable
+  parameters (models.trainable_filter: all, or LoRA's adapters), the EMA and a distillation's teacher as copies."""
   ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
   teacher = jax.tree.map(jax.numpy.copy, params) if objectives.objective_class(config).needs_teacher else None
-  state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params),
-                     ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)),
-                     teacher_params=teacher)
-  return graphdef, other, state
+  trainable = models.split_trainable(params, models.trainable_filter(config.model))[0]
+  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(trainable),
+                    ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)),
+                    teacher_params=teacher)
 
 
 def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh, datastore=None,

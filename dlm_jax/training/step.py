@@ -30,13 +30,16 @@ def ema_decay_at(step, ema_decay: float, warmup: bool):
 
 def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTransformation,
                     ema_decay: float, lr_schedule, state_sharding=None, batch_sharding=None, ema_warmup: bool = True,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, trainable=None):
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`. With `skip_nonfinite` (train.nan_policy
   "skip_step"), an update whose loss, gradient or new parameters are not finite is dropped: the parameters, optimizer
   moments and EMA stay as they were, the step counter (and so the data and the schedule) advances, and
-  metrics["skipped"] is 1."""
+  metrics["skipped"] is 1. `trainable` (models.trainable_filter; None: every parameter): the parameters that are
+  differentiated and updated (LoRA's adapters); the others are held fixed and get no gradient, and the optimizer
+  state (`state.opt_state`) covers the trainable ones only."""
 
-  def loss_fn(params, x0_BxL, key, step, teacher_params):
+  def loss_fn(trainable_params, frozen_params, x0_BxL, key, step, teacher_params):
+    params = models.join_trainable(trainable_params, frozen_params)
     loss_key, dropout_key = jax.random.split(key)
     fn = models.denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key)
     teacher_fn = None if teacher_params is None else models.denoise_fn(graphdef, teacher_params, other)
@@ -52,17 +55,20 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
       refresh = state.step % objective.distill_round_steps == 0
       teacher = jax.tree.map(lambda p, t: jnp.where(refresh, p, t), state.params, teacher)
 
+    trainable_params, frozen_params = models.split_trainable(state.params, trainable)
+
     def micro_step(grads_acc, inputs):
       index, x0_BxL = inputs
-      (_, metrics), grads = grad_fn(state.params, x0_BxL, jax.random.fold_in(step_key, index), state.step, teacher)
+      (_, metrics), grads = grad_fn(trainable_params, frozen_params, x0_BxL, jax.random.fold_in(step_key, index),
+                                    state.step, teacher)
       return jax.tree.map(jnp.add, grads_acc, grads), metrics
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    zeros = jax.tree.map(jnp.zeros_like, trainable_params)
     grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch_AxBxL))
     grads = jax.tree.map(lambda g: g / accum, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable_params)
+    params = models.join_trainable(optax.apply_updates(trainable_params, updates), frozen_params)
     ema = state.ema_params
     if ema is not None:
       decay = ema_decay_at(state.step, ema_decay, ema_warmup)
