@@ -63,7 +63,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   mesh = sharding.MeshContext.from_flag(FLAGS.mesh)
   if FLAGS.hf:
-    run = hf_checkpoints.load_run(FLAGS.hf, default.get_config(), "masked", seq_len=FLAGS.context, mesh=mesh)
+    run = hf_checkpoints.load_run(FLAGS.hf, default.get_config(), "elbo", seq_len=FLAGS.context, mesh=mesh)
   else:
     run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint, mesh=mesh)
   if FLAGS.chat:
@@ -80,7 +80,7 @@ def main(argv):
                       length=FLAGS.length, seed=FLAGS.seed, overrides=cli.sampler_overrides(FLAGS),
                       record_trajectory=FLAGS.stream, mesh=mesh, verifier=verifier, verifier_config=verifier_config)
   except ConfigError as e:
-    raise app.UsageError(f"--workdir={FLAGS.workdir}: {e}") from e
+    raise app.UsageError(f"{f'--hf={FLAGS.hf}' if FLAGS.hf else f'--workdir={FLAGS.workdir}'}: {e}") from e
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.stream:

@@ -28,7 +28,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "hf"
 CASES = [("bert", "elbo", "logits"), ("modernbert", "elbo", "logits"), ("modernbert_local", "elbo", "logits"),
          ("gpt2", "autoregressive", "logits"), ("llama", "autoregressive", "logits"),
          ("llama", "elbo", "logits_bidirectional"), ("qwen2", "autoregressive", "logits"),
-         ("qwen2", "elbo", "logits_bidirectional")]
+         ("qwen2", "elbo", "logits_bidirectional"), ("llada", "elbo", "logits")]
 
 
 def load(name, objective="elbo", **overrides):
@@ -96,7 +96,7 @@ def test_a_retokenizing_judge_scores_the_text_past_the_prompt(tmp_path):
   np.testing.assert_allclose(float(nll_sum[0]), float(direct[0][0]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["bert", "modernbert_local", "gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("name", ["bert", "modernbert_local", "gpt2", "llama", "qwen2", "llada"])
 def test_export_then_import_is_bit_identical(name, tmp_path):
   objective = "autoregressive" if name == "gpt2" else "elbo"
   run = load(name, objective)
@@ -139,6 +139,15 @@ def test_an_imported_decoder_samples_with_blocks_dual_cache_and_threshold():
   prompt_len = len(run.tokenizer.encode("The"))
   assert not np.isin(tokens[:, prompt_len:], [run.tokenizer.special.mask]).any()
   assert all(text.startswith("The") for text in result.texts)
+
+
+def test_launch_sample_decodes_a_checkpoint_folder_as_it_is():
+  out = subprocess.run([sys.executable, "-m", "launch.sample", f"--hf={FIXTURES / 'qwen2'}", "--prompt=The",
+                        "--length=8", "--steps=4", "--num_samples=1", "--block_length=4", "--cache=dual"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "a Hugging Face checkpoint as imported (qwen2 layout)" in out.stdout
+  assert "--- sample 0 ---\nThe" in out.stdout
 
 
 FSDP_SCRIPT = """

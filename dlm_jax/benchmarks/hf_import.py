@@ -89,10 +89,11 @@ def rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(folder, config, seq_len: int = 1024) -> dict:
+def measure(folder, config, seq_len: int | None = None) -> dict:
   """Loads the checkpoint at `folder` as a bidirectional run (training/hf_checkpoints.load_run, `config` giving all but
-  the model and tokenizer) and reports the seconds, the parameters, the file's MB and the peak host memory over the
-  baseline after imports. Run it in a fresh process (ru_maxrss is a high-water mark)."""
+  the model and tokenizer; `seq_len` defaults to the checkpoint's context, at most 1,024) and reports the seconds, the
+  parameters, the file's MB and the peak host memory over the baseline after imports. Run it in a fresh process
+  (ru_maxrss is a high-water mark)."""
   import jax
 
   from dlm_jax.training import hf_checkpoints

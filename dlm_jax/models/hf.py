@@ -5,8 +5,10 @@
     export(OUT, params, fields, tokenizer)     # safetensors + config.json + tokenizer, for transformers
 
 Families (config.json `model_type`): "bert" (BertForMaskedLM), "modernbert" (ModernBertForMaskedLM), "gpt2"
-(GPT2LMHeadModel), "llama" (LlamaForCausalLM; LLaDA's layout), "qwen2" (Qwen2ForCausalLM; Dream's layout, and
-"dream" itself). One table per family (`tensor_table`) names, for every parameter of ours, the checkpoint tensors it is
+(GPT2LMHeadModel), "llama" (LlamaForCausalLM), "qwen2" (Qwen2ForCausalLM; Dream's layout, and "dream" itself),
+"llada" (LLaDA's own checkpoints, LLaDAModelLM of its remote code: the LLaMA function, bidirectional, under OLMo-style
+names: model.transformer.wte, blocks.i.{attn_norm, q_proj, k_proj, v_proj, attn_out, ff_norm, ff_proj (the SiLU
+gate), up_proj, ff_out}, ln_f, ff_out). One table per family (`tensor_table`) names, for every parameter of ours, the checkpoint tensors it is
 made of; import concatenates them (q|k|v into `qkv`, gate|up into `gate_up`) and transposes torch's [out, in] Linear
 weights to [in, out] (GPT-2's Conv1D is stored [in, out] already); export splits and transposes back, so export after
 import is the identity, bit for bit. Nothing is computed on the tensors but copies, so the imported model's logits
@@ -38,10 +40,10 @@ from flax import nnx
 from dlm_jax.errors import ConfigError
 
 HF_PREFIX = "hf:"
-FAMILIES = ("bert", "modernbert", "gpt2", "llama", "qwen2")
+FAMILIES = ("bert", "modernbert", "gpt2", "llama", "qwen2", "llada")
 ALIASES = {"dream": "qwen2", "mistral": "llama"}
 ARCHITECTURES = {"bert": "BertForMaskedLM", "modernbert": "ModernBertForMaskedLM", "gpt2": "GPT2LMHeadModel",
-                 "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+                 "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "llada": "LLaDAModelLM"}
 
 
 class CheckpointFormatError(ConfigError):
@@ -139,6 +141,23 @@ def model_fields(config: dict) -> dict:
                 mlp_dim=config.get("n_inner") or 4 * width, position="learned", max_positions=config["n_positions"],
                 norm="layer", norm_epsilon=float(config.get("layer_norm_epsilon", 1e-5)), mlp="gelu_tanh", bias="all",
                 head="tied")
+  if family == "llada":
+    refused = {key: config.get(key) for key, ok in (("block_type", "llama"), ("layer_norm_type", "rms"),
+                                                     ("input_emb_norm", False), ("scale_logits", False),
+                                                     ("include_bias", False), ("alibi", False))
+               if config.get(key, ok) != ok}
+    if refused or config.get("activation_type", "silu") not in ("silu", "swiglu"):
+      raise CheckpointFormatError(f"This LLaDA config has {refused or config.get('activation_type')}; the importer "
+                                  "reads LLaDA's LLaMA blocks (RMSNorm, SiLU gate, no biases but optional q/k/v ones, "
+                                  "no input or logit scaling).")
+    heads = config["n_heads"]
+    return dict(family="llada", width=config["d_model"], num_layers=config["n_layers"], num_heads=heads,
+                num_kv_heads=config.get("n_kv_heads") or heads, head_dim=config["d_model"] // heads,
+                mlp_dim=config.get("mlp_hidden_size") or config["mlp_ratio"] * config["d_model"], position="rope",
+                max_positions=config.get("max_sequence_length", 0), rope_base=float(config.get("rope_theta", 10000)),
+                norm="rms", norm_epsilon=float(config.get("rms_norm_eps", 1e-5)), mlp="swiglu",
+                bias="qkv" if config.get("include_qkv_bias") else "none",
+                head="tied" if config.get("weight_tying") else "untied")
   # llama, qwen2
   if config.get("hidden_act", "silu") != "silu":
     raise CheckpointFormatError(f"This {family} uses hidden_act={config['hidden_act']!r}; the importer reads silu.")
@@ -232,6 +251,19 @@ def tensor_table(fields: dict) -> list[Entry]:
       linear(b + ("mlp", "up"), f"{p}.mlp.c_fc", bias=True, layout="conv1d")
       linear(b + ("mlp", "down"), f"{p}.mlp.c_proj", bias=True, layout="conv1d")
     norm(("final_norm",), "transformer.ln_f")
+  elif family == "llada":
+    add(["embedding"], "model.transformer.wte.weight", vocab=True)
+    for i in layers_:
+      p, b = f"model.transformer.blocks.{i}", ("blocks", i)
+      norm(b + ("attn_norm",), f"{p}.attn_norm", bias=False)
+      linear(b + ("attn", "qkv"), *(f"{p}.{n}_proj" for n in "qkv"), bias=fields.get("bias") == "qkv")
+      linear(b + ("attn", "out"), f"{p}.attn_out")
+      norm(b + ("mlp_norm",), f"{p}.ff_norm", bias=False)
+      linear(b + ("mlp", "gate_up"), f"{p}.ff_proj", f"{p}.up_proj")
+      linear(b + ("mlp", "down"), f"{p}.ff_out")
+    norm(("final_norm",), "model.transformer.ln_f", bias=False)
+    if fields.get("head") == "untied":
+      add(["lm_head"], "model.transformer.ff_out.weight", vocab=True)
   else:  # llama, qwen2
     add(["embedding"], "model.embed_tokens.weight", vocab=True)
     for i in layers_:
@@ -393,6 +425,14 @@ def hf_config(fields: dict, vocab_size: int, special, causal: bool = False) -> d
     return {**common, "model_type": "gpt2", "n_embd": f["width"], "n_layer": f["num_layers"], "n_head": f["num_heads"],
             "n_inner": f["mlp_dim"], "n_positions": f["max_positions"], "n_ctx": f["max_positions"],
             "activation_function": "gelu_new", "layer_norm_epsilon": f["norm_epsilon"], "tie_word_embeddings": True}
+  if family == "llada":
+    return {**common, "model_type": "llada", "d_model": f["width"], "n_heads": f["num_heads"],
+            "n_kv_heads": f["num_kv_heads"] or f["num_heads"], "n_layers": f["num_layers"],
+            "mlp_hidden_size": f["mlp_dim"], "embedding_size": vocab_size, "max_sequence_length": f["max_positions"],
+            "rope": True, "rope_theta": f["rope_base"], "rms_norm_eps": f["norm_epsilon"], "layer_norm_type": "rms",
+            "block_type": "llama", "activation_type": "silu", "weight_tying": f["head"] == "tied",
+            "include_bias": False, "include_qkv_bias": f["bias"] == "qkv", "input_emb_norm": False,
+            "scale_logits": False, "alibi": False, "mask_token_id": special.mask}
   return {**common, "model_type": family, "hidden_size": f["width"], "num_hidden_layers": f["num_layers"],
           "num_attention_heads": f["num_heads"], "num_key_value_heads": f["num_kv_heads"] or f["num_heads"],
           "head_dim": f["head_dim"] or f["width"] // f["num_heads"], "intermediate_size": f["mlp_dim"],

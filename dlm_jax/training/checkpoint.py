@@ -329,6 +329,8 @@ class LoadedRun:
 
   def describe(self) -> str:
     """One line for the launchers' output: which checkpoint and which weights."""
+    if self.workdir.startswith("hf:"):  # training/hf_checkpoints.load_run
+      return f"{self.workdir}: a Hugging Face checkpoint as imported ({self.config.model.get('family')} layout)"
     kind = "best-validation" if self.checkpoint == "best" else "latest"
     weights = "EMA weights" if self.weights == "ema" else "raw (non-EMA) weights"
     return f"{self.workdir}: {kind} checkpoint, step {self.step}, {weights}"

@@ -94,7 +94,7 @@ def init_train_state(config, vocab_size: int, tx, mesh, special):
   return graphdef, other, state
 
 
-def load_run(spec: str, config, objective: str = "masked", seq_len: int | None = None, mesh=None,
+def load_run(spec: str, config, objective: str = "elbo", seq_len: int | None = None, mesh=None,
              flag: str = "--hf", **model_overrides) -> checkpoint.LoadedRun:
   """The checkpoint folder `spec` ("hf:PATH" or PATH) as a `checkpoint.LoadedRun` (step 0, workdir "hf:PATH") for the
   sampler and the evaluations: bidirectional for a diffusion `objective`, causal for "autoregressive" (a judge).
