@@ -21,10 +21,11 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
-             "tokenizers>=0.20", "pyarrow>=14", "safetensors>=0.4"],
-    # Hugging Face tokenizers (data.tokenizer="hf:PATH"), .parquet inputs of launch.prepare_data and safetensors
-    # checkpoints; not in the GPU machine's wheels, where those tests skip.
-    "hf": ["tokenizers>=0.20", "pyarrow>=14", "safetensors>=0.4"],
+             "tokenizers>=0.20", "pyarrow>=14", "safetensors>=0.4", "jinja2>=3"],
+    # Hugging Face tokenizers (data.tokenizer="hf:PATH"), .parquet inputs of launch.prepare_data, safetensors
+    # checkpoints (--init_from=hf:PATH) and chat templates (data.chat_template="tokenizer"); not in the GPU machine's
+    # wheels, where those tests skip.
+    "hf": ["tokenizers>=0.20", "pyarrow>=14", "safetensors>=0.4", "jinja2>=3"],
     "notebooks": ["jupyterlab>=4", "matplotlib>=3.8"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.12"],
 }

@@ -15,6 +15,9 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, tiny_config
+
+pytest.importorskip("tokenizers", reason="the `tokenizers` library is not installed (pip install -e '.[hf]')")
+pytest.importorskip("safetensors", reason="safetensors is not installed (pip install -e '.[hf]')")
 from dlm_jax import special_tokens
 from dlm_jax.data import chat, pipeline, tokenizers
 from dlm_jax.errors import ConfigError
@@ -324,6 +327,30 @@ def test_a_chat_run_trains_and_answers_in_the_terminal(tmp_path):
                        timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.count("assistant: ") == 1 and "chat template 'plain'" in out.stdout
+
+
+def test_the_tokenizers_chat_template_frames_prompt_and_response(tmp_path):
+  """data.chat_template='tokenizer': the folder's Jinja template (a ChatML one here) renders the prompt with the
+  generation prompt, and the response is what the whole conversation adds (its end-of-turn marker included)."""
+  pytest.importorskip("jinja2", reason="jinja2 is not installed (pip install -e '.[hf]')")
+  folder = tmp_path / "tok"
+  shutil.copytree(FIXTURES / "llama", folder)
+  config = json.loads((folder / "tokenizer_config.json").read_text())
+  config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+  (folder / "tokenizer_config.json").write_text(json.dumps(config))
+  tokenizer = tokenizers.HFTokenizer.from_path(str(folder))
+  messages = [{"role": "user", "content": "2 plus 2?"}, {"role": "assistant", "content": "4."}]
+  prompt, response = chat.render(messages, "tokenizer", tokenizer)
+  assert prompt == "<|im_start|>user\n2 plus 2?<|im_end|>\n<|im_start|>assistant\n"
+  assert response == "4.<|im_end|>\n"
+  ids = chat.prompt_ids(messages[:1], "tokenizer", tokenizer)
+  np.testing.assert_array_equal(ids, tokenizer.encode(prompt))  # no BOS of ours: the template brings its own
+  window = chat.encode([(prompt, response)], tokenizer, "tokenizer").window(0, 64, tokenizer.special)
+  _, given = special_tokens.split_fixed(window)
+  assert given.sum() == len(ids)
+  with pytest.raises(ConfigError, match="has no chat_template"):
+    chat.render(messages, "tokenizer", tokenizers.HFTokenizer.from_path(str(FIXTURES / "llama")))
 
 
 def test_the_chat_layout_refuses_objectives_that_cannot_fix_positions(tmp_path):
