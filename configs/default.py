@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.layout = "wrapped"
   c.data.chat_template = "plain"  # "chat" layout: "plain" (User:/Assistant: lines) or "tokenizer" (its Jinja template)
   c.data.chat_fill = "eos"  # "chat" layout: after the response's EOS, "eos" (LLaDA: scored) or "pad" (never scored)
+  # "puzzle": data.path is a set of `python -m launch.puzzles` (Sudoku, mazes): the given cells fixed, the blanks the
+  # target (data/puzzles.py); "grid" windows hold the cells, "prompted" the puzzle then the solution (the AR arm)
+  c.data.puzzle_layout = "grid"
+  c.data.augment = 1  # "puzzle" layout: > 1 serves each puzzle under that many seeded validity-preserving transforms
   c.data.seed = 0  # shuffling of the training crops
 
   # The training objective (dlm_jax/objectives/; docs/objectives.md): diffusion.objective names an OBJECTIVES class

@@ -61,7 +61,7 @@ TEST_FILES = ("test_diffusion", "test_uniform", "test_gaussian", "test_corruptio
               "test_distillation", "test_learning", "test_regression", "test_profile", "test_layout", "test_configs",
               "test_training", "test_data", "test_tokenization", "test_generation", "test_launch", "test_sharding",
               "test_notebooks", "test_gpu_suite", "test_objectives", "test_first_contact", "test_prepared",
-              "test_protocols", "test_hf_tokenizer", "test_hf_fixtures", "test_hf_import")
+              "test_protocols", "test_hf_tokenizer", "test_hf_fixtures", "test_hf_import", "test_puzzles")
 
 # Dry-run sizes: the same configs shrunk to compile and run in seconds on 2 CPU cores.
 SMALL_MODEL = ("--config.model.width=64", "--config.model.num_heads=2", "--config.model.mlp_dim=128")

@@ -24,6 +24,9 @@ protocol: the last 100,000 documents), in either layout.
 * "chat": data.path is JSON lines of conversations (data/chat.py): one window per example, its prompt given (never
   corrupted nor scored), its response the target, then EOS or padding (data.chat_fill); the last valid_fraction of the
   examples is the validation split. Windows are built as the padded layout's are (`document_iterator`).
+* "puzzle": data.path is a set of `launch.puzzles` (data/puzzles.py): one window per Sudoku or maze, its given cells
+  fixed and its blanks the target, augmented `data.augment` ways; data.valid_path another set (else the last
+  valid_fraction of the puzzles).
 """
 from __future__ import annotations
 
@@ -37,12 +40,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlm_jax.data import chat, corpus, prepared, tokenizers
+from dlm_jax import special_tokens
+from dlm_jax.data import chat, corpus, prepared, puzzles, tokenizers
 from dlm_jax.errors import ConfigError
 
 
-LAYOUTS = ("wrapped", "padded", "chat")
-PER_EXAMPLE_LAYOUTS = ("padded", "chat")  # one example per window (`document_iterator`, `document_windows`)
+LAYOUTS = ("wrapped", "padded", "chat", "puzzle")
+# One example per window (`document_iterator`, `document_windows`).
+PER_EXAMPLE_LAYOUTS = ("padded", "chat", "puzzle")
+# The chat and puzzle layouts mark their windows' given positions with special_tokens.FIXED_FLAG (the objective's
+# `conditioned`, objectives/__init__.py).
 
 
 @dataclasses.dataclass
@@ -143,6 +150,8 @@ def load_token_streams(data_config, cache_dir, tokenizer=None, oov: str = "error
     raise ConfigError(f"data.layout must be one of {LAYOUTS}, got {data_config.layout!r}.")
   if data_config.get("layout") == "chat":
     return load_chat_streams(data_config, tokenizer)
+  if data_config.get("layout") == "puzzle":
+    return load_puzzle_streams(data_config, tokenizer)
   if prepared.is_prepared(data_config.path):
     return load_prepared_streams(data_config, cache_dir, tokenizer, oov)
   if data_config.get("layout", "wrapped") != "wrapped":
@@ -192,6 +201,37 @@ def load_chat_streams(data_config, tokenizer=None) -> TokenStreams:
   cut_prompts, cut_responses = examples.overflow(seq_len)
   summary = (f"{len(examples):,} conversations from {data_config.path} ({len(train):,} train, {len(valid):,} valid; "
              f"{cut_prompts} prompts and {cut_responses} responses cut at data.seq_len={seq_len})")
+  return TokenStreams(train=joined(train), valid=joined(valid), tokenizer=tokenizer, summary=summary,
+                      train_docs=train, valid_docs=valid)
+
+
+def load_puzzle_streams(data_config, tokenizer=None) -> TokenStreams:
+  """The TokenStreams of data.layout="puzzle" (data/puzzles.py): train_docs/valid_docs are PuzzleExamples (the
+  training ones augmented data.augment ways, seeded by data.seed); the validation set is data.valid_path, else the
+  last valid_fraction of data.path's puzzles. The tokenizer is the task's characters."""
+  train_set = puzzles.read_set(data_config.path)
+  if data_config.get("valid_path"):
+    valid_set = puzzles.read_set(data_config.valid_path, "data.valid_path")
+  else:
+    cut = min(max(int(round(len(train_set) * (1.0 - float(data_config.valid_fraction)))), 1), len(train_set) - 1)
+    train_set, valid_set = train_set[:cut], train_set[cut:]
+  if not train_set or not valid_set or train_set[0]["task"] != valid_set[0]["task"]:
+    raise corpus.DataError(f"data.path={data_config.path!r} and its validation set must hold puzzles of one task, "
+                           "at least one each.")
+  task = train_set[0]["task"]
+  if tokenizer is None:
+    tokenizer = build_tokenizer(data_config, [puzzles.alphabet(task)])
+  layout = data_config.get("puzzle_layout", "grid")
+  train = puzzles.PuzzleExamples(train_set, tokenizer, layout, int(data_config.get("augment", 1) or 1),
+                                 int(data_config.seed))
+  valid = puzzles.PuzzleExamples(valid_set, tokenizer, layout)
+  if int(data_config.seq_len) != train.length:
+    raise ConfigError(f"data.seq_len={data_config.seq_len}, but a {task} window in data.puzzle_layout={layout!r} is "
+                      f"{train.length} tokens: set data.seq_len={train.length}.")
+  joined = lambda ex: special_tokens.split_fixed(np.concatenate(
+      [ex.window(i, ex.length, tokenizer.special) for i in range(len(ex.puzzles))]))[0]
+  summary = (f"{len(train_set):,} {task} puzzles from {data_config.path} (x {train.augment} augmentations), "
+             f"{len(valid_set):,} to validate")
   return TokenStreams(train=joined(train), valid=joined(valid), tokenizer=tokenizer, summary=summary,
                       train_docs=train, valid_docs=valid)
 

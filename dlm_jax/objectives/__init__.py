@@ -134,8 +134,8 @@ def from_config(config, vocab_size: int = 0, tokenizer=None) -> Objective:
   special = tokenizer.special if tokenizer is not None else special_tokens.DEFAULT
   context = {"schedule": schedules.from_config(section), "special": special, "vocab_size": int(vocab_size),
              "self_conditioning": bool(config.model.get("self_conditioning", False)),
-             "padded": config.data.get("layout", "wrapped") in ("padded", "chat"),
-             "conditioned": config.data.get("layout", "wrapped") == "chat",
+             "padded": config.data.get("layout", "wrapped") in ("padded", "chat", "puzzle"),
+             "conditioned": config.data.get("layout", "wrapped") in ("chat", "puzzle"),
              "score_all_tokens": bool(config.eval.get("score_all_tokens", False))}
   if "corruption" in {f.name for f in dataclasses.fields(cls)}:
     context["corruption"] = corruption_lib.from_config(section, tokenizer)

@@ -76,7 +76,8 @@ class Objective(abc.ABC):
   # are fixed (never corrupted) and never scored, and per-token figures divide by the tokens that are not padding
   # (MDLM's attention-mask-weighted loss).
   padded: bool = False
-  # data.layout == "chat" (data/chat.py): each window's given positions (an SFT example's prompt) carry
+  # data.layout "chat" or "puzzle" (data/chat.py, data/puzzles.py): each window's given positions (an SFT example's
+  # prompt, a puzzle's clues) carry
   # special_tokens.FIXED_FLAG; they are never corrupted nor scored, per-token figures divide by the scored tokens
   # (LLaDA's SFT: the loss over the response only). The per-example form of prompt_length.
   conditioned: bool = False
@@ -101,7 +102,7 @@ class Objective(abc.ABC):
                         f"{self.name!r} scores tokens 2..L given the first (the AR arm has no distribution for token 1 "
                         "without a BOS). Set eval.score_all_tokens=False.")
     if (self.padded or self.conditioned) and not self.supports_padded:
-      layout = "chat" if self.conditioned else "padded"
+      layout = "chat' or 'puzzle" if self.conditioned else "padded"
       raise ConfigError(f"data.layout='{layout}' trains objectives 'elbo', 'masked_mean' and 'autoregressive', not "
                         f"{self.name!r}: use another objective (or data.layout='wrapped').")
 

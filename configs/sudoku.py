@@ -1,0 +1,62 @@
+"""Sudoku as infilling (issue #29; data/puzzles.py): the given cells fixed, the blanks masked and scored.
+
+  python -m launch.puzzles --task=sudoku --difficulty=medium --count=10000 --seed=0 --output=runs/puzzles/medium_train
+  python -m launch.puzzles --task=sudoku --difficulty=medium --count=500 --seed=1 --output=runs/puzzles/medium_test
+  python -m launch.train --config=configs/sudoku.py --workdir=runs/sudoku          # arms: :eco, :hrm, :hrm_noact, :ar
+  python -m launch.solve --workdir=runs/sudoku --puzzles=runs/puzzles/medium_test --policies=confidence,margin,ancestral
+
+`--config.data.path` / `--config.data.valid_path` name the sets (defaults above). Arms at matched parameters
+(~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",
+"hrm_h1" (one H-cycle), "ar" (the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major
+given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
+Hardware: CPU size ~10-20 minutes on 2 cores for 3,000 steps. Results, or that they are still to be measured, are in
+BENCHMARKS.md ("Sudoku").
+"""
+from configs import default
+
+ARMS = ("diffusion", "eco", "hrm", "hrm_noact", "hrm_h1", "ar")
+
+
+def get_config(arm: str = "diffusion"):
+  gpu = arm.endswith("_gpu")
+  base = arm[:-len("_gpu")] if gpu else arm
+  if base not in ARMS:
+    raise ValueError(f"configs/sudoku.py takes {ARMS} (each with a '_gpu' suffix for the GPU size), got {arm!r}.")
+  c = default.get_config()
+  c.data.layout = "puzzle"
+  c.data.path = "runs/puzzles/medium_train"
+  c.data.valid_path = "runs/puzzles/medium_test"
+  c.data.tokenizer = "char"
+  c.data.puzzle_layout = "prompted" if base == "ar" else "grid"
+  c.data.seq_len = 162 if base == "ar" else 81
+  c.data.augment = 1000 if gpu else 8
+  width, layers, heads = (384, 6, 6) if gpu else (128, 4, 4)
+  if base.startswith("hrm"):
+    c.model = default.model_config("hrm")
+    c.model.l_layers, c.model.h_layers = layers // 2, layers // 2
+    c.model.act = base != "hrm_noact"
+    if base == "hrm_h1":
+      c.model.h_cycles = 1
+  elif base == "eco":
+    c.model = default.model_config("eco_hybrid")
+    c.model.num_layers = layers
+  else:
+    c.model.num_layers = layers
+  c.model.width, c.model.num_heads, c.model.mlp_dim = width, heads, int(width * 2.75) // 8 * 8
+  c.model.causal = base == "ar"
+  c.diffusion.objective = "autoregressive" if base == "ar" else "elbo"
+  c.diffusion.schedule = "loglinear"
+  c.train.num_steps = 20000 if gpu else 3000
+  c.train.batch_size = 256 if gpu else 64
+  c.train.checkpoint_every = 1000
+  c.train.log_every = 100
+  c.train.sample_every = 0
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 200
+  c.eval.every = 1000
+  c.eval.num_windows = 256
+  c.eval.batch_size = 64
+  c.sample.num_samples = 0
+  c.sample.method = "confidence"
+  c.sample.greedy = True
+  return c

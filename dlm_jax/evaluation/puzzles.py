@@ -1,0 +1,99 @@
+"""Solving constraint puzzles with a trained run (data/puzzles.py; `python -m launch.solve`).
+
+Every puzzle of a set is given to the sampler as it is: its given cells fixed, its blanks masked. The sampler fills
+the blanks with a reveal policy (the strategies of evaluation/sampling_suite.py plus HRM's strategic priority) in a
+number of steps; the filled grid is then checked:
+
+* exact: the grid equals the set's solution (a Sudoku from `launch.puzzles` has exactly one, so this is "solved");
+* blank accuracy: the share of blank cells filled with the solution's value;
+* Sudoku: constraint violations, repeated digits per row, column and box (`puzzles.violations`, summed), and whether
+  the grid is a valid completion (no violation: with a unique solution, the same as exact);
+* maze: whether the marked cells form a shortest S-G path (`puzzles.check_maze`).
+
+Figures are reported overall and per difficulty, with the tokens per second of the sampler (blanks filled per second
+of the timed call, after a compiling call).
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm_jax.data import puzzles
+from dlm_jax.evaluation import sampling_suite
+from dlm_jax.sampling import make_sampler
+
+
+def policies(threshold: float = 0.9) -> dict[str, dict]:
+  """Reveal policy name -> SamplerConfig overrides: MDLM/MD4's ancestral sampler; confidence-ranked reveal by the top
+  probability, the top-2 margin or the entropy (Kim et al. 2025: adaptive reveal order); Fast-dLLM's threshold;
+  the HRM denoiser's strategic priority added to the confidence ranking (`strategic_weight`; HRM runs only)."""
+  presets = sampling_suite.strategies(block_length=0, threshold=threshold, remask_eta=0.0)
+  chosen = {name: presets[name] for name in ("ancestral", "confidence", "margin", "entropy", "threshold")}
+  chosen["strategic"] = {"strategic_weight": 1.0}
+  return chosen
+
+
+def grid_of(row_ids, tokenizer, examples: puzzles.PuzzleExamples) -> str:
+  """The filled grid of a sampled row (the second half in the "prompted" layout)."""
+  text = tokenizer.decode(np.asarray(row_ids))
+  return text[-examples.cells:]
+
+
+def check(grid: str, puzzle: dict) -> dict:
+  """The figures of one filled grid against its puzzle (module docstring)."""
+  blanks = [i for i, ch in enumerate(puzzle["puzzle"])
+            if ch == (puzzles.BLANK if puzzle["task"] == "sudoku" else puzzles.OPEN)]
+  right = sum(grid[i] == puzzle["solution"][i] for i in blanks)
+  out = {"exact": grid == puzzle["solution"], "blank_right": right, "blanks": len(blanks)}
+  if puzzle["task"] == "sudoku":
+    v = puzzles.violations(grid)
+    out.update(violations=v["rows"] + v["columns"] + v["boxes"], valid=v["rows"] + v["columns"] + v["boxes"] == 0
+               and v["blanks"] == 0)
+  else:
+    out["valid"] = puzzles.check_maze(grid, puzzle["puzzle"], puzzle["size"])["valid"]
+  return out
+
+
+def summarize(checks: list[dict], puzzle_list: list[dict]) -> dict:
+  """Overall and per-difficulty rates of `check` results."""
+  def rates(rows):
+    n = max(len(rows), 1)
+    out = {"puzzles": len(rows), "exact": sum(r["exact"] for r in rows) / n,
+           "blank_accuracy": sum(r["blank_right"] for r in rows) / max(sum(r["blanks"] for r in rows), 1),
+           "valid": sum(r["valid"] for r in rows) / n}
+    if rows and "violations" in rows[0]:
+      out["violations_per_puzzle"] = sum(r["violations"] for r in rows) / n
+    return out
+  by = collections.defaultdict(list)
+  for row, puzzle in zip(checks, puzzle_list):
+    by[puzzle["difficulty"]].append(row)
+  return {"all": rates(checks), **{name: rates(rows) for name, rows in sorted(by.items())}}
+
+
+def solve(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: int = 0, batch_size: int = 256) -> dict:
+  """Samples every puzzle of `examples` with the run's sampler config and `overrides`; returns `summarize`'s figures
+  with "tokens_per_s", "seconds" and the grids."""
+  tokens_NxL, fixed_NxL = examples.inputs(run.tokenizer.special.mask)
+  sample = make_sampler(run.graphdef, run.other, run.sampler_config(**overrides), run.objective)
+  rng = jax.random.key(seed)
+  n, filled, seconds = len(tokens_NxL), [], 0.0
+  for start in range(0, n, batch_size):
+    tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
+    if start == 0:
+      jax.block_until_ready(sample(run.params, rng, tokens, fixed).tokens_BxL)  # compile
+    began = time.perf_counter()
+    out = np.asarray(jax.block_until_ready(sample(run.params, jax.random.fold_in(rng, start), tokens,
+                                                  fixed).tokens_BxL))
+    seconds += time.perf_counter() - began
+    filled.append(out)
+  rows = np.concatenate(filled)
+  grids = [grid_of(row, run.tokenizer, examples) for row in rows]
+  checks = [check(grid, puzzle) for grid, puzzle in zip(grids, examples.puzzles)]
+  result = summarize(checks, examples.puzzles)
+  blanks = int((~fixed_NxL).sum())
+  result.update(tokens_per_s=blanks / max(seconds, 1e-9), seconds=seconds, grids=grids)
+  return result
