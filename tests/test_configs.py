@@ -4,7 +4,7 @@ import jax
 import pytest
 from flax import nnx
 
-from configs import base_110m, default, indic_char_small, shakespeare_char, shakespeare_char_small
+from configs import base_110m, default, indic_char_small, maze, shakespeare_char, shakespeare_char_small, sudoku
 from dlm_jax import models
 from dlm_jax import objectives, special_tokens
 from dlm_jax.sampling import SamplerConfig
@@ -23,8 +23,13 @@ BEYOND_MASKING = ("duo", "sedd", "duo_dcd", "embedding")
                                                  (shakespeare_char_small,
                                                   ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
                                                  (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),
-                                                 (base_110m, ("diffusion", "eco", "hrm"), 32000)],
-                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "base_110m"])
+                                                 (base_110m, ("diffusion", "eco", "hrm"), 32000),
+                                                 (sudoku, ("diffusion", "ar", "eco", "hrm", "hrm_h1"), 14),
+                                                 (sudoku, ("diffusion_gpu", "ar_gpu", "eco_gpu", "hrm_gpu"), 14),
+                                                 (maze, ("diffusion", "ar", "eco", "hrm"), 10),
+                                                 (maze, ("diffusion_gpu", "eco_gpu", "hrm_gpu"), 10)],
+                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "base_110m", "sudoku",
+                              "sudoku_gpu", "maze", "maze_gpu"])
 def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   counts = {}
   for arm in arms:
@@ -32,8 +37,9 @@ def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
     objectives.from_config(config, vocab)  # causal/objective agree
     SamplerConfig.from_config(config, special_tokens.DEFAULT)  # the sampler fits the objective
     counts[arm] = num_params(config, vocab)
+  reference = counts[arms[0]]  # the baseline
   for arm, count in counts.items():
-    assert abs(count / counts["diffusion"] - 1) < 0.02, (arm, counts)
+    assert abs(count / reference - 1) < 0.02, (arm, counts)
 
 
 def test_default_config_model_and_unknown_fields():

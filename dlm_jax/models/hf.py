@@ -189,6 +189,19 @@ class Entry:
   vocab: bool = False
 
 
+# The decoders' tensor names (module prefixes): LLaMA/Qwen2 (transformers) and LLaDA (its remote code's OLMo names;
+# ff_proj is the SiLU gate, up_proj the value, as modeling_llada.py's LLaDALlamaBlock computes them).
+DECODER_NAMES = {
+    "llama": dict(embed="model.embed_tokens", layer="model.layers.{i}", attn_norm="input_layernorm",
+                  q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", out="self_attn.o_proj",
+                  mlp_norm="post_attention_layernorm", gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
+                  final="model.norm", head="lm_head"),
+    "llada": dict(embed="model.transformer.wte", layer="model.transformer.blocks.{i}", attn_norm="attn_norm",
+                  q="q_proj", k="k_proj", v="v_proj", out="attn_out", mlp_norm="ff_norm", gate="ff_proj",
+                  up="up_proj", down="ff_out", final="model.transformer.ln_f", head="model.transformer.ff_out"),
+}
+
+
 def tensor_table(fields: dict) -> list[Entry]:
   """Every parameter of the "pretrained" denoiser built from `fields` (`model_fields`) and its checkpoint tensors."""
   family, layers_ = fields["family"], range(fields["num_layers"])
@@ -251,32 +264,21 @@ def tensor_table(fields: dict) -> list[Entry]:
       linear(b + ("mlp", "up"), f"{p}.mlp.c_fc", bias=True, layout="conv1d")
       linear(b + ("mlp", "down"), f"{p}.mlp.c_proj", bias=True, layout="conv1d")
     norm(("final_norm",), "transformer.ln_f")
-  elif family == "llada":
-    add(["embedding"], "model.transformer.wte.weight", vocab=True)
+  else:  # the LLaMA function under LLaMA's (and Qwen2's) names or LLaDA's OLMo-style ones
+    names = DECODER_NAMES["llada" if family == "llada" else "llama"]
+    add(["embedding"], f"{names['embed']}.weight", vocab=True)
     for i in layers_:
-      p, b = f"model.transformer.blocks.{i}", ("blocks", i)
-      norm(b + ("attn_norm",), f"{p}.attn_norm", bias=False)
-      linear(b + ("attn", "qkv"), *(f"{p}.{n}_proj" for n in "qkv"), bias=fields.get("bias") == "qkv")
-      linear(b + ("attn", "out"), f"{p}.attn_out")
-      norm(b + ("mlp_norm",), f"{p}.ff_norm", bias=False)
-      linear(b + ("mlp", "gate_up"), f"{p}.ff_proj", f"{p}.up_proj")
-      linear(b + ("mlp", "down"), f"{p}.ff_out")
-    norm(("final_norm",), "model.transformer.ln_f", bias=False)
+      p, b = names["layer"].format(i=i), ("blocks", i)
+      name = lambda key: f"{p}.{names[key]}"
+      norm(b + ("attn_norm",), name("attn_norm"), bias=False)
+      linear(b + ("attn", "qkv"), name("q"), name("k"), name("v"), bias=fields.get("bias") == "qkv")
+      linear(b + ("attn", "out"), name("out"))
+      norm(b + ("mlp_norm",), name("mlp_norm"), bias=False)
+      linear(b + ("mlp", "gate_up"), name("gate"), name("up"))
+      linear(b + ("mlp", "down"), name("down"))
+    norm(("final_norm",), names["final"], bias=False)
     if fields.get("head") == "untied":
-      add(["lm_head"], "model.transformer.ff_out.weight", vocab=True)
-  else:  # llama, qwen2
-    add(["embedding"], "model.embed_tokens.weight", vocab=True)
-    for i in layers_:
-      p, b = f"model.layers.{i}", ("blocks", i)
-      norm(b + ("attn_norm",), f"{p}.input_layernorm", bias=False)
-      linear(b + ("attn", "qkv"), *(f"{p}.self_attn.{n}_proj" for n in "qkv"), bias=fields.get("bias") == "qkv")
-      linear(b + ("attn", "out"), f"{p}.self_attn.o_proj")
-      norm(b + ("mlp_norm",), f"{p}.post_attention_layernorm", bias=False)
-      linear(b + ("mlp", "gate_up"), f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj")
-      linear(b + ("mlp", "down"), f"{p}.mlp.down_proj")
-    norm(("final_norm",), "model.norm", bias=False)
-    if fields.get("head") == "untied":
-      add(["lm_head"], "lm_head.weight", vocab=True)
+      add(["lm_head"], f"{names['head']}.weight", vocab=True)
   return table
 
 
