@@ -63,4 +63,5 @@ def get_config(arm: str = "diffusion"):
   c.sample.num_samples = 0
   c.sample.method = "confidence"
   c.sample.greedy = True
+  c.sample.reveal_noise = 0.0  # the confidence ranking as such (launch.solve's policies set it too)
   return c

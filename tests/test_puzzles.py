@@ -128,6 +128,15 @@ def puzzle_run(tmp_path_factory):
   return root, summary
 
 
+def test_the_policies_rank_without_choice_noise():
+  """launch.solve's policies are the rankings as such (MaskGIT's choice noise made a checkpoint's confidence reveal
+  no better than a random order, BENCHMARKS.md "Sudoku")."""
+  chosen = puzzle_eval.policies(threshold=0.8)
+  assert set(chosen) == {"ancestral", "confidence", "margin", "entropy", "threshold", "strategic"}
+  assert all(overrides["reveal_noise"] == 0.0 for overrides in chosen.values())
+  assert chosen["margin"]["confidence"] == "margin" and chosen["threshold"]["threshold"] == 0.8
+
+
 def test_a_puzzle_run_trains_and_no_policy_ever_changes_a_clue(puzzle_run):
   root, summary = puzzle_run
   assert np.isfinite(summary["eval_nll_per_token"])
