@@ -7,7 +7,9 @@ for each reveal policy and step count (dlm_jax/evaluation/puzzles.py).
 `--steps`: integers, or "all" (the most blanks of a puzzle in the set: one cell per step) and "all/K". Every policy
 draws greedily by default (the argmax of each revealed cell; --nogreedy samples at the run's temperature). "strategic"
 (HRM runs) adds the H-module's priority to the confidence ranking. One markdown row per (policy, steps), with the
-sampler's tokens/s; --json also prints each row as JSON.
+sampler's tokens/s; --json also prints each row as JSON. `--verify_rounds=K` adds, in rows of their own marked
+"+ verify xK", verification-aware decoding: the filled cells in conflict with a row, column or box remasked and
+resampled K rounds (never mixed into the plain rows).
 """
 import json
 
@@ -27,6 +29,8 @@ flags.DEFINE_bool("greedy", True, "Argmax each revealed cell (else sample at the
 flags.DEFINE_integer("count", 0, "Solve only the first N puzzles (0: all).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 256, "Puzzles per sampler call.")
+flags.DEFINE_integer("verify_rounds", 0, "Sudoku: also report verification-aware decoding (cells in conflict with a "
+                     "row, column or box remasked and resampled, this many rounds) in rows of their own.")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
@@ -71,17 +75,22 @@ def main(argv):
   for policy in FLAGS.policies:
     for steps in step_counts(FLAGS.steps, most_blanks):
       overrides = {**known[policy], "steps": steps, "greedy": FLAGS.greedy}
-      result = puzzle_eval.solve(run, examples, overrides, FLAGS.seed, FLAGS.batch_size)
-      for name, r in result.items():
-        if not isinstance(r, dict):
-          continue
-        print(f"| {policy} | {steps} | {name} | {r['puzzles']} | {r['exact']:.1%} | {r['blank_accuracy']:.1%} | "
-              f"{r['valid']:.1%} | {r.get('violations_per_puzzle', float('nan')):.2f} | "
-              f"{result['tokens_per_s']:,.0f} |", flush=True)
-        if FLAGS.json:
-          print(json.dumps({"policy": policy, "steps": steps, "difficulty": name, **r,
-                            "tokens_per_s": result["tokens_per_s"]}))
+      for rounds in (0, FLAGS.verify_rounds) if FLAGS.verify_rounds else (0,):
+        report_rows(policy if not rounds else f"{policy} + verify x{rounds}", steps,
+                    puzzle_eval.solve(run, examples, overrides, FLAGS.seed, FLAGS.batch_size, rounds))
 
+
+def report_rows(policy: str, steps: int, result: dict):
+  """One markdown row per difficulty (and overall) of a `puzzle_eval.solve` result; with --json, its JSON too."""
+  for name, r in result.items():
+    if not isinstance(r, dict):
+      continue
+    print(f"| {policy} | {steps} | {name} | {r['puzzles']} | {r['exact']:.1%} | {r['blank_accuracy']:.1%} | "
+          f"{r['valid']:.1%} | {r.get('violations_per_puzzle', float('nan')):.2f} | {result['tokens_per_s']:,.0f} |",
+          flush=True)
+    if FLAGS.json:
+      print(json.dumps({"policy": policy, "steps": steps, "difficulty": name, **r,
+                        "tokens_per_s": result["tokens_per_s"]}))
 
 if __name__ == "__main__":
   cli.run(main)

@@ -68,6 +68,10 @@ def test_violations_and_checks_on_hand_made_grids():
                                                "valid": True}
   wrong = puzzle_eval.check(SOLUTION[:2] + "9" + SOLUTION[3:], item)  # a blank filled wrong: row, column, box
   assert wrong["exact"] is False and wrong["blank_right"] == 50 and wrong["violations"] == 3
+  # Verification-aware decoding remasks the filled cells in conflict, never a clue: the wrong 9 at cell 2 repeats the
+  # 9s at cells 6 (row 0, a blank), 19 (box 0, a clue: kept) and 29 (column 2, a blank).
+  assert puzzle_eval.conflicting_cells(SOLUTION[:2] + "9" + SOLUTION[3:], PUZZLE) == [2, 6, 29]
+  assert puzzle_eval.conflicting_cells(SOLUTION, PUZZLE) == []
   summary = puzzle_eval.summarize([puzzle_eval.check(SOLUTION, item), wrong], [item, item])
   assert summary["all"]["exact"] == 0.5 and summary["medium"]["blank_accuracy"] == 101 / 102
 
@@ -150,6 +154,9 @@ def test_a_puzzle_run_trains_and_no_policy_ever_changes_a_clue(puzzle_run):
     for grid, item in zip(result["grids"], examples.puzzles):
       assert all(g == p for g, p in zip(grid, item["puzzle"]) if p != "."), name  # clues as given
       assert "." not in grid and len(grid) == 81  # every blank filled with a digit
+  verified = puzzle_eval.solve(run, examples, {**puzzle_eval.policies()["margin"], "steps": 12}, verify_rounds=2)
+  for grid, item in zip(verified["grids"], examples.puzzles):
+    assert all(g == p for g, p in zip(grid, item["puzzle"]) if p != ".") and "." not in grid
 
 
 def test_launch_puzzles_and_solve_from_the_command_line(puzzle_run, tmp_path):

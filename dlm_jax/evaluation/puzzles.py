@@ -76,23 +76,59 @@ def summarize(checks: list[dict], puzzle_list: list[dict]) -> dict:
   return {"all": rates(checks), **{name: rates(rows) for name, rows in sorted(by.items())}}
 
 
-def solve(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: int = 0, batch_size: int = 256) -> dict:
-  """Samples every puzzle of `examples` with the run's sampler config and `overrides`; returns `summarize`'s figures
-  with "tokens_per_s", "seconds" and the grids."""
-  tokens_NxL, fixed_NxL = examples.inputs(run.tokenizer.special.mask)
-  sample = make_sampler(run.graphdef, run.other, run.sampler_config(**overrides), run.objective)
-  rng = jax.random.key(seed)
-  n, filled, seconds = len(tokens_NxL), [], 0.0
-  for start in range(0, n, batch_size):
+def conflicting_cells(grid: str, puzzle: str) -> list[int]:
+  """The filled (non-clue) cells of a Sudoku grid that share a digit with another cell of a row, column or box: what
+  verification-aware decoding remasks."""
+  bad = set()
+  for unit in puzzles.UNITS:
+    seen = collections.defaultdict(list)
+    for i in unit:
+      seen[grid[i]].append(i)
+    for cells in seen.values():
+      if len(cells) > 1:
+        bad.update(i for i in cells if puzzle[i] == puzzles.BLANK)
+  return sorted(bad)
+
+
+def _sample_all(run, sample, tokens_NxL, fixed_NxL, rng, batch_size: int):
+  """(the sampled rows, the seconds of the timed calls; the first batch's shape compiled first)."""
+  filled, seconds = [], 0.0
+  for start in range(0, len(tokens_NxL), batch_size):
     tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
     if start == 0:
       jax.block_until_ready(sample(run.params, rng, tokens, fixed).tokens_BxL)  # compile
     began = time.perf_counter()
-    out = np.asarray(jax.block_until_ready(sample(run.params, jax.random.fold_in(rng, start), tokens,
-                                                  fixed).tokens_BxL))
+    filled.append(np.asarray(jax.block_until_ready(sample(run.params, jax.random.fold_in(rng, start), tokens,
+                                                          fixed).tokens_BxL)))
     seconds += time.perf_counter() - began
-    filled.append(out)
-  rows = np.concatenate(filled)
+  return np.concatenate(filled), seconds
+
+
+def solve(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: int = 0, batch_size: int = 256,
+          verify_rounds: int = 0) -> dict:
+  """Samples every puzzle of `examples` with the run's sampler config and `overrides`; returns `summarize`'s figures
+  with "tokens_per_s", "seconds" and the grids.
+
+  `verify_rounds` > 0 (Sudoku, "grid" layout): verification-aware decoding, reported apart from the plain figures by
+  the caller: after each pass the filled cells in conflict with another cell of a row, column or box are masked
+  again and resampled with every other cell fixed, that many rounds (a rule-based verifier; the model never sees the
+  rules)."""
+  tokens_NxL, fixed_NxL = examples.inputs(run.tokenizer.special.mask)
+  sample = make_sampler(run.graphdef, run.other, run.sampler_config(**overrides), run.objective)
+  rng = jax.random.key(seed)
+  rows, seconds = _sample_all(run, sample, tokens_NxL, fixed_NxL, rng, batch_size)
+  if verify_rounds and (examples.task != "sudoku" or examples.layout != "grid"):
+    raise ValueError("Verification-aware decoding checks Sudoku rows, columns and boxes in the 'grid' layout.")
+  for round_ in range(verify_rounds):
+    grids = [grid_of(row, run.tokenizer, examples) for row in rows]
+    redo_NxL = np.zeros(fixed_NxL.shape, bool)
+    for k, (grid, item) in enumerate(zip(grids, examples.puzzles)):
+      redo_NxL[k, conflicting_cells(grid, item["puzzle"])] = True
+    if not redo_NxL.any():
+      break
+    again, spent = _sample_all(run, sample, np.where(redo_NxL, run.tokenizer.special.mask, rows).astype(np.int32),
+                               ~redo_NxL, jax.random.fold_in(rng, 1_000_003 + round_), batch_size)
+    rows, seconds = np.where(redo_NxL, again, rows), seconds + spent
   grids = [grid_of(row, run.tokenizer, examples) for row in rows]
   checks = [check(grid, puzzle) for grid, puzzle in zip(grids, examples.puzzles)]
   result = summarize(checks, examples.puzzles)
