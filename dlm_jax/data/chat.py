@@ -24,6 +24,7 @@ not fit is cut (its EOS then falls off). Both are counted in the summary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -88,6 +89,13 @@ def tokenizer_template(tokenizer) -> str:
   return template
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_template(source: str):
+  """A Jinja chat template compiled once (as transformers compiles it), not once per conversation."""
+  import jinja2
+  return jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+
+
 def render(messages: list[dict], template: str, tokenizer) -> tuple[str, str]:
   """(prompt text, response text) of one conversation under `template` (module docstring)."""
   response = messages[-1]["content"]
@@ -98,7 +106,8 @@ def render(messages: list[dict], template: str, tokenizer) -> tuple[str, str]:
   except ImportError as e:
     raise ConfigError("data.chat_template='tokenizer' renders the tokenizer's Jinja template with jinja2: pip "
                       "install jinja2, or use data.chat_template='plain'.") from e
-  compiled = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(tokenizer_template(tokenizer))
+  del jinja2  # installed: _compiled_template imports it
+  compiled = _compiled_template(tokenizer_template(tokenizer))
   names = {f"{role}_token": tokenizer.decode_exact([getattr(tokenizer.special, role)])
            for role in ("bos", "eos") if hasattr(tokenizer, "decode_exact")}
   prompt = compiled.render(messages=messages[:-1], add_generation_prompt=True, **names)

@@ -408,9 +408,10 @@ class PuzzleExamples:
     given = np.array([ch != BLANK if self.task == "sudoku" else ch != OPEN for ch in puzzle])
     ids = np.asarray(self.tokenizer.encode(solution), np.int32)
     if self.layout == "prompted":  # a Sudoku blank is the pad id there: no answer token stands for "unknown"
-      pad = self.tokenizer.special.pad
-      prompt = [pad if ch == BLANK and self.task == "sudoku" else int(self.tokenizer.encode(ch)[0]) for ch in puzzle]
-      ids = np.concatenate([np.asarray(prompt, np.int32), ids])
+      blank = np.array([ch == BLANK for ch in puzzle]) if self.task == "sudoku" else np.zeros(self.cells, bool)
+      prompt = np.asarray(self.tokenizer.encode(puzzle.replace(BLANK, DIGITS[0]) if self.task == "sudoku" else puzzle),
+                          np.int32)
+      ids = np.concatenate([np.where(blank, self.tokenizer.special.pad, prompt).astype(np.int32), ids])
       given = np.concatenate([np.ones(self.cells, bool), given])
     return special_tokens.mark_fixed(ids, given)
 

@@ -91,15 +91,17 @@ def conflicting_cells(grid: str, puzzle: str) -> list[int]:
 
 
 def _sample_all(run, sample, tokens_NxL, fixed_NxL, rng, batch_size: int):
-  """(the sampled rows, the seconds of the timed calls; the first batch's shape compiled first)."""
+  """(the sampled rows, the seconds of the timed calls). Each batch shape (a shorter last batch has its own) is
+  compiled by an untimed call first, so no compilation is timed."""
+  batches = [(jnp.asarray(tokens_NxL[s:s + batch_size]), jnp.asarray(fixed_NxL[s:s + batch_size]))
+             for s in range(0, len(tokens_NxL), batch_size)]
+  for tokens, fixed in {b[0].shape: b for b in batches}.values():
+    jax.block_until_ready(sample(run.params, rng, tokens, fixed).tokens_BxL)  # compile
   filled, seconds = [], 0.0
-  for start in range(0, len(tokens_NxL), batch_size):
-    tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
-    if start == 0:
-      jax.block_until_ready(sample(run.params, rng, tokens, fixed).tokens_BxL)  # compile
+  for index, (tokens, fixed) in enumerate(batches):
     began = time.perf_counter()
-    filled.append(np.asarray(jax.block_until_ready(sample(run.params, jax.random.fold_in(rng, start), tokens,
-                                                          fixed).tokens_BxL)))
+    filled.append(np.asarray(jax.block_until_ready(sample(run.params, jax.random.fold_in(rng, index * batch_size),
+                                                          tokens, fixed).tokens_BxL)))
     seconds += time.perf_counter() - began
   return np.concatenate(filled), seconds
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,7 @@ def configure(config, spec: str | None = None):
 
 def lora_initializer(seed: int):
   """Values of the parameters a checkpoint does not have: LoRA's A drawn as nnx.LoRA draws it (one key per parameter
-  path) and B zeros, so that the adapted model starts as the checkpoint's."""
+  path, by its CRC-32: the same in every process, unlike Python's salted str hash) and B zeros, so that the adapted model starts as the checkpoint's."""
   from flax.nnx.nn import lora
 
   def initialize(path, variable):
@@ -76,7 +77,7 @@ def lora_initializer(seed: int):
       return None
     if path[-1] == "lora_b":
       return np.zeros(variable.shape, variable.dtype)
-    key = jax.random.fold_in(jax.random.key(seed), hash("/".join(map(str, path))) % (2**31))
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32("/".join(map(str, path)).encode()) % (2**31))
     return np.asarray(lora.default_a_initializer(key, variable.shape, variable.dtype))
   return initialize
 
