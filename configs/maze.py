@@ -21,6 +21,7 @@ def get_config(arm: str = "diffusion"):
   c.data.valid_path = f"runs/puzzles/maze{size}_test"
   c.data.seq_len = size * size * (2 if c.data.puzzle_layout == "prompted" else 1)
   c.data.augment = 8  # the square's symmetries
+  c.model.grid_side, c.model.grid_box = size, 0  # row and column embeddings, no boxes
   if c.model.name == "eco_hybrid":  # its learned positions grow with the grid: give them back in the SwiGLU
     layers = int(c.model.num_layers)
     c.model.mlp_dim -= -(-(size * size - 81) // (3 * layers) // 8) * 8

@@ -9,7 +9,9 @@ draws greedily by default (the argmax of each revealed cell; --nogreedy samples 
 (HRM runs) adds the H-module's priority to the confidence ranking. One markdown row per (policy, steps), with the
 sampler's tokens/s; --json also prints each row as JSON. `--verify_rounds=K` adds, in rows of their own marked
 "+ verify xK", verification-aware decoding: the filled cells in conflict with a row, column or box remasked and
-resampled K rounds (never mixed into the plain rows).
+resampled K rounds (never mixed into the plain rows). `--act` (HRM runs) adds, after the table, per policy and step
+count, the L-iterations ACT spent at the masked cells, at the cells each step revealed and at the clues, per
+difficulty (evaluation/puzzles.act_profile).
 """
 import json
 
@@ -31,6 +33,8 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("batch_size", 256, "Puzzles per sampler call.")
 flags.DEFINE_integer("verify_rounds", 0, "Sudoku: also report verification-aware decoding (cells in conflict with a "
                      "row, column or box remasked and resampled, this many rounds) in rows of their own.")
+flags.DEFINE_bool("act", False, "HRM runs: also report the L-iterations ACT spends per reveal step against "
+                  "difficulty, for each policy and step count (evaluation/puzzles.act_profile).")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
@@ -67,17 +71,25 @@ def main(argv):
   unknown = [p for p in FLAGS.policies if p not in known]
   if unknown:
     raise app.UsageError(f"--policies: unknown {unknown}; choose from {sorted(known)}.")
+  if FLAGS.act and run.config.model.name != "hrm":
+    raise app.UsageError(f"--act reads the HRM denoiser's ACT trace; --workdir={FLAGS.workdir} trained "
+                         f"model.name={run.config.model.name!r}.")
   blank = puzzles.BLANK if examples.task == "sudoku" else puzzles.OPEN
   most_blanks = max(p["puzzle"].count(blank) for p in items)
   print(f"# {run.describe()}; {len(items)} {examples.task} puzzles from {FLAGS.puzzles} (most blanks {most_blanks})")
   print("| policy | steps | difficulty | puzzles | exact | blank accuracy | valid | violations / puzzle | tokens/s |")
   print("|---|---|---|---|---|---|---|---|---|")
+  profiles = []
   for policy in FLAGS.policies:
     for steps in step_counts(FLAGS.steps, most_blanks):
       overrides = {**known[policy], "steps": steps, "greedy": FLAGS.greedy}
       for rounds in (0, FLAGS.verify_rounds) if FLAGS.verify_rounds else (0,):
         report_rows(policy if not rounds else f"{policy} + verify x{rounds}", steps,
                     puzzle_eval.solve(run, examples, overrides, FLAGS.seed, FLAGS.batch_size, rounds))
+      if FLAGS.act:
+        profiles.append((policy, steps, puzzle_eval.act_profile(run, examples, overrides, FLAGS.seed)))
+  for policy, steps, profile in profiles:  # after the table of plain rows
+    report_act(policy, steps, profile)
 
 
 def report_rows(policy: str, steps: int, result: dict):
@@ -91,6 +103,20 @@ def report_rows(policy: str, steps: int, result: dict):
     if FLAGS.json:
       print(json.dumps({"policy": policy, "steps": steps, "difficulty": name, **r,
                         "tokens_per_s": result["tokens_per_s"]}))
+
+
+def report_act(policy: str, steps: int, profile: dict):
+  """The ACT rows of a `puzzle_eval.act_profile`: mean L-iterations per cell and reverse step, per difficulty."""
+  print(f"\n# ACT, {policy}, {steps} steps: mean L-iterations per cell and step (of at most {profile['l_steps']}; "
+        f"replay agreement {profile['replay_agreement']:.1%})")
+  print("| difficulty | puzzles | clues | search effort | masked cells | revealed cells | clue cells | per blank |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name, r in profile["by_difficulty"].items():
+    print(f"| {name} | {r['puzzles']} | {r['clues']:.1f} | {r['effort']:.1f} | {r['at_masked']:.3f} | "
+          f"{r['at_revealed']:.3f} | {r['at_clues']:.3f} | {r['per_blank']:.2f} |", flush=True)
+    if FLAGS.json:
+      print(json.dumps({"act": True, "policy": policy, "steps": steps, "difficulty": name, **r}))
+
 
 if __name__ == "__main__":
   cli.run(main)

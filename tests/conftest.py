@@ -128,6 +128,29 @@ def trained_hrm_run(tmp_path_factory):
   return workdir, loop.train(config, str(workdir))
 
 
+@pytest.fixture(scope="session")
+def puzzle_runs(tmp_path_factory):
+  """48 easy Sudokus to train on, 8 to solve, and two tiny runs on them, a transformer (`root / "run"`) and an HRM
+  denoiser with memory cells and ACT (`root / "hrm"`): they learn little, the tests check the machinery. Returns root."""
+  from configs import default
+  from dlm_jax.data import puzzles
+  from dlm_jax.training import loop
+  root = tmp_path_factory.mktemp("puzzles")
+  for name, count, seed in (("train", 48, 0), ("test", 8, 1)):
+    items, report = puzzles.generate("sudoku", "easy", count, seed)
+    puzzles.write_set(root / name, items, {"settings": {"seed": seed}, "report": report})
+  overrides = {"data.layout": "puzzle", "data.path": str(root / "train"), "data.valid_path": str(root / "test"),
+               "data.seq_len": 81, "data.augment": 4, "train.num_steps": 6, "eval.every": 6, "eval.num_windows": 8,
+               "diffusion.objective": "elbo"}
+  loop.train(tiny_config(**overrides), str(root / "run"))
+  config = tiny_config(**overrides)
+  config.model = default.model_config("hrm")
+  config.model.update(dict(num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2, l_steps=3,
+                           memory_cells=4, memory_content=2, memory_top_k=2))
+  loop.train(config, str(root / "hrm"))
+  return root
+
+
 def tiny_thought_config(**overrides):
   """tiny_config with a thought (4, 4, 2) and rows of 2 context windows + 1 target window of 16 tokens."""
   from dlm_jax.proj.thought.configs import small

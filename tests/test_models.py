@@ -284,3 +284,29 @@ def test_dual_cache_sampling_is_exact_for_one_layer_and_refused_where_it_cannot_
     sampler_lib.make_sampler(graphdef, other, dual)(params, jax.random.key(0), x, fixed)
   with pytest.raises(ConfigError, match="block_length > 0"):
     sampler_lib.SamplerConfig(cache="dual")
+
+
+def test_grid_positions_add_row_column_and_box_embeddings_and_leave_other_draws_alone(tokens):
+  """model.grid_side / grid_box (puzzles): h_0 gains R[r] + C[c] + B[b] of each cell of a row-major side x side grid,
+  and the KV-cached step embeds gathered rows at their own cells. (A model without them draws no key for them: the
+  golden-value tests hold the rest of the initialization.)"""
+  plain, grid = build(), build(grid_side=4, grid_box=2)
+  plain_params, grid_params = nnx.state(plain, nnx.Param), nnx.state(grid, nnx.Param)
+  grid_only = {"grid_rows", "grid_columns", "grid_boxes"}
+  assert set(grid_params.keys()) - set(plain_params.keys()) == grid_only
+  chex.assert_trees_all_equal(plain_params["embedding"], grid_params["embedding"])  # drawn before the tables
+  rows, columns, boxes = (np.asarray(getattr(grid, name)[...]) for name in ("grid_rows", "grid_columns", "grid_boxes"))
+  assert rows.shape == columns.shape == boxes.shape == (4, 16)
+  added = np.asarray(grid.embed(tokens, None)) - np.asarray(plain.embed(tokens, None))  # the same E
+  for p in range(16):
+    r, c = divmod(p, 4)
+    np.testing.assert_allclose(added[:, p], np.broadcast_to(rows[r] + columns[c] + boxes[2 * (r // 2) + c // 2],
+                                                             (3, 16)), rtol=1e-6, atol=1e-6)
+  # A KV-cached step embeds the gathered rows at their own cells.
+  positions = jnp.asarray([[3, 4, 5, 6], [0, 1, 2, 3], [12, 13, 14, 15]], jnp.int32)
+  t = jnp.full((3,), 0.5)
+  gathered = jnp.take_along_axis(logits(grid, tokens, t), positions[..., None], axis=1)
+  _, cache = grid.kv_prefill(tokens, t, positions)
+  np.testing.assert_allclose(grid.kv_step(tokens, t, positions, cache)[0], gathered, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="grid_box=3 must divide model.grid_side=4"):
+    build(grid_side=4, grid_box=3)

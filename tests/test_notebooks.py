@@ -42,3 +42,15 @@ def test_thought_evolution_notebook_executes(trained_thought_run, monkeypatch):
   assert "step-to-step correlation: estimate" in text and "alpha 0.50:" in text
   assert "steer_scale 0.1: final property" in text
   assert "slot 1 of memory 2 is slot 0 of memory 1: True" in text
+
+
+def test_sudoku_solving_notebook_executes(puzzle_runs, monkeypatch):
+  root = puzzle_runs
+  monkeypatch.setenv("DLM_PUZZLES", str(root / "test"))
+  monkeypatch.setenv("DLM_PUZZLE_COUNT", "4")
+  monkeypatch.setenv("DLM_ARMS", f"diffusion={root / 'run'},hrm={root / 'hrm'}")
+  figures, text = execute("sudoku_solving.ipynb", root / "hrm", monkeypatch)
+  assert figures == 3  # the filled grid, ACT's heat map and curves, accuracy against difficulty
+  assert "step  0\n" in text and "blanks wrong" in text
+  assert "replay agreement 100%" in text and "ACT easy:" in text
+  assert "diffusion: easy exact" in text and "hrm: easy exact" in text

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO
 from dlm_jax import special_tokens
 from dlm_jax.data import puzzles, tokenizers
 from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import puzzles as puzzle_eval
-from dlm_jax.training import checkpoint, loop
+from dlm_jax.training import checkpoint
 
 # A classic puzzle (30 clues) and its unique solution.
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
@@ -118,20 +118,6 @@ def test_windows_fix_the_clues_and_the_prompted_layout_fixes_the_puzzle():
     grid.window(0, 64, char.special)
 
 
-@pytest.fixture(scope="module")
-def puzzle_run(tmp_path_factory):
-  """A tiny diffusion run on 48 easy puzzles (it learns little: the tests check the machinery)."""
-  root = tmp_path_factory.mktemp("puzzles")
-  for name, count, seed in (("train", 48, 0), ("test", 8, 1)):
-    items, report = puzzles.generate("sudoku", "easy", count, seed)
-    puzzles.write_set(root / name, items, {"settings": {"seed": seed}, "report": report})
-  config = tiny_config(**{"data.layout": "puzzle", "data.path": str(root / "train"), "data.valid_path": str(
-      root / "test"), "data.seq_len": 81, "data.augment": 4, "train.num_steps": 6, "eval.every": 6,
-      "eval.num_windows": 8, "diffusion.objective": "elbo"})
-  summary = loop.train(config, str(root / "run"))
-  return root, summary
-
-
 def test_the_policies_rank_without_choice_noise():
   """launch.solve's policies are the rankings as such (MaskGIT's choice noise made a checkpoint's confidence reveal
   no better than a random order, BENCHMARKS.md "Sudoku")."""
@@ -141,9 +127,8 @@ def test_the_policies_rank_without_choice_noise():
   assert chosen["margin"]["confidence"] == "margin" and chosen["threshold"]["threshold"] == 0.8
 
 
-def test_a_puzzle_run_trains_and_no_policy_ever_changes_a_clue(puzzle_run):
-  root, summary = puzzle_run
-  assert np.isfinite(summary["eval_nll_per_token"])
+def test_a_puzzle_run_trains_and_no_policy_ever_changes_a_clue(puzzle_runs):
+  root = puzzle_runs
   run = checkpoint.load_for_inference(str(root / "run"))
   examples = puzzles.PuzzleExamples(puzzles.read_set(root / "test"), run.tokenizer)
   for name, overrides in puzzle_eval.policies().items():
@@ -159,8 +144,8 @@ def test_a_puzzle_run_trains_and_no_policy_ever_changes_a_clue(puzzle_run):
     assert all(g == p for g, p in zip(grid, item["puzzle"]) if p != ".") and "." not in grid
 
 
-def test_launch_puzzles_and_solve_from_the_command_line(puzzle_run, tmp_path):
-  root, _ = puzzle_run
+def test_launch_puzzles_and_solve_from_the_command_line(puzzle_runs, tmp_path):
+  root = puzzle_runs
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   made = subprocess.run([sys.executable, "-m", "launch.puzzles", "--task=sudoku", "--difficulty=easy", "--count=3",
                          "--seed=1", f"--output={tmp_path / 'set'}", "--progress=false"], capture_output=True,
@@ -178,3 +163,30 @@ def test_launch_puzzles_and_solve_from_the_command_line(puzzle_run, tmp_path):
   assert solved.returncode == 0, solved.stderr[-2000:]
   rows = [line for line in solved.stdout.splitlines() if line.startswith("| confidence") or line.startswith("| margin")]
   assert len(rows) == 2 * 2 * 2  # 2 policies x 2 step counts x (all, easy)
+
+
+def test_act_profile_replays_the_sampler_and_counts_iterations_per_reveal_step(puzzle_runs):
+  root = puzzle_runs
+  run = checkpoint.load_for_inference(str(root / "hrm"))
+  examples = puzzles.PuzzleExamples(puzzles.read_set(root / "test")[:4], run.tokenizer)
+  steps = 10
+  profile = puzzle_eval.act_profile(run, examples, {**puzzle_eval.policies()["confidence"], "steps": steps,
+                                                     "greedy": True}, batch_size=3)  # two batches, the last short
+  tokens, fixed = examples.inputs(run.tokenizer.special.mask)
+  assert profile["replay_agreement"] == 1.0  # the replayed argmax is what the sampler revealed, at every reveal
+  iterations = profile["iterations_NxSxL"]
+  assert iterations.shape == (4, steps, 81) and iterations.min() >= 1.0 and iterations.max() <= 3.0  # l_steps = 3
+  masked = profile["masked_NxSxL"]
+  np.testing.assert_array_equal(masked[:, 0], ~fixed)  # step 0 sees every blank masked, no clue
+  assert (masked[:, 1:] <= masked[:, :-1]).all()  # nothing is masked again
+  # A blank's recorded reveal step is the step after which it stops being masked.
+  first_unmasked = np.argmin(np.concatenate([masked, np.zeros_like(masked[:, :1])], axis=1), axis=1) - 1
+  np.testing.assert_array_equal(np.where(fixed, -1, first_unmasked), profile["revealed_step_NxL"])
+  assert set(profile["by_difficulty"]) == {"easy"} and profile["by_difficulty"]["easy"]["puzzles"] == 4
+  figures = profile["per_puzzle"][0]
+  its, msk = iterations[0], masked[0]
+  assert figures["at_masked"] == pytest.approx(its[msk].mean(), rel=1e-6)
+  assert figures["per_blank"] == pytest.approx(its[msk].sum() / (~fixed[0]).sum(), rel=1e-6)
+  transformer = checkpoint.load_for_inference(str(root / "run"))
+  with pytest.raises(ValueError, match="HRM denoiser's ACT trace"):
+    puzzle_eval.act_profile(transformer, examples, {"steps": 4})

@@ -22,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import nnx
+
 from dlm_jax.data import puzzles
 from dlm_jax.evaluation import sampling_suite
-from dlm_jax.sampling import make_sampler
+from dlm_jax.sampling import make_sampler, primitives
 
 
 def policies(threshold: float = 0.9) -> dict[str, dict]:
@@ -137,3 +139,80 @@ def solve(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: int = 0,
   blanks = int((~fixed_NxL).sum())
   result.update(tokens_per_s=blanks / max(seconds, 1e-9), seconds=seconds, grids=grids)
   return result
+
+
+def act_profile(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: int = 0, batch_size: int = 64) -> dict:
+  """Where an HRM run's ACT spends its L-iterations while it solves (issue #29: computation against difficulty).
+
+  Every puzzle is sampled with its trajectory recorded (`overrides` as in `solve`, one block); each reverse step s of
+  S is then replayed through `HRMDenoiser.inspect` at t = 1 - s/S with the memory carried from step to step, which is
+  exactly the sampler's model call (notebooks/inside_hrm.ipynb). Returns numpy arrays over the N puzzles:
+
+  * `iterations_NxSxL`: the L-iterations at every cell and step, averaged over the H-cycles (1 .. model.l_steps);
+  * `masked_NxSxL`: the cells still masked at the step's input; `revealed_step_NxL`: the step at which each blank was
+    revealed (-1 for a clue); `confidence_NxL`: its ranking score then;
+  * `per_puzzle`: per puzzle, the mean L-iterations at the masked cells over the steps it took (`at_masked`), at the
+    cells the step revealed (`at_revealed`), at the clues (`at_clues`), and their sum over its steps at the masked
+    cells divided by its blanks (`per_blank`: the L-iterations a blank cell cost while it was masked);
+  * `by_difficulty`: those figures averaged per difficulty, with the set's clue counts and search effort;
+  * `replay_agreement`: with greedy draws, the share of revealed cells whose token is the replayed step's argmax (1.0
+    when the replay is the sampler's own call; lower with sampled draws).
+  """
+  if run.config.model.name != "hrm":
+    raise ValueError(f"act_profile reads the HRM denoiser's ACT trace; the run's model is {run.config.model.name!r}.")
+  tokens_NxL, fixed_NxL = examples.inputs(run.tokenizer.special.mask)
+  config = run.sampler_config(**{**overrides, "record_trajectory": True, "block_length": 0})
+  sample = make_sampler(run.graphdef, run.other, config, run.objective)
+  special = run.tokenizer.special
+
+  @jax.jit
+  def inspect(params, x_BxL, t_B, content):
+    logits_BxLxV, trace, content = nnx.merge(run.graphdef, params, run.other).inspect(x_BxL, t_B, content)
+    choice_BxL = jnp.argmax(primitives.sampling_logits(logits_BxLxV, special), axis=-1)
+    return choice_BxL, trace["l_iterations_CxBxL"], content
+
+  steps, mask_id = config.steps, run.tokenizer.special.mask
+  iterations, trajectories, reveal_steps, confidences, choices = [], [], [], [], []
+  for start in range(0, len(tokens_NxL), batch_size):
+    tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
+    out = sample(run.params, jax.random.fold_in(jax.random.key(seed), start), tokens, fixed)
+    trajectory_SxBxL = np.asarray(out.trajectory_SxBxL)
+    content = nnx.merge(run.graphdef, run.params, run.other).init_sample_carry(tokens.shape[0])
+    per_step, choice_per_step = [], []
+    for s in range(steps):
+      t_B = jnp.full((tokens.shape[0],), 1.0 - s / steps, jnp.float32)
+      choice_BxL, iterations_CxBxL, content = inspect(run.params, jnp.asarray(trajectory_SxBxL[s]), t_B, content)
+      per_step.append(np.asarray(iterations_CxBxL, np.float32).mean(0))
+      choice_per_step.append(np.asarray(choice_BxL))
+    iterations.append(np.stack(per_step, axis=1))
+    choices.append(np.stack(choice_per_step, axis=1))
+    trajectories.append(np.swapaxes(trajectory_SxBxL, 0, 1))
+    reveal_steps.append(np.where(np.asarray(fixed), -1, np.asarray(out.reveal_step_BxL)))
+    confidences.append(np.asarray(out.confidence_BxL))
+  iterations_NxSxL = np.concatenate(iterations)
+  trajectory_NxSxL = np.concatenate(trajectories)
+  masked_NxSxL = trajectory_NxSxL[:, :-1] == mask_id
+  revealed_NxSxL = masked_NxSxL & (trajectory_NxSxL[:, 1:] != mask_id)
+  # Greedy draws: the replayed argmax is the token the sampler revealed (1.0 when the replay is the sampler's call).
+  replay_agreement = float((np.concatenate(choices) == trajectory_NxSxL[:, 1:])[revealed_NxSxL].mean())
+  per_puzzle = []
+  for k in range(len(iterations_NxSxL)):
+    live = masked_NxSxL[k].any(-1)  # the steps this puzzle took
+    its, masked, revealed = iterations_NxSxL[k][live], masked_NxSxL[k][live], revealed_NxSxL[k][live]
+    per_puzzle.append({"at_masked": float(its[masked].mean()),
+                       "at_revealed": float(its[revealed].mean()) if revealed.any() else float("nan"),
+                       "at_clues": float(its[:, fixed_NxL[k]].mean()),
+                       "per_blank": float(its[masked].sum() / max((~fixed_NxL[k]).sum(), 1))})
+  by = collections.defaultdict(list)
+  for figures, item in zip(per_puzzle, examples.puzzles):
+    by[item["difficulty"]].append((figures, item))
+  by_difficulty = {}
+  for name, rows in sorted(by.items()):
+    by_difficulty[name] = {"puzzles": len(rows), **{key: float(np.mean([f[key] for f, _ in rows]))
+                                                   for key in ("at_masked", "at_revealed", "at_clues", "per_blank")},
+                           "clues": float(np.mean([item.get("clues", 0) for _, item in rows])),
+                           "effort": float(np.mean([item.get("effort", 0) for _, item in rows]))}
+  return {"iterations_NxSxL": iterations_NxSxL, "masked_NxSxL": masked_NxSxL,
+          "revealed_step_NxL": np.concatenate(reveal_steps), "confidence_NxL": np.concatenate(confidences),
+          "trajectory_NxSxL": trajectory_NxSxL, "per_puzzle": per_puzzle, "by_difficulty": by_difficulty,
+          "l_steps": int(run.config.model.l_steps), "replay_agreement": replay_agreement}

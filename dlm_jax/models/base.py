@@ -1,6 +1,7 @@
 """What every denoiser shares: its config fields, its output type, and its skeleton (embedding in, tied head out).
 
-    h_0    = E[x] (+ P[:L] with learned positions) (+ TimeMLP(t) with time conditioning)
+    h_0    = E[x] (+ P[:L] with learned positions) (+ R[row] + C[column] + B[box] with grid positions)
+             (+ TimeMLP(t) with time conditioning)
     ...      the denoiser's own body (transformer blocks, EcoHybrid blocks, HRM modules)
     logits = RMSNorm(h) E^T                                                          (tied head)
 
@@ -74,6 +75,15 @@ class DenoiserConfig:
   # gradient-free pass given to half of the examples (zeros to the others); the sampler feeds each reverse step the
   # previous step's estimate; evaluation runs the two passes. Transformer and EcoHybrid; not the AR arm.
   self_conditioning: bool = False
+  # 2-D grid positions for puzzles (issue #29, data/puzzles.py): the window is a grid of grid_side x grid_side cells in
+  # row-major order (a longer window repeats it: the "prompted" layout's puzzle and answer halves share coordinates).
+  # Cell p gets learned row, column and, with grid_box > 0, box embeddings added to h_0:
+  #   h_0 += R[r] + C[c] (+ B[b]),  r = (p mod side^2) // side,  c = p mod side,  b = (r // box)(side / box) + c // box,
+  # factorized as ViT's 2-D position embeddings (Dosovitskiy et al. 2021); each row of R, C, B is shared by the cells
+  # of one row, column or box, the units a Sudoku constrains, which attention can then find from the first step
+  # (BENCHMARKS.md "Sudoku as infilling" measures it). Added to whatever `position` gives (RoPE or learned). 0 = off.
+  grid_side: int = 0
+  grid_box: int = 0  # the box side (3 for a 9 x 9 Sudoku); 0 = no box embedding (mazes)
 
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).
@@ -92,6 +102,9 @@ class DenoiserConfig:
     if self.causal and self.self_conditioning:
       raise ConfigError("model.self_conditioning is for diffusion denoisers; the AR arm (model.causal=True) has no "
                         "previous estimate of x_0.")
+    if self.grid_side < 0 or self.grid_box < 0 or (self.grid_box and (not self.grid_side
+                                                                       or self.grid_side % self.grid_box)):
+      raise ConfigError(f"model.grid_box={self.grid_box} must divide model.grid_side={self.grid_side} (0 = off).")
     if self.layer_loop not in ("auto", "scan", "unroll"):
       raise ConfigError(f"model.layer_loop must be 'auto', 'scan' or 'unroll', got {self.layer_loop!r}.")
 
@@ -162,6 +175,23 @@ class Denoiser(nnx.Module):
                                       kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
                                       kernel_metadata=logical(EMBED, None))
                            if cfg.self_conditioning else None)
+    # (keys drawn only when on: a model without grid positions initializes as before)
+    table = lambda rows: nnx.Param(layers.DEFAULT_INIT(rngs.params(), (rows, cfg.width), jnp.float32),
+                                   **logical(None, EMBED))
+    self.grid_rows = table(cfg.grid_side) if cfg.grid_side else None
+    self.grid_columns = table(cfg.grid_side) if cfg.grid_side else None
+    self.grid_boxes = table((cfg.grid_side // cfg.grid_box) ** 2) if cfg.grid_box else None
+
+  def grid_embedding(self, positions):
+    """R[r] + C[c] (+ B[b]) of the cells at `positions` (any shape; DenoiserConfig.grid_side), in the activation
+    dtype."""
+    side, box = self.cfg.grid_side, self.cfg.grid_box
+    cell = positions % (side * side)
+    row, column = cell // side, cell % side
+    out = self.grid_rows[...][row] + self.grid_columns[...][column]
+    if self.grid_boxes is not None:
+      out = out + self.grid_boxes[...][(row // box) * (side // box) + column // box]
+    return out.astype(self.dtype)
 
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = layers.rms_norm(self.cfg.width, dtype=self.dtype, rngs=rngs)
@@ -202,6 +232,9 @@ class Denoiser(nnx.Module):
       h_BxLxD = h_BxLxD + self.positions[...].astype(self.dtype)[positions_BxL]
     elif self.positions is not None:
       h_BxLxD = h_BxLxD + self.positions[:length].astype(self.dtype)[None]
+    if self.grid_rows is not None:
+      h_BxLxD = h_BxLxD + (self.grid_embedding(positions_BxL) if positions_BxL is not None
+                           else self.grid_embedding(jnp.arange(length))[None])
     if self.self_condition is not None and self_cond_BxLxV is not None:
       h_BxLxD = h_BxLxD + self.self_condition(self_cond_BxLxV.astype(self.dtype) @ table_VxD)
     h_BxLxD = self.finish_embedding(h_BxLxD)
