@@ -9,7 +9,8 @@
 (~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",
 "hrm_h1" (one H-cycle), "ar" (the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major
 given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
-Hardware: CPU size ~10-20 minutes on 2 cores for 3,000 steps. Results, or that they are still to be measured, are in
+Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (HRM ~20% slower per step; the AR arm's 162-token
+windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to measure, are in
 BENCHMARKS.md ("Sudoku").
 """
 from configs import default
@@ -24,8 +25,10 @@ def get_config(arm: str = "diffusion"):
     raise ValueError(f"configs/sudoku.py takes {ARMS} (each with a '_gpu' suffix for the GPU size), got {arm!r}.")
   c = default.get_config()
   c.data.layout = "puzzle"
-  c.data.path = "runs/puzzles/medium_train"
-  c.data.valid_path = "runs/puzzles/medium_test"
+  # The CPU size trains on medium puzzles; the GPU size on HRM's setting, 1,000 hard puzzles (seed 0) x 1,000
+  # augmentations, validated on 1,000 others (seed 1): launch/gpu_suite.py's PUZZLE_SETS, its `puzzles` call.
+  c.data.path = "runs/puzzles/hard_train" if gpu else "runs/puzzles/medium_train"
+  c.data.valid_path = "runs/puzzles/hard_test" if gpu else "runs/puzzles/medium_test"
   c.data.tokenizer = "char"
   c.data.puzzle_layout = "prompted" if base == "ar" else "grid"
   c.data.seq_len = 162 if base == "ar" else 81

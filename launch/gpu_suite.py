@@ -2,7 +2,7 @@
 
   bash launch/stage_gpu.sh                 # here, before the device call: wheels, corpora, commit -> .gpu_stage/
   bash launch/gpu_suite.sh                 # on the device: the headline call
-  bash launch/gpu_suite.sh tests|quality|sampling|profile|variants|hot_path
+  bash launch/gpu_suite.sh tests|quality|sampling|pretrained|puzzles|profile|variants|hot_path
   GPU_DRY_RUN=1 bash launch/gpu_suite.sh [CALL]   # here: every stage at a shrunk size on CPU, same files and deadlines
 
 Each call runs its stages in priority order under one deadline (GPU_BUDGET_S, default 510 s = 8.5 minutes, from the
@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from absl import app, flags
@@ -44,7 +45,8 @@ flags.DEFINE_string("stage", None, "Prepare a device call in this folder (launch
 flags.DEFINE_string("wheels", str(REPO.parent / "shared" / "device" / "wheels-py312"),
                     "With --stage: the folder of the device's missing wheels.")
 flags.DEFINE_string("stage_call", "headline", "With --stage: the call whose dry run (GPU_DRY_RUN=1 on this CPU) must "
-                    "pass before anything is staged; '' stages without one (env GPU_SKIP_DRY_RUN=1 does the same).")
+                    "pass before anything is staged; '' stages without one (env GPU_SKIP_DRY_RUN=1 does the same). "
+                    "--stage_call=puzzles also stages PUZZLE_SETS (generated once into runs/puzzles/gpu_stage).")
 FLAGS = flags.FLAGS
 
 # The targets the figures are read against (issue #24; base_110m at B=32, T=1024 unless said).
@@ -62,6 +64,15 @@ TEST_FILES = ("test_diffusion", "test_uniform", "test_gaussian", "test_corruptio
               "test_training", "test_data", "test_tokenization", "test_generation", "test_launch", "test_sharding",
               "test_notebooks", "test_gpu_suite", "test_objectives", "test_first_contact", "test_prepared",
               "test_protocols", "test_hf_tokenizer", "test_hf_fixtures", "test_hf_import", "test_puzzles")
+
+# The puzzle sets of the `puzzles` call (issue #29, HRM's setting): name -> launch.puzzles flags. launch/stage_gpu.sh
+# generates them here into .gpu_stage/puzzles (hard Sudokus take ~0.4 s each on one CPU core); the call's first stage
+# finds them cached, or generates what is missing. A dry run generates 8 of each (mazes 9 x 9) in its work folder.
+PUZZLE_SETS = {"sudoku_hard_train": ("--task=sudoku", "--difficulty=hard", "--count=1000", "--seed=0"),
+               "sudoku_hard_test": ("--task=sudoku", "--difficulty=hard", "--count=1000", "--seed=1"),
+               "maze31_train": ("--task=maze", "--size=31", "--count=1000", "--seed=0"),
+               "maze31_test": ("--task=maze", "--size=31", "--count=1000", "--seed=1")}
+SUDOKU_TARGET = 0.55  # HRM's Sudoku-Extreme exact rate (Wang et al. 2025)
 
 # Dry-run sizes: the same configs shrunk to compile and run in seconds on 2 CPU cores.
 SMALL_MODEL = ("--config.model.width=64", "--config.model.num_heads=2", "--config.model.mlp_dim=128")
@@ -139,6 +150,18 @@ def sampler_figures(ctx):
   return out
 
 
+def solve_figures(ctx):
+  """`launch.solve --json`'s rows (from the stage's log): exact, blank accuracy, valid and tokens/s per policy."""
+  out = {}
+  for line in ctx.log.read_text(encoding="utf-8", errors="replace").splitlines() if ctx.log.is_file() else []:
+    if line.startswith("{") and '"policy"' in line:
+      row = json.loads(line)
+      if row.get("difficulty") == "all":
+        for key in ("exact", "blank_accuracy", "valid", "tokens_per_s"):
+          out[f"{row['policy']}_{key}"] = row.get(key)
+  return out
+
+
 def profile_figures(ctx):
   result = suite.read_json(ctx.work / "result.json")
   if result.get("markdown"):
@@ -150,6 +173,54 @@ def profile_figures(ctx):
 
 
 # ---- The calls ----
+
+def puzzle_dir() -> pathlib.Path:
+  return (pathlib.Path(FLAGS.work_dir) / "puzzles" / "sets") if FLAGS.dry_run else STAGE_DIR / "puzzles"
+
+
+def puzzle_set_flags(name: str) -> tuple[str, ...]:
+  flags_ = PUZZLE_SETS[name]
+  if FLAGS.dry_run:
+    flags_ = tuple("--count=8" if f.startswith("--count") else "--size=9" if f.startswith("--size") else f
+                   for f in flags_)
+  return flags_
+
+
+def puzzle_sets_stage():
+  """launch.puzzles for every PUZZLE_SETS entry (instant when launch/stage_gpu.sh staged them: cached)."""
+  commands = " && ".join(f"python -m launch.puzzles {' '.join(puzzle_set_flags(name))} --progress=false "
+                         f"--output={puzzle_dir() / name} > /dev/null" for name in PUZZLE_SETS)
+  return Stage("puzzle_sets", ("bash", "-c", commands), cap_s=60, min_s=5, show=(),
+               what="the puzzle sets (staged by launch/stage_gpu.sh, else generated here)")
+
+
+def puzzle_train_stage(name, task, *, cap, min_s, time_limit_s, what):
+  """configs/{task}.py:hrm_gpu on the staged sets, stopping itself at `time_limit_s`."""
+  train_set, test_set = ("sudoku_hard_train", "sudoku_hard_test") if task == "sudoku" else ("maze31_train",
+                                                                                             "maze31_test")
+  small = ()
+  if FLAGS.dry_run:
+    small = ("--config.model.width=32", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+             "--config.model.l_layers=1", "--config.model.h_layers=1", "--config.model.memory_cells=4",
+             "--config.model.memory_top_k=2", "--config.train.batch_size=8", "--config.train.num_steps=6",
+             "--config.train.log_every=3", "--config.train.checkpoint_every=6", "--config.eval.every=6",
+             "--config.eval.num_windows=8", "--config.eval.batch_size=8", "--config.data.augment=2",
+             *(("--config.data.seq_len=81", "--config.model.grid_side=9") if task == "maze" else ()))
+  return Stage(name, ("python", "-m", "launch.train", f"--config=configs/{task}.py:hrm_gpu", "--workdir={work}/run",
+                      f"--config.data.path={puzzle_dir() / train_set}",
+                      f"--config.data.valid_path={puzzle_dir() / test_set}", "--config.tensorboard=false",
+                      f"--config.train.time_limit_s={time_limit_s}", *small),
+               cap_s=cap, min_s=min_s, collect=training_collector(), needs=(str(puzzle_dir() / train_set / "puzzles.jsonl"),),
+               show=TRAIN_SHOWN, what=what)
+
+
+def puzzle_solve_stage(name, trained, test_set, policies, *, cap, min_s, what):
+  """launch.solve on the held-out set; its --json rows are the figures."""
+  return Stage(name, ("python", "-m", "launch.solve", f"--workdir={{root}}/{trained}/run",
+                      f"--puzzles={puzzle_dir() / test_set}", f"--policies={policies}", "--steps=all", "--json",
+                      "--batch_size=" + ("8" if FLAGS.dry_run else "500")),
+               cap_s=cap, min_s=min_s, collect=solve_figures, show=None, what=what)
+
 
 def environment_stage():
   return Stage("environment", ("python", "-c", "import json, sys; from dlm_jax.benchmarks import report; "
@@ -266,6 +337,20 @@ def calls() -> dict[str, list[Stage]]:
                       "--config.sample.threshold=0.9", cap=230, min_s=120,
                       what="the same model decoded in blocks of 32 with the dual KV cache and threshold 0.9"),
       ],
+      "puzzles": [
+          env,
+          puzzle_sets_stage(),
+          puzzle_train_stage("train_sudoku_hrm", "sudoku", cap=230, min_s=90, time_limit_s=190,
+                             what="HRM-sized Sudoku (configs/sudoku.py:hrm_gpu): 1,000 hard puzzles x 1,000 "
+                                  "augmentations, 190 s"),
+          puzzle_solve_stage("solve_sudoku_hrm", "train_sudoku_hrm", "sudoku_hard_test", "confidence,margin",
+                             cap=70, min_s=30, what="its exact-solve rate on 1,000 held-out hard puzzles "
+                                                    f"(target >= {SUDOKU_TARGET:.0%}, HRM's Sudoku-Extreme figure)"),
+          puzzle_train_stage("train_maze_hrm", "maze", cap=130, min_s=70, time_limit_s=95,
+                             what="HRM-sized 31 x 31 mazes (configs/maze.py:hrm_gpu), 1,000 x 8 symmetries, 95 s"),
+          puzzle_solve_stage("solve_maze_hrm", "train_maze_hrm", "maze31_test", "confidence", cap=50, min_s=20,
+                             what="shortest paths found on 1,000 held-out mazes"),
+      ],
       "profile": [
           env,
           Stage("profile_base_110m", ("python", "-m", "launch.bench", "--config=configs/base_110m.py", "--profile",
@@ -331,6 +416,11 @@ def targets(results) -> list[tuple[str, str, str]]:
              f"best {best:.4f}, not reached" if best is not None else "")
     check(f"AR arm <= {AR_TARGET_NLL} nats/char within {AR_TARGET_S:.0f} s of training", best,
           seconds is not None and seconds <= AR_TARGET_S, shown)
+  if "solve_sudoku_hrm" in names:
+    exact = max((v for k, v in (next((r.metrics for r in results if r.stage == "solve_sudoku_hrm"), {}) or {}).items()
+                 if k.endswith("_exact") and v is not None), default=None)
+    check(f"HRM-sized Sudoku >= {SUDOKU_TARGET:.0%} exact on 1,000 hard puzzles", exact,
+          exact is not None and exact >= SUDOKU_TARGET, f"{100 * (exact or 0):.1f}% (best policy)")
   for stage in ("kernel_tests", "tests"):
     if stage in names:
       failed = _metric(results, stage, "failed")
@@ -372,9 +462,11 @@ def add_device_to_stamp(s, result):
 
 # ---- Staging (launch/stage_gpu.sh) ----
 
-def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path, dry_run_call: str = "") -> list[str]:
+def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path, dry_run_call: str = "",
+                      with_puzzles: bool = False) -> list[str]:
   """Fills `folder` (inside the repo, git-ignored) with what a device call reads: whl/ (the wheels the device lacks),
-  data/ (DATA_FILES from DLM_DATA_DIR) and COMMIT, after the dry run of `dry_run_call` passed (none if ''); returns
+  data/ (DATA_FILES from DLM_DATA_DIR), with `with_puzzles` puzzles/ (PUZZLE_SETS, generated once into
+  runs/puzzles/gpu_stage and kept there) and COMMIT, after the dry run of `dry_run_call` passed (none if ''); returns
   the lines to print."""
   if not wheels.is_dir() or not list(wheels.glob("*.whl")):
     raise app.UsageError(f"--wheels={wheels}: no .whl files there (the device's missing packages: "
@@ -388,14 +480,28 @@ def stage_device_call(folder: pathlib.Path, wheels: pathlib.Path, dry_run_call: 
     shutil.rmtree(folder)
   copied = suite.copy_tree_files([(w, f"whl/{w.name}") for w in sorted(wheels.glob("*.whl"))], folder)
   copied += suite.copy_tree_files([(p, f"data/{rel}") for p, rel in sources], folder)
+  if with_puzzles:
+    copied += suite.copy_tree_files([(path, f"puzzles/{path.parent.name}/{path.name}")
+                                     for path in generate_puzzle_sets(REPO / "runs" / "puzzles" / "gpu_stage")], folder)
   commit = report.commit(REPO)
   (folder / "COMMIT").write_text(commit + "\n", encoding="utf-8")
   rel = folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder
   return checked + [f"Staged {copied / 2**20:.1f} MiB in {rel}/ for commit {commit}.",
                     f'carry: ["{rel}"]',
                     "command: bash launch/gpu_suite.sh        (the headline call; or: tests, quality, sampling, "
-                    "profile, variants, hot_path)",
+                    "pretrained, puzzles, profile, variants, hot_path)",
                     "timeout_s: 600 (the call ends by itself within GPU_BUDGET_S = 510 s plus start-up)"]
+
+
+def generate_puzzle_sets(root: pathlib.Path) -> list[pathlib.Path]:
+  """PUZZLE_SETS written (or found cached) under `root` by launch.puzzles; returns their files."""
+  files = []
+  for name, flags_ in PUZZLE_SETS.items():
+    print(f"Puzzle set {name} ({' '.join(flags_)}) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "launch.puzzles", *flags_, "--progress=false", f"--output={root / name}"],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    files += sorted((root / name).iterdir())
+  return files
 
 
 def dry_run_before_staging(call: str) -> list[str]:
@@ -429,7 +535,8 @@ def main(argv):
     call = "" if os.environ.get("GPU_SKIP_DRY_RUN", "") not in ("", "0") else FLAGS.stage_call
     if call and call not in calls():
       raise app.UsageError(f"--stage_call={call!r}: choose one of {', '.join(calls())}, or '' for no dry run.")
-    print("\n".join(stage_device_call(pathlib.Path(FLAGS.stage).resolve(), pathlib.Path(FLAGS.wheels), call)))
+    print("\n".join(stage_device_call(pathlib.Path(FLAGS.stage).resolve(), pathlib.Path(FLAGS.wheels), call,
+                                      with_puzzles=FLAGS.stage_call == "puzzles")))
     return
   table = calls()
   if FLAGS.list_calls:

@@ -166,7 +166,8 @@ def test_targets_read_the_figures_against_the_goals():
   results = [result("bench_base_110m", mfu=0.56, sample_step_over_forward=1.3, train_tokens_per_s=100.0),
              result("bench_eco", train_tokens_per_s=99.0), result("bench_hrm", train_tokens_per_s=61.0),
              result("anchor_ar", best_nll=1.44, **{"s_to_1.45_from_first_step": 58.0}),
-             result("kernel_tests", failed=1, passed=9)]
+             result("kernel_tests", failed=1, passed=9),
+             result("solve_sudoku_hrm", confidence_exact=0.52, margin_exact=0.57, margin_blank_accuracy=0.9)]
   verdicts = {name: (figure, verdict) for name, figure, verdict in gpu_suite.targets(results)}
   assert verdicts == {
       "base_110m MFU >= 55%": ("56.0%", "met"),
@@ -174,7 +175,8 @@ def test_targets_read_the_figures_against_the_goals():
       "EcoHybrid tok/s >= the baseline's at T=1024": ("0.99x the baseline", "not met"),
       "HRM tok/s >= 0.6x the baseline's": ("0.61x the baseline", "met"),
       "AR arm <= 1.45 nats/char within 60 s of training": ("reached at 58 s", "met"),
-      "kernel_tests: 0 GPU test failures": ("1 failed, 9 passed", "not met")}
+      "kernel_tests: 0 GPU test failures": ("1 failed, 9 passed", "not met"),
+      "HRM-sized Sudoku >= 55% exact on 1,000 hard puzzles": ("57.0% (best policy)", "met")}
   skipped = [suite.StageResult("bench_base_110m", "skipped", "", "", 1.0), result("bench_eco", train_tokens_per_s=9.0)]
   assert {v for _, _, v in gpu_suite.targets(skipped)} == {"not measured"}
 
@@ -230,8 +232,8 @@ def test_an_unknown_call_is_one_line_naming_the_calls(tmp_path):
                           timeout=120, env={**os.environ, "OUT": str(tmp_path / "out"),
                                             "GPU_WORK_DIR": str(tmp_path / "work")})
   assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-      "error: call 'benchmark': choose one of headline, tests, quality, sampling, pretrained, profile, variants, "
-      "hot_path (no argument: headline)."]
+      "error: call 'benchmark': choose one of headline, tests, quality, sampling, pretrained, puzzles, profile, "
+      "variants, hot_path (no argument: headline)."]
   assert not (tmp_path / "out").exists()
 
 
@@ -292,7 +294,8 @@ def test_dry_run_of_the_headline_call(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("call", ["tests", "quality", "sampling", "pretrained", "profile", "variants", "hot_path"])
+@pytest.mark.parametrize("call", ["tests", "quality", "sampling", "pretrained", "puzzles", "profile", "variants",
+                                  "hot_path"])
 def test_dry_run_of_every_other_call(call, tmp_path):
   if corpus.data_dir() is None and call in ("quality", "sampling"):
     pytest.skip("../shared/data is absent: the call trains on Tiny Shakespeare")

@@ -190,3 +190,20 @@ def test_act_profile_replays_the_sampler_and_counts_iterations_per_reveal_step(p
   transformer = checkpoint.load_for_inference(str(root / "run"))
   with pytest.raises(ValueError, match="HRM denoiser's ACT trace"):
     puzzle_eval.act_profile(transformer, examples, {"steps": 4})
+
+
+def test_launch_solve_reports_act_for_hrm_runs_and_refuses_it_for_others(puzzle_runs):
+  root = puzzle_runs
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  solve = lambda run: subprocess.run([sys.executable, "-m", "launch.solve", f"--workdir={root / run}",
+                                      f"--puzzles={root / 'test'}", "--count=3", "--policies=confidence", "--steps=6",
+                                      "--act"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  hrm = solve("hrm")
+  assert hrm.returncode == 0, hrm.stderr[-2000:]
+  lines = hrm.stdout.splitlines()
+  act = lines.index(next(line for line in lines if line.startswith("# ACT, confidence, 6 steps")))
+  assert "replay agreement 100.0%" in lines[act]
+  assert lines[act + 3].startswith("| easy | 3 |")  # the table after the plain rows
+  assert all(not line.startswith("| confidence") for line in lines[act:])
+  other = solve("run")
+  assert other.returncode != 0 and "--act reads the HRM denoiser's ACT trace" in other.stderr
