@@ -9,9 +9,9 @@
 (~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",
 "hrm_h1" (one H-cycle), "ar" (the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major
 given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
-Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (HRM ~20% slower per step; the AR arm's 162-token
-windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to measure, are in
-BENCHMARKS.md ("Sudoku").
+Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (HRM ~20% slower per step; the AR arm's
+162-token windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to
+measure, are in BENCHMARKS.md ("Sudoku").
 """
 from configs import default
 

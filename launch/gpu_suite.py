@@ -210,7 +210,8 @@ def puzzle_train_stage(name, task, *, cap, min_s, time_limit_s, what):
                       f"--config.data.path={puzzle_dir() / train_set}",
                       f"--config.data.valid_path={puzzle_dir() / test_set}", "--config.tensorboard=false",
                       f"--config.train.time_limit_s={time_limit_s}", *small),
-               cap_s=cap, min_s=min_s, collect=training_collector(), needs=(str(puzzle_dir() / train_set / "puzzles.jsonl"),),
+               cap_s=cap, min_s=min_s, collect=training_collector(),
+               needs=(str(puzzle_dir() / train_set / "puzzles.jsonl"),),
                show=TRAIN_SHOWN, what=what)
 
 

@@ -131,7 +131,8 @@ def trained_hrm_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def puzzle_runs(tmp_path_factory):
   """48 easy Sudokus to train on, 8 to solve, and two tiny runs on them, a transformer (`root / "run"`) and an HRM
-  denoiser with memory cells and ACT (`root / "hrm"`): they learn little, the tests check the machinery. Returns root."""
+  denoiser with memory cells and ACT (`root / "hrm"`): they learn little, the tests check the machinery. Returns
+  root."""
   from configs import default
   from dlm_jax.data import puzzles
   from dlm_jax.training import loop
