@@ -148,8 +148,8 @@ def test_embedding_objective_needs_a_time_conditioned_transformer():
 
 def test_embedding_run_trains_evaluates_and_samples(tmp_path):
   """The 'embedding' arm end to end on the tiny config: its NELBO terms are logged, the training loss (the rounding
-  cross-entropy) falls, the evaluation NELBO is finite and positive (24 steps are too few for the bound itself to
-  fall: its high-SNR draws dominate it), and the DDIM sampler writes samples."""
+  cross-entropy) falls, the evaluation NELBO lies among the training estimates of the same bound (24 steps are too few
+  for the bound itself to fall: its high-SNR draws dominate it), and the DDIM sampler writes samples."""
   import configs.default as default_config
   from conftest import tiny_config
   from dlm_jax.training import loop
@@ -165,6 +165,9 @@ def test_embedding_run_trains_evaluates_and_samples(tmp_path):
   np.testing.assert_allclose(last["nll_per_token"], last["embedding/diffusion"] + last["embedding/prior"]
                              + last["embedding/reconstruction"], rtol=1e-5)
   assert last["embedding/prior"] >= 0 and last["embedding/rounding"] > 0
-  assert 0 < summary["eval_nll_per_token"] < 1e5
+  # The evaluation runs the same bound on held-out windows: its figure lies among the training steps' estimates of it
+  # (measured 1,346 nats/token among 1,134-5,432; a per-sequence or per-bit scaling error would leave that range).
+  train_nll = [h["nll_per_token"] for h in history]
+  assert min(train_nll) <= summary["eval_nll_per_token"] <= max(train_nll)
   samples = (tmp_path / "samples.txt").read_text()
   assert "=== step 24 samples ===" in samples and len(samples.splitlines()) >= 2

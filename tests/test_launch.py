@@ -103,8 +103,11 @@ def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, trained_ar_run)
   assert "with float64 draws; judge" in stdout  # the evaluation default: no tail of the draws cut
   assert rows[0]["sample_s"] is None and all(r["sample_s"] > 0 for r in rows[1:])
   for r in rows:
-    assert 0 < r["judge_nll"] < 20 and 0 < r["entropy"] and r["words"] > 0
+    assert np.isfinite(r["judge_nll"]) and 0 < r["entropy"] and r["words"] > 0
     assert 0 <= r["script_error_rate"] == r["mixed_word_rate"] + r["off_script_rate"] <= 1
+  # The judge prefers the real text to the samples of a barely trained model (measured 4.22 against 4.60 and 4.66
+  # nats: a judge that scored the wrong next tokens would not).
+  assert all(rows[0]["judge_nll"] < r["judge_nll"] - 0.1 for r in rows[1:])
   # The judge must be a causal run: a diffusion run in its place is refused with one clear message.
   result = subprocess.run([sys.executable, "-m", "launch.gen_eval", f"--workdir={workdir}", f"--judge={workdir}"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -155,11 +158,12 @@ def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, train
   assert names[0] == "real text" and names.count("confidence_stop") == 2 and "verifier" in names
   assert set(strategies.split(",")) <= set(names)
   for r in rows[1:]:
-    assert r["tokens_per_s"] > 0 and r["network_calls"] >= 1 and 0 < r["judge_nll"] < 20
+    assert r["tokens_per_s"] > 0 and r["network_calls"] >= 1 and r["judge_nll"] > rows[0]["judge_nll"] + 0.1
     assert 0 < r["distinct_2"] <= 1 and 0 < r["distinct_3"] <= 1
   agreement = {r["strategy"]: r["cache_agreement"] for r in rows[1:]}
   assert agreement["ancestral_cache"] == 1.0 and agreement["confidence"] is None  # MDLM's cache is exact
-  assert 0 <= agreement["blocks_dual_cache"] <= 1 and 0 <= agreement["blocks_prefix_cache"] <= 1
+  # Reported for the KV caches (what they compute is counted in tests/test_sampler.py).
+  assert all(isinstance(agreement[name], float) for name in ("blocks_dual_cache", "blocks_prefix_cache"))
   fixed_budget = [r for r in rows if r["strategy"] in ("confidence", "remdm_cap")]
   assert all(r["network_calls"] == 6 for r in fixed_budget)
   recorded = output.read_text()
@@ -176,7 +180,12 @@ def test_evaluate_reports_the_calibration_of_reveal_confidences(trained_run):
   result = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--calibration_bins=5"))
   calibration = result["calibration"]
   assert len(calibration["bins"]) == 5 and sum(b["count"] for b in calibration["bins"]) == calibration["predictions"]
-  assert calibration["predictions"] > 0 and 0 <= calibration["ece"] <= 1
+  assert calibration["predictions"] > 0
+  # ECE is the count-weighted gap between each bin's accuracy and confidence, and the bins partition the predictions.
+  ece = sum(b["count"] / calibration["predictions"] * abs(b["accuracy"] - b["confidence"])
+            for b in calibration["bins"] if b["count"])
+  assert calibration["ece"] == pytest.approx(ece, abs=1e-12)
+  assert all(b["low"] <= b["confidence"] <= b["high"] for b in calibration["bins"] if b["count"])
 
 
 LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize", "sampler_suite",

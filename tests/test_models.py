@@ -310,3 +310,28 @@ def test_grid_positions_add_row_column_and_box_embeddings_and_leave_other_draws_
   np.testing.assert_allclose(grid.kv_step(tokens, t, positions, cache)[0], gathered, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="grid_box=3 must divide model.grid_side=4"):
     build(grid_side=4, grid_box=3)
+
+
+@pytest.mark.parametrize("name", ["transformer", "eco_hybrid", "hrm"])
+def test_the_head_is_tied_to_the_input_embedding(name):
+  """logits = RMSNorm(h) E^T with E the token embedding itself (MDLM, MD4: a tied head): no separate output matrix,
+  and a change to one row of E moves that token's logit."""
+  from configs import default
+  from conftest import tiny_config
+  from dlm_jax import models
+  config = tiny_config()
+  if name != "transformer":
+    config.model = default.model_config(name)
+    config.model.update(dict(num_heads=2, width=32, mlp_dim=64, dtype="float32"))
+  model = models.get_model(config, 20, nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 5, 20)
+  out = model(tokens, jnp.full((2,), 0.5))
+  table = np.asarray(model.embedding[...])
+  if out.head_VxD is not None:  # the chunked-scoring path (transformer, EcoHybrid)
+    np.testing.assert_array_equal(np.asarray(out.head_VxD), table)
+    np.testing.assert_allclose(out.logits_BxLxV, np.asarray(out.hidden_BxLxD) @ table.T, rtol=1e-5, atol=1e-5)
+  h = jax.random.normal(jax.random.key(2), (2, 16, 32))
+  np.testing.assert_allclose(model.head(h), np.asarray(model.final_norm(h)) @ table.T, rtol=1e-5, atol=1e-5)
+  matrices = [path for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param))
+              if 20 in np.shape(leaf.get_value()) and "embedding" not in "/".join(map(str, path))]
+  assert not matrices, matrices  # no other parameter has a vocabulary axis

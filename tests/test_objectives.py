@@ -131,3 +131,25 @@ def test_unknown_objectives_and_unfit_models_are_refused_by_name():
   hrm.model = default.model_config("hrm")
   with pytest.raises(ConfigError, match="with model hrm"):
     objectives.from_config(hrm, VOCAB)
+
+
+def test_duo_curriculum_feeds_soft_tokens_at_the_annealed_temperature_then_hard_tokens():
+  """Duo's curriculum (objectives/uniform.Duo): while step < curriculum_steps the denoiser sees softmax(w_t / tau) of
+  the Gaussian latents whose argmax is z_t, tau = 10^(-1 - step / curriculum_steps) (log-linear from 10^-1 to 10^-2);
+  from curriculum_steps on, the one-hots of z_t. (Hard tokens throughout would train and evaluate fine; only this
+  notices.)"""
+  c = tiny_config(**{"data.seq_len": 16, "diffusion.objective": "duo", "diffusion.curriculum_steps": 10})
+  duo = objectives.from_config(c, VOCAB)
+  rng = jax.random.key(3)
+  x0 = jax.random.randint(jax.random.key(4), (4, 16), special_tokens.NUM_SPECIAL, VOCAB)
+  t = jnp.asarray([0.2, 0.4, 0.6, 0.8])
+  z_ref, w_ref = duo.gaussian_corrupt(rng, x0, duo.schedule.alpha(t), None)  # the latents the step draws
+  for step, tau in ((0, 0.1), (5, 10 ** -1.5), (9, 10 ** -1.9)):
+    z, inputs, _, _ = duo.training_inputs(rng, x0, t, None, step)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_allclose(inputs, jax.nn.softmax(np.asarray(w_ref, np.float64) / tau, axis=-1), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.argmax(inputs, -1), z_ref)
+    assert float(np.min(np.max(inputs, -1))) < 0.99  # soft: some position is not (nearly) one-hot
+  z, inputs, _, _ = duo.training_inputs(rng, x0, t, None, 10)
+  np.testing.assert_array_equal(inputs, jax.nn.one_hot(z_ref, VOCAB))

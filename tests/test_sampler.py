@@ -591,3 +591,37 @@ def test_the_legal_combinations_table_of_docs_sampling_md_is_the_rules():
   assert documented == legal
   # ... and a legal pair takes every network
   assert all(not row[4] for row in sampler_lib.component_combinations() if legal[(row[0], row[1])])
+
+
+@pytest.mark.parametrize("cache", ["dual", "prefix"])
+def test_kv_cached_steps_recompute_only_their_rows_and_refill_once_per_block(cache):
+  """Fast-dLLM's caches, counted by a wrapped denoiser: one full pass (prefill) when a block starts, and in between the
+  step network recomputes only the current block (dual) or the suffix from it (prefix) -- a cache that recomputed every
+  position, or refilled at every step, would still sample correctly and only this count would notice."""
+  denoise = toy_denoiser()
+  calls = []
+
+  def record(kind, queries):
+    jax.debug.callback(lambda: calls.append((kind, queries)))
+
+  def prefill(x_BxL, t_B, positions_BxQ):
+    record("prefill", positions_BxQ.shape[1])
+    return jnp.take_along_axis(denoise(x_BxL, t_B), positions_BxQ[..., None], axis=1), jnp.zeros((B, L))
+
+  def step(x_BxL, t_B, positions_BxQ, kv):
+    record("step", positions_BxQ.shape[1])
+    return jnp.take_along_axis(denoise(x_BxL, t_B), positions_BxQ[..., None], axis=1), kv
+
+  fixed = jnp.zeros((B, L), bool).at[:, :4].set(True)  # 20 generated positions: 5 blocks of 4, 2 steps each
+  tokens = jax.random.randint(jax.random.key(7), (B, L), special_tokens.NUM_SPECIAL, V)
+  cfg = sampler_lib.SamplerConfig(steps=10, block_length=4, greedy=True, cache=cache)
+  out = sampler_lib.sample(sampler_lib.stateless(denoise), jax.random.key(0), tokens, fixed, cfg,
+                           kv_cache_fns=(prefill, step))
+  jax.block_until_ready(out.tokens_BxL)
+  assert [kind for kind, _ in calls] == ["prefill", "step"] * 5  # refilled when each block starts, not in between
+  # The full pass returns the logits of the block (dual) or of every position (prefix).
+  assert all(queries == (4 if cache == "dual" else L) for kind, queries in calls if kind == "prefill")
+  recomputed = [queries for kind, queries in calls if kind == "step"]
+  # dual: the block's 4 rows; prefix: from the block's start (position 4 + 4 j, rounded down to a multiple of 4) on.
+  assert recomputed == ([4] * 5 if cache == "dual" else [L - 4 * (1 + j) for j in range(5)])
+  assert int(out.network_calls) == 10 and not (out.tokens_BxL == MASK).any()
