@@ -1,9 +1,13 @@
 """Sudoku as infilling (issue #29; data/puzzles.py): the given cells fixed, the blanks masked and scored.
 
-  python -m launch.puzzles --task=sudoku --difficulty=medium --count=10000 --seed=0 --output=runs/puzzles/medium_train
-  python -m launch.puzzles --task=sudoku --difficulty=medium --count=500 --seed=1 --output=runs/puzzles/medium_test
+  python -m launch.puzzles --task=sudoku --difficulty=medium --count=3000 --seed=0 --output=runs/puzzles/medium_train
+  python -m launch.puzzles --task=sudoku --difficulty=medium --count=300 --seed=1 --output=runs/puzzles/medium_test
   python -m launch.train --config=configs/sudoku.py --workdir=runs/sudoku          # arms: :eco, :hrm, :hrm_noact, :ar
   python -m launch.solve --workdir=runs/sudoku --puzzles=runs/puzzles/medium_test --policies=confidence,margin,ancestral
+  python -m launch.puzzles --task=sudoku --difficulty=easy --count=100 --seed=3 --output=runs/puzzles/easy_test100
+  python -m launch.puzzles --task=sudoku --difficulty=hard --count=100 --seed=2 --output=runs/puzzles/hard_test100
+  python -m launch.puzzles --combine=runs/puzzles/easy_test100,runs/puzzles/medium_test,runs/puzzles/hard_test100 \
+      --count=100 --output=runs/puzzles/mixed_test    # per difficulty: launch.solve, notebooks/sudoku_solving.ipynb
 
 `--config.data.path` / `--config.data.valid_path` name the sets (defaults above). Arms at matched parameters
 (~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",

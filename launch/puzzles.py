@@ -2,6 +2,7 @@
 
   python -m launch.puzzles --task=sudoku --difficulty=easy|medium|hard --count=N --seed=S --output=DIR
   python -m launch.puzzles --task=maze --size=15 --count=N --seed=S --output=DIR
+  python -m launch.puzzles --combine=DIR1,DIR2,DIR3 --count=100 --output=DIR   # the first N of each set, in one set
 
 Writes DIR/puzzles.jsonl (one puzzle per line: puzzle, solution, clues, search effort or path length, difficulty) and
 DIR/meta.json (the command's settings and the set's clue and effort distributions, also printed). Every Sudoku has
@@ -24,6 +25,8 @@ flags.DEFINE_integer("count", 1000, "Puzzles in the set.")
 flags.DEFINE_integer("seed", 0, "Seed: puzzle i is drawn from (seed, i, attempt).")
 flags.DEFINE_string("output", None, "Folder to write.", required=True)
 flags.DEFINE_bool("progress", True, "Print a progress line.")
+flags.DEFINE_list("combine", [], "Instead of generating: sets written by this command whose first --count puzzles "
+                  "each go into one set (e.g. easy, medium and hard test sets, solved per difficulty).")
 FLAGS = flags.FLAGS
 
 
@@ -33,6 +36,8 @@ def main(argv):
   settings = {"task": FLAGS.task, "difficulty": FLAGS.difficulty if FLAGS.task == "sudoku" else f"{FLAGS.size}x"
               f"{FLAGS.size}", "count": FLAGS.count, "seed": FLAGS.seed,
               **({"size": FLAGS.size} if FLAGS.task == "maze" else {})}
+  if FLAGS.combine:
+    settings = {"combine": [str(pathlib.Path(p)) for p in FLAGS.combine], "count": FLAGS.count}
   out = pathlib.Path(FLAGS.output)
   if (out / "meta.json").is_file():
     meta = json.loads((out / "meta.json").read_text())
@@ -40,6 +45,16 @@ def main(argv):
       print(f"{out} already holds this set (cached):\n{json.dumps(meta['report'], indent=1)}")
       return
     raise app.UsageError(f"--output={out} holds another set ({meta.get('settings')}); choose another folder.")
+
+  if FLAGS.combine:
+    parts = [puzzles.read_set(path, "--combine")[:FLAGS.count] for path in FLAGS.combine]
+    if len({part[0]["task"] for part in parts}) > 1:
+      raise app.UsageError(f"--combine={','.join(FLAGS.combine)}: the sets hold different tasks; combine one task.")
+    items = [item for part in parts for item in part]
+    puzzles.write_set(out, items, {"settings": settings, "report": puzzles.report(items)})
+    print(f"Wrote {len(items):,} puzzles ({', '.join(str(len(p)) for p in parts)} from {', '.join(FLAGS.combine)}) "
+          f"to {out / puzzles.FILE}.")
+    return
 
   def progress(done, total, seconds):
     if FLAGS.progress and (done == total or done % max(total // 50, 1) == 0):

@@ -157,6 +157,11 @@ def test_launch_puzzles_and_solve_from_the_command_line(puzzle_runs, tmp_path):
                           "--seed=1", f"--output={tmp_path / 'set'}"], capture_output=True, text=True, cwd=REPO,
                          env=env, timeout=300)
   assert again.returncode == 0 and "already holds this set (cached)" in again.stdout
+  combined = subprocess.run([sys.executable, "-m", "launch.puzzles", f"--combine={tmp_path / 'set'},{root / 'test'}",
+                             "--count=2", f"--output={tmp_path / 'both'}"], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=300)
+  assert combined.returncode == 0, combined.stderr[-2000:]
+  assert puzzles.read_set(tmp_path / "both") == written[:2] + puzzles.read_set(root / "test")[:2]
   solved = subprocess.run([sys.executable, "-m", "launch.solve", f"--workdir={root / 'run'}",
                            f"--puzzles={root / 'test'}", "--policies=confidence,margin", "--steps=all,all/4"],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
