@@ -25,6 +25,40 @@ def test_schedule_is_variance_preserving_with_the_scheduled_log_snr():
     gaussian.LogSNRSchedule(log_snr_max=-1.0, log_snr_min=2.0)
 
 
+def test_sqrt_schedule_is_diffusion_lms_over_the_same_log_snr_range():
+  """shape="sqrt": alpha_t^2 = 1 - sqrt(u), u linear in t between (1 - sigmoid(lambda_max))^2 and
+  (1 - sigmoid(lambda_min))^2 (Diffusion-LM's square-root schedule on this range); lambda' is its derivative; the run's
+  choice reaches the sampler."""
+  sqrt = gaussian.LogSNRSchedule(log_snr_max=5.0, log_snr_min=-10.0, shape="sqrt")
+  t = np.linspace(0.0, 1.0, 21)
+  sig = lambda x: 1.0 / (1.0 + np.exp(-x))
+  u0, u1 = (1.0 - sig(5.0)) ** 2, (1.0 - sig(-10.0)) ** 2
+  alpha, sigma = sqrt.alpha_sigma(jnp.asarray(t))
+  np.testing.assert_allclose(alpha ** 2, 1.0 - np.sqrt(u0 + (u1 - u0) * t), rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(alpha ** 2 + sigma ** 2, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(sqrt.log_snr(jnp.asarray([0.0, 1.0])), [5.0, -10.0], atol=2e-3)
+  np.testing.assert_allclose(sqrt.dlog_snr(jnp.asarray(t)), jax.vmap(jax.grad(sqrt.log_snr))(jnp.asarray(t)),
+                             rtol=1e-4)
+  # It leaves the low-noise end at once and spends most of [0, 1] at moderate log-SNR: below the linear schedule's at
+  # t = 0.1 (0.77 against 3.5), above it at t = 0.9 (-2.9 against -8.5), and in [-4, 1] for 0.1 < t < 0.96.
+  linear = gaussian.LogSNRSchedule(log_snr_max=5.0, log_snr_min=-10.0)
+  assert sqrt.log_snr(0.1) < linear.log_snr(0.1) and sqrt.log_snr(0.9) > linear.log_snr(0.9)
+  middle = sqrt.log_snr(jnp.linspace(0.1, 0.96, 30))
+  assert (middle > -4.0).all() and (middle < 1.0).all()
+  with pytest.raises(ConfigError, match="log_snr_shape must be one of"):
+    gaussian.LogSNRSchedule(shape="cosine")
+  from conftest import tiny_config
+  from configs import default
+  from dlm_jax.objectives import embedding
+  from dlm_jax.sampling.config import SamplerConfig
+  from dlm_jax import special_tokens
+  c = tiny_config()
+  default.beyond_masking_arm(c, "embedding")
+  c.diffusion.log_snr_shape = "sqrt"
+  assert SamplerConfig.from_config(c, special_tokens.DEFAULT).log_snr_shape == "sqrt"
+  assert embedding.EmbeddingDiffusion.log_snr_shape == "linear"  # the default keeps VDM's linear schedule
+
+
 def test_normalized_rows_have_norm_sqrt_width():
   np.testing.assert_allclose(jnp.linalg.norm(table(), axis=-1), 4.0, rtol=1e-6)
 

@@ -14,8 +14,9 @@ from dlm_jax.objectives.base import Objective
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingDiffusion(Objective):
-  """VDM's continuous-time bound (Kingma et al. 2021) on the normalized token embeddings e = E[x_0], linear log-SNR
-  lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1): NELBO = prior KL + E_t[-SNR'(t)/2 |e - e_hat|^2] + the
+  """VDM's continuous-time bound (Kingma et al. 2021) on the normalized token embeddings e = E[x_0], log-SNR
+  lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1), linear or Diffusion-LM's square root (log_snr_shape):
+  NELBO = prior KL + E_t[-SNR'(t)/2 |e - e_hat|^2] + the
   Gaussian readout -log p(x_0 | z_0), with CDCD's estimate e_hat = softmax(logits) E (Dieleman et al. 2022).
 
   The training loss is anchor_weight x the rounding cross-entropy -log p_theta(x_0 | z_t) + nelbo_weight x the NELBO
@@ -28,6 +29,7 @@ class EmbeddingDiffusion(Objective):
   process: ClassVar[str] = "gaussian"
   log_snr_max: float = 5.0  # lambda(0)
   log_snr_min: float = -10.0  # lambda(1)
+  log_snr_shape: str = "linear"  # "linear" (VDM) or "sqrt" (Diffusion-LM's square-root schedule; gaussian.py)
   anchor_weight: float = 1.0  # weight of the rounding cross-entropy (CDCD's loss)
   nelbo_weight: float = 0.0  # weight of the NELBO
 
@@ -49,7 +51,7 @@ class EmbeddingDiffusion(Objective):
 
   @property
   def log_snr_schedule(self) -> gaussian.LogSNRSchedule:
-    return gaussian.LogSNRSchedule(self.log_snr_max, self.log_snr_min)
+    return gaussian.LogSNRSchedule(self.log_snr_max, self.log_snr_min, self.log_snr_shape)
 
   def embedding_nelbo(self, denoise_fn: Callable, x0_BxL, rng, fixed_BxL, t_B=None):
     """One time draw: (per-position terms {"diffusion", "prior", "reconstruction", "rounding"} [B, L] in nats,

@@ -22,7 +22,7 @@ DRAW_PRECISIONS = tuple(primitives.DRAW_PRECISIONS)
 REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
-PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min")  # the objective's (process_fields)
+PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min", "log_snr_shape")  # the objective's (process_fields)
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
                    "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -63,6 +63,7 @@ class SamplerConfig:
   parameterization: str = "mean"  # (ignored by the masked sampler)
   log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
   log_snr_min: float = -10.0
+  log_snr_shape: str = "linear"
   # The tokenizer's special ids (mask, pad, eos, ...; special_tokens.SpecialIds): set by from_config from the run's
   # tokenizer; the default is our character and SentencePiece tokenizers' 0..4.
   special: special_tokens.SpecialIds = special_tokens.DEFAULT
@@ -172,7 +173,8 @@ def process_fields(config) -> dict:
   read = lambda name: config.diffusion.get(name, defaults[name])
   return {"process": process if process in ("uniform", "gaussian") else "absorbing",
           "parameterization": "score" if objective.outputs == "score" else read("parameterization"),
-          "log_snr_max": float(read("log_snr_max")), "log_snr_min": float(read("log_snr_min"))}
+          "log_snr_max": float(read("log_snr_max")), "log_snr_min": float(read("log_snr_min")),
+          "log_snr_shape": str(read("log_snr_shape"))}
 
 
 def component_combinations() -> list[tuple[str, str, str, dict, str]]:
