@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import nnx
 
 from dlm_jax.data import puzzles
@@ -171,7 +170,7 @@ def act_profile(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: in
     choice_BxL = jnp.argmax(primitives.sampling_logits(logits_BxLxV, special), axis=-1)
     return choice_BxL, trace["l_iterations_CxBxL"], content
 
-  steps, mask_id = config.steps, run.tokenizer.special.mask
+  steps, mask_id = config.steps, special.mask
   iterations, trajectories, reveal_steps, confidences, choices = [], [], [], [], []
   for start in range(0, len(tokens_NxL), batch_size):
     tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
