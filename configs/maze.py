@@ -6,9 +6,9 @@ walls, S and G are given, every open cell is a blank whose answer is "on the sho
   python -m launch.train --config=configs/maze.py --workdir=runs/maze               # arms as configs/sudoku.py
   python -m launch.solve --workdir=runs/maze --puzzles=runs/puzzles/maze15_test --policies=confidence,margin
 
-Arms: configs/sudoku.py's ("diffusion", "eco", "hrm", "hrm_noact", "hrm_h1", "ar"), with "_gpu" for HRM's 30 x 30
-mazes (data from --size=31: odd sizes, walls on the even rows and columns) at the GPU size. CPU size: 15 x 15 = 225
-cells, ~0.8M parameters. Results, or that they are still to be measured, are in BENCHMARKS.md ("Sudoku and mazes").
+Arms: configs/sudoku.py's ("diffusion", "eco", "hrm", "hrm_noact", "hrm_h1", "hrm_bptt", "ar"), with "_gpu" for
+HRM's 30 x 30 mazes (data from --size=31: odd sizes, walls on the even rows and columns) at the GPU size. CPU size:
+15 x 15 = 225 cells, ~0.8M parameters. Results, or that they are still to be measured, are in BENCHMARKS.md ("Sudoku and mazes").
 """
 from configs import sudoku
 

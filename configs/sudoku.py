@@ -11,15 +11,15 @@
 
 `--config.data.path` / `--config.data.valid_path` name the sets (defaults above). Arms at matched parameters
 (~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",
-"hrm_h1" (one H-cycle), "ar" (the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major
-given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
+"hrm_h1" (one H-cycle), "hrm_bptt" (TRM's gradient: the last H-cycle backpropagated in full, model.gradient), "ar"
+(the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
 Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (HRM ~20% slower per step; the AR arm's
 162-token windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to
 measure, are in BENCHMARKS.md ("Sudoku").
 """
 from configs import default
 
-ARMS = ("diffusion", "eco", "hrm", "hrm_noact", "hrm_h1", "ar")
+ARMS = ("diffusion", "eco", "hrm", "hrm_noact", "hrm_h1", "hrm_bptt", "ar")
 
 
 def get_config(arm: str = "diffusion"):
@@ -45,7 +45,8 @@ def get_config(arm: str = "diffusion"):
   if base.startswith("hrm"):
     c.model = default.model_config("hrm")
     c.model.update(dict(l_layers=layers // 2, h_layers=layers // 2, h_cycles=1 if base == "hrm_h1" else 2,
-                        l_steps=2, memory_cells=16, memory_content=4, memory_top_k=4, act=base != "hrm_noact"))
+                        l_steps=2, memory_cells=16, memory_content=4, memory_top_k=4, act=base != "hrm_noact",
+                        gradient="last_cycle" if base == "hrm_bptt" else "one_step"))
     mlp = mlp * (264 if gpu else 224) // 352 // 8 * 8
   elif base == "eco":
     c.model = default.model_config("eco_hybrid")

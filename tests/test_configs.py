@@ -24,7 +24,7 @@ BEYOND_MASKING = ("duo", "sedd", "duo_dcd", "embedding")
                                                   ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
                                                  (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),
                                                  (base_110m, ("diffusion", "eco", "hrm"), 32000),
-                                                 (sudoku, ("diffusion", "ar", "eco", "hrm", "hrm_h1"), 14),
+                                                 (sudoku, ("diffusion", "ar", "eco", "hrm", "hrm_h1", "hrm_bptt"), 14),
                                                  (sudoku, ("diffusion_gpu", "ar_gpu", "eco_gpu", "hrm_gpu"), 14),
                                                  (maze, ("diffusion", "ar", "eco", "hrm"), 10),
                                                  (maze, ("diffusion_gpu", "eco_gpu", "hrm_gpu"), 10)],

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from dlm_jax import special_tokens
+from dlm_jax.errors import ConfigError
 from dlm_jax.models import layers
 from dlm_jax.models.hrm import HRMConfig, HRMDenoiser
 from dlm_jax.sampling import sampler as sampler_lib
@@ -30,8 +31,9 @@ def tokens():
   return jnp.where(jax.random.bernoulli(jax.random.key(1), 0.5, x.shape), special_tokens.MASK, x)
 
 
-def test_one_step_gradient_is_autodiff_through_the_final_step_only(tokens):
-  model = build(use_h_module=False, act=False, h_cycles=1)
+@pytest.mark.parametrize("gradient", ["one_step", "last_cycle"])
+def test_one_step_gradient_is_autodiff_through_the_final_step_only_and_last_cycle_through_all(tokens, gradient):
+  model = build(use_h_module=False, act=False, h_cycles=1, gradient=gradient)
   graphdef, state = nnx.split(model)
   loss = lambda logits: jnp.sum(jax.nn.log_softmax(logits)[..., 5])
 
@@ -59,9 +61,26 @@ def test_one_step_gradient_is_autodiff_through_the_final_step_only(tokens):
   # (jitted: one compile per function instead of one per operation)
   grads, reference, full = (jax.jit(jax.grad(f))(state) for f in (model_loss, final_step_only, unrolled))
   np.testing.assert_allclose(jax.jit(model_loss)(state), jax.jit(unrolled)(state), rtol=1e-5)  # same forward value
-  chex.assert_trees_all_close(grads, reference, rtol=1e-5, atol=1e-7)
-  differs = jax.tree.map(lambda a, b: not np.allclose(a, b, rtol=1e-3, atol=1e-6), grads, full)
+  expected, other = (reference, full) if gradient == "one_step" else (full, reference)
+  chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-7)
+  differs = jax.tree.map(lambda a, b: not np.allclose(a, b, rtol=1e-3, atol=1e-6), grads, other)
   assert any(jax.tree.leaves(differs))
+
+
+def test_last_cycle_gradient_changes_only_the_gradient_and_needs_the_static_loop(tokens):
+  """The full model (H-module, memory, ACT): gradient="last_cycle" computes the same logits and a different gradient
+  (the L-blocks now learn through the last cycle's iterations); with the while loop it is refused."""
+  one_step = build(act_g_scale=0.02)
+  graphdef, state = nnx.split(one_step)
+  through = nnx.merge(graphdef, state)
+  through.cfg = dataclasses.replace(one_step.cfg, gradient="last_cycle")
+  loss = lambda m: jnp.sum(jax.nn.log_softmax(m(tokens).logits_BxLxV)[..., 5])
+  chex.assert_trees_all_close(one_step(tokens).logits_BxLxV, through(tokens).logits_BxLxV, rtol=1e-6, atol=1e-6)
+  grad_one, grad_through = (nnx.state(jax.jit(nnx.grad(loss))(m)) for m in (one_step, through))
+  l_blocks = lambda g: jax.tree.leaves(g["l_blocks"])
+  assert any(not np.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(l_blocks(grad_one), l_blocks(grad_through)))
+  with pytest.raises(ConfigError, match="use_while_loop"):
+    HRMConfig(**{**SMALL, "gradient": "last_cycle", "use_while_loop": True})
 
 
 def _identity_l_module(model):
