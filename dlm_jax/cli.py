@@ -67,6 +67,9 @@ def define_sample_flags(default_samples: int = 4):
   flags.DEFINE_string("suffix", "", "Text fixed at the end (infilling between --prompt and --suffix).", **here)
   flags.DEFINE_integer("num_samples", default_samples, "Batch size.", **here)
   flags.DEFINE_integer("length", None, "New tokens to generate (default: fill the model's context).", **here)
+  flags.DEFINE_integer("continue_chunk", 0, "With a --length beyond the context: continue window by window, each "
+                       "further window keeping its last context - C tokens and drawing C new ones (0: refuse).",
+                       **here)
   flags.DEFINE_integer("seed", 0, "Sampling seed.", **here)
   flags.DEFINE_integer("steps", None, "Reverse steps (default: the run's config.sample.steps).", **here)
   flags.DEFINE_enum("method", None, list(sampler_lib.METHODS), "Sampler (default: the run's config): confidence or "

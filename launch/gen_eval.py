@@ -12,6 +12,12 @@ same prompts, it prints one markdown row: judge NLL of the generated tokens (nat
 perplexity), mean unigram entropy of a sample (nats), script error rate (mixed-script words + words off the prompt's
 script, per word; the two parts in brackets) and the seconds one batch took to sample (after compilation). `--json`
 also prints each row as JSON.
+
+Past the context window (`--continue_windows=K --continue_chunk=C`): prompts of context - C tokens continued by K C
+tokens, window by window (launch.sample's --continue_chunk), with the first --steps entry per window; one row per
+window: the judge NLL of the C tokens it drew next to that of the real C tokens at the same place, each judged in the
+context that ends with them, and the drawn chunk's entropy; then the continuation's seconds and network calls
+(dlm_jax/evaluation/generation.continuation).
 """
 import json
 
@@ -37,6 +43,9 @@ flags.DEFINE_string("method", None, "Sampler method (default: the run's config; 
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 cli.define_draw_precision_flag("float64", "float64 (float32 noise flatters the judge NLL and the entropy)")
 cli.define_checkpoint_flags()
+flags.DEFINE_integer("continue_windows", 0, "> 0: judge a continuation past the context window instead, this many "
+                     "windows of --continue_chunk new tokens after a prompt of context - C tokens.")
+flags.DEFINE_integer("continue_chunk", 16, "With --continue_windows: new tokens per window.")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 FLAGS = flags.FLAGS
 
@@ -44,6 +53,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if FLAGS.continue_windows:
+    return continuation_main()
   try:
     run, judge, windows = judged.load_runs_and_windows(
         FLAGS.workdir, FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint, prompt_len=FLAGS.prompt_len,
@@ -70,6 +81,37 @@ def main(argv):
   if FLAGS.json:
     for r in rows:
       print(json.dumps(r))
+
+
+def continuation_main():
+  """--continue_windows: the per-window table of `generation.continuation` (module docstring)."""
+  chunk, num_windows = FLAGS.continue_chunk, FLAGS.continue_windows
+  try:
+    run, judge, windows = judged.load_runs_and_windows(
+        FLAGS.workdir, FLAGS.judge, weights=FLAGS.weights, which=FLAGS.checkpoint, prompt_len=0,
+        num_samples=FLAGS.num_samples, path=FLAGS.path, prompt_scripts=FLAGS.prompt_scripts, continue_chunk=chunk,
+        continue_windows=num_windows)
+    context = run.objective.sample_length(int(run.config.data.seq_len))
+    rows, cost = generation.continuation(run, judge, windows, chunk, int(FLAGS.steps[0]), FLAGS.seed,
+                                         FLAGS.draw_precision)
+  except (ValueError, ConfigError) as e:
+    raise app.UsageError(f"--workdir={FLAGS.workdir} --judge={FLAGS.judge}: {e}") from e
+  print(f"Continuing {run.describe()} past its {context}-token context: {FLAGS.num_samples} prompts of "
+        f"{context - chunk} tokens, {num_windows} windows of {chunk} new tokens, {FLAGS.steps[0]} steps each, "
+        f"{FLAGS.draw_precision} draws; judge {judge.describe()}.")
+  print("| window | new tokens | judge NLL, drawn (nats/token) | judge NLL, real text | entropy (nats) |")
+  print("|---|---|---|---|---|")
+  for r in rows:
+    w = r["window"]
+    print(f"| {w} | {w * chunk}-{(w + 1) * chunk} | {r['judge_nll']:.3f} | {r['real_judge_nll']:.3f} | "
+          f"{r['entropy']:.3f} |")
+  print(f"{cost['windows']} windows in {cost['seconds']:.2f} s after compilation "
+        f"({FLAGS.num_samples * num_windows * chunk / cost['seconds']:.0f} new tokens/s), "
+        f"{cost['network_calls']} network calls.")
+  if FLAGS.json:
+    for r in rows:
+      print(json.dumps(r))
+    print(json.dumps(cost))
 
 
 if __name__ == "__main__":

@@ -21,15 +21,29 @@ def load_judge(judge: str, run, weights: str = "ema", which: str = "latest"):
 
 
 def load_runs_and_windows(workdir: str, judge_dir: str, *, weights: str, which: str, prompt_len: int,
-                          num_samples: int, path: str = "", prompt_scripts: str = "any"):
-  """(run, judge, windows_WxL): both runs loaded for inference, the judge checked against the run (`load_judge`), and `num_samples` windows of the run's validation split (or `path`) whose first
-  `prompt_len` tokens are the prompts. Raises ValueError naming the flag at fault."""
+                          num_samples: int, path: str = "", prompt_scripts: str = "any", continue_chunk: int = 0,
+                          continue_windows: int = 0):
+  """(run, judge, windows_WxL): both runs loaded for inference, the judge checked against the run (`load_judge`), and
+  `num_samples` windows of the run's validation split (or `path`) whose first `prompt_len` tokens are the prompts.
+  With `continue_windows` = K > 0 (text to continue past the context, C = `continue_chunk`): the prompts are context - C
+  tokens (`prompt_len` is not used) and each window holds them and the K C real tokens after them. Raises ValueError
+  naming the flag at fault."""
   run = checkpoint.load_for_inference(workdir, weights=weights, which=which)
   judge = load_judge(judge_dir, run, weights, which)
-  seq_len = int(run.config.data.seq_len)
-  if not 0 <= prompt_len < seq_len:
+  seq_len = window_len = int(run.config.data.seq_len)
+  if continue_windows:
+    context = run.objective.sample_length(seq_len)
+    if not 1 <= continue_chunk < context:
+      raise ValueError(f"--continue_chunk={continue_chunk} must be between 1 and {context - 1} (the run's context is "
+                       f"{context} tokens).")
+    prompt_len = context - continue_chunk
+    window_len = prompt_len + continue_windows * continue_chunk
+  elif not 0 <= prompt_len < seq_len:
     raise ValueError(f"--prompt_len={prompt_len} must be in [0, {seq_len}) (data.seq_len of the run; 0: unprompted "
                      "samples).")
   stream = pipeline.validation_stream(run.config.data, f"{workdir}/data_cache", run.tokenizer, path)
-  windows = generation.select_windows(stream, seq_len, num_samples, prompt_len, run.tokenizer, prompt_scripts)
+  if len(stream) < window_len:
+    raise ValueError(f"The validation text holds {len(stream)} tokens, fewer than one window of {window_len}: use "
+                     "--path with more text" + (", or fewer --continue_windows." if continue_windows else "."))
+  windows = generation.select_windows(stream, window_len, num_samples, prompt_len, run.tokenizer, prompt_scripts)
   return run, judge, windows

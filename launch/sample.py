@@ -1,6 +1,7 @@
 """Sample from a trained run with the jitted reverse sampler.
 
-  python -m launch.sample --workdir=DIR [--prompt=TEXT] [--suffix=TEXT] [--num_samples=N] [--steps=S] [--length=L]
+  python -m launch.sample --workdir=DIR [--prompt=TEXT] [--suffix=TEXT] [--num_samples=N] [--steps=S]
+                          [--length=L [--continue_chunk=C]]
                           [--method=confidence|ancestral] [--confidence=prob|margin|entropy] [--greedy]
                           [--temperature=T] [--top_k=K] [--top_p=P]
                           [--block_length=B] [--threshold=C] [--confidence_stop=C] [--eos_stop]
@@ -9,6 +10,8 @@
                           [--verifier=AR_RUN [--verifier_rounds=K] [--verifier_threshold=P]] [--stream] [--mesh=D,F,T]
 
 `--prompt` is fixed at the start, `--suffix` at the end (infilling); `--length` new tokens are generated between them.
+`--length` beyond the context with `--continue_chunk=C`: block-wise continuation, each further window keeping the
+last context - C tokens fixed and drawing C new ones (dlm_jax/sampling/text.py:continue_past_window has the cost).
 The decoding strategies (semi-autoregressive blocks, Fast-dLLM threshold decoding, the adaptive step budget, variable
 length with EOS, low-confidence and ReMDM remasking, classifier-free guidance, MDLM's cache) are SamplerConfig's, with
 their equations in docs/sampling.md; every flag left out takes the run's config.sample value.
@@ -78,7 +81,8 @@ def main(argv):
   try:
     result = generate(run, num_samples=FLAGS.num_samples, prompt=FLAGS.prompt, suffix=FLAGS.suffix,
                       length=FLAGS.length, seed=FLAGS.seed, overrides=cli.sampler_overrides(FLAGS),
-                      record_trajectory=FLAGS.stream, mesh=mesh, verifier=verifier, verifier_config=verifier_config)
+                      record_trajectory=FLAGS.stream, mesh=mesh, verifier=verifier, verifier_config=verifier_config,
+                      continue_chunk=FLAGS.continue_chunk)
   except ConfigError as e:
     raise app.UsageError(f"{f'--hf={FLAGS.hf}' if FLAGS.hf else f'--workdir={FLAGS.workdir}'}: {e}") from e
   except ValueError as e:

@@ -93,6 +93,33 @@ def test_profile_mode_breaks_down_the_train_step_sampler_and_forward(tmp_path):
   assert max(k["calls"] for k in summaries["sampler call"]["top"]) >= 4
 
 
+def test_gen_eval_judges_a_continuation_past_the_context_window_window_by_window(trained_run, trained_ar_run):
+  """--continue_windows=3 --continue_chunk=8 on a 32-token model: prompts of 24 real tokens, 3 windows of 8 new ones;
+  each window's real-text NLL is the judge's on the real 8 tokens in the 32 that end with them (recomputed here through
+  `generation.quality`, another path), and the drawn text is not the real text."""
+  from dlm_jax.evaluation import generation
+  from launch import judged
+  workdir, _ = trained_run
+  stdout = run("launch.gen_eval", f"--workdir={workdir}", f"--judge={trained_ar_run}", "--num_samples=4",
+               "--continue_windows=3", "--continue_chunk=8", "--steps=4", "--json")
+  *rows, cost = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+  assert [r["window"] for r in rows] == [0, 1, 2] and cost["windows"] == 3
+  assert cost["network_calls"] == 3 * 4  # 4 steps per window, one pass each (no cache, no guidance)
+  assert "past its 32-token context: 4 prompts of 24 tokens, 3 windows of 8 new tokens" in stdout
+  run_, judge, windows_WxT = judged.load_runs_and_windows(str(workdir), str(trained_ar_run), weights="ema",
+                                                          which="latest", prompt_len=0, num_samples=4,
+                                                          continue_chunk=8, continue_windows=3)
+  assert windows_WxT.shape == (4, 24 + 3 * 8)
+  judge_nll = generation.judge_for(run_, judge)
+  for w, r in enumerate(rows):
+    window = windows_WxT[:, 8 * w:8 * w + 32]
+    generated = np.zeros(window.shape, bool)
+    generated[:, 24:] = True
+    real = generation.quality(window, generated, run_.tokenizer, judge_nll, prompt_len=24)["judge_nll"]
+    np.testing.assert_allclose(r["real_judge_nll"], real, rtol=1e-6)
+    assert abs(r["judge_nll"] - r["real_judge_nll"]) > 1e-3 and r["entropy"] > 0
+
+
 def test_gen_eval_cli_judges_samples_with_an_ar_run(trained_run, trained_ar_run):
   workdir, _ = trained_run
   judge = trained_ar_run

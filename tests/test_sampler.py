@@ -155,6 +155,56 @@ def test_prompt_batch_places_prompt_masks_and_suffix_and_names_the_flag_at_fault
     prompt_batch(tok, 1, 8, prompt="a", suffix="b", autoregressive=True)
 
 
+def test_continue_past_window_slides_the_window_over_the_generated_text():
+  """A stand-in sampler that writes, left to right, "the token before + 1" into every masked position: the whole
+  output counts up from the prompt only if every window's fixed prefix is exactly the text before it."""
+  from dlm_jax.sampling import continue_past_window
+  calls = []
+
+  def count_up(rng, tokens_BxL, fixed_BxL):
+    calls.append((np.asarray(jax.random.key_data(rng)).tolist(), tokens_BxL.shape, fixed_BxL.copy()))
+    assert np.all((tokens_BxL == MASK) == ~fixed_BxL)  # the new positions are masked, the rest given
+    x = tokens_BxL.copy()
+    for i in np.flatnonzero(~fixed_BxL[0]):
+      x[:, i] = x[:, i - 1] + 1
+    return sampler_lib.SampleOutput(tokens_BxL=x, reveal_step_BxL=None, confidence_BxL=None, trajectory_SxBxL=None,
+                                    steps_B=np.full((2,), 3), lengths_B=None, network_calls=3)
+
+  prompt_BxP = np.array([[5, 6, 7], [20, 21, 22]], np.int32)
+  out = continue_past_window(count_up, jax.random.key(0), prompt_BxP, length=40, context=16, chunk=5, mask_id=MASK)
+  np.testing.assert_array_equal(out.tokens_BxL, np.array([np.arange(5, 48), np.arange(20, 63)]))
+  # window 0: 3 prompt + 13 new; then ceil((40 - 13) / 5) = 6 windows of 11 kept + 5 new, the last one's surplus cut
+  assert out.windows == len(calls) == 7 and out.network_calls == 21
+  np.testing.assert_array_equal(out.steps_B, [21, 21])
+  assert all(shape == (2, 16) for _, shape, _ in calls)
+  assert [int(f[0].sum()) for _, _, f in calls] == [3] + [11] * 6
+  assert len({str(key) for key, _, _ in calls}) == 7  # each window its own draw
+  with pytest.raises(ValueError, match="--continue_chunk=16 must be between 1 and 15"):
+    continue_past_window(count_up, jax.random.key(0), prompt_BxP, 40, context=16, chunk=16, mask_id=MASK)
+
+
+def test_generate_continues_a_trained_run_past_its_context(trained_run):
+  """launch.sample's library call with --length beyond the context: the prompt kept, every new token a real one, one
+  window per chunk; without --continue_chunk, or with what cannot slide, one error naming the flag."""
+  from dlm_jax.sampling import ContinuedOutput, generate
+  from dlm_jax.training import checkpoint
+  run = checkpoint.load_for_inference(str(trained_run[0]), weights="raw")
+  context = int(run.config.data.seq_len)
+  prompt_ids = run.tokenizer.encode("The ")
+  result = generate(run, num_samples=2, prompt="The ", length=3 * context, continue_chunk=context // 4,
+                    overrides={"steps": 8})
+  tokens_BxL = np.asarray(result.output.tokens_BxL)
+  assert isinstance(result.output, ContinuedOutput) and tokens_BxL.shape == (2, len(prompt_ids) + 3 * context)
+  np.testing.assert_array_equal(tokens_BxL[:, :len(prompt_ids)], np.tile(prompt_ids, (2, 1)))
+  assert not np.isin(tokens_BxL, [MASK]).any()
+  assert result.output.windows == 1 + -(-(3 * context - (context - len(prompt_ids))) // (context // 4))
+  assert f"{result.output.windows} windows of {context} positions" in result.summary()
+  with pytest.raises(ValueError, match="--continue_chunk"):
+    generate(run, num_samples=1, prompt="The ", length=3 * context)
+  with pytest.raises(ConfigError, match="does not combine with --suffix"):
+    generate(run, num_samples=1, prompt="The ", suffix="end", length=3 * context, continue_chunk=8)
+
+
 def test_special_ids_are_never_sampled():
   _, fixed, out = run(sampler_lib.SamplerConfig(steps=4, temperature=5.0))
   generated = np.asarray(out.tokens_BxL)[~np.asarray(fixed)]

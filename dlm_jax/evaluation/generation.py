@@ -16,7 +16,8 @@ The standard measures of MDLM (Sahoo et al. 2024, §4) and Duo (Sahoo et al. 202
   prompt's.
 
 Every figure is reported next to the same figure for the real continuation of the same prompts, so "what does real
-text score" is always on the table (`compare`, behind `python -m launch.gen_eval`).
+text score" is always on the table (`compare`, behind `python -m launch.gen_eval`; `continuation` for generation past
+the context window).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dlm_jax import models
 from dlm_jax.data import pipeline, tokenizers
 from dlm_jax.diffusion import losses
 from dlm_jax.evaluation import script
-from dlm_jax.sampling import make_sampler
+from dlm_jax.sampling import continue_past_window, make_sampler
 
 
 def judge_nll_fn(judge_forward, excluded_ids=()):
@@ -181,3 +182,45 @@ def compare(run, judge, windows_WxL: np.ndarray, prompt_len: int, steps_list, se
     rows.append(dict(steps=int(steps), sample_s=seconds,
                      **quality(out, generated, run.tokenizer, judge_nll, prompt_len)))
   return rows
+
+
+def continuation(run, judge, windows_WxT: np.ndarray, chunk: int, steps: int, seed: int = 0,
+                 draw_precision: str | None = "float64") -> tuple[list[dict], dict]:
+  """Does generation hold up past the context window? Each row of `windows_WxT` is real text of context - C + K C
+  tokens (C = `chunk`): its first context - C tokens prompt a continuation of K C tokens drawn window by window
+  (`sampling.continue_past_window`, `steps` reverse steps per window), so every window, the first included, draws C
+  tokens given the context - C before it -- real text in window 0, more and more of the model's own after it.
+
+  Returns (rows, cost): one row per window w with the judge NLL (nats/token) of the C tokens it drew and of the real
+  C tokens at the same place, each judged in the context-length window that ends with them (the context the model drew
+  them in), and the drawn chunk's unigram entropy; cost = the seconds of the whole continuation after compilation,
+  its network calls and windows."""
+  context = run.objective.sample_length(int(run.config.data.seq_len))
+  keep = context - chunk
+  windows_WxT = np.asarray(windows_WxT, np.int32)
+  num_windows = (windows_WxT.shape[1] - keep) // chunk
+  if num_windows < 1 or not 1 <= chunk < context:
+    raise ValueError(f"--continue_chunk={chunk} must be in [1, {context}) with text of at least context - C + C "
+                     f"tokens per row; got rows of {windows_WxT.shape[1]} tokens.")
+  overrides = {"steps": int(steps), "draw_precision": draw_precision}
+  sample = make_sampler(run.graphdef, run.other, run.sampler_config(**{k: v for k, v in overrides.items() if v}),
+                        run.objective)
+  window_fn = lambda rng, x, fixed: jax.block_until_ready(sample(run.params, rng, jnp.asarray(x), jnp.asarray(fixed)))
+  mask_id, rng, prompts_WxP = run.tokenizer.special.mask, jax.random.key(seed), windows_WxT[:, :keep]
+  continue_past_window(window_fn, rng, prompts_WxP, chunk, context, chunk, mask_id)  # compile
+  start = time.perf_counter()
+  out = continue_past_window(window_fn, rng, prompts_WxP, num_windows * chunk, context, chunk, mask_id)
+  cost = {"seconds": time.perf_counter() - start, "network_calls": out.network_calls, "windows": out.windows}
+  judge_nll = judge_for(run, judge)
+  scored_WxC = np.zeros((len(windows_WxT), context), bool)
+  scored_WxC[:, keep:] = True
+  rows = []
+  for w in range(num_windows):
+    lo, hi = w * chunk, keep + (w + 1) * chunk
+    row = {"window": w}
+    for name, tokens_WxT in (("judge_nll", out.tokens_BxL), ("real_judge_nll", windows_WxT)):
+      nll_sum, count = judge_nll(jnp.asarray(tokens_WxT[:, lo:hi]), jnp.asarray(scored_WxC))
+      row[name] = float(np.sum(nll_sum) / max(float(np.sum(count)), 1.0))
+    row["entropy"] = float(np.mean(unigram_entropy(out.tokens_BxL[:, lo:hi], scored_WxC)))
+    rows.append(row)
+  return rows, cost

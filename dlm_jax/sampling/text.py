@@ -20,15 +20,20 @@ class TextSamples:
   output: sampler_lib.SampleOutput
 
 
+def encode_prompt(tokenizer, prompt: str = "", prompt_ids=None) -> np.ndarray:
+  """The prompt's token ids: `prompt_ids` when given (e.g. a chat prompt as data/chat.py frames it), else `prompt`
+  encoded (empty: no tokens)."""
+  if prompt_ids is not None:
+    return np.asarray(prompt_ids, np.int32)
+  return tokenizer.encode(prompt, source="--prompt") if prompt else np.zeros((0,), np.int32)
+
+
 def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None = None, prompt: str = "",
                  suffix: str = "", autoregressive: bool = False, prompt_ids=None):
   """(tokens_BxL, fixed_BxL) for `num_samples` rows of: the prompt's tokens (`prompt_ids` when given: e.g. a chat
   prompt as data/chat.py frames it), `length` new positions (default: fill the context of `max_len` tokens), the
   suffix's tokens (infilling). Raises ValueError naming the flag at fault."""
-  if prompt_ids is not None:
-    prompt_ids = np.asarray(prompt_ids, np.int32)
-  else:
-    prompt_ids = tokenizer.encode(prompt, source="--prompt") if prompt else np.zeros((0,), np.int32)
+  prompt_ids = encode_prompt(tokenizer, prompt, prompt_ids)
   suffix_ids = tokenizer.encode(suffix, source="--suffix") if suffix else np.zeros((0,), np.int32)
   if autoregressive and len(suffix_ids):
     raise ValueError("--suffix (infilling) needs a diffusion model; this run is the causal control arm.")
@@ -43,7 +48,9 @@ def prompt_batch(tokenizer, num_samples: int, max_len: int, length: int | None =
   length = room if length is None else length
   if not 1 <= length <= room:
     raise ValueError(f"--length={length} must be between 1 and {room}: the model's context is {max_len} tokens "
-                     f"(data.seq_len of the run) and --prompt and --suffix take {fixed_len}.")
+                     f"(data.seq_len of the run) and --prompt and --suffix take {fixed_len}"
+                     + ("" if len(suffix_ids) else "; or set --continue_chunk=C to go on past the context window, C "
+                        "new tokens per further window") + ".")
   row = np.concatenate([prompt_ids, np.full((length,), tokenizer.special.mask, np.int32), suffix_ids])
   fixed_row = np.concatenate([np.ones(len(prompt_ids), bool), np.zeros(length, bool), np.ones(len(suffix_ids), bool)])
   return np.tile(row, (num_samples, 1)).astype(np.int32), np.tile(fixed_row, (num_samples, 1))
@@ -68,6 +75,63 @@ def make_text_sampler(graphdef, other, tokenizer, cfg: sampler_lib.SamplerConfig
 
 
 @dataclasses.dataclass
+class ContinuedOutput:
+  """A generation longer than the context window (`continue_past_window`): the prompt and every new token, the
+  reverse steps and network calls summed over the windows, and the window layout."""
+  tokens_BxL: np.ndarray
+  steps_B: np.ndarray | None
+  network_calls: int | None
+  windows: int
+  context: int
+  chunk: int
+
+
+def continue_past_window(sample_window, rng, prompt_BxP, length: int, context: int, chunk: int,
+                         mask_id: int) -> ContinuedOutput:
+  """`length` new tokens after the prompt, more than one context window holds, by block-wise continuation:
+
+    window 0:       the prompt (fixed) and context - P new positions;
+    window w >= 1:  the last context - C tokens generated so far (fixed) and C = `chunk` new positions,
+
+  until `length` new tokens exist (the last window's surplus is dropped). The window slides over the generated text:
+  each new chunk is drawn given the context - C tokens before it, as a masked model's prompt (or a causal model's).
+  `sample_window(rng, tokens_BxL, fixed_BxL) -> SampleOutput` is one jitted sampler call of shape [B, context], the
+  same for every window (one compilation); window w draws with fold_in(rng, w).
+
+  Cost: 1 + ceil((length - (context - P)) / C) windows of the sampler's S steps each. A window's fixed prefix is
+  recomputed once per window with cache="prefix" (Fast-dLLM's prefix cache: one prefill of the whole window per
+  decoded block, then steps over the block alone), at every step with cache="none": context / C times the network
+  work per new token of one window, the price of sliding (the cached keys of the previous window cannot be reused,
+  their positions move by C)."""
+  prompt_BxP = np.asarray(prompt_BxP, np.int32)
+  batch, p = prompt_BxP.shape
+  if not 1 <= chunk < context:
+    raise ValueError(f"--continue_chunk={chunk} must be between 1 and {context - 1}: each further window of the "
+                     f"model's {context}-token context keeps context - C tokens of what came before and draws C new "
+                     "ones.")
+  if p >= context:
+    raise ValueError(f"--prompt takes {p} tokens, the whole {context}-token context: shorten it.")
+  keep = context - chunk
+  tokens_BxL = np.concatenate([prompt_BxP, np.full((batch, context - p), mask_id, np.int32)], axis=1)
+  fixed_BxL = np.zeros((batch, context), bool)
+  fixed_BxL[:, :p] = True
+  sequence_BxT, steps_B, calls, window = prompt_BxP, None, None, 0
+  while sequence_BxT.shape[1] - p < length:
+    out = sample_window(jax.random.fold_in(rng, window), tokens_BxL, fixed_BxL)
+    new_BxN = np.asarray(out.tokens_BxL)[:, p if window == 0 else keep:]
+    sequence_BxT = np.concatenate([sequence_BxT, new_BxN], axis=1)
+    if getattr(out, "steps_B", None) is not None:
+      steps_B = np.asarray(out.steps_B) + (0 if steps_B is None else steps_B)
+    if getattr(out, "network_calls", None) is not None:
+      calls = int(out.network_calls) + (calls or 0)
+    window += 1
+    tokens_BxL = np.concatenate([sequence_BxT[:, -keep:], np.full((batch, chunk), mask_id, np.int32)], axis=1)
+    fixed_BxL = np.zeros((batch, context), bool)
+    fixed_BxL[:, :keep] = True
+  return ContinuedOutput(sequence_BxT[:, :p + length], steps_B, calls, window, context, chunk)
+
+
+@dataclasses.dataclass
 class Generation:
   """What `generate` returns: the decoded texts, the sampler's output (a SampleOutput, or the verifier's
   VerifiedOutput), the rows' fixed positions, the settings it ran with and its seconds (compilation included)."""
@@ -86,6 +150,8 @@ class Generation:
       parts.append(f"steps per sample {np.asarray(out.steps_B).tolist()}")
     if getattr(out, "network_calls", None) is not None:
       parts.append(f"network calls {int(out.network_calls)}")
+    if isinstance(out, ContinuedOutput):
+      parts.append(f"{out.windows} windows of {out.context} positions, {out.chunk} new per window after the first")
     if getattr(out, "rejected_RxB", None) is not None:
       parts.append(f"verifier rejected per round {[int(r.sum()) for r in np.asarray(out.rejected_RxB)]}")
     if self.cfg.eos_stop:
@@ -97,18 +163,29 @@ class Generation:
 
 def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", length: int | None = None, seed: int = 0,
              overrides: dict | None = None, record_trajectory: bool = False, mesh=None, verifier=None,
-             verifier_config: hybrid.VerifierConfig | None = None, prompt_ids=None) -> Generation:
+             verifier_config: hybrid.VerifierConfig | None = None, prompt_ids=None,
+             continue_chunk: int = 0) -> Generation:
   """`num_samples` generations of a trained `run` (a training.checkpoint.LoadedRun): `prompt` fixed at the start,
   `suffix` at the end, `length` new tokens between them (default: fill one generation's context), with the run's
   config.sample settings and `overrides` (SamplerConfig fields). With `mesh` (training/sharding.MeshContext) the rows
   are laid over its devices; with `verifier` (a causal LoadedRun) the draft is checked and repaired by the hybrid
-  AR-verifier decoder (hybrid.py). Raises ValueError (ConfigError) naming the flag or field at fault."""
+  AR-verifier decoder (hybrid.py). `continue_chunk` = C > 0 with a `length` longer than the context holds: block-wise
+  continuation past the window, C new tokens per further window (`continue_past_window`). Raises ValueError
+  (ConfigError) naming the flag or field at fault."""
   objective = run.objective
   autoregressive = objective.is_autoregressive
-  tokens, fixed = prompt_batch(run.tokenizer, num_samples, objective.sample_length(int(run.config.data.seq_len)),
-                               length, prompt, suffix, autoregressive, prompt_ids)
+  context = objective.sample_length(int(run.config.data.seq_len))
   cfg = run.sampler_config(**(overrides or {}), record_trajectory=record_trajectory)
   family = sampler_lib.family_of(cfg, objective)
+  prompt_len = len(encode_prompt(run.tokenizer, prompt, prompt_ids))
+  if continue_chunk and length is not None and prompt_len + length > context:
+    return _generate_past_window(run, cfg, num_samples=num_samples, prompt=prompt, prompt_ids=prompt_ids,
+                                 length=length, chunk=continue_chunk, seed=seed, context=context,
+                                 incompatible={"--suffix": bool(suffix), "--stream": record_trajectory,
+                                               "--mesh": mesh is not None, "--verifier": verifier is not None,
+                                               "--eos_stop (a sample ends at its first EOS)": cfg.eos_stop})
+  tokens, fixed = prompt_batch(run.tokenizer, num_samples, context, length, prompt, suffix, autoregressive,
+                               prompt_ids)
   if mesh is not None and family not in sampler_lib.SAMPLERS.builtin():
     raise ConfigError(f"A {objective.name!r} run samples with the {family!r} sampler, on one device: drop --mesh.")
   rng = jax.random.key(seed)
@@ -129,3 +206,23 @@ def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", lengt
     samples = sample_texts(run.params, rng, tokens, fixed)
     texts, output = samples.texts, samples.output
   return Generation(texts, output, np.asarray(fixed), cfg, time.perf_counter() - start)
+
+
+def _generate_past_window(run, cfg, *, num_samples, prompt, prompt_ids, length, chunk, seed, context,
+                          incompatible) -> Generation:
+  """`generate` past the context window (`continue_past_window`), after refusing what cannot slide."""
+  refused = [flag for flag, on in incompatible.items() if on]
+  if refused:
+    raise ConfigError(f"--continue_chunk continues a generation window by window; it does not combine with "
+                      f"{', '.join(refused)}: drop one of them.")
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples}: ask for at least 1 sample.")
+  prompt_BxP = np.tile(encode_prompt(run.tokenizer, prompt, prompt_ids), (num_samples, 1)).astype(np.int32)
+  sample_window = sampler_lib.make_sampler(run.graphdef, run.other, cfg, run.objective)
+  start = time.perf_counter()
+  output = continue_past_window(lambda rng, x, fixed: sample_window(run.params, rng, x, fixed), jax.random.key(seed),
+                                prompt_BxP, length, context, chunk, cfg.special.mask)
+  fixed_BxL = np.zeros(output.tokens_BxL.shape, bool)
+  fixed_BxL[:, :prompt_BxP.shape[1]] = True
+  texts = [run.tokenizer.decode(row) for row in output.tokens_BxL]
+  return Generation(texts, output, fixed_BxL, cfg, time.perf_counter() - start)
