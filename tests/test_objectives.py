@@ -153,3 +153,44 @@ def test_duo_curriculum_feeds_soft_tokens_at_the_annealed_temperature_then_hard_
     assert float(np.min(np.max(inputs, -1))) < 0.99  # soft: some position is not (nearly) one-hot
   z, inputs, _, _ = duo.training_inputs(rng, x0, t, None, 10)
   np.testing.assert_array_equal(inputs, jax.nn.one_hot(z_ref, VOCAB))
+
+
+def test_duo_symmetric_kl_loss_is_seed_002s_weighted_symmetric_kl_and_logs_the_nelbo_beside_it():
+  """diffusion.duo_loss="symmetric_kl": per position (1 - a) / (K a + 1 - a) [KL(q || p) + KL(p || q)] with q the
+  one-hot smoothed by eps over the K states, averaged over positions (recomputed here in float64 from its definition);
+  zero where the prediction is the smoothed target; the NELBO of the same batch still logged as nll_per_token."""
+  eps = 1e-3
+  base = {"data.seq_len": 8, "diffusion.objective": "duo", "diffusion.curriculum_steps": 0}
+  duo = objectives.from_config(tiny_config(**base, **{"diffusion.duo_loss": "symmetric_kl",
+                                                      "diffusion.symkl_smoothing": eps}), VOCAB)
+  nelbo_duo = objectives.from_config(tiny_config(**base), VOCAB)
+  logits = jax.random.normal(jax.random.key(0), (2, 8, VOCAB)) * 2.0
+  x0 = jnp.asarray(markov_rows(2, 8))
+  t = jnp.asarray([0.3, 0.9])
+  got = np.asarray(duo.symmetric_kl(logits, x0, t))
+  states = np.flatnonzero(duo.states_V)  # the 3 chain tokens and EOS: K = 4
+  k = len(states)
+  logits64 = np.asarray(logits, np.float64)[..., states]
+  p = np.exp(logits64 - logits64.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  q = np.full(p.shape, eps / k)
+  q[np.arange(2)[:, None], np.arange(8)[None], np.searchsorted(states, np.asarray(x0))] += 1 - eps
+  alpha = np.asarray(duo.schedule.alpha(t), np.float64)
+  want = ((1 - alpha) / (k * alpha + 1 - alpha))[:, None] * np.sum(q * np.log(q / p) + p * np.log(p / q), -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # The weight's limits: 1 at pure noise (alpha(1) = 0: the unweighted symmetric KL), 0 at t = 0 (alpha = 1).
+  sym_kl = np.sum(q * np.log(q / p) + p * np.log(p / q), -1)
+  np.testing.assert_allclose(duo.symmetric_kl(logits, x0, jnp.asarray([1.0, 1.0])), sym_kl, rtol=1e-5)
+  np.testing.assert_allclose(duo.symmetric_kl(logits, x0, jnp.asarray([0.0, 0.0])), 0.0, atol=1e-7)
+  target_logits = jnp.full((2, 8, VOCAB), -30.0).at[..., states].set(jnp.log(jnp.asarray(q, jnp.float32)))
+  np.testing.assert_allclose(duo.symmetric_kl(target_logits, x0, t), 0.0, atol=1e-6)
+
+  def denoise(x, t_B, *_):
+    return models.DenoiserOutput(logits_BxLxV=logits)
+
+  (loss, metrics), (nelbo_loss, nelbo_metrics) = (o(denoise, x0, jax.random.key(5)) for o in (duo, nelbo_duo))
+  np.testing.assert_allclose(metrics["nll_per_token"], nelbo_metrics["nll_per_token"], rtol=1e-6)
+  np.testing.assert_allclose(loss, metrics["symmetric_kl"], rtol=1e-6)
+  assert abs(float(loss) - float(nelbo_loss)) > 1e-3
+  with pytest.raises(ConfigError, match="duo_loss"):
+    objectives.from_config(tiny_config(**base, **{"diffusion.duo_loss": "kl"}), VOCAB)

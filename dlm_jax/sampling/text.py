@@ -98,11 +98,12 @@ def continue_past_window(sample_window, rng, prompt_BxP, length: int, context: i
   `sample_window(rng, tokens_BxL, fixed_BxL) -> SampleOutput` is one jitted sampler call of shape [B, context], the
   same for every window (one compilation); window w draws with fold_in(rng, w).
 
-  Cost: 1 + ceil((length - (context - P)) / C) windows of the sampler's S steps each. A window's fixed prefix is
-  recomputed once per window with cache="prefix" (Fast-dLLM's prefix cache: one prefill of the whole window per
-  decoded block, then steps over the block alone), at every step with cache="none": context / C times the network
-  work per new token of one window, the price of sliding (the cached keys of the previous window cannot be reused,
-  their positions move by C)."""
+  Cost: 1 + ceil((length - (context - P)) / C) windows of the sampler's S steps each, so S / C network passes over
+  the context per new token: what one window costs at the same tokens per step (cache="none" passes over the whole
+  window at every step, in one window as in many). What sliding adds is with cache="prefix" (Fast-dLLM's prefix cache:
+  one prefill of the window per decoded block, then steps over the block alone): the kept context - C tokens are
+  encoded afresh in every window, one prefill per C new tokens, because the previous window's cached keys sit at
+  positions that have moved by C."""
   prompt_BxP = np.asarray(prompt_BxP, np.int32)
   batch, p = prompt_BxP.shape
   if not 1 <= chunk < context:
