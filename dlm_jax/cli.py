@@ -95,6 +95,8 @@ def define_sample_flags(default_samples: int = 4):
                      **here)
   flags.DEFINE_float("confidence_stop", None, "Reveal the rest of a block once all its confidences reach this (0: "
                      "off).", **here)
+  flags.DEFINE_float("token_stop", None, "Per-token step budget: reveal each token once its confidence reaches this, "
+                     "final from then on (0: off).", **here)
   flags.DEFINE_bool("eos_stop", None, "Variable length: nothing after the first generated EOS is kept.", **here)
   flags.DEFINE_enum("remasking", None, list(sampler_lib.REMASKING), "Remasking policy (ReMDM needs "
                     "--method=ancestral).", **here)

@@ -17,6 +17,8 @@ Seed 001's §10 sweeps, one command each:
   python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence --steps=8,12,16
   python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence_stop --steps=16 \\
       --confidence_stops=0.95,0.98,0.99
+  python -m launch.sampler_suite --workdir=R --judge=J --strategies=confidence,confidence_stop,token_stop \\
+      --steps=48 --confidence_stops=0.5,0.9     # §9.1's budget per block and per token
 """
 import datetime
 import json
@@ -36,7 +38,8 @@ flags.DEFINE_string("workdir", None, "Diffusion run to sample from.", required=T
 flags.DEFINE_string("judge", None, "Causal (AR) run trained on the same data with the same tokenizer.", required=True)
 flags.DEFINE_list("strategies", ["confidence", "margin", "entropy", "ancestral", "ancestral_cache", "blocks",
                                  "blocks_dual_cache", "blocks_prefix_cache", "threshold", "threshold_blocks_dual_cache",
-                                 "confidence_stop", "low_confidence_remasking", "remdm_cap", "remdm_loop", "guidance"],
+                                 "confidence_stop", "token_stop", "low_confidence_remasking", "remdm_cap",
+                                 "remdm_loop", "guidance"],
                   "Strategies to run (dlm_jax/evaluation/sampling_suite.strategies; 'verifier' needs "
                   "--verifier_rounds > 0).")
 flags.DEFINE_list("steps", ["16", "64"], "Reverse-step counts.")
@@ -44,7 +47,8 @@ flags.DEFINE_integer("num_samples", 64, "Prompts (validation windows), sampled a
 flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per window (0: unprompted samples).")
 flags.DEFINE_integer("block_length", 32, "Block length of the block strategies.")
 flags.DEFINE_float("threshold", 0.9, "Confidence threshold of the threshold strategies.")
-flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the confidence_stop strategy.")
+flags.DEFINE_list("confidence_stops", ["0.95", "0.98", "0.99"], "Values of the confidence_stop and token_stop "
+                  "strategies.")
 flags.DEFINE_float("remask_eta", 0.02, "eta of the remasking strategies.")
 flags.DEFINE_float("guidance_scale", 1.0, "w of the guidance strategy (classifier-free guidance against the prompt).")
 flags.DEFINE_integer("verifier_rounds", 0, "> 0: add the 'verifier' strategy with --judge as verifier.")

@@ -313,6 +313,7 @@ STRATEGIES = {
     "threshold": sampler_lib.SamplerConfig(steps=8, threshold=0.5),
     "threshold_blocks": sampler_lib.SamplerConfig(steps=8, threshold=0.3, block_length=6),
     "confidence_stop": sampler_lib.SamplerConfig(steps=8, confidence_stop=0.6),
+    "token_stop": sampler_lib.SamplerConfig(steps=8, token_stop=0.6),
     "low_confidence_remasking": sampler_lib.SamplerConfig(steps=8, remasking="low_confidence", remask_eta=0.5),
     "remdm_cap": sampler_lib.SamplerConfig(steps=12, method="ancestral", remasking="remdm_cap", remask_eta=0.5),
     "remdm_loop": sampler_lib.SamplerConfig(steps=12, method="ancestral", remasking="remdm_loop", remask_eta=0.1),
@@ -322,7 +323,8 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("name", ["confidence_stop", "eos_stop", "guidance"])  # the rest: the registry test below
+@pytest.mark.parametrize("name", ["confidence_stop", "token_stop", "eos_stop", "guidance"])  # the rest: the registry
+# test below
 def test_every_strategy_keeps_fixed_tokens_and_leaves_no_mask(name):
   cfg = dataclasses.replace(STRATEGIES[name], record_trajectory=True)
   tokens, fixed, out = run_with(cfg, toy_denoiser())
@@ -394,6 +396,44 @@ def test_confidence_stop_spends_only_the_steps_it_needs():
   _, _, unsure = run_with(cfg, confident_denoiser(scale=0.01))  # nearly uniform: never sure, the full budget
   np.testing.assert_array_equal(unsure.steps_B, 8)
   np.testing.assert_array_equal(unsure.network_calls, 8)
+
+
+def half_sure_denoiser():
+  """toy_denoiser's logits x 100 (sure, confidence ~1) at even positions and x 0.01 (unsure, ~1/V) at odd ones."""
+  base = toy_denoiser()
+  scale_1xLx1 = jnp.where(jnp.arange(L) % 2 == 0, 100.0, 0.01)[None, :, None]
+  return lambda x_BxL, t_B: scale_1xLx1 * base(x_BxL, t_B)
+
+
+def test_token_stop_reveals_each_sure_token_at_once_and_never_remasks_it():
+  """Per-token budget (seed 001 §9.1): every sure position is revealed at step 0 and never revised, the unsure ones
+  take the schedule's steps; without it the schedule spreads the sure ones over steps, and confidence_stop (the
+  per-block budget) never fires because half the block stays unsure."""
+  sure_BxL = np.broadcast_to(np.arange(L) % 2 == 0, (B, L))
+  runs = {name: run_with(dataclasses.replace(cfg, record_trajectory=True), half_sure_denoiser())
+          for name, cfg in (("token_stop", sampler_lib.SamplerConfig(steps=8, token_stop=0.9)),
+                            ("block_stop", sampler_lib.SamplerConfig(steps=8, confidence_stop=0.9)),
+                            ("plain", sampler_lib.SamplerConfig(steps=8)))}
+  _, fixed, out = runs["token_stop"]
+  reveal_step = np.asarray(out.reveal_step_BxL)
+  generated = ~fixed
+  np.testing.assert_array_equal(reveal_step[generated & sure_BxL], 0)
+  assert reveal_step[generated & ~sure_BxL].max() == 7  # the unsure ones: the schedule, to its last step
+  for name in ("block_stop", "plain"):
+    other = np.asarray(runs[name][2].reveal_step_BxL)
+    assert other[generated & sure_BxL].max() > 0, name
+    assert np.mean(reveal_step[generated] + 1) < np.mean(other[generated] + 1), name
+  # With low-confidence remasking a sure token, revealed with confidence >= token_stop, is final; the unsure ones
+  # are still revised.
+  cfg = sampler_lib.SamplerConfig(steps=8, token_stop=0.9, remasking="low_confidence", remask_eta=0.5,
+                                  remask_t_off=0.0, record_trajectory=True)
+  _, fixed, out = run_with(cfg, half_sure_denoiser())
+  traj = np.asarray(out.trajectory_SxBxL)
+  remasked_SxBxL = (traj[1:] == MASK) & (traj[:-1] != MASK)
+  assert not remasked_SxBxL[:, sure_BxL & ~fixed].any()
+  assert remasked_SxBxL[:, ~sure_BxL & ~fixed].any()
+  with pytest.raises(ConfigError, match="token_stop rank by confidence"):
+    sampler_lib.SamplerConfig(steps=8, token_stop=0.9, method="ancestral")
 
 
 @pytest.mark.parametrize("name", ["low_confidence_remasking", "remdm_cap", "remdm_loop"])

@@ -10,13 +10,15 @@ completed by one jitted sampler call, compiled first and then timed, and scored:
 * the script error rate (mixed-script words + words off the prompt's script), which only means something for
   Hindi/Hinglish runs;
 * tokens/s (generated tokens of the batch / wall seconds of the call), wall seconds per batch, and network calls
-  (denoiser forward passes, the batch's: every sample rides every call) and mean steps per sample;
+  (denoiser forward passes, the batch's: every sample rides every call), mean steps per sample and mean steps per
+  generated token (its last reveal step + 1: what a per-token budget, `token_stop`, saves);
 * for a strategy with a cache, its agreement with the same strategy without it: the fraction of generated tokens that
   greedy decoding (argmax candidates, so that the two runs draw no different random numbers) puts in the same place
   with and without the cache. 1 for MDLM's exact cache; below 1 measures what Fast-dLLM's approximate KV caches cost.
 
-A strategy is a name and its SamplerConfig overrides (`STRATEGIES`); "confidence_stop" expands over the given
-thresholds. Every row states the sampler settings it ran with. The real continuations of the prompts come first.
+A strategy is a name and its SamplerConfig overrides (`STRATEGIES`); "confidence_stop" and "token_stop" (the same
+budget per block and per token) expand over the given thresholds. Every row states the sampler settings it ran
+with. The real continuations of the prompts come first.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ def strategies(block_length: int, threshold: float, remask_eta: float, guidance_
       "threshold": {"threshold": threshold},
       "threshold_blocks_dual_cache": {"threshold": threshold, "block_length": block_length, "cache": "dual"},
       "confidence_stop": {},  # expanded over the confidence_stop values
+      "token_stop": {},  # expanded over the same values
       "low_confidence_remasking": {"remasking": "low_confidence", "remask_eta": remask_eta},
       "remdm_cap": {"method": "ancestral", "remasking": "remdm_cap", "remask_eta": remask_eta},
       "remdm_loop": {"method": "ancestral", "remasking": "remdm_loop", "remask_eta": remask_eta},
@@ -119,7 +122,7 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
   new_tokens = int(generated.sum())
   for name in names:
     for steps in steps_list:
-      variants = ([{"confidence_stop": c} for c in confidence_stops] if name == "confidence_stop"
+      variants = ([{name: c} for c in confidence_stops] if name in ("confidence_stop", "token_stop")
                   else [presets.get(name, {})])
       for overrides in variants:
         cfg = run.sampler_config(steps=int(steps), draw_precision=draw_precision, **overrides)
@@ -127,11 +130,12 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
           vcfg = hybrid.VerifierConfig(rounds=verifier_rounds, steps=max(int(steps) // 4, 1))
           fn = hybrid.make_verified_sampler(run.graphdef, run.other, judge.graphdef, judge.other, cfg, vcfg)
           out, seconds = _timed(fn, run.params, judge.params, jax.random.key(seed), tokens_j, fixed_j)
-          steps_mean = float("nan")
+          steps_mean = steps_per_token = float("nan")
         else:
           fn = make_sampler(run.graphdef, run.other, cfg)
           out, seconds = _timed(fn, run.params, jax.random.key(seed), tokens_j, fixed_j)
           steps_mean = float(np.mean(np.asarray(out.steps_B)))
+          steps_per_token = float(np.mean(np.asarray(out.reveal_step_BxL)[generated] + 1))
         agreement = None
         if overrides.get("cache", "none") != "none":
           greedy = lambda cache: np.asarray(make_sampler(run.graphdef, run.other, run.sampler_config(
@@ -143,20 +147,22 @@ def run_suite(run, judge, windows_WxL: np.ndarray, prompt_len: int, names, steps
           settings = f"rounds={verifier_rounds}, redraw steps={vcfg.steps}"
         add(dict(strategy=name, steps=int(steps), settings=settings, tokens_per_s=new_tokens / seconds,
                  batch_s=seconds, network_calls=int(out.network_calls), steps_mean=steps_mean,
+                 steps_per_token=steps_per_token,
                  cache_agreement=agreement,
                  **score(np.asarray(out.tokens_BxL), generated, run.tokenizer, judge_nll, prompt_len)))
   return rows
 
 
-HEADER = ("| strategy | settings | steps | steps used (mean) | network calls | judge NLL | entropy | distinct-2 | "
-          "distinct-3 | script errors | tokens/s | batch s | greedy agreement with no cache |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+HEADER = ("| strategy | settings | steps | steps used (mean) | steps per token | network calls | judge NLL | entropy | "
+          "distinct-2 | distinct-3 | script errors | tokens/s | batch s | greedy agreement with no cache |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def markdown_rows(rows) -> str:
   fmt = lambda value, spec: "n/a" if value is None or value != value else format(value, spec)
   return "".join(
       f"| {r['strategy']} | {r['settings']} | {r['steps']} | {fmt(r.get('steps_mean'), '.1f')} | "
+      f"{fmt(r.get('steps_per_token'), '.1f')} | "
       f"{r.get('network_calls', 'n/a')} | {r['judge_nll']:.3f} | {r['entropy']:.3f} | {fmt(r['distinct_2'], '.3f')} | "
       f"{fmt(r['distinct_3'], '.3f')} | {r['script_error_rate']:.2%} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
       f"{fmt(r.get('batch_s'), '.3f')} | {fmt(r.get('cache_agreement'), '.1%')} |\n" for r in rows)

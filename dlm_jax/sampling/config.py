@@ -23,8 +23,8 @@ REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
 PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min", "log_snr_shape")  # the objective's (process_fields)
-STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "eos_stop", "remasking", "remask_eta", "remask_t_on",
-                   "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
+STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "token_stop", "eos_stop", "remasking", "remask_eta",
+                   "remask_t_on", "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,9 @@ class SamplerConfig:
   block_length: int = 0  # semi-autoregressive blocks of this many generated positions; 0: one block
   threshold: float = 0.0  # Fast-dLLM: reveal every masked position with confidence > threshold (>= 1 a step); 0: off
   confidence_stop: float = 0.0  # seed 001 §9.1: reveal the rest of a block once all its confidences reach it; 0: off
+  # seed 001 §9.1 per token: a masked position is revealed as soon as its confidence reaches it (besides the schedule's
+  # reveals), and is then final (never remasked); 0: off
+  token_stop: float = 0.0
   eos_stop: bool = False  # variable length: nothing after the first generated EOS is revealed or counted
   remasking: str = "none"  # "none", "low_confidence" (confidence method), "remdm_cap" or "remdm_loop" (ancestral)
   remask_eta: float = 0.02  # ReMDM's eta (remask probability cap / loop rate); low_confidence: fraction per step

@@ -42,6 +42,7 @@ class _LoopState:
   block_step_B: jax.Array  # steps spent in it
   steps_B: jax.Array
   calls: jax.Array  # scalar int32 forward passes
+  final_BxL: jax.Array  # token_stop: positions revealed with confidence >= token_stop, never remasked
   network_state: object  # the step network's (caches)
   trajectory: object  # [max_steps + 1, B, L] with record_trajectory
 
@@ -59,7 +60,7 @@ def step_view(st: _LoopState, blocks: Blocks, reveal, steps: int, eos_stop: bool
   blocks_B = jnp.maximum(blocks.num_blocks_B, 1)
   budget_B = jnp.maximum(((st.block_B + 1) * steps) // blocks_B - (st.block_B * steps) // blocks_B, 1)
   last_B = st.block_step_B + 1 >= budget_B
-  revised_BxL = open_blk_BxL & ~masked_BxL
+  revised_BxL = open_blk_BxL & ~masked_BxL & ~st.final_BxL
   if eos_stop:
     revised_BxL = revised_BxL & (x_BxL != special.eos)
   view = StepView(step=st.step, x_BxL=x_BxL, masked_BxL=masked_BxL, live_B=live_B, block_B=st.block_B,
@@ -112,6 +113,9 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
     score_BxL = net.confidence_BxL if step_priority_BxL is None else net.confidence_BxL + step_priority_BxL
     reveal_BxL, remask_BxL, score_BxL = reveal(view, score_BxL, net.confidence_BxL, remask, reveal_key)
     new_x_BxL = jnp.where(reveal_BxL, net.cand_BxL, view.x_BxL)
+    final_BxL = st.final_BxL
+    if cfg.token_stop:
+      final_BxL = final_BxL | (reveal_BxL & (net.confidence_BxL >= cfg.token_stop))
     reveal_step_BxL = jnp.where(reveal_BxL, st.step, st.reveal_step_BxL)
     conf_BxL = jnp.where(reveal_BxL, score_BxL, st.conf_BxL)
     if remask.remasks:
@@ -141,7 +145,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
                       model_carry=net.model_carry, block_B=jnp.where(live_B, block_B, st.block_B),
                       block_step_B=jnp.where(live_B, block_step_B, st.block_step_B),
                       steps_B=st.steps_B + live_B.astype(jnp.int32), calls=st.calls + net.passes,
-                      network_state=net.state, trajectory=trajectory)
+                      final_BxL=final_BxL, network_state=net.state, trajectory=trajectory)
 
   trajectory = None
   if cfg.record_trajectory:
@@ -151,6 +155,7 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
                     conf_BxL=jnp.zeros(x_BxL.shape, jnp.float32), key=rng, model_carry=init_carry,
                     block_B=blocks.first_masked(x_BxL, mask_id), block_step_B=jnp.zeros((batch,), jnp.int32),
                     steps_B=jnp.zeros((batch,), jnp.int32), calls=jnp.int32(0),
+                    final_BxL=jnp.zeros(x_BxL.shape, bool),
                     network_state=network.init_state(x_BxL, init_carry, blocks), trajectory=trajectory)
   st = jax.lax.while_loop(lambda st: (st.step < max_steps) & jnp.any(st.block_B < blocks.num_blocks_B), body, init)
   x_BxL, model_carry = st.x_BxL, st.model_carry

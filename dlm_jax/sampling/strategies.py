@@ -242,25 +242,33 @@ class ConfidenceReveal:
 
   `reveal_noise` = tau > 0 ranks by log(confidence) + tau (1 - (i+1)/n) g, g ~ Gumbel (MaskGIT's "choice
   temperature", Chang et al. 2022): early steps reveal a noisy top-k instead of always the most predictable symbol.
-  `confidence_stop` = c > 0 (the adaptive per-token step budget): once every masked position of the block has
-  confidence >= c, the block is revealed at once and its remaining steps are not spent. A ranked `Remask` masks m
+  `confidence_stop` = c > 0 (the adaptive step budget of a block): once every masked position of the block has
+  confidence >= c, the block is revealed at once and its remaining steps are not spent. `token_stop` = c > 0 (the
+  same budget per token, seed 001 §9.1): every masked position whose confidence reaches c is revealed at this step
+  besides the k of the schedule, and is final from then on (the loop's `final_BxL`: no remask touches it), so easy
+  positions stop after the steps they need, hard ones take the schedule's, and a block whose positions are all
+  revealed ends early; the steps a position used are its reveal step + 1 (`SampleOutput.reveal_step_BxL`). (With
+  the schedule's floor of 1 instead of k this is Fast-dLLM's threshold decoding.) A ranked `Remask` masks m
   revealed positions again and k grows by m."""
   name: ClassVar[str] = "confidence"
   selected_by: ClassVar[dict] = {}  # the SamplerConfig fields that select it (with example values)
   schedule: object
   reveal_noise: float = 0.0
   confidence_stop: float = 0.0
+  token_stop: float = 0.0
 
   @classmethod
   def from_config(cls, cfg) -> "ConfidenceReveal":
-    return cls(schedule=cfg.schedule, reveal_noise=cfg.reveal_noise, confidence_stop=cfg.confidence_stop)
+    return cls(schedule=cfg.schedule, reveal_noise=cfg.reveal_noise, confidence_stop=cfg.confidence_stop,
+               token_stop=cfg.token_stop)
 
   @classmethod
   def check(cls, cfg):
     if cfg.confidence not in primitives.CONFIDENCES:
       raise ConfigError(f"sampler confidence must be one of {tuple(primitives.CONFIDENCES)}, got {cfg.confidence!r}.")
-    if not 0.0 <= cfg.confidence_stop <= 1.0:
-      raise ConfigError(f"sampler confidence_stop must be in [0, 1] (0: off), got {cfg.confidence_stop}.")
+    for name in ("confidence_stop", "token_stop"):
+      if not 0.0 <= getattr(cfg, name) <= 1.0:
+        raise ConfigError(f"sampler {name} must be in [0, 1] (0: off), got {getattr(cfg, name)}.")
 
   def max_steps(self, steps: int, length: int) -> int:
     return steps
@@ -286,7 +294,10 @@ class ConfidenceReveal:
     remask_BxL, m_B = remask.ranked(view)
     if m_B is not None:
       k_B = jnp.minimum(k_B + m_B, view.n_masked_blk_B)
-    return primitives.top_k_mask(score_BxL, view.masked_blk_BxL, k_B), remask_BxL, score_BxL
+    reveal_BxL = primitives.top_k_mask(score_BxL, view.masked_blk_BxL, k_B)
+    if self.token_stop:
+      reveal_BxL = reveal_BxL | (view.masked_blk_BxL & (confidence_BxL >= self.token_stop))
+    return reveal_BxL, remask_BxL, score_BxL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +313,7 @@ class ThresholdReveal(ConfidenceReveal):
   @classmethod
   def from_config(cls, cfg) -> "ThresholdReveal":
     return cls(schedule=cfg.schedule, reveal_noise=cfg.reveal_noise, confidence_stop=cfg.confidence_stop,
-               threshold=cfg.threshold)
+               token_stop=cfg.token_stop, threshold=cfg.threshold)
 
   @classmethod
   def check(cls, cfg):
@@ -578,8 +589,8 @@ def step_network(cfg, denoise_fn: Callable, blocks: Blocks, kv_cache_fns=None):
 # The rules that span components (each component's own fields are checked by its `check`).
 
 RULES = (
-    (lambda c: (c.threshold or c.confidence_stop) and c.method != "confidence",
-     "sampler threshold and confidence_stop rank by confidence: use method='confidence'."),
+    (lambda c: (c.threshold or c.confidence_stop or c.token_stop) and c.method != "confidence",
+     "sampler threshold, confidence_stop and token_stop rank by confidence: use method='confidence'."),
     (lambda c: c.remasking == "low_confidence" and (c.method != "confidence" or c.threshold),
      "remasking='low_confidence' works with the confidence method's reveal schedule (method='confidence', "
      "threshold=0)."),
