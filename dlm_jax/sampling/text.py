@@ -178,8 +178,8 @@ def generate(run, *, num_samples: int, prompt: str = "", suffix: str = "", lengt
   context = objective.sample_length(int(run.config.data.seq_len))
   cfg = run.sampler_config(**(overrides or {}), record_trajectory=record_trajectory)
   family = sampler_lib.family_of(cfg, objective)
-  prompt_len = len(encode_prompt(run.tokenizer, prompt, prompt_ids))
-  if continue_chunk and length is not None and prompt_len + length > context:
+  prompt_ids = encode_prompt(run.tokenizer, prompt, prompt_ids)  # once, for both paths
+  if continue_chunk and length is not None and len(prompt_ids) + length > context:
     return _generate_past_window(run, cfg, num_samples=num_samples, prompt=prompt, prompt_ids=prompt_ids,
                                  length=length, chunk=continue_chunk, seed=seed, context=context,
                                  incompatible={"--suffix": bool(suffix), "--stream": record_trajectory,
