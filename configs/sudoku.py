@@ -13,8 +13,8 @@
 (~0.8M at the CPU size): "diffusion" (baseline transformer), "eco" (EcoHybrid), "hrm" (HRM with ACT), "hrm_noact",
 "hrm_h1" (one H-cycle), "hrm_bptt" (TRM's gradient: the last H-cycle backpropagated in full, model.gradient), "ar"
 (the causal control: the "prompted" layout, puzzle then solution, blanks filled row-major given every clue). Append "_gpu" for the GPU size (e.g. :hrm_gpu: ~6M, 1,000 augmentations per puzzle).
-Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (HRM ~20% slower per step; the AR arm's
-162-token windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to
+Hardware: CPU size ~25 minutes on 2 cores for the baseline's 3,000 steps (~12k tokens/s; HRM ~8.3k, EcoHybrid
+~14.5k; the AR arm's 162-token windows ~2x). Grid positions (row, column, box embeddings) for every arm. Results, or what is still to
 measure, are in BENCHMARKS.md ("Sudoku").
 """
 from configs import default
@@ -48,6 +48,10 @@ def get_config(arm: str = "diffusion"):
                         l_steps=2, memory_cells=16, memory_content=4, memory_top_k=4, act=base != "hrm_noact",
                         gradient="last_cycle" if base == "hrm_bptt" else "one_step"))
     mlp = mlp * (264 if gpu else 224) // 352 // 8 * 8
+    # The sampler restarts the memory cells from their learned contents at every reverse step, as training does:
+    # carried from step to step they took one seed of :hrm from 89 / 31 / 2% to 4 / 0 / 0% exact (easy / medium /
+    # hard; BENCHMARKS.md "The HRM sampler's memory").
+    c.sample.reset_carry = True
   elif base == "eco":
     c.model = default.model_config("eco_hybrid")
     c.model.num_layers = layers

@@ -1,13 +1,17 @@
-"""Distill a trained uniform-state (Duo) run to fewer sampling steps: Duo's discrete consistency distillation.
+"""Distill a trained run to fewer sampling steps: Duo's discrete consistency distillation (uniform-state teachers) or
+SDTT, self-distillation through time (masked teachers).
 
   python -m launch.distill --teacher_workdir=RUN --workdir=NEW [--teacher_steps=64] [--rounds=5] [--round_steps=100]
 
-The student is the teacher's model with the teacher's weights, config and tokenizer, trained with
-diffusion.objective="dcd" (dlm_jax/objectives/uniform.ConsistencyDistillation): round n (n = 0 ..
-rounds-1, `round_steps` updates each) matches the student at t to the teacher at t - 2^n / T, the teacher being the
-student as it was at the round's start. After the last round one student step covers 2^(rounds-1) / T: sample it with
---steps=T / 2^(rounds-1). Checkpoints, evaluation (the uniform NELBO) and resume are the trainer's: re-running with the
-same --workdir resumes where it stopped, teacher included.
+The student is the teacher's model with the teacher's weights, config and tokenizer. A "duo", "uniform" or "dcd"
+teacher trains it with diffusion.objective="dcd" (dlm_jax/objectives/uniform.ConsistencyDistillation): round n (n = 0
+.. rounds-1, `round_steps` updates each) matches the student at t to the teacher at t - 2^n / T, the teacher being the
+student as it was at the round's start; after the last round one student step covers 2^(rounds-1) / T: sample it with
+--steps=T / 2^(rounds-1). An "elbo" (masked; transformer, EcoHybrid, ...) or "sdtt" teacher trains it with
+diffusion.objective="sdtt" (dlm_jax/objectives/masked.SelfDistillationThroughTime): in round n one student step of
+2^(n+1) / T matches the teacher's two steps of half that; sample it with --steps=T / 2^rounds. Checkpoints,
+evaluation (the student's NELBO) and resume are the trainer's: re-running with the same --workdir resumes where it
+stopped, teacher included.
 """
 import os
 
@@ -17,13 +21,15 @@ from absl import app, flags, logging
 from dlm_jax import cli
 from dlm_jax.training import checkpoint, loop
 
-flags.DEFINE_string("teacher_workdir", None, "The trained uniform-state run (diffusion.objective 'duo' or 'uniform').")
+flags.DEFINE_string("teacher_workdir", None, "The trained run: uniform-state (diffusion.objective 'duo', 'uniform', "
+                    "'dcd') or masked ('elbo', 'sdtt').")
 flags.DEFINE_string("workdir", None, "Directory of the distilled student (checkpoints, metrics).")
 flags.DEFINE_integer("teacher_steps", None, "T, the teacher's step count (default: its config.sample.steps).")
-flags.DEFINE_integer("rounds", 5, "Step-halving rounds; round n's gap is 2^n / T.")
+flags.DEFINE_integer("rounds", 5, "Step-halving rounds; round n's gap is 2^n / T (dcd) or 2^(n+1) / T (sdtt).")
 flags.DEFINE_integer("round_steps", 100, "Updates per round (the teacher is refreshed from the student after each).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate (default: the teacher's).")
-flags.DEFINE_enum("distill_loss", "kl_bwd", ["kl_bwd", "kl_fwd"], "KL(student || teacher) or KL(teacher || student).")
+flags.DEFINE_enum("distill_loss", None, ["kl_bwd", "kl_fwd"], "KL(student || teacher) or KL(teacher || student); "
+                  "default: kl_bwd for dcd (Duo's), kl_fwd for sdtt (SDTT's).")
 flags.DEFINE_integer("seed", 0, "Seed of the student's data order and noise.")
 flags.mark_flags_as_required(["teacher_workdir", "workdir"])
 cli.define_checkpoint_flags()
@@ -31,21 +37,27 @@ FLAGS = flags.FLAGS
 
 
 def student_config(teacher_config, teacher_workdir: str, weights: str, which: str):
-  """The student's config: the teacher's, with the dcd objective and these flags."""
+  """The student's config: the teacher's, with the dcd (uniform-state teacher) or sdtt (masked teacher) objective and
+  these flags."""
   config = teacher_config.copy_and_resolve_references()
   objective = config.diffusion.objective
-  if objective not in ("duo", "uniform", "dcd"):
-    raise app.UsageError(f"--teacher_workdir={teacher_workdir} holds a diffusion.objective={objective!r} run; Duo's "
-                         "distillation needs a uniform-state x_0 model ('duo', 'uniform', or a 'dcd' student).")
+  if objective in ("duo", "uniform", "dcd"):
+    student_objective, default_loss, student_steps = "dcd", "kl_bwd", 2 ** (FLAGS.rounds - 1)
+  elif objective in ("elbo", "sdtt"):
+    student_objective, default_loss, student_steps = "sdtt", "kl_fwd", 2 ** FLAGS.rounds
+  else:
+    raise app.UsageError(f"--teacher_workdir={teacher_workdir} holds a diffusion.objective={objective!r} run; "
+                         "distillation needs a uniform-state x_0 model ('duo', 'uniform', or a 'dcd' student: Duo's "
+                         "consistency distillation) or a masked one ('elbo', or an 'sdtt' student: SDTT).")
   steps = FLAGS.teacher_steps or int(config.sample.steps)
   if steps < 2 ** FLAGS.rounds:
     raise app.UsageError(f"--teacher_steps={steps} with --rounds={FLAGS.rounds}: the last round's gap "
                          f"2^{FLAGS.rounds - 1}/{steps} leaves the student fewer than 2 steps; lower --rounds.")
   with config.unlocked():
-    config.diffusion.objective = "dcd"
+    config.diffusion.objective = student_objective
     config.diffusion.distill_teacher_steps = steps
     config.diffusion.distill_round_steps = FLAGS.round_steps
-    config.diffusion.distill_loss = FLAGS.distill_loss
+    config.diffusion.distill_loss = FLAGS.distill_loss or default_loss
     if "distill" not in config:  # a teacher saved before the field existed
       config.distill = ml_collections.ConfigDict()
     config.distill.teacher_workdir = str(teacher_workdir)
@@ -58,7 +70,7 @@ def student_config(teacher_config, teacher_workdir: str, weights: str, which: st
     if FLAGS.learning_rate is not None:
       config.optimizer.learning_rate = FLAGS.learning_rate
     config.seed = config.data.seed = FLAGS.seed
-    config.sample.steps = max(steps // 2 ** (FLAGS.rounds - 1), 1)
+    config.sample.steps = max(steps // student_steps, 1)
   return config
 
 

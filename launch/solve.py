@@ -6,12 +6,14 @@ for each reveal policy and step count (dlm_jax/evaluation/puzzles.py).
 
 `--steps`: integers, or "all" (the most blanks of a puzzle in the set: one cell per step) and "all/K". Every policy
 draws greedily by default (the argmax of each revealed cell; --nogreedy samples at the run's temperature). "strategic"
-(HRM runs) adds the H-module's priority to the confidence ranking. One markdown row per (policy, steps), with the
+(HRM runs) adds the H-module's priority to the confidence ranking; "calibrated" (runs with model.calibration_head)
+ranks by the calibration head's forecast that a cell is right. One markdown row per (policy, steps), with the
 sampler's tokens/s; --json also prints each row as JSON. `--verify_rounds=K` adds, in rows of their own marked
 "+ verify xK", verification-aware decoding: the filled cells in conflict with a row, column or box remasked and
 resampled K rounds (never mixed into the plain rows). `--act` (HRM runs) adds, after the table, per policy and step
 count, the L-iterations ACT spent at the masked cells, at the cells each step revealed and at the clues, per
-difficulty (evaluation/puzzles.act_profile).
+difficulty (evaluation/puzzles.act_profile). `--reset_carry` (HRM runs) starts every reverse step from the learned
+memory contents, as training does, instead of carrying the previous step's (SamplerConfig.reset_carry).
 """
 import json
 
@@ -35,6 +37,9 @@ flags.DEFINE_integer("verify_rounds", 0, "Sudoku: also report verification-aware
                      "row, column or box remasked and resampled, this many rounds) in rows of their own.")
 flags.DEFINE_bool("act", False, "HRM runs: also report the L-iterations ACT spends per reveal step against "
                   "difficulty, for each policy and step count (evaluation/puzzles.act_profile).")
+flags.DEFINE_bool("reset_carry", None, "HRM runs: start every reverse step from the learned memory contents, as "
+                  "training does (true), or from the previous step's (false); default: the run's "
+                  "sample.reset_carry (SamplerConfig.reset_carry).")
 flags.DEFINE_bool("json", False, "Also print every row as a JSON line.")
 cli.define_checkpoint_flags()
 FLAGS = flags.FLAGS
@@ -71,18 +76,24 @@ def main(argv):
   unknown = [p for p in FLAGS.policies if p not in known]
   if unknown:
     raise app.UsageError(f"--policies: unknown {unknown}; choose from {sorted(known)}.")
+  if "calibrated" in FLAGS.policies and not run.config.model.get("calibration_head", False):
+    raise app.UsageError(f"--policies=calibrated ranks by a calibration head's forecast; --workdir={FLAGS.workdir} "
+                         "was trained without one (model.calibration_head=False).")
   if FLAGS.act and run.config.model.name != "hrm":
     raise app.UsageError(f"--act reads the HRM denoiser's ACT trace; --workdir={FLAGS.workdir} trained "
                          f"model.name={run.config.model.name!r}.")
+  reset_carry = (bool(run.config.sample.get("reset_carry", False)) if FLAGS.reset_carry is None
+                 else FLAGS.reset_carry)
   blank = puzzles.BLANK if examples.task == "sudoku" else puzzles.OPEN
   most_blanks = max(p["puzzle"].count(blank) for p in items)
-  print(f"# {run.describe()}; {len(items)} {examples.task} puzzles from {FLAGS.puzzles} (most blanks {most_blanks})")
+  print(f"# {run.describe()}; {len(items)} {examples.task} puzzles from {FLAGS.puzzles} (most blanks {most_blanks})"
+        + ("; memory reset every step" if reset_carry else ""))
   print("| policy | steps | difficulty | puzzles | exact | blank accuracy | valid | violations / puzzle | tokens/s |")
   print("|---|---|---|---|---|---|---|---|---|")
   profiles = []
   for policy in FLAGS.policies:
     for steps in step_counts(FLAGS.steps, most_blanks):
-      overrides = {**known[policy], "steps": steps, "greedy": FLAGS.greedy}
+      overrides = {**known[policy], "steps": steps, "greedy": FLAGS.greedy, "reset_carry": reset_carry}
       for rounds in (0, FLAGS.verify_rounds) if FLAGS.verify_rounds else (0,):
         report_rows(policy if not rounds else f"{policy} + verify x{rounds}", steps,
                     puzzle_eval.solve(run, examples, overrides, FLAGS.seed, FLAGS.batch_size, rounds))

@@ -130,7 +130,8 @@ def trained_hrm_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def puzzle_runs(tmp_path_factory):
-  """48 easy Sudokus to train on, 8 to solve, and two tiny runs on them, a transformer (`root / "run"`) and an HRM
+  """48 easy Sudokus to train on, 8 to solve, and two tiny runs on them, a transformer with a calibration head
+  (`root / "run"`, model.calibration_head, so that the "calibrated" policy solves too) and an HRM
   denoiser with memory cells and ACT (`root / "hrm"`): they learn little, the tests check the machinery. Returns
   root."""
   from configs import default
@@ -143,7 +144,7 @@ def puzzle_runs(tmp_path_factory):
   overrides = {"data.layout": "puzzle", "data.path": str(root / "train"), "data.valid_path": str(root / "test"),
                "data.seq_len": 81, "data.augment": 4, "train.num_steps": 6, "eval.every": 6, "eval.num_windows": 8,
                "diffusion.objective": "elbo"}
-  loop.train(tiny_config(**overrides), str(root / "run"))
+  loop.train(tiny_config(**overrides, **{"model.calibration_head": True}), str(root / "run"))
   config = tiny_config(**overrides)
   config.model = default.model_config("hrm")
   config.model.update(dict(num_heads=2, width=32, mlp_dim=64, l_layers=1, h_layers=1, h_cycles=2, l_steps=3,

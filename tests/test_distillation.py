@@ -142,3 +142,71 @@ def test_distill_cli_trains_a_resumable_student_that_samples_in_fewer_steps(tiny
                            text=True, timeout=300)
   assert sampled.returncode == 0, sampled.stderr[-3000:]
   assert sampled.stdout.count("--- sample") == 2 and "network calls 4" in sampled.stdout
+
+
+# -- SDTT: self-distillation through time of a masked teacher (objectives/masked.SelfDistillationThroughTime) --------
+
+def sdtt_objective(**fields):
+  from conftest import tiny_config as tiny_trainer_config
+  config = tiny_trainer_config(**{"diffusion.objective": "sdtt", "diffusion.schedule": "linear",
+                                  "diffusion.distill_teacher_steps": 8, "diffusion.distill_round_steps": 10,
+                                  **{f"diffusion.{k}": v for k, v in fields.items()}})
+  return objectives.from_config(config, VOCAB)
+
+
+def test_sdtt_targets_are_the_teachers_two_half_steps():
+  """The teacher's logits depend on t and on how many tokens of the row are visible: the target of a position revealed
+  at the first half step is p_teacher(. | x_t, t), of every other masked position p_teacher(. | x_m, t - dt/2), x_m
+  holding the first step's draws; a masked position is revealed at the first step with probability
+  (alpha(t - dt/2) - alpha(t)) / (1 - alpha(t)) = 0.25 at t = 0.8, dt = 0.4 (linear schedule)."""
+  objective = sdtt_objective()
+  mask = special_tokens.MASK
+
+  def teacher(x, t):
+    visible = jnp.sum(x != mask, axis=-1, keepdims=True).astype(jnp.float32)
+    logits = jnp.arange(VOCAB, dtype=jnp.float32)[None, None] * (t[:, None, None] + 0.01 * visible[..., None])
+    return type("Out", (), {"logits_BxLxV": jnp.broadcast_to(logits, x.shape + (VOCAB,))})()
+
+  batch, length = 256, 32
+  x0 = jnp.full((batch, length), 6, jnp.int32)
+  t_B, dt_B = jnp.full((batch,), 0.8), jnp.full((batch,), 0.4)
+  xt, masked = objective.corrupt(jax.random.key(0), x0, t_B, None)
+  target, revealed = objective.teacher_targets(teacher, xt, masked, t_B, dt_B, jax.random.key(1))
+  assert not np.any(np.asarray(revealed & ~masked))
+  assert abs(float(jnp.sum(revealed) / jnp.sum(masked)) - 0.25) < 0.01
+  log_softmax = lambda logits: jax.nn.log_softmax(logits.at[..., mask].set(-1e9), -1)
+  first = log_softmax(teacher(xt, t_B).logits_BxLxV)
+  x_m_visible = jnp.sum(xt != mask, -1) + jnp.sum(revealed, -1)  # the first step's draws are visible at the second
+  second_logits = jnp.arange(VOCAB, dtype=jnp.float32)[None, None] * (0.6 + 0.01 * x_m_visible[:, None, None])
+  second = log_softmax(jnp.broadcast_to(second_logits, (batch, length, VOCAB)))
+  np.testing.assert_allclose(target, jnp.where(revealed[..., None], first, second), rtol=1e-5, atol=1e-5)
+
+
+def test_sdtt_loss_vanishes_for_a_student_equal_to_a_time_free_teacher_and_rounds_double_the_step():
+  objective = sdtt_objective()
+  constant = lambda x, t: type("Out", (), {"logits_BxLxV": jnp.broadcast_to(
+      jnp.arange(VOCAB, dtype=jnp.float32) * 0.3, x.shape + (VOCAB,))})()
+  x0 = jnp.full((8, 16), 6, jnp.int32)
+  loss, _, metrics = objective.loss(constant, x0, jax.random.key(0), step=jnp.int32(0), teacher_fn=constant)
+  assert abs(float(loss)) < 1e-6
+  assert float(metrics["distill_dt"]) == pytest.approx(2 / 8)
+  assert float(objective.distillation_gap(25)) == pytest.approx(8 / 8)  # round 2: 2^3 / T, capped at 1
+  timed = lambda x, t: type("Out", (), {"logits_BxLxV": jnp.broadcast_to(
+      jnp.arange(VOCAB, dtype=jnp.float32)[None, None] * t[:, None, None], x.shape + (VOCAB,))})()
+  assert float(objective.loss(constant, x0, jax.random.key(0), step=jnp.int32(0), teacher_fn=timed)[0]) > 1e-4
+  with pytest.raises(ValueError, match="trains a student against a teacher"):
+    objective.loss(constant, x0, jax.random.key(0))
+
+
+def test_distill_cli_distills_a_masked_run_with_sdtt(trained_run, tmp_path):
+  from conftest import REPO
+  from dlm_jax.training import checkpoint
+  teacher, _ = trained_run
+  student = tmp_path / "student"
+  result = subprocess.run([sys.executable, "-m", "launch.distill", f"--teacher_workdir={teacher}",
+                           f"--workdir={student}", "--teacher_steps=8", "--rounds=2", "--round_steps=3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "the student samples with --steps=2" in result.stdout and "Distillation finished at step 6" in result.stdout
+  run = checkpoint.load_for_inference(student, weights="raw")
+  assert run.config.diffusion.objective == "sdtt" and run.config.diffusion.distill_loss == "kl_fwd"

@@ -59,6 +59,60 @@ def test_sqrt_schedule_is_diffusion_lms_over_the_same_log_snr_range():
   assert embedding.EmbeddingDiffusion.log_snr_shape == "linear"  # the default keeps VDM's linear schedule
 
 
+def test_position_skew_gives_each_position_its_own_clock_and_keeps_the_bound():
+  """position_skew = Delta: tau_i(t) = clip((t - Delta (1 - i/(L-1))) / (1 - Delta), 0, 1), so every position goes from
+  clean at t = 0 to fully noised at t = 1, later positions first; the diffusion term's weight is
+  -1/2 d/dt SNR(tau_i(t)) (checked against autodiff), the zero estimate still costs (SNR(0) - SNR(1))/2 ||e||^2 over
+  t in [0, 1] at every position, and Delta = 0 is the shared schedule."""
+  skewed = gaussian.LogSNRSchedule(log_snr_max=9.0, log_snr_min=-7.0, position_skew=0.5)
+  length = 5
+  tau, dtau = skewed.position_times(jnp.array([0.0, 0.25, 0.5, 1.0]), length)
+  np.testing.assert_allclose(tau[0], 0.0)
+  np.testing.assert_allclose(tau[3], 1.0)
+  # t = 0.25: the window of position i starts at 0.5 (1 - i/4); only positions 3 and 4 have started
+  np.testing.assert_allclose(tau[1], [0.0, 0.0, 0.0, 0.25, 0.5], atol=1e-6)
+  np.testing.assert_allclose(dtau[1], [0.0, 0.0, 0.0, 2.0, 2.0])
+  assert (np.diff(np.asarray(tau), axis=1) >= 0).all()  # later positions are at least as noisy
+  e = table()[None, :length]
+  t = jnp.array([0.3])
+  snr_at = lambda t_scalar: jnp.exp(skewed.position_log_snr(t_scalar[None], length)[0])
+  expected = -0.5 * jax.jacfwd(snr_at)(t[0]) * jnp.sum(jnp.square(e[0]), -1)
+  np.testing.assert_allclose(gaussian.diffusion_loss(e, jnp.zeros_like(e), t, skewed)[0], expected, rtol=1e-5)
+  grid = (jnp.arange(40000) + 0.5) / 40000  # midpoint rule over t
+  e_many = jnp.broadcast_to(e[:, :1], (40000, length, 16))
+  per_position = jnp.mean(gaussian.diffusion_loss(e_many, jnp.zeros_like(e_many), grid, skewed), axis=0)
+  np.testing.assert_allclose(per_position, 0.5 * (np.exp(9.0) - np.exp(-7.0)) * 16.0, rtol=2e-3)
+  shared = gaussian.LogSNRSchedule(log_snr_max=9.0, log_snr_min=-7.0, position_skew=0.0)
+  np.testing.assert_array_equal(shared.position_times(jnp.array([0.3]), length)[0], np.float32(0.3))
+  np.testing.assert_array_equal(gaussian.diffusion_loss(e, jnp.zeros_like(e), t, shared),
+                                gaussian.diffusion_loss(e, jnp.zeros_like(e), t, SCHEDULE))
+  with pytest.raises(ConfigError, match="position_skew must be in"):
+    gaussian.LogSNRSchedule(position_skew=1.0)
+
+
+def test_position_skew_reaches_the_forward_process_and_the_sampler():
+  """The forward sample puts position i at alpha_{tau_i(t)}; a DDIM step leaves a position whose clock does not move
+  where it is and steps the others; the run's position_skew reaches the sampler config."""
+  skewed = gaussian.LogSNRSchedule(log_snr_max=9.0, log_snr_min=-7.0, position_skew=0.5)
+  e = table()[None, :5]
+  z, eps = gaussian.forward_sample(jax.random.key(1), e, jnp.array([0.25]), skewed)
+  alpha, sigma = skewed.alpha_sigma(skewed.position_times(jnp.array([0.25]), 5)[0])
+  np.testing.assert_allclose(z, alpha[..., None] * e + sigma[..., None] * eps, rtol=1e-6)
+  np.testing.assert_allclose(z[0, :3], e[0, :3] * alpha[0, 0] + eps[0, :3] * sigma[0, 0], rtol=1e-6)  # clean end
+  # from t = 0.2 to 0.1 positions 0-2 (windows from 0.5, 0.375, 0.25) stay clean; 3 and 4 move
+  stepped = gaussian.ddim_step(z, jnp.zeros_like(z), jnp.array([0.2]), jnp.array([0.1]), skewed)
+  np.testing.assert_allclose(stepped[0, :3], z[0, :3], rtol=1e-6)
+  assert float(jnp.abs(stepped[0, 3:] - z[0, 3:]).min()) > 1e-3
+  from conftest import tiny_config
+  from configs import default
+  from dlm_jax import special_tokens
+  from dlm_jax.sampling.config import SamplerConfig
+  c = tiny_config()
+  default.beyond_masking_arm(c, "embedding")
+  c.diffusion.position_skew = 0.4
+  assert SamplerConfig.from_config(c, special_tokens.DEFAULT).position_skew == 0.4
+
+
 def test_normalized_rows_have_norm_sqrt_width():
   np.testing.assert_allclose(jnp.linalg.norm(table(), axis=-1), 4.0, rtol=1e-6)
 

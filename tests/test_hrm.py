@@ -185,6 +185,23 @@ def test_strategic_priority_changes_reveal_order():
   np.testing.assert_array_equal(out.reveal_step_BxL[0], np.arange(8)[::-1])
 
 
+@pytest.mark.parametrize("reset_carry", [False, True])
+def test_reset_carry_starts_every_reverse_step_from_the_initial_carry(reset_carry):
+  """The carry counts the denoiser's calls and the logits favour token 5 + count: carried from step to step, the
+  position revealed at step s holds 5 + s; reset at every step (SamplerConfig.reset_carry), every one holds 5."""
+  def denoise(x, t, carry):
+    logits = jnp.zeros(x.shape + (12,)).at[..., 5 + carry].set(10.0)
+    priority = jnp.broadcast_to(-jnp.arange(x.shape[1], dtype=jnp.float32), x.shape)  # reveal left to right
+    return logits, priority, carry + 1
+
+  cfg = sampler_lib.SamplerConfig(steps=6, greedy=True, strategic_weight=1.0, reset_carry=reset_carry,
+                                  schedule=sampler_lib.MaskingSchedule("linear"))
+  out = sampler_lib.sample(denoise, jax.random.key(0), jnp.zeros((1, 6), jnp.int32), jnp.zeros((1, 6), bool), cfg,
+                           init_carry=jnp.zeros((), jnp.int32))
+  np.testing.assert_array_equal(out.reveal_step_BxL[0], np.arange(6))
+  np.testing.assert_array_equal(out.tokens_BxL[0], np.full(6, 5) if reset_carry else 5 + np.arange(6))
+
+
 def test_trains_on_embedded_default_and_samples(trained_hrm_run):
   workdir, summary = trained_hrm_run
   history = summary["history"]

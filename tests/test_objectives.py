@@ -194,3 +194,28 @@ def test_duo_symmetric_kl_loss_is_seed_002s_weighted_symmetric_kl_and_logs_the_n
   assert abs(float(loss) - float(nelbo_loss)) > 1e-3
   with pytest.raises(ConfigError, match="duo_loss"):
     objectives.from_config(tiny_config(**base, **{"diffusion.duo_loss": "kl"}), VOCAB)
+
+
+def test_time_exponent_warps_the_training_times_and_leaves_the_evaluation_alone():
+  """diffusion.time_exponent = k: training draws t = 1 - (1 - u)^k from the antithetic u (mean 1 - 1/(k + 1) = 2/3 at
+  k = 2: the heavily masked levels weighted more), and the evaluation is the ELBO whatever k."""
+  from dlm_jax.diffusion import forward
+  plain, warped = config_of("elbo"), config_of("elbo")
+  warped.diffusion.time_exponent = 2.0
+  plain_objective, objective = objectives.from_config(plain, VOCAB), objectives.from_config(warped, VOCAB)
+  u = forward.antithetic_times(jax.random.key(0), 4096, objective.t_min)
+  t = objective.sample_times(jax.random.key(0), 4096)
+  np.testing.assert_allclose(t, 1.0 - (1.0 - u) ** 2, rtol=1e-6)
+  assert abs(float(jnp.mean(t)) - 2.0 / 3.0) < 1e-3
+  np.testing.assert_array_equal(plain_objective.sample_times(jax.random.key(0), 4096), u)
+  graphdef, params, other = nnx.split(models.get_model(plain, VOCAB, nnx.Rngs(0)), nnx.Param, ...)
+  fn = models.denoise_fn(graphdef, params, other)
+  x0_BxL = markov_rows(16, int(plain.data.seq_len))
+  np.testing.assert_array_equal(objective.evaluation_nll(fn, x0_BxL, jax.random.key(2)),
+                                plain_objective.evaluation_nll(fn, x0_BxL, jax.random.key(2)))
+  assert float(objective(fn, x0_BxL, jax.random.key(2))[0]) != float(plain_objective(fn, x0_BxL, jax.random.key(2))[0])
+  with pytest.raises(ConfigError, match="time_exponent must be > 0"):
+    objectives.from_config(tiny_config(**{"diffusion.time_exponent": 0.0}), VOCAB)
+  with pytest.raises(ConfigError, match="discrete timesteps"):
+    objectives.from_config(tiny_config(**{"diffusion.time_exponent": 2.0, "diffusion.objective": "masked_mean"}),
+                           VOCAB)

@@ -122,7 +122,7 @@ def test_the_policies_rank_without_choice_noise():
   """launch.solve's policies are the rankings as such (MaskGIT's choice noise made a checkpoint's confidence reveal
   no better than a random order, BENCHMARKS.md "Sudoku")."""
   chosen = puzzle_eval.policies(threshold=0.8)
-  assert set(chosen) == {"ancestral", "confidence", "margin", "entropy", "threshold", "strategic"}
+  assert set(chosen) == {"ancestral", "confidence", "margin", "entropy", "threshold", "strategic", "calibrated"}
   assert all(overrides["reveal_noise"] == 0.0 for overrides in chosen.values())
   assert chosen["margin"]["confidence"] == "margin" and chosen["threshold"]["threshold"] == 0.8
 
@@ -192,6 +192,10 @@ def test_act_profile_replays_the_sampler_and_counts_iterations_per_reveal_step(p
   its, msk = iterations[0], masked[0]
   assert figures["at_masked"] == pytest.approx(its[msk].mean(), rel=1e-6)
   assert figures["per_blank"] == pytest.approx(its[msk].sum() / (~fixed[0]).sum(), rel=1e-6)
+  # With the memory reset at every reverse step (SamplerConfig.reset_carry) the replay resets it too.
+  reset = puzzle_eval.act_profile(run, examples, {**puzzle_eval.policies()["confidence"], "steps": steps,
+                                                   "greedy": True, "reset_carry": True}, batch_size=4)
+  assert reset["replay_agreement"] == 1.0
   transformer = checkpoint.load_for_inference(str(root / "run"))
   with pytest.raises(ValueError, match="HRM denoiser's ACT trace"):
     puzzle_eval.act_profile(transformer, examples, {"steps": 4})
@@ -200,11 +204,13 @@ def test_act_profile_replays_the_sampler_and_counts_iterations_per_reveal_step(p
 def test_launch_solve_reports_act_for_hrm_runs_and_refuses_it_for_others(puzzle_runs):
   root = puzzle_runs
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  solve = lambda run: subprocess.run([sys.executable, "-m", "launch.solve", f"--workdir={root / run}",
-                                      f"--puzzles={root / 'test'}", "--count=3", "--policies=confidence", "--steps=6",
-                                      "--act"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-  hrm = solve("hrm")
+  solve = lambda run, *more: subprocess.run([sys.executable, "-m", "launch.solve", f"--workdir={root / run}",
+                                             f"--puzzles={root / 'test'}", "--count=3", "--policies=confidence",
+                                             "--steps=6", "--act", *more],
+                                            capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  hrm = solve("hrm", "--reset_carry")  # the memory reset at every reverse step, in the sampler and in the replay
   assert hrm.returncode == 0, hrm.stderr[-2000:]
+  assert "memory reset every step" in hrm.stdout
   lines = hrm.stdout.splitlines()
   act = lines.index(next(line for line in lines if line.startswith("# ACT, confidence, 6 steps")))
   assert "replay agreement 100.0%" in lines[act]
@@ -212,3 +218,7 @@ def test_launch_solve_reports_act_for_hrm_runs_and_refuses_it_for_others(puzzle_
   assert all(not line.startswith("| confidence") for line in lines[act:])
   other = solve("run")
   assert other.returncode != 0 and "--act reads the HRM denoiser's ACT trace" in other.stderr
+  calibrated = subprocess.run([sys.executable, "-m", "launch.solve", f"--workdir={root / 'hrm'}",
+                               f"--puzzles={root / 'test'}", "--count=3", "--policies=calibrated", "--steps=6"],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+  assert calibrated.returncode != 0 and "was trained without one" in calibrated.stderr

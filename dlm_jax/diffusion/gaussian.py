@@ -61,10 +61,30 @@ class LogSNRSchedule:
   tokens whose embeddings lie at squared distance >= 2 are read out with a logit gap >= e^5 = 148, so the
   reconstruction term is all but exact, while the weight -SNR'(t)/2 of the MSE stays below 1.2e3 for the linear shape
   (it is e^lambda_max times |lambda'| / 2); at lambda_min = -10 the prior term costs about D sigmoid(-10) / 2 = 2.3e-5 D
-  nats per token (0.02 at D = 768)."""
+  nats per token (0.02 at D = 768).
+
+  Position-dependent noise levels (`position_skew` = Delta in [0, 1); seed 004's SeqDiffuSeq item, in the linear form
+  of AR-Diffusion, Wu et al. 2023): position i of L runs the schedule on its own clock,
+
+      lambda_i(t) = lambda(tau_i(t)),   tau_i(t) = clip((t - a_i) / (1 - Delta), 0, 1),   a_i = Delta (1 - i / (L - 1)),
+
+  so that at every t the later positions are at least as noisy as the earlier ones: position 0 stays clean until
+  t = Delta, the last position is fully noised from t = 1 - Delta on, and in the reverse process the sequence resolves
+  from left to right (a soft autoregressive order), each position still crossing the whole log-SNR range over a window
+  of length 1 - Delta. Every tau_i is monotone with tau_i(0) = 0 and tau_i(1) = 1, so the prior and reconstruction
+  terms are unchanged and the diffusion term becomes, per position,
+
+      L_diffusion,i = -1/2 E_t [ lambda'(tau_i) tau_i'(t) e^{lambda(tau_i)} ||e_i - e_hat_i||^2 ],
+
+  tau_i' = 1 / (1 - Delta) inside the window, 0 outside (the noise level does not move there).
+
+  It is still the continuous-time bound of this (per-position) process. The denoiser sees t (and its positions), from
+  which tau_i follows. Delta = 0 is the shared schedule exactly. The position is the importance measure here: a learned
+  per-position schedule (SeqDiffuSeq's adaptive one) would fit the a_i to training losses instead."""
   log_snr_max: float = 5.0
   log_snr_min: float = -10.0
   shape: str = "linear"
+  position_skew: float = 0.0
 
   SHAPES = ("linear", "sqrt")
 
@@ -74,6 +94,24 @@ class LogSNRSchedule:
                         f"diffusion.log_snr_min={self.log_snr_min}.")
     if self.shape not in self.SHAPES:
       raise ConfigError(f"diffusion.log_snr_shape must be one of {self.SHAPES}, got {self.shape!r}.")
+    if not 0.0 <= self.position_skew < 1.0:
+      raise ConfigError(f"diffusion.position_skew must be in [0, 1), got {self.position_skew}.")
+
+  def position_times(self, t_B, length: int):
+    """(tau_BxL, dtau_dt_BxL): each position's own time tau_i(t) and its derivative (class docstring); tau = t and
+    tau' = 1 everywhere when position_skew = 0."""
+    t_Bx1 = jnp.asarray(t_B, jnp.float32)[:, None]
+    if not self.position_skew:
+      return jnp.broadcast_to(t_Bx1, (t_Bx1.shape[0], length)), jnp.ones((t_Bx1.shape[0], length), jnp.float32)
+    skew = jnp.float32(self.position_skew)
+    rank_1xL = (jnp.arange(length, dtype=jnp.float32) / max(length - 1, 1))[None]
+    u_BxL = (t_Bx1 - skew * (1.0 - rank_1xL)) / (1.0 - skew)
+    inside_BxL = (u_BxL > 0.0) & (u_BxL < 1.0)
+    return jnp.clip(u_BxL, 0.0, 1.0), jnp.where(inside_BxL, 1.0 / (1.0 - skew), 0.0)
+
+  def position_log_snr(self, t_B, length: int):
+    """lambda_i(t) = lambda(tau_i(t)), [B, L]."""
+    return self.log_snr(self.position_times(t_B, length)[0])
 
   def _u(self, t):
     """The sqrt shape's u(t) and (u_0, u_1)."""
@@ -111,10 +149,10 @@ def normalized_table(table_VxD):
 
 
 def forward_sample(rng, e_BxLxD, t_B, schedule: LogSNRSchedule):
-  """z_t = alpha_t e + sigma_t eps: (z_t, eps)."""
+  """z_t = alpha_t e + sigma_t eps (each position at its own alpha_{tau_i(t)} with a position skew): (z_t, eps)."""
   eps_BxLxD = jax.random.normal(rng, e_BxLxD.shape, jnp.float32)
-  alpha_B, sigma_B = schedule.alpha_sigma(t_B)
-  return alpha_B[:, None, None] * e_BxLxD + sigma_B[:, None, None] * eps_BxLxD, eps_BxLxD
+  alpha_BxL, sigma_BxL = schedule.alpha_sigma(schedule.position_times(t_B, e_BxLxD.shape[1])[0])
+  return alpha_BxL[..., None] * e_BxLxD + sigma_BxL[..., None] * eps_BxLxD, eps_BxLxD
 
 
 def expected_embedding(logits_BxLxV, table_VxD):
@@ -124,10 +162,12 @@ def expected_embedding(logits_BxLxV, table_VxD):
 
 def diffusion_loss(e_BxLxD, e_hat_BxLxD, t_B, schedule: LogSNRSchedule):
   """-1/2 SNR'(t) ||e - e_hat||^2 = -1/2 lambda'(t) e^lambda(t) ||e - e_hat||^2 per position [B, L] (nats): the
-  one-sample estimate of L_diffusion at time t."""
+  one-sample estimate of L_diffusion at time t; with a position skew, -1/2 lambda'(tau_i) tau_i'(t) e^lambda(tau_i)
+  at position i (`LogSNRSchedule`)."""
   squared_BxL = jnp.sum(jnp.square(e_BxLxD - e_hat_BxLxD), axis=-1)
-  weight_B = -0.5 * schedule.dlog_snr(t_B) * jnp.exp(schedule.log_snr(t_B))
-  return weight_B[:, None] * squared_BxL
+  tau_BxL, dtau_BxL = schedule.position_times(t_B, e_BxLxD.shape[1])
+  weight_BxL = -0.5 * schedule.dlog_snr(tau_BxL) * dtau_BxL * jnp.exp(schedule.log_snr(tau_BxL))
+  return weight_BxL * squared_BxL
 
 
 def prior_kl(e_BxLxD, schedule: LogSNRSchedule):
@@ -165,8 +205,10 @@ def rounding_cross_entropy(logits_BxLxV, x0_BxL):
 
 
 def ddim_step(z_BxLxD, e_hat_BxLxD, t_B, s_B, schedule: LogSNRSchedule, rng=None, eta: float = 0.0):
-  """One reverse step from time t to s < t on `schedule` (`ddim_update` with each row's lambda(t), lambda(s))."""
-  lam_t, lam_s = schedule.log_snr(t_B)[:, None, None], schedule.log_snr(s_B)[:, None, None]
+  """One reverse step from time t to s < t on `schedule` (`ddim_update` with each position's lambda_i(t),
+  lambda_i(s); a position whose noise level does not move between them keeps its z)."""
+  length = z_BxLxD.shape[1]
+  lam_t, lam_s = schedule.position_log_snr(t_B, length)[..., None], schedule.position_log_snr(s_B, length)[..., None]
   return ddim_update(z_BxLxD, e_hat_BxLxD, lam_t, lam_s, rng, eta)
 
 

@@ -31,10 +31,13 @@ from dlm_jax.sampling import make_sampler, primitives
 def policies(threshold: float = 0.9) -> dict[str, dict]:
   """Reveal policy name -> SamplerConfig overrides: MDLM/MD4's ancestral sampler; confidence-ranked reveal by the top
   probability, the top-2 margin or the entropy (Kim et al. 2025: adaptive reveal order); Fast-dLLM's threshold;
-  the HRM denoiser's strategic priority added to the confidence ranking (`strategic_weight`; HRM runs only)."""
+  the HRM denoiser's strategic priority added to the confidence ranking (`strategic_weight`; HRM runs only); the
+  ranking by a trained calibration head's forecast that the cell is right (`confidence="calibrated"`; runs with
+  model.calibration_head only)."""
   presets = sampling_suite.strategies(block_length=0, threshold=threshold, remask_eta=0.0)
   chosen = {name: presets[name] for name in ("ancestral", "confidence", "margin", "entropy", "threshold")}
   chosen["strategic"] = {"strategic_weight": 1.0}
+  chosen["calibrated"] = {"confidence": "calibrated"}  # a run with model.calibration_head: the head's forecast
   # The rankings as such: no MaskGIT choice noise (the default config's reveal_noise = 4.5 randomizes early reveals:
   # on a medium-Sudoku checkpoint it brought the confidence ranking's blank accuracy to the random order's, BENCHMARKS).
   return {name: {**overrides, "reveal_noise": 0.0} for name, overrides in chosen.items()}
@@ -144,8 +147,9 @@ def act_profile(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: in
   """Where an HRM run's ACT spends its L-iterations while it solves (issue #29: computation against difficulty).
 
   Every puzzle is sampled with its trajectory recorded (`overrides` as in `solve`, one block); each reverse step s of
-  S is then replayed through `HRMDenoiser.inspect` at t = 1 - s/S with the memory carried from step to step, which is
-  exactly the sampler's model call (notebooks/inside_hrm.ipynb). Returns numpy arrays over the N puzzles:
+  S is then replayed through `HRMDenoiser.inspect` at t = 1 - s/S with the memory carried from step to step (or reset
+  at each, with `reset_carry`), which is exactly the sampler's model call (notebooks/inside_hrm.ipynb). Returns numpy
+  arrays over the N puzzles:
 
   * `iterations_NxSxL`: the L-iterations at every cell and step, averaged over the H-cycles (1 .. model.l_steps);
   * `masked_NxSxL`: the cells still masked at the step's input; `revealed_step_NxL`: the step at which each blank was
@@ -176,11 +180,12 @@ def act_profile(run, examples: puzzles.PuzzleExamples, overrides: dict, seed: in
     tokens, fixed = jnp.asarray(tokens_NxL[start:start + batch_size]), jnp.asarray(fixed_NxL[start:start + batch_size])
     out = sample(run.params, jax.random.fold_in(jax.random.key(seed), start), tokens, fixed)
     trajectory_SxBxL = np.asarray(out.trajectory_SxBxL)
-    content = nnx.merge(run.graphdef, run.params, run.other).init_sample_carry(tokens.shape[0])
+    initial = content = nnx.merge(run.graphdef, run.params, run.other).init_sample_carry(tokens.shape[0])
     per_step, choice_per_step = [], []
     for s in range(steps):
       t_B = jnp.full((tokens.shape[0],), 1.0 - s / steps, jnp.float32)
       choice_BxL, iterations_CxBxL, content = inspect(run.params, jnp.asarray(trajectory_SxBxL[s]), t_B, content)
+      content = initial if config.reset_carry else content  # the sampler's own carry (SamplerConfig.reset_carry)
       per_step.append(np.asarray(iterations_CxBxL, np.float32).mean(0))
       choice_per_step.append(np.asarray(choice_BxL))
     iterations.append(np.stack(per_step, axis=1))

@@ -39,6 +39,7 @@ def strategies(block_length: int, threshold: float, remask_eta: float, guidance_
       "confidence": {},
       "margin": {"confidence": "margin"},  # the rankings of Kim et al. (ICML 2025): top-2 margin, lowest entropy
       "entropy": {"confidence": "entropy"},
+      "calibrated": {"confidence": "calibrated"},  # a run with model.calibration_head: the head's forecast
       "ancestral": {"method": "ancestral"},
       "ancestral_cache": {"method": "ancestral", "cache": "unchanged"},
       "blocks": {"block_length": block_length},

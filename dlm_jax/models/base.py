@@ -84,6 +84,11 @@ class DenoiserConfig:
   # (BENCHMARKS.md "Sudoku as infilling" measures it). Added to whatever `position` gives (RoPE or learned). 0 = off.
   grid_side: int = 0
   grid_box: int = 0  # the box side (3 for a 9 x 9 Sudoku); 0 = no box embedding (mazes)
+  # A confidence-calibration head (seed 001 §9.7; `CalibrationHead`): at every position, the logit of P(the greedy
+  # candidate argmax_v p_theta(v | x_t) is the true token), from the stop-gradient final state and the prediction's
+  # statistics; trained by the objective's binary cross-entropy at the corrupted positions, it never changes the
+  # denoiser's gradient. The sampler ranks reveals by it with sample.confidence="calibrated". Transformer, EcoHybrid.
+  calibration_head: bool = False
 
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).
@@ -145,6 +150,47 @@ class DenoiserOutput:
   aux_metrics: dict = flax.struct.field(default_factory=dict)
   hidden_BxLxD: Any = None
   head_VxD: Any = None
+  calibration_BxL: Any = None  # the calibration head's logit of P(argmax candidate right), float32 (or None)
+
+
+class CalibrationHead(nnx.Module):
+  """A trained confidence-calibration head (seed 001 §9.7): at each position the logit of P(the denoiser's greedy
+  candidate argmax_v p_theta(v | x_t) is the true token),
+
+      calibration = w_2 . GELU(W_1 [sg(h); sg(s)] + b_1) + b_2,
+      s = (log p_max, p_max - p_second, -H(p) / log V),
+
+  h the final normalized state (the tied head's input), p = p_theta(. | x_t) over the tokens a sampler may draw
+  (special ids removed, as `primitives.remove_never_sampled`). The statistics s make Platt-style recalibration of the
+  raw confidence one of its solutions; the state lets it use the context the raw confidence ignores. Both inputs are
+  stop-gradient, so the head's loss (the objective's binary cross-entropy against 1[candidate = x_0] at the corrupted
+  positions, `aux/calibration`) trains the head alone and leaves the denoiser's gradient unchanged. float32."""
+
+  def __init__(self, width: int, *, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(width + 3, width, rngs=rngs)
+    self.out = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+  @staticmethod
+  def drawable_logits(logits_BxLxV, special: special_tokens.SpecialIds):
+    """float32 logits with the never-sampled ids at NEG_INF (the sampler's `primitives.sampling_logits`)."""
+    never_sampled = jnp.asarray(special.never_sampled, jnp.int32)
+    return logits_BxLxV.astype(jnp.float32).at[..., never_sampled].set(losses.NEG_INF)
+
+  @classmethod
+  def target(cls, logits_BxLxV, x0_BxL, special: special_tokens.SpecialIds):
+    """1[argmax_v of the drawable logits = x_0], float32: what the head forecasts (the greedy sampler's candidate)."""
+    return (jnp.argmax(cls.drawable_logits(logits_BxLxV, special), axis=-1) == x0_BxL).astype(jnp.float32)
+
+  def __call__(self, hidden_BxLxD, logits_BxLxV, special):
+    logits_BxLxV = jax.lax.stop_gradient(self.drawable_logits(logits_BxLxV, special))
+    log_p_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    top2_BxLx2 = jax.lax.top_k(log_p_BxLxV, 2)[0]
+    p_BxLxV = jnp.exp(log_p_BxLxV)
+    entropy_BxL = -jnp.sum(jnp.where(p_BxLxV > 0, p_BxLxV * log_p_BxLxV, 0.0), axis=-1)
+    stats_BxLx3 = jnp.stack([top2_BxLx2[..., 0], jnp.exp(top2_BxLx2[..., 0]) - jnp.exp(top2_BxLx2[..., 1]),
+                             -entropy_BxL / jnp.log(logits_BxLxV.shape[-1])], axis=-1)
+    features = jnp.concatenate([jax.lax.stop_gradient(hidden_BxLxD.astype(jnp.float32)), stats_BxLx3], axis=-1)
+    return self.out(jax.nn.gelu(self.hidden(features)))[..., 0]
 
 
 class Denoiser(nnx.Module):
@@ -195,6 +241,8 @@ class Denoiser(nnx.Module):
 
   def init_head(self, rngs: nnx.Rngs):
     self.final_norm = layers.rms_norm(self.cfg.width, dtype=self.dtype, rngs=rngs)
+    # Created last: with the same seed every other parameter equals the model's without the head.
+    self.calibration = CalibrationHead(self.cfg.width, rngs=rngs) if self.cfg.calibration_head else None
 
   def diffusion_table(self):
     """The token embeddings as continuous embedding diffusion uses them (diffusion/gaussian.py): the tied table with
@@ -257,7 +305,10 @@ class Denoiser(nnx.Module):
     """The DenoiserOutput of final states h: the tied head's logits, with its input and weights for chunked scoring."""
     hidden_BxLxD = self.final_norm(partitioning.constrain(h_BxLxD, RESIDUAL_AXES))
     head_VxD = self.embedding[...].astype(self.dtype)
-    return DenoiserOutput(hidden_BxLxD @ head_VxD.T, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD)
+    logits_BxLxV = hidden_BxLxD @ head_VxD.T
+    calibration_BxL = (self.calibration(hidden_BxLxD, logits_BxLxV, self.cfg.special)
+                       if getattr(self, "calibration", None) is not None else None)
+    return DenoiserOutput(logits_BxLxV, aux_losses or {}, aux_metrics or {}, hidden_BxLxD, head_VxD, calibration_BxL)
 
   def __call__(self, tokens_BxL, t_B=None, *, deterministic: bool = True, dropout_key=None,
                self_cond_BxLxV=None) -> DenoiserOutput:
@@ -278,11 +329,15 @@ class Denoiser(nnx.Module):
     return jnp.zeros((batch, length or self.cfg.max_len, self.cfg.vocab_size), jnp.float32)
 
   def sample_step(self, tokens_BxL, t_B, carry):
-    """One reverse step's model call: (logits_BxLxV, priority_BxL or None, carry for the next step)."""
-    logits_BxLxV = self(tokens_BxL, t_B, deterministic=True, self_cond_BxLxV=carry).logits_BxLxV
+    """One reverse step's model call: (logits_BxLxV, priority_BxL or None, carry for the next step). With a
+    calibration head the priority is its forecast sigmoid(calibration_BxL) = P(the greedy candidate is right), which
+    the sampler's confidence="calibrated" ranks by."""
+    output = self(tokens_BxL, t_B, deterministic=True, self_cond_BxLxV=carry)
+    logits_BxLxV = output.logits_BxLxV
     if self.self_condition is not None:
       carry = losses.self_condition_input(logits_BxLxV, self.cfg.mask_id)
-    return logits_BxLxV, None, carry
+    priority_BxL = None if output.calibration_BxL is None else jax.nn.sigmoid(output.calibration_BxL)
+    return logits_BxLxV, priority_BxL, carry
 
 
 def denoise_fn(graphdef, params, other, *, deterministic: bool = True, dropout_key=None):

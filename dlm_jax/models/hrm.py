@@ -126,6 +126,9 @@ class HRMConfig(DenoiserConfig):
       raise ConfigError("model.self_conditioning is not supported by hrm (its sampler carry is the memory cells).")
     if self.causal:
       raise ConfigError("model.causal=True is not supported by the HRM denoiser (it is bidirectional).")
+    if self.calibration_head:
+      raise ConfigError("model.calibration_head is not supported by hrm (its sampler priority is the strategic "
+                        "priority head); use the transformer or eco_hybrid.")
     if self.position != "rope":
       raise ConfigError(f"model.position must be 'rope' for hrm, got {self.position!r}.")
     if self.act_granularity not in ("token", "sequence"):

@@ -30,7 +30,7 @@ from dlm_jax.errors import ConfigError
 from dlm_jax.objectives.autoregressive import Autoregressive
 from dlm_jax.objectives.base import CONTEXT_FIELDS, CorruptionObjective, Objective
 from dlm_jax.objectives.embedding import EmbeddingDiffusion
-from dlm_jax.objectives.masked import MaskedELBO, MaskedMean
+from dlm_jax.objectives.masked import MaskedELBO, MaskedMean, SelfDistillationThroughTime
 from dlm_jax.objectives.sedd import ScoreEntropy
 from dlm_jax.objectives.uniform import ConsistencyDistillation, Duo, UniformELBO
 from dlm_jax.registry import Registry
@@ -38,7 +38,7 @@ from dlm_jax import special_tokens
 
 OBJECTIVES = Registry("objective", field="config diffusion.objective", entries={
     **{cls.name: cls for cls in (MaskedELBO, MaskedMean, Autoregressive, UniformELBO, Duo, ConsistencyDistillation,
-                                 ScoreEntropy, EmbeddingDiffusion)},
+                                 ScoreEntropy, EmbeddingDiffusion, SelfDistillationThroughTime)},
     "thought": "dlm_jax.proj.thought.objective:ThoughtELBO",  # thought tensors (dlm_jax/proj/thought/)
 })
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
+from dlm_jax.models.base import CalibrationHead
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
@@ -57,6 +58,8 @@ class Objective(abc.ABC):
   reads: ClassVar[tuple[str, ...]] = ()
   supports_padded: ClassVar[bool] = False  # trains on data.layout="padded" windows (padding never corrupted/scored)
   supports_score_all_tokens: ClassVar[bool] = False  # its evaluation can score token 1 too (eval.score_all_tokens)
+  # Trains a denoiser's calibration head (model.calibration_head; `with_calibration_loss`): the masked objectives.
+  trains_calibration_head: ClassVar[bool] = False
 
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   special: special_tokens.SpecialIds = special_tokens.DEFAULT  # the tokenizer's (`mask_id` is its mask)
@@ -123,6 +126,9 @@ class Objective(abc.ABC):
       raise ConfigError(
           f"config.model.causal={model_config.get('causal', False)} does not fit diffusion.objective={cls.name!r}: "
           "a causal model trains with objective 'autoregressive' and a bidirectional one with a diffusion objective.")
+    if model_config.get("calibration_head", False) and not cls.trains_calibration_head:
+      raise ConfigError(f"config.model.calibration_head=True: diffusion.objective={cls.name!r} does not train it (the "
+                        "masked objectives 'elbo' and 'masked_mean' do). Set model.calibration_head=False.")
 
   def sample_length(self, seq_len: int) -> int:
     """The tokens one generation fills: data.seq_len (an objective whose rows hold more than one generation says
@@ -139,6 +145,20 @@ class Objective(abc.ABC):
       return losses.tied_head_nll(hidden_BxLxD, output.head_VxD, targets_BxL, self.mask_id, self.loss_chunk)
     logits_BxLxV = losses.subs_logits(output.logits_BxLxV, self.mask_id)
     return losses.next_token_nll(logits_BxLxV, targets_BxL) if shift else losses.token_nll(logits_BxLxV, targets_BxL)
+
+  def with_calibration_loss(self, output, x0_BxL, corrupted_BxL, scored_BxL=None):
+    """`output` with the calibration head's loss (models.base.CalibrationHead) in its aux losses as "calibration":
+    the mean over the corrupted (and scored) positions of the binary cross-entropy of its logit c against
+    y = 1[the greedy candidate argmax_v p_theta(v | x_t) = x_0],  -y log sigmoid(c) - (1 - y) log sigmoid(-c).
+    Unchanged when the denoiser has no head."""
+    if output.calibration_BxL is None:
+      return output
+    where_BxL = corrupted_BxL if scored_BxL is None else corrupted_BxL & scored_BxL
+    y_BxL = jax.lax.stop_gradient(CalibrationHead.target(output.logits_BxLxV, x0_BxL, self.special))
+    c_BxL = output.calibration_BxL.astype(jnp.float32)
+    bce_BxL = -y_BxL * jax.nn.log_sigmoid(c_BxL) - (1.0 - y_BxL) * jax.nn.log_sigmoid(-c_BxL)
+    loss = jnp.sum(jnp.where(where_BxL, bce_BxL, 0.0)) / jnp.maximum(jnp.sum(where_BxL), 1)
+    return output.replace(aux_losses={**output.aux_losses, "calibration": loss})
 
   def denoise(self, denoise_fn: Callable, xt_BxL, t_B, rng=None):
     """The denoiser's output at x_t; with self-conditioning, a second pass given the first pass's estimate of x_0
@@ -253,6 +273,8 @@ class CorruptionObjective(Objective):
     output = self.denoise(denoise_fn, input_BxL, t_B, jax.random.fold_in(rng, 1))
     metrics = self.corruption_metrics(x0_BxL, xt_BxL, corrupted_BxL)
     loss = self.batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics)
+    if self.trains_calibration_head:
+      output = self.with_calibration_loss(output, x0_BxL, corrupted_BxL, scored_BxL)
     return loss, output, metrics
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):

@@ -15,7 +15,8 @@ from dlm_jax.objectives.base import Objective
 @dataclasses.dataclass(frozen=True)
 class EmbeddingDiffusion(Objective):
   """VDM's continuous-time bound (Kingma et al. 2021) on the normalized token embeddings e = E[x_0], log-SNR
-  lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1), linear or Diffusion-LM's square root (log_snr_shape):
+  lambda(t) from log_snr_max (t = 0) to log_snr_min (t = 1), linear or Diffusion-LM's square root (log_snr_shape),
+  optionally on a clock of each position's own (position_skew):
   NELBO = prior KL + E_t[-SNR'(t)/2 |e - e_hat|^2] + the
   Gaussian readout -log p(x_0 | z_0), with CDCD's estimate e_hat = softmax(logits) E (Dieleman et al. 2022).
 
@@ -30,6 +31,10 @@ class EmbeddingDiffusion(Objective):
   log_snr_max: float = 5.0  # lambda(0)
   log_snr_min: float = -10.0  # lambda(1)
   log_snr_shape: str = "linear"  # "linear" (VDM) or "sqrt" (Diffusion-LM's square-root schedule; gaussian.py)
+  # Position-dependent noise levels (gaussian.LogSNRSchedule): position i runs the schedule on its own clock, shifted
+  # by position_skew (1 - i / (L - 1)), so that later positions are noisier and the reverse process resolves left to
+  # right (AR-Diffusion's linear skew; seed 004's SeqDiffuSeq item). 0: one schedule for every position.
+  position_skew: float = 0.0
   anchor_weight: float = 1.0  # weight of the rounding cross-entropy (CDCD's loss)
   nelbo_weight: float = 0.0  # weight of the NELBO
 
@@ -51,7 +56,7 @@ class EmbeddingDiffusion(Objective):
 
   @property
   def log_snr_schedule(self) -> gaussian.LogSNRSchedule:
-    return gaussian.LogSNRSchedule(self.log_snr_max, self.log_snr_min, self.log_snr_shape)
+    return gaussian.LogSNRSchedule(self.log_snr_max, self.log_snr_min, self.log_snr_shape, self.position_skew)
 
   def embedding_nelbo(self, denoise_fn: Callable, x0_BxL, rng, fixed_BxL, t_B=None):
     """One time draw: (per-position terms {"diffusion", "prior", "reconstruction", "rounding"} [B, L] in nats,

@@ -22,7 +22,8 @@ DRAW_PRECISIONS = tuple(primitives.DRAW_PRECISIONS)
 REMASKING = tuple(strategies.REMASKS)
 CACHES = tuple(strategies.NETWORKS)
 KV_CACHES = strategies.KV_CACHES
-PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min", "log_snr_shape")  # the objective's (process_fields)
+# the objective's (process_fields)
+PROCESS_FIELDS = ("process", "parameterization", "log_snr_max", "log_snr_min", "log_snr_shape", "position_skew")
 STRATEGY_FIELDS = ("block_length", "threshold", "confidence_stop", "token_stop", "eos_stop", "remasking", "remask_eta",
                    "remask_t_on", "remask_t_off", "remask_alpha_on", "guidance_scale", "cache")
 
@@ -41,9 +42,13 @@ class SamplerConfig:
   # "float64" (64 random bits: no event a float64 draw can make is cut; launch.gen_eval and the sampler suite's
   # default). primitives.categorical says how and why.
   draw_precision: str = "float32"
-  confidence: str = "prob"  # what ranks the reveals: "prob", "margin" or "entropy" (primitives.CONFIDENCES)
+  confidence: str = "prob"  # what ranks the reveals: "prob", "margin", "entropy", "calibrated" (primitives.CONFIDENCES)
   reveal_noise: float = 0.0  # MaskGIT's choice temperature: Gumbel noise on log-confidence, annealed to 0
   strategic_weight: float = 0.0  # HRM denoiser: weight of the H-module's priority in the reveal ranking
+  # A stateful denoiser's carry (the HRM denoiser's memory cell contents): False passes each reverse step's new carry
+  # to the next step; True starts every step from the initial carry (the learned contents), as training does (every
+  # training example starts there). No effect on a stateless denoiser.
+  reset_carry: bool = False
   schedule: MaskingSchedule = MaskingSchedule("cosine")
   record_trajectory: bool = False
   block_length: int = 0  # semi-autoregressive blocks of this many generated positions; 0: one block
@@ -67,6 +72,7 @@ class SamplerConfig:
   log_snr_max: float = 5.0  # process "gaussian": the run's log-SNR schedule (diffusion/gaussian.py)
   log_snr_min: float = -10.0
   log_snr_shape: str = "linear"
+  position_skew: float = 0.0  # process "gaussian": each position's own clock (gaussian.LogSNRSchedule)
   # The tokenizer's special ids (mask, pad, eos, ...; special_tokens.SpecialIds): set by from_config from the run's
   # tokenizer; the default is our character and SentencePiece tokenizers' 0..4.
   special: special_tokens.SpecialIds = special_tokens.DEFAULT
@@ -177,7 +183,7 @@ def process_fields(config) -> dict:
   return {"process": process if process in ("uniform", "gaussian") else "absorbing",
           "parameterization": "score" if objective.outputs == "score" else read("parameterization"),
           "log_snr_max": float(read("log_snr_max")), "log_snr_min": float(read("log_snr_min")),
-          "log_snr_shape": str(read("log_snr_shape"))}
+          "log_snr_shape": str(read("log_snr_shape")), "position_skew": float(read("position_skew"))}
 
 
 def component_combinations() -> list[tuple[str, str, str, dict, str]]:

@@ -24,8 +24,8 @@ from dlm_jax.sampling.primitives import SampleOutput
 def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
   """`logits_fn(z_BxLxD, t_B) -> logits [B, L, V]`; `table_VxD` the normalized embedding table; `cfg` a
   SamplerConfig with process "gaussian" (method "ddim" or "ddpm", steps, greedy, temperature, log_snr_max/min/shape,
-  record_trajectory). Returns a SampleOutput."""
-  schedule = gaussian.LogSNRSchedule(cfg.log_snr_max, cfg.log_snr_min, cfg.log_snr_shape)
+  position_skew, record_trajectory). Returns a SampleOutput."""
+  schedule = gaussian.LogSNRSchedule(cfg.log_snr_max, cfg.log_snr_min, cfg.log_snr_shape, cfg.position_skew)
   batch, length = tokens_BxL.shape
   steps, eta = int(cfg.steps), 1.0 if cfg.method == "ddpm" else 0.0
   table_VxD = table_VxD.astype(jnp.float32)

@@ -106,6 +106,12 @@ def masked_sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg, priorit
     key, sample_key, reveal_key = jax.random.split(st.key, 3)
     view = step_view(st, blocks, reveal, cfg.steps, cfg.eos_stop, special)
     net = network(st.network_state, view, st.model_carry, sample_key)
+    if cfg.confidence == "calibrated":  # the denoiser's calibration head, where the network predicted
+      if net.priority_BxL is None:
+        raise ConfigError("sample.confidence='calibrated' ranks by a calibration head's forecast; this denoiser has "
+                          "none (train with model.calibration_head=True).")
+      calibrated_BxL = jnp.where(net.confidence_BxL > 0, net.priority_BxL.astype(jnp.float32), 0.0)
+      net = net.replace(confidence_BxL=calibrated_BxL)
     step_priority_BxL = priority_BxL
     if cfg.strategic_weight and net.priority_BxL is not None:
       weighted = cfg.strategic_weight * net.priority_BxL.astype(jnp.float32)

@@ -148,7 +148,17 @@ class EntropyConfidence:
     return jnp.exp(-entropy_x)
 
 
-CONFIDENCES = {cls.name: cls for cls in (ProbabilityConfidence, MarginConfidence, EntropyConfidence)}
+@dataclasses.dataclass(frozen=True)
+class CalibratedConfidence(ProbabilityConfidence):
+  """A trained calibration head's forecast P(the greedy candidate is right | x_t) (seed 001 §9.7;
+  models.base.CalibrationHead, model.calibration_head). It is not a function of the logits: the denoiser returns it
+  as its step priority, and the masked sampler puts it in place of this score, which is p_theta(candidate | x_t) for
+  callers that have only logits. It forecasts the argmax candidate: meant for greedy draws."""
+  name: ClassVar[str] = "calibrated"
+
+
+CONFIDENCES = {cls.name: cls for cls in (ProbabilityConfidence, MarginConfidence, EntropyConfidence,
+                                         CalibratedConfidence)}
 
 
 def confidence_scores(logits_BxLxV, cand_BxL, kind: str):

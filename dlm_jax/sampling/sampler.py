@@ -36,7 +36,11 @@ def sample(denoise_fn: Callable, rng, tokens_BxL, fixed_BxL, cfg: SamplerConfig,
            init_carry=None, kv_cache_fns=None, return_carry: bool = False) -> SampleOutput:
   """The reverse process of `denoise_fn(x, t, carry) -> (logits, priority or None, carry)` for an absorbing config
   (`masked.masked_sample`, whose docstring has the arguments) or a uniform-state / SEDD one
-  (`transition.transition_sample`; `priority_BxL`, `kv_cache_fns` and `return_carry` are the masked sampler's)."""
+  (`transition.transition_sample`; `priority_BxL`, `kv_cache_fns` and `return_carry` are the masked sampler's).
+  With `cfg.reset_carry` every call of `denoise_fn` gets `init_carry`, and the carry returned stays `init_carry`."""
+  if cfg.reset_carry and init_carry is not None:
+    carried_fn = denoise_fn
+    denoise_fn = lambda x, t, carry: (*carried_fn(x, t, init_carry)[:2], carry)
   if cfg.family == "transition":
     return transition.transition_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, init_carry)
   return masked.masked_sample(denoise_fn, rng, tokens_BxL, fixed_BxL, cfg, priority_BxL=priority_BxL,
