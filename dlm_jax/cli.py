@@ -76,8 +76,9 @@ def define_sample_flags(default_samples: int = 4):
                     "ancestral for masked models; ancestral or greedy for uniform-state (Duo) ones; tweedie for SEDD.",
                     **here)
   flags.DEFINE_enum("confidence", None, list(sampler_lib.CONFIDENCES), "What ranks the masked positions for reveal "
-                    "(default: the run's config): the candidate's probability (prob), the top-2 margin (margin) or "
-                    "the predictive entropy, lowest first (entropy).", **here)
+                    "(default: the run's config): the candidate's probability (prob), the top-2 margin (margin), "
+                    "the predictive entropy, lowest first (entropy), or a calibration head's forecast (calibrated; "
+                    "runs with model.calibration_head).", **here)
   flags.DEFINE_bool("greedy", None, "Argmax candidates instead of sampling them.", **here)
   flags.DEFINE_float("temperature", None, "Sampling temperature.", **here)
   flags.DEFINE_integer("top_k", None, "Top-k filtering (0 = off).", **here)
@@ -89,6 +90,9 @@ def define_sample_flags(default_samples: int = 4):
                      **here)
   flags.DEFINE_float("strategic_weight", None, "HRM denoiser: weight of the H-module's priority in the reveal "
                      "ranking.", **here)
+  flags.DEFINE_bool("reset_carry", None, "A stateful denoiser (the HRM denoiser's memory cells): start every reverse "
+                    "step from the initial carry, as training does, instead of the previous step's (default: the "
+                    "run's config).", **here)
   flags.DEFINE_integer("block_length", None, "Semi-autoregressive blocks of this many new tokens (0: one block).",
                        **here)
   flags.DEFINE_float("threshold", None, "Fast-dLLM: reveal every masked token with confidence above this (0: off).",

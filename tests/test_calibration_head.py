@@ -134,7 +134,7 @@ def test_a_denoiser_with_a_head_returns_its_forecast_as_the_sampler_priority():
   logits, priority, _ = model.sample_step(tokens, jnp.full((2,), 0.5), None)
   output = model(tokens, jnp.full((2,), 0.5))
   np.testing.assert_allclose(priority, jax.nn.sigmoid(output.calibration_BxL), rtol=1e-6)
-  target = CalibrationHead.target(logits, rows(2), special_tokens.DEFAULT)
+  target = CalibrationHead.target(logits, rows(2), special_tokens.DEFAULT)  # losses.greedy_correct
   assert target.shape == (2, 16) and set(np.unique(np.asarray(target))) <= {0.0, 1.0}
   assert models.get_model(config_of(False), VOCAB, nnx.Rngs(0)).sample_step(tokens, jnp.full((2,), 0.5), None)[1] \
       is None

@@ -102,3 +102,17 @@ def self_condition_input(logits_BxLxV, mask_id: int):
   gradient (the first pass is not trained through)."""
   probs_BxLxV = jax.nn.softmax(subs_logits(logits_BxLxV, mask_id).astype(jnp.float32), axis=-1)
   return jax.lax.stop_gradient(probs_BxLxV)
+
+
+def drawable_logits(logits_BxLxV, special):
+  """float32 logits with the never-sampled ids (`special.never_sampled`: pad, bos, mask, unk, less eos) at NEG_INF:
+  the distribution a sampler draws from (the sampler's `primitives.sampling_logits`)."""
+  never_sampled = jnp.asarray(special.never_sampled, jnp.int32)
+  return logits_BxLxV.astype(jnp.float32).at[..., never_sampled].set(NEG_INF)
+
+
+def greedy_correct(logits_BxLxV, x0_BxL, special):
+  """1[argmax_v of the drawable logits = x_0], float32 [B, L]: whether the greedy sampler's candidate is the true
+  token (what a calibration head forecasts, models.base.CalibrationHead)."""
+  return (jnp.argmax(drawable_logits(logits_BxLxV, special), axis=-1) == x0_BxL).astype(jnp.float32)
+

@@ -170,19 +170,11 @@ class CalibrationHead(nnx.Module):
     self.hidden = nnx.Linear(width + 3, width, rngs=rngs)
     self.out = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
-  @staticmethod
-  def drawable_logits(logits_BxLxV, special: special_tokens.SpecialIds):
-    """float32 logits with the never-sampled ids at NEG_INF (the sampler's `primitives.sampling_logits`)."""
-    never_sampled = jnp.asarray(special.never_sampled, jnp.int32)
-    return logits_BxLxV.astype(jnp.float32).at[..., never_sampled].set(losses.NEG_INF)
-
-  @classmethod
-  def target(cls, logits_BxLxV, x0_BxL, special: special_tokens.SpecialIds):
-    """1[argmax_v of the drawable logits = x_0], float32: what the head forecasts (the greedy sampler's candidate)."""
-    return (jnp.argmax(cls.drawable_logits(logits_BxLxV, special), axis=-1) == x0_BxL).astype(jnp.float32)
+  # What the head forecasts: 1[the greedy candidate is x_0] (the objective's target).
+  target = staticmethod(losses.greedy_correct)
 
   def __call__(self, hidden_BxLxD, logits_BxLxV, special):
-    logits_BxLxV = jax.lax.stop_gradient(self.drawable_logits(logits_BxLxV, special))
+    logits_BxLxV = jax.lax.stop_gradient(losses.drawable_logits(logits_BxLxV, special))
     log_p_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
     top2_BxLx2 = jax.lax.top_k(log_p_BxLxV, 2)[0]
     p_BxLxV = jnp.exp(log_p_BxLxV)

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
-from dlm_jax.models.base import CalibrationHead
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
@@ -151,10 +150,10 @@ class Objective(abc.ABC):
     the mean over the corrupted (and scored) positions of the binary cross-entropy of its logit c against
     y = 1[the greedy candidate argmax_v p_theta(v | x_t) = x_0],  -y log sigmoid(c) - (1 - y) log sigmoid(-c).
     Unchanged when the denoiser has no head."""
-    if output.calibration_BxL is None:
+    if getattr(output, "calibration_BxL", None) is None:  # (a denoiser's own output class may lack the field)
       return output
     where_BxL = corrupted_BxL if scored_BxL is None else corrupted_BxL & scored_BxL
-    y_BxL = jax.lax.stop_gradient(CalibrationHead.target(output.logits_BxLxV, x0_BxL, self.special))
+    y_BxL = jax.lax.stop_gradient(losses.greedy_correct(output.logits_BxLxV, x0_BxL, self.special))
     c_BxL = output.calibration_BxL.astype(jnp.float32)
     bce_BxL = -y_BxL * jax.nn.log_sigmoid(c_BxL) - (1.0 - y_BxL) * jax.nn.log_sigmoid(-c_BxL)
     loss = jnp.sum(jnp.where(where_BxL, bce_BxL, 0.0)) / jnp.maximum(jnp.sum(where_BxL), 1)
