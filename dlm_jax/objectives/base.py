@@ -37,6 +37,19 @@ from dlm_jax.errors import ConfigError
 from dlm_jax import special_tokens
 
 # Fields given by the run rather than by config.diffusion.
+DISTILLATION_LOSSES = ("kl_bwd", "kl_fwd")  # KL(student || teacher), KL(teacher || student)
+
+
+def check_distillation_fields(objective):
+  """Raises ConfigError for a distillation objective's (dcd, sdtt) distill_loss, distill_teacher_steps or
+  distill_round_steps out of range."""
+  if objective.distill_loss not in DISTILLATION_LOSSES:
+    raise ConfigError(f"diffusion.distill_loss must be one of {DISTILLATION_LOSSES}, got {objective.distill_loss!r}.")
+  if objective.distill_teacher_steps < 2 or objective.distill_round_steps < 1:
+    raise ConfigError(f"diffusion.distill_teacher_steps must be >= 2 and diffusion.distill_round_steps >= 1, got "
+                      f"{objective.distill_teacher_steps} and {objective.distill_round_steps}.")
+
+
 CONTEXT_FIELDS = ("schedule", "special", "vocab_size", "self_conditioning", "corruption", "padded", "score_all_tokens",
                   "conditioned")
 

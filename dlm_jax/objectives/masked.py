@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from dlm_jax.diffusion import corruption as corruption_lib
 from dlm_jax.diffusion import forward, losses
 from dlm_jax.errors import ConfigError
-from dlm_jax.objectives.base import CorruptionObjective
+from dlm_jax.objectives.base import CorruptionObjective, check_distillation_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +113,7 @@ class SelfDistillationThroughTime(MaskedELBO):
 
   def __post_init__(self):
     super().__post_init__()
-    if self.distill_loss not in ("kl_bwd", "kl_fwd"):
-      raise ConfigError(f"diffusion.distill_loss must be 'kl_bwd' or 'kl_fwd', got {self.distill_loss!r}.")
-    if self.distill_teacher_steps < 2 or self.distill_round_steps < 1:
-      raise ConfigError(f"diffusion.distill_teacher_steps must be >= 2 and diffusion.distill_round_steps >= 1, got "
-                        f"{self.distill_teacher_steps} and {self.distill_round_steps}.")
+    check_distillation_fields(self)
     if self.corruption is not None or self.time_exponent != 1.0:
       raise ConfigError("diffusion.objective='sdtt' distills token-by-token masking at uniform times; set "
                         "diffusion.corruption='uniform' and diffusion.time_exponent=1.0.")

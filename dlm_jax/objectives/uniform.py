@@ -10,9 +10,8 @@ import jax.numpy as jnp
 
 from dlm_jax.diffusion import duality, forward, uniform
 from dlm_jax.errors import ConfigError
-from dlm_jax.objectives.base import CorruptionObjective
+from dlm_jax.objectives.base import CorruptionObjective, check_distillation_fields
 
-DISTILLATION_LOSSES = ("kl_bwd", "kl_fwd")
 DUO_LOSSES = ("nelbo", "symmetric_kl")
 
 
@@ -200,11 +199,7 @@ class ConsistencyDistillation(UniformELBO):
 
   def __post_init__(self):
     super().__post_init__()
-    if self.distill_loss not in DISTILLATION_LOSSES:
-      raise ConfigError(f"diffusion.distill_loss must be one of {DISTILLATION_LOSSES}, got {self.distill_loss!r}.")
-    if self.distill_teacher_steps < 2 or self.distill_round_steps < 1:
-      raise ConfigError(f"diffusion.distill_teacher_steps must be >= 2 and diffusion.distill_round_steps >= 1, got "
-                        f"{self.distill_teacher_steps} and {self.distill_round_steps}.")
+    check_distillation_fields(self)
 
   def distillation_gap(self, step):
     """dt = 2^n / T at round n = step // distill_round_steps (capped at 1/2): the time gap the student jumps."""

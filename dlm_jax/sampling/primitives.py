@@ -97,8 +97,9 @@ def remove_never_sampled(logits_xV, special: special_tokens.SpecialIds):
 
 
 def sampling_logits(logits_BxLxV, special: special_tokens.SpecialIds):
-  """Float32 logits with the never-sampled ids removed (`remove_never_sampled`)."""
-  return remove_never_sampled(logits_BxLxV.astype(jnp.float32), special)
+  """Float32 logits with the never-sampled ids removed (`remove_never_sampled`; `losses.drawable_logits`, which the
+  calibration head's target shares)."""
+  return losses.drawable_logits(logits_BxLxV, special)
 
 
 # Confidence scores: how sure the model is of a position's candidate, in [0, 1], higher revealed first. A masked
