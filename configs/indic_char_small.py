@@ -10,7 +10,9 @@ primary denoiser (the decision rule in BENCHMARKS.md).
 Models: configs/shakespeare_char_small.py's arms (width 128, 4 layers or 2 L + 2 H, matched parameters), context 128,
 batch 16, 1000 steps (2.05M training characters, about half an epoch). The character alphabet (~400 characters:
 Devanagari, Latin, punctuation, a few others) comes from the train + valid text, as in every dlm_jax char run.
-Arms: "diffusion", "ar" (causal; the judge of generation quality), "eco", "hrm". All of it, then the tables:
+Arms: "diffusion", "ar" (causal; the judge of generation quality), "eco", "hrm", and "embedding" (continuous
+embedding diffusion, configs/default.beyond_masking_arm: the steered embedding sampler of launch/control.py). The four
+denoisers' comparison, then the tables:
   bash launch/compare_indic.sh
 Hardware: CPU, 2 cores: 4-7 minutes per arm (EcoHybrid fastest, HRM slowest), about 27 minutes for the four.
 Expected (seed 0, 98c6d1d): validation NELBO Hindi / Hinglish in nats/char: baseline 2.889 / 3.029, EcoHybrid
@@ -26,8 +28,8 @@ HINGLISH_VALID = "hinglish/lince_mt_dev.txt,hinglish/cmdialog_dev.txt"
 
 
 def get_config(arm: str = "diffusion"):
-  if arm not in ("diffusion", "ar", "eco", "hrm"):
-    raise ValueError(f"configs/indic_char_small.py takes 'diffusion', 'ar', 'eco' or 'hrm', got {arm!r}.")
+  if arm not in ("diffusion", "ar", "eco", "hrm", "embedding"):
+    raise ValueError(f"configs/indic_char_small.py takes 'diffusion', 'ar', 'eco', 'hrm' or 'embedding', got {arm!r}.")
   c = shakespeare_char_small.get_config(arm)
   c.data.path = TRAIN_PATHS
   c.data.valid_path = f"{HINDI_VALID},{HINGLISH_VALID}"

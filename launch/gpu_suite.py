@@ -64,7 +64,7 @@ TEST_FILES = ("test_diffusion", "test_uniform", "test_gaussian", "test_corruptio
               "test_training", "test_data", "test_tokenization", "test_generation", "test_launch", "test_sharding",
               "test_notebooks", "test_gpu_suite", "test_objectives", "test_first_contact", "test_prepared",
               "test_protocols", "test_hf_tokenizer", "test_hf_fixtures", "test_hf_import", "test_puzzles",
-              "test_calibration_head")
+              "test_calibration_head", "test_control")
 
 # The puzzle sets of the `puzzles` call (issue #29, HRM's setting): name -> launch.puzzles flags. launch/stage_gpu.sh
 # generates them here into .gpu_stage/puzzles (hard Sudokus take ~0.4 s each on one CPU core); the call's first stage

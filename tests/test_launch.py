@@ -216,7 +216,7 @@ def test_evaluate_reports_the_calibration_of_reveal_confidences(trained_run):
 
 
 LAUNCHERS = ("train", "sample", "evaluate", "gen_eval", "tokenizer", "bench", "summarize", "sampler_suite",
-             "gpu_suite")
+             "gpu_suite", "classifier", "control")
 
 
 def assert_help_exits_zero(names):

@@ -10,6 +10,8 @@ t = 1 - i/S to s = 1 - (i+1)/S:
 with eta = 0 ("ddim": deterministic given z_1) or 1 ("ddpm": the ancestral step). The tokens at each step are the
 argmax of the logits (the mask id excluded: it never occurs in training text); the result is the last step's. A
 position's reveal step is the last step at which its argmax changed; its confidence the final step's probability.
+A steered sampler (sampling/control.py's classifier guidance) adds its shift of the x_0 estimate to e_hat before the
+step.
 """
 from __future__ import annotations
 
@@ -21,11 +23,17 @@ from dlm_jax.diffusion.losses import NEG_INF
 from dlm_jax.sampling.primitives import SampleOutput
 
 
-def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
+def schedule_of(cfg) -> gaussian.LogSNRSchedule:
+  """The run's log-SNR schedule, from a gaussian SamplerConfig's process fields."""
+  return gaussian.LogSNRSchedule(cfg.log_snr_max, cfg.log_snr_min, cfg.log_snr_shape, cfg.position_skew)
+
+
+def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg, x0_shift_fn=None):
   """`logits_fn(z_BxLxD, t_B) -> logits [B, L, V]`; `table_VxD` the normalized embedding table; `cfg` a
   SamplerConfig with process "gaussian" (method "ddim" or "ddpm", steps, greedy, temperature, log_snr_max/min/shape,
-  position_skew, record_trajectory). Returns a SampleOutput."""
-  schedule = gaussian.LogSNRSchedule(cfg.log_snr_max, cfg.log_snr_min, cfg.log_snr_shape, cfg.position_skew)
+  position_skew, record_trajectory); `x0_shift_fn(z_BxLxD, t_B) -> [B, L, D]`, when given, is added to the x_0
+  estimate at every step (control.gaussian_guidance). Returns a SampleOutput."""
+  schedule = schedule_of(cfg)
   batch, length = tokens_BxL.shape
   steps, eta = int(cfg.steps), 1.0 if cfg.method == "ddpm" else 0.0
   table_VxD = table_VxD.astype(jnp.float32)
@@ -45,6 +53,8 @@ def gaussian_sample(logits_fn, table_VxD, rng, tokens_BxL, fixed_BxL, cfg):
       e_hat_BxLxD = table_VxD[argmax_BxL]
     else:
       e_hat_BxLxD = gaussian.expected_embedding(logits_BxLxV / cfg.temperature, table_VxD)
+    if x0_shift_fn is not None:
+      e_hat_BxLxD = e_hat_BxLxD + x0_shift_fn(z_BxLxD, t_B)
     z_BxLxD = gaussian.ddim_step(z_BxLxD, e_hat_BxLxD, t_B, s_B, schedule, jax.random.fold_in(loop_rng, i), eta)
     z_BxLxD = jnp.where(fixed_BxL[..., None], clean_BxLxD, z_BxLxD)
     now_BxL = jnp.where(fixed_BxL, start_BxL, argmax_BxL)  # start_BxL holds the fixed tokens
