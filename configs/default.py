@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "hf:PATH": start from a Hugging Face checkpoint folder (BERT, ModernBERT, GPT-2, LLaMA, Qwen2/Dream): its weights,
   # its architecture as config.model (name "pretrained") and its tokenizer (training/hf_checkpoints.py).
   c.train.init_from = ""
+  # A dlm_jax run's folder: start from its weights (EMA when it kept them) and its tokenizer, a fresh optimizer, the
+  # architecture this config's (the parameter shapes must match; `causal` and `shift_logits` may differ). Issue #31's
+  # AR-to-diffusion conversion: a diffusion arm from its `:ar` run, with model.shift_logits=True (Dream).
+  c.train.init_from_run = ""
   # LoRA on an imported checkpoint (> 0: rank r; only the adapters train; launch.export merges them): adapters on the
   # projections named in lora_targets, a comma list of "qkv", "out" and "mlp" (models/pretrained.py)
   c.train.lora_rank = 0
@@ -121,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
   # first with no context (MD4/MDLM's text8 and OpenWebText protocol; diffusion objectives only)
   c.eval.score_all_tokens = False
   c.eval.seed = 1234
+  # The training loss estimator's noise, logged with every evaluation (eval/loss_estimator_std; issue #31): the training
+  # objective is drawn twice (independent times and masks) on each of the first estimator_batches evaluation batches,
+  # std = sqrt(mean (a - b)^2 / 2), nats/token for a batch of eval.batch_size windows. 0: not measured.
+  c.eval.estimator_batches = 4
 
   # The sampler (dlm_jax/sampling/config.py, docs/sampling.md): every field declared once, with its default and comment,
   # in SamplerConfig. The embedded default ranks reveals with MaskGIT's choice temperature (Gumbel noise on the

@@ -82,6 +82,7 @@ def tiny_config(**overrides):
   c.train.log_every, c.train.checkpoint_every, c.train.sample_every = 4, 6, 0
   c.optimizer.warmup_steps = 2
   c.eval.every, c.eval.num_windows, c.eval.batch_size, c.eval.time_samples = 12, 16, 8, 1
+  c.eval.estimator_batches = 0  # (one more compiled function per run; tests/test_training.py measures it)
   c.sample.num_samples, c.sample.steps = 2, 8
   return with_overrides(c, overrides)
 

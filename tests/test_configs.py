@@ -4,7 +4,8 @@ import jax
 import pytest
 from flax import nnx
 
-from configs import base_110m, default, indic_char_small, maze, shakespeare_char, shakespeare_char_small, sudoku
+from configs import (base_110m, default, indic_char_small, maze, nanogpt_cpu, shakespeare_char, shakespeare_char_small,
+                     sudoku)
 from dlm_jax import models
 from dlm_jax import objectives, special_tokens
 from dlm_jax.sampling import SamplerConfig
@@ -22,13 +23,15 @@ BEYOND_MASKING = ("duo", "sedd", "duo_dcd", "embedding")
                                                   70),
                                                  (shakespeare_char_small,
                                                   ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
-                                                 (indic_char_small, ("diffusion", "ar", "eco", "hrm"), 427),
+                                                 (indic_char_small, ("diffusion", "ar", "eco", "hrm", "embedding"), 427),
+                                                 (nanogpt_cpu, nanogpt_cpu.ARMS, 70),
                                                  (base_110m, ("diffusion", "eco", "hrm"), 32000),
                                                  (sudoku, ("diffusion", "ar", "eco", "hrm", "hrm_h1", "hrm_bptt"), 14),
                                                  (sudoku, ("diffusion_gpu", "ar_gpu", "eco_gpu", "hrm_gpu"), 14),
                                                  (maze, ("diffusion", "ar", "eco", "hrm"), 10),
                                                  (maze, ("diffusion_gpu", "eco_gpu", "hrm_gpu"), 10)],
-                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "base_110m", "sudoku",
+                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "nanogpt_cpu", "base_110m",
+                              "sudoku",
                               "sudoku_gpu", "maze", "maze_gpu"])
 def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   counts = {}

@@ -153,6 +153,75 @@ def test_monte_carlo_objective_is_unbiased_and_bounds_a_wrong_model(toy):
   assert float(jnp.mean(context_free)) * L > truth
 
 
+@pytest.mark.parametrize("schedule", [MaskingSchedule("linear"), MaskingSchedule("cosine"),
+                                      MaskingSchedule("polynomial", exponent=3.0)], ids=lambda s: s.name)
+def test_complementary_pairs_are_unbiased_by_enumeration(toy, schedule):
+  """Issue #31's coupled masks: int_0^1 sum_m q(m | t) [w(t) S(m) + c(t) S(~m)] / 2 dt == -log p(x0) with c(t) =
+  -alpha'(t) / alpha(t) (`MaskedELBO.complementary_pair`), S(m) = sum_{i in m} -log p(x0_i | x_m), for every
+  schedule; the complement's mask rate is m(t') = 1 - m(t). (With w(t') in place of c the cosine and polynomial
+  schedules miss, by 0.06 and 3.4 nats.)"""
+  joint, table = toy
+  objective = OBJECTIVES["elbo"](schedule, masks_per_sequence=2, mask_coupling="complementary")
+  denoise = _table_denoiser(table)
+  nodes, weights = np.polynomial.legendre.leggauss(64)
+  t_Q = jnp.asarray(0.5 * (nodes + 1), jnp.float32)
+  w_Q = jnp.asarray(0.5 * weights, jnp.float32)
+  patterns_MxL = jnp.asarray(list(itertools.product([False, True], repeat=L)))
+  t_prime_Q, c_Q = objective.complementary_pair(t_Q)
+  np.testing.assert_allclose(schedule.mask_rate(t_prime_Q), 1.0 - schedule.mask_rate(t_Q), atol=1e-5)
+  for x0 in [(2, 0, 1), (1, 1, 0), (0, 2, 2)]:
+    x0_L = jnp.asarray(x0, jnp.int32)
+
+    def total_nll(masked_MxL):
+      xt_MxL = jnp.where(masked_MxL, MASK, x0_L[None, :])
+      logits_MxLxV = losses.subs_logits(denoise(xt_MxL, None).logits_BxLxV, MASK)
+      nll_MxL = losses.token_nll(logits_MxLxV, jnp.broadcast_to(x0_L, xt_MxL.shape))
+      return jnp.sum(jnp.where(masked_MxL, nll_MxL, 0.0), axis=-1)
+
+    first_M, second_M = total_nll(patterns_MxL), total_nll(~patterns_MxL)
+
+    def pair_integrand(t, c):
+      prob_M = jnp.exp(forward.masked_log_prob(patterns_MxL, jnp.full((patterns_MxL.shape[0],), t), schedule))
+      return jnp.sum(prob_M * (schedule.weight(t) * first_M + c * second_M)) / 2.0
+
+    nelbo = float(jnp.sum(w_Q * jax.vmap(pair_integrand)(t_Q, c_Q)))
+    np.testing.assert_allclose(nelbo, -math.log(joint[x0]), rtol=2e-3)
+
+
+def test_coupled_and_repeated_masks_keep_the_objective_unbiased_and_cut_its_noise(toy):
+  """The jitted objective with 2 masks per sequence (independent or complementary) still averages to -log p(x0) for
+  the exact model; the complementary batch masks each token in exactly one row of its pair (fixed positions in none).
+  The estimators' spread over 64 draws of the same 1,024 sequences (measured: 0.146, 0.115, 0.065 nats): one mask >
+  two independent masks > a complementary pair."""
+  joint, table = toy
+  x0 = (2, 0, 1)
+  x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (1024, 1))
+  truth = -math.log(joint[x0])
+  spread = {}
+  for name, fields in {"one": {}, "two": {"masks_per_sequence": 2},
+                       "pair": {"masks_per_sequence": 2, "mask_coupling": "complementary"}}.items():
+    objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), **fields)
+    draws = jax.jit(jax.vmap(lambda rng: objective(_table_denoiser(table), x0_BxL, rng)[0]))(
+        jax.random.split(jax.random.key(1), 64)) * L
+    estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(64)
+    assert abs(estimate - truth) < 5 * stderr + 1e-3, (name, estimate, truth, stderr)
+    spread[name] = float(jnp.std(draws))
+  assert spread["one"] > spread["two"] > spread["pair"], spread
+  pair = OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2, mask_coupling="complementary")
+  x0_2BxL = jnp.tile(jnp.arange(10, 26, dtype=jnp.int32), (8, 1))
+  fixed_2BxL = jnp.zeros(x0_2BxL.shape, bool).at[:, :3].set(True)
+  t_2B = pair.sample_times(jax.random.key(2), 8)
+  xt, _, masked, weight = pair.complementary_inputs(jax.random.key(3), x0_2BxL, t_2B, fixed_2BxL)
+  assert bool(jnp.all(masked[:4, 3:] ^ masked[4:, 3:])) and not bool(jnp.any(masked[:, :3]))
+  chex.assert_trees_all_equal(xt == MASK, masked)
+  np.testing.assert_allclose(pair.schedule.mask_rate(t_2B[4:]), 1.0 - pair.schedule.mask_rate(t_2B[:4]), atol=1e-5)
+  np.testing.assert_allclose(weight[4:, 0], pair.complementary_pair(t_2B[:4])[1])
+  with pytest.raises(ConfigError, match="masks_per_sequence=2"):
+    OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_coupling="complementary")
+  with pytest.raises(ConfigError, match="masks_per_sequence must be >= 1"):
+    OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=0)
+
+
 def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
   """The evaluation convention: diffusion's evaluation NELBO averages to -log p(x_2..L | x_1) / (L - 1) for the exact
   model (x_1 is never masked); the AR arm's evaluation figure is its next-token NLL over the same L - 1 targets."""

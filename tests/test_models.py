@@ -335,3 +335,19 @@ def test_the_head_is_tied_to_the_input_embedding(name):
   matrices = [path for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param))
               if 20 in np.shape(leaf.get_value()) and "embedding" not in "/".join(map(str, path))]
   assert not matrices, matrices  # no other parameter has a vocabulary axis
+
+
+def test_shifted_logits_read_the_previous_positions_state(tokens):
+  """model.shift_logits (Dream's alignment): position j's logits are the unshifted model's logits of position j - 1,
+  position 0's its own; the same parameters, the same final states. The AR arm refuses it, and so do the KV caches."""
+  from dlm_jax.errors import ConfigError
+  from dlm_jax.sampling import SamplerConfig, masked
+  plain, shifted = build(), build(shift_logits=True)
+  chex.assert_trees_all_equal(nnx.state(plain, nnx.Param), nnx.state(shifted, nnx.Param))
+  out, out_shifted = plain(tokens).logits_BxLxV, shifted(tokens).logits_BxLxV
+  chex.assert_trees_all_close(out_shifted[:, 1:], out[:, :-1], rtol=1e-6)
+  chex.assert_trees_all_close(out_shifted[:, 0], out[:, 0], rtol=1e-6)
+  with pytest.raises(ConfigError, match="shift_logits"):
+    TransformerConfig(**SMALL, shift_logits=True, causal=True)
+  with pytest.raises(ConfigError, match="shifts its logits"):
+    masked.check_cache(shifted, SamplerConfig(cache="dual", block_length=4), *tokens.shape)

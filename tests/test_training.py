@@ -1,4 +1,5 @@
 """The trainer: exact resume, checkpoint round trip, metrics files, clear stops, and the CLI entry points."""
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from dlm_jax.errors import TrainingDiverged
+from dlm_jax.errors import ConfigError, TrainingDiverged
 from dlm_jax.training import checkpoint, loop, metrics
 
 
@@ -347,3 +348,43 @@ def test_self_conditioning_trains_end_to_end_and_its_map_learns(tmp_path):
   assert summary["step"] == 4 and np.isfinite(summary["eval_nll_per_token"])
   run = checkpoint.load_for_inference(tmp_path / "run")
   assert float(np.abs(np.asarray(run.params["self_condition"]["kernel"][...])).max()) > 0  # left zero, it would be 0
+
+
+def test_loss_estimator_std_estimates_the_draws_spread():
+  """Two draws per batch: a loss whose draws are 2 N(0, 1) gives ~2 (sampling error of 256 pairs: ~4.4%); a loss
+  without randomness gives 0 exactly; too few windows for a batch gives None."""
+  from dlm_jax.evaluation import likelihood
+  windows = np.zeros((256 * 4, 8), np.int32)
+  noisy = lambda params, batch, key: 2.0 * jax.random.normal(key)
+  std = likelihood.loss_estimator_std(noisy, None, windows, batch_size=4, seed=0, batches=256)
+  assert 1.8 < std < 2.2, std
+  assert likelihood.loss_estimator_std(lambda p, b, k: 1.5, None, windows, batch_size=4, seed=0, batches=8) == 0.0
+  assert likelihood.loss_estimator_std(noisy, None, windows[:0], batch_size=4, seed=0, batches=8) is None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_training_logs_the_loss_estimators_std(tmp_path, causal):
+  """eval/loss_estimator_std: the diffusion loss's Monte Carlo noise is positive; the AR arm's exact loss has none."""
+  overrides = {"train.num_steps": 4, "eval.every": 4, "eval.estimator_batches": 2, "tensorboard": False}
+  if causal:
+    overrides.update({"model.causal": True, "diffusion.objective": "autoregressive"})
+  loop.train(tiny_config(**overrides), str(tmp_path))
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+            if "eval/loss_estimator_std" in line]
+  assert len(logged) == 1 and logged[0]["step"] == 4
+  assert (logged[0]["eval/loss_estimator_std"] == 0.0) if causal else (logged[0]["eval/loss_estimator_std"] > 0.05)
+
+
+def test_init_from_run_starts_from_its_weights_and_tokenizer(trained_ar_run, tmp_path):
+  """train.init_from_run: a diffusion arm with shifted logits starts from the AR run's parameters (with a zero learning
+  rate they are still those after 2 updates) and its tokenizer; another architecture is refused naming the field."""
+  ar = checkpoint.load_for_inference(trained_ar_run)
+  overrides = {"train.init_from_run": str(trained_ar_run), "model.shift_logits": True, "train.num_steps": 2,
+               "train.checkpoint_every": 2, "eval.every": 0, "optimizer.learning_rate": 0.0, "tensorboard": False}
+  loop.train(tiny_config(**overrides), str(tmp_path / "converted"))
+  converted = checkpoint.load_for_inference(tmp_path / "converted", weights="raw")
+  assert not converted.config.model.causal and converted.config.model.shift_logits
+  chex.assert_trees_all_equal(converted.params, ar.params)
+  assert converted.tokenizer.to_dict() == ar.tokenizer.to_dict()
+  with pytest.raises(ConfigError, match="train.init_from_run=.*other parameters"):
+    loop.train(tiny_config(**{**overrides, "model.width": 48}), str(tmp_path / "wider"))

@@ -45,6 +45,26 @@ def make_eval_step(graphdef, other, objective: Objective, score: str = "nelbo"):
   return eval_step
 
 
+def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed: int, batches: int, place=None):
+  """The standard deviation of a one-draw estimate of the training loss on a batch of `batch_size` windows, the windows
+  fixed (the Monte Carlo noise of the times and masks, the diffusion gradient's own noise; issue #31): `loss_step`
+  (make_eval_step(..., score="training_loss")) drawn twice with independent keys on each of the first `batches`
+  batches, sqrt(mean_i (a_i - b_i)^2 / 2), an unbiased estimate of the variance under the square root. Nats per
+  token; 0 for an exact loss (the AR arm). None when no batch is drawn."""
+  batch_size = min(batch_size, windows_WxL.shape[0])
+  count = min(batches, windows_WxL.shape[0] // batch_size) if batch_size else 0
+  if count < 1:
+    return None
+  base = jax.random.fold_in(jax.random.key(seed), 7_000_001)
+  squares = []
+  for i in range(count):
+    batch = windows_WxL[i * batch_size:(i + 1) * batch_size]
+    batch = place(batch) if place is not None else batch
+    a, b = (float(loss_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i))) for r in (0, 1))
+    squares.append((a - b) ** 2 / 2.0)
+  return float(np.sqrt(np.mean(squares)))
+
+
 def report(nats_per_token: float, num_tokens: int, num_chars: int) -> dict:
   bits_per_token = nats_per_token / math.log(2.0)
   return {

@@ -89,6 +89,12 @@ class DenoiserConfig:
   # statistics; trained by the objective's binary cross-entropy at the corrupted positions, it never changes the
   # denoiser's gradient. The sampler ranks reveals by it with sample.confidence="calibrated". Transformer, EcoHybrid.
   calibration_head: bool = False
+  # Dream's shifted prediction (Ye et al. 2025; issue #31's AR-to-diffusion conversion): the logits of position j come
+  # from the final state of position j - 1 (position 0 keeps its own), so that a denoiser initialized from a causal
+  # run (train.init_from_run) asks each state for what it was trained to give, the next token. The tied head, its
+  # chunked scoring and the calibration head all read the shifted states. Not with the KV caches (their rows would
+  # need their neighbours' states) nor on the AR arm (whose loss shifts already).
+  shift_logits: bool = False
 
   # Fields added after checkpoints were written, with the value that rebuilds those checkpoints' models as they were
   # trained (a saved config that lacks the field gets this value; new configs get the field's default).
@@ -104,6 +110,9 @@ class DenoiserConfig:
     for name in ("dropout", "attention_dropout", "embedding_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}.")
+    if self.causal and self.shift_logits:
+      raise ConfigError("model.shift_logits aligns a diffusion denoiser with a causal run's next-token states; the AR "
+                        "arm (model.causal=True) shifts in its loss already. Set model.shift_logits=False.")
     if self.causal and self.self_conditioning:
       raise ConfigError("model.self_conditioning is for diffusion denoisers; the AR arm (model.causal=True) has no "
                         "previous estimate of x_0.")
@@ -294,7 +303,10 @@ class Denoiser(nnx.Module):
     return self.final_norm(h_BxLxD) @ self.embedding[...].astype(self.dtype).T
 
   def output(self, h_BxLxD, aux_losses=None, aux_metrics=None) -> DenoiserOutput:
-    """The DenoiserOutput of final states h: the tied head's logits, with its input and weights for chunked scoring."""
+    """The DenoiserOutput of final states h: the tied head's logits, with its input and weights for chunked scoring
+    (with model.shift_logits, position j's from the state of position j - 1, position 0's from its own)."""
+    if self.cfg.shift_logits:
+      h_BxLxD = jnp.concatenate([h_BxLxD[:, :1], h_BxLxD[:, :-1]], axis=1)
     hidden_BxLxD = self.final_norm(partitioning.constrain(h_BxLxD, RESIDUAL_AXES))
     head_VxD = self.embedding[...].astype(self.dtype)
     logits_BxLxV = hidden_BxLxD @ head_VxD.T

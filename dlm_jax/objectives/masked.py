@@ -33,14 +33,51 @@ class MaskedELBO(CorruptionObjective):
   # at which a greedy Sudoku solve goes wrong). Evaluation scores the ELBO itself, whatever k; the logged training
   # nll_per_token is then the weighted loss, not the bound.
   time_exponent: float = 1.0
+  # How the masks_per_sequence = 2 draws of a sequence relate (issue #31): "independent", or "complementary"
+  # (DiffuCoder's coupled sampling, Gong et al. 2025): the second draw masks exactly the tokens the first keeps, so
+  # every token of the sequence is scored once per pair. `complementary_pair` gives the second draw's time and weight.
+  mask_coupling: str = "independent"
+
+  MASK_COUPLINGS: ClassVar[tuple[str, ...]] = ("independent", "complementary")
 
   def __post_init__(self):
     super().__post_init__()
     if not self.time_exponent > 0:
       raise ConfigError(f"diffusion.time_exponent must be > 0 (1 = the ELBO), got {self.time_exponent}.")
+    if self.mask_coupling not in self.MASK_COUPLINGS:
+      raise ConfigError(f"diffusion.mask_coupling must be one of {self.MASK_COUPLINGS}, got {self.mask_coupling!r}.")
+    if self.mask_coupling == "complementary" and (self.masks_per_sequence != 2 or self.corruption is not None
+                                                  or self.time_exponent != 1.0 or self.name != "elbo"):
+      raise ConfigError("diffusion.mask_coupling='complementary' pairs two draws of each sequence: it needs "
+                        "diffusion.masks_per_sequence=2, token-by-token corruption (diffusion.corruption='uniform'), "
+                        f"diffusion.time_exponent=1 and objective 'elbo'; got masks_per_sequence="
+                        f"{self.masks_per_sequence}, corruption {self.corruption}, time_exponent {self.time_exponent}, "
+                        f"objective {self.name!r}.")
+
+  @property
+  def coupled(self) -> bool:
+    return self.mask_coupling == "complementary"
+
+  def complementary_pair(self, t_B):
+    """(t'_B, c_B): the time at which the complement of a mask drawn at t is a draw of the forward process,
+    m(t') = 1 - m(t) (m = 1 - alpha, the mask rate; `MaskingSchedule.time_of_mask_rate`), and the weight that keeps the
+    pair's estimator unbiased, c(t) = -alpha'(t) / alpha(t).
+
+    Why c and not w(t'): in mask-rate coordinates the NELBO is int_0^1 H(m) / m dm, H(m) = E[sum_masked -log p] under
+    masks of rate m. The first draw, t ~ U, estimates it with w(t) = m'(t) / m(t). The complement has rate
+    mu = 1 - m(t); substituting mu gives int_0^1 H(mu) / mu dmu = int_0^1 H(1 - m(t)) m'(t) / (1 - m(t)) dt, so its
+    weight is m'(t) / (1 - m(t)) = -alpha'(t) / alpha(t). For the linear and log-linear schedules t' = 1 - t and
+    c(t) = w(t'); for the others t' is not uniform and only c is right. Each draw is unbiased alone; the pair's mean
+    is. (t is kept in [t_min, 1 - t_min], where c is finite: the dropped mass is O(t_min) nats per token.)"""
+    schedule = self.schedule
+    return schedule.time_of_mask_rate(1.0 - schedule.mask_rate(t_B)), -schedule.dalpha(t_B) / schedule.alpha(t_B)
 
   def sample_times(self, rng, batch_size: int):
-    """Antithetic t ~ U[t_min, 1), warped to 1 - (1 - t)^time_exponent (the class's training emphasis)."""
+    """Antithetic t ~ U[t_min, 1), warped to 1 - (1 - t)^time_exponent (the class's training emphasis); coupled:
+    the first half's antithetic times (in [t_min, 1 - t_min]), then their complements' t' (`complementary_pair`)."""
+    if self.coupled:
+      t_H = jnp.minimum(super().sample_times(rng, batch_size // 2), 1.0 - self.t_min)
+      return jnp.concatenate([t_H, jnp.maximum(self.complementary_pair(t_H)[0], self.t_min)])
     t_B = super().sample_times(rng, batch_size)
     return t_B if self.time_exponent == 1.0 else 1.0 - (1.0 - t_B) ** self.time_exponent
 
@@ -48,11 +85,25 @@ class MaskedELBO(CorruptionObjective):
     return forward.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=fixed_BxL)
 
   def training_inputs(self, rng, x0_BxL, t_B, prompt_BxL, step):
+    if self.coupled:
+      return self.complementary_inputs(rng, x0_BxL, t_B, prompt_BxL)
     if self.corruption is None:
       return super().training_inputs(rng, x0_BxL, t_B, prompt_BxL, step)
     xt_BxL, corrupted_BxL, weight_BxL = self.corruption.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id,
                                                                 prompt_BxL)
     return xt_BxL, xt_BxL, corrupted_BxL, weight_BxL
+
+  def complementary_inputs(self, rng, x0_BxL, t_B, fixed_BxL):
+    """The coupled batch (rows 0..H-1 and H..2H-1 the same sequences, `sample_times`' t and t'): the first half
+    masked at t, the second half masked exactly where the first is not (fixed positions in neither), with per-token
+    weights w(t) and c(t) (`complementary_pair`)."""
+    half = x0_BxL.shape[0] // 2
+    fixed_BxL = jnp.zeros(x0_BxL.shape, bool) if fixed_BxL is None else fixed_BxL
+    first_HxL = forward.corrupt(rng, x0_BxL[:half], t_B[:half], self.schedule, self.mask_id, fixed_BxL[:half])[1]
+    masked_BxL = jnp.concatenate([first_HxL, ~first_HxL & ~fixed_BxL[half:]])
+    weight_B = jnp.concatenate([self.schedule.weight(t_B[:half]), self.complementary_pair(t_B[:half])[1]])
+    xt_BxL = jnp.where(masked_BxL, jnp.asarray(self.mask_id, x0_BxL.dtype), x0_BxL)
+    return xt_BxL, xt_BxL, masked_BxL, jnp.broadcast_to(weight_B[:, None], x0_BxL.shape)
 
   def corruption_metrics(self, x0_BxL, xt_BxL, corrupted_BxL):
     return {"masked_fraction": jnp.mean(corrupted_BxL.astype(jnp.float32))}

@@ -194,10 +194,12 @@ def check_cache(model, cfg, batch: int, length: int):
     raise ConfigError(f"sampler cache='unchanged' reuses the last logits when no token changed, which is exact only "
                       f"for a denoiser of the tokens alone; this {type(model).__name__} also depends on t or carries "
                       "state (time conditioning, self-conditioning, HRM memory). Use cache='none'.")
-  if cfg.cache in KV_CACHES and (not model.supports_kv_cache or carries or model.cfg.causal):
+  if cfg.cache in KV_CACHES and (not model.supports_kv_cache or carries or model.cfg.causal
+                                 or getattr(model.cfg, "shift_logits", False)):
     raise ConfigError(f"sampler cache={cfg.cache!r} needs a bidirectional denoiser with a KV cache (transformer, "
-                      f"EcoHybrid) and no carried state; this {type(model).__name__} has none or carries state "
-                      "(self-conditioning, HRM memory). Use cache='none'.")
+                      f"EcoHybrid), no carried state and unshifted logits; this {type(model).__name__} has no KV "
+                      "cache, carries state (self-conditioning, HRM memory) or shifts its logits (model.shift_logits). "
+                      "Use cache='none'.")
 
 
 def kv_cache_functions(model_fn, cfg):

@@ -51,6 +51,7 @@ RULES = {
     "eval.num_windows": (*_integer(1), "validation windows"),
     "eval.batch_size": (*_integer(1), "windows per evaluation batch"),
     "eval.time_samples": (*_integer(1), "antithetic time draws per window"),
+    "eval.estimator_batches": (*_integer(0), "batches whose training loss is drawn twice; 0: none"),
     "data.seq_len": (*_integer(2), "tokens per training window"),
     "sample.num_samples": (*_integer(0), "samples logged every train.sample_every steps; 0: none"),
 }

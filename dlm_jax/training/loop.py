@@ -109,6 +109,13 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   if resumed_step is None and objectives.objective_class(config).needs_teacher:
     teacher = load_teacher(config)
     saved_tokenizer = teacher.tokenizer  # the student reads the teacher's token ids
+  initial_run = None
+  if resumed_step is None and config.train.get("init_from_run", ""):
+    if teacher is not None or config.train.get("init_from", ""):
+      raise ConfigError("train.init_from_run starts from a run's weights; a distillation student starts from its "
+                        "teacher and train.init_from from a Hugging Face checkpoint: set only one.")
+    initial_run = checkpoint.load_for_inference(config.train.init_from_run)
+    saved_tokenizer = initial_run.tokenizer  # its token ids
   streams = pipeline.load_token_streams(config.data, workdir / "data_cache", tokenizer=saved_tokenizer)
   tokenizer, vocab_size, seq_len = streams.tokenizer, streams.tokenizer.vocab_size, int(config.data.seq_len)
 
@@ -136,6 +143,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer.to_dict(), "vocab_size": vocab_size}
   if teacher is not None:
     state = start_from_teacher(state, teacher, tx)
+  if initial_run is not None:
+    state = start_from_run(state, initial_run, tx)
   if resumed_step is not None:  # onto this run's mesh, whatever the mesh that wrote the checkpoint
     resumed_step, state = checkpoint.restore_newest_intact(mngr, mesh.abstract(state), data_iter)
     print(f"Resumed from {mngr.directory} at step {resumed_step}.", flush=True)
@@ -152,6 +161,9 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
                                                   skip_nonfinite=nan_policy == "skip_step",
                                                   trainable=models.trainable_filter(config.model)))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
+  # (a distillation student's loss needs its teacher: not measured there)
+  estimator_batches = 0 if objective.needs_teacher else int(config.eval.get("estimator_batches", 0))
+  loss_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective, "training_loss"))
   eval_windows = pipeline.split_windows(streams, config.data, int(config.eval.num_windows),
                                         config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
@@ -181,6 +193,12 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
               "bits_per_char": result["bits_per_char"]}
     if result["mc_stderr"] is not None:
       values["nll_mc_stderr"] = result["mc_stderr"]
+    if estimator_batches:
+      result["loss_estimator_std"] = likelihood.loss_estimator_std(
+          loss_step, params, eval_windows, batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
+          batches=estimator_batches, place=mesh.place_rows)
+      if result["loss_estimator_std"] is not None:
+        values["loss_estimator_std"] = result["loss_estimator_std"]
     writer.scalars(step, prefix, values)
     return result
 
@@ -191,6 +209,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     stderr = f" +- {result['mc_stderr']:.4f}" if result["mc_stderr"] is not None else ""
     line = (f"step {step} eval: {result['nats_per_token']:.4f}{stderr} nats/token ({result['bits_per_token']:.4f} "
             f"bits/token; {result['windows']} windows x {result['time_samples']} time draws)")
+    if result.get("loss_estimator_std") is not None:
+      line += f"; training loss estimator std {result['loss_estimator_std']:.4f}"
     if state.ema_params is not None:
       raw = evaluate(step, state.params, "eval_raw")
       line += f"; EMA weights (raw weights: {raw['nats_per_token']:.4f})"
@@ -346,6 +366,21 @@ def start_from_teacher(state, teacher: checkpoint.LoadedRun, tx):
   print(f"Student initialized from the teacher {teacher.describe()}.", flush=True)
   return state.replace(params=params, opt_state=tx.init(params), teacher_params=copy(),
                        ema_params=None if state.ema_params is None else copy())
+
+
+def start_from_run(state, run: checkpoint.LoadedRun, tx):
+  """The first state of a run initialized from `run` (train.init_from_run): its parameters as the weights (and the
+  EMA's start), a fresh optimizer. Raises ConfigError naming the field when the shapes differ."""
+  ours = jax.tree.map(lambda x: x.shape, state.params)
+  theirs = jax.tree.map(lambda x: x.shape, run.params)
+  if ours != theirs:
+    raise ConfigError(f"train.init_from_run={run.workdir}: its model ({run.config.model.name}, width "
+                      f"{run.config.model.get('width')}, {run.config.model.get('num_layers')} layers) has other "
+                      "parameters than this config.model; use the same architecture.")
+  params = jax.tree.map(jnp.asarray, run.params)
+  print(f"Initialized from {run.describe()}.", flush=True)
+  return state.replace(params=params, opt_state=tx.init(params),
+                       ema_params=None if state.ema_params is None else jax.tree.map(jnp.copy, params))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,43 @@
+"""nanoGPT's own CPU recipe for Tiny Shakespeare, in dlm_jax: the yardstick of diffusion's sample efficiency (issue #31).
+
+nanoGPT's README runs config/train_shakespeare_char.py on a CPU with `--block_size=64 --batch_size=12 --n_layer=4
+--n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0` (its validation loss: ~1.88 nats/char).
+This config is configs/shakespeare_char.py (nanoGPT's data split, lr 1e-3, warmup 100, cosine to 1e-4, beta2 0.99,
+weight decay 0.1 on matrices) at those settings: 4 layers, 4 heads, width 128, context 64, batch 12, 2,000 updates,
+no dropout, a SwiGLU MLP of width 344 (nanoGPT's 4x GELU MLP's parameters), RoPE positions.
+Arms: "ar" (causal, next-token loss), "diffusion" (masked diffusion, MDLM's log-linear NELBO), "diffusion_learned"
+(the diffusion arm with nanoGPT's learned absolute positions instead of RoPE), "diffusion_from_ar" (the diffusion arm
+with Dream's shifted logits, to start from an AR run: --config.train.init_from_run=AR_RUN; issue #31's conversion).
+Evaluation every 500 updates on 512 validation windows (4 time samples per window for the NELBO).
+  python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar
+  python -m launch.train --config=configs/nanogpt_cpu.py:diffusion --workdir=runs/ngpt_diffusion
+  python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar1000 --config.train.num_steps=1000
+  python -m launch.train --config=configs/nanogpt_cpu.py:diffusion_from_ar --workdir=runs/ngpt_converted \
+      --config.train.init_from_run=runs/ngpt_ar1000 --config.train.num_steps=1000
+Hardware: CPU, 2 cores, 2-3 minutes per arm. Results: BENCHMARKS.md, "Diffusion sample efficiency".
+"""
+from configs import shakespeare_char
+
+ARMS = ("ar", "diffusion", "diffusion_learned", "diffusion_from_ar")
+
+
+def get_config(arm: str = "diffusion"):
+  if arm not in ARMS:
+    raise ValueError(f"configs/nanogpt_cpu.py takes one of {ARMS}, got {arm!r}.")
+  c = shakespeare_char.get_config("ar" if arm == "ar" else "diffusion")
+  c.data.seq_len = 64
+  c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 128, 344
+  c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.0
+  if arm == "diffusion_learned":
+    c.model.position = "learned"
+  if arm == "diffusion_from_ar":
+    c.model.shift_logits = True
+  c.train.batch_size = 12
+  c.train.num_steps = 2000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 1000
+  c.train.sample_every = 0
+  c.eval.every = 500
+  c.eval.num_windows = 512
+  c.eval.batch_size = 64
+  return c
