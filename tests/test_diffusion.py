@@ -222,6 +222,49 @@ def test_coupled_and_repeated_masks_keep_the_objective_unbiased_and_cut_its_nois
     OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=0)
 
 
+def test_clipped_time_window_draws_stratified_times_inside_it_and_leaves_evaluation_alone(toy):
+  """BD3-LM's window: the training times cover [0.3, 0.8] evenly (gaps (0.8 - 0.3) / B); the evaluation still
+  averages to the exact NLL of the toy (its times are not clipped)."""
+  joint, table = toy
+  clipped = OBJECTIVES["elbo"](MaskingSchedule("loglinear"), time_low=0.3, time_high=0.8)
+  t = np.sort(np.asarray(clipped.sample_times(jax.random.key(0), 10)))
+  assert t[0] >= 0.3 and t[-1] < 0.8
+  np.testing.assert_allclose(np.diff(t), 0.05, atol=1e-6)
+  x0_BxL = jnp.tile(jnp.asarray((2, 0, 1), jnp.int32), (8192, 1))
+  draws = jnp.stack([clipped.evaluation_nll(_table_denoiser(table), x0_BxL, key)
+                     for key in jax.random.split(jax.random.key(1), 8)])
+  truth = -math.log(joint[(2, 0, 1)] / joint[2].sum()) / (L - 1)
+  assert abs(float(jnp.mean(draws)) - truth) < 5 * float(jnp.std(draws)) / math.sqrt(8) + 1e-3
+  for bad in ({"time_low": 0.5, "time_high": 0.5}, {"time_low": 0.2, "time_exponent": 2.0}):
+    with pytest.raises(ConfigError, match="time_low"):
+      OBJECTIVES["elbo"](MaskingSchedule("loglinear"), **bad)
+
+
+def test_block_curriculum_is_an_unbiased_block_wise_bound(toy):
+  """The block-size curriculum: block sizes double from 1 to L over the curriculum; at every size the jitted objective
+  averages to -log p(x0) for the exact model (each block's NELBO given a clean prefix and a masked suffix is
+  -log p(x_b | x_<b) for it, and n_blocks w(t) makes one drawn block an unbiased estimate of their sum); a block's
+  suffix is masked and never scored."""
+  joint, table = toy
+  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), block_curriculum_steps=100)
+  assert [int(objective.curriculum_block_size(s, L)) for s in (0, 60, 70, 99, 100, None)] == [1, 1, 2, 2, 3, 3]
+  x0 = (2, 0, 1)
+  x0_BxL = jnp.tile(jnp.asarray(x0, jnp.int32), (8192, 1))
+  truth = -math.log(joint[x0])
+  for step in (0, 70, 100):
+    draws = jax.jit(jax.vmap(lambda rng: objective(_table_denoiser(table), x0_BxL, rng, step=jnp.asarray(step))[0]))(
+        jax.random.split(jax.random.key(step), 16)) * L
+    estimate, stderr = float(jnp.mean(draws)), float(jnp.std(draws)) / math.sqrt(16)
+    assert abs(estimate - truth) < 5 * stderr + 2e-3, (step, estimate, truth, stderr)
+  xt, _, scored, weight = objective.block_inputs(jax.random.key(0), jnp.tile(jnp.arange(10, 26), (64, 1)),
+                                                 jnp.full((64,), 0.5), None, 30)  # blocks of 2 at L = 16
+  for row_xt, row_scored in zip(np.asarray(xt), np.asarray(scored)):
+    block = np.flatnonzero(row_xt == MASK)
+    first = block[0] // 2 * 2 if len(block) else 16
+    assert (row_xt[first + 2:] == MASK).all() and (row_xt[:first] != MASK).all() and not row_scored[first + 2:].any()
+  np.testing.assert_allclose(weight[:, 0], 8 * objective.schedule.weight(0.5), rtol=1e-6)
+
+
 def test_evaluation_scores_tokens_2_to_L_given_the_first_for_every_arm(toy):
   """The evaluation convention: diffusion's evaluation NELBO averages to -log p(x_2..L | x_1) / (L - 1) for the exact
   model (x_1 is never masked); the AR arm's evaluation figure is its next-token NLL over the same L - 1 targets."""

@@ -37,6 +37,23 @@ class MaskedELBO(CorruptionObjective):
   # (DiffuCoder's coupled sampling, Gong et al. 2025): the second draw masks exactly the tokens the first keeps, so
   # every token of the sequence is scored once per pair. `complementary_pair` gives the second draw's time and weight.
   mask_coupling: str = "independent"
+  # BD3-LM's clipped noise schedule (Arriola et al. 2025): training draws t ~ U[time_low, time_high] (antithetic) and
+  # keeps the ELBO's integrand, a loss over the middle masking levels only, whose estimator varies less than the
+  # ELBO's (the levels near t = 0, where w(t) = 1/t is large and few tokens are masked, are the noisiest). Not a bound
+  # unless the window is [0, 1]; evaluation scores the ELBO whatever the window.
+  time_low: float = 0.0
+  time_high: float = 1.0
+  # A block-size curriculum (issue #31; LLaDA 2.0's warm-up from block diffusion towards the full sequence, the
+  # block-wise NELBO of BD3-LM, Arriola et al. 2025): for the first block_curriculum_steps updates each sequence is cut
+  # into blocks of S tokens, S growing by doublings from block_curriculum_start to L over those updates
+  # (`curriculum_block_size`); one block b per sequence is drawn uniformly, the tokens before it stay clean, its
+  # tokens are masked at rate 1 - alpha(t), every token after it is masked (a masked suffix is what semi-autoregressive
+  # block decoding shows the denoiser; BD3-LM drops the suffix with an attention mask instead), and the block's
+  # masked tokens are scored with weight n_blocks w(t): an unbiased estimate of sum_b NELBO(x_b | x_<b), the bound of
+  # the block-autoregressive model. S = 1 is next-token prediction given a clean prefix (with model.shift_logits,
+  # exactly what a causal run's states were trained for); S = L is the ELBO above. 0: off.
+  block_curriculum_steps: int = 0
+  block_curriculum_start: int = 1
 
   MASK_COUPLINGS: ClassVar[tuple[str, ...]] = ("independent", "complementary")
 
@@ -44,6 +61,19 @@ class MaskedELBO(CorruptionObjective):
     super().__post_init__()
     if not self.time_exponent > 0:
       raise ConfigError(f"diffusion.time_exponent must be > 0 (1 = the ELBO), got {self.time_exponent}.")
+    if not 0.0 <= self.time_low < self.time_high <= 1.0:
+      raise ConfigError(f"diffusion.time_low and time_high must satisfy 0 <= low < high <= 1, got {self.time_low} and "
+                        f"{self.time_high}.")
+    if (self.time_low, self.time_high) != (0.0, 1.0) and (self.time_exponent != 1.0 or self.coupled
+                                                          or self.name != "elbo"):
+      raise ConfigError("diffusion.time_low/time_high clip the training times of objective 'elbo'; use them without "
+                        "time_exponent and mask_coupling='complementary'.")
+    if self.block_curriculum_steps < 0 or self.block_curriculum_start < 1:
+      raise ConfigError(f"diffusion.block_curriculum_steps must be >= 0 and block_curriculum_start >= 1, got "
+                        f"{self.block_curriculum_steps} and {self.block_curriculum_start}.")
+    if self.block_curriculum_steps and (self.coupled or self.corruption is not None or self.name != "elbo"):
+      raise ConfigError("diffusion.block_curriculum_steps draws its own blocks: use it with objective 'elbo', "
+                        "token-by-token corruption and mask_coupling='independent'.")
     if self.mask_coupling not in self.MASK_COUPLINGS:
       raise ConfigError(f"diffusion.mask_coupling must be one of {self.MASK_COUPLINGS}, got {self.mask_coupling!r}.")
     if self.mask_coupling == "complementary" and (self.masks_per_sequence != 2 or self.corruption is not None
@@ -73,20 +103,53 @@ class MaskedELBO(CorruptionObjective):
     return schedule.time_of_mask_rate(1.0 - schedule.mask_rate(t_B)), -schedule.dalpha(t_B) / schedule.alpha(t_B)
 
   def sample_times(self, rng, batch_size: int):
-    """Antithetic t ~ U[t_min, 1), warped to 1 - (1 - t)^time_exponent (the class's training emphasis); coupled:
+    """Antithetic t ~ U[t_min, 1), warped to 1 - (1 - t)^time_exponent (the class's training emphasis) or mapped
+    into [time_low, time_high] (BD3-LM's clipped window); coupled:
     the first half's antithetic times (in [t_min, 1 - t_min]), then their complements' t' (`complementary_pair`)."""
     if self.coupled:
       t_H = jnp.minimum(super().sample_times(rng, batch_size // 2), 1.0 - self.t_min)
       return jnp.concatenate([t_H, jnp.maximum(self.complementary_pair(t_H)[0], self.t_min)])
     t_B = super().sample_times(rng, batch_size)
+    if (self.time_low, self.time_high) != (0.0, 1.0):
+      return jnp.maximum(self.time_low + (self.time_high - self.time_low) * t_B, self.t_min)
     return t_B if self.time_exponent == 1.0 else 1.0 - (1.0 - t_B) ** self.time_exponent
 
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
     return forward.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=fixed_BxL)
 
+  def curriculum_block_size(self, step, length: int):
+    """The block size S at training step `step` (an int or a traced scalar; None: the curriculum is over):
+    block_curriculum_start 2^floor(log2(L / start) step / N), at most L, and L from step N = block_curriculum_steps
+    on."""
+    if not self.block_curriculum_steps or step is None:
+      return jnp.asarray(length, jnp.int32)
+    start = min(self.block_curriculum_start, length)
+    doublings = jnp.floor(jnp.log2(length / start) * jnp.asarray(step, jnp.float32) / self.block_curriculum_steps)
+    size = jnp.minimum(start * jnp.exp2(doublings), length).astype(jnp.int32)
+    return jnp.where(jnp.asarray(step) >= self.block_curriculum_steps, length, size)
+
+  def block_inputs(self, rng, x0_BxL, t_B, fixed_BxL, step):
+    """The curriculum's training batch (the field's comment): (x_t, the denoiser's input, the scored block's masked
+    tokens, per-token weights n_blocks w(t))."""
+    batch, length = x0_BxL.shape
+    size = self.curriculum_block_size(step, length)
+    num_blocks = (length + size - 1) // size
+    block_rng, mask_rng = jax.random.split(rng)
+    block_B = jax.random.randint(block_rng, (batch,), 0, num_blocks)
+    block_of_BxL = (jnp.arange(length, dtype=jnp.int32) // size)[None]
+    free_BxL = jnp.ones(x0_BxL.shape, bool) if fixed_BxL is None else ~fixed_BxL
+    drawn_BxL = jax.random.uniform(mask_rng, x0_BxL.shape) >= self.schedule.alpha(t_B)[:, None]
+    scored_BxL = drawn_BxL & (block_of_BxL == block_B[:, None]) & free_BxL
+    masked_BxL = scored_BxL | ((block_of_BxL > block_B[:, None]) & free_BxL)
+    xt_BxL = jnp.where(masked_BxL, jnp.asarray(self.mask_id, x0_BxL.dtype), x0_BxL)
+    weight_B = self.schedule.weight(t_B) * num_blocks.astype(jnp.float32)
+    return xt_BxL, xt_BxL, scored_BxL, jnp.broadcast_to(weight_B[:, None], x0_BxL.shape)
+
   def training_inputs(self, rng, x0_BxL, t_B, prompt_BxL, step):
     if self.coupled:
       return self.complementary_inputs(rng, x0_BxL, t_B, prompt_BxL)
+    if self.block_curriculum_steps and step is not None:
+      return self.block_inputs(rng, x0_BxL, t_B, prompt_BxL, step)
     if self.corruption is None:
       return super().training_inputs(rng, x0_BxL, t_B, prompt_BxL, step)
     xt_BxL, corrupted_BxL, weight_BxL = self.corruption.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id,
