@@ -4,7 +4,9 @@ nanoGPT's README runs config/train_shakespeare_char.py on a CPU with `--block_si
 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0` (its validation loss: ~1.88 nats/char).
 This config is configs/shakespeare_char.py (nanoGPT's data split, lr 1e-3, warmup 100, cosine to 1e-4, beta2 0.99,
 weight decay 0.1 on matrices) at those settings: 4 layers, 4 heads, width 128, context 64, batch 12, 2,000 updates,
-no dropout, a SwiGLU MLP of width 344 (nanoGPT's 4x GELU MLP's parameters), RoPE positions.
+no dropout, a SwiGLU MLP of width 344 (nanoGPT's 4x GELU MLP's parameters), RoPE positions; the diffusion arms train
+on t ~ U[0, 1] (MDLM's ELBO; not the Shakespeare configs' clipped window, which is a flag here:
+--config.diffusion.time_low=0.3 --config.diffusion.time_high=0.8).
 Arms: "ar" (causal, next-token loss), "diffusion" (masked diffusion, MDLM's log-linear NELBO), "diffusion_learned"
 (the diffusion arm with nanoGPT's learned absolute positions instead of RoPE), "diffusion_from_ar" (the diffusion arm
 with Dream's shifted logits, to start from an AR run: --config.train.init_from_run=AR_RUN; issue #31's conversion).
@@ -25,6 +27,8 @@ def get_config(arm: str = "diffusion"):
   if arm not in ARMS:
     raise ValueError(f"configs/nanogpt_cpu.py takes one of {ARMS}, got {arm!r}.")
   c = shakespeare_char.get_config("ar" if arm == "ar" else "diffusion")
+  if arm != "ar":  # the yardstick is MDLM's ELBO on t ~ U[0, 1]; the clipped window is a flag of the table's rows
+    c.diffusion.time_low, c.diffusion.time_high = 0.0, 1.0
   c.data.seq_len = 64
   c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 128, 344
   c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.0

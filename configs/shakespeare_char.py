@@ -6,7 +6,8 @@ Model: 6 layers, 6 heads, width 384, context 256, dropout 0.2 (nanoGPT's config/
        nanoGPT's places: the input embedding, the attention probabilities and each residual branch's output; with
        RoPE and a SwiGLU MLP of width 1024 (same parameter count as nanoGPT's 4x GELU MLP). Weight decay 0.1 on
        every matrix, embeddings included, none on norms and biases (nanoGPT's grouping).
-Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (log-linear schedule, MDLM's).
+Arms:  "diffusion" (default): bidirectional, continuous-time NELBO (log-linear schedule, MDLM's), trained on the
+       clipped times t ~ U[0.3, 0.8] like every masked arm here (configs/default.clip_training_times, issue #31).
        "ar": causal control arm, next-token loss (the same network, causal).
        "eco": the EcoHybrid denoiser (conv + 16 memory slots) at the baseline's parameter count: its blocks hold two
               slot attentions (8 d^2) where the baseline has one self-attention (4 d^2), so its SwiGLU is narrower:
@@ -73,4 +74,4 @@ def get_config(arm: str = "diffusion"):
     c.eval.time_samples = 1  # exact NLL: no Monte Carlo over t
   if arm in ("duo", "sedd", "duo_dcd", "embedding"):
     default.beyond_masking_arm(c, arm)
-  return c
+  return default.clip_training_times(c)  # the masked arms train on t ~ U[0.3, 0.8] (issue #31)

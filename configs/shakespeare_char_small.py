@@ -2,6 +2,9 @@
 
 The same data and split as configs/shakespeare_char.py, shrunk so that every arm trains in a few minutes on 2 CPU
 cores: width 128, 4 heads, context 128, batch 16, 500 steps (1.02M training characters), no dropout.
+The masked arms (diffusion, eco, hrm) train on the clipped times t ~ U[0.3, 0.8] (configs/default.clip_training_times,
+issue #31; evaluation scores the full ELBO); rows of BENCHMARKS.md before 2026-12-07's issue #31 section trained on
+t ~ U[0, 1] (--config.diffusion.time_low=0 reproduces them).
 Arms (matched parameter counts, checked by tests/test_configs.py):
   "diffusion": baseline transformer, 4 layers, SwiGLU 352.
   "ar":        the same transformer, causal, next-token loss.
@@ -56,4 +59,4 @@ def get_config(arm: str = "diffusion"):
     c.eval.time_samples = 1
   if arm in ("duo", "sedd", "duo_dcd", "embedding"):
     default.beyond_masking_arm(c, arm)
-  return c
+  return default.clip_training_times(c)  # the masked arms train on t ~ U[0.3, 0.8] (issue #31)

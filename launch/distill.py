@@ -58,6 +58,8 @@ def student_config(teacher_config, teacher_workdir: str, weights: str, which: st
     config.diffusion.distill_teacher_steps = steps
     config.diffusion.distill_round_steps = FLAGS.round_steps
     config.diffusion.distill_loss = FLAGS.distill_loss or default_loss
+    # the teacher's training-time window (an elbo run's time_low/time_high) is not the student's: SDTT draws its own
+    config.diffusion.time_low, config.diffusion.time_high = 0.0, 1.0
     if "distill" not in config:  # a teacher saved before the field existed
       config.distill = ml_collections.ConfigDict()
     config.distill.teacher_workdir = str(teacher_workdir)

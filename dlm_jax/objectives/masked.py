@@ -40,7 +40,8 @@ class MaskedELBO(CorruptionObjective):
   # BD3-LM's clipped noise schedule (Arriola et al. 2025): training draws t ~ U[time_low, time_high] (antithetic) and
   # keeps the ELBO's integrand, a loss over the middle masking levels only, whose estimator varies less than the
   # ELBO's (the levels near t = 0, where w(t) = 1/t is large and few tokens are masked, are the noisiest). Not a bound
-  # unless the window is [0, 1]; evaluation scores the ELBO whatever the window.
+  # unless the window is [0, 1]; evaluation scores the ELBO whatever the window. (masked_mean and sdtt draw their own
+  # times: the window does not apply to them.)
   time_low: float = 0.0
   time_high: float = 1.0
   # A block-size curriculum (issue #31; LLaDA 2.0's warm-up from block diffusion towards the full sequence, the
@@ -64,10 +65,10 @@ class MaskedELBO(CorruptionObjective):
     if not 0.0 <= self.time_low < self.time_high <= 1.0:
       raise ConfigError(f"diffusion.time_low and time_high must satisfy 0 <= low < high <= 1, got {self.time_low} and "
                         f"{self.time_high}.")
-    if (self.time_low, self.time_high) != (0.0, 1.0) and (self.time_exponent != 1.0 or self.coupled
-                                                          or self.name != "elbo"):
-      raise ConfigError("diffusion.time_low/time_high clip the training times of objective 'elbo'; use them without "
-                        "time_exponent and mask_coupling='complementary'.")
+    if (self.time_low, self.time_high) != (0.0, 1.0) and (self.time_exponent != 1.0 or self.coupled):
+      raise ConfigError("diffusion.time_low/time_high clip the training times; use them without time_exponent and "
+                        "mask_coupling='complementary' (or reset them: --config.diffusion.time_low=0 "
+                        "--config.diffusion.time_high=1).")
     if self.block_curriculum_steps < 0 or self.block_curriculum_start < 1:
       raise ConfigError(f"diffusion.block_curriculum_steps must be >= 0 and block_curriculum_start >= 1, got "
                         f"{self.block_curriculum_steps} and {self.block_curriculum_start}.")
