@@ -162,8 +162,8 @@ def test_classifier_learns_the_property_saves_and_steers(bilingual_runs, tmp_pat
   plain = sampler.make_sampler(run.graphdef, run.other, run.sampler_config(draw_precision="float64"), run.objective)
   tokens, fixed = jnp.full(windows.shape, run.tokenizer.special.mask, jnp.int32), jnp.zeros(windows.shape, bool)
   unguided = control.make_controlled_sampler(run.graphdef, run.other, run.sampler_config(draw_precision="float64"),
-                                             run.objective, loaded.graphdef, target, 0.0)
-  chex.assert_trees_all_equal(unguided(run.params, loaded.params, jax.random.key(0), tokens, fixed).tokens_BxL,
+                                             run.objective, loaded.graphdef, target)
+  chex.assert_trees_all_equal(unguided(run.params, loaded.params, jax.random.key(0), tokens, fixed, 0.0).tokens_BxL,
                               plain(run.params, jax.random.key(0), tokens, fixed).tokens_BxL)
 
 

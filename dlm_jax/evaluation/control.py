@@ -83,7 +83,7 @@ def steering_rows(run, judge, classifier_graphdef, classifier_params, prop: Prop
                 entropy=quality["entropy"], sample_s=seconds, texts=texts)
 
   rows = [row("real", windows_WxL, None)]
-  on_target = prop.labels(tokenizer.decode(tokens) for tokens in windows_WxL) == target
+  on_target = prop.labels(rows[0]["texts"]) == target
   if on_target.any():
     rows.append(row("real target", windows_WxL[on_target], None))
   overrides = dict(draw_precision=draw_precision, **({"steps": int(steps)} if steps else {}))
@@ -91,11 +91,11 @@ def steering_rows(run, judge, classifier_graphdef, classifier_params, prop: Prop
   tokens = jnp.full(windows_WxL.shape, tokenizer.special.mask, jnp.int32)
   fixed = jnp.zeros(windows_WxL.shape, bool)
   rng = jax.random.key(seed)
+  sampler = control.make_controlled_sampler(run.graphdef, run.other, cfg, run.objective, classifier_graphdef, target)
   for scale in scales:
-    sampler = control.make_controlled_sampler(run.graphdef, run.other, cfg, run.objective, classifier_graphdef,
-                                              target, float(scale))
-    jax.block_until_ready(sampler(run.params, classifier_params, rng, tokens, fixed))  # compile
+    sample = lambda: sampler(run.params, classifier_params, rng, tokens, fixed, jnp.float32(scale))
+    jax.block_until_ready(sample())  # compiles once, for the first scale
     start = time.perf_counter()
-    out = jax.block_until_ready(sampler(run.params, classifier_params, rng, tokens, fixed).tokens_BxL)
+    out = jax.block_until_ready(sample().tokens_BxL)
     rows.append(row(float(scale), np.asarray(out), time.perf_counter() - start))
   return rows

@@ -139,8 +139,7 @@ class MaskedELBO(CorruptionObjective):
     block_B = jax.random.randint(block_rng, (batch,), 0, num_blocks)
     block_of_BxL = (jnp.arange(length, dtype=jnp.int32) // size)[None]
     free_BxL = jnp.ones(x0_BxL.shape, bool) if fixed_BxL is None else ~fixed_BxL
-    drawn_BxL = jax.random.uniform(mask_rng, x0_BxL.shape) >= self.schedule.alpha(t_B)[:, None]
-    scored_BxL = drawn_BxL & (block_of_BxL == block_B[:, None]) & free_BxL
+    scored_BxL = self.corrupt(mask_rng, x0_BxL, t_B, ~((block_of_BxL == block_B[:, None]) & free_BxL))[1]
     masked_BxL = scored_BxL | ((block_of_BxL > block_B[:, None]) & free_BxL)
     xt_BxL = jnp.where(masked_BxL, jnp.asarray(self.mask_id, x0_BxL.dtype), x0_BxL)
     weight_B = self.schedule.weight(t_B) * num_blocks.astype(jnp.float32)

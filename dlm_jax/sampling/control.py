@@ -83,11 +83,10 @@ def check_controllable(cfg: SamplerConfig, objective=None):
                       "computes or reuses them outside it. Use --cache=none.")
 
 
-def make_controlled_sampler(graphdef, other, cfg: SamplerConfig, objective, classifier_graphdef, target: int,
-                            scale: float):
-  """jit(run(params, classifier_params, rng, tokens_BxL, fixed_BxL) -> SampleOutput): the run's sampler steered
+def make_controlled_sampler(graphdef, other, cfg: SamplerConfig, objective, classifier_graphdef, target: int):
+  """jit(run(params, classifier_params, rng, tokens_BxL, fixed_BxL, scale) -> SampleOutput): the run's sampler steered
   towards class `target` of the classifier (models/classifier.PropertyClassifier, split as `classifier_graphdef` and
-  its parameters) with strength `scale` (module docstring)."""
+  its parameters) with strength `scale` (module docstring), a traced scalar: one compilation serves every scale."""
   check_controllable(cfg, objective)
   family = family_of(cfg, objective)
 
@@ -96,7 +95,7 @@ def make_controlled_sampler(graphdef, other, cfg: SamplerConfig, objective, clas
     return lambda inputs, t_B: jax.nn.log_softmax(classifier()(inputs, t_B), axis=-1)[:, target]
 
   @jax.jit
-  def run(params, classifier_params, rng, tokens_BxL, fixed_BxL):
+  def run(params, classifier_params, rng, tokens_BxL, fixed_BxL, scale):
     model = lambda: nnx.merge(graphdef, params, other)
     if family == "gaussian":
       schedule = continuous.schedule_of(cfg)

@@ -355,29 +355,28 @@ def load_teacher(config) -> checkpoint.LoadedRun:
 def start_from_teacher(state, teacher: checkpoint.LoadedRun, tx):
   """The student's first state: the teacher's parameters as its weights, its EMA and its first-round teacher, with a
   fresh optimizer. Raises ConfigError when the teacher's parameters do not fit the student's model."""
-  student_shapes = jax.tree.map(lambda x: x.shape, state.params)
-  teacher_shapes = jax.tree.map(lambda x: x.shape, teacher.params)
-  if student_shapes != teacher_shapes:
-    raise ConfigError(f"The teacher at {teacher.workdir} has another model than the student's config.model; a "
-                      "distillation student keeps its teacher's architecture (launch.distill builds it from the "
-                      "teacher's saved config).")
-  params = jax.tree.map(jnp.asarray, teacher.params)
+  params = _params_fitting(state, teacher, f"The teacher at {teacher.workdir} has another model than the student's "
+                           "config.model; a distillation student keeps its teacher's architecture (launch.distill "
+                           "builds it from the teacher's saved config).")
   copy = lambda: jax.tree.map(jnp.copy, params)
   print(f"Student initialized from the teacher {teacher.describe()}.", flush=True)
   return state.replace(params=params, opt_state=tx.init(params), teacher_params=copy(),
                        ema_params=None if state.ema_params is None else copy())
 
 
+def _params_fitting(state, run: checkpoint.LoadedRun, mismatch: str):
+  """`run`'s parameters as device arrays, when their shapes are `state`'s; else ConfigError(`mismatch`)."""
+  if jax.tree.map(lambda x: x.shape, state.params) != jax.tree.map(lambda x: x.shape, run.params):
+    raise ConfigError(mismatch)
+  return jax.tree.map(jnp.asarray, run.params)
+
+
 def start_from_run(state, run: checkpoint.LoadedRun, tx):
   """The first state of a run initialized from `run` (train.init_from_run): its parameters as the weights (and the
   EMA's start), a fresh optimizer. Raises ConfigError naming the field when the shapes differ."""
-  ours = jax.tree.map(lambda x: x.shape, state.params)
-  theirs = jax.tree.map(lambda x: x.shape, run.params)
-  if ours != theirs:
-    raise ConfigError(f"train.init_from_run={run.workdir}: its model ({run.config.model.name}, width "
-                      f"{run.config.model.get('width')}, {run.config.model.get('num_layers')} layers) has other "
-                      "parameters than this config.model; use the same architecture.")
-  params = jax.tree.map(jnp.asarray, run.params)
+  params = _params_fitting(state, run, f"train.init_from_run={run.workdir}: its model ({run.config.model.name}, width "
+                           f"{run.config.model.get('width')}, {run.config.model.get('num_layers')} layers) has other "
+                           "parameters than this config.model; use the same architecture.")
   print(f"Initialized from {run.describe()}.", flush=True)
   return state.replace(params=params, opt_state=tx.init(params),
                        ema_params=None if state.ema_params is None else jax.tree.map(jnp.copy, params))
