@@ -20,7 +20,7 @@ from configs import default
 def get_config(arm: str = "diffusion"):
   if arm not in ("diffusion", "eco", "hrm"):
     raise ValueError(f"configs/base_110m.py takes 'diffusion', 'eco' or 'hrm', got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "en,hi/dakshina_wiki.txt,hinglish"
   c.data.valid_path = "hi/valid_flores_ntrex.txt"
   c.data.tokenizer = "sentencepiece"

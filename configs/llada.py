@@ -22,7 +22,7 @@ SHAPES = {"1b": dict(width=2048, num_layers=20, num_heads=16, mlp_dim=5632),
 def get_config(arm: str = "1b"):
   if arm not in SHAPES:
     raise ValueError(f"configs/llada.py takes {tuple(SHAPES)}, got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.seq_len = 512 if arm == "1b" else 64
   c.model = default.model_config("pretrained")
   for field, value in SHAPES[arm].items():

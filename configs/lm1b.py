@@ -41,7 +41,7 @@ ARMS = ("diffusion", "ar", "wrapped", "tiny")
 def get_config(arm: str = "diffusion"):
   if arm not in ARMS:
     raise ValueError(f"configs/lm1b.py takes one of {ARMS}, got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "data/lm1b_train"
   c.data.valid_path = "data/lm1b_test"
   c.data.tokenizer = "hf:tok/bert-base-uncased"

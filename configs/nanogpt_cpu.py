@@ -9,18 +9,24 @@ on t ~ U[0, 1] (MDLM's ELBO; not the Shakespeare configs' clipped window, which 
 --config.diffusion.time_low=0.3 --config.diffusion.time_high=0.8).
 Arms: "ar" (causal, next-token loss), "diffusion" (masked diffusion, MDLM's log-linear NELBO), "diffusion_learned"
 (the diffusion arm with nanoGPT's learned absolute positions instead of RoPE), "diffusion_from_ar" (the diffusion arm
-with Dream's shifted logits, to start from an AR run: --config.train.init_from_run=AR_RUN; issue #31's conversion).
+with Dream's shifted logits, to start from an AR run: --config.train.init_from_run=AR_RUN; issue #31's conversion),
+"diffusion_best" (issue #31's best recipe, its target row: 1,750 updates of diffusion_from_ar on the clipped times
+t ~ U[0.3, 0.8] with two masks per sequence, to follow 250 updates of the AR arm; needs
+--config.train.init_from_run=AR_RUN).
 Evaluation every 500 updates on 512 validation windows (4 time samples per window for the NELBO).
   python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar
   python -m launch.train --config=configs/nanogpt_cpu.py:diffusion --workdir=runs/ngpt_diffusion
   python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar1000 --config.train.num_steps=1000
   python -m launch.train --config=configs/nanogpt_cpu.py:diffusion_from_ar --workdir=runs/ngpt_converted \
       --config.train.init_from_run=runs/ngpt_ar1000 --config.train.num_steps=1000
+  python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar250 --config.train.num_steps=250
+  python -m launch.train --config=configs/nanogpt_cpu.py:diffusion_best --workdir=runs/ngpt_best \
+      --config.train.init_from_run=runs/ngpt_ar250
 Hardware: CPU, 2 cores, 2-3 minutes per arm. Results: BENCHMARKS.md, "Diffusion sample efficiency".
 """
-from configs import shakespeare_char
+from configs import default, shakespeare_char
 
-ARMS = ("ar", "diffusion", "diffusion_learned", "diffusion_from_ar")
+ARMS = ("ar", "diffusion", "diffusion_learned", "diffusion_from_ar", "diffusion_best")
 
 
 def get_config(arm: str = "diffusion"):
@@ -34,10 +40,14 @@ def get_config(arm: str = "diffusion"):
   c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.0
   if arm == "diffusion_learned":
     c.model.position = "learned"
-  if arm == "diffusion_from_ar":
+  if arm in ("diffusion_from_ar", "diffusion_best"):
     c.model.shift_logits = True
   c.train.batch_size = 12
   c.train.num_steps = 2000
+  if arm == "diffusion_best":  # 250 AR updates + 1,750 of these: 2,000 in all
+    c.diffusion.time_low, c.diffusion.time_high = default.CLIPPED_TIME_WINDOW
+    c.diffusion.masks_per_sequence = 2
+    c.train.num_steps = 1750
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
   c.train.sample_every = 0

@@ -42,7 +42,7 @@ def get_config(arm: str = "diffusion"):
                      "paper's in BENCHMARKS.md.")
   if arm not in ARMS:
     raise ValueError(f"configs/owt.py takes one of {ARMS}, got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "data/owt_gpt2"
   c.data.valid_documents = 100_000
   c.data.tokenizer = "hf:tok/gpt2"

@@ -26,7 +26,7 @@ def get_config(arm: str = "diffusion"):
   if arm not in ("diffusion", "ar", "eco", "hrm", "duo", "sedd", "duo_dcd", "embedding"):
     raise ValueError(f"configs/shakespeare_char_small.py takes 'diffusion', 'ar', 'eco', 'hrm', 'duo', 'sedd', "
                      f"'duo_dcd' or 'embedding', got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "en/tinyshakespeare.txt"
   # The log-linear schedule (MDLM) beat cosine at CPU scale in two seeds and over 2,000 steps: BENCHMARKS.md,
   # "Diffusion training recipe". (The AR arm ignores it.)

@@ -31,7 +31,7 @@ def get_config(arm: str = "diffusion"):
   base = arm[:-len("_gpu")] if gpu else arm
   if base not in ARMS:
     raise ValueError(f"configs/sudoku.py takes {ARMS} (each with a '_gpu' suffix for the GPU size), got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.layout = "puzzle"
   # The CPU size trains on medium puzzles; the GPU size on HRM's setting, 1,000 hard puzzles (seed 0) x 1,000
   # augmentations, validated on 1,000 others (seed 1): launch/gpu_suite.py's PUZZLE_SETS, its `puzzles` call.

@@ -38,7 +38,7 @@ ARMS = ("diffusion", "ar", "cpu", "cpu_ar")
 def get_config(arm: str = "diffusion"):
   if arm not in ARMS:
     raise ValueError(f"configs/text8.py takes one of {ARMS}, got {arm!r}.")
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "text8"
   c.data.tokenizer = "char"
   c.data.valid_fraction = 0.05

@@ -150,7 +150,7 @@ def import_rows(prefix: str, stamp: dict) -> str:
   else:
     folder = pathlib.Path(spec.removeprefix("hf:"))
   code = ("import json; from configs import default; from dlm_jax.benchmarks import hf_import; "
-          f"print('RESULT', json.dumps(hf_import.measure({str(folder)!r}, default.get_config())))")
+          f"print('RESULT', json.dumps(hf_import.measure({str(folder)!r}, default.base_config())))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
   lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
   if out.returncode or not lines:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Diffusion's sample efficiency on nanoGPT's CPU recipe (configs/nanogpt_cpu.py; issue #31; BENCHMARKS.md "Diffusion
-# sample efficiency"): per seed, the AR arm, MDLM's ELBO, complementary mask pairs at the same compute, the clipped
-# time window, and the best combination, a 250-update AR run continued by 1,750 updates of diffusion from it with
-# shifted logits and the window; then one table (final validation NELBO, the training loss estimator's std, tokens/s).
-# About 2 minutes per run on 2 cores, 12 minutes per seed.
+# sample efficiency"): per seed, the AR arm, MDLM's ELBO, complementary mask pairs at the same compute, importance-
+# sampled times, the clipped time window, a 250-update AR run continued by 1,750 updates of diffusion from it with
+# shifted logits and the window, and the best combination, the same with two masks per sequence (`:diffusion_best`,
+# issue #31's target row); then one table (final validation NELBO, the training loss estimator's std, tokens/s).
+# About 2 minutes per run on 2 cores (3 for the two-mask row), 17 minutes per seed.
 #   bash launch/compare_sample_efficiency.sh [RUNS_DIR] [SEEDS (default "0 1")]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,13 @@ for s in $seeds; do
   train "diffusion_s$s" $cfg:diffusion $seed
   train "pairs_s$s" $cfg:diffusion $seed --config.train.batch_size=6 --config.diffusion.masks_per_sequence=2 \
     --config.diffusion.mask_coupling=complementary
+  train "importance_s$s" $cfg:diffusion $seed --config.diffusion.time_sampling=importance
   train "window_s$s" $cfg:diffusion $seed $window
   train "ar250_s$s" $cfg:ar $seed --config.train.num_steps=250
   train "converted_window_s$s" $cfg:diffusion_from_ar $seed $window --config.train.num_steps=1750 \
     --config.train.init_from_run="$runs/ar250_s$s"
-  names+=("$runs/ar_s$s" "$runs/diffusion_s$s" "$runs/pairs_s$s" "$runs/window_s$s" "$runs/converted_window_s$s")
+  train "best_s$s" $cfg:diffusion_best $seed --config.train.init_from_run="$runs/ar250_s$s"  # + 2 masks
+  names+=("$runs/ar_s$s" "$runs/diffusion_s$s" "$runs/pairs_s$s" "$runs/importance_s$s" "$runs/window_s$s"
+          "$runs/converted_window_s$s" "$runs/best_s$s")
 done
 python -m launch.summarize "${names[@]}"

@@ -13,7 +13,7 @@ def load_judge(judge: str, run, weights: str = "ema", which: str = "latest"):
   if judge.startswith("hf:"):
     if run.objective.is_autoregressive:
       raise ValueError("--workdir is a causal (AR) run; --judge checks diffusion runs.")
-    return hf_checkpoints.load_run(judge, default.get_config(), objective="autoregressive", flag="--judge",
+    return hf_checkpoints.load_run(judge, default.base_config(), objective="autoregressive", flag="--judge",
                                    dtype="float32")
   loaded = checkpoint.load_for_inference(judge, weights=weights, which=which)
   hybrid.check_causal_run(run, loaded)

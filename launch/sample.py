@@ -66,7 +66,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   mesh = sharding.MeshContext.from_flag(FLAGS.mesh)
   if FLAGS.hf:
-    run = hf_checkpoints.load_run(FLAGS.hf, default.get_config(), "elbo", seq_len=FLAGS.context, mesh=mesh)
+    run = hf_checkpoints.load_run(FLAGS.hf, default.base_config(), "elbo", seq_len=FLAGS.context, mesh=mesh)
   else:
     run = checkpoint.load_for_inference(FLAGS.workdir, weights=FLAGS.weights, which=FLAGS.checkpoint, mesh=mesh)
   if FLAGS.chat:

@@ -19,7 +19,8 @@ def num_params(config, vocab_size):
 BEYOND_MASKING = ("duo", "sedd", "duo_dcd", "embedding")
 
 
-@pytest.mark.parametrize("module, arms, vocab", [(shakespeare_char, ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING,
+@pytest.mark.parametrize("module, arms, vocab", [(default, default.ARMS, 108),
+                                                 (shakespeare_char, ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING,
                                                   70),
                                                  (shakespeare_char_small,
                                                   ("diffusion", "ar", "eco", "hrm") + BEYOND_MASKING, 70),
@@ -30,8 +31,8 @@ BEYOND_MASKING = ("duo", "sedd", "duo_dcd", "embedding")
                                                  (sudoku, ("diffusion_gpu", "ar_gpu", "eco_gpu", "hrm_gpu"), 14),
                                                  (maze, ("diffusion", "ar", "eco", "hrm"), 10),
                                                  (maze, ("diffusion_gpu", "eco_gpu", "hrm_gpu"), 10)],
-                         ids=["shakespeare_char", "shakespeare_char_small", "indic_char_small", "nanogpt_cpu", "base_110m",
-                              "sudoku",
+                         ids=["default", "shakespeare_char", "shakespeare_char_small", "indic_char_small", "nanogpt_cpu",
+                              "base_110m", "sudoku",
                               "sudoku_gpu", "maze", "maze_gpu"])
 def test_arms_build_with_matched_parameter_counts(module, arms, vocab):
   counts = {}

@@ -50,6 +50,7 @@ def config_of(name):
   else:
     c = tiny_config(**{"data.seq_len": 16, "diffusion.objective": name})
   c.model.update(num_layers=1, num_heads=2, width=16, mlp_dim=32, dtype="float32")
+  c.diffusion.time_low, c.diffusion.time_high = 0.0, 1.0  # every objective on its own times (base_config's)
   if name == "autoregressive":
     c.model.causal = True
   if name in ("uniform", "duo", "dcd", "sedd", "embedding"):
@@ -89,9 +90,14 @@ def test_every_objective_trains_finitely_under_jit_and_evaluates_above_the_true_
 
 
 def test_config_diffusion_is_generated_from_the_classes():
-  section = default.get_config().diffusion
+  section = default.base_config().diffusion
   fields = objectives.config_fields()
   assert dict(section.to_dict()) == {k: (dict(v) if isinstance(v, dict) else v) for k, v in fields.items()}
+  # the embedded default differs from the base only by issue #31's clipped training times
+  clipped = default.get_config().diffusion.to_dict()
+  base = section.to_dict()
+  assert {k for k in clipped if clipped[k] != base[k]} == {"time_low", "time_high"}
+  assert (clipped["time_low"], clipped["time_high"]) == default.CLIPPED_TIME_WINDOW
   assert set(objectives.SECTION_FIELDS) <= set(fields)
   # each class's own fields, with their class defaults
   assert fields["num_timesteps"] == objectives.MaskedMean.num_timesteps
@@ -111,8 +117,9 @@ def test_a_field_the_objective_ignores_draws_one_warning_naming_it(monkeypatch):
   assert "curriculum_steps=5" in warnings[0] and "nelbo_weight=0.5" in warnings[0] and "'elbo'" in warnings[0]
   warnings.clear()
   objectives.from_config(tiny_config(**{"diffusion.objective": "duo", "diffusion.curriculum_steps": 5,
-                                        "model.time_conditioning": True}), VOCAB)
-  assert not warnings  # duo reads it
+                                        "model.time_conditioning": True, "diffusion.time_low": 0.0,
+                                        "diffusion.time_high": 1.0}), VOCAB)
+  assert not warnings  # duo reads it (and the embedded default's clipped times, reset here, it would name)
   objectives.from_config(tiny_config(), VOCAB)
   assert not warnings  # defaults never warn
 
@@ -217,5 +224,5 @@ def test_time_exponent_warps_the_training_times_and_leaves_the_evaluation_alone(
   with pytest.raises(ConfigError, match="time_exponent must be > 0"):
     objectives.from_config(tiny_config(**{"diffusion.time_exponent": 0.0}), VOCAB)
   with pytest.raises(ConfigError, match="discrete timesteps"):
-    objectives.from_config(tiny_config(**{"diffusion.time_exponent": 2.0, "diffusion.objective": "masked_mean"}),
-                           VOCAB)
+    objectives.from_config(tiny_config(**{"diffusion.time_exponent": 2.0, "diffusion.objective": "masked_mean",
+                                          "diffusion.time_low": 0.0, "diffusion.time_high": 1.0}), VOCAB)

@@ -388,3 +388,44 @@ def test_init_from_run_starts_from_its_weights_and_tokenizer(trained_ar_run, tmp
   assert converted.tokenizer.to_dict() == ar.tokenizer.to_dict()
   with pytest.raises(ConfigError, match="train.init_from_run=.*other parameters"):
     loop.train(tiny_config(**{**overrides, "model.width": 48}), str(tmp_path / "wider"))
+
+
+def test_importance_sampled_times_learn_their_proposal_and_resume_with_it(tmp_path):
+  """diffusion.time_sampling='importance': the proposal is part of the train state: it leaves the uniform once every
+  bin has losses (the logged density ratio's batch max is 1 at step 1, then moves), and a run stopped at step 3 and
+  resumed repeats the uninterrupted run's losses (a resumed run that lost its proposal would draw other times)."""
+  overrides = {"diffusion.time_sampling": "importance", "diffusion.importance_bins": 4,
+               "diffusion.importance_warmup": 1, "train.num_steps": 6, "train.checkpoint_every": 3, "eval.every": 6,
+               "eval.estimator_batches": 1, "tensorboard": False}
+  loop.train(tiny_config(**overrides), str(tmp_path / "whole"))
+  assert loop.train(tiny_config(**overrides), str(tmp_path / "split"), stop_at_step=3)["stopped"]
+  loop.train(tiny_config(**overrides), str(tmp_path / "split"))
+  whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
+  np.testing.assert_allclose([split[s] for s in range(4, 7)], [whole[s] for s in range(4, 7)], rtol=1e-6)
+  records = metrics.read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+  ratios = [r["train/importance_ratio_max"] for r in records if "train/importance_ratio_max" in r]
+  assert ratios[0] == 1.0 and max(ratios[1:]) > 1.0 and min(ratios[1:]) != 1.0, ratios  # step 1: uniform
+  assert any(r.get("eval/loss_estimator_std", 0) > 0 for r in records)
+
+
+def test_a_checkpoint_written_before_the_objective_state_existed_still_loads(trained_run, tmp_path):
+  """A TrainState saved without the objective_state field (every checkpoint before issue #31's importance sampling)
+  restores: its fields as saved, the new one as at step 0."""
+  import shutil
+  import orbax.checkpoint as ocp
+  workdir, _ = trained_run
+  shutil.copytree(workdir, tmp_path / "old")
+  mngr = checkpoint.manager(tmp_path / "old")
+  meta = checkpoint.restore_meta(mngr, 12)
+  stored = mngr.restore(12, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  assert "objective_state" in stored
+  del stored["objective_state"]
+  mngr.close()
+  for step in ("6", "12"):
+    shutil.rmtree(tmp_path / "old" / "checkpoints" / step)
+  mngr = checkpoint.manager(tmp_path / "old")
+  checkpoint.save(mngr, 12, stored, None, meta, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  loaded = checkpoint.load_for_inference(tmp_path / "old")
+  chex.assert_trees_all_equal(loaded.params, checkpoint.load_for_inference(workdir).params)

@@ -36,21 +36,25 @@ def make_eval_step(graphdef, other, objective: Objective, score: str = "nelbo"):
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
 
   @jax.jit
-  def eval_step(params, x0_BxL, key):
+  def eval_step(params, x0_BxL, key, objective_state=None):
     fn = models.denoise_fn(graphdef, params, other)
     if score == "training_loss":
-      return objective(fn, x0_BxL, key, with_aux=False)[0]
+      stateful = {} if objective_state is None else {"objective_state": objective_state}
+      return objective(fn, x0_BxL, key, with_aux=False, **stateful)[0]
     return objective.evaluation_nll(fn, x0_BxL, key)
 
   return eval_step
 
 
-def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed: int, batches: int, place=None):
+def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed: int, batches: int, place=None,
+                       objective_state=None):
   """The standard deviation of a one-draw estimate of the training loss on a batch of `batch_size` windows, the windows
   fixed (the Monte Carlo noise of the times and masks, the diffusion gradient's own noise; issue #31): `loss_step`
   (make_eval_step(..., score="training_loss")) drawn twice with independent keys on each of the first `batches`
   batches, sqrt(mean_i (a_i - b_i)^2 / 2), an unbiased estimate of the variance under the square root. Nats per
-  token; 0 for an exact loss (the AR arm). None when no batch is drawn."""
+  token; 0 for an exact loss (the AR arm). None when no batch is drawn. `objective_state`: the run's
+  TrainState.objective_state (the importance-sampled times' proposal), so that the figure is the run's own
+  estimator's."""
   batch_size = min(batch_size, windows_WxL.shape[0])
   count = min(batches, windows_WxL.shape[0] // batch_size) if batch_size else 0
   if count < 1:
@@ -60,7 +64,9 @@ def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed:
   for i in range(count):
     batch = windows_WxL[i * batch_size:(i + 1) * batch_size]
     batch = place(batch) if place is not None else batch
-    a, b = (float(loss_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i))) for r in (0, 1))
+    stateful = () if objective_state is None else (objective_state,)
+    a, b = (float(loss_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i), *stateful))
+            for r in (0, 1))
     squares.append((a - b) ** 2 / 2.0)
   return float(np.sqrt(np.mean(squares)))
 

@@ -38,7 +38,8 @@ class Autoregressive(Objective):
     target_BxLm1 = ~fixed_BxL[:, 1:]
     return jnp.sum(jnp.where(target_BxLm1, nll_BxLm1, 0.0)) / self.scored_count(target_BxLm1, 0)
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     x0_BxL, condition_BxL = self.split_condition(x0_BxL)
     output, nll_BxLm1 = self.next_token_nll(denoise_fn, x0_BxL)
     loss = self.mean_nll(nll_BxLm1, x0_BxL, condition_BxL)

@@ -5,9 +5,16 @@ defaults and comments, in its class) plus the run's context (`CONTEXT_FIELDS`: t
 special ids, the vocabulary size, self-conditioning, the script-aware corruption; a class's `run_context` adds its own,
 e.g. a wing's config section). Its protocol:
 
-    objective(denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None, with_aux=True) -> (loss, metrics)
+    objective(denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None, with_aux=True, objective_state=None)
+        -> (loss, metrics)
     objective.evaluation_nll(denoise_fn, x0_BxL, rng) -> nats per scored token
     name, process, is_autoregressive, needs_teacher, sampler, check_model(model_config), sample_length(seq_len)
+    initial_state(diffusion_config), update_state(objective_state, stats)
+
+An objective may keep a training state of its own (MaskedELBO's importance-sampled times: their proposal): the
+class's `initial_state` builds it (None: stateless, every other objective), TrainState.objective_state carries it,
+the loss reads it and returns its update's statistics as metrics["objective_stats"], which the train step removes,
+sums over micro-batches and hands to `update_state`.
 
 `denoise_fn(x_BxL, t_B)` is any pure function (a merged NNX model in the trainer, a lookup table in the tests)
 returning a `DenoiserOutput`: its aux_losses (already weighted: EcoHybrid's slot load balancing, HRM's memory, ACT and
@@ -31,7 +38,7 @@ from typing import Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.diffusion import forward, losses
+from dlm_jax.diffusion import forward, losses, time_sampling
 from dlm_jax.diffusion.schedules import MaskingSchedule
 from dlm_jax.errors import ConfigError
 from dlm_jax import special_tokens
@@ -213,18 +220,33 @@ class Objective(abc.ABC):
     return jnp.maximum(jnp.sum(scored_BxL), 1) if self.padded or self.conditioned else default
 
   # -- the protocol ----------------------------------------------------------------------------------------------------
+  @classmethod
+  def initial_state(cls, diffusion_config):
+    """The objective's own training state at step 0 (module docstring), a pytree of arrays; None: stateless."""
+    return None
+
+  def update_state(self, objective_state, stats):
+    """The state after one update whose losses gave `stats` (metrics["objective_stats"], summed over micro-batches)."""
+    return objective_state
+
   @abc.abstractmethod
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
-    """(loss, the denoiser's output, metrics) of one batch, before the auxiliary losses."""
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
+    """(loss, the denoiser's output, metrics) of one batch, before the auxiliary losses. `objective_state`: the
+    class's training state (`initial_state`), None for a stateless objective (or, for a stateful one, its step-0
+    state)."""
 
   @abc.abstractmethod
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):
     """Nats per scored token of -log p(x_2..L | x_1) (module docstring); no auxiliary losses."""
 
-  def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None):
+  def __call__(self, denoise_fn: Callable, x0_BxL, rng, with_aux: bool = True, step=None, teacher_fn=None,
+               objective_state=None):
     """(loss, metrics): `loss` plus the denoiser's auxiliary losses (`with_aux`). `step` (the update count) drives
-    Duo's curriculum and the distillation rounds; `teacher_fn` is the distillation teacher's denoise function."""
-    loss, output, metrics = self.loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn)
+    Duo's curriculum and the distillation rounds; `teacher_fn` is the distillation teacher's denoise function;
+    `objective_state` the objective's own state (`initial_state`)."""
+    loss, output, metrics = self.loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn,
+                                      objective_state=objective_state)
     if with_aux:
       for name, value in output.aux_losses.items():
         metrics[f"aux/{name}"] = value
@@ -255,7 +277,17 @@ class CorruptionObjective(Objective):
                         f"{self.name!r} draws its own corruption per sequence; use 1.")
 
   def sample_times(self, rng, batch_size: int):
-    return forward.antithetic_times(rng, batch_size, self.t_min)
+    """The training times: `times_from_uniform` of antithetic u (forward.antithetic_times)."""
+    return self.times_from_uniform(forward.antithetic_times(rng, batch_size, self.t_min))
+
+  def times_from_uniform(self, u_B):
+    """The training time of each uniform draw u in [0, 1): t = max(u, t_min) here (a subclass may warp or clip it)."""
+    return jnp.maximum(u_B, self.t_min)
+
+  def training_times(self, rng, batch_size: int, objective_state):
+    """(t_B, importance): `sample_times` and None here; with importance-sampled times (MaskedELBO) the times drawn
+    from the learned proposal and (density ratio r_B, bin_B, the number of bins) (diffusion/time_sampling.py)."""
+    return self.sample_times(rng, batch_size), None
 
   @abc.abstractmethod
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
@@ -275,21 +307,27 @@ class CorruptionObjective(Objective):
     """Positions whose token differs from x_0 (a uniform redraw may give x_0 back)."""
     return {"corrupted_fraction": jnp.mean((xt_BxL != x0_BxL).astype(jnp.float32))}
 
-  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics):
-    """The scalar loss: sum_b NELBO_b / (B (L - P)), an unbiased per-token NELBO, logged as nll_per_token."""
+  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics, ratio_B=None):
+    """The scalar loss: sum_b NELBO_b / (B (L - P)), an unbiased per-token NELBO, logged as nll_per_token. With
+    importance-sampled times each NELBO_b is weighted by its density ratio r_b, and metrics["sequence_loss"] holds
+    the unweighted NELBO_b / (L - P) (the proposal's statistics)."""
     batch_size, seq_len = x0_BxL.shape
     nelbo_B = self.sequence_nelbo(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL)
+    if ratio_B is not None:
+      metrics["sequence_loss"] = jax.lax.stop_gradient(nelbo_B) / (seq_len - self.prompt_length)
+      nelbo_B = nelbo_B * ratio_B
     loss = jnp.sum(nelbo_B) / self.scored_count(scored_BxL, batch_size * (seq_len - self.prompt_length))
     metrics["nll_per_token"] = loss  # the NELBO bound on -log p per token
     return loss
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     if self.masks_per_sequence > 1:
       x0_BxL = jnp.tile(x0_BxL, (self.masks_per_sequence, 1))
     batch_size = x0_BxL.shape[0]
     x0_BxL, condition_BxL = self.split_condition(x0_BxL)
     t_rng, mask_rng = jax.random.split(rng)
-    t_B = self.sample_times(t_rng, batch_size)
+    t_B, importance = self.training_times(t_rng, batch_size, objective_state)
     prompt_BxL = self.prompt_mask(x0_BxL.shape)
     fixed_BxL = self.fixed_mask(x0_BxL, prompt_BxL, condition_BxL)
     scored_BxL = None if fixed_BxL is None else ~fixed_BxL
@@ -299,7 +337,13 @@ class CorruptionObjective(Objective):
       input_BxL = jnp.where(prompt_BxL & drop_B[:, None], self.mask_id, xt_BxL)  # masked input, still not scored
     output = self.denoise(denoise_fn, input_BxL, t_B, jax.random.fold_in(rng, 1))
     metrics = self.corruption_metrics(x0_BxL, xt_BxL, corrupted_BxL)
-    loss = self.batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics)
+    if importance is None:
+      loss = self.batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics)
+    else:
+      ratio_B, bin_B, num_bins = importance
+      loss = self.batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics, ratio_B)
+      metrics["objective_stats"] = time_sampling.batch_statistics(bin_B, metrics.pop("sequence_loss"), num_bins)
+      metrics["importance_ratio_max"] = jnp.max(ratio_B)
     if self.trains_calibration_head:
       output = self.with_calibration_loss(output, x0_BxL, corrupted_BxL, scored_BxL)
     return loss, output, metrics

@@ -82,7 +82,8 @@ class EmbeddingDiffusion(Objective):
       terms = {name: jnp.where(fixed_BxL, 0.0, value) for name, value in terms.items()}
     return terms, output
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     batch_size, seq_len = x0_BxL.shape
     terms, output = self.embedding_nelbo(denoise_fn, x0_BxL, rng, self.prompt_mask(x0_BxL.shape))
     scored = batch_size * (seq_len - self.prompt_length)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax.diffusion import corruption as corruption_lib
-from dlm_jax.diffusion import forward, losses
+from dlm_jax.diffusion import forward, losses, time_sampling
 from dlm_jax.errors import ConfigError
 from dlm_jax.objectives.base import CorruptionObjective, check_distillation_fields
 
@@ -55,8 +55,23 @@ class MaskedELBO(CorruptionObjective):
   # exactly what a causal run's states were trained for); S = L is the ELBO above. 0: off.
   block_curriculum_steps: int = 0
   block_curriculum_start: int = 1
+  # Importance-sampled times (issue #31; diffusion/time_sampling.py): "uniform" draws the uniform variable u of the
+  # times above antithetically; "importance" draws it from a proposal learned online, piecewise constant on
+  # importance_bins equal bins of u, q_k proportional to the standard deviation of the per-token loss of the
+  # sequences drawn in bin k (from exponential moving averages of l and l^2, decay importance_decay per update of the
+  # bin; Neyman's allocation for stratified times), mixed with importance_floor of the uniform (the density ratio
+  # stays <= 1 / floor), uniform until each bin has importance_warmup losses; each sequence's NELBO is weighted by
+  # the density ratio 1 / (K q_k), so the loss keeps its expectation (the window's or time_exponent's loss, whatever
+  # they are) with less Monte Carlo variance (on nanoGPT's CPU recipe it did not help: BENCHMARKS.md). The
+  # proposal is part of the train state (TrainState.objective_state) and of its checkpoints.
+  time_sampling: str = "uniform"
+  importance_bins: int = 16
+  importance_decay: float = 0.99
+  importance_floor: float = 0.1
+  importance_warmup: int = 10
 
   MASK_COUPLINGS: ClassVar[tuple[str, ...]] = ("independent", "complementary")
+  TIME_SAMPLINGS: ClassVar[tuple[str, ...]] = ("uniform", "importance")
 
   def __post_init__(self):
     super().__post_init__()
@@ -75,6 +90,17 @@ class MaskedELBO(CorruptionObjective):
     if self.block_curriculum_steps and (self.coupled or self.corruption is not None or self.name != "elbo"):
       raise ConfigError("diffusion.block_curriculum_steps draws its own blocks: use it with objective 'elbo', "
                         "token-by-token corruption and mask_coupling='independent'.")
+    if self.time_sampling not in self.TIME_SAMPLINGS:
+      raise ConfigError(f"diffusion.time_sampling must be one of {self.TIME_SAMPLINGS}, got {self.time_sampling!r}.")
+    if self.importance and (self.name != "elbo" or self.coupled):
+      raise ConfigError(f"diffusion.time_sampling='importance' weights the ELBO's uniform times: use it with objective "
+                        f"'elbo' and mask_coupling='independent' (got objective {self.name!r}, mask_coupling "
+                        f"{self.mask_coupling!r}), or set diffusion.time_sampling='uniform'.")
+    if self.importance and not (self.importance_bins >= 2 and 0.0 < self.importance_floor <= 1.0
+                                and 0.0 <= self.importance_decay < 1.0 and self.importance_warmup >= 0):
+      raise ConfigError(f"diffusion.time_sampling='importance' needs importance_bins >= 2, 0 < importance_floor <= 1, "
+                        f"0 <= importance_decay < 1 and importance_warmup >= 0; got {self.importance_bins}, "
+                        f"{self.importance_floor}, {self.importance_decay} and {self.importance_warmup}.")
     if self.mask_coupling not in self.MASK_COUPLINGS:
       raise ConfigError(f"diffusion.mask_coupling must be one of {self.MASK_COUPLINGS}, got {self.mask_coupling!r}.")
     if self.mask_coupling == "complementary" and (self.masks_per_sequence != 2 or self.corruption is not None
@@ -88,6 +114,32 @@ class MaskedELBO(CorruptionObjective):
   @property
   def coupled(self) -> bool:
     return self.mask_coupling == "complementary"
+
+  @property
+  def importance(self) -> bool:
+    return self.time_sampling == "importance"
+
+  @classmethod
+  def initial_state(cls, diffusion_config):
+    """The importance proposal's state (time_sampling.initial_state) with time_sampling "importance", else None."""
+    if diffusion_config.get("time_sampling", "uniform") != "importance":
+      return None
+    return time_sampling.initial_state(int(diffusion_config.get("importance_bins", cls.importance_bins)))
+
+  def update_state(self, objective_state, stats):
+    if not self.importance or objective_state is None:
+      return objective_state
+    return time_sampling.update(objective_state, stats, self.importance_decay)
+
+  def training_times(self, rng, batch_size: int, objective_state):
+    """Importance-sampled times (the fields' comment) from `objective_state`'s proposal (None: the step-0 state, a
+    uniform proposal), or the plain antithetic times."""
+    if not self.importance:
+      return super().training_times(rng, batch_size, objective_state)
+    state = time_sampling.initial_state(self.importance_bins) if objective_state is None else objective_state
+    q_K = time_sampling.proposal(state, self.importance_floor, self.importance_warmup)
+    u_B, ratio_B, bin_B = time_sampling.sample(rng, batch_size, q_K)
+    return self.times_from_uniform(u_B), (ratio_B, bin_B, self.importance_bins)
 
   def complementary_pair(self, t_B):
     """(t'_B, c_B): the time at which the complement of a mask drawn at t is a draw of the forward process,
@@ -105,15 +157,20 @@ class MaskedELBO(CorruptionObjective):
 
   def sample_times(self, rng, batch_size: int):
     """Antithetic t ~ U[t_min, 1), warped to 1 - (1 - t)^time_exponent (the class's training emphasis) or mapped
-    into [time_low, time_high] (BD3-LM's clipped window); coupled:
+    into [time_low, time_high] (BD3-LM's clipped window: `times_from_uniform`); coupled:
     the first half's antithetic times (in [t_min, 1 - t_min]), then their complements' t' (`complementary_pair`)."""
     if self.coupled:
       t_H = jnp.minimum(super().sample_times(rng, batch_size // 2), 1.0 - self.t_min)
       return jnp.concatenate([t_H, jnp.maximum(self.complementary_pair(t_H)[0], self.t_min)])
-    t_B = super().sample_times(rng, batch_size)
+    return super().sample_times(rng, batch_size)
+
+  def times_from_uniform(self, u_B):
+    """u in [0, 1) -> t: into [time_low, time_high] (the window), or warped to 1 - (1 - u)^time_exponent; at least
+    t_min."""
+    u_B = jnp.maximum(u_B, self.t_min)
     if (self.time_low, self.time_high) != (0.0, 1.0):
-      return jnp.maximum(self.time_low + (self.time_high - self.time_low) * t_B, self.t_min)
-    return t_B if self.time_exponent == 1.0 else 1.0 - (1.0 - t_B) ** self.time_exponent
+      return jnp.maximum(self.time_low + (self.time_high - self.time_low) * u_B, self.t_min)
+    return u_B if self.time_exponent == 1.0 else 1.0 - (1.0 - u_B) ** self.time_exponent
 
   def corrupt(self, rng, x0_BxL, t_B, fixed_BxL):
     return forward.corrupt(rng, x0_BxL, t_B, self.schedule, self.mask_id, fixed_BxL=fixed_BxL)
@@ -194,7 +251,7 @@ class MaskedMean(MaskedELBO):
     k_B = jax.random.randint(rng, (batch_size,), 1, self.num_timesteps + 1)
     return k_B.astype(jnp.float32) / self.num_timesteps
 
-  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics):
+  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics, ratio_B=None):
     return jnp.mean(losses.masked_mean_per_sequence(self.token_nll(output, x0_BxL), corrupted_BxL))
 
 
@@ -251,7 +308,8 @@ class SelfDistillationThroughTime(MaskedELBO):
     log_p2_BxLxV = jax.nn.log_softmax(losses.subs_logits(teacher_fn(xm_BxL, mid_B).logits_BxLxV, self.mask_id), -1)
     return jax.lax.stop_gradient(jnp.where(revealed_BxL[..., None], log_p1_BxLxV, log_p2_BxLxV)), revealed_BxL
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     if teacher_fn is None or step is None:
       raise ValueError("diffusion.objective='sdtt' trains a student against a teacher: run it through "
                        "python -m launch.distill, which passes the teacher and the step.")

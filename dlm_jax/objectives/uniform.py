@@ -139,8 +139,8 @@ class Duo(UniformELBO):
     weight_B = (1.0 - alpha_B) / (num_states * alpha_B + 1.0 - alpha_B)
     return weight_B[:, None] * kl_BxL
 
-  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics):
-    nelbo = super().batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics)
+  def batch_loss(self, output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics, ratio_B=None):
+    nelbo = super().batch_loss(output, x0_BxL, xt_BxL, t_B, corrupted_BxL, scored_BxL, weight_BxL, metrics, ratio_B)
     if self.duo_loss == "nelbo":
       return nelbo
     batch_size, seq_len = x0_BxL.shape
@@ -206,7 +206,8 @@ class ConsistencyDistillation(UniformELBO):
     rounds = jnp.asarray(step, jnp.int32) // self.distill_round_steps
     return jnp.minimum(2.0**rounds.astype(jnp.float32) / self.distill_teacher_steps, 0.5)
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     if teacher_fn is None or step is None:
       raise ValueError("diffusion.objective='dcd' trains a student against a teacher: run it through "
                        "python -m launch.distill, which passes the teacher and the step.")

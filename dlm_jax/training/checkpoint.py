@@ -201,13 +201,20 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
     others = sorted(data_dir.glob("process_*-of-*.json"))
     iterator_file = None if own.exists() or not others else others[0]
 
-  def restore_as(target):
-    args = {"state": ocp.args.StandardRestore(target)}
+  def restore_as(target, missing=()):
+    # `missing`: TrainState fields the checkpoint predates (objective_state): the fields it has are restored, the
+    # others start as at step 0 (zeros: the initial objective state) or stay None.
+    stored = target
+    if missing:
+      stored = {name: getattr(target, name) for name in _state_fields(target) if name not in missing}
+    args = {"state": ocp.args.StandardRestore(stored)}
     if data_iterator is not None and iterator_file is None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = mngr.restore(step, args=ocp.args.Composite(**args))["state"]
     if iterator_file is not None:
       data_iterator.set_state(json.loads(iterator_file.read_text()))
+    if missing:
+      restored = target.replace(**restored, **{name: _zeros_like_abstract(getattr(target, name)) for name in missing})
     return restored
 
   shapes = lambda tree: sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
@@ -220,14 +227,42 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator=None, ste
       stored = []
     if not stored:
       raise  # the array metadata itself is unreadable: damage
+    missing = _fields_added_since(mngr, step, abstract_state)
+    present = abstract_state.replace(**{name: None for name in missing}) if missing else abstract_state
+    if missing and stored == shapes(present):
+      return restore_as(abstract_state, missing)
     stacked_abstract = layers.stacked_layout(abstract_state)
-    if stored == shapes(stacked_abstract) and stored != shapes(abstract_state):
-      return layers.per_layer_layout(restore_as(stacked_abstract), abstract_state)
-    if stored != shapes(abstract_state):
+    if stored == shapes(layers.stacked_layout(present)) and stored != shapes(present):
+      return layers.per_layer_layout(restore_as(stacked_abstract, missing), abstract_state)
+    if stored != shapes(present):
       raise CheckpointError(
           f"Checkpoint step {step} in {mngr.directory} does not match the model/optimizer this config builds (its "
           "arrays have other shapes). Resume with the config it was written with, or use a new --workdir.") from e
     raise
+
+
+def _state_fields(state) -> list[str]:
+  return [field.name for field in dataclasses.fields(state)] if dataclasses.is_dataclass(state) else []
+
+
+def _fields_added_since(mngr: ocp.CheckpointManager, step: int, abstract_state) -> list[str]:
+  """The TrainState fields of `abstract_state` that the checkpoint does not hold (it predates them): [] for a
+  checkpoint of this code, or when its metadata cannot be read (the restore then reports what is wrong)."""
+  fields = _state_fields(abstract_state)
+  try:
+    stored = ocp.StandardCheckpointer().metadata(pathlib.Path(mngr.directory) / str(step) / "state").item_metadata
+    keys = set(stored.keys())
+  except Exception:
+    return []
+  return [name for name in fields if name not in keys] if "params" in keys else []
+
+
+def _zeros_like_abstract(tree):
+  """Zeros of `tree`'s ShapeDtypeStructs, each on its sharding (None stays None)."""
+  def zeros(x):
+    value = jax.numpy.zeros(x.shape, x.dtype)
+    return jax.device_put(value, x.sharding) if getattr(x, "sharding", None) is not None else value
+  return jax.tree.map(zeros, tree)
 
 
 def _stored_shapes(mngr: ocp.CheckpointManager, step: int) -> list:

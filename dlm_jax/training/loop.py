@@ -196,7 +196,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     if estimator_batches:
       result["loss_estimator_std"] = likelihood.loss_estimator_std(
           loss_step, params, eval_windows, batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
-          batches=estimator_batches, place=mesh.place_rows)
+          batches=estimator_batches, place=mesh.place_rows, objective_state=state.objective_state)
       if result["loss_estimator_std"] is not None:
         values["loss_estimator_std"] = result["loss_estimator_std"]
     writer.scalars(step, prefix, values)

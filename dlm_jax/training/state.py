@@ -21,6 +21,9 @@ class TrainState:
   # Distillation (diffusion.objective="dcd"): the teacher's parameters, refreshed from params at each round's start;
   # None otherwise. Part of the state, so an interrupted distillation resumes with its teacher.
   teacher_params: Any = None
+  # The objective's own state (Objective.initial_state): the importance-sampled times' proposal
+  # (diffusion/time_sampling.py); None for every stateless objective. Checkpointed, so a resumed run keeps it.
+  objective_state: Any = None
 
 
 def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformation, datastore=None,
@@ -37,13 +40,15 @@ def init_model_and_state(config, vocab_size: int, tx: optax.GradientTransformati
 
 def state_from_params(config, params, tx: optax.GradientTransformation) -> TrainState:
   """The first TrainState of a run whose parameters are `params`: step 0, a fresh optimizer over the trainable
-  parameters (models.trainable_filter: all, or LoRA's adapters), the EMA and a distillation's teacher as copies."""
+  parameters (models.trainable_filter: all, or LoRA's adapters), the EMA and a distillation's teacher as copies, the
+  objective's own state at its start."""
   ema = jax.tree.map(jax.numpy.copy, params) if float(config.train.ema_decay) > 0 else None
   teacher = jax.tree.map(jax.numpy.copy, params) if objectives.objective_class(config).needs_teacher else None
   trainable = models.split_trainable(params, models.trainable_filter(config.model))[0]
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(trainable),
                     ema_params=ema, rng=jax.random.key_data(jax.random.key(int(config.seed) + 1)),
-                    teacher_params=teacher)
+                    teacher_params=teacher,
+                    objective_state=objectives.objective_class(config).initial_state(config.diffusion))
 
 
 def init_on_mesh(config, vocab_size: int, tx: optax.GradientTransformation, mesh, datastore=None,

@@ -38,12 +38,14 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
   differentiated and updated (LoRA's adapters); the others are held fixed and get no gradient, and the optimizer
   state (`state.opt_state`) covers the trainable ones only."""
 
-  def loss_fn(trainable_params, frozen_params, x0_BxL, key, step, teacher_params):
+  def loss_fn(trainable_params, frozen_params, x0_BxL, key, step, teacher_params, objective_state):
     params = models.join_trainable(trainable_params, frozen_params)
     loss_key, dropout_key = jax.random.split(key)
     fn = models.denoise_fn(graphdef, params, other, deterministic=False, dropout_key=dropout_key)
     teacher_fn = None if teacher_params is None else models.denoise_fn(graphdef, teacher_params, other)
-    return objective(fn, x0_BxL, loss_key, step=step, teacher_fn=teacher_fn)
+    # (the objective's own state only when it has one: a stateless objective's __call__ may not take it)
+    stateful = {} if objective_state is None else {"objective_state": objective_state}
+    return objective(fn, x0_BxL, loss_key, step=step, teacher_fn=teacher_fn, **stateful)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -60,13 +62,17 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
     def micro_step(grads_acc, inputs):
       index, x0_BxL = inputs
       (_, metrics), grads = grad_fn(trainable_params, frozen_params, x0_BxL, jax.random.fold_in(step_key, index),
-                                    state.step, teacher)
-      return jax.tree.map(jnp.add, grads_acc, grads), metrics
+                                    state.step, teacher, state.objective_state)
+      stats = metrics.pop("objective_stats", None)  # the objective's state update, summed below, not logged
+      return jax.tree.map(jnp.add, grads_acc, grads), (metrics, stats)
 
     zeros = jax.tree.map(jnp.zeros_like, trainable_params)
-    grads, metrics = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch_AxBxL))
+    grads, (metrics, stats) = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch_AxBxL))
     grads = jax.tree.map(lambda g: g / accum, grads)
     metrics = jax.tree.map(jnp.mean, metrics)
+    objective_state = state.objective_state
+    if stats is not None:
+      objective_state = objective.update_state(objective_state, jax.tree.map(lambda x: jnp.sum(x, axis=0), stats))
     updates, opt_state = tx.update(grads, state.opt_state, trainable_params)
     params = models.join_trainable(optax.apply_updates(trainable_params, updates), frozen_params)
     ema = state.ema_params
@@ -76,7 +82,7 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
     metrics.update(grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                    param_norm=optax.global_norm(params), learning_rate=lr_schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                              teacher_params=teacher)
+                              teacher_params=teacher, objective_state=objective_state)
     if skip_nonfinite:
       finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

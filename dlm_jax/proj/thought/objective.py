@@ -49,7 +49,8 @@ class ThoughtELBO(MaskedELBO):
     """One window W = seq_len / (K + 1)."""
     return self.thought.window_length(seq_len)
 
-  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None):
+  def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
+           objective_state=None):
     return self.thought.loss(self, denoise_fn, x0_BxL, rng)
 
   def evaluation_nll(self, denoise_fn: Callable, x0_BxL, rng):

@@ -21,7 +21,7 @@ WINDOW, CONTEXT_WINDOWS = 256, 3
 
 
 def get_config(arm: str = "thought"):
-  c = default.get_config()
+  c = default.base_config()
   c.data.path = "en/tinyshakespeare.txt"
   c.diffusion.schedule = "loglinear"
   c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 12, 12, 768, 2048

@@ -23,7 +23,7 @@ WINDOW, CONTEXT_WINDOWS = 64, 3
 
 
 def get_config(arm: str = "thought"):
-  c = default.get_config()
+  c = default.base_config()
   c.model.num_layers, c.model.num_heads, c.model.width, c.model.mlp_dim = 4, 4, 256, 683
   c.train.batch_size = 16
   c.train.num_steps = 400
