@@ -1,6 +1,7 @@
 """The objective registry's contract: every registered objective builds from a config, trains (finite loss and
 gradients under jit) and evaluates above the true conditional entropy of its data; config.diffusion is generated
 from the classes, and a field the chosen objective ignores draws one warning naming it."""
+import dataclasses
 import math
 
 import jax
@@ -226,3 +227,24 @@ def test_time_exponent_warps_the_training_times_and_leaves_the_evaluation_alone(
   with pytest.raises(ConfigError, match="discrete timesteps"):
     objectives.from_config(tiny_config(**{"diffusion.time_exponent": 2.0, "diffusion.objective": "masked_mean",
                                           "diffusion.time_low": 0.0, "diffusion.time_high": 1.0}), VOCAB)
+
+
+def test_a_stateless_objective_written_before_the_objective_state_still_trains():
+  """Objective.__call__ and the train step pass `objective_state` only to an objective that has a state, so a class
+  whose `loss` predates the keyword (a research wing's) still runs."""
+  from dlm_jax.objectives.autoregressive import Autoregressive
+  from dlm_jax.training import optimizer, state as state_lib, step as step_lib
+
+  class Legacy(Autoregressive):
+    def loss(self, denoise_fn, x0_BxL, rng, *, step=None, teacher_fn=None):
+      return super().loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn)
+
+  config = config_of("autoregressive")
+  legacy = Legacy(**{f.name: getattr(objectives.from_config(config, VOCAB), f.name)
+                     for f in dataclasses.fields(Autoregressive)})
+  tx = optimizer.make_optimizer(config.optimizer, 4)
+  graphdef, other, state = state_lib.init_model_and_state(config, VOCAB, tx)
+  train_step = step_lib.make_train_step(graphdef, other, legacy, tx, 0.0, optimizer.learning_rate_schedule(
+      config.optimizer, 4))
+  state, metrics = train_step(state, markov_rows(4, int(config.data.seq_len))[None])
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"])) and state.objective_state is None

@@ -245,8 +245,9 @@ class Objective(abc.ABC):
     """(loss, metrics): `loss` plus the denoiser's auxiliary losses (`with_aux`). `step` (the update count) drives
     Duo's curriculum and the distillation rounds; `teacher_fn` is the distillation teacher's denoise function;
     `objective_state` the objective's own state (`initial_state`)."""
-    loss, output, metrics = self.loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn,
-                                      objective_state=objective_state)
+    # (passed only when there is one: a stateless objective's `loss` written before the field may not take it)
+    stateful = {} if objective_state is None else {"objective_state": objective_state}
+    loss, output, metrics = self.loss(denoise_fn, x0_BxL, rng, step=step, teacher_fn=teacher_fn, **stateful)
     if with_aux:
       for name, value in output.aux_losses.items():
         metrics[f"aux/{name}"] = value
