@@ -11,6 +11,11 @@ and data.test_fraction > 0, e.g. configs/text8.py; or of --path; the padded layo
 spread evenly over all of it (--windows=spread). Every figure comes with its Monte Carlo standard error over the time
 draws (`mc_stderr`, nats/token) and the window set it used.
 
+`--window_search=0.1` also reports, for every clipped training window [low, high] on that grid (high - low at least
+--window_min_width), the noise of the run's training loss under it (eval/loss_estimator_std's measure, over
+--estimator_batches batches of the same windows) and the window where it is lowest: BD3-LM's data-driven window
+(masked ELBO runs; issue #31). Its choice goes back into training as --config.diffusion.time_low/time_high.
+
 `--calibration_bins=B` also reports the calibration of a diffusion run's reveal confidences on the same windows
 (dlm_jax/evaluation/calibration.py): reliability-diagram data over B confidence bins and the expected calibration error.
 """
@@ -20,6 +25,7 @@ from absl import app, flags, logging
 
 from dlm_jax import cli
 from dlm_jax.data import pipeline
+from dlm_jax.errors import ConfigError
 from dlm_jax.evaluation import calibration, likelihood
 from dlm_jax.training import checkpoint
 
@@ -44,6 +50,10 @@ flags.DEFINE_integer("seed", None, "Evaluation seed (default: the run's eval.see
 cli.define_checkpoint_flags()
 flags.DEFINE_integer("calibration_bins", 0, "> 0: also the reliability diagram (this many bins) and ECE of the reveal "
                      "confidences on the same windows (diffusion runs).")
+flags.DEFINE_float("window_search", 0.0, "> 0: the grid step of the clipped-window search (module docstring; masked "
+                   "ELBO runs).")
+flags.DEFINE_float("window_min_width", 0.3, "The narrowest window --window_search considers (high - low).")
+flags.DEFINE_integer("estimator_batches", 8, "Batches of --window_search's two-draw noise estimate.")
 FLAGS = flags.FLAGS
 
 
@@ -71,6 +81,21 @@ def main(argv):
                 step=run.step, checkpoint=run.checkpoint, weights=run.weights)
   if FLAGS.path:
     result["oov"] = pipeline.oov_report(FLAGS.path, run.tokenizer, FLAGS.oov)
+  if FLAGS.window_search:
+    if not hasattr(objective, "time_low") or objective.name != "elbo":
+      raise app.UsageError(f"--window_search: {FLAGS.workdir} trained objective {objective.name!r}; the clipped "
+                           "window belongs to the masked ELBO (diffusion.objective='elbo').")
+    try:
+      candidates = likelihood.window_grid(FLAGS.window_search, FLAGS.window_min_width)
+    except ValueError as e:
+      raise app.UsageError(f"--window_search={FLAGS.window_search}: {e}") from e
+    try:
+      result["window_search"] = likelihood.window_search(
+          run.graphdef, run.other, objective, run.params, windows, candidates,
+          batch_size=cli.flag_or(FLAGS.batch_size, int(ev.batch_size)), seed=cli.flag_or(FLAGS.seed, int(ev.seed)),
+          batches=FLAGS.estimator_batches)
+    except ConfigError as e:  # e.g. a run trained with time_exponent, which a window excludes
+      raise app.UsageError(f"--window_search with --workdir={FLAGS.workdir}: {e}") from e
   if FLAGS.calibration_bins:
     try:
       result["calibration"] = calibration.calibrate(run, windows, cli.flag_or(FLAGS.batch_size, int(ev.batch_size)),

@@ -202,6 +202,24 @@ def test_sampler_suite_cli_rows_every_strategy_and_the_sweeps(trained_run, train
   assert result.returncode == 2 and "Unknown strategies ['nucleus']" in result.stderr.strip().splitlines()[-1]
 
 
+def test_evaluate_searches_the_clipped_window_by_the_loss_estimators_noise(trained_run):
+  """--window_search (BD3-LM's data-driven window): every grid window at least --window_min_width wide, each with the
+  noise of the training loss under it, and the quietest; windows reaching down to t = 0 (where w(t) ~ 1/t) are the
+  noisiest."""
+  from dlm_jax.evaluation import likelihood
+  assert likelihood.window_grid(0.25, 0.5) == [(0.0, 0.5), (0.0, 0.75), (0.0, 1.0), (0.25, 0.75), (0.25, 1.0),
+                                               (0.5, 1.0)]
+  with pytest.raises(ValueError, match="divide 1"):
+    likelihood.window_grid(0.3, 0.5)
+  workdir, _ = trained_run
+  result = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--window_search=0.25", "--window_min_width=0.5",
+                          "--estimator_batches=2", "--num_windows=16"))["window_search"]
+  rows = {(r["time_low"], r["time_high"]): r["loss_estimator_std"] for r in result["rows"]}
+  assert sorted(rows) == likelihood.window_grid(0.25, 0.5) and all(std > 0 for std in rows.values())
+  assert result["lowest"]["loss_estimator_std"] == min(rows.values())
+  assert min(rows[(0.0, high)] for high in (0.5, 0.75, 1.0)) > max(rows[(low, 1.0)] for low in (0.25, 0.5)), rows
+
+
 def test_evaluate_reports_the_calibration_of_reveal_confidences(trained_run):
   workdir, _ = trained_run
   result = json.loads(run("launch.evaluate", f"--workdir={workdir}", "--calibration_bins=5"))

@@ -10,10 +10,12 @@ character and perplexity. For a character tokenizer a token is a character, so B
 bits per character divides the total bits of the windows by the number of characters they decode to. Perplexity is
 exp(nats per token): an upper bound for diffusion (the NELBO bounds the NLL), exact for the AR arm.
 
-The trainer's periodic evaluation and `python -m launch.evaluate` both call `evaluate`.
+The trainer's periodic evaluation and `python -m launch.evaluate` both call `evaluate`; `window_search` is
+`launch.evaluate --window_search`'s choice of a clipped training window by the loss estimator's noise.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -69,6 +71,33 @@ def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed:
             for r in (0, 1))
     squares.append((a - b) ** 2 / 2.0)
   return float(np.sqrt(np.mean(squares)))
+
+
+def window_grid(step: float, min_width: float) -> list[tuple[float, float]]:
+  """Every clipped window [low, high] with low and high on a grid of `step` in [0, 1] and high - low >= min_width."""
+  count = round(1.0 / step)
+  if count < 1 or abs(count * step - 1.0) > 1e-9:
+    raise ValueError(f"The window grid's step must divide 1 (0.1, 0.05, ...), got {step}.")
+  points = [round(i * step, 10) for i in range(count + 1)]
+  return [(low, high) for low in points for high in points if high - low >= min_width - 1e-9]
+
+
+def window_search(graphdef, other, objective: Objective, params, windows_WxL, candidates, *, batch_size: int,
+                  seed: int, batches: int, place=None) -> dict:
+  """BD3-LM's data-driven noise window (Arriola et al. 2025, section 4: the clipped schedule t ~ U[beta, omega] whose
+  NELBO estimator varies least): for each candidate (low, high), the standard deviation of the run's training loss
+  under that window (`loss_estimator_std`: two independent draws on each of `batches` batches of the same windows),
+  and the candidate where it is lowest. The losses of different windows are different objectives (a window's loss
+  is the ELBO's integrand averaged over it); the criterion compares their Monte Carlo noise only, as BD3-LM does.
+  `objective` must have the window (MaskedELBO's time_low / time_high)."""
+  rows = []
+  for low, high in candidates:
+    windowed = dataclasses.replace(objective, time_low=float(low), time_high=float(high))
+    std = loss_estimator_std(make_eval_step(graphdef, other, windowed, "training_loss"), params, windows_WxL,
+                             batch_size=batch_size, seed=seed, batches=batches, place=place)
+    rows.append({"time_low": float(low), "time_high": float(high), "loss_estimator_std": std})
+  measured = [row for row in rows if row["loss_estimator_std"] is not None]
+  return {"rows": rows, "lowest": min(measured, key=lambda row: row["loss_estimator_std"]) if measured else None}
 
 
 def report(nats_per_token: float, num_tokens: int, num_chars: int) -> dict:
