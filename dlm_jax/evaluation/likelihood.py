@@ -62,11 +62,11 @@ def loss_estimator_std(loss_step, params, windows_WxL, *, batch_size: int, seed:
   if count < 1:
     return None
   base = jax.random.fold_in(jax.random.key(seed), 7_000_001)
+  stateful = () if objective_state is None else (objective_state,)
   squares = []
   for i in range(count):
     batch = windows_WxL[i * batch_size:(i + 1) * batch_size]
     batch = place(batch) if place is not None else batch
-    stateful = () if objective_state is None else (objective_state,)
     a, b = (float(loss_step(params, batch, jax.random.fold_in(jax.random.fold_in(base, r), i), *stateful))
             for r in (0, 1))
     squares.append((a - b) ** 2 / 2.0)

@@ -33,8 +33,8 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
                     skip_nonfinite: bool = False, trainable=None):
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`. With `skip_nonfinite` (train.nan_policy
   "skip_step"), an update whose loss, gradient or new parameters are not finite is dropped: the parameters, optimizer
-  moments and EMA stay as they were, the step counter (and so the data and the schedule) advances, and
-  metrics["skipped"] is 1. `trainable` (models.trainable_filter; None: every parameter): the parameters that are
+  moments, EMA and the objective's own state stay as they were, the step counter (and so the data and the schedule)
+  advances, and metrics["skipped"] is 1. `trainable` (models.trainable_filter; None: every parameter): the parameters that are
   differentiated and updated (LoRA's adapters); the others are held fixed and get no gradient, and the optimizer
   state (`state.opt_state`) covers the trainable ones only."""
 
@@ -87,7 +87,9 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
       finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
       keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
       new_state = new_state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-                                    ema_params=None if ema is None else keep(ema, state.ema_params))
+                                    ema_params=None if ema is None else keep(ema, state.ema_params),
+                                    # (a non-finite loss's statistics would poison the importance proposal for good)
+                                    objective_state=keep(objective_state, state.objective_state))
       metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
