@@ -12,7 +12,8 @@ Arms: "ar" (causal, next-token loss), "diffusion" (masked diffusion, MDLM's log-
 with Dream's shifted logits, to start from an AR run: --config.train.init_from_run=AR_RUN; issue #31's conversion),
 "diffusion_best" (issue #31's best recipe, its target row: 1,750 updates of diffusion_from_ar on the clipped times
 t ~ U[0.3, 0.8] with two masks per sequence, to follow 250 updates of the AR arm; needs
---config.train.init_from_run=AR_RUN).
+--config.train.init_from_run=AR_RUN), "diffusion_budget" (the best recipe found within 1.5x the AR arm's wall time:
+1,500 updates of diffusion_best with two masks per sequence for the first 1,100 only, to follow 500 AR updates).
 Evaluation every 500 updates on 512 validation windows (4 time samples per window for the NELBO).
   python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar
   python -m launch.train --config=configs/nanogpt_cpu.py:diffusion --workdir=runs/ngpt_diffusion
@@ -22,11 +23,14 @@ Evaluation every 500 updates on 512 validation windows (4 time samples per windo
   python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar250 --config.train.num_steps=250
   python -m launch.train --config=configs/nanogpt_cpu.py:diffusion_best --workdir=runs/ngpt_best \
       --config.train.init_from_run=runs/ngpt_ar250
+  python -m launch.train --config=configs/nanogpt_cpu.py:ar --workdir=runs/ngpt_ar500 --config.train.num_steps=500
+  python -m launch.train --config=configs/nanogpt_cpu.py:diffusion_budget --workdir=runs/ngpt_budget \
+      --config.train.init_from_run=runs/ngpt_ar500
 Hardware: CPU, 2 cores, 2-3 minutes per arm. Results: BENCHMARKS.md, "Diffusion sample efficiency".
 """
 from configs import default, shakespeare_char
 
-ARMS = ("ar", "diffusion", "diffusion_learned", "diffusion_from_ar", "diffusion_best")
+ARMS = ("ar", "diffusion", "diffusion_learned", "diffusion_from_ar", "diffusion_best", "diffusion_budget")
 
 
 def get_config(arm: str = "diffusion"):
@@ -40,14 +44,17 @@ def get_config(arm: str = "diffusion"):
   c.model.dropout = c.model.attention_dropout = c.model.embedding_dropout = 0.0
   if arm == "diffusion_learned":
     c.model.position = "learned"
-  if arm in ("diffusion_from_ar", "diffusion_best"):
+  if arm in ("diffusion_from_ar", "diffusion_best", "diffusion_budget"):
     c.model.shift_logits = True
   c.train.batch_size = 12
   c.train.num_steps = 2000
-  if arm == "diffusion_best":  # 250 AR updates + 1,750 of these: 2,000 in all
+  if arm in ("diffusion_best", "diffusion_budget"):  # 250 AR updates + 1,750 of these: 2,000 in all
     c.diffusion.time_low, c.diffusion.time_high = default.CLIPPED_TIME_WINDOW
     c.diffusion.masks_per_sequence = 2
     c.train.num_steps = 1750
+  if arm == "diffusion_budget":  # 500 AR updates + 1,500 of these; the second mask pays most early (lr high)
+    c.train.num_steps = 1500
+    c.diffusion.masks_per_sequence_steps = 1100
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
   c.train.sample_every = 0

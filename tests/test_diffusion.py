@@ -1,4 +1,5 @@
 """Schedules, the forward process, SUBS and the ELBO: exact values where the math gives them."""
+import dataclasses
 import itertools
 import math
 
@@ -220,6 +221,36 @@ def test_coupled_and_repeated_masks_keep_the_objective_unbiased_and_cut_its_nois
     OBJECTIVES["elbo"](MaskingSchedule("cosine"), mask_coupling="complementary")
   with pytest.raises(ConfigError, match="masks_per_sequence must be >= 1"):
     OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=0)
+
+
+def test_extra_masks_for_the_first_updates_only():
+  """diffusion.masks_per_sequence_steps=N: at_step gives the configured objective for updates 0..N-1 and from N on the
+  same objective with one draw per sequence (a complementary pair becomes one independent draw); its training batch
+  then has B rows, not 2B; N = 0 keeps the k draws throughout; N without k >= 2 is refused."""
+  objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2, masks_per_sequence_steps=3,
+                                 mask_coupling="complementary", time_sampling="uniform")
+  assert [objective.at_step(s) is objective for s in range(5)] == [True, True, True, False, False]
+  late = objective.at_step(3)
+  assert (late.masks_per_sequence, late.masks_per_sequence_steps, late.mask_coupling) == (1, 0, "independent")
+  assert late == objective.at_step(100) and hash(late) == hash(objective.at_step(4))  # one jitted step for them
+  assert dataclasses.replace(late, masks_per_sequence=2, masks_per_sequence_steps=3,
+                             mask_coupling="complementary") == objective  # nothing else changed
+  rows = {}
+  x0_BxL = jnp.tile(jnp.arange(10, 26, dtype=jnp.int32), (4, 1))
+
+  def counting_denoiser(x_BxL, t_B):
+    rows[len(rows)] = x_BxL.shape[0]
+    return DenoiserOutput(jax.nn.log_softmax(jnp.zeros(x_BxL.shape + (32,))))
+
+  objective.at_step(0)(counting_denoiser, x0_BxL, jax.random.key(0))
+  late(counting_denoiser, x0_BxL, jax.random.key(0))
+  assert list(rows.values()) == [8, 4]
+  always = OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2)
+  assert always.at_step(10**6) is always
+  with pytest.raises(ConfigError, match="masks_per_sequence_steps=5"):
+    OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence_steps=5)
+  with pytest.raises(ConfigError, match="masks_per_sequence_steps=-1"):
+    OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2, masks_per_sequence_steps=-1)
 
 
 def test_clipped_time_window_draws_stratified_times_inside_it_and_leaves_evaluation_alone(toy):

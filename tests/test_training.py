@@ -408,6 +408,31 @@ def test_importance_sampled_times_learn_their_proposal_and_resume_with_it(tmp_pa
   assert any(r.get("eval/loss_estimator_std", 0) > 0 for r in records)
 
 
+def test_extra_masks_for_the_first_updates_equal_a_run_resumed_with_one_mask(tmp_path):
+  """diffusion.masks_per_sequence_steps=3 with two masks: updates 1-3 draw two masks per sequence, 4-6 one. The same
+  as a run stopped at step 3 with two masks throughout and resumed with one (the trainer switches jitted steps at
+  update 3, nothing else): equal losses at steps 4-6, equal weights, and the same estimator noise at step 6 (that
+  of the one-mask loss the last updates used). Its first three losses differ from a one-mask run's (the extra draws
+  were made)."""
+  base = {"train.num_steps": 6, "train.checkpoint_every": 3, "eval.every": 6, "eval.estimator_batches": 1,
+          "tensorboard": False}
+  loop.train(tiny_config(**base, **{"diffusion.masks_per_sequence": 2, "diffusion.masks_per_sequence_steps": 3}),
+             str(tmp_path / "scheduled"))
+  assert loop.train(tiny_config(**base, **{"diffusion.masks_per_sequence": 2}), str(tmp_path / "split"),
+                    stop_at_step=3)["stopped"]
+  loop.train(tiny_config(**base), str(tmp_path / "split"))
+  loop.train(tiny_config(**base), str(tmp_path / "one"), stop_at_step=3)
+  scheduled, split, one = (train_losses(tmp_path / name) for name in ("scheduled", "split", "one"))
+  np.testing.assert_allclose([split[s] for s in range(1, 7)], [scheduled[s] for s in range(1, 7)], rtol=1e-6)
+  assert all(abs(one[s] - scheduled[s]) > 1e-4 for s in range(1, 4)), (one, scheduled)
+  estimator_std = [[r["eval/loss_estimator_std"] for r in metrics.read_jsonl(tmp_path / name / "metrics.jsonl")
+                    if "eval/loss_estimator_std" in r] for name in ("scheduled", "split")]
+  np.testing.assert_allclose(*estimator_std, rtol=1e-6)  # step 6's noise is the one-mask loss's, the one trained
+  chex.assert_trees_all_close(checkpoint.load_for_inference(tmp_path / "scheduled", weights="raw").params,
+                              checkpoint.load_for_inference(tmp_path / "split", weights="raw").params,
+                              rtol=1e-6, atol=1e-7)
+
+
 def test_a_checkpoint_written_before_the_objective_state_existed_still_loads(trained_run, tmp_path):
   """A TrainState saved without the objective_state field (every checkpoint before issue #31's importance sampling)
   restores: its fields as saved, the new one as at step 0."""

@@ -115,6 +115,10 @@ class MaskedELBO(CorruptionObjective):
   def coupled(self) -> bool:
     return self.mask_coupling == "complementary"
 
+  def one_draw_per_sequence(self) -> "MaskedELBO":
+    """One draw per sequence, so no complementary pairs either."""
+    return dataclasses.replace(self, masks_per_sequence=1, masks_per_sequence_steps=0, mask_coupling="independent")
+
   @property
   def importance(self) -> bool:
     return self.time_sampling == "importance"

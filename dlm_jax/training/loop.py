@@ -153,17 +153,29 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   start_step = int(state.step)
 
   # Every jitted function runs (and is traced) under the mesh and its rules (MeshContext.bind).
-  train_step = mesh.bind(step_lib.make_train_step(graphdef, other, objective, tx, float(tcfg.ema_decay),
-                                                  optimizer.learning_rate_schedule(config.optimizer, num_steps),
-                                                  state_sharding=state_shardings,
-                                                  batch_sharding=mesh.train_batch,
-                                                  ema_warmup=bool(tcfg.get("ema_warmup", False)),
-                                                  skip_nonfinite=nan_policy == "skip_step",
-                                                  trainable=models.trainable_filter(config.model)))
+  # One jitted step per variant of the objective (Objective.at_step: e.g. extra masks for the first N updates only).
+  train_steps = {}
+
+  def train_step_for(update: int):
+    variant = objective.at_step(update)
+    if variant not in train_steps:
+      train_steps[variant] = mesh.bind(step_lib.make_train_step(
+          graphdef, other, variant, tx, float(tcfg.ema_decay),
+          optimizer.learning_rate_schedule(config.optimizer, num_steps), state_sharding=state_shardings,
+          batch_sharding=mesh.train_batch, ema_warmup=bool(tcfg.get("ema_warmup", False)),
+          skip_nonfinite=nan_policy == "skip_step", trainable=models.trainable_filter(config.model)))
+    return train_steps[variant]
+
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   # (a distillation student's loss needs its teacher: not measured there)
   estimator_batches = 0 if objective.needs_teacher else int(config.eval.get("estimator_batches", 0))
-  loss_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective, "training_loss"))
+  loss_steps = {}  # the training loss of the objective the last update used (at_step), for its estimator's noise
+
+  def loss_step_for(step: int):
+    variant = objective.at_step(max(step - 1, 0))
+    if variant not in loss_steps:
+      loss_steps[variant] = mesh.bind(likelihood.make_eval_step(graphdef, other, variant, "training_loss"))
+    return loss_steps[variant]
   eval_windows = pipeline.split_windows(streams, config.data, int(config.eval.num_windows),
                                         config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
@@ -195,8 +207,9 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
       values["nll_mc_stderr"] = result["mc_stderr"]
     if estimator_batches:
       result["loss_estimator_std"] = likelihood.loss_estimator_std(
-          loss_step, params, eval_windows, batch_size=int(config.eval.batch_size), seed=int(config.eval.seed),
-          batches=estimator_batches, place=mesh.place_rows, objective_state=state.objective_state)
+          loss_step_for(step), params, eval_windows, batch_size=int(config.eval.batch_size),
+          seed=int(config.eval.seed), batches=estimator_batches, place=mesh.place_rows,
+          objective_state=state.objective_state)
       if result["loss_estimator_std"] is not None:
         values["loss_estimator_std"] = result["loss_estimator_std"]
     writer.scalars(step, prefix, values)
@@ -275,8 +288,8 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
     step = start_step
     while step < num_steps:
       rows = next(data_iter).reshape(accum, -1, seq_len)  # this process's rows of each micro-batch
-      state, step_metrics = train_step(state, pipeline.shard_batch(rows, mesh.train_batch,
-                                                                   (accum, micro_batch, seq_len)))
+      batch = pipeline.shard_batch(rows, mesh.train_batch, (accum, micro_batch, seq_len))
+      state, step_metrics = train_step_for(step)(state, batch)
       step += 1
       progress.dispatched(step, step_metrics)  # checks and logs the previous step's metrics: no stall
       if step % int(tcfg.log_every) == 0 or step == num_steps:
