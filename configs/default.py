@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 2e-3  # the peak: linear warmup over warmup_steps, then cosine to min_lr_ratio x it
-  c.optimizer.warmup_steps = 50
+  c.optimizer.warmup_steps = 50  # the embedded default itself (get_config) uses DEFAULT_WARMUP_STEPS
   c.optimizer.min_lr_ratio = 0.1
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.99

@@ -51,7 +51,7 @@ def test_nanogpt_budget_arm_draws_two_masks_for_its_first_1100_updates_only():
   1,500 updates whose first 1,100 draw two masks per sequence, the rest one."""
   best, budget = nanogpt_cpu.get_config("diffusion_best"), nanogpt_cpu.get_config("diffusion_budget")
   objective = objectives.from_config(budget, 70)
-  assert [objective.at_step(s).masks_per_sequence for s in (0, 1099, 1100, 1499)] == [2, 2, 1, 1]
+  assert [(objective.variant_at(s) or objective).masks_per_sequence for s in (0, 1099, 1100, 1499)] == [2, 2, 1, 1]
   assert (budget.train.num_steps, best.train.num_steps, best.diffusion.masks_per_sequence_steps) == (1500, 1750, 0)
   assert budget.model.shift_logits and (budget.diffusion.time_low, budget.diffusion.time_high) == (0.3, 0.8)
 

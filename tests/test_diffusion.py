@@ -224,15 +224,15 @@ def test_coupled_and_repeated_masks_keep_the_objective_unbiased_and_cut_its_nois
 
 
 def test_extra_masks_for_the_first_updates_only():
-  """diffusion.masks_per_sequence_steps=N: at_step gives the configured objective for updates 0..N-1 and from N on the
-  same objective with one draw per sequence (a complementary pair becomes one independent draw); its training batch
-  then has B rows, not 2B; N = 0 keeps the k draws throughout; N without k >= 2 is refused."""
+  """diffusion.masks_per_sequence_steps=N: variant_at gives None (the configured objective) for updates 0..N-1 and
+  from N on the same objective with one draw per sequence (a complementary pair becomes one independent draw); its
+  training batch then has B rows, not 2B; N = 0 keeps the k draws throughout; N without k >= 2 is refused."""
   objective = OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2, masks_per_sequence_steps=3,
                                  mask_coupling="complementary", time_sampling="uniform")
-  assert [objective.at_step(s) is objective for s in range(5)] == [True, True, True, False, False]
-  late = objective.at_step(3)
+  assert [objective.variant_at(s) is None for s in range(5)] == [True, True, True, False, False]
+  late = objective.variant_at(3)
   assert (late.masks_per_sequence, late.masks_per_sequence_steps, late.mask_coupling) == (1, 0, "independent")
-  assert late == objective.at_step(100) and hash(late) == hash(objective.at_step(4))  # one jitted step for them
+  assert late == objective.variant_at(100) and hash(late) == hash(objective.variant_at(4))  # one jitted step for them
   assert dataclasses.replace(late, masks_per_sequence=2, masks_per_sequence_steps=3,
                              mask_coupling="complementary") == objective  # nothing else changed
   rows = {}
@@ -242,11 +242,11 @@ def test_extra_masks_for_the_first_updates_only():
     rows[len(rows)] = x_BxL.shape[0]
     return DenoiserOutput(jax.nn.log_softmax(jnp.zeros(x_BxL.shape + (32,))))
 
-  objective.at_step(0)(counting_denoiser, x0_BxL, jax.random.key(0))
+  objective(counting_denoiser, x0_BxL, jax.random.key(0))
   late(counting_denoiser, x0_BxL, jax.random.key(0))
   assert list(rows.values()) == [8, 4]
   always = OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence=2)
-  assert always.at_step(10**6) is always
+  assert always.variant_at(10**6) is None and late.variant_at(10**6) is None
   with pytest.raises(ConfigError, match="masks_per_sequence_steps=5"):
     OBJECTIVES["elbo"](MaskingSchedule("cosine"), masks_per_sequence_steps=5)
   with pytest.raises(ConfigError, match="masks_per_sequence_steps=-1"):

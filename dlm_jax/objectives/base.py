@@ -229,13 +229,15 @@ class Objective(abc.ABC):
     """The state after one update whose losses gave `stats` (metrics["objective_stats"], summed over micro-batches)."""
     return objective_state
 
-  def at_step(self, step: int) -> "Objective":
-    """The objective that makes update `step` (counted from 0): `self` here. An objective whose training batch changes
-    its layout during a run (CorruptionObjective.masks_per_sequence_steps) returns that update's variant; the trainer
-    jits one step per distinct variant (objectives are frozen dataclasses: equal variants share it), so a class
-    should have few. The NELBO evaluation uses the configured objective (a variant's evaluation_nll is the same); the
-    logged estimator noise (eval/loss_estimator_std) is that of the last update's variant."""
-    return self
+  def variant_at(self, step: int) -> "Objective | None":
+    """The objective that makes update `step` (counted from 0) when it is not this one; None (here) when it is. An
+    objective whose training batch changes its layout during a run (CorruptionObjective.masks_per_sequence_steps)
+    returns that update's variant; the trainer jits one step per distinct variant (objectives are frozen dataclasses:
+    equal variants share it), so a class should have few. None rather than `self` keeps a wrapper that forwards
+    attributes to an objective (a test's NaN injector) in charge of the updates it does not change. The NELBO
+    evaluation uses the configured objective (a variant's evaluation_nll is the same); the logged estimator noise
+    (eval/loss_estimator_std) is that of the last update's variant."""
+    return None
 
   @abc.abstractmethod
   def loss(self, denoise_fn: Callable, x0_BxL, rng, *, step=None, teacher_fn=None,
@@ -295,11 +297,11 @@ class CorruptionObjective(Objective):
       raise ConfigError(f"diffusion.masks_per_sequence={self.masks_per_sequence}: the distillation objective "
                         f"{self.name!r} draws its own corruption per sequence; use 1.")
 
-  def at_step(self, step: int) -> "Objective":
-    """`self`, or from update `masks_per_sequence_steps` on, `one_draw_per_sequence()`."""
+  def variant_at(self, step: int) -> "Objective | None":
+    """From update `masks_per_sequence_steps` on, `one_draw_per_sequence()`; None before it."""
     if self.masks_per_sequence_steps and step >= self.masks_per_sequence_steps:
       return self.one_draw_per_sequence()
-    return self
+    return None
 
   def one_draw_per_sequence(self) -> "CorruptionObjective":
     """This objective with one (time, corruption) draw per sequence (a subclass resets what needs two draws)."""

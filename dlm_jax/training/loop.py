@@ -153,11 +153,15 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   start_step = int(state.step)
 
   # Every jitted function runs (and is traced) under the mesh and its rules (MeshContext.bind).
-  # One jitted step per variant of the objective (Objective.at_step: e.g. extra masks for the first N updates only).
+  # One jitted step per variant of the objective (Objective.variant_at: e.g. extra masks for the first N updates only).
   train_steps = {}
 
+  def objective_at(update: int):
+    variant = objective.variant_at(update)
+    return objective if variant is None else variant
+
   def train_step_for(update: int):
-    variant = objective.at_step(update)
+    variant = objective_at(update)
     if variant not in train_steps:
       train_steps[variant] = mesh.bind(step_lib.make_train_step(
           graphdef, other, variant, tx, float(tcfg.ema_decay),
@@ -169,10 +173,10 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   # (a distillation student's loss needs its teacher: not measured there)
   estimator_batches = 0 if objective.needs_teacher else int(config.eval.get("estimator_batches", 0))
-  loss_steps = {}  # the training loss of the objective the last update used (at_step), for its estimator's noise
+  loss_steps = {}  # the training loss of the objective the last update used, for its estimator's noise
 
   def loss_step_for(step: int):
-    variant = objective.at_step(max(step - 1, 0))
+    variant = objective_at(max(step - 1, 0))
     if variant not in loss_steps:
       loss_steps[variant] = mesh.bind(likelihood.make_eval_step(graphdef, other, variant, "training_loss"))
     return loss_steps[variant]
