@@ -153,33 +153,30 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
   start_step = int(state.step)
 
   # Every jitted function runs (and is traced) under the mesh and its rules (MeshContext.bind).
-  # One jitted step per variant of the objective (Objective.variant_at: e.g. extra masks for the first N updates only).
-  train_steps = {}
+  def per_variant(build):
+    """update -> mesh.bind(build(the objective that makes that update)), built once per variant of the objective
+    (Objective.variant_at: e.g. extra masks for the first N updates only; one variant for most objectives)."""
+    built = {}
 
-  def objective_at(update: int):
-    variant = objective.variant_at(update)
-    return objective if variant is None else variant
+    def for_update(update: int):
+      variant = objective.variant_at(update)
+      variant = objective if variant is None else variant
+      if variant not in built:
+        built[variant] = mesh.bind(build(variant))
+      return built[variant]
 
-  def train_step_for(update: int):
-    variant = objective_at(update)
-    if variant not in train_steps:
-      train_steps[variant] = mesh.bind(step_lib.make_train_step(
-          graphdef, other, variant, tx, float(tcfg.ema_decay),
-          optimizer.learning_rate_schedule(config.optimizer, num_steps), state_sharding=state_shardings,
-          batch_sharding=mesh.train_batch, ema_warmup=bool(tcfg.get("ema_warmup", False)),
-          skip_nonfinite=nan_policy == "skip_step", trainable=models.trainable_filter(config.model)))
-    return train_steps[variant]
+    return for_update
 
+  train_step_for = per_variant(lambda variant: step_lib.make_train_step(
+      graphdef, other, variant, tx, float(tcfg.ema_decay),
+      optimizer.learning_rate_schedule(config.optimizer, num_steps), state_sharding=state_shardings,
+      batch_sharding=mesh.train_batch, ema_warmup=bool(tcfg.get("ema_warmup", False)),
+      skip_nonfinite=nan_policy == "skip_step", trainable=models.trainable_filter(config.model)))
   eval_step = mesh.bind(likelihood.make_eval_step(graphdef, other, objective))
   # (a distillation student's loss needs its teacher: not measured there)
   estimator_batches = 0 if objective.needs_teacher else int(config.eval.get("estimator_batches", 0))
-  loss_steps = {}  # the training loss of the objective the last update used, for its estimator's noise
-
-  def loss_step_for(step: int):
-    variant = objective_at(max(step - 1, 0))
-    if variant not in loss_steps:
-      loss_steps[variant] = mesh.bind(likelihood.make_eval_step(graphdef, other, variant, "training_loss"))
-    return loss_steps[variant]
+  # the training loss of the objective an update used, for its estimator's noise
+  loss_step_for = per_variant(lambda variant: likelihood.make_eval_step(graphdef, other, variant, "training_loss"))
   eval_windows = pipeline.split_windows(streams, config.data, int(config.eval.num_windows),
                                         config.eval.get("windows", "first"))
   writer = metrics_lib.MetricWriter(workdir, use_tensorboard=bool(config.get("tensorboard", True)),
@@ -211,7 +208,7 @@ def _train(config, workdir: pathlib.Path, stop_at_step, mesh: sharding.MeshConte
       values["nll_mc_stderr"] = result["mc_stderr"]
     if estimator_batches:
       result["loss_estimator_std"] = likelihood.loss_estimator_std(
-          loss_step_for(step), params, eval_windows, batch_size=int(config.eval.batch_size),
+          loss_step_for(max(step - 1, 0)), params, eval_windows, batch_size=int(config.eval.batch_size),
           seed=int(config.eval.seed), batches=estimator_batches, place=mesh.place_rows,
           objective_state=state.objective_state)
       if result["loss_estimator_std"] is not None:

@@ -34,9 +34,9 @@ def make_train_step(graphdef, other, objective: Objective, tx: optax.GradientTra
   """Returns jitted `train_step(state, batch_AxBxL) -> (state, metrics)`. With `skip_nonfinite` (train.nan_policy
   "skip_step"), an update whose loss, gradient or new parameters are not finite is dropped: the parameters, optimizer
   moments, EMA and the objective's own state stay as they were, the step counter (and so the data and the schedule)
-  advances, and metrics["skipped"] is 1. `trainable` (models.trainable_filter; None: every parameter): the parameters that are
-  differentiated and updated (LoRA's adapters); the others are held fixed and get no gradient, and the optimizer
-  state (`state.opt_state`) covers the trainable ones only."""
+  advances, and metrics["skipped"] is 1. `trainable` (models.trainable_filter; None: every parameter): the parameters
+  that are differentiated and updated (LoRA's adapters); the others are held fixed and get no gradient, and the
+  optimizer state (`state.opt_state`) covers the trainable ones only."""
 
   def loss_fn(trainable_params, frozen_params, x0_BxL, key, step, teacher_params, objective_state):
     params = models.join_trainable(trainable_params, frozen_params)
